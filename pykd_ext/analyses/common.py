@@ -1,0 +1,388 @@
+"""What every analysis shares: the context it runs in, the suspect board, and the MDL -> IRP hunt."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
+
+from .. import __version__
+from ..bugchecks import decode
+from ..kernel.io import IoReader, Irp, major_function_name, completion_conditions
+from ..kernel.mdl import LOCKED, Mdl, flag_names, read_mdl
+from ..kernel.modules import ModuleMap
+from ..layouts import Layouts, LayoutError, IMAGE_FILE_NAME_LENGTH
+from ..report import (CONFIDENCE_RANK, BugCheckSection, Fact, IrpRecord, MdlRecord, Parameter, Rejected, Report,
+                      StackRecord, Suspect)
+from ..targets.base import (MemoryReadError, PfnRange, ProgressCallback, SearchHit, SearchUnavailable,
+                            SymbolNotFound, Target, TargetError, windbg_address)
+
+# MDL chains (MDL.Next) longer than this are corrupt or cyclic.
+MAX_MDL_CHAIN = 64
+
+
+@dataclass
+class Options:
+    verbose: bool = False
+    pfn_range: Optional[PfnRange] = None
+    progress: Optional[ProgressCallback] = None
+    # Extra symbol addresses given on the command line, e.g. {"nt!KiBugCheckDriver": 0xfffff803...}.
+    symbols: Dict[str, int] = field(default_factory=dict)
+
+
+class HuntInterrupted(Exception):
+    """Raised inside an analysis when the user interrupted it (Ctrl+C, or Ctrl+Break in WinDbg)."""
+
+
+class Context:
+    """One analysis run: the target, its layouts and modules, the report being filled."""
+
+    def __init__(self, target: Target, options: Options):
+        self.target = target
+        self.options = options
+        self.layouts = Layouts(target)
+        self.bugcheck = target.bugcheck()
+        decoded = decode(self.bugcheck.code, self.bugcheck.parameters)
+        self.report = Report(
+            tool_version=__version__,
+            source=target.description,
+            arch=target.arch,
+            pointer_size=target.pointer_size,
+            build=target.build,
+            bugcheck=self.bugcheck_section(decoded),
+        )
+        self.decoded = decoded
+        modules: List = []
+        try:
+            modules = target.modules()
+        except TargetError as error:
+            self.report.warn(f"the loaded module list is unavailable ({error}); drivers are named without images")
+        self.modules = ModuleMap(modules)
+        if not modules:
+            self.report.warn("no loaded modules are known: driver images cannot be mapped")
+        self.io = IoReader(target, self.layouts, self.modules)
+        self.suspects = SuspectBoard()
+
+    @staticmethod
+    def bugcheck_section(decoded) -> BugCheckSection:
+        return BugCheckSection(
+            code=decoded.code,
+            name=decoded.name,
+            summary=decoded.summary,
+            variant=decoded.variant.title if decoded.variant else "",
+            parameters=[Parameter(p.index, p.value, p.meaning) for p in decoded.parameters],
+            known=decoded.known,
+        )
+
+    def redecode(self, variant_key: str) -> None:
+        """Re-decode the parameters with an explicitly chosen variant (e.g. the 0xCB format)."""
+        self.decoded = decode(self.bugcheck.code, self.bugcheck.parameters, variant_key)
+        self.report.bugcheck = self.bugcheck_section(self.decoded)
+
+    def address(self, value: int) -> str:
+        return windbg_address(value, self.target.pointer_size)
+
+    # ---- symbols -----------------------------------------------------------------------------
+
+    def symbol(self, name: str) -> Optional[int]:
+        """Address of ``name`` from the command line first, then the target; None if unknown."""
+        if name in self.options.symbols:
+            return self.options.symbols[name]
+        try:
+            return self.target.symbol(name)
+        except SymbolNotFound:
+            return None
+
+    # ---- search ------------------------------------------------------------------------------
+
+    def search(self, values: Iterable[int]) -> Dict[int, List[SearchHit]]:
+        """One batched pass over memory for all ``values``. Raises SearchUnavailable."""
+        values = sorted(set(values))
+        if not values:
+            return {}
+        self.report.searches += 1
+        return self.target.search_pointers(values, self.options.pfn_range, self.options.progress)
+
+    # ---- conclusion --------------------------------------------------------------------------
+
+    def conclude(self, no_suspect_verdict: str) -> Report:
+        report = self.report
+        report.suspects = self.suspects.ranked()
+        if report.suspects:
+            top = report.suspects[0]
+            report.verdict = f"Most likely culprit: {top.label} ({top.confidence} confidence)."
+        else:
+            report.verdict = no_suspect_verdict
+        report.layouts = self.layouts.sources()
+        return report
+
+
+class SuspectBoard:
+    """Collects evidence against drivers and ranks them; one entry per driver image (or name)."""
+
+    def __init__(self):
+        self._suspects: Dict[str, Suspect] = {}
+
+    def add(self, driver: Optional[str], image: Optional[str], confidence: str, weight: int, evidence: str,
+            driver_object: Optional[int] = None, image_base: Optional[int] = None) -> None:
+        key = self._key(driver, image)
+        suspect = self._suspects.get(key)
+        if suspect is None:
+            suspect = self._suspects[key] = Suspect(driver, image, confidence)
+        suspect.driver = suspect.driver or driver
+        suspect.image = suspect.image or image
+        suspect.driver_object = suspect.driver_object or driver_object
+        suspect.image_base = suspect.image_base or image_base
+        if CONFIDENCE_RANK[confidence] > CONFIDENCE_RANK[suspect.confidence]:
+            suspect.confidence = confidence
+        if evidence not in suspect.evidence:
+            suspect.evidence.append(evidence)
+            suspect.score += weight
+
+    def _key(self, driver: Optional[str], image: Optional[str]) -> str:
+        if image:
+            stem = image.lower().rsplit(".", 1)[0]
+            for key, suspect in self._suspects.items():
+                if suspect.image and suspect.image.lower() == image.lower():
+                    return key
+                if not suspect.image and suspect.driver and suspect.driver.lower().rsplit("\\", 1)[-1] == stem:
+                    return key
+            return "image:" + image.lower()
+        name = (driver or "").lower()
+        for key, suspect in self._suspects.items():
+            if suspect.driver and suspect.driver.lower() == name:
+                return key
+        return "driver:" + name
+
+    def ranked(self) -> List[Suspect]:
+        return sorted(self._suspects.values(),
+                      key=lambda s: (-CONFIDENCE_RANK[s.confidence], -s.score, (s.driver or s.image or "").lower()))
+
+
+# ---- records for the report -------------------------------------------------------------------
+
+def mdl_record(mdl: Mdl, role: str = "") -> MdlRecord:
+    return MdlRecord(address=mdl.address, process=mdl.process, flags=mdl.flags, flag_names=flag_names(mdl.flags),
+                     pages=mdl.pages, byte_count=mdl.byte_count, start_va=mdl.start_va, locked=mdl.locked,
+                     classification=mdl.classification(), problems=list(mdl.problems), role=role)
+
+
+def irp_record(context: Context, irp: Irp) -> IrpRecord:
+    stack = []
+    for location in irp.stack:
+        driver = location.driver
+        good_driver = driver is not None and not driver.problems
+        stack.append(StackRecord(
+            number=location.number, current=location.current, unused=location.unused, major=location.major,
+            major_name=major_function_name(location.major), minor=location.minor, control=location.control,
+            conditions=completion_conditions(location.control),
+            device=location.device.address if location.device else None,
+            driver_object=driver.address if driver else None,
+            driver=driver.name if good_driver else None,
+            image=driver.image.image if good_driver and driver.image else None,
+            completion_routine=location.completion_routine or None,
+            completion_symbol=context.modules.symbolize(location.completion_routine)
+            if location.completion_routine else None,
+            context=location.context or None,
+            file_object=location.file_object or None,
+        ))
+    file_object = irp.file_object
+    return IrpRecord(address=irp.address, mdl_address=irp.mdl_address, stack_count=irp.stack_count,
+                     current_location=irp.current_location, flags=irp.flags, thread=irp.thread or None,
+                     file_object=irp.original_file_object or None,
+                     file_name=file_object.name if file_object and not file_object.problems else None,
+                     stack=stack)
+
+
+# ---- the MDL -> IRP hunt ----------------------------------------------------------------------
+
+@dataclass
+class Holders:
+    """Who references each hunted MDL: IRPs (directly or through an MDL chain)."""
+
+    irps: Dict[int, Irp] = field(default_factory=dict)  # IRP address -> IRP
+    held_by: Dict[int, List[int]] = field(default_factory=dict)  # hunted MDL -> IRP addresses
+    chain_parent: Dict[int, int] = field(default_factory=dict)  # MDL -> the MDL whose Next points to it
+
+
+def find_holders(context: Context, mdl_addresses: Iterable[int]) -> Holders:
+    """Search for every MDL address in one pass per chain level and explain each hit.
+
+    A hit at address ``h`` is an IRP's MdlAddress when ``h - offsetof(IRP, MdlAddress)`` is a valid
+    IRP whose MDL chain reaches the MDL, or the Next field of another MDL (a chained MDL), in which
+    case that MDL is searched for at the next level. Anything else is reported as unexplained.
+    """
+    holders = Holders()
+    irp_mdl_offset = context.layouts.get("_IRP").offset("MdlAddress")
+    next_offset = context.layouts.get("_MDL").offset("Next")
+    wanted = sorted(set(mdl_addresses))
+    # For each MDL being searched: which hunted MDLs it leads to (itself, or the chain below it).
+    leads_to: Dict[int, Set[int]] = {address: {address} for address in wanted}
+    frontier = wanted
+    searched: Set[int] = set()
+    depth = 0
+    while frontier:
+        if depth >= MAX_MDL_CHAIN:
+            context.report.warn(f"MDL chains deeper than {MAX_MDL_CHAIN} links were not followed further")
+            break
+        searched.update(frontier)
+        hits = context.search(frontier)
+        next_frontier: Set[int] = set()
+        for mdl_address in frontier:
+            for hit in hits.get(mdl_address, []):
+                if hit.virtual is None:
+                    context.report.rejected.append(Rejected(hit.physical or 0, f"reference to MDL {mdl_address:#x}",
+                                                            ["the hit has no virtual address"]))
+                    continue
+                irp = _irp_at(context, hit.virtual - irp_mdl_offset, mdl_address)
+                if irp is not None:
+                    holders.irps.setdefault(irp.address, irp)
+                    for hunted in leads_to[mdl_address]:
+                        holders.held_by.setdefault(hunted, [])
+                        if irp.address not in holders.held_by[hunted]:
+                            holders.held_by[hunted].append(irp.address)
+                    continue
+                parent = _chain_parent_at(context, hit.virtual - next_offset, mdl_address)
+                if parent is not None:
+                    holders.chain_parent.setdefault(mdl_address, parent)
+                    leads_to.setdefault(parent, set()).update(leads_to[mdl_address])
+                    if parent not in searched:
+                        next_frontier.add(parent)
+                    continue
+                context.report.rejected.append(Rejected(hit.virtual, f"holder of MDL {mdl_address:#x}",
+                                                        ["neither an IRP's MdlAddress nor an MDL's Next"]))
+        frontier = sorted(next_frontier)
+        depth += 1
+    return holders
+
+
+def _irp_at(context: Context, address: int, mdl_address: int) -> Optional[Irp]:
+    problems = context.io.irp_header_problems(address)
+    if problems:
+        return None
+    try:
+        irp = context.io.read_irp(address)
+    except MemoryReadError:
+        return None
+    if irp.problems:
+        context.report.rejected.append(Rejected(address, "IRP", irp.problems))
+        return None
+    if not _chain_reaches(context, irp.mdl_address, mdl_address):
+        context.report.rejected.append(Rejected(address, "IRP", [f"its MDL chain does not reach {mdl_address:#x}"]))
+        return None
+    return irp
+
+
+def _chain_parent_at(context: Context, address: int, mdl_address: int) -> Optional[int]:
+    try:
+        parent = read_mdl(context.target, context.layouts, address)
+    except MemoryReadError:
+        return None
+    if parent.problems or parent.next != mdl_address:
+        return None
+    return address
+
+
+def _chain_reaches(context: Context, first: int, wanted: int) -> bool:
+    """Follow MDL.Next from ``first`` (bounded, cycle-safe) looking for ``wanted``."""
+    next_offset = context.layouts.get("_MDL").offset("Next")
+    seen: Set[int] = set()
+    current = first
+    while current and current not in seen and len(seen) < MAX_MDL_CHAIN:
+        if current == wanted:
+            return True
+        seen.add(current)
+        try:
+            current = context.target.read_pointer(current + next_offset)
+        except MemoryReadError:
+            return False
+    return False
+
+
+def blame_irp_holders(context: Context, mdl: Mdl, irps: List[Irp], why: str, confidence: str) -> None:
+    """Put the driver that owns each IRP's current stack location on the suspect board.
+
+    Drivers higher in the stack (which passed the IRP down) are added with low confidence.
+    """
+    for irp in irps:
+        current = irp.current
+        if current is None:
+            context.report.warn(f"IRP {context.address(irp.address)} holding MDL {context.address(mdl.address)} is "
+                                f"not at any driver's stack location (CurrentLocation {irp.current_location} of "
+                                f"{irp.stack_count}); no driver is blamed through it")
+        for location in irp.stack:
+            if location.unused:
+                continue
+            driver = location.driver
+            if driver is None or driver.problems or not driver.name:
+                if location.current:
+                    reason = "no device object" if location.device is None else \
+                        "; ".join((location.device.problems or []) + (driver.problems if driver else []))
+                    context.report.warn(f"IRP {context.address(irp.address)} current stack location "
+                                        f"{location.number} names no valid driver ({reason})")
+                continue
+            image = driver.image.image if driver.image else None
+            step = (f"{why}; IRP {context.address(irp.address)} holds it and its "
+                    f"{'current' if location.current else 'upper'} stack location {location.number} "
+                    f"({major_function_name(location.major)}) is at {driver.name}'s device "
+                    f"{context.address(location.device.address)}")
+            if location.current:
+                context.suspects.add(driver.name, image, confidence, 10, step, driver.address,
+                                     driver.image.base if driver.image else None)
+            else:
+                context.suspects.add(driver.name, image, "low", 2, step, driver.address,
+                                     driver.image.base if driver.image else None)
+
+
+# ---- facts shared by the locked-pages family --------------------------------------------------
+
+def read_ki_bugcheck_driver(context: Context) -> None:
+    """Report nt!KiBugCheckDriver, the PUNICODE_STRING the kernel sets to the culprit's image name."""
+    address = context.symbol("nt!KiBugCheckDriver")
+    label = "nt!KiBugCheckDriver"
+    if address is None:
+        context.report.facts.append(Fact(label, "unknown", "the symbol is not available: give its address with "
+                                                          "--symbol nt!KiBugCheckDriver=0x... to check it"))
+        return
+    try:
+        pointer = context.target.read_pointer(address)
+    except MemoryReadError:
+        context.report.facts.append(Fact(label, "unreadable", f"the variable at {context.address(address)} is not "
+                                                              f"in memory"))
+        return
+    if pointer == 0:
+        context.report.facts.append(Fact(label, "NULL", "the kernel did not record a culprit driver (normal for "
+                                                        "this bug check on current Windows)"))
+        return
+    try:
+        name = context.target.read_unicode_string(pointer)
+    except (MemoryReadError, TargetError) as error:
+        context.report.facts.append(Fact(label, context.address(pointer), f"its UNICODE_STRING is unreadable ({error})"))
+        return
+    if not name:
+        context.report.facts.append(Fact(label, "empty string", "the kernel recorded an empty name"))
+        return
+    context.report.facts.append(Fact(label, name, "the driver the kernel itself named when it crashed"))
+    module = context.modules.by_image(name)
+    context.suspects.add(None, name, "high", 8, f"nt!KiBugCheckDriver names {name}",
+                         image_base=module.base if module else None)
+
+
+def read_process(context: Context, process: int) -> None:
+    """Name the EPROCESS (ImageFileName) and compare its NumberOfLockedPages when the layout is known."""
+    context.report.process = process
+    layout = context.layouts.find("_EPROCESS")
+    if layout is None:
+        context.report.warn(f"the _EPROCESS layout for build {context.target.build or 'unknown'} is not known and "
+                            f"the target has no symbols for it: the process is shown by address only")
+        return
+    try:
+        raw = context.target.read(process + layout.offset("ImageFileName"), IMAGE_FILE_NAME_LENGTH)
+        context.report.process_name = raw.split(b"\0", 1)[0].decode("ascii", errors="replace")
+    except (MemoryReadError, LayoutError) as error:
+        context.report.warn(f"the process name is unreadable ({error})")
+    if layout.has("NumberOfLockedPages"):
+        try:
+            count = context.target.read_u64(process + layout.offset("NumberOfLockedPages"))
+            context.report.facts.append(Fact("EPROCESS.NumberOfLockedPages", str(count),
+                                             "pages the process still had locked when it crashed"))
+        except MemoryReadError:
+            pass

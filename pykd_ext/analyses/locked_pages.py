@@ -1,0 +1,165 @@
+"""Bug check 0x76 PROCESS_HAS_LOCKED_PAGES: the documented !search hunt, automated.
+
+P1=0 (P2 = EPROCESS): every pointer-aligned occurrence of P2 is a candidate MDL.Process; real MDLs
+are kept and classified, then all of them are searched for at once to find the IRPs (or chained
+MDLs) that hold them, and each IRP's stack names the driver.
+P1=1 (P2 = the MDL a driver tried to unlock): the MDL is decoded and its holders are hunted the same way.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+from ..bugchecks import TRACK_LOCKED_PAGES_STEPS
+from ..kernel.mdl import LOCKED, MDL_PAGES_LOCKED, MDL_SOURCE_IS_NONPAGED_POOL, Mdl, read_mdl
+from ..report import HIGH, MEDIUM, Fact, Rejected
+from ..targets.base import MemoryReadError, SearchUnavailable
+from .common import (Context, blame_irp_holders, find_holders, irp_record, mdl_record, read_ki_bugcheck_driver,
+                     read_process)
+
+NOBODY_NAMED = ("No driver is named by the evidence: no locked MDL of the process is held by an IRP that "
+                "a driver owns. leakhunt does not guess; follow the next steps to have Windows name the driver.")
+
+
+def analyze_0x76(context: Context) -> None:
+    report = context.report
+    p1, p2, p3, p4 = context.bugcheck.parameters
+    report.analysis = "0x76 locked-pages hunt"
+    report.locked_pages_expected = p3
+    if p4:
+        report.facts.append(Fact("locked-page tracking", "on",
+                                 f"P4 = {context.address(p4)} is the process's LockedPagesList (_LOCK_HEADER): "
+                                 f"the kernel tracked who locked each MDL"))
+    read_ki_bugcheck_driver(context)
+    try:
+        if p1 == 0:
+            _hunt_process(context, p2, p3)
+        elif p1 == 1:
+            _hunt_unlocked_mdl(context, p2)
+        else:
+            report.warn(f"P1 = {p1:#x} is not a documented form of bug check 0x76 (0 or 1); only the "
+                        f"parameters are decoded")
+    except SearchUnavailable as error:
+        report.complete_hunt = False
+        report.warn(f"the memory search is not possible on this source: {error}")
+    finally:
+        report.next_steps.extend(_next_steps(context, p1))
+
+
+def _hunt_process(context: Context, process: int, expected_pages: int) -> None:
+    report = context.report
+    read_process(context, process)
+    process_offset = context.layouts.get("_MDL").offset("Process")
+    hits = context.search([process]).get(process, [])
+    kept: Dict[int, Mdl] = {}
+    for hit in hits:
+        if hit.virtual is None:
+            report.rejected.append(Rejected(hit.physical or 0, "MDL", ["the hit has no virtual address"]))
+            continue
+        candidate = hit.virtual - process_offset
+        if candidate in kept:
+            continue
+        try:
+            mdl = read_mdl(context.target, context.layouts, candidate)
+        except MemoryReadError:
+            report.rejected.append(Rejected(candidate, "MDL", ["the would-be MDL header is unreadable"]))
+            continue
+        if mdl.problems:
+            report.rejected.append(Rejected(candidate, "MDL", mdl.problems))
+            continue
+        kept[candidate] = mdl
+    locked = [m for m in kept.values() if m.locked]
+    holders = find_holders(context, sorted(kept))
+    _report_mdls_and_irps(context, kept, holders)
+    accounted = sum(m.pages for m in locked if not m.partial)
+    report.locked_pages_accounted = accounted
+    for mdl in locked:
+        irps = [holders.irps[a] for a in holders.held_by.get(mdl.address, [])]
+        why = (f"MDL {context.address(mdl.address)} locks {mdl.pages} page(s) of process "
+               f"{context.address(process)} (MDL_PAGES_LOCKED set)")
+        blame_irp_holders(context, mdl, irps, why, HIGH)
+    orphans = [m for m in locked if not holders.held_by.get(m.address)]
+    if orphans:
+        report.warn(f"{len(orphans)} locked MDL(s) of the process are held by no IRP: the driver that locked "
+                    f"them keeps them privately, so memory alone cannot name it")
+    if not kept:
+        report.warn("no MDL pointing at the process was found in memory: the MDLs may have been freed, paged out "
+                    "or be missing from this source")
+    if accounted != expected_pages:
+        report.warn(f"the locked MDLs found describe {accounted} page(s) but the kernel counted {expected_pages} "
+                    f"(P3): the rest are in MDLs not in this memory image, or were charged without an MDL")
+
+
+def _hunt_unlocked_mdl(context: Context, mdl_address: int) -> None:
+    """P1=1: a driver asked to unlock an MDL whose pages are not (or no longer) locked."""
+    report = context.report
+    try:
+        mdl = read_mdl(context.target, context.layouts, mdl_address)
+    except MemoryReadError:
+        report.warn(f"the MDL {context.address(mdl_address)} (P2) is not in memory; its holders are still hunted")
+        mdl = None
+    if mdl is not None:
+        record = mdl_record(mdl, role="P2: the MDL the driver tried to unlock")
+        record.problems.extend(_why_not_locked(context, mdl))
+        report.mdls.append(record)
+        if mdl.process:
+            read_process(context, mdl.process)
+    holders = find_holders(context, [mdl_address])
+    irps = [holders.irps[a] for a in holders.held_by.get(mdl_address, [])]
+    for record in report.mdls:
+        record.irps = [irp.address for irp in irps]
+        record.chained_from = holders.chain_parent.get(mdl_address)
+    for irp in irps:
+        irp_report = irp_record(context, irp)
+        irp_report.holds = [mdl_address]
+        report.irps.append(irp_report)
+    if mdl is not None:
+        blame_irp_holders(context, mdl, irps, f"the driver unlocked MDL {context.address(mdl_address)} whose pages "
+                                              f"were not locked", MEDIUM)
+
+
+def _why_not_locked(context: Context, mdl: Mdl) -> List[str]:
+    reasons = []
+    if not mdl.flags & MDL_PAGES_LOCKED:
+        reasons.append("MDL_PAGES_LOCKED is clear: the pages were already unlocked (a second MmUnlockPages) or "
+                       "never locked")
+    if mdl.flags & MDL_SOURCE_IS_NONPAGED_POOL:
+        reasons.append("MDL_SOURCE_IS_NONPAGED_POOL is set: the MDL was built for nonpaged pool, which is never "
+                       "locked or unlocked")
+    if mdl.process == 0:
+        reasons.append("MDL.Process is NULL: the pages were not charged to any process")
+    if not reasons and mdl.locked:
+        reasons.append("MDL_PAGES_LOCKED is set, yet the kernel's locked-page accounting for the process does "
+                       "not know this MDL (with tracking on, no tracker describes it)")
+    return reasons
+
+
+def _report_mdls_and_irps(context: Context, kept: Dict[int, Mdl], holders) -> None:
+    report = context.report
+    # Locked MDLs first, then stale ones, each in address order.
+    for mdl in sorted(kept.values(), key=lambda m: (m.classification() != LOCKED, m.address)):
+        record = mdl_record(mdl)
+        record.irps = list(holders.held_by.get(mdl.address, []))
+        record.chained_from = holders.chain_parent.get(mdl.address)
+        report.mdls.append(record)
+    for address in sorted(holders.irps):
+        irp_report = irp_record(context, holders.irps[address])
+        irp_report.holds = sorted(m for m, irps in holders.held_by.items() if address in irps)
+        report.irps.append(irp_report)
+
+
+def _next_steps(context: Context, p1: int) -> List[str]:
+    steps = []
+    ranked = context.suspects.ranked()
+    if ranked:
+        top = ranked[0]
+        steps.append(f"Review {top.label}: every MmProbeAndLockPages (or IRP it pends with a locked MDL) needs a "
+                     f"matching MmUnlockPages / completion before the process exits, including on cancel and "
+                     f"cleanup paths.")
+        steps.append("Confirm the culprit by reproducing with locked-page tracking on:")
+    else:
+        steps.append("Reproduce with locked-page tracking on, so that Windows names the driver:")
+    steps.extend(TRACK_LOCKED_PAGES_STEPS)
+    if p1 == 1:
+        steps.insert(0, "Review the driver's unlock paths for an MmUnlockPages with no matching "
+                        "MmProbeAndLockPages, or one called twice on the same MDL.")
+    return steps

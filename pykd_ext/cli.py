@@ -1,0 +1,231 @@
+"""The ``leakhunt`` command: analyze a dump file, replay or inspect a snapshot.
+
+Exit codes (documented in the README):
+  0  the report names at least one suspect driver
+  1  the report names no suspect (the evidence names nobody, or the bug check has no hunt)
+  2  usage error (bad arguments)
+  3  input error: a file that is missing, unreadable, truncated, corrupt or of the wrong kind
+  4  the hunt was not possible: the source lacks the memory it needs (e.g. a small dump);
+     the bug check parameters are still decoded and printed
+  5  internal error in leakhunt (please report it with the input that caused it)
+  130 interrupted (Ctrl+C): the partial report found so far is printed
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Optional
+
+from . import __version__
+from .analyses import Options, analyze
+from .bugchecks import name_of
+from .progress import TerminalProgress
+from .render.jsonout import render_json
+from .render.text import render_text
+from .report import Report
+from .targets.base import Target, TargetError, pfn_range_from_text
+from .targets.snapshot import RecordingTarget, SnapshotError, SnapshotTarget, load_snapshot, save_snapshot
+
+EXIT_SUSPECT = 0
+EXIT_NO_SUSPECT = 1
+EXIT_USAGE = 2
+EXIT_INPUT = 3
+EXIT_NO_HUNT = 4
+EXIT_INTERNAL = 5
+EXIT_INTERRUPTED = 130
+# A reader that stops early (e.g. `| head`) is not an error of the analysis.
+EXIT_SUCCESS_IF_PIPE_CLOSED = 0
+
+
+class UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="leakhunt",
+        description="Find the driver that leaked locked pages or lock entries in a Windows kernel crash "
+                    "(bug checks 0x76, 0xCB, 0xD9, 0x4E, 0x153, 0x162, 0x192).")
+    parser.add_argument("--version", action="version", version=f"leakhunt {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add_report_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--format", choices=("text", "json"), default="text", help="report format (default: text)")
+        sub.add_argument("-v", "--verbose", action="store_true",
+                         help="also show rejected candidates and why, and the layout sources")
+        sub.add_argument("--pfn-range", metavar="START-END", type=_pfn_range,
+                         help="search only these physical page frame numbers (hex), like !search's StartPFN EndPFN")
+
+    analyze_parser = commands.add_parser("analyze", help="analyze a Windows kernel crash dump file (MEMORY.DMP)")
+    analyze_parser.add_argument("dump", help="kernel crash dump file")
+    add_report_options(analyze_parser)
+    analyze_parser.add_argument("--record", metavar="FILE", help="also write what was read to a snapshot file")
+    analyze_parser.add_argument("--force", action="store_true", help="let --record overwrite an existing file")
+    analyze_parser.add_argument("--symbol", action="append", default=[], metavar="NAME=ADDRESS",
+                                help="give a symbol address the dump lacks, e.g. nt!KiBugCheckDriver=0xfffff80312345678")
+    analyze_parser.add_argument("--symbols", metavar="FILE",
+                                help='JSON file of symbol addresses: {"nt!KiBugCheckDriver": "0xfffff803..."}')
+
+    replay_parser = commands.add_parser("replay", help="analyze a recorded snapshot (.snap)")
+    replay_parser.add_argument("snapshot", help="snapshot file")
+    add_report_options(replay_parser)
+
+    inspect_parser = commands.add_parser("inspect", help="say what a snapshot file holds")
+    inspect_parser.add_argument("snapshot", help="snapshot file")
+    return parser
+
+
+def _pfn_range(text: str):
+    try:
+        return pfn_range_from_text(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def parse_symbols(pairs: List[str], path: Optional[str]) -> Dict[str, int]:
+    symbols: Dict[str, int] = {}
+    if path:
+        try:
+            with open(path, "r", encoding="utf-8") as handle:
+                loaded = json.load(handle)
+        except OSError as error:
+            raise UsageError(f"cannot read symbol file {path}: {error.strerror or error}") from None
+        except ValueError:
+            raise UsageError(f"symbol file {path} is not valid JSON") from None
+        if not isinstance(loaded, dict):
+            raise UsageError(f'symbol file {path} must hold one JSON object: {{"nt!Name": "0x..."}}')
+        pairs = [f"{name}={value}" for name, value in loaded.items()] + list(pairs)
+    for pair in pairs:
+        name, separator, value = pair.partition("=")
+        try:
+            address = int(str(value).strip(), 0) if separator and name.strip() else None
+        except ValueError:
+            address = None
+        if address is None or address < 0:
+            raise UsageError(f"bad symbol {pair!r}: write NAME=ADDRESS, e.g. nt!KiBugCheckDriver=0xfffff80312345678")
+        name = name.strip()
+        symbols[name if "!" in name else "nt!" + name] = address
+    return symbols
+
+
+def exit_code_for(report: Report) -> int:
+    if report.partial:
+        return EXIT_INTERRUPTED
+    if report.suspects:
+        return EXIT_SUSPECT
+    if not report.complete_hunt:
+        return EXIT_NO_HUNT
+    return EXIT_NO_SUSPECT
+
+
+def _options(args, symbols: Dict[str, int]) -> Options:
+    progress = None
+    if args.format == "text" and sys.stderr.isatty():
+        progress = TerminalProgress(sys.stderr)
+    return Options(verbose=args.verbose, pfn_range=args.pfn_range, progress=progress, symbols=symbols)
+
+
+def _emit(report: Report, args) -> int:
+    output = render_json(report) if args.format == "json" else render_text(report, verbose=args.verbose)
+    sys.stdout.write(output)
+    sys.stdout.flush()
+    return exit_code_for(report)
+
+
+def _run_analysis(target: Target, args, symbols: Dict[str, int]) -> Report:
+    options = _options(args, symbols)
+    try:
+        return analyze(target, options)
+    finally:
+        if options.progress is not None:
+            options.progress.finish()
+
+
+def command_replay(args) -> int:
+    target = SnapshotTarget.open(args.snapshot)
+    return _emit(_run_analysis(target, args, {}), args)
+
+
+def command_analyze(args) -> int:
+    symbols = parse_symbols(args.symbol, args.symbols)
+    if args.record and os.path.exists(args.record) and not args.force:
+        raise UsageError(f"{args.record} already exists; choose another name or pass --force to overwrite it")
+    from .targets.dumpfile import DumpFileTarget
+
+    target: Target = DumpFileTarget.open(args.dump)
+    recorder = None
+    try:
+        if args.record:
+            recorder = target = RecordingTarget(target)
+            recorder.data.symbols.update(symbols)
+        report = _run_analysis(target, args, symbols)
+        if recorder is not None:
+            if report.partial:
+                report.warn(f"the recording was not written to {args.record}: the hunt was interrupted")
+            else:
+                save_snapshot(recorder.snapshot(), args.record, overwrite=args.force)
+                sys.stderr.write(f"leakhunt: recorded this session to {args.record}\n")
+    finally:
+        target.close()
+    return _emit(report, args)
+
+
+def command_inspect(args) -> int:
+    data = load_snapshot(args.snapshot)
+    bugcheck = data.bugcheck
+    page_bytes = len(data.pages) * 4096
+    lines = [
+        f"{args.snapshot}: leakhunt snapshot ({data.created_by or 'unknown writer'})",
+        f"  target:     {data.arch}, pointer size {data.pointer_size}, build {data.build or 'unknown'}",
+        f"  source:     {data.description or '-'}",
+        f"  bug check:  {bugcheck.code:#x} {name_of(bugcheck.code)} "
+        f"({', '.join(f'{p:#x}' for p in bugcheck.parameters)})",
+        f"  memory:     {len(data.pages)} page(s), {page_bytes / 1024:.0f} KiB"
+        + (" (all of memory: searches run over it)" if data.complete else " (pages read during the recording)"),
+        f"  unreadable: {len(data.unreadable)} page(s) recorded as not readable",
+        f"  searches:   {len(data.searches)} recorded",
+        f"  symbols:    {', '.join(sorted(data.symbols)) or 'none'}"
+        + (f"; not found: {', '.join(sorted(data.missing_symbols))}" if data.missing_symbols else ""),
+        f"  types:      {', '.join(n for n, t in sorted(data.types.items()) if t is not None) or 'none (built-in layouts)'}",
+        f"  modules:    {len(data.modules)}" + (f" ({', '.join(m.image for m in data.modules[:8])}"
+                                                 f"{', ...' if len(data.modules) > 8 else ''})" if data.modules else ""),
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+COMMANDS = {"analyze": command_analyze, "replay": command_replay, "inspect": command_inspect}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    debug = os.environ.get("LEAKHUNT_DEBUG") == "1"
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as error:
+        sys.stderr.write(f"leakhunt: error: {error}\n")
+        return EXIT_USAGE
+    except (SnapshotError, TargetError) as error:
+        sys.stderr.write(f"leakhunt: error: {error}\n")
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        sys.stderr.write("leakhunt: interrupted\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_SUCCESS_IF_PIPE_CLOSED
+    except Exception as error:  # no traceback reaches a user; LEAKHUNT_DEBUG=1 shows it
+        if debug:
+            raise
+        sys.stderr.write(f"leakhunt: internal error: {type(error).__name__}: {error}. This is a bug in leakhunt: "
+                         f"please report it with the input file (LEAKHUNT_DEBUG=1 shows the traceback)\n")
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""I/O manager objects: `_IRP` with its `_IO_STACK_LOCATION`s, `_DEVICE_OBJECT`, `_DRIVER_OBJECT`,
+`_FILE_OBJECT`. Each reader validates the object's Type and size fields before trusting it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from ..layouts import Layouts, LayoutError
+from ..targets.base import MemoryReadError, Module, Target, TargetError
+from .modules import ModuleMap
+
+IO_TYPE_DEVICE = 3
+IO_TYPE_DRIVER = 4
+IO_TYPE_FILE = 5
+IO_TYPE_IRP = 6
+
+# IO_STACK_LOCATION.Control bits (wdm.h), as !irp shows them.
+SL_PENDING_RETURNED = 0x01
+SL_INVOKE_ON_CANCEL = 0x20
+SL_INVOKE_ON_SUCCESS = 0x40
+SL_INVOKE_ON_ERROR = 0x80
+
+# An IRP's StackCount comes from DEVICE_OBJECT.StackSize, a handful in practice; anything past this
+# is garbage (and would make the stack walk read kilobytes of noise).
+MAX_IRP_STACK_COUNT = 64
+
+IRP_MJ_NAMES = [
+    "CREATE", "CREATE_NAMED_PIPE", "CLOSE", "READ", "WRITE", "QUERY_INFORMATION", "SET_INFORMATION",
+    "QUERY_EA", "SET_EA", "FLUSH_BUFFERS", "QUERY_VOLUME_INFORMATION", "SET_VOLUME_INFORMATION",
+    "DIRECTORY_CONTROL", "FILE_SYSTEM_CONTROL", "DEVICE_CONTROL", "INTERNAL_DEVICE_CONTROL", "SHUTDOWN",
+    "LOCK_CONTROL", "CLEANUP", "CREATE_MAILSLOT", "QUERY_SECURITY", "SET_SECURITY", "POWER",
+    "SYSTEM_CONTROL", "DEVICE_CHANGE", "QUERY_QUOTA", "SET_QUOTA", "PNP",
+]
+
+
+def major_function_name(code: int) -> str:
+    if 0 <= code < len(IRP_MJ_NAMES):
+        return f"IRP_MJ_{IRP_MJ_NAMES[code]}"
+    return f"invalid major function {code:#x}"
+
+
+def completion_conditions(control: int) -> List[str]:
+    names = []
+    if control & SL_INVOKE_ON_SUCCESS:
+        names.append("Success")
+    if control & SL_INVOKE_ON_ERROR:
+        names.append("Error")
+    if control & SL_INVOKE_ON_CANCEL:
+        names.append("Cancel")
+    if control & SL_PENDING_RETURNED:
+        names.append("pending")
+    return names
+
+
+@dataclass
+class DriverObject:
+    address: int
+    name: str = ""
+    driver_start: int = 0
+    driver_size: int = 0
+    image: Optional[Module] = None
+    problems: List[str] = field(default_factory=list)
+
+
+@dataclass
+class DeviceObject:
+    address: int
+    driver: Optional[DriverObject] = None
+    problems: List[str] = field(default_factory=list)
+
+
+@dataclass
+class FileObject:
+    address: int
+    name: str = ""
+    problems: List[str] = field(default_factory=list)
+
+
+@dataclass
+class StackLocation:
+    number: int  # 1-based, as !irp counts them
+    address: int
+    major: int
+    minor: int
+    flags: int
+    control: int
+    device: Optional[DeviceObject]
+    file_object: int
+    completion_routine: int
+    context: int
+    completion_module: Optional[Module] = None
+    current: bool = False
+    # Below the current location: not yet used by the lower drivers (stale contents).
+    unused: bool = False
+
+    @property
+    def driver(self) -> Optional[DriverObject]:
+        return self.device.driver if self.device else None
+
+
+@dataclass
+class Irp:
+    address: int
+    size: int
+    stack_count: int
+    current_location: int
+    mdl_address: int
+    flags: int
+    thread: int
+    original_file_object: int
+    current_stack_pointer: int
+    stack: List[StackLocation] = field(default_factory=list)
+    file_object: Optional[FileObject] = None
+    problems: List[str] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+    @property
+    def current(self) -> Optional[StackLocation]:
+        for location in self.stack:
+            if location.current:
+                return location
+        return None
+
+
+class IoReader:
+    """Reads I/O objects with validation; device and driver objects are cached per address."""
+
+    def __init__(self, target: Target, layouts: Layouts, modules: ModuleMap):
+        self.target = target
+        self.layouts = layouts
+        self.modules = modules
+        self._devices: Dict[int, DeviceObject] = {}
+        self._drivers: Dict[int, DriverObject] = {}
+
+    # ---- IRP ---------------------------------------------------------------------------------
+
+    def irp_header_problems(self, address: int) -> List[str]:
+        """Cheap check of an IRP candidate's header; an empty list means it looks like an IRP."""
+        try:
+            view = self.layouts.view("_IRP", address)
+        except MemoryReadError:
+            return ["unreadable"]
+        return self._header_problems(view)
+
+    def _header_problems(self, view) -> List[str]:
+        irp_size = view.layout.size
+        stack_size = self.layouts.get("_IO_STACK_LOCATION").size
+        problems = []
+        if view["Type"] != IO_TYPE_IRP:
+            problems.append(f"Type {view['Type'] & 0xFFFF:#x} is not IO_TYPE_IRP (6)")
+            return problems
+        stack_count = view["StackCount"]
+        if not 1 <= stack_count <= MAX_IRP_STACK_COUNT:
+            problems.append(f"StackCount {stack_count} is outside 1..{MAX_IRP_STACK_COUNT}")
+            return problems
+        size = view["Size"]
+        # IoInitializeIrp stores the allocation size: lookaside IRPs may have room for more stack
+        # locations than StackCount, so Size is sizeof(IRP) + k * sizeof(IO_STACK_LOCATION), k >= StackCount.
+        needed = irp_size + stack_count * stack_size
+        if size < needed or (size - irp_size) % stack_size:
+            problems.append(f"Size {size:#x} is not sizeof(IRP) {irp_size:#x} + k * {stack_size:#x} "
+                            f"with k >= StackCount {stack_count}")
+        current = view["CurrentLocation"]
+        if not 1 <= current <= stack_count + 1:
+            problems.append(f"CurrentLocation {current} is outside 1..StackCount+1 ({stack_count + 1})")
+        return problems
+
+    def read_irp(self, address: int) -> Irp:
+        """Read the IRP at ``address`` with its whole stack. Raises MemoryReadError if unreadable."""
+        view = self.layouts.view("_IRP", address)
+        irp = Irp(
+            address=address,
+            size=view["Size"],
+            stack_count=view["StackCount"],
+            current_location=view["CurrentLocation"],
+            mdl_address=view["MdlAddress"],
+            flags=view["Flags"],
+            thread=view["Tail.Overlay.Thread"],
+            original_file_object=view["Tail.Overlay.OriginalFileObject"],
+            current_stack_pointer=view["Tail.Overlay.CurrentStackLocation"],
+        )
+        irp.problems = self._header_problems(view)
+        if irp.problems:
+            return irp
+        stack_layout = self.layouts.get("_IO_STACK_LOCATION")
+        first = address + view.layout.size
+        expected_current = first + (irp.current_location - 1) * stack_layout.size
+        if irp.current_location <= irp.stack_count and irp.current_stack_pointer != expected_current:
+            irp.problems.append(f"Tail.Overlay.CurrentStackLocation {irp.current_stack_pointer:#x} is not the "
+                                f"current location {expected_current:#x}")
+            return irp
+        for number in range(1, irp.stack_count + 1):
+            location_address = first + (number - 1) * stack_layout.size
+            try:
+                irp.stack.append(self._read_stack_location(number, location_address, irp.current_location))
+            except MemoryReadError:
+                irp.problems.append(f"stack location {number} at {location_address:#x} is unreadable")
+                break
+        if irp.original_file_object:
+            irp.file_object = self.read_file_object(irp.original_file_object)
+        return irp
+
+    def _read_stack_location(self, number: int, address: int, current_location: int) -> StackLocation:
+        view = self.layouts.view("_IO_STACK_LOCATION", address)
+        device_address = view["DeviceObject"]
+        routine = view["CompletionRoutine"]
+        unused = number < current_location
+        return StackLocation(
+            number=number,
+            address=address,
+            major=view["MajorFunction"],
+            minor=view["MinorFunction"],
+            flags=view["Flags"],
+            control=view["Control"],
+            device=self.read_device(device_address) if device_address and not unused else None,
+            file_object=view["FileObject"],
+            completion_routine=routine,
+            context=view["Context"],
+            completion_module=self.modules.find(routine) if routine else None,
+            current=number == current_location,
+            unused=unused,
+        )
+
+    # ---- device, driver, file -----------------------------------------------------------------
+
+    def read_device(self, address: int) -> DeviceObject:
+        if address in self._devices:
+            return self._devices[address]
+        device = DeviceObject(address)
+        self._devices[address] = device
+        try:
+            view = self.layouts.view("_DEVICE_OBJECT", address)
+            if view["Type"] != IO_TYPE_DEVICE:
+                device.problems.append(f"Type {view['Type'] & 0xFFFF:#x} is not IO_TYPE_DEVICE (3)")
+            elif view["Size"] < view.layout.size:
+                device.problems.append(f"Size {view['Size']:#x} is smaller than sizeof(DEVICE_OBJECT)")
+            elif view["DriverObject"]:
+                device.driver = self.read_driver(view["DriverObject"])
+            else:
+                device.problems.append("DriverObject is NULL")
+        except MemoryReadError as error:
+            device.problems.append(f"unreadable ({error})")
+        return device
+
+    def read_driver(self, address: int) -> DriverObject:
+        if address in self._drivers:
+            return self._drivers[address]
+        driver = DriverObject(address)
+        self._drivers[address] = driver
+        try:
+            view = self.layouts.view("_DRIVER_OBJECT", address)
+            if view["Type"] != IO_TYPE_DRIVER:
+                driver.problems.append(f"Type {view['Type'] & 0xFFFF:#x} is not IO_TYPE_DRIVER (4)")
+                return driver
+            if view["Size"] != view.layout.size:
+                driver.problems.append(f"Size {view['Size']:#x} is not sizeof(DRIVER_OBJECT) {view.layout.size:#x}")
+                return driver
+            driver.driver_start = view["DriverStart"]
+            driver.driver_size = view["DriverSize"]
+            driver.name = self.target.read_unicode_string(view["DriverName"])
+            driver.image = self.modules.find(driver.driver_start) if driver.driver_start else None
+        except (MemoryReadError, TargetError, LayoutError) as error:
+            driver.problems.append(f"unreadable ({error})")
+        return driver
+
+    def read_file_object(self, address: int) -> FileObject:
+        file_object = FileObject(address)
+        try:
+            view = self.layouts.view("_FILE_OBJECT", address)
+            if view["Type"] != IO_TYPE_FILE:
+                file_object.problems.append(f"Type {view['Type'] & 0xFFFF:#x} is not IO_TYPE_FILE (5)")
+            else:
+                file_object.name = self.target.read_unicode_string(view["FileName"])
+        except (MemoryReadError, TargetError, LayoutError) as error:
+            file_object.problems.append(f"unreadable ({error})")
+        return file_object

@@ -1,0 +1,91 @@
+"""Loaded kernel images: the `PsLoadedModuleList` walk and address-to-module lookup."""
+from __future__ import annotations
+
+import bisect
+from typing import Iterable, List, Optional, Tuple
+
+from ..layouts import Layouts
+from ..targets.base import MemoryReadError, Module, Target, TargetError
+
+# A kernel has a few hundred images; a list longer than this is corrupt or cyclic.
+MAX_LOADED_MODULES = 4096
+KERNEL_IMAGES = ("ntoskrnl.exe", "ntkrnlmp.exe", "ntkrnlpa.exe", "ntkrpamp.exe")
+HAL_IMAGES = ("hal.dll", "halmacpi.dll", "halacpi.dll")
+
+
+def module_name(image: str) -> str:
+    """The name WinDbg gives a module: ``nt`` for the kernel, else the image name without extension."""
+    lowered = image.lower()
+    if lowered in KERNEL_IMAGES:
+        return "nt"
+    if lowered in HAL_IMAGES:
+        return "hal"
+    return image.rsplit(".", 1)[0] if "." in image else image
+
+
+def walk_loaded_modules(target: Target, list_head: int, layouts: Layouts) -> Tuple[List[Module], List[str]]:
+    """Walk PsLoadedModuleList (a LIST_ENTRY of `_KLDR_DATA_TABLE_ENTRY`s), bounded and cycle-safe.
+
+    Returns the modules read and the problems met on the way (a partial list beats none).
+    """
+    layout = layouts.get("_KLDR_DATA_TABLE_ENTRY")
+    link_offset = layout.offset("InLoadOrderLinks")
+    modules: List[Module] = []
+    problems: List[str] = []
+    seen = {list_head}
+    try:
+        entry_link = target.read_pointer(list_head)
+    except MemoryReadError as error:
+        return modules, [f"PsLoadedModuleList is unreadable: {error}"]
+    while entry_link != list_head:
+        if entry_link in seen:
+            problems.append(f"PsLoadedModuleList loops back to {entry_link:#x}; stopped there")
+            break
+        if len(seen) > MAX_LOADED_MODULES:
+            problems.append(f"PsLoadedModuleList has more than {MAX_LOADED_MODULES} entries; stopped")
+            break
+        seen.add(entry_link)
+        entry = entry_link - link_offset
+        try:
+            view = layouts.view("_KLDR_DATA_TABLE_ENTRY", entry)
+            image = target.read_unicode_string(view["BaseDllName"])
+            base, size = view["DllBase"], view["SizeOfImage"]
+            if image and base and size:
+                modules.append(Module(module_name(image), image, base, size))
+            entry_link = target.read_pointer(entry_link)
+        except (MemoryReadError, TargetError) as error:
+            problems.append(f"loaded module entry at {entry:#x} is unreadable ({error}); the list is cut there")
+            break
+    return modules, problems
+
+
+class ModuleMap:
+    """Address -> module lookups over a list of loaded modules."""
+
+    def __init__(self, modules: Iterable[Module]):
+        self.modules = sorted(modules, key=lambda m: m.base)
+        self._bases = [m.base for m in self.modules]
+
+    def find(self, address: int) -> Optional[Module]:
+        index = bisect.bisect_right(self._bases, address) - 1
+        if index >= 0 and self.modules[index].contains(address):
+            return self.modules[index]
+        return None
+
+    def by_image(self, image: str) -> Optional[Module]:
+        lowered = image.lower()
+        for module in self.modules:
+            if module.image.lower() == lowered or module.name.lower() == lowered:
+                return module
+        return None
+
+    def symbolize(self, address: int) -> str:
+        """``leakyflt+0x1a30`` for an address inside an image, else the bare hex address."""
+        module = self.find(address)
+        if module is None:
+            return f"{address:#x}"
+        return f"{module.name}+{address - module.base:#x}"
+
+    @staticmethod
+    def is_kernel_or_hal(module: Optional[Module]) -> bool:
+        return module is not None and module.name in ("nt", "hal")

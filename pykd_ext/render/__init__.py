@@ -1,0 +1,1 @@
+"""Renderers: the last step, turning a Report into text, DML or JSON."""

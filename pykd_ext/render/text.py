@@ -1,0 +1,247 @@
+"""Text and DML rendering of a Report.
+
+The same renderer writes plain text (terminal, files) and DML (WinDbg): every address or name that
+WinDbg can act on is a ``Link``, printed as plain text or as ``<link cmd="...">`` markup. Tables are
+laid out by tabulate on the plain text, so DML links never disturb the column widths.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Union
+
+from tabulate import tabulate
+
+from ..report import IrpRecord, MdlRecord, Report
+from ..targets.base import windbg_address
+
+
+@dataclass(frozen=True)
+class Link:
+    text: str
+    command: str
+
+
+Cell = Union[str, int, Link, None]
+
+
+def escape_dml(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+class Renderer:
+    def __init__(self, report: Report, dml: bool = False, verbose: bool = False):
+        self.report = report
+        self.dml = dml
+        self.verbose = verbose
+        self.lines: List[str] = []
+
+    # ---- primitives -------------------------------------------------------------------------
+
+    def address(self, value: Optional[int]) -> str:
+        if value is None:
+            return "-"
+        return windbg_address(value, self.report.pointer_size)
+
+    def inline(self, cell: Cell) -> str:
+        """A cell or inline fragment as final output text (escaped and linked in DML mode)."""
+        if isinstance(cell, Link):
+            if self.dml:
+                return f'<link cmd="{escape_dml(cell.command)}">{escape_dml(cell.text)}</link>'
+            return cell.text
+        text = "" if cell is None else str(cell)
+        return escape_dml(text) if self.dml else text
+
+    def line(self, *parts: Cell) -> None:
+        self.lines.append("".join(self.inline(p) for p in parts))
+
+    def heading(self, title: str) -> None:
+        self.lines.append("")
+        self.line(title)
+
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Cell]], indent: str = "  ") -> None:
+        plain_rows = [[c.text if isinstance(c, Link) else ("-" if c is None else str(c)) for c in row]
+                      for row in rows]
+        text = tabulate(plain_rows, headers=list(headers), tablefmt="simple", disable_numparse=True)
+        lines = text.splitlines()
+        header_lines = 2
+        for index, plain in enumerate(lines):
+            row_index = index - header_lines
+            if row_index < 0 or not self.dml:
+                self.lines.append(indent + (escape_dml(plain) if self.dml else plain))
+                continue
+            self.lines.append(indent + self._link_line(plain, rows[row_index]))
+
+    def _link_line(self, plain: str, row: Sequence[Cell]) -> str:
+        """Escape one table line and turn its Link cells (in column order) into DML links."""
+        out, position = [], 0
+        for cell in row:
+            if not isinstance(cell, Link):
+                continue
+            found = plain.find(cell.text, position)
+            if found < 0:
+                continue
+            out.append(escape_dml(plain[position:found]))
+            out.append(self.inline(cell))
+            position = found + len(cell.text)
+        out.append(escape_dml(plain[position:]))
+        return "".join(out)
+
+    # ---- links to debugger commands -----------------------------------------------------------
+
+    def mdl_link(self, address: int) -> Link:
+        return Link(self.address(address), f"dt nt!_MDL {address:#x}")
+
+    def irp_link(self, address: int) -> Link:
+        return Link(self.address(address), f"!irp {address:#x} 1")
+
+    def pool_link(self, address: int) -> Link:
+        return Link("pool", f"!pool {address:#x} 2")
+
+    def thread_link(self, address: Optional[int]) -> Cell:
+        return None if not address else Link(self.address(address), f"!thread {address:#x}")
+
+    def process_link(self, address: int) -> Link:
+        return Link(self.address(address), f"!process {address:#x} 1")
+
+    def device_link(self, address: Optional[int]) -> Cell:
+        return None if not address else Link(self.address(address), f"!devobj {address:#x}")
+
+    def driver_link(self, name: Optional[str], address: Optional[int]) -> Cell:
+        if not name:
+            return None
+        return Link(name, f"!drvobj {address:#x} 2") if address else name
+
+    def image_link(self, image: Optional[str]) -> Cell:
+        if not image:
+            return None
+        return Link(image, f"lmvm {image.rsplit('.', 1)[0]}")
+
+    # ---- the report ---------------------------------------------------------------------------
+
+    def render(self) -> str:
+        report = self.report
+        title = f"leakhunt {report.tool_version}: {report.analysis or 'analysis'}"
+        if report.partial:
+            title += " (PARTIAL: interrupted)"
+        self.line(title)
+        build = f", build {report.build}" if report.build else ""
+        self.line(f"Source: {report.source} ({report.arch}{build})")
+        self._bugcheck()
+        self._verdict()
+        if report.process is not None:
+            self.heading("PROCESS")
+            self.line("  ", self.process_link(report.process), f"  {report.process_name or '(name unknown)'}")
+        self._mdls()
+        self._irps()
+        if report.locked_pages_expected is not None:
+            self.heading("LOCKED PAGES")
+            accounted = report.locked_pages_accounted
+            self.line(f"  expected (P3): {report.locked_pages_expected}   accounted for by locked MDLs found: "
+                      f"{'-' if accounted is None else accounted}")
+        if report.facts:
+            self.heading("FACTS")
+            for fact in report.facts:
+                self.line(f"  {fact.label}: {fact.value}" + (f"  ({fact.note})" if fact.note else ""))
+        if report.warnings:
+            self.heading("WARNINGS")
+            for warning in report.warnings:
+                self.line(f"  - {warning}")
+        if report.next_steps:
+            self.heading("NEXT STEPS")
+            for number, step in enumerate(report.next_steps, 1):
+                self.line(f"  {number}. {step}")
+        self._rejected()
+        return "\n".join(self.lines) + "\n"
+
+    def _bugcheck(self) -> None:
+        bugcheck = self.report.bugcheck
+        self.heading(f"BUG CHECK {bugcheck.code:#x} {bugcheck.name}")
+        if bugcheck.summary:
+            self.line(f"  {bugcheck.summary}")
+        if bugcheck.variant:
+            self.line(f"  Form: {bugcheck.variant}")
+        self.table(["", "value", "meaning"],
+                   [[f"P{p.index}", self.address(p.value), p.meaning] for p in bugcheck.parameters])
+
+    def _verdict(self) -> None:
+        report = self.report
+        self.heading("VERDICT")
+        self.line(f"  {report.verdict}")
+        for rank, suspect in enumerate(report.suspects, 1):
+            self.line(f"  {rank}. ", self.driver_link(suspect.driver, suspect.driver_object) or "(driver object "
+                      "unknown)", "  ", self.image_link(suspect.image) or "(image unknown)",
+                      f"  [{suspect.confidence} confidence]")
+            for evidence in suspect.evidence:
+                self.line(f"       - {evidence}")
+
+    def _mdls(self) -> None:
+        mdls = self.report.mdls
+        if not mdls:
+            return
+        self.heading("MDLs")
+        rows = []
+        for mdl in mdls:
+            rows.append([self.mdl_link(mdl.address), mdl.classification, mdl.pages, f"{mdl.byte_count:#x}",
+                         self.address(mdl.start_va), f"{mdl.flags:04x} {' '.join(mdl.flag_names)}".strip(),
+                         self._held_by(mdl), self.pool_link(mdl.address)])
+        self.table(["MDL", "state", "pages", "bytes", "StartVa", "flags", "held by", ""], rows)
+        for mdl in mdls:
+            if mdl.role or (mdl.problems and mdl.classification != "not an MDL"):
+                self.line("  ", self.mdl_link(mdl.address), f": {mdl.role}" if mdl.role else "")
+                for problem in mdl.problems:
+                    self.line(f"    - {problem}")
+
+    def _held_by(self, mdl: MdlRecord) -> Cell:
+        if not mdl.irps:
+            return "no IRP found"
+        if len(mdl.irps) == 1:
+            return Link(f"IRP {self.address(mdl.irps[0])}", f"!irp {mdl.irps[0]:#x} 1")
+        return f"{len(mdl.irps)} IRPs"
+
+    def _irps(self) -> None:
+        for irp in self.report.irps:
+            self._irp(irp)
+
+    def _irp(self, irp: IrpRecord) -> None:
+        self.heading("IRP ")
+        self.lines[-1] = self.lines[-1] + self.inline(self.irp_link(irp.address)) + self.inline(
+            f"  MdlAddress {self.address(irp.mdl_address)}, {irp.stack_count} stack location(s), "
+            f"current {irp.current_location}")
+        self.line("  thread ", self.thread_link(irp.thread) or "-", "  file object ",
+                  self.address(irp.file_object) if irp.file_object else "-",
+                  f"  {irp.file_name}" if irp.file_name else "")
+        rows = []
+        for location in reversed(irp.stack):
+            marker = ">" if location.current else ""
+            rows.append([marker, location.number, f"{location.major_name}({location.major:x})",
+                         f"{location.minor:x}", f"{location.control:02x}",
+                         self.device_link(location.device) if not location.unused else "(unused)",
+                         self.driver_link(location.driver, location.driver_object),
+                         self.image_link(location.image),
+                         location.completion_symbol or "-", " ".join(location.conditions)])
+        self.table(["", "#", "major", "minor", "cl", "device", "driver", "image", "completion", "invoke on"], rows)
+
+    def _rejected(self) -> None:
+        rejected = self.report.rejected
+        if not rejected:
+            return
+        if not self.verbose:
+            self.lines.append("")
+            self.line(f"{len(rejected)} candidate(s) rejected; -v shows them and why.")
+            return
+        self.heading("REJECTED CANDIDATES")
+        self.table(["address", "candidate", "why"],
+                   [[self.address(r.address), r.what, "; ".join(r.reasons)] for r in rejected])
+        if self.report.layouts:
+            self.heading("LAYOUTS")
+            for name, source in self.report.layouts.items():
+                self.line(f"  {name}: {source}")
+        self.line(f"  search passes over memory: {self.report.searches}")
+
+
+def render_text(report: Report, verbose: bool = False) -> str:
+    return Renderer(report, dml=False, verbose=verbose).render()
+
+
+def render_dml(report: Report, verbose: bool = False) -> str:
+    return Renderer(report, dml=True, verbose=verbose).render()

@@ -1,0 +1,1 @@
+"""Sources of kernel memory behind the one Target interface (see base.py)."""

@@ -1,0 +1,253 @@
+"""The Target interface: everything the analyses may ask of a debugging target.
+
+A Target is a source of kernel memory and facts about it: a pykd session inside WinDbg, a kernel
+crash dump file, or a recorded snapshot. Analyses only ever talk to this interface, so the same
+hunt runs on every source.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+PAGE_SIZE = 0x1000
+
+# Sanity caps for strings read out of target memory.
+MAX_UNICODE_STRING_BYTES = 0x1000
+
+
+class TargetError(Exception):
+    """Base class of everything a Target raises on purpose."""
+
+
+class MemoryReadError(TargetError):
+    """The requested memory is not in the target (unmapped, paged out, not in the dump)."""
+
+    def __init__(self, address: int, size: int = 0, physical: bool = False, reason: str = ""):
+        self.address = address
+        self.size = size
+        self.physical = physical
+        kind = "physical" if physical else "virtual"
+        text = f"cannot read {size:#x} bytes of {kind} memory at {address:#x}"
+        if reason:
+            text += f": {reason}"
+        super().__init__(text)
+
+
+class SymbolNotFound(TargetError):
+    """The target has no address for a symbol such as ``nt!KiBugCheckDriver``."""
+
+    def __init__(self, name: str, reason: str = ""):
+        self.name = name
+        super().__init__(f"symbol {name} not found" + (f": {reason}" if reason else ""))
+
+
+class SearchUnavailable(TargetError):
+    """The target cannot search memory (for example a small dump with no physical memory)."""
+
+
+class CorruptString(TargetError):
+    """A UNICODE_STRING whose header is impossible (Length past MaximumLength, odd, huge)."""
+
+
+@dataclass(frozen=True)
+class Module:
+    """A loaded kernel image (one `_KLDR_DATA_TABLE_ENTRY` of PsLoadedModuleList)."""
+
+    name: str  # module name as WinDbg shows it, e.g. "leakyflt" or "nt"
+    image: str  # BaseDllName, e.g. "leakyflt.sys"
+    base: int
+    size: int
+
+    def contains(self, address: int) -> bool:
+        return self.base <= address < self.base + self.size
+
+
+@dataclass(frozen=True)
+class BugCheck:
+    code: int
+    parameters: Tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One pointer-aligned occurrence of a searched value.
+
+    ``virtual`` is the kernel virtual address of the occurrence when the source could resolve it
+    (the analyses need it to find the containing object); ``physical`` is the physical address
+    when the source searched physical memory.
+    """
+
+    value: int
+    virtual: Optional[int]
+    physical: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class PfnRange:
+    """Inclusive range of page frame numbers to search, like ``!search``'s StartPFN/EndPFN."""
+
+    first: int
+    last: int
+
+    def contains_address(self, physical_address: int) -> bool:
+        return self.first <= physical_address >> 12 <= self.last
+
+
+# progress(done, total) where both are byte counts of the search pass.
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class TypeInfo:
+    """A structure layout as the target's own type information describes it."""
+
+    name: str
+    size: int
+    fields: Dict[str, FieldInfo]
+
+
+class Target:
+    """Abstract source of kernel memory and facts. Subclasses implement the primitives.
+
+    Primitives (must be implemented): ``arch``, ``pointer_size``, ``build``, ``description``,
+    ``bugcheck()``, ``read()``, ``symbol()``, ``modules()``, ``search_pointers()``.
+    Optional: ``read_physical()``, ``type_info()``, ``max_pfn``.
+    """
+
+    arch: str = "x64"  # "x64", "x86" or "arm64"
+    pointer_size: int = 8
+    build: Optional[int] = None  # Windows build number (19045, 26100...) when known
+    description: str = ""  # what the target is, for the report header
+    max_pfn: Optional[int] = None  # highest physical page frame number, when known
+    has_type_info: bool = False  # True when type_info() can answer from debugger symbols
+
+    # ---- primitives -------------------------------------------------------------------------
+
+    def bugcheck(self) -> BugCheck:
+        raise NotImplementedError
+
+    def read(self, address: int, size: int) -> bytes:
+        """Read virtual memory; raise MemoryReadError if any byte is unavailable."""
+        raise NotImplementedError
+
+    def read_physical(self, address: int, size: int) -> bytes:
+        raise MemoryReadError(address, size, physical=True, reason="this source has no physical memory")
+
+    def symbol(self, name: str) -> int:
+        """Address of a symbol like ``nt!KiBugCheckDriver``; raise SymbolNotFound."""
+        raise NotImplementedError
+
+    def type_info(self, name: str, field_names: Sequence[str]) -> Optional[TypeInfo]:
+        """Layout of a type like ``nt!_MDL`` from the target's own symbols, or None if unknown.
+
+        ``field_names`` are the fields the caller wants (dotted paths such as
+        ``Tail.Overlay.Thread`` allowed); the answer holds those the symbols have.
+        """
+        return None
+
+    def modules(self) -> List[Module]:
+        raise NotImplementedError
+
+    def search_pointers(self, values: Iterable[int], pfn_range: Optional[PfnRange] = None,
+                        progress: Optional[ProgressCallback] = None) -> Dict[int, List[SearchHit]]:
+        """Find every pointer-aligned occurrence of each value in one pass over memory.
+
+        Returns a dict with one entry per searched value (possibly an empty list), hits in
+        ascending address order. Raises SearchUnavailable if the source cannot search.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release files or sessions held by the target."""
+
+    # ---- helpers built on the primitives ----------------------------------------------------
+
+    def read_pointer(self, address: int) -> int:
+        return self.unpack_pointer(self.read(address, self.pointer_size))
+
+    def read_u8(self, address: int) -> int:
+        return self.read(address, 1)[0]
+
+    def read_u16(self, address: int) -> int:
+        return struct.unpack("<H", self.read(address, 2))[0]
+
+    def read_u32(self, address: int) -> int:
+        return struct.unpack("<I", self.read(address, 4))[0]
+
+    def read_u64(self, address: int) -> int:
+        return struct.unpack("<Q", self.read(address, 8))[0]
+
+    def unpack_pointer(self, data: bytes) -> int:
+        return struct.unpack("<Q" if self.pointer_size == 8 else "<I", data)[0]
+
+    def read_pointers(self, address: int, count: int) -> List[int]:
+        fmt = ("<%dQ" if self.pointer_size == 8 else "<%dI") % count
+        return list(struct.unpack(fmt, self.read(address, count * self.pointer_size)))
+
+    def read_unicode_string(self, address: int) -> str:
+        """Decode the `_UNICODE_STRING` at ``address`` (Length, MaximumLength, Buffer)."""
+        header = self.read(address, 2 * self.pointer_size)
+        length, maximum = struct.unpack_from("<HH", header, 0)
+        buffer = self.unpack_pointer(header[self.pointer_size:])
+        return self.decode_unicode_string(length, maximum, buffer)
+
+    def decode_unicode_string(self, length: int, maximum: int, buffer: int) -> str:
+        if length == 0:
+            return ""
+        if length > maximum:
+            raise CorruptString(f"UNICODE_STRING Length {length:#x} is past MaximumLength {maximum:#x}")
+        if length % 2:
+            raise CorruptString(f"UNICODE_STRING Length {length:#x} is odd")
+        if length > MAX_UNICODE_STRING_BYTES:
+            raise CorruptString(f"UNICODE_STRING Length {length:#x} is implausibly long")
+        if buffer == 0:
+            raise CorruptString("UNICODE_STRING Buffer is NULL with a non-zero Length")
+        return self.read(buffer, length).decode("utf-16-le", errors="replace")
+
+    def is_kernel_address(self, address: int) -> bool:
+        if self.pointer_size == 8:
+            return address >= 0xFFFF800000000000
+        return address >= 0x80000000
+
+    def is_user_address(self, address: int) -> bool:
+        """True for addresses below MmHighestUserAddress (x86 allows the /3GB split)."""
+        if self.pointer_size == 8:
+            return 0 < address < 0x00007FFFFFFF0000
+        return 0 < address < 0xC0000000
+
+
+def hex_address(value: int) -> str:
+    """Addresses in reports and JSON: ``0xffffa58a1c2d3040``."""
+    return f"{value:#x}"
+
+
+def windbg_address(value: int, pointer_size: int) -> str:
+    """Addresses the way WinDbg prints them: ``ffffa58a`1c2d3040`` on x64, ``8a6434d8`` on x86."""
+    if pointer_size == 8:
+        text = f"{value & 0xFFFFFFFFFFFFFFFF:016x}"
+        return f"{text[:8]}`{text[8:]}"
+    return f"{value & 0xFFFFFFFF:08x}"
+
+
+def pfn_range_from_text(text: str) -> PfnRange:
+    """Parse ``START-END`` (hex page frame numbers, as ``!search`` takes them)."""
+    try:
+        first_text, last_text = text.split("-", 1)
+        first, last = int(first_text, 16), int(last_text, 16)
+    except ValueError:
+        raise ValueError(f"PFN range {text!r} is not START-END in hex, e.g. 1000-7ffff") from None
+    if first > last:
+        raise ValueError(f"PFN range {text!r} starts after it ends")
+    return PfnRange(first, last)
+
+
+def sequence_to_bugcheck(values: Sequence[int]) -> BugCheck:
+    code, p1, p2, p3, p4 = (int(v) for v in values)
+    return BugCheck(code, (p1, p2, p3, p4))

@@ -1,0 +1,498 @@
+"""Recorded snapshots: a file that holds everything an analysis read from a target.
+
+Format (version 1) — a ZIP archive with two members:
+
+``snapshot.json``
+    UTF-8 JSON, the manifest: ``format`` ("leakhunt-snapshot"), ``version`` (1), ``created_by``,
+    ``target`` {``arch``, ``pointer_size``, ``build``, ``description``, ``max_pfn``},
+    ``bugcheck`` {``code``, ``parameters``}, ``symbols`` {name: address}, ``missing_symbols``
+    [names looked up and not found], ``types`` {type name: {``size``, ``fields``: {name:
+    [offset, size]}} or null when the source had no type information}, ``modules`` [{``name``,
+    ``image``, ``base``, ``size``}], ``complete`` (true when ``pages`` is all of memory and may be
+    searched; false for a recording, which replays only the searches it recorded), ``pages``
+    [{``va``, ``pa``}] in the order of their bytes in ``pages.bin``, ``unreadable`` [virtual page
+    addresses that could not be read], ``searches`` [{``values``, ``pfn_range``, ``hits``:
+    [{``value``, ``va``, ``pa``}]}]. Numbers that are addresses are hex strings ("0xfffff803...").
+
+``pages.bin``
+    The recorded memory: 4 KiB pages back to back, page *i* described by ``pages[i]``.
+
+``unzip -p case.snap snapshot.json`` shows the manifest; ``leakhunt inspect case.snap`` summarises it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from .. import __version__
+from ..search import ValueSet
+from .base import (PAGE_SIZE, BugCheck, FieldInfo, MemoryReadError, Module, PfnRange,
+                   ProgressCallback, SearchHit, SearchUnavailable, SymbolNotFound, Target,
+                   TargetError, TypeInfo)
+
+FORMAT_NAME = "leakhunt-snapshot"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "snapshot.json"
+PAGES_NAME = "pages.bin"
+# Fixed member timestamp so that recording the same session twice gives identical files.
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+# Refuse manifests or page stores beyond these sizes rather than exhaust memory on a hostile file.
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
+MAX_PAGES_BYTES = 8 * 1024 * 1024 * 1024
+
+
+class SnapshotError(TargetError):
+    """The snapshot file is missing, unreadable, truncated, corrupt or of an unknown version."""
+
+
+SearchKey = Tuple[Tuple[int, ...], Optional[Tuple[int, int]]]
+
+
+@dataclass
+class SnapshotData:
+    """Everything a snapshot holds, in memory."""
+
+    arch: str
+    pointer_size: int
+    bugcheck: BugCheck
+    build: Optional[int] = None
+    description: str = ""
+    max_pfn: Optional[int] = None
+    symbols: Dict[str, int] = field(default_factory=dict)
+    missing_symbols: Set[str] = field(default_factory=set)
+    types: Dict[str, Optional[TypeInfo]] = field(default_factory=dict)
+    modules: List[Module] = field(default_factory=list)
+    pages: Dict[int, bytes] = field(default_factory=dict)  # virtual page address -> 4 KiB
+    physical: Dict[int, int] = field(default_factory=dict)  # virtual page -> physical page
+    unreadable: Set[int] = field(default_factory=set)
+    complete: bool = False
+    searches: Dict[SearchKey, Dict[int, List[SearchHit]]] = field(default_factory=dict)
+    created_by: str = ""
+
+
+def search_key(values: Iterable[int], pfn_range: Optional[PfnRange]) -> SearchKey:
+    return (tuple(sorted(set(values))), (pfn_range.first, pfn_range.last) if pfn_range else None)
+
+
+# ---- writing -----------------------------------------------------------------------------------
+
+def _hex(value: Optional[int]) -> Optional[str]:
+    return None if value is None else f"{value:#x}"
+
+
+def _manifest(data: SnapshotData) -> dict:
+    page_order = sorted(data.pages)
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "created_by": data.created_by or f"leakhunt {__version__}",
+        "target": {
+            "arch": data.arch,
+            "pointer_size": data.pointer_size,
+            "build": data.build,
+            "description": data.description,
+            "max_pfn": _hex(data.max_pfn),
+        },
+        "bugcheck": {"code": _hex(data.bugcheck.code), "parameters": [_hex(p) for p in data.bugcheck.parameters]},
+        "symbols": {name: _hex(address) for name, address in sorted(data.symbols.items())},
+        "missing_symbols": sorted(data.missing_symbols),
+        "types": {
+            name: None if info is None else {
+                "size": info.size,
+                "fields": {f: [fi.offset, fi.size] for f, fi in sorted(info.fields.items())},
+            }
+            for name, info in sorted(data.types.items())
+        },
+        "modules": [{"name": m.name, "image": m.image, "base": _hex(m.base), "size": _hex(m.size)}
+                    for m in data.modules],
+        "complete": data.complete,
+        "pages": [{"va": _hex(va), "pa": _hex(data.physical.get(va))} for va in page_order],
+        "unreadable": [_hex(va) for va in sorted(data.unreadable)],
+        "searches": [
+            {
+                "values": [_hex(v) for v in values],
+                "pfn_range": None if pfn is None else [_hex(pfn[0]), _hex(pfn[1])],
+                "hits": [{"value": _hex(h.value), "va": _hex(h.virtual), "pa": _hex(h.physical)}
+                         for value in values for h in hits.get(value, [])],
+            }
+            for (values, pfn), hits in sorted(data.searches.items(), key=lambda item: (item[0][0], item[0][1] or ()))
+        ],
+    }
+
+
+def save_snapshot(data: SnapshotData, path: str, overwrite: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically: a half-written recording never replaces anything.
+
+    Raises SnapshotError if ``path`` exists and ``overwrite`` is false, or if it cannot be written.
+    """
+    if os.path.exists(path) and not overwrite:
+        raise SnapshotError(f"{path} already exists; choose another name or pass --force to overwrite it")
+    directory = os.path.dirname(os.path.abspath(path))
+    manifest = json.dumps(_manifest(data), indent=1, sort_keys=False).encode("utf-8")
+    handle, temporary = tempfile.mkstemp(prefix=".leakhunt-", suffix=".snap.tmp", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(zipfile.ZipInfo(MANIFEST_NAME, _ZIP_DATE), manifest, zipfile.ZIP_DEFLATED)
+            info = zipfile.ZipInfo(PAGES_NAME, _ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(info, "w", force_zip64=True) as pages:
+                for va in sorted(data.pages):
+                    pages.write(data.pages[va])
+        os.replace(temporary, path)
+    except OSError as error:
+        raise SnapshotError(f"cannot write snapshot {path}: {error.strerror or error}") from None
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+# ---- reading -----------------------------------------------------------------------------------
+
+def _number(value, what: str) -> int:
+    if isinstance(value, bool):
+        raise SnapshotError(f"corrupt snapshot: {what} is not a number")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str):
+        try:
+            number = int(value, 0)
+        except ValueError:
+            raise SnapshotError(f"corrupt snapshot: {what} {value[:40]!r} is not a number") from None
+    else:
+        raise SnapshotError(f"corrupt snapshot: {what} is not a number")
+    if number < 0 or number >= 1 << 64:
+        raise SnapshotError(f"corrupt snapshot: {what} {number:#x} is out of range")
+    return number
+
+
+def _optional_number(value, what: str) -> Optional[int]:
+    return None if value is None else _number(value, what)
+
+
+def _expect(value, kind, what: str):
+    if not isinstance(value, kind):
+        raise SnapshotError(f"corrupt snapshot: {what} has the wrong type")
+    return value
+
+
+def load_snapshot(path: str) -> SnapshotData:
+    """Read a snapshot file (opened read-only) and check every part of it."""
+    if os.path.isdir(path):
+        raise SnapshotError(f"{path} is a directory, not a snapshot file")
+    try:
+        with open(path, "rb") as raw:
+            with zipfile.ZipFile(raw) as archive:
+                names = set(archive.namelist())
+                if MANIFEST_NAME not in names:
+                    raise SnapshotError(f"{path} is not a leakhunt snapshot (no {MANIFEST_NAME} inside)")
+                manifest_info = archive.getinfo(MANIFEST_NAME)
+                if manifest_info.file_size > MAX_MANIFEST_BYTES:
+                    raise SnapshotError(f"{path}: the manifest is implausibly large")
+                manifest_bytes = archive.read(MANIFEST_NAME)
+                manifest = _parse_manifest(manifest_bytes, path)
+                page_count = len(manifest["pages"])
+                pages_bytes = b""
+                if page_count:
+                    if PAGES_NAME not in names:
+                        raise SnapshotError(f"{path}: the snapshot lists pages but has no {PAGES_NAME}")
+                    if archive.getinfo(PAGES_NAME).file_size > MAX_PAGES_BYTES:
+                        raise SnapshotError(f"{path}: the page store is implausibly large")
+                    pages_bytes = archive.read(PAGES_NAME)
+    except FileNotFoundError:
+        raise SnapshotError(f"{path}: no such file") from None
+    except PermissionError:
+        raise SnapshotError(f"{path}: permission denied") from None
+    except IsADirectoryError:
+        raise SnapshotError(f"{path} is a directory, not a snapshot file") from None
+    except zipfile.BadZipFile as error:
+        raise SnapshotError(f"{path} is not a leakhunt snapshot or is truncated ({error})") from None
+    except (zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError) as error:
+        raise SnapshotError(f"{path} is corrupt ({error})") from None
+    except OSError as error:
+        raise SnapshotError(f"cannot read {path}: {error.strerror or error}") from None
+    return _build(manifest, pages_bytes, path)
+
+
+def _parse_manifest(raw: bytes, path: str) -> dict:
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise SnapshotError(f"{path}: the manifest is not valid JSON (corrupt snapshot)") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise SnapshotError(f"{path} is not a leakhunt snapshot (format marker missing)")
+    version = manifest.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise SnapshotError(f"{path}: the snapshot has no valid format version")
+    if version > FORMAT_VERSION:
+        raise SnapshotError(f"{path} was written in snapshot format version {version}; this leakhunt reads "
+                            f"version {FORMAT_VERSION} and older: upgrade leakhunt")
+    if version < 1:
+        raise SnapshotError(f"{path}: unknown snapshot format version {version}")
+    _expect(manifest.get("pages", []), list, "pages")
+    return manifest
+
+
+def _build(manifest: dict, pages_bytes: bytes, path: str) -> SnapshotData:
+    target = _expect(manifest.get("target"), dict, "target")
+    pointer_size = target.get("pointer_size")
+    if pointer_size not in (4, 8):
+        raise SnapshotError(f"corrupt snapshot: pointer size {pointer_size!r} is neither 4 nor 8")
+    arch = target.get("arch")
+    if arch not in ("x64", "x86", "arm64"):
+        raise SnapshotError(f"corrupt snapshot: unknown architecture {arch!r}")
+    bugcheck = _expect(manifest.get("bugcheck"), dict, "bugcheck")
+    parameters = _expect(bugcheck.get("parameters"), list, "bugcheck parameters")
+    if len(parameters) != 4:
+        raise SnapshotError("corrupt snapshot: the bug check needs 4 parameters")
+    build = target.get("build")
+    if build is not None and (not isinstance(build, int) or isinstance(build, bool) or build < 0):
+        raise SnapshotError("corrupt snapshot: build is not a number")
+    data = SnapshotData(
+        arch=arch,
+        pointer_size=pointer_size,
+        bugcheck=BugCheck(_number(bugcheck.get("code"), "bug check code"),
+                          tuple(_number(p, "bug check parameter") for p in parameters)),
+        build=build,
+        description=str(target.get("description") or ""),
+        max_pfn=_optional_number(target.get("max_pfn"), "max_pfn"),
+        complete=bool(manifest.get("complete", False)),
+        created_by=str(manifest.get("created_by") or ""),
+    )
+    for name, address in _expect(manifest.get("symbols", {}), dict, "symbols").items():
+        data.symbols[str(name)] = _number(address, f"symbol {name}")
+    data.missing_symbols = {str(n) for n in _expect(manifest.get("missing_symbols", []), list, "missing_symbols")}
+    for name, info in _expect(manifest.get("types", {}), dict, "types").items():
+        if info is None:
+            data.types[str(name)] = None
+            continue
+        _expect(info, dict, f"type {name}")
+        fields = {}
+        for field_name, pair in _expect(info.get("fields", {}), dict, f"type {name} fields").items():
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise SnapshotError(f"corrupt snapshot: field {name}.{field_name} is malformed")
+            fields[str(field_name)] = FieldInfo(_number(pair[0], "field offset"), _number(pair[1], "field size"))
+        data.types[str(name)] = TypeInfo(str(name), _number(info.get("size", 0), f"size of {name}"), fields)
+    for entry in _expect(manifest.get("modules", []), list, "modules"):
+        _expect(entry, dict, "module")
+        data.modules.append(Module(str(entry.get("name", "")), str(entry.get("image", "")),
+                                   _number(entry.get("base"), "module base"), _number(entry.get("size"), "module size")))
+    pages = manifest["pages"]
+    if len(pages_bytes) != len(pages) * PAGE_SIZE:
+        raise SnapshotError(f"{path}: the page store holds {len(pages_bytes)} bytes but the manifest lists "
+                            f"{len(pages)} pages (truncated or corrupt snapshot)")
+    view = memoryview(pages_bytes)
+    for index, entry in enumerate(pages):
+        _expect(entry, dict, "page")
+        va = _number(entry.get("va"), "page address")
+        if va % PAGE_SIZE:
+            raise SnapshotError(f"corrupt snapshot: page address {va:#x} is not page aligned")
+        if va in data.pages:
+            raise SnapshotError(f"corrupt snapshot: page {va:#x} is listed twice")
+        data.pages[va] = bytes(view[index * PAGE_SIZE:(index + 1) * PAGE_SIZE])
+        pa = _optional_number(entry.get("pa"), "physical page address")
+        if pa is not None:
+            data.physical[va] = pa
+    data.unreadable = {_number(v, "unreadable page") for v in _expect(manifest.get("unreadable", []), list, "unreadable")}
+    for entry in _expect(manifest.get("searches", []), list, "searches"):
+        _expect(entry, dict, "search")
+        values = tuple(sorted({_number(v, "searched value") for v in _expect(entry.get("values"), list, "values")}))
+        pfn = entry.get("pfn_range")
+        pfn_key = None
+        if pfn is not None:
+            if not isinstance(pfn, list) or len(pfn) != 2:
+                raise SnapshotError("corrupt snapshot: malformed pfn_range")
+            pfn_key = (_number(pfn[0], "pfn"), _number(pfn[1], "pfn"))
+        hits: Dict[int, List[SearchHit]] = {v: [] for v in values}
+        for hit in _expect(entry.get("hits", []), list, "hits"):
+            _expect(hit, dict, "hit")
+            value = _number(hit.get("value"), "hit value")
+            if value not in hits:
+                raise SnapshotError(f"corrupt snapshot: a hit for {value:#x} that was not searched for")
+            hits[value].append(SearchHit(value, _optional_number(hit.get("va"), "hit address"),
+                                         _optional_number(hit.get("pa"), "hit physical address")))
+        data.searches[(values, pfn_key)] = hits
+    return data
+
+
+# ---- the replay target -------------------------------------------------------------------------
+
+class SnapshotTarget(Target):
+    """Replays a snapshot: reads come from its pages, searches from its recordings or its pages."""
+
+    def __init__(self, data: SnapshotData, origin: str = ""):
+        self.data = data
+        self.arch = data.arch
+        self.pointer_size = data.pointer_size
+        self.build = data.build
+        self.max_pfn = data.max_pfn
+        self.description = data.description or "recorded snapshot"
+        if origin:
+            self.description = f"{self.description} (replayed from {origin})"
+        self.has_type_info = any(info is not None for info in data.types.values())
+
+    @classmethod
+    def open(cls, path: str) -> "SnapshotTarget":
+        return cls(load_snapshot(path), os.path.basename(path))
+
+    def bugcheck(self) -> BugCheck:
+        return self.data.bugcheck
+
+    def read(self, address: int, size: int) -> bytes:
+        if size <= 0:
+            return b""
+        chunks = []
+        page = address & ~(PAGE_SIZE - 1)
+        end = address + size
+        while page < end:
+            content = self.data.pages.get(page)
+            if content is None:
+                raise MemoryReadError(address, size, reason="not in the snapshot")
+            start = max(address, page) - page
+            stop = min(end, page + PAGE_SIZE) - page
+            chunks.append(content[start:stop])
+            page += PAGE_SIZE
+        return b"".join(chunks)
+
+    def symbol(self, name: str) -> int:
+        try:
+            return self.data.symbols[name]
+        except KeyError:
+            raise SymbolNotFound(name, "not in the snapshot") from None
+
+    def type_info(self, name: str, field_names: Sequence[str]) -> Optional[TypeInfo]:
+        return self.data.types.get(name)
+
+    def modules(self) -> List[Module]:
+        return list(self.data.modules)
+
+    def search_pointers(self, values: Iterable[int], pfn_range: Optional[PfnRange] = None,
+                        progress: Optional[ProgressCallback] = None) -> Dict[int, List[SearchHit]]:
+        key = search_key(values, pfn_range)
+        recorded = self.data.searches.get(key)
+        if recorded is not None:
+            return {v: list(recorded.get(v, [])) for v in key[0]}
+        if not self.data.complete:
+            raise SearchUnavailable("this snapshot is a recording and did not record a search for these values")
+        return self._scan(key[0], pfn_range, progress)
+
+    def _scan(self, values: Tuple[int, ...], pfn_range: Optional[PfnRange],
+              progress: Optional[ProgressCallback]) -> Dict[int, List[SearchHit]]:
+        value_set = ValueSet(values, self.pointer_size)
+        hits: Dict[int, List[SearchHit]] = {v: [] for v in values}
+        # Scan in physical order, as a search of physical memory would.
+        order = sorted(self.data.pages, key=lambda va: (self.data.physical.get(va, va), va))
+        total = len(order) * PAGE_SIZE
+        for done, va in enumerate(order):
+            pa = self.data.physical.get(va)
+            if pfn_range is not None and (pa is None or not pfn_range.contains_address(pa)):
+                continue
+            indices, found = value_set.find(self.data.pages[va])
+            for index, value in zip(indices.tolist(), found.tolist()):
+                offset = index * self.pointer_size
+                hits[value].append(SearchHit(value, va + offset, None if pa is None else pa + offset))
+            if progress is not None and done % 256 == 0:
+                progress(done * PAGE_SIZE, total)
+        for value in hits:
+            hits[value].sort(key=lambda h: (h.virtual or 0, h.physical or 0))
+        return hits
+
+
+# ---- recording any target ----------------------------------------------------------------------
+
+class RecordingTarget(Target):
+    """Wraps a target and records everything the analysis reads, for ``--record``.
+
+    Memory is recorded a whole page at a time so that replay fails and succeeds exactly where the
+    original did.
+    """
+
+    def __init__(self, inner: Target):
+        self.inner = inner
+        self.arch = inner.arch
+        self.pointer_size = inner.pointer_size
+        self.build = inner.build
+        self.max_pfn = inner.max_pfn
+        self.description = inner.description
+        self.has_type_info = inner.has_type_info
+        self.data = SnapshotData(arch=inner.arch, pointer_size=inner.pointer_size, bugcheck=BugCheck(0, (0, 0, 0, 0)),
+                                 build=inner.build, description=inner.description, max_pfn=inner.max_pfn)
+        self._bugcheck: Optional[BugCheck] = None
+        self._modules: Optional[List[Module]] = None
+
+    def bugcheck(self) -> BugCheck:
+        if self._bugcheck is None:
+            self._bugcheck = self.inner.bugcheck()
+            self.data.bugcheck = self._bugcheck
+        return self._bugcheck
+
+    def _page(self, page: int) -> Optional[bytes]:
+        if page in self.data.pages:
+            return self.data.pages[page]
+        if page in self.data.unreadable:
+            return None
+        try:
+            content = self.inner.read(page, PAGE_SIZE)
+        except MemoryReadError:
+            self.data.unreadable.add(page)
+            return None
+        self.data.pages[page] = content
+        return content
+
+    def read(self, address: int, size: int) -> bytes:
+        if size <= 0:
+            return b""
+        chunks = []
+        page = address & ~(PAGE_SIZE - 1)
+        end = address + size
+        while page < end:
+            content = self._page(page)
+            if content is None:
+                raise MemoryReadError(address, size)
+            start = max(address, page) - page
+            stop = min(end, page + PAGE_SIZE) - page
+            chunks.append(content[start:stop])
+            page += PAGE_SIZE
+        return b"".join(chunks)
+
+    def symbol(self, name: str) -> int:
+        if name in self.data.symbols:
+            return self.data.symbols[name]
+        if name in self.data.missing_symbols:
+            raise SymbolNotFound(name)
+        try:
+            address = self.inner.symbol(name)
+        except SymbolNotFound:
+            self.data.missing_symbols.add(name)
+            raise
+        self.data.symbols[name] = address
+        return address
+
+    def type_info(self, name: str, field_names: Sequence[str]) -> Optional[TypeInfo]:
+        if name not in self.data.types:
+            self.data.types[name] = self.inner.type_info(name, field_names)
+        return self.data.types[name]
+
+    def modules(self) -> List[Module]:
+        if self._modules is None:
+            self._modules = self.inner.modules()
+            self.data.modules = list(self._modules)
+        return list(self._modules)
+
+    def search_pointers(self, values: Iterable[int], pfn_range: Optional[PfnRange] = None,
+                        progress: Optional[ProgressCallback] = None) -> Dict[int, List[SearchHit]]:
+        key = search_key(values, pfn_range)
+        if key not in self.data.searches:
+            self.data.searches[key] = self.inner.search_pointers(key[0], pfn_range, progress)
+        return {v: list(self.data.searches[key].get(v, [])) for v in key[0]}
+
+    def snapshot(self) -> SnapshotData:
+        """The recording so far (the bug check is always included)."""
+        self.bugcheck()
+        return self.data
+
+    def close(self) -> None:
+        self.inner.close()
