@@ -30,8 +30,7 @@ def analyze(target: Target, options: Optional[Options] = None) -> Report:
     An interrupted hunt returns what it found so far, marked partial.
     """
     context = Context(target, options or Options())
-    base_code = context.bugcheck.code & ~0x10000000
-    entry = ANALYSES.get(base_code)
+    entry = ANALYSES.get(context.decoded.code)  # the catalog folds "_M" forms into their base code
     if entry is None:
         context.report.analysis = "parameters only"
         context.report.next_steps.extend(context.decoded.next_steps)

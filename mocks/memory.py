@@ -1,0 +1,185 @@
+"""Synthesized kernel memory: a page-granular builder that lays out kernel objects the way Windows
+does, using leakhunt's own layout tables (``pykd_ext.layouts``) for every offset.
+
+The result is a ``SnapshotData`` with ``complete=True``: every page has a virtual and a physical
+address, so the same memory can be replayed, served by the stand-in pykd, or written as a dump file.
+"""
+from __future__ import annotations
+
+import random
+import struct
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from pykd_ext.kernel.modules import module_name
+from pykd_ext.layouts import IMAGE_FILE_NAME_LENGTH, builtin_layout
+from pykd_ext.targets.base import PAGE_SIZE, BugCheck, Module
+from pykd_ext.targets.snapshot import SnapshotData
+
+# Where the builder places things, per pointer size: (pool, images, user buffers, data globals).
+REGIONS = {
+    8: {"pool": 0xFFFFA58A1C000000, "images": 0xFFFFF80312000000, "user": 0x000001D45A000000},
+    4: {"pool": 0x85000000, "images": 0x82000000, "user": 0x00C40000},
+}
+FIRST_PFN = 0x1000
+
+
+class KernelMemory:
+    """Sparse kernel memory with a bump allocator for pool and image regions."""
+
+    def __init__(self, pointer_size: int, seed: int = 1, build: Optional[int] = None):
+        self.pointer_size = pointer_size
+        self.build = build
+        self.rng = random.Random(seed)
+        self.pages: Dict[int, bytearray] = {}
+        self.physical: Dict[int, int] = {}
+        self.modules: List[Module] = []
+        self.symbols: Dict[str, int] = {}
+        regions = REGIONS[pointer_size]
+        self._pool_next = regions["pool"]
+        self._image_next = regions["images"]
+        self._user_next = regions["user"]
+        # Physical frames are handed out in shuffled order, as real allocations are.
+        self._free_pfns = list(range(FIRST_PFN, FIRST_PFN + 0x4000))
+        self.rng.shuffle(self._free_pfns)
+
+    # ---- raw memory ----------------------------------------------------------------------------
+
+    def _page(self, page: int) -> bytearray:
+        if page not in self.pages:
+            self.pages[page] = bytearray(PAGE_SIZE)
+            self.physical[page] = self._free_pfns.pop() * PAGE_SIZE
+        return self.pages[page]
+
+    def write(self, address: int, data: bytes) -> None:
+        offset = 0
+        while offset < len(data):
+            page = (address + offset) & ~(PAGE_SIZE - 1)
+            start = (address + offset) - page
+            chunk = min(len(data) - offset, PAGE_SIZE - start)
+            self._page(page)[start:start + chunk] = data[offset:offset + chunk]
+            offset += chunk
+
+    def read(self, address: int, size: int) -> bytes:
+        out = bytearray()
+        for offset in range(size):
+            page = (address + offset) & ~(PAGE_SIZE - 1)
+            out.append(self.pages[page][(address + offset) - page])
+        return bytes(out)
+
+    def pack_pointer(self, value: int) -> bytes:
+        return struct.pack("<Q" if self.pointer_size == 8 else "<I", value)
+
+    def write_pointer(self, address: int, value: int) -> None:
+        self.write(address, self.pack_pointer(value))
+
+    def map_pages(self, address: int, size: int) -> None:
+        """Make sure every page of a range exists (zero filled)."""
+        page = address & ~(PAGE_SIZE - 1)
+        while page < address + size:
+            self._page(page)
+            page += PAGE_SIZE
+
+    # ---- allocation ----------------------------------------------------------------------------
+
+    def alloc(self, size: int, align: int = 16) -> int:
+        """Pool-like allocation: 16-byte aligned on x64 (8 on x86), never crossing into unmapped pages."""
+        align = align if self.pointer_size == 8 else min(align, 8)
+        address = (self._pool_next + align - 1) & ~(align - 1)
+        self._pool_next = address + size
+        self.map_pages(address, size)
+        return address
+
+    def skip_pool(self, size: int) -> None:
+        self._pool_next += size
+
+    def user_buffer(self, pages: int) -> int:
+        address = self._user_next
+        self._user_next += (pages + 3) * PAGE_SIZE
+        return address
+
+    def fresh_pfn(self) -> int:
+        return self._free_pfns.pop()
+
+    # ---- structures through the layout tables -------------------------------------------------
+
+    def layout(self, name: str):
+        layout = builtin_layout(name, self.pointer_size, self.build)
+        if layout is None:
+            raise KeyError(f"no built-in layout for {name}")
+        return layout
+
+    def write_fields(self, name: str, address: int, **values: int) -> None:
+        layout = self.layout(name)
+        for field_name, value in values.items():
+            key = field_name.replace("__", ".")
+            offset = layout.offset(key)
+            kind = layout.kinds[key]
+            if kind == "ptr":
+                self.write_pointer(address + offset, value)
+            else:
+                fmt = {"u8": "<B", "u16": "<H", "i16": "<h", "u32": "<I", "u64": "<Q"}[kind]
+                self.write(address + offset, struct.pack(fmt, value))
+
+    def new(self, name: str, extra: int = 0, **values: int) -> int:
+        layout = self.layout(name)
+        address = self.alloc(layout.size + extra)
+        self.write_fields(name, address, **values)
+        return address
+
+    def unicode_string(self, address: int, text: str) -> None:
+        """Fill the `_UNICODE_STRING` at ``address`` with a freshly allocated copy of ``text``."""
+        encoded = text.encode("utf-16-le")
+        buffer = self.alloc(len(encoded) + 2)
+        self.write(buffer, encoded)
+        self.write_fields("_UNICODE_STRING", address, Length=len(encoded), MaximumLength=len(encoded) + 2,
+                          Buffer=buffer)
+
+    # ---- images and the loaded module list -----------------------------------------------------
+
+    def add_image(self, image: str, size: int = 0x20000) -> Module:
+        base = self._image_next
+        self._image_next += (size + 0xFFFFF) & ~0xFFFFF
+        # The image header page, so that the image exists in memory.
+        self.map_pages(base, PAGE_SIZE)
+        self.write(base, b"MZ")
+        module = Module(module_name(image), image, base, size)
+        self.modules.append(module)
+        return module
+
+    def global_variable(self, module: Module, offset: int, size: int) -> int:
+        address = module.base + offset
+        self.map_pages(address, size)
+        return address
+
+    def build_loaded_module_list(self, kernel: Module) -> int:
+        """Write PsLoadedModuleList (a LIST_ENTRY of _KLDR_DATA_TABLE_ENTRY) inside the kernel image."""
+        head = self.global_variable(kernel, 0x3000, 2 * self.pointer_size)
+        entries = []
+        for module in self.modules:
+            entry = self.new("_KLDR_DATA_TABLE_ENTRY", DllBase=module.base, SizeOfImage=module.size)
+            layout = self.layout("_KLDR_DATA_TABLE_ENTRY")
+            self.unicode_string(entry + layout.offset("BaseDllName"), module.image)
+            self.unicode_string(entry + layout.offset("FullDllName"), "\\SystemRoot\\system32\\drivers\\" + module.image)
+            entries.append(entry + layout.offset("InLoadOrderLinks"))
+        links = [head] + entries
+        for index, link in enumerate(links):
+            self.write_fields("_LIST_ENTRY", link, Flink=links[(index + 1) % len(links)],
+                              Blink=links[index - 1])
+        self.symbols["nt!PsLoadedModuleList"] = head
+        return head
+
+    # ---- the result ----------------------------------------------------------------------------
+
+    def snapshot(self, arch: str, bugcheck: BugCheck, description: str) -> SnapshotData:
+        max_pfn = max(self.physical.values()) // PAGE_SIZE if self.physical else None
+        return SnapshotData(
+            arch=arch, pointer_size=self.pointer_size, bugcheck=bugcheck, build=self.build,
+            description=description, max_pfn=max_pfn, symbols=dict(self.symbols), modules=list(self.modules),
+            pages={va: bytes(content) for va, content in self.pages.items()}, physical=dict(self.physical),
+            complete=True, created_by="leakhunt scenario builder (mocks/)",
+        )
+
+
+def image_file_name(name: str) -> bytes:
+    """EPROCESS.ImageFileName: 15 bytes, NUL padded, truncated like the kernel does."""
+    return name.encode("ascii")[:IMAGE_FILE_NAME_LENGTH - 1].ljust(IMAGE_FILE_NAME_LENGTH, b"\0")

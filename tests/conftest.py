@@ -1,0 +1,7 @@
+"""Tests import the package from this checkout and the scenario builders from mocks/."""
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
