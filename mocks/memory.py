@@ -120,9 +120,13 @@ class KernelMemory:
                 fmt = {"u8": "<B", "u16": "<H", "i16": "<h", "u32": "<I", "u64": "<Q"}[kind]
                 self.write(address + offset, struct.pack(fmt, value))
 
-    def new(self, name: str, extra: int = 0, **values: int) -> int:
+    def footprint(self, name: str) -> int:
+        """sizeof the structure, or enough room for its known fields when leakhunt has no sizeof."""
         layout = self.layout(name)
-        address = self.alloc(layout.size + extra)
+        return layout.size or max(layout.offsets.values()) + 2 * self.pointer_size
+
+    def new(self, name: str, extra: int = 0, **values: int) -> int:
+        address = self.alloc(self.footprint(name) + extra)
         self.write_fields(name, address, **values)
         return address
 

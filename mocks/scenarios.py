@@ -90,7 +90,7 @@ class KernelScene(KernelMemory):
 
     def file_object(self, device: int, name: str) -> int:
         layout = self.layout("_FILE_OBJECT")
-        address = self.new("_FILE_OBJECT", Type=IO_TYPE_FILE, Size=layout.size, DeviceObject=device)
+        address = self.new("_FILE_OBJECT", Type=IO_TYPE_FILE, Size=self.footprint("_FILE_OBJECT"), DeviceObject=device)
         self.unicode_string(address + layout.offset("FileName"), name)
         return address
 

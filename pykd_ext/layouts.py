@@ -169,17 +169,18 @@ _KLDR_DATA_TABLE_ENTRY = [
     ("Flags", 0x68, 0x34, "u32"),
 ]
 
-# name -> (field rows, x64 sizeof, x86 sizeof)
+# name -> (field rows, x64 sizeof, x86 sizeof); a sizeof of 0 means leakhunt does not rely on it
+# (views then read up to the last known field).
 STABLE_LAYOUTS = {
     "_MDL": (_MDL, 0x30, 0x1C),
     "_IRP": (_IRP, 0xD0, 0x70),
     "_IO_STACK_LOCATION": (_IO_STACK_LOCATION, 0x48, 0x24),
     "_DEVICE_OBJECT": (_DEVICE_OBJECT, 0x150, 0xB8),
     "_DRIVER_OBJECT": (_DRIVER_OBJECT, 0x150, 0xA8),
-    "_FILE_OBJECT": (_FILE_OBJECT, 0xD8, 0x80),
+    "_FILE_OBJECT": (_FILE_OBJECT, 0, 0),
     "_UNICODE_STRING": (_UNICODE_STRING, 0x10, 0x8),
     "_LIST_ENTRY": (_LIST_ENTRY, 0x10, 0x8),
-    "_KLDR_DATA_TABLE_ENTRY": (_KLDR_DATA_TABLE_ENTRY, 0xA0, 0x50),
+    "_KLDR_DATA_TABLE_ENTRY": (_KLDR_DATA_TABLE_ENTRY, 0, 0),
 }
 
 # ---- layouts that move between builds (windows-kernel.md §4.9), x64 only ----
@@ -273,7 +274,7 @@ class Layouts:
     def view(self, name: str, address: int) -> "StructView":
         """Read the whole structure at ``address`` in one read and decode fields from it."""
         layout = self.get(name)
-        size = layout.size or (max(layout.offsets.values()) + 8)
+        size = layout.size or (max(layout.offsets.values()) + self.target.pointer_size)
         return StructView(layout, address, self.target.read(address, size), self.target.pointer_size)
 
 

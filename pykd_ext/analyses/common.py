@@ -297,39 +297,35 @@ def _chain_reaches(context: Context, first: int, wanted: int) -> bool:
     return False
 
 
-def blame_irp_holders(context: Context, mdl: Mdl, irps: List[Irp], why: str, confidence: str) -> None:
-    """Put the driver that owns each IRP's current stack location on the suspect board.
+def blame_irp(context: Context, irp: Irp, why: str, confidence: str) -> None:
+    """Put the driver that owns the IRP's current stack location on the suspect board.
 
-    Drivers higher in the stack (which passed the IRP down) are added with low confidence.
+    ``why`` says what the IRP holds. Drivers higher in the stack (which passed the IRP down) are
+    added with low confidence.
     """
-    for irp in irps:
-        current = irp.current
-        if current is None:
-            context.report.warn(f"IRP {context.address(irp.address)} holding MDL {context.address(mdl.address)} is "
-                                f"not at any driver's stack location (CurrentLocation {irp.current_location} of "
-                                f"{irp.stack_count}); no driver is blamed through it")
-        for location in irp.stack:
-            if location.unused:
-                continue
-            driver = location.driver
-            if driver is None or driver.problems or not driver.name:
-                if location.current:
-                    reason = "no device object" if location.device is None else \
-                        "; ".join((location.device.problems or []) + (driver.problems if driver else []))
-                    context.report.warn(f"IRP {context.address(irp.address)} current stack location "
-                                        f"{location.number} names no valid driver ({reason})")
-                continue
-            image = driver.image.image if driver.image else None
-            step = (f"{why}; IRP {context.address(irp.address)} holds it and its "
-                    f"{'current' if location.current else 'upper'} stack location {location.number} "
-                    f"({major_function_name(location.major)}) is at {driver.name}'s device "
-                    f"{context.address(location.device.address)}")
+    if irp.current is None:
+        context.report.warn(f"IRP {context.address(irp.address)} is not at any driver's stack location "
+                            f"(CurrentLocation {irp.current_location} of {irp.stack_count}); no driver is blamed "
+                            f"through it")
+    for location in irp.stack:
+        if location.unused:
+            continue
+        driver = location.driver
+        if driver is None or driver.problems or not driver.name:
             if location.current:
-                context.suspects.add(driver.name, image, confidence, 10, step, driver.address,
-                                     driver.image.base if driver.image else None)
-            else:
-                context.suspects.add(driver.name, image, "low", 2, step, driver.address,
-                                     driver.image.base if driver.image else None)
+                reasons = (location.device.problems if location.device else ["no device object"]) + \
+                    (driver.problems if driver else [])
+                context.report.warn(f"IRP {context.address(irp.address)} current stack location {location.number} "
+                                    f"names no valid driver ({'; '.join(reasons) or 'unnamed driver'})")
+            continue
+        image = driver.image.image if driver.image else None
+        step = (f"{why}: held by IRP {context.address(irp.address)}, whose "
+                f"{'current' if location.current else 'upper'} stack location {location.number} "
+                f"({major_function_name(location.major)}) is at {driver.name}'s device "
+                f"{context.address(location.device.address)}")
+        context.suspects.add(driver.name, image, confidence if location.current else "low",
+                             10 if location.current else 2, step, driver.address,
+                             driver.image.base if driver.image else None)
 
 
 # ---- facts shared by the locked-pages family --------------------------------------------------

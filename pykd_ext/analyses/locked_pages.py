@@ -13,7 +13,7 @@ from ..bugchecks import TRACK_LOCKED_PAGES_STEPS
 from ..kernel.mdl import LOCKED, MDL_PAGES_LOCKED, MDL_SOURCE_IS_NONPAGED_POOL, Mdl, read_mdl
 from ..report import HIGH, MEDIUM, Fact, Rejected
 from ..targets.base import MemoryReadError, SearchUnavailable
-from .common import (Context, blame_irp_holders, find_holders, irp_record, mdl_record, read_ki_bugcheck_driver,
+from .common import (Context, blame_irp, find_holders, irp_record, mdl_record, read_ki_bugcheck_driver,
                      read_process)
 
 NOBODY_NAMED = ("No driver is named by the evidence: no locked MDL of the process is held by an IRP that "
@@ -72,11 +72,16 @@ def _hunt_process(context: Context, process: int, expected_pages: int) -> None:
     _report_mdls_and_irps(context, kept, holders)
     accounted = sum(m.pages for m in locked if not m.partial)
     report.locked_pages_accounted = accounted
+    locked_by_irp: Dict[int, List[Mdl]] = {}
     for mdl in locked:
-        irps = [holders.irps[a] for a in holders.held_by.get(mdl.address, [])]
-        why = (f"MDL {context.address(mdl.address)} locks {mdl.pages} page(s) of process "
-               f"{context.address(process)} (MDL_PAGES_LOCKED set)")
-        blame_irp_holders(context, mdl, irps, why, HIGH)
+        for irp_address in holders.held_by.get(mdl.address, []):
+            locked_by_irp.setdefault(irp_address, []).append(mdl)
+    for irp_address, mdls in sorted(locked_by_irp.items()):
+        chained = [m for m in mdls if m.address in holders.chain_parent]
+        why = (f"locked MDL{'s' if len(mdls) > 1 else ''} {', '.join(context.address(m.address) for m in mdls)} "
+               f"of process {context.address(process)} ({sum(m.pages for m in mdls)} page(s), MDL_PAGES_LOCKED set"
+               f"{', reached through the MDL.Next chain' if chained else ''})")
+        blame_irp(context, holders.irps[irp_address], why, HIGH)
     orphans = [m for m in locked if not holders.held_by.get(m.address)]
     if orphans:
         report.warn(f"{len(orphans)} locked MDL(s) of the process are held by no IRP: the driver that locked "
@@ -113,8 +118,9 @@ def _hunt_unlocked_mdl(context: Context, mdl_address: int) -> None:
         irp_report.holds = [mdl_address]
         report.irps.append(irp_report)
     if mdl is not None:
-        blame_irp_holders(context, mdl, irps, f"the driver unlocked MDL {context.address(mdl_address)} whose pages "
-                                              f"were not locked", MEDIUM)
+        for irp in irps:
+            blame_irp(context, irp, f"MDL {context.address(mdl_address)} (P2), whose pages were not locked when a "
+                                    f"driver unlocked them", MEDIUM)
 
 
 def _why_not_locked(context: Context, mdl: Mdl) -> List[str]:
