@@ -39,7 +39,8 @@ class KernelMemory:
         self._image_next = regions["images"]
         self._user_next = regions["user"]
         # Physical frames are handed out in shuffled order, as real allocations are.
-        self._free_pfns = list(range(FIRST_PFN, FIRST_PFN + 0x4000))
+        self.highest_pfn = FIRST_PFN + 0x4000 - 1  # the machine's last physical page
+        self._free_pfns = list(range(FIRST_PFN, self.highest_pfn + 1))
         self.rng.shuffle(self._free_pfns)
 
     # ---- raw memory ----------------------------------------------------------------------------
@@ -175,10 +176,9 @@ class KernelMemory:
     # ---- the result ----------------------------------------------------------------------------
 
     def snapshot(self, arch: str, bugcheck: BugCheck, description: str) -> SnapshotData:
-        max_pfn = max(self.physical.values()) // PAGE_SIZE if self.physical else None
         return SnapshotData(
             arch=arch, pointer_size=self.pointer_size, bugcheck=bugcheck, build=self.build,
-            description=description, max_pfn=max_pfn, symbols=dict(self.symbols), modules=list(self.modules),
+            description=description, max_pfn=self.highest_pfn, symbols=dict(self.symbols), modules=list(self.modules),
             pages={va: bytes(content) for va, content in self.pages.items()}, physical=dict(self.physical),
             complete=True, created_by="leakhunt scenario builder (mocks/)",
         )
