@@ -26,7 +26,7 @@ import os
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .. import __version__
 from ..search import ValueSet
@@ -320,6 +320,22 @@ def _build(manifest: dict, pages_bytes: bytes, path: str) -> SnapshotData:
 
 # ---- the replay target -------------------------------------------------------------------------
 
+def read_from_pages(address: int, size: int, page_at: Callable[[int], Optional[bytes]], missing: str) -> bytes:
+    """Assemble ``size`` bytes at ``address`` from whole pages; ``page_at(page)`` is None when absent."""
+    if size <= 0:
+        return b""
+    chunks = []
+    page = address & ~(PAGE_SIZE - 1)
+    end = address + size
+    while page < end:
+        content = page_at(page)
+        if content is None:
+            raise MemoryReadError(address, size, reason=missing)
+        chunks.append(content[max(address, page) - page:min(end, page + PAGE_SIZE) - page])
+        page += PAGE_SIZE
+    return b"".join(chunks)
+
+
 class SnapshotTarget(Target):
     """Replays a snapshot: reads come from its pages, searches from its recordings or its pages."""
 
@@ -342,20 +358,7 @@ class SnapshotTarget(Target):
         return self.data.bugcheck
 
     def read(self, address: int, size: int) -> bytes:
-        if size <= 0:
-            return b""
-        chunks = []
-        page = address & ~(PAGE_SIZE - 1)
-        end = address + size
-        while page < end:
-            content = self.data.pages.get(page)
-            if content is None:
-                raise MemoryReadError(address, size, reason="not in the snapshot")
-            start = max(address, page) - page
-            stop = min(end, page + PAGE_SIZE) - page
-            chunks.append(content[start:stop])
-            page += PAGE_SIZE
-        return b"".join(chunks)
+        return read_from_pages(address, size, self.data.pages.get, "not in the snapshot")
 
     def symbol(self, name: str) -> int:
         try:
@@ -443,20 +446,7 @@ class RecordingTarget(Target):
         return content
 
     def read(self, address: int, size: int) -> bytes:
-        if size <= 0:
-            return b""
-        chunks = []
-        page = address & ~(PAGE_SIZE - 1)
-        end = address + size
-        while page < end:
-            content = self._page(page)
-            if content is None:
-                raise MemoryReadError(address, size)
-            start = max(address, page) - page
-            stop = min(end, page + PAGE_SIZE) - page
-            chunks.append(content[start:stop])
-            page += PAGE_SIZE
-        return b"".join(chunks)
+        return read_from_pages(address, size, self._page, "not readable when recorded")
 
     def symbol(self, name: str) -> int:
         if name in self.data.symbols:
