@@ -7,10 +7,15 @@ by `tests/test_layouts.py`. Structures whose layout moves between Windows builds
 `_KTHREAD`, `_LOCK_TRACKER`...) are keyed by architecture and build.
 
 Field kinds say how to decode a field: ``u8``, ``u16``, ``u32``, ``u64``, ``ptr`` (pointer-sized),
-``i16`` (CSHORT) or ``struct`` (an embedded structure: only its offset is meaningful).
+``i16`` (CSHORT) or ``struct`` (an embedded structure: only its offset is meaningful); ``kind[n]`` is
+an embedded array of n elements (symbols, when present, give the real length).
+
+The thread, lock-entry and lock-tracker tables (and the few stable layouts outside §4.1-4.8) are checked
+by `tests/test_family_layouts.py`; a table whose build mapping is UNVERIFIED says so in its source.
 """
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
@@ -32,6 +37,10 @@ class StructLayout:
     offsets: Mapping[str, int]
     kinds: Mapping[str, str]
     source: str  # SOURCE_SYMBOLS or a description of the built-in table used
+    # Byte size of each field, when the symbols said (built-in tables give array lengths in the kind).
+    sizes: Mapping[str, int] = field(default_factory=dict)
+    # Non-empty when a built-in table's build mapping is UNVERIFIED: why the table may not fit.
+    unverified: str = ""
 
     def offset(self, field_name: str) -> int:
         try:
@@ -42,9 +51,18 @@ class StructLayout:
     def has(self, field_name: str) -> bool:
         return field_name in self.offsets
 
+    def array_length(self, field_name: str, element_size: int) -> Optional[int]:
+        """Elements of an array field: from the symbols' field size, else the ``kind[n]`` of the table."""
+        if field_name in self.sizes and element_size:
+            return self.sizes[field_name] // element_size
+        match = _ARRAY_KIND.match(self.kinds.get(field_name, ""))
+        return int(match.group(2)) if match else None
+
 
 # Field kind -> byte size, for the fixed-size kinds.
 KIND_SIZES = {"u8": 1, "u16": 2, "i16": 2, "u32": 4, "u64": 8}
+# Array kinds: "ptr[8]" (StackTrace), "struct[6]" (an embedded array of structures).
+_ARRAY_KIND = re.compile(r"^(\w+)\[(\d+)\]$")
 
 
 def _fields(pointer_size: int, spec: Iterable[Tuple[str, int, int, str]]) -> Tuple[Dict[str, int], Dict[str, str]]:
@@ -183,6 +201,62 @@ STABLE_LAYOUTS = {
     "_KLDR_DATA_TABLE_ENTRY": (_KLDR_DATA_TABLE_ENTRY, 0, 0),
 }
 
+# ---- other stable layouts, from public PDB-derived headers and the PE format ----
+# Checked by tests/test_family_layouts.py against the sources cited there.
+
+# DISPATCHER_HEADER.Type (KOBJECTS: ProcessObject 3, ThreadObject 6), the first byte of KPROCESS/KTHREAD.
+_DISPATCHER_HEADER = [
+    ("Type", 0x0, 0x0, "u8"),
+]
+
+# RTL_BALANCED_NODE: the node of RTL_AVL_TREE / RTL_RB_TREE; ParentValue holds the parent pointer with
+# the AVL Balance (2 bits) or red-black Red (1 bit) in its low bits (NTDIFF Win10_21H1_20180 _ETHREAD.h).
+_RTL_BALANCED_NODE = [
+    ("Left", 0x0, 0x0, "ptr"),
+    ("Right", 0x8, 0x4, "ptr"),
+    ("ParentValue", 0x10, 0x8, "ptr"),
+]
+
+# POOL_HEADER just before a small pool block (x64: 16 bytes, NTDIFF _POOL_HEADER.h). The x86 header is
+# not verified here, so x86 reports no pool tag.
+_POOL_HEADER = [
+    ("PreviousSize", 0x0, None, "u8"),
+    ("PoolIndex", 0x1, None, "u8"),
+    ("BlockSize", 0x2, None, "u8"),
+    ("PoolType", 0x3, None, "u8"),
+    ("PoolTag", 0x4, None, "u32"),
+    ("ProcessBilled", 0x8, None, "ptr"),
+]
+
+# PE headers of a loaded image (Microsoft PE format; IMAGE_SECTION_HEADER is 0x28 bytes on both).
+_IMAGE_DOS_HEADER = [
+    ("e_magic", 0x0, 0x0, "u16"),
+    ("e_lfanew", 0x3C, 0x3C, "u32"),
+]
+
+_IMAGE_NT_HEADERS = [
+    ("Signature", 0x0, 0x0, "u32"),
+    ("FileHeader.NumberOfSections", 0x6, 0x6, "u16"),
+    ("FileHeader.SizeOfOptionalHeader", 0x14, 0x14, "u16"),
+    ("OptionalHeader", 0x18, 0x18, "struct"),
+]
+
+_IMAGE_SECTION_HEADER = [
+    ("Name", 0x0, 0x0, "struct"),
+    ("VirtualSize", 0x8, 0x8, "u32"),
+    ("VirtualAddress", 0xC, 0xC, "u32"),
+    ("Characteristics", 0x24, 0x24, "u32"),
+]
+
+OTHER_STABLE_LAYOUTS = {
+    "_DISPATCHER_HEADER": (_DISPATCHER_HEADER, 0x18, 0x10),
+    "_RTL_BALANCED_NODE": (_RTL_BALANCED_NODE, 0x18, 0xC),
+    "_POOL_HEADER": (_POOL_HEADER, 0x10, 0),
+    "_IMAGE_DOS_HEADER": (_IMAGE_DOS_HEADER, 0x40, 0x40),
+    "_IMAGE_NT_HEADERS": (_IMAGE_NT_HEADERS, 0, 0),
+    "_IMAGE_SECTION_HEADER": (_IMAGE_SECTION_HEADER, 0x28, 0x28),
+}
+
 # ---- layouts that move between builds (windows-kernel.md §4.9), x64 only ----
 # name -> build -> (sizeof or None when unknown, {field: (offset, kind)})
 
@@ -209,6 +283,186 @@ BUILD_LAYOUTS_X64: Dict[str, Dict[int, Tuple[Optional[int], Dict[str, Tuple[int,
             "LockedPagesList": (0x398, "ptr"),
         }),
     },
+    # §4.9. The 19045 tables are the NTDIFF Win10_21H1_20180 layout (0x430-byte KTHREAD), which the
+    # reference believes unchanged through 22H2: build mapping UNVERIFIED (see UNVERIFIED_BUILD_TABLES).
+    # ApcState.Process is ApcState (0x98) + KAPC_STATE.Process (0x20) in both NTDIFF headers.
+    "_KTHREAD": {
+        19045: (0x430, {
+            "ApcState.Process": (0xB8, "ptr"),
+            "Process": (0x220, "ptr"),
+            "ThreadListEntry": (0x2F8, "struct"),
+            "MutantListHead": (0x308, "struct"),
+            "AbEntrySummary": (0x318, "u8"),
+            "AbWaitEntryCount": (0x319, "u8"),
+            "LockEntries": (0x320, "ptr"),
+            "AbOrphanedEntrySummary": (0x366, "u8"),
+            "AbOwnedEntryCount": (0x367, "u8"),
+        }),
+        26100: (0x4C0, {
+            "ApcState.Process": (0xB8, "ptr"),
+            "Process": (0x220, "ptr"),
+            "ThreadListEntry": (0x2F8, "struct"),
+            "MutantListHead": (0x308, "struct"),
+            "AbWaitEntryCount": (0x318, "u8"),
+            "AbOwnedEntryCount": (0x319, "u8"),
+            "KernelAbEntries": (0x470, "ptr"),
+            "UserAbEntries": (0x478, "ptr"),
+        }),
+    },
+    # ETHREAD: Cid, IrpList, Win32StartAddress, ThreadListEntry from §4.9; StartAddress and the
+    # LockEntries[6] array that KTHREAD.LockEntries points to from the same NTDIFF header; 26100 from NTKLIB.
+    "_ETHREAD": {
+        19045: (0x8A0, {
+            "StartAddress": (0x450, "ptr"),
+            "Cid": (0x478, "struct"),
+            "Cid.UniqueProcess": (0x478, "ptr"),
+            "Cid.UniqueThread": (0x480, "ptr"),
+            "IrpList": (0x4B0, "struct"),
+            "Win32StartAddress": (0x4D0, "ptr"),
+            "ThreadListEntry": (0x4E8, "struct"),
+            "LockEntries": (0x650, "struct[6]"),
+        }),
+        26100: (0x798, {
+            "StartAddress": (0x4E0, "ptr"),
+            "Cid": (0x508, "struct"),
+            "Cid.UniqueProcess": (0x508, "ptr"),
+            "Cid.UniqueThread": (0x510, "ptr"),
+            "IrpList": (0x540, "struct"),
+            "Win32StartAddress": (0x560, "ptr"),
+            "ThreadListEntry": (0x578, "struct"),
+        }),
+    },
+    # §4.9 _KLOCK_ENTRY. LockState's first pointer-sized word is the lock address with flag bits;
+    # 19045 keeps SessionId beside it, 26100 (NTKLIB, sizeof 0x58) moved LockState to the front.
+    "_KLOCK_ENTRY": {
+        19045: (0x60, {
+            "TreeNode": (0x00, "struct"),
+            "EntryFlags": (0x18, "u32"),
+            "EntryOffset": (0x18, "u8"),
+            "ThreadLocalFlags": (0x19, "u8"),
+            "AcquiredByte": (0x1A, "u8"),
+            "CrossThreadFlags": (0x1B, "u8"),
+            "LockState": (0x20, "u64"),
+            "SessionId": (0x28, "u32"),
+            "OwnerTree": (0x30, "struct"),
+            "WaiterTree": (0x40, "struct"),
+            "EntryLock": (0x50, "u64"),
+            "BoostBitmap": (0x58, "u64"),
+        }),
+        26100: (0x58, {
+            "LockState": (0x00, "u64"),
+            "EntryFlags": (0x08, "u32"),
+            "EntryIndex": (0x08, "u8"),
+            "WaitingByte": (0x09, "u8"),
+            "AcquiredByte": (0x0A, "u8"),
+            "CrossThreadFlags": (0x0B, "u8"),
+            "TreeNode": (0x10, "struct"),
+            "OwnerTree": (0x28, "struct"),
+            "WaiterTree": (0x38, "struct"),
+            "EntryLock": (0x48, "u64"),
+            "BoostBitmap": (0x50, "u64"),
+        }),
+    },
+    # KTHREAD.KernelAbEntries on 24H2 points to this header followed by its entries (NTKLIB).
+    "_KLOCK_ENTRIES": {
+        26100: (0x10, {
+            "Thread": (0x0, "ptr"),
+            "AvailableEntryBitmap": (0x8, "u16"),
+            "OrphanedEntryBitmap": (0xA, "u16"),
+            "EntryCount": (0xC, "u8"),
+            "Entries": (0x10, "struct"),
+        }),
+    },
+    # §4.10. LockTree / LockMdlSwitchedTree are RTL_AVL_TREEs: one pointer, the root node.
+    "_LOCK_HEADER": {
+        19045: (0x28, {
+            "LockTree": (0x00, "ptr"),
+            "LockMdlSwitchedTree": (0x08, "ptr"),
+            "Count": (0x10, "u64"),
+            "Lock": (0x18, "u64"),
+            "Valid": (0x20, "u32"),
+        }),
+        26100: (0x20, {
+            "LockTree": (0x00, "ptr"),
+            "LockMdlSwitchedTree": (0x08, "ptr"),
+            "Count": (0x10, "u64"),
+            "Lock": (0x18, "u32"),
+            "Valid": (0x1C, "u32"),
+        }),
+    },
+    # §4.10: 19045 uses variant B (0x90), 26100 the NTKLIB layout (0xC0, 14 saved frames).
+    "_LOCK_TRACKER": {
+        19045: (0x90, {
+            "LockTrackerNode": (0x00, "struct"),
+            "Mdl": (0x18, "ptr"),
+            "StartVa": (0x20, "ptr"),
+            "Count": (0x28, "u64"),
+            "Offset": (0x30, "u32"),
+            "Length": (0x34, "u32"),
+            "Who": (0x38, "u32"),
+            "Hash": (0x3C, "u32"),
+            "Page": (0x40, "u64"),
+            "StackTrace": (0x48, "ptr[8]"),
+            "Process": (0x88, "ptr"),
+        }),
+        26100: (0xC0, {
+            "LockTrackerNode": (0x00, "struct"),
+            "Mdl": (0x18, "ptr"),
+            "StartVa": (0x20, "ptr"),
+            "Count": (0x28, "u64"),
+            "Offset": (0x30, "u32"),
+            "Length": (0x34, "u32"),
+            "Who": (0x38, "u32"),
+            "Hash": (0x3C, "u32"),
+            "Page": (0x40, "u64"),
+            "StackTrace": (0x48, "ptr[14]"),
+            "Process": (0xB8, "ptr"),
+        }),
+    },
+}
+
+# x86 tables for builds whose layout the reference gives (§4.10: the later x86 variants), same format.
+BUILD_LAYOUTS_X86: Dict[str, Dict[int, Tuple[Optional[int], Dict[str, Tuple[int, str]]]]] = {
+    "_LOCK_HEADER": {
+        19045: (0x14, {
+            "LockTree": (0x0, "ptr"),
+            "LockMdlSwitchedTree": (0x4, "ptr"),
+            "Count": (0x8, "u32"),
+            "Lock": (0xC, "u32"),
+            "Valid": (0x10, "u32"),
+        }),
+    },
+    "_LOCK_TRACKER": {
+        19045: (0x50, {
+            "LockTrackerNode": (0x00, "struct"),
+            "Mdl": (0x0C, "ptr"),
+            "StartVa": (0x10, "ptr"),
+            "Count": (0x14, "u32"),
+            "Offset": (0x18, "u32"),
+            "Length": (0x1C, "u32"),
+            "Who": (0x20, "u32"),
+            "Hash": (0x24, "u32"),
+            "Page": (0x28, "u32"),
+            "StackTrace": (0x2C, "ptr[8]"),
+            "Process": (0x4C, "ptr"),
+        }),
+    },
+}
+
+# Built-in tables whose mapping to a Windows build is not verified: (name, pointer size, build) -> why.
+# A report that used one says so (Report.layouts and a warning); symbols always take precedence.
+UNVERIFIED_BUILD_TABLES: Dict[Tuple[str, int, int], str] = {
+    ("_KTHREAD", 8, 19045): "NTDIFF Win10_21H1_20180 layout assumed for 22H2",
+    ("_ETHREAD", 8, 19045): "NTDIFF Win10_21H1_20180 layout assumed for 22H2",
+    ("_KLOCK_ENTRY", 8, 19045): "NTDIFF Win10_21H1_20180 layout assumed for 22H2",
+    ("_LOCK_HEADER", 8, 19045): "NTDIFF Win10_21H1_20180 layout assumed for 22H2",
+    ("_LOCK_TRACKER", 8, 19045): "which build uses tracker variant B is not known",
+    ("_ETHREAD", 8, 26100): "NTKLIB layouts, whose exact build is not confirmed",
+    ("_KLOCK_ENTRY", 8, 26100): "NTKLIB layouts, whose exact build is not confirmed",
+    ("_KLOCK_ENTRIES", 8, 26100): "NTKLIB layouts, whose exact build is not confirmed",
+    ("_LOCK_TRACKER", 8, 26100): "NTKLIB layouts, whose exact build is not confirmed",
+    ("_LOCK_HEADER", 4, 19045): "which build uses the later x86 header is not known",
+    ("_LOCK_TRACKER", 4, 19045): "which build uses x86 tracker variant B is not known",
 }
 
 # Length of EPROCESS.ImageFileName (UCHAR[15]).
@@ -218,17 +472,24 @@ IMAGE_FILE_NAME_LENGTH = 15
 def builtin_layout(name: str, pointer_size: int, build: Optional[int] = None) -> Optional[StructLayout]:
     """The built-in layout of ``name`` for an architecture (and build), or None if not known."""
     arch = "x64" if pointer_size == 8 else "x86"
-    if name in STABLE_LAYOUTS:
-        rows, size64, size32 = STABLE_LAYOUTS[name]
+    stable = STABLE_LAYOUTS.get(name) or OTHER_STABLE_LAYOUTS.get(name)
+    if stable is not None:
+        rows, size64, size32 = stable
         offsets, kinds = _fields(pointer_size, rows)
+        if not offsets:
+            return None
         return StructLayout(name, size64 if pointer_size == 8 else size32, offsets, kinds,
                             f"{SOURCE_BUILTIN} {arch} table")
-    per_build = BUILD_LAYOUTS_X64.get(name) if pointer_size == 8 else None
+    per_build = (BUILD_LAYOUTS_X64 if pointer_size == 8 else BUILD_LAYOUTS_X86).get(name)
     if per_build and build in per_build:
         size, table = per_build[build]
         offsets = {field_name: offset for field_name, (offset, _) in table.items()}
         kinds = {field_name: kind for field_name, (_, kind) in table.items()}
-        return StructLayout(name, size or 0, offsets, kinds, f"{SOURCE_BUILTIN} {arch} build {build} table")
+        source = f"{SOURCE_BUILTIN} {arch} build {build} table"
+        unverified = UNVERIFIED_BUILD_TABLES.get((name, pointer_size, build), "")
+        if unverified:
+            source += f" (build mapping UNVERIFIED: {unverified})"
+        return StructLayout(name, size or 0, offsets, kinds, source, unverified=unverified)
     return None
 
 
@@ -265,11 +526,17 @@ class Layouts:
         kinds = {field_name: known_field_kind(name, field_name)
                  or _kind_from_size(field_info.size)
                  for field_name, field_info in info.fields.items()}
-        return StructLayout(name, info.size, offsets, kinds, SOURCE_SYMBOLS)
+        sizes = {field_name: field_info.size for field_name, field_info in info.fields.items()}
+        return StructLayout(name, info.size, offsets, kinds, SOURCE_SYMBOLS, sizes)
 
     def sources(self) -> Dict[str, str]:
         """Which source served each structure used so far: {"_MDL": "symbols", ...}."""
         return {name: layout.source for name, layout in sorted(self._cache.items()) if layout is not None}
+
+    def unverified(self) -> Dict[str, str]:
+        """The structures used so far that came from a built-in table of UNVERIFIED build mapping."""
+        return {name: layout.unverified for name, layout in sorted(self._cache.items())
+                if layout is not None and layout.unverified}
 
     def view(self, name: str, address: int) -> "StructView":
         """Read the whole structure at ``address`` in one read and decode fields from it."""
@@ -285,22 +552,26 @@ def _kind_from_size(size: int) -> str:
 def known_field_names(name: str) -> List[str]:
     """Every field leakhunt knows for ``name`` on any architecture or build, in table order."""
     names: List[str] = []
-    if name in STABLE_LAYOUTS:
-        names = [row[0] for row in STABLE_LAYOUTS[name][0]]
-    for _, table in BUILD_LAYOUTS_X64.get(name, {}).values():
-        names.extend(field_name for field_name in table if field_name not in names)
+    stable = STABLE_LAYOUTS.get(name) or OTHER_STABLE_LAYOUTS.get(name)
+    if stable is not None:
+        names = [row[0] for row in stable[0]]
+    for per_build in (BUILD_LAYOUTS_X64, BUILD_LAYOUTS_X86):
+        for _, table in per_build.get(name, {}).values():
+            names.extend(field_name for field_name in table if field_name not in names)
     return names
 
 
 def known_field_kind(name: str, field_name: str) -> Optional[str]:
     """How to decode a field (its C type does not change between builds even when it moves)."""
-    if name in STABLE_LAYOUTS:
-        for row in STABLE_LAYOUTS[name][0]:
+    stable = STABLE_LAYOUTS.get(name) or OTHER_STABLE_LAYOUTS.get(name)
+    if stable is not None:
+        for row in stable[0]:
             if row[0] == field_name:
                 return row[3]
-    for _, table in BUILD_LAYOUTS_X64.get(name, {}).values():
-        if field_name in table:
-            return table[field_name][1]
+    for per_build in (BUILD_LAYOUTS_X64, BUILD_LAYOUTS_X86):
+        for _, table in per_build.get(name, {}).values():
+            if field_name in table:
+                return table[field_name][1]
     return None
 
 
@@ -316,7 +587,7 @@ class StructView:
     def __getitem__(self, field_name: str) -> int:
         offset = self.layout.offset(field_name)
         kind = self.layout.kinds.get(field_name, "struct")
-        if kind == "struct":
+        if kind == "struct" or "[" in kind:
             return self.address + offset
         if kind == "ptr":
             fmt = "<Q" if self.pointer_size == 8 else "<I"

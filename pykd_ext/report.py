@@ -164,6 +164,155 @@ class Fact:
 
 
 @dataclass
+class FrameRecord:
+    """One saved return address of a stack trace, placed in a loaded image when possible."""
+
+    address: int
+    symbol: str  # "leakyflt+0x1a30", or the bare address outside every image
+    module: Optional[str]  # "leakyflt", "nt"; None outside every image
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"address": _hex(self.address), "symbol": self.symbol, "module": self.module}
+
+
+@dataclass
+class TrackerRecord:
+    """A `_LOCK_TRACKER`: one MDL whose pages the memory manager tracked as locked (TrackLockedPages)."""
+
+    address: int
+    mdl: int
+    start_va: int
+    pages: int  # Count
+    first_pfn: int  # Page
+    who: int
+    process: int
+    stack: List[FrameRecord]
+    locker: Optional[str]  # module of the first saved frame outside nt and hal
+    locker_image: Optional[str]
+    problems: List[str] = field(default_factory=list)
+    role: str = ""  # e.g. "P1: tracker of the leaked MDL" or "LockTree"
+    pool_tag: Optional[str] = None
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"address": _hex(self.address), "mdl": _hex(self.mdl), "start_va": _hex(self.start_va),
+                "pages": self.pages, "first_pfn": _hex(self.first_pfn), "who": self.who,
+                "process": _hex(self.process), "stack": [f.as_dict() for f in self.stack], "locker": self.locker,
+                "locker_image": self.locker_image, "pool_tag": self.pool_tag, "problems": list(self.problems),
+                "role": self.role}
+
+
+@dataclass
+class LockerGroup:
+    """The tracked MDLs that one module locked (module None: no saved frame outside nt and hal)."""
+
+    module: Optional[str]
+    image: Optional[str]
+    trackers: List[int]
+    mdls: List[int]
+    pages: int
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"module": self.module, "image": self.image, "trackers": [_hex(a) for a in self.trackers],
+                "mdls": [_hex(a) for a in self.mdls], "pages": self.pages}
+
+
+@dataclass
+class TrackedPages:
+    """The `!lockedpages` view: the process's `_LOCK_HEADER` and every tracker in its trees."""
+
+    header: int
+    source: str  # where the header pointer came from: "P4" or "EPROCESS.LockedPagesList"
+    process: Optional[int]
+    count: Optional[int]  # _LOCK_HEADER.Count
+    valid: Optional[int]  # _LOCK_HEADER.Valid
+    trackers: List[TrackerRecord] = field(default_factory=list)
+    groups: List[LockerGroup] = field(default_factory=list)
+    problems: List[str] = field(default_factory=list)
+    truncated: bool = False  # the walk stopped at its cap
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"header": _hex(self.header), "source": self.source, "process": _hex(self.process),
+                "header_count": self.count, "valid": self.valid,
+                "trackers": [t.as_dict() for t in self.trackers], "by_module": [g.as_dict() for g in self.groups],
+                "problems": list(self.problems), "truncated": self.truncated}
+
+
+@dataclass
+class ThreadRecord:
+    """The thread of a lock-entry bug check (P1), with its process and start address."""
+
+    address: int
+    process: Optional[int] = None
+    process_name: Optional[str] = None
+    process_id: Optional[int] = None
+    thread_id: Optional[int] = None
+    start_address: Optional[int] = None
+    start_symbol: Optional[str] = None
+    start_module: Optional[str] = None
+    win32_start_address: Optional[int] = None
+    win32_start_symbol: Optional[str] = None
+    problems: List[str] = field(default_factory=list)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"address": _hex(self.address), "process": _hex(self.process), "process_name": self.process_name,
+                "process_id": self.process_id, "thread_id": self.thread_id,
+                "start_address": _hex(self.start_address), "start_symbol": self.start_symbol,
+                "start_module": self.start_module, "win32_start_address": _hex(self.win32_start_address),
+                "win32_start_symbol": self.win32_start_symbol, "problems": list(self.problems)}
+
+
+@dataclass
+class LockRecord:
+    """Where a lock lives: a global inside a driver image, a pool block, or elsewhere."""
+
+    address: int
+    location: str  # "image", "pool", "kernel memory", "user memory"
+    module: Optional[str] = None
+    image: Optional[str] = None
+    section: Optional[str] = None  # PE section of the image holding it, when its headers are readable
+    pool_block: Optional[int] = None
+    pool_tag: Optional[str] = None
+    problems: List[str] = field(default_factory=list)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"address": _hex(self.address), "location": self.location, "module": self.module,
+                "image": self.image, "section": self.section, "pool_block": _hex(self.pool_block),
+                "pool_tag": self.pool_tag, "problems": list(self.problems)}
+
+
+@dataclass
+class LockEntryRecord:
+    """A decoded AutoBoost `_KLOCK_ENTRY`."""
+
+    address: int
+    role: str  # "P2: the leaked entry", "thread entry 3"
+    lock: Optional[int]  # the lock it references (None: no lock)
+    lock_state: int  # the raw LockState word
+    in_tree: bool
+    cross_thread_releasable: bool
+    busy: bool
+    acquired: bool
+    waiting: bool
+    session_id: Optional[int]
+    cpu_boosts: int  # BoostBitmap.CpuBoostsBitmap
+    io_boost: bool
+    io_qos_boost: bool
+    problems: List[str] = field(default_factory=list)
+
+    @property
+    def residual_boosts(self) -> bool:
+        return bool(self.cpu_boosts or self.io_boost or self.io_qos_boost)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"address": _hex(self.address), "role": self.role, "lock": _hex(self.lock),
+                "lock_state": _hex(self.lock_state), "in_tree": self.in_tree,
+                "cross_thread_releasable": self.cross_thread_releasable, "busy": self.busy,
+                "acquired": self.acquired, "waiting": self.waiting, "session_id": self.session_id,
+                "cpu_boosts": _hex(self.cpu_boosts), "io_boost": self.io_boost, "io_qos_boost": self.io_qos_boost,
+                "residual_boosts": self.residual_boosts, "problems": list(self.problems)}
+
+
+@dataclass
 class Report:
     tool_version: str
     source: str
@@ -188,6 +337,13 @@ class Report:
     complete_hunt: bool = True  # False when the source lacked what the hunt needs (no memory to search)
     process: Optional[int] = None
     process_name: Optional[str] = None
+    # Locked-page trackers named by the bug check parameters (0xCB P1, 0xD9 P2/P3).
+    trackers: List[TrackerRecord] = field(default_factory=list)
+    tracked_pages: Optional[TrackedPages] = None
+    # Lock-entry bug checks (0x153, 0x162, 0x192).
+    thread: Optional[ThreadRecord] = None
+    lock: Optional[LockRecord] = None
+    lock_entries: List[LockEntryRecord] = field(default_factory=list)
 
     def warn(self, text: str) -> None:
         if text not in self.warnings:
@@ -215,4 +371,9 @@ class Report:
             "rejected": [r.as_dict() for r in self.rejected],
             "layouts": dict(self.layouts),
             "search_passes": self.searches,
+            "trackers": [t.as_dict() for t in self.trackers],
+            "tracked_locked_pages": self.tracked_pages.as_dict() if self.tracked_pages is not None else None,
+            "thread": self.thread.as_dict() if self.thread is not None else None,
+            "lock": self.lock.as_dict() if self.lock is not None else None,
+            "lock_entries": [e.as_dict() for e in self.lock_entries],
         }

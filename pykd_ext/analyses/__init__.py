@@ -1,20 +1,34 @@
 """Analyses, one per bug check family, behind one entry point: ``analyze(target, options)``."""
 from __future__ import annotations
 
+import struct
 from typing import Callable, Dict, Optional, Tuple
 
+from ..layouts import LayoutError
 from ..report import Report
-from ..targets.base import Target
+from ..targets.base import Target, TargetError
 from .common import Context, Options
 from .locked_pages import NOBODY_NAMED, analyze_0x76
+from . import lock_entries, pfn, trackers
 
 # bug check code -> (analysis, the verdict when the evidence names nobody)
 ANALYSES: Dict[int, Tuple[Callable[[Context], None], str]] = {
     0x76: (analyze_0x76, NOBODY_NAMED),
+    0xCB: (trackers.analyze_0xcb, trackers.NOBODY_NAMED_CB),
+    0xD9: (trackers.analyze_0xd9, trackers.NOBODY_NAMED_D9),
+    0x4E: (pfn.analyze_0x4e, pfn.NOBODY_NAMED),
+    0x153: (lock_entries.analyze_0x153, lock_entries.NOBODY_NAMED),
+    0x162: (lock_entries.analyze_0x162, lock_entries.NOBODY_NAMED),
+    0x192: (lock_entries.analyze_0x192, lock_entries.NOBODY_NAMED),
 }
 
 NO_ANALYSIS = ("leakhunt has no hunt for this bug check: the parameters are decoded above. "
                "Its hunts cover the locked-pages and lock-entry bug checks (0x76, 0xCB, 0xD9, 0x4E, 0x153, 0x162, 0x192).")
+
+
+# What corrupt or inconsistent target data can raise deep inside an analysis (half-written, freed or
+# overwritten structures, impossible layouts): the hunt stops there and the report keeps what it found.
+DATA_ERRORS = (TargetError, LayoutError, struct.error, ValueError, OverflowError, RecursionError, MemoryError)
 
 
 def is_interrupt(error: BaseException) -> bool:
@@ -27,7 +41,8 @@ def is_interrupt(error: BaseException) -> bool:
 def analyze(target: Target, options: Optional[Options] = None) -> Report:
     """Run the analysis for the target's bug check and return its report (never prints).
 
-    An interrupted hunt returns what it found so far, marked partial.
+    An interrupted hunt returns what it found so far, marked partial; a hunt stopped by corrupt data
+    returns what it found so far with a warning (and ``complete_hunt`` false).
     """
     context = Context(target, options or Options())
     entry = ANALYSES.get(context.decoded.code)  # the catalog folds "_M" forms into their base code
@@ -38,6 +53,11 @@ def analyze(target: Target, options: Optional[Options] = None) -> Report:
     analysis, nobody_named = entry
     try:
         analysis(context)
+    except DATA_ERRORS as error:
+        detail = " ".join(str(error).split())[:200]
+        context.report.complete_hunt = False
+        context.report.warn(f"the hunt stopped early on corrupt or inconsistent data ({type(error).__name__}"
+                            f"{': ' + detail if detail else ''}): this report holds only what was found before")
     except BaseException as error:  # noqa: B902 - interrupts are turned into a partial report
         if not is_interrupt(error):
             raise

@@ -10,8 +10,8 @@ from ..kernel.io import IoReader, Irp, major_function_name, completion_condition
 from ..kernel.mdl import LOCKED, Mdl, flag_names, read_mdl
 from ..kernel.modules import ModuleMap
 from ..layouts import Layouts, LayoutError, IMAGE_FILE_NAME_LENGTH
-from ..report import (CONFIDENCE_RANK, BugCheckSection, Fact, IrpRecord, MdlRecord, Parameter, Rejected, Report,
-                      StackRecord, Suspect)
+from ..report import (CONFIDENCE_RANK, BugCheckSection, Fact, FrameRecord, IrpRecord, MdlRecord, Parameter,
+                      Rejected, Report, StackRecord, Suspect)
 from ..targets.base import (MemoryReadError, PfnRange, ProgressCallback, SearchHit, SearchUnavailable,
                             SymbolNotFound, Target, TargetError, windbg_address)
 
@@ -382,3 +382,57 @@ def read_process(context: Context, process: int) -> None:
                                              "pages the process still had locked when it crashed"))
         except MemoryReadError:
             pass
+
+
+# ---- helpers shared by the tracker, PFN and lock-entry analyses -------------------------------
+
+def warn_unverified_layouts(context: Context) -> None:
+    """Say so in the report when a built-in table of UNVERIFIED build mapping was used."""
+    for name, why in context.layouts.unverified().items():
+        context.report.warn(f"{name} was decoded with a built-in table whose build mapping is UNVERIFIED ({why}); "
+                            f"symbols would override it: open the dump in WinDbg with symbols to confirm")
+
+
+def frame_records(context: Context, frames: Iterable[int]) -> List[FrameRecord]:
+    """Saved return addresses placed in their loaded images (``leakyflt+0x1a30``)."""
+    records = []
+    for frame in frames:
+        module = context.modules.find(frame)
+        records.append(FrameRecord(frame, context.modules.symbolize(frame), module.name if module else None))
+    return records
+
+
+def hunt_mdls(context: Context, wanted: List[Tuple[int, str]], why: str, confidence: str) -> Holders:
+    """Decode each (MDL address, role) into report.mdls, find what holds them in one batched search and
+    blame the drivers of the IRPs that do. Raises SearchUnavailable when the source cannot search."""
+    report = context.report
+    known = {record.address: record for record in report.mdls}
+    addresses = []
+    for address, role in wanted:
+        if address in known or address in addresses:
+            continue
+        addresses.append(address)
+        try:
+            mdl = read_mdl(context.target, context.layouts, address)
+        except MemoryReadError:
+            report.warn(f"the MDL {context.address(address)} ({role}) is not in memory; what holds it is still "
+                        f"searched for")
+            continue
+        known[address] = record = mdl_record(mdl, role)
+        report.mdls.append(record)
+    holders = find_holders(context, addresses)
+    listed = {record.address for record in report.irps}
+    for address in addresses:
+        irps = holders.held_by.get(address, [])
+        record = known.get(address)
+        if record is not None:
+            record.irps = list(irps)
+            record.chained_from = holders.chain_parent.get(address)
+        for irp_address in irps:
+            if irp_address not in listed:
+                listed.add(irp_address)
+                irp_report = irp_record(context, holders.irps[irp_address])
+                irp_report.holds = sorted(m for m, held in holders.held_by.items() if irp_address in held)
+                report.irps.append(irp_report)
+            blame_irp(context, holders.irps[irp_address], f"MDL {context.address(address)} ({why})", confidence)
+    return holders

@@ -4,6 +4,8 @@ P1=0 (P2 = EPROCESS): every pointer-aligned occurrence of P2 is a candidate MDL.
 are kept and classified, then all of them are searched for at once to find the IRPs (or chained
 MDLs) that hold them, and each IRP's stack names the driver.
 P1=1 (P2 = the MDL a driver tried to unlock): the MDL is decoded and its holders are hunted the same way.
+With locked-page tracking on (P4, or EPROCESS.LockedPagesList), the trackers are walked first
+(analyses/trackers.py): the stacks they saved are the strongest evidence.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from ..report import HIGH, MEDIUM, Fact, Rejected
 from ..targets.base import MemoryReadError, SearchUnavailable
 from .common import (Context, blame_irp, find_holders, irp_record, mdl_record, read_ki_bugcheck_driver,
                      read_process)
+from .trackers import tracked_pages_for_0x76
 
 NOBODY_NAMED = ("No driver is named by the evidence: no locked MDL of the process is held by an IRP that "
                 "a driver owns. leakhunt does not guess; follow the next steps to have Windows name the driver.")
@@ -30,6 +33,8 @@ def analyze_0x76(context: Context) -> None:
                                  f"P4 = {context.address(p4)} is the process's LockedPagesList (_LOCK_HEADER): "
                                  f"the kernel tracked who locked each MDL"))
     read_ki_bugcheck_driver(context)
+    if p1 in (0, 1):
+        tracked_pages_for_0x76(context, p1, p2, p4)
     try:
         if p1 == 0:
             _hunt_process(context, p2, p3)

@@ -1,0 +1,114 @@
+"""Threads and processes: `_KTHREAD` / `_ETHREAD` -> `_EPROCESS` (image name), start address -> module.
+
+The process of a thread is read from KTHREAD.ApcState.Process (the process whose address space the
+thread runs in); KTHREAD.Process (the owner) is compared with it when the layout has both. Every field
+comes from the layouts (symbols first), so a build leakhunt has no table for still yields what does not
+depend on the missing structure, and says what is missing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from ..layouts import IMAGE_FILE_NAME_LENGTH, LayoutError, Layouts
+from ..targets.base import MemoryReadError, Target
+
+# DISPATCHER_HEADER.Type of a KTHREAD and a KPROCESS (KOBJECTS ThreadObject and ProcessObject).
+THREAD_OBJECT = 6
+PROCESS_OBJECT = 3
+
+
+@dataclass
+class ProcessInfo:
+    address: int
+    name: Optional[str] = None
+    process_id: Optional[int] = None
+    problems: List[str] = field(default_factory=list)
+
+
+@dataclass
+class ThreadInfo:
+    address: int
+    process: Optional[int] = None  # KTHREAD.ApcState.Process
+    owner_process: Optional[int] = None  # KTHREAD.Process, when it differs (the thread was attached)
+    process_id: Optional[int] = None
+    thread_id: Optional[int] = None
+    start_address: Optional[int] = None  # ETHREAD.StartAddress
+    win32_start_address: Optional[int] = None  # ETHREAD.Win32StartAddress
+    problems: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)  # structures whose layout is unknown
+
+
+def object_type(target: Target, layouts: Layouts, address: int) -> int:
+    """DISPATCHER_HEADER.Type of a dispatcher object. Raises MemoryReadError."""
+    return layouts.view("_DISPATCHER_HEADER", address)["Type"]
+
+
+def read_process_info(target: Target, layouts: Layouts, address: int) -> ProcessInfo:
+    """Name and PID of the EPROCESS at ``address`` (ImageFileName, UniqueProcessId)."""
+    info = ProcessInfo(address)
+    try:
+        kind = object_type(target, layouts, address)
+    except MemoryReadError:
+        info.problems.append("the process object is unreadable")
+        return info
+    if kind != PROCESS_OBJECT:
+        info.problems.append(f"Header.Type {kind} is not ProcessObject ({PROCESS_OBJECT})")
+    layout = layouts.find("_EPROCESS")
+    if layout is None:
+        info.problems.append(f"the _EPROCESS layout is unknown for build {target.build or 'unknown'} without "
+                             f"symbols: the process is shown by address only")
+        return info
+    try:
+        if layout.has("ImageFileName"):
+            raw = target.read(address + layout.offset("ImageFileName"), IMAGE_FILE_NAME_LENGTH)
+            info.name = raw.split(b"\0", 1)[0].decode("ascii", errors="replace")
+        if layout.has("UniqueProcessId"):
+            info.process_id = target.read_pointer(address + layout.offset("UniqueProcessId"))
+    except MemoryReadError as error:
+        info.problems.append(f"the process fields are unreadable ({error})")
+    return info
+
+
+def read_thread(target: Target, layouts: Layouts, address: int) -> ThreadInfo:
+    """Decode the ETHREAD at ``address`` as far as the known layouts allow."""
+    info = ThreadInfo(address)
+    try:
+        kind = object_type(target, layouts, address)
+    except MemoryReadError:
+        info.problems.append("the thread object is unreadable")
+        return info
+    if kind != THREAD_OBJECT:
+        info.problems.append(f"Header.Type {kind} is not ThreadObject ({THREAD_OBJECT}): this may not be a thread")
+    kthread = layouts.find("_KTHREAD")
+    if kthread is None:
+        info.missing.append("_KTHREAD")
+    else:
+        try:
+            view = layouts.view("_KTHREAD", address)
+            owner = view["Process"] if kthread.has("Process") else None
+            info.process = view["ApcState.Process"] if kthread.has("ApcState.Process") else owner
+            if owner is not None and owner != info.process:
+                info.owner_process = owner
+        except (MemoryReadError, LayoutError) as error:
+            info.problems.append(f"the KTHREAD fields are unreadable ({error})")
+        if info.process is not None and not target.is_kernel_address(info.process):
+            info.problems.append(f"its process pointer {info.process:#x} is not a kernel address")
+            info.process = None
+    ethread = layouts.find("_ETHREAD")
+    if ethread is None:
+        info.missing.append("_ETHREAD")
+        return info
+    try:
+        view = layouts.view("_ETHREAD", address)
+        if ethread.has("StartAddress"):
+            info.start_address = view["StartAddress"] or None
+        if ethread.has("Win32StartAddress"):
+            info.win32_start_address = view["Win32StartAddress"] or None
+        if ethread.has("Cid.UniqueProcess"):
+            info.process_id = view["Cid.UniqueProcess"]
+        if ethread.has("Cid.UniqueThread"):
+            info.thread_id = view["Cid.UniqueThread"]
+    except (MemoryReadError, LayoutError) as error:
+        info.problems.append(f"the ETHREAD fields are unreadable ({error})")
+    return info
