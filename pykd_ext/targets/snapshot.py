@@ -25,6 +25,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -43,6 +44,10 @@ _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 # Refuse manifests or page stores beyond these sizes rather than exhaust memory on a hostile file.
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 MAX_PAGES_BYTES = 8 * 1024 * 1024 * 1024
+# Type layouts beyond this size (structure size, field offset or width) are corrupt.
+MAX_TYPE_BYTES = 1 << 20
+# The pointer size each architecture implies.
+ARCH_POINTER_SIZES = {"x64": 8, "x86": 4, "arm64": 8}
 
 
 class SnapshotError(TargetError):
@@ -152,7 +157,7 @@ def save_snapshot(data: SnapshotData, path: str, overwrite: bool = False) -> Non
 
 # ---- reading -----------------------------------------------------------------------------------
 
-def _number(value, what: str) -> int:
+def _number(value, what: str, limit: int = 1 << 64) -> int:
     if isinstance(value, bool):
         raise SnapshotError(f"corrupt snapshot: {what} is not a number")
     if isinstance(value, int):
@@ -164,7 +169,7 @@ def _number(value, what: str) -> int:
             raise SnapshotError(f"corrupt snapshot: {what} {value[:40]!r} is not a number") from None
     else:
         raise SnapshotError(f"corrupt snapshot: {what} is not a number")
-    if number < 0 or number >= 1 << 64:
+    if number < 0 or number >= limit:
         raise SnapshotError(f"corrupt snapshot: {what} {number:#x} is out of range")
     return number
 
@@ -199,8 +204,13 @@ def load_snapshot(path: str) -> SnapshotData:
                 if page_count:
                     if PAGES_NAME not in names:
                         raise SnapshotError(f"{path}: the snapshot lists pages but has no {PAGES_NAME}")
-                    if archive.getinfo(PAGES_NAME).file_size > MAX_PAGES_BYTES:
+                    declared = archive.getinfo(PAGES_NAME).file_size
+                    if declared > MAX_PAGES_BYTES:
                         raise SnapshotError(f"{path}: the page store is implausibly large")
+                    if declared != page_count * PAGE_SIZE:
+                        # Checked before inflating: a hostile file can declare gigabytes in a few kilobytes.
+                        raise SnapshotError(f"{path}: the page store declares {declared} bytes but the manifest "
+                                            f"lists {page_count} pages (truncated or corrupt snapshot)")
                     pages_bytes = archive.read(PAGES_NAME)
     except FileNotFoundError:
         raise SnapshotError(f"{path}: no such file") from None
@@ -210,8 +220,10 @@ def load_snapshot(path: str) -> SnapshotData:
         raise SnapshotError(f"{path} is a directory, not a snapshot file") from None
     except zipfile.BadZipFile as error:
         raise SnapshotError(f"{path} is not a leakhunt snapshot or is truncated ({error})") from None
-    except (zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError) as error:
+    except (zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError, zlib.error) as error:
         raise SnapshotError(f"{path} is corrupt ({error})") from None
+    except RuntimeError as error:  # zipfile's "File ... is encrypted, password required for extraction"
+        raise SnapshotError(f"{path} is corrupt or not a leakhunt snapshot ({error})") from None
     except OSError as error:
         raise SnapshotError(f"cannot read {path}: {error.strerror or error}") from None
     return _build(manifest, pages_bytes, path)
@@ -222,6 +234,8 @@ def _parse_manifest(raw: bytes, path: str) -> dict:
         manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise SnapshotError(f"{path}: the manifest is not valid JSON (corrupt snapshot)") from None
+    except RecursionError:
+        raise SnapshotError(f"{path}: the manifest is nested too deeply (corrupt snapshot)") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise SnapshotError(f"{path} is not a leakhunt snapshot (format marker missing)")
     version = manifest.get("version")
@@ -232,18 +246,19 @@ def _parse_manifest(raw: bytes, path: str) -> dict:
                             f"version {FORMAT_VERSION} and older: upgrade leakhunt")
     if version < 1:
         raise SnapshotError(f"{path}: unknown snapshot format version {version}")
-    _expect(manifest.get("pages", []), list, "pages")
+    _expect(manifest.setdefault("pages", []), list, "pages")
     return manifest
 
 
 def _build(manifest: dict, pages_bytes: bytes, path: str) -> SnapshotData:
     target = _expect(manifest.get("target"), dict, "target")
     pointer_size = target.get("pointer_size")
-    if pointer_size not in (4, 8):
-        raise SnapshotError(f"corrupt snapshot: pointer size {pointer_size!r} is neither 4 nor 8")
     arch = target.get("arch")
-    if arch not in ("x64", "x86", "arm64"):
+    if not isinstance(arch, str) or arch not in ARCH_POINTER_SIZES:
         raise SnapshotError(f"corrupt snapshot: unknown architecture {arch!r}")
+    if type(pointer_size) is not int or pointer_size != ARCH_POINTER_SIZES[arch]:
+        raise SnapshotError(f"corrupt snapshot: pointer size {pointer_size!r} does not fit architecture {arch} "
+                            f"({ARCH_POINTER_SIZES[arch]})")
     bugcheck = _expect(manifest.get("bugcheck"), dict, "bugcheck")
     parameters = _expect(bugcheck.get("parameters"), list, "bugcheck parameters")
     if len(parameters) != 4:
@@ -254,8 +269,8 @@ def _build(manifest: dict, pages_bytes: bytes, path: str) -> SnapshotData:
     data = SnapshotData(
         arch=arch,
         pointer_size=pointer_size,
-        bugcheck=BugCheck(_number(bugcheck.get("code"), "bug check code"),
-                          tuple(_number(p, "bug check parameter") for p in parameters)),
+        bugcheck=BugCheck(_number(bugcheck.get("code"), "bug check code", 1 << 32),
+                          tuple(_number(p, "bug check parameter", 1 << (8 * pointer_size)) for p in parameters)),
         build=build,
         description=str(target.get("description") or ""),
         max_pfn=_optional_number(target.get("max_pfn"), "max_pfn"),
@@ -274,8 +289,10 @@ def _build(manifest: dict, pages_bytes: bytes, path: str) -> SnapshotData:
         for field_name, pair in _expect(info.get("fields", {}), dict, f"type {name} fields").items():
             if not isinstance(pair, list) or len(pair) != 2:
                 raise SnapshotError(f"corrupt snapshot: field {name}.{field_name} is malformed")
-            fields[str(field_name)] = FieldInfo(_number(pair[0], "field offset"), _number(pair[1], "field size"))
-        data.types[str(name)] = TypeInfo(str(name), _number(info.get("size", 0), f"size of {name}"), fields)
+            fields[str(field_name)] = FieldInfo(_number(pair[0], "field offset", MAX_TYPE_BYTES),
+                                                _number(pair[1], "field size", MAX_TYPE_BYTES))
+        data.types[str(name)] = TypeInfo(str(name), _number(info.get("size", 0), f"size of {name}", MAX_TYPE_BYTES),
+                                         fields)
     for entry in _expect(manifest.get("modules", []), list, "modules"):
         _expect(entry, dict, "module")
         data.modules.append(Module(str(entry.get("name", "")), str(entry.get("image", "")),
@@ -384,7 +401,8 @@ class SnapshotTarget(Target):
 
     def _scan(self, values: Tuple[int, ...], pfn_range: Optional[PfnRange],
               progress: Optional[ProgressCallback]) -> Dict[int, List[SearchHit]]:
-        value_set = ValueSet(values, self.pointer_size)
+        # A value wider than a pointer occurs nowhere (ValueSet would search its truncation).
+        value_set = ValueSet([v for v in values if v >> (8 * self.pointer_size) == 0], self.pointer_size)
         hits: Dict[int, List[SearchHit]] = {v: [] for v in values}
         # Scan in physical order, as a search of physical memory would.
         order = sorted(self.data.pages, key=lambda va: (self.data.physical.get(va, va), va))
