@@ -75,7 +75,7 @@ def _blame_locker(context: Context, tracker: LockTracker, why: str, confidence: 
                             f"unloaded: lm shows unloaded modules)")
     elif tracker.stack:
         context.report.warn(f"lock tracker {context.address(tracker.address)}: every saved frame is in nt or hal "
-                            f"(the I/O manager locked the pages for a driver); the IRP holding the MDL names it")
+                            f"(the I/O manager locked the pages for a driver): only an IRP holding the MDL can name it")
     else:
         context.report.warn(f"lock tracker {context.address(tracker.address)} saved no stack")
     return None

@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence, Union
 
 from tabulate import tabulate
 
-from ..report import IrpRecord, MdlRecord, Report
+from ..report import FrameRecord, IrpRecord, MdlRecord, Report, TrackerRecord
 from ..targets.base import windbg_address
 
 
@@ -116,6 +116,15 @@ class Renderer:
             return None
         return Link(image, f"lmvm {image.rsplit('.', 1)[0]}")
 
+    def frame_link(self, frame: FrameRecord) -> Link:
+        return Link(frame.symbol, f"ln {frame.address:#x}")
+
+    def code_link(self, address: int, symbol: Optional[str]) -> Link:
+        return Link(symbol or self.address(address), f"ln {address:#x}")
+
+    def pool_block_link(self, address: int) -> Link:
+        return Link(self.address(address), f"!pool {address:#x} 2")
+
     # ---- the report ---------------------------------------------------------------------------
 
     def render(self) -> str:
@@ -131,6 +140,8 @@ class Renderer:
         if report.process is not None:
             self.heading("PROCESS")
             self.line("  ", self.process_link(report.process), f"  {report.process_name or '(name unknown)'}")
+        self._thread_and_lock()
+        self._trackers()
         self._mdls()
         self._irps()
         if report.locked_pages_expected is not None:
@@ -220,6 +231,90 @@ class Renderer:
                          self.image_link(location.image),
                          location.completion_symbol or "-", " ".join(location.conditions)])
         self.table(["", "#", "major", "minor", "cl", "device", "driver", "image", "completion", "invoke on"], rows)
+
+    # ---- lock trackers (0xCB, 0xD9, 0x76 with tracking) ---------------------------------------
+
+    def _trackers(self) -> None:
+        report = self.report
+        if report.trackers:
+            self.heading("LOCK TRACKERS")
+            self._tracker_table(report.trackers)
+        tracked = report.tracked_pages
+        if tracked is None:
+            return
+        self.heading("TRACKED LOCKED PAGES (what !lockedpages lists)")
+        pages = sum(t.pages for t in tracked.trackers)
+        self.line("  header ", self.pool_block_link(tracked.header), f" ({tracked.source})",
+                  *(["  process ", self.process_link(tracked.process)] if tracked.process else []),
+                  f": {len(tracked.trackers)} MDL(s), {pages} page(s); _LOCK_HEADER.Count {tracked.count}"
+                  + ("; the walk stopped at its cap" if tracked.truncated else ""))
+        if tracked.groups:
+            self.table(["locked by", "MDLs", "pages"],
+                       [[self.image_link(g.image) or g.module or "(nt/hal only, or no loaded image)", len(g.mdls),
+                         g.pages] for g in tracked.groups])
+        if tracked.trackers:
+            self._tracker_table(tracked.trackers)
+        for problem in tracked.problems:
+            self.line(f"  - {problem}")
+
+    def _tracker_table(self, trackers: Sequence[TrackerRecord]) -> None:
+        rows = [[self.pool_block_link(t.address), self.mdl_link(t.mdl), t.pages, f"{t.first_pfn:x}", t.who,
+                 self.image_link(t.locker_image) or "-", t.pool_tag or "-", t.role] for t in trackers]
+        self.table(["tracker", "MDL", "pages", "first PFN", "Who", "locked by", "tag", "role"], rows)
+        for tracker in trackers:
+            if tracker.stack:
+                parts: List[Cell] = ["  ", self.pool_block_link(tracker.address), " stack: "]
+                for index, frame in enumerate(tracker.stack):
+                    parts += ([" < "] if index else []) + [self.frame_link(frame)]
+                self.line(*parts)
+            for problem in tracker.problems:
+                self.line(f"    - {problem}")
+
+    # ---- thread, lock and lock entries (0x153, 0x162, 0x192) ---------------------------------
+
+    def _thread_and_lock(self) -> None:
+        report = self.report
+        thread = report.thread
+        if thread is not None:
+            self.heading("THREAD")
+            ids = f"  Cid {thread.process_id:x}.{thread.thread_id:x}"                 if thread.process_id is not None and thread.thread_id is not None else ""
+            self.line("  ", self.thread_link(thread.address),
+                      *(["  process ", self.process_link(thread.process), f" {thread.process_name or ''}"]
+                        if thread.process else ["  process unknown"]), ids)
+            if thread.start_address:
+                self.line("  start address ", self.code_link(thread.start_address, thread.start_symbol))
+            if thread.win32_start_address and thread.win32_start_address != thread.start_address:
+                self.line("  Win32 start address ",
+                          self.code_link(thread.win32_start_address, thread.win32_start_symbol))
+            for problem in thread.problems:
+                self.line(f"  - {problem}")
+        lock = report.lock
+        if lock is not None:
+            self.heading("LOCK")
+            link = self.pool_block_link(lock.address) if lock.location != "image" else                 self.code_link(lock.address, self.address(lock.address))
+            if lock.image:
+                self.line("  ", link, "  a global of ", self.image_link(lock.image),
+                          f", section {lock.section}" if lock.section else "")
+            elif lock.pool_block is not None:
+                self.line("  ", link, "  in pool block ", self.pool_block_link(lock.pool_block),
+                          f" (tag {lock.pool_tag})")
+            else:
+                self.line("  ", link, f"  in {lock.location}")
+            for problem in lock.problems:
+                self.line(f"  - {problem}")
+        if report.lock_entries:
+            self.heading("LOCK ENTRIES")
+            rows = []
+            for entry in report.lock_entries:
+                state = [name for name, on in (("acquired", entry.acquired), ("waiting", entry.waiting),
+                                               ("in tree", entry.in_tree), ("busy", entry.busy),
+                                               ("cross-thread", entry.cross_thread_releasable)) if on]
+                boosts = [name for name, on in ((f"CPU {entry.cpu_boosts:#x}", entry.cpu_boosts),
+                                                ("I/O", entry.io_boost), ("I/O QoS", entry.io_qos_boost)) if on]
+                rows.append([Link(self.address(entry.address), f"dt nt!_KLOCK_ENTRY {entry.address:#x}"),
+                             entry.role, self.code_link(entry.lock, self.address(entry.lock)) if entry.lock else "-",
+                             " ".join(state) or "-", " ".join(boosts) or "-"])
+            self.table(["entry", "role", "lock", "state", "boosts"], rows)
 
     def _rejected(self) -> None:
         rejected = self.report.rejected
