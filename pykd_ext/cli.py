@@ -154,13 +154,20 @@ def command_analyze(args) -> int:
         raise UsageError(f"{args.record} already exists; choose another name or pass --force to overwrite it")
     from .targets.dumpfile import DumpFileTarget
 
-    target: Target = DumpFileTarget.open(args.dump)
+    dump = DumpFileTarget.open(args.dump)
+    target: Target = dump
     recorder = None
     try:
         if args.record:
             recorder = target = RecordingTarget(target)
             recorder.data.symbols.update(symbols)
         report = _run_analysis(target, args, symbols)
+        for note in dump.notes():
+            report.warn(note)
+        if dump.memory_unavailable:  # a small, 32-bit or ARM64 dump: no hunt of any kind is possible
+            report.complete_hunt = False
+            if not any(dump.memory_unavailable in warning for warning in report.warnings):
+                report.warn(dump.memory_unavailable)
         if recorder is not None:
             if report.partial:
                 report.warn(f"the recording was not written to {args.record}: the hunt was interrupted")

@@ -1,0 +1,367 @@
+"""Write synthesized kernel memory as real-format Windows kernel crash dump files.
+
+A ``DumpImage`` is a machine: the scenario's pages at their physical frames, x64 page tables that map
+each page's virtual address to its frame (built here, at frames the scenario does not use), optional
+2 MiB / 1 GiB mappings, and an optional region of pointer-rich noise pages for benchmarks. ``write``
+streams it to a file as a full (1), bitmap (5, 6), kernel memory (8, 9) or complete (0xA) dump with a
+``DUMP_HEADER64`` the way Windows fills one: "PAGE" filler, the bug check, PsLoadedModuleList, the
+machine's PhysicalMemoryBlock runs and a plausible CONTEXT. Noise pages are generated chunk by chunk
+while writing, so a dump of many GiB never sits in memory.
+
+32-bit scenarios are written as a PAGEDUMP full dump (header and pages; no x86 page tables, which
+leakhunt does not read offline).
+
+Every format offset comes from ``pykd_ext.targets.dumpheader``; tests read the files back with
+kdmp-parser as an independent check.
+"""
+from __future__ import annotations
+
+import struct
+import bisect
+from typing import BinaryIO, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from pykd_ext.targets.base import PAGE_SIZE
+from pykd_ext.targets.dumpheader import (
+    BMP_BITMAP, BMP_FIRST_PAGE, BMP_FULL_SIGNATURE, BMP_SUMMARY_SIGNATURE, BMP_VALID_DUMP, DUMP_BITMAP, DUMP_COMPLETE,
+    DUMP_FULL, DUMP_KERNEL_AND_USER, DUMP_KERNEL_MEMORY, DUMP_LIVE_KERNEL_BITMAP, H32_BUGCHECK_CODE,
+    H32_BUGCHECK_PARAMETERS, H32_DIRECTORY_TABLE_BASE, H32_DUMP_TYPE, H32_MACHINE_IMAGE_TYPE, H32_MAJOR_VERSION,
+    H32_MINOR_VERSION, H32_NUMBER_PROCESSORS, H32_PHYSICAL_MEMORY_BLOCK, H32_PS_LOADED_MODULE_LIST, H64_BUGCHECK_CODE,
+    H64_BUGCHECK_PARAMETERS, H64_COMMENT, H64_CONTEXT_RECORD, H64_DIRECTORY_TABLE_BASE, H64_DUMP_TYPE,
+    H64_KD_DEBUGGER_DATA_BLOCK, H64_MACHINE_IMAGE_TYPE, H64_MAJOR_VERSION, H64_MINOR_VERSION, H64_NUMBER_PROCESSORS,
+    H64_PFN_DATABASE, H64_PHYSICAL_MEMORY_BLOCK, H64_PS_ACTIVE_PROCESS_HEAD, H64_PS_LOADED_MODULE_LIST,
+    H64_REQUIRED_DUMP_SPACE, H64_SYSTEM_TIME, HEADER32_SIZE, HEADER64_SIZE, MACHINE_X64,
+    MACHINE_X86, RDMP_FIRST_PAGE_OFFSET, RDMP_HEADER_SIZE, RDMP_MARKER, RDMP_METADATA_SIZE, RDMP_RANGES,
+    RDMP_SIGNATURE, RDMP_TOTAL_NUMBER_OF_PAGES, RDMP_VALID_DUMP, RUNS_OFFSET, SIGNATURE, VALID_DUMP32, VALID_DUMP64)
+from pykd_ext.targets.dumpfile import PTE_LARGE_PAGE, PTE_PRESENT
+from pykd_ext.targets.snapshot import SnapshotData
+
+# Page-table frames are handed out from here up: below the scenario builder's first frame (0x1000).
+TABLE_FIRST_PFN = 0x100
+# The PML4 slot that maps the page tables themselves (Windows 10 before 1607 always used 0x1ED).
+SELF_MAP_INDEX = 0x1ED
+PTE_WRITE = 0x2
+PTE_ACCESSED = 0x20
+PTE_DIRTY = 0x40
+PTE_GLOBAL = 0x100
+PTE_NO_EXECUTE = 1 << 63
+TABLE_FLAGS = PTE_PRESENT | PTE_WRITE | PTE_ACCESSED
+DATA_FLAGS = PTE_PRESENT | PTE_WRITE | PTE_ACCESSED | PTE_DIRTY | PTE_GLOBAL | PTE_NO_EXECUTE
+# Where noise pages are mapped (2 MiB pages), away from the scenario builder's pool and images.
+NOISE_VA = 0xFFFFC58000000000
+# Frames written per step while streaming.
+CHUNK_PAGES = 2048
+
+# x64 CONTEXT (winnt.h) offsets used for a plausible register state at KeBugCheckEx.
+CONTEXT_FLAGS = 0x30
+CONTEXT_MXCSR = 0x34
+CONTEXT_SEGMENTS = 0x38  # SegCs, SegDs, SegEs, SegFs, SegGs, SegSs (u16 each)
+CONTEXT_EFLAGS = 0x44
+CONTEXT_RCX = 0x80
+CONTEXT_RDX = 0x88
+CONTEXT_RSP = 0x98
+CONTEXT_R8 = 0xB8
+CONTEXT_R9 = 0xC0
+CONTEXT_RIP = 0xF8
+CONTEXT_FLTSAVE_MXCSR = 0x118  # XMM_SAVE_AREA32.MxCsr inside FltSave at 0x100
+CONTEXT_AMD64_FULL = 0x10000B  # CONTEXT_AMD64 | CONTROL | INTEGER | FLOATING_POINT
+MXCSR_DEFAULT = 0x1F80
+# 2024-01-01 00:00 UTC as a FILETIME, so that the same scenario always gives the same file.
+SYSTEM_TIME = 133485408000000000
+
+MEMORY_LAYOUTS = {DUMP_FULL: "runs", DUMP_BITMAP: "bitmap", DUMP_LIVE_KERNEL_BITMAP: "bitmap",
+                  DUMP_KERNEL_MEMORY: "ranges", DUMP_KERNEL_AND_USER: "ranges", DUMP_COMPLETE: "ranges"}
+
+
+class NoiseRegion:
+    """``pages`` frames from ``first_pfn`` filled with pointer-rich words, generated on demand.
+
+    Words are 35% pool-like kernel pointers (16-byte aligned, in a region of their own), 20% small
+    integers, 25% zeros and 20% random 64-bit values: the mix a kernel dump's pages hold.
+    """
+
+    def __init__(self, first_pfn: int, pages: int, seed: int):
+        self.first_pfn = first_pfn
+        self.pages = pages
+        self.seed = seed
+
+    def content(self, first: int, count: int) -> bytes:
+        """The bytes of frames ``first .. first+count-1`` (all inside the region)."""
+        rng = np.random.default_rng([self.seed, first])
+        words = count * PAGE_SIZE // 8
+        roll = rng.integers(0, 100, words, dtype=np.uint8)
+        values = rng.integers(0, 1 << 63, words, dtype=np.uint64)
+        pointers = np.uint64(0xFFFFB50000000000) + ((values >> np.uint64(27)) & np.uint64(0xFFFFFFFF0))
+        out = np.where(roll < 35, pointers, np.where(roll < 55, values & np.uint64(0xFFFF),
+                                                     np.where(roll < 80, np.uint64(0), values)))
+        return out.astype("<u8").tobytes()
+
+
+class DumpImage:
+    """The physical memory and kernel page tables of a synthesized machine."""
+
+    def __init__(self, data: SnapshotData, noise_pages: int = 0, seed: int = 1, processors: int = 4):
+        self.data = data
+        self.processors = processors
+        self.pages: Dict[int, bytes] = {}  # frame -> content, for the scenario's pages and extra ones
+        for va, content in data.pages.items():
+            pa = data.physical.get(va)
+            if pa is None:
+                raise ValueError(f"page {va:#x} has no physical address: it cannot be placed in a dump")
+            self.pages[pa >> 12] = content
+        self.tables: Dict[int, bytearray] = {}  # page-table frame -> its 512 entries
+        self._next_table = TABLE_FIRST_PFN
+        self.pml4 = self._new_table()
+        self.noise: Optional[NoiseRegion] = None
+        if data.pointer_size == 8:
+            self.set_entry(self.pml4, SELF_MAP_INDEX, (self.pml4 << 12) | TABLE_FLAGS)
+            for va, pa in sorted(data.physical.items()):
+                self.map(va, pa >> 12)
+            if noise_pages:
+                self.add_noise(noise_pages, seed)
+
+    # ---- page tables ----------------------------------------------------------------------------
+
+    def _new_table(self) -> int:
+        while self._next_table in self.pages:
+            self._next_table += 1
+        pfn = self._next_table
+        self._next_table += 1
+        self.tables[pfn] = bytearray(PAGE_SIZE)
+        return pfn
+
+    def entry(self, table: int, index: int) -> int:
+        return struct.unpack_from("<Q", self.tables[table], index * 8)[0]
+
+    def set_entry(self, table: int, index: int, value: int) -> None:
+        struct.pack_into("<Q", self.tables[table], index * 8, value)
+
+    def _table_for(self, va: int, levels: int) -> int:
+        """The table ``levels`` below the PML4 on the way to ``va``, created as needed."""
+        table = self.pml4
+        for shift in (39, 30, 21)[:levels]:
+            index = (va >> shift) & 0x1FF
+            entry = self.entry(table, index)
+            if not entry & PTE_PRESENT:
+                child = self._new_table()
+                self.set_entry(table, index, (child << 12) | TABLE_FLAGS)
+                entry = self.entry(table, index)
+            if entry & PTE_LARGE_PAGE:
+                raise ValueError(f"{va:#x} is already inside a large page")
+            table = (entry & 0x000FFFFFFFFFF000) >> 12
+        return table
+
+    def map(self, va: int, pfn: int) -> None:
+        """Map the 4 KiB page at ``va`` to frame ``pfn``."""
+        self.set_entry(self._table_for(va, 3), (va >> 12) & 0x1FF, (pfn << 12) | DATA_FLAGS)
+
+    def map_large(self, va: int, first_pfn: int, size: int) -> None:
+        """Map a 2 MiB (PDE) or 1 GiB (PDPTE) page at ``va`` to the frames from ``first_pfn``."""
+        levels, shift = {2 << 20: (2, 21), 1 << 30: (1, 30)}[size]
+        if va % size or (first_pfn << 12) % size:
+            raise ValueError("a large page must be aligned to its size, virtually and physically")
+        self.set_entry(self._table_for(va, levels), (va >> shift) & 0x1FF,
+                       (first_pfn << 12) | DATA_FLAGS | PTE_LARGE_PAGE)
+
+    def add_noise(self, pages: int, seed: int) -> None:
+        """Append ``pages`` (rounded up to 2 MiB) of noise frames above everything else, mapped with 2 MiB pages."""
+        pages = -(-pages // 512) * 512
+        first = -(-(self.highest_pfn() + 1) // 512) * 512
+        self.noise = NoiseRegion(first, pages, seed)
+        for index in range(pages // 512):
+            self.map_large(NOISE_VA + index * (2 << 20), first + index * 512, 2 << 20)
+
+    # ---- the machine ----------------------------------------------------------------------------
+
+    def highest_pfn(self) -> int:
+        candidates = [max(self.pages, default=0), max(self.tables, default=0), self.data.max_pfn or 0]
+        if self.noise is not None:
+            candidates.append(self.noise.first_pfn + self.noise.pages - 1)
+        return max(candidates)
+
+    def machine_runs(self) -> List[Tuple[int, int]]:
+        """The PhysicalMemoryBlock: a PC's low 640 KiB, then everything from 1 MiB to the last frame."""
+        return [(1, 0x9F), (0x100, self.highest_pfn() - 0x100 + 1)]
+
+    def present_runs(self) -> List[Tuple[int, int]]:
+        """(first frame, count) of the frames that hold something, in frame order."""
+        frames = sorted(set(self.pages) | set(self.tables))
+        runs: List[Tuple[int, int]] = []
+        for frame in frames:
+            if runs and runs[-1][0] + runs[-1][1] == frame:
+                runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+            else:
+                runs.append((frame, 1))
+        if self.noise is not None:
+            runs.append((self.noise.first_pfn, self.noise.pages))
+            runs.sort()
+        return runs
+
+    def frames(self, first: int, count: int, placed: Sequence[int]) -> bytes:
+        """The contents of ``count`` consecutive frames; ``placed`` is the sorted list of placed frames."""
+        out = bytearray(count * PAGE_SIZE)
+        noise = self.noise
+        if noise is not None:
+            lo, hi = max(first, noise.first_pfn), min(first + count, noise.first_pfn + noise.pages)
+            if lo < hi:
+                out[(lo - first) * PAGE_SIZE:(hi - first) * PAGE_SIZE] = noise.content(lo, hi - lo)
+        for index in range(bisect.bisect_left(placed, first), bisect.bisect_left(placed, first + count)):
+            frame = placed[index]
+            content = self.tables[frame] if frame in self.tables else self.pages[frame]
+            out[(frame - first) * PAGE_SIZE:(frame - first + 1) * PAGE_SIZE] = content
+        return bytes(out)
+
+    # ---- writing --------------------------------------------------------------------------------
+
+    def write(self, path: str, dump_type: int = DUMP_BITMAP, complete: bool = False) -> None:
+        """Write the machine as a crash dump of ``dump_type`` (streamed, chunk by chunk).
+
+        Full (1) and complete (0xA) dumps store every frame of the machine; a bitmap dump does too when
+        ``complete`` (an 'FDMP' complete memory dump), else only the frames that hold something
+        (an 'SDMP' kernel memory dump), as kernel memory dumps (8, 9) do.
+        """
+        if self.data.pointer_size == 4:
+            if dump_type != DUMP_FULL:
+                raise ValueError("32-bit dumps are written as full dumps only")
+            self._write32(path)
+            return
+        layout = MEMORY_LAYOUTS[dump_type]
+        machine = self.machine_runs()
+        complete = complete or dump_type in (DUMP_FULL, DUMP_COMPLETE)
+        stored = machine if complete else self.present_runs()
+        header = self._header64(dump_type, machine)
+        with open(path, "wb") as handle:
+            handle.write(header)
+            if layout == "bitmap":
+                first_page = self._write_bitmap_header(handle, stored, complete)
+            elif layout == "ranges":
+                first_page = self._write_range_header(handle, dump_type, stored)
+            else:
+                first_page = HEADER64_SIZE
+            handle.seek(first_page)
+            self._write_frames(handle, stored)
+            end = handle.tell()
+            handle.truncate(end)
+            handle.seek(H64_REQUIRED_DUMP_SPACE)
+            handle.write(struct.pack("<Q", end))
+
+    def _write_frames(self, handle: BinaryIO, runs: Sequence[Tuple[int, int]]) -> None:
+        placed = sorted(set(self.pages) | set(self.tables))
+        for first, count in runs:
+            for start in range(first, first + count, CHUNK_PAGES):
+                chunk = self.frames(start, min(CHUNK_PAGES, first + count - start), placed)
+                if chunk.count(0) == len(chunk):
+                    handle.seek(len(chunk), 1)  # leave a hole: the file stays sparse
+                else:
+                    handle.write(chunk)
+
+    def _header64(self, dump_type: int, machine: Sequence[Tuple[int, int]]) -> bytearray:
+        data = self.data
+        header = bytearray(SIGNATURE * (HEADER64_SIZE // 4))  # Windows fills unused header space with "PAGE"
+        header[4:8] = VALID_DUMP64
+        struct.pack_into("<I", header, H64_MAJOR_VERSION, 0xF)  # a free (retail) build
+        struct.pack_into("<I", header, H64_MINOR_VERSION, data.build or 0)
+        struct.pack_into("<Q", header, H64_DIRECTORY_TABLE_BASE, self.pml4 << 12)
+        struct.pack_into("<Q", header, H64_PFN_DATABASE, 0)  # no PFN database is synthesized
+        struct.pack_into("<Q", header, H64_PS_LOADED_MODULE_LIST, data.symbols.get("nt!PsLoadedModuleList", 0))
+        struct.pack_into("<Q", header, H64_PS_ACTIVE_PROCESS_HEAD, data.symbols.get("nt!PsActiveProcessHead", 0))
+        struct.pack_into("<I", header, H64_MACHINE_IMAGE_TYPE, MACHINE_X64)
+        struct.pack_into("<I", header, H64_NUMBER_PROCESSORS, self.processors)
+        struct.pack_into("<Q", header, H64_BUGCHECK_CODE, data.bugcheck.code)  # the code and its padding
+        struct.pack_into("<4Q", header, H64_BUGCHECK_PARAMETERS, *data.bugcheck.parameters)
+        struct.pack_into("<Q", header, H64_KD_DEBUGGER_DATA_BLOCK, 0)  # no KDDEBUGGER_DATA64 is synthesized
+        self._physical_memory_block(header, H64_PHYSICAL_MEMORY_BLOCK, machine, 8)
+        self._context(header)
+        struct.pack_into("<I", header, H64_DUMP_TYPE, dump_type)
+        struct.pack_into("<Q", header, H64_SYSTEM_TIME, SYSTEM_TIME)
+        header[H64_COMMENT:H64_COMMENT + 128] = b"leakhunt synthesized dump".ljust(128, b"\0")
+        return header
+
+    @staticmethod
+    def _physical_memory_block(header: bytearray, offset: int, runs: Sequence[Tuple[int, int]], width: int) -> None:
+        word = "<Q" if width == 8 else "<I"
+        struct.pack_into("<I", header, offset, len(runs))
+        if width == 8:
+            struct.pack_into("<I", header, offset + 4, 0)
+        struct.pack_into(word, header, offset + (8 if width == 8 else 4), sum(count for _, count in runs))
+        for index, (base, count) in enumerate(runs):
+            struct.pack_into("<2Q" if width == 8 else "<2I", header, offset + RUNS_OFFSET[width] + index * 2 * width,
+                             base, count)
+
+    def _context(self, header: bytearray) -> None:
+        """Registers as KeBugCheckEx sees them: code in rcx, P1..P3 in rdx, r8, r9, rip in the kernel."""
+        base = H64_CONTEXT_RECORD
+        header[base:base + 0x4D0] = bytes(0x4D0)
+        code, p1, p2, p3 = (self.data.bugcheck.code,) + tuple(self.data.bugcheck.parameters[:3])
+        kernel = next((m for m in self.data.modules if m.name == "nt"), None)
+        for offset, fmt, value in ((CONTEXT_FLAGS, "<I", CONTEXT_AMD64_FULL), (CONTEXT_MXCSR, "<I", MXCSR_DEFAULT),
+                                   (CONTEXT_EFLAGS, "<I", 0x282), (CONTEXT_RCX, "<Q", code), (CONTEXT_RDX, "<Q", p1),
+                                   (CONTEXT_R8, "<Q", p2), (CONTEXT_R9, "<Q", p3),
+                                   (CONTEXT_RSP, "<Q", 0xFFFFF8031F7FEE18),
+                                   (CONTEXT_RIP, "<Q", kernel.base + 0x1000 if kernel else 0),
+                                   (CONTEXT_FLTSAVE_MXCSR, "<I", MXCSR_DEFAULT)):
+            struct.pack_into(fmt, header, base + offset, value)
+        # SegCs, SegDs, SegEs, SegFs, SegGs, SegSs of kernel mode.
+        struct.pack_into("<6H", header, base + CONTEXT_SEGMENTS, 0x10, 0x2B, 0x2B, 0x53, 0x2B, 0x18)
+
+    def _write_bitmap_header(self, handle: BinaryIO, runs: Sequence[Tuple[int, int]], complete: bool) -> int:
+        bits = -(-(self.highest_pfn() + 1) // 8) * 8
+        bitmap = np.zeros(bits, dtype=np.uint8)
+        for first, count in runs:
+            bitmap[first:first + count] = 1
+        packed = np.packbits(bitmap, bitorder="little").tobytes()
+        first_page = -(-(HEADER64_SIZE + BMP_BITMAP + len(packed)) // PAGE_SIZE) * PAGE_SIZE
+        sub = bytearray(BMP_BITMAP)
+        sub[0:4] = BMP_FULL_SIGNATURE if complete else BMP_SUMMARY_SIGNATURE
+        sub[4:8] = BMP_VALID_DUMP
+        struct.pack_into("<3Q", sub, BMP_FIRST_PAGE, first_page, sum(count for _, count in runs), bits)
+        handle.write(bytes(sub) + packed)
+        return first_page
+
+    def _write_range_header(self, handle: BinaryIO, dump_type: int, runs: Sequence[Tuple[int, int]]) -> int:
+        # (PFN, count) pairs from 0x2030, a zero pair after them, padded so that the pages start on a page.
+        table_end = HEADER64_SIZE + RDMP_RANGES + 16 * (len(runs) + 1)
+        first_page = -(-table_end // PAGE_SIZE) * PAGE_SIZE
+        metadata_size = first_page - HEADER64_SIZE - RDMP_HEADER_SIZE
+        sub = bytearray(first_page - HEADER64_SIZE)
+        struct.pack_into("<I", sub, 0, RDMP_MARKER)
+        sub[4:8] = RDMP_SIGNATURE
+        sub[8:12] = RDMP_VALID_DUMP
+        struct.pack_into("<Q", sub, RDMP_METADATA_SIZE, metadata_size)
+        struct.pack_into("<Q", sub, RDMP_FIRST_PAGE_OFFSET, first_page)
+        if dump_type == DUMP_COMPLETE:
+            struct.pack_into("<I", sub, RDMP_HEADER_SIZE, len(runs))  # NumberOfRanges
+            struct.pack_into("<Q", sub, RDMP_TOTAL_NUMBER_OF_PAGES, sum(count for _, count in runs))
+        for index, (first, count) in enumerate(runs):
+            struct.pack_into("<2Q", sub, RDMP_RANGES + 16 * index, first, count)
+        handle.write(bytes(sub))
+        return first_page
+
+    def _write32(self, path: str) -> None:
+        data = self.data
+        runs = [(1, 0x9F), (0x100, self.highest_pfn() - 0x100 + 1)]
+        header = bytearray(SIGNATURE * (HEADER32_SIZE // 4))
+        header[4:8] = VALID_DUMP32
+        struct.pack_into("<I", header, H32_MAJOR_VERSION, 0xF)
+        struct.pack_into("<I", header, H32_MINOR_VERSION, data.build or 0)
+        struct.pack_into("<I", header, H32_DIRECTORY_TABLE_BASE, 0)  # no x86 page tables are synthesized
+        struct.pack_into("<I", header, H32_PS_LOADED_MODULE_LIST, data.symbols.get("nt!PsLoadedModuleList", 0))
+        struct.pack_into("<I", header, H32_MACHINE_IMAGE_TYPE, MACHINE_X86)
+        struct.pack_into("<I", header, H32_NUMBER_PROCESSORS, self.processors)
+        struct.pack_into("<I", header, H32_BUGCHECK_CODE, data.bugcheck.code)
+        struct.pack_into("<4I", header, H32_BUGCHECK_PARAMETERS, *data.bugcheck.parameters)
+        self._physical_memory_block(header, H32_PHYSICAL_MEMORY_BLOCK, runs, 4)
+        struct.pack_into("<I", header, H32_DUMP_TYPE, DUMP_FULL)
+        with open(path, "wb") as handle:
+            handle.write(header)
+            self._write_frames(handle, runs)
+            handle.truncate(handle.tell())
+
+
+def write_dump(data: SnapshotData, path: str, dump_type: int = DUMP_BITMAP, noise_pages: int = 0,
+               seed: int = 1) -> DumpImage:
+    """Write ``data`` (a complete snapshot with physical addresses) as a crash dump file at ``path``."""
+    image = DumpImage(data, noise_pages=noise_pages, seed=seed)
+    image.write(path, dump_type)
+    return image

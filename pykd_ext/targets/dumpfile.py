@@ -1,0 +1,406 @@
+"""A kernel crash dump file as a Target: ``leakhunt analyze MEMORY.DMP`` on any OS, without a debugger.
+
+Reads go through the kernel's own x64 page tables (PML4 at the header's DirectoryTableBase) to the
+physical pages stored in the file. The pointer search scans the stored pages memory-mapped, a bounded
+window at a time, with the vectorised ``ValueSet`` (all values of one hunt level in one pass), then
+turns the physical hits into kernel virtual addresses with one walk of the kernel page tables for
+just the page frames that hold hits. Memory use stays bounded whatever the size of the dump.
+
+Small (triage) dumps, 32-bit dumps and ARM64 dumps still give the bug check, build and architecture
+from the header; their reads raise MemoryReadError and the search raises SearchUnavailable saying
+what dump the hunt needs.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from collections import OrderedDict
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+
+from ..kernel.modules import walk_loaded_modules
+from ..layouts import Layouts
+from ..search import ValueSet
+from .base import (PAGE_SIZE, BugCheck, MemoryReadError, Module, PfnRange, ProgressCallback, SearchHit,
+                   SearchUnavailable, SymbolNotFound, Target, TargetError)
+from .dumpheader import (DUMP_TRIAGE, MACHINE_X64, MEMORY_DUMP_TYPES, DumpFileError, DumpHeader, PhysicalLayout,
+                         format_size, read_dump_header, read_physical_layout)
+
+# Bytes of the file mapped at a time by the search: peak memory does not grow with the dump.
+WINDOW_BYTES = 32 << 20
+# Physical pages kept in memory for reads (page tables and kernel objects): 16 MiB.
+PAGE_CACHE_PAGES = 4096
+# Virtual page -> physical page translations remembered for reads.
+TRANSLATION_CACHE_ENTRIES = 1 << 18
+# The reverse page-table walk reads this many page tables at a time.
+TABLE_BATCH = 1024
+# A page table hierarchy referencing more tables than this is corrupt (4 GiB of page tables).
+MAX_PAGE_TABLES = 1 << 20
+
+# x64 paging (Intel SDM vol. 3 §4.5): entry bits and the physical address bits 12..51.
+PTE_PRESENT = 0x1
+PTE_LARGE_PAGE = 0x80  # PS: the PDPTE maps 1 GiB, the PDE maps 2 MiB
+PTE_ADDRESS_MASK = 0x000FFFFFFFFFF000
+KERNEL_HALF_FIRST_PML4 = 256  # PML4 entries 256..511 map 0xFFFF8000`00000000 and above
+LEVEL_SHIFTS = (39, 30, 21, 12)
+
+CONFIGURE_KERNEL_DUMP = (
+    "in Windows set System Properties > Advanced > Startup and Recovery > Write debugging information to "
+    "\"Kernel memory dump\" or \"Complete memory dump\" (CrashDumpEnabled = 2 or 1 under "
+    "HKLM\\SYSTEM\\CurrentControlSet\\Control\\CrashControl)")
+
+
+def memory_unavailable_reason(header: DumpHeader, name: str) -> str:
+    """One sentence saying why leakhunt cannot read this dump's memory, or "" when it can."""
+    if header.dump_type == DUMP_TRIAGE:
+        return (f"{name} is a small memory dump, which holds no kernel memory to search; the hunt needs a kernel "
+                f"or complete memory dump: {CONFIGURE_KERNEL_DUMP}.")
+    if header.dump_type not in MEMORY_DUMP_TYPES:
+        return (f"{name} is a {header.type_name} (DumpType {header.dump_type:#x}) whose memory leakhunt cannot "
+                f"read; the hunt needs a kernel or complete memory dump: {CONFIGURE_KERNEL_DUMP}.")
+    if header.pointer_size == 4 or header.machine != MACHINE_X64:
+        kind = "a 32-bit x86" if header.pointer_size == 4 else f"an {header.arch.upper()}"
+        return (f"{name} is {kind} dump and leakhunt reads memory offline only from x64 dumps: open it in "
+                f"WinDbg and run !py leakhunt there to hunt.")
+    return ""
+
+
+def canonical(address: int) -> int:
+    """Sign-extend a 48-bit x64 virtual address."""
+    return address | 0xFFFF000000000000 if address & (1 << 47) else address
+
+
+class DumpFileTarget(Target):
+    """A Windows kernel crash dump file, opened read-only."""
+
+    def __init__(self, path: str, handle, header: DumpHeader, layout: Optional[PhysicalLayout],
+                 memory_unavailable: str):
+        self.path = path
+        self.header = header
+        self.layout = layout
+        # One sentence when the dump's memory cannot be read (small, 32-bit or ARM64 dump), else "".
+        self.memory_unavailable = memory_unavailable
+        self.arch = header.arch
+        self.pointer_size = header.pointer_size
+        self.build = header.build
+        self.max_pfn = header.highest_machine_pfn
+        if self.max_pfn is None and layout is not None:
+            self.max_pfn = layout.highest_pfn
+        self.description = (f"{os.path.basename(path)}: {header.type_name}, {format_size(header.file_size)}, "
+                            f"{header.arch}, build {header.build}, {header.processors} processor(s)")
+        self._handle = handle
+        self._pages: "OrderedDict[int, Optional[bytes]]" = OrderedDict()
+        self._translations: Dict[int, Optional[int]] = {}
+        self._modules: Optional[List[Module]] = None
+        self._tables: Optional[_KernelMappings] = None
+        self._virtual_of_pfn: Dict[int, Optional[int]] = {}
+        # Page tables the kernel page tables point to but the dump lacks (see notes()).
+        self._missing_tables: set = set()
+
+    # ---- opening --------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str) -> "DumpFileTarget":
+        """Open ``path`` read-only and parse its header; raise DumpFileError with one clear line."""
+        if os.path.isdir(path):
+            raise DumpFileError(f"{path} is a directory, not a crash dump file")
+        try:
+            handle = open(path, "rb", buffering=0)
+        except FileNotFoundError:
+            raise DumpFileError(f"{path}: no such file") from None
+        except PermissionError:
+            raise DumpFileError(f"{path}: permission denied") from None
+        except OSError as error:
+            raise DumpFileError(f"cannot open {path}: {error.strerror or error}") from None
+        try:
+            file_size = os.fstat(handle.fileno()).st_size
+            header = read_dump_header(handle, path, file_size)
+            reason = memory_unavailable_reason(header, os.path.basename(path))
+            layout = None if reason else read_physical_layout(handle, header, path)
+        except OSError as error:
+            handle.close()
+            raise DumpFileError(f"cannot read {path}: {error.strerror or error}") from None
+        except BaseException:
+            handle.close()
+            raise
+        return cls(path, handle, header, layout, reason)
+
+    def close(self) -> None:
+        self._handle.close()
+
+    # ---- facts from the header ------------------------------------------------------------------
+
+    def bugcheck(self) -> BugCheck:
+        return self.header.bugcheck
+
+    def symbol(self, name: str) -> int:
+        """The two kernel globals the header records; every other symbol needs --symbol/--symbols."""
+        if name == "nt!PsLoadedModuleList" and self.header.ps_loaded_module_list:
+            return self.header.ps_loaded_module_list
+        if name == "nt!PsActiveProcessHead" and self.header.ps_active_process_head:
+            return self.header.ps_active_process_head
+        raise SymbolNotFound(name, "a dump file carries no symbols; give the address with --symbol NAME=ADDRESS "
+                                   "or --symbols FILE")
+
+    def modules(self) -> List[Module]:
+        """The loaded kernel images, from the header's PsLoadedModuleList (a partial list if it breaks)."""
+        if self.layout is None:
+            return []
+        if self._modules is None:
+            found, problems = walk_loaded_modules(self, self.header.ps_loaded_module_list, Layouts(self))
+            if not found and problems:
+                raise TargetError(problems[0])
+            self._modules = found
+        return list(self._modules)
+
+    def notes(self) -> List[str]:
+        """Problems with the dump's page tables met so far, one line each, for the report's warnings."""
+        if not self._missing_tables:
+            return []
+        return [f"{len(self._missing_tables)} page table(s) that the kernel page tables point to are not in the dump "
+                f"(damaged page tables?): the memory they map can be neither read nor found by the search"]
+
+    # ---- physical memory -------------------------------------------------------------------------
+
+    def _page(self, pfn: int) -> Optional[bytes]:
+        """The 4 KiB of page frame ``pfn``, or None when the dump does not hold it (cached)."""
+        if pfn in self._pages:
+            self._pages.move_to_end(pfn)
+            return self._pages[pfn]
+        content = self._read_page(pfn)
+        self._pages[pfn] = content
+        if len(self._pages) > PAGE_CACHE_PAGES:
+            self._pages.popitem(last=False)
+        return content
+
+    def _read_page(self, pfn: int) -> Optional[bytes]:
+        if self.layout is None:
+            return None
+        offset = self.layout.file_offset_of(pfn)
+        if offset is None:
+            return None
+        self._handle.seek(offset)
+        return self._handle.read(PAGE_SIZE)
+
+    def read_physical(self, address: int, size: int) -> bytes:
+        if self.layout is None:
+            raise MemoryReadError(address, size, physical=True, reason=self.memory_unavailable)
+        return self._assemble(address, size, lambda page: self._page(page >> 12), True)
+
+    def _assemble(self, address: int, size: int, page_of, physical: bool) -> bytes:
+        if size <= 0:
+            return b""
+        chunks = []
+        page = address & ~(PAGE_SIZE - 1)
+        end = address + size
+        while page < end:
+            content = page_of(page)
+            if content is None:
+                raise MemoryReadError(address, size, physical=physical,
+                                      reason=f"the page at {page:#x} is not in the dump")
+            chunks.append(content[max(address, page) - page:min(end, page + PAGE_SIZE) - page])
+            page += PAGE_SIZE
+        return b"".join(chunks)
+
+    # ---- virtual memory --------------------------------------------------------------------------
+
+    def read(self, address: int, size: int) -> bytes:
+        if self.layout is None:
+            raise MemoryReadError(address, size, reason=self.memory_unavailable)
+        return self._assemble(address, size, self._virtual_page, False)
+
+    def _virtual_page(self, page: int) -> Optional[bytes]:
+        physical = self._translate(page)
+        return None if physical is None else self._page(physical >> 12)
+
+    def _translate(self, page: int) -> Optional[int]:
+        """Physical address of virtual page ``page`` through the kernel page tables, or None."""
+        if page in self._translations:
+            return self._translations[page]
+        physical = self._walk(page)
+        if len(self._translations) >= TRANSLATION_CACHE_ENTRIES:
+            self._translations.clear()
+        self._translations[page] = physical
+        return physical
+
+    def _walk(self, address: int) -> Optional[int]:
+        if canonical(address & 0xFFFFFFFFFFFF) != address:
+            return None
+        table = self.header.directory_table_base & PTE_ADDRESS_MASK
+        for level, shift in enumerate(LEVEL_SHIFTS):
+            content = self._page(table >> 12)
+            if content is None:
+                self._missing_tables.add(table >> 12)
+                return None
+            entry = struct.unpack_from("<Q", content, ((address >> shift) & 0x1FF) * 8)[0]
+            if not entry & PTE_PRESENT:
+                return None
+            if level in (1, 2) and entry & PTE_LARGE_PAGE:  # a 1 GiB or 2 MiB page
+                span = 1 << shift
+                return (entry & PTE_ADDRESS_MASK & ~(span - 1)) + (address & (span - 1))
+            table = entry & PTE_ADDRESS_MASK
+        return table
+
+    # ---- search ----------------------------------------------------------------------------------
+
+    def search_pointers(self, values: Iterable[int], pfn_range: Optional[PfnRange] = None,
+                        progress: Optional[ProgressCallback] = None) -> Dict[int, List[SearchHit]]:
+        """Scan the dump's physical pages for all ``values`` at once, then name each hit's kernel address."""
+        if self.layout is None:
+            raise SearchUnavailable(self.memory_unavailable)
+        values = [int(v) for v in values]
+        value_set = ValueSet(values, self.pointer_size)
+        found_values: List[np.ndarray] = []
+        found_physical: List[np.ndarray] = []
+        ranges = self.layout.file_ranges(pfn_range)
+        total = sum(end - start for start, end in ranges)
+        done = 0
+        for start, end in ranges:
+            for window_start in range(start, end, WINDOW_BYTES):
+                window_end = min(end, window_start + WINDOW_BYTES)
+                self._prefetch(window_end, min(end, window_end + WINDOW_BYTES))
+                indices, found = self._scan_window(value_set, window_start, window_end)
+                if len(indices):
+                    offsets = np.uint64(window_start) + indices.astype(np.uint64) * np.uint64(self.pointer_size)
+                    found_physical.append(self.layout.physical_addresses(offsets))
+                    found_values.append(found)
+                done += window_end - window_start
+                if progress is not None:
+                    progress(done, total)
+        return self._hits(values, found_values, found_physical)
+
+    def _prefetch(self, start: int, end: int) -> None:
+        """Ask the OS to start reading the next window while this one is searched (POSIX only)."""
+        if end > start and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self._handle.fileno(), start, end - start, os.POSIX_FADV_WILLNEED)
+
+    def _scan_window(self, value_set: ValueSet, start: int, end: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Map ``[start, end)`` of the file read-only and search it; the mapping is released after."""
+        map_start = start - start % mmap.ALLOCATIONGRANULARITY
+        mapped = mmap.mmap(self._handle.fileno(), end - map_start, offset=map_start, access=mmap.ACCESS_READ)
+        try:
+            if hasattr(mapped, "madvise"):
+                mapped.madvise(mmap.MADV_SEQUENTIAL)
+            with memoryview(mapped) as view:
+                return value_set.find(view[start - map_start:])
+        finally:
+            try:
+                mapped.close()
+            except BufferError:  # an interrupt left a view alive: the mapping goes when it is collected
+                pass
+
+    def _hits(self, values: List[int], found_values: List[np.ndarray],
+              found_physical: List[np.ndarray]) -> Dict[int, List[SearchHit]]:
+        hits: Dict[int, List[SearchHit]] = {v: [] for v in values}
+        if not found_values:
+            return hits
+        hit_values = np.concatenate(found_values).tolist()
+        physical = np.concatenate(found_physical).tolist()
+        virtual_of = self._virtual_addresses({pa >> 12 for pa in physical})
+        for value, pa in zip(hit_values, physical):
+            page_va = virtual_of.get(pa >> 12)
+            hit = SearchHit(value, None if page_va is None else page_va + (pa & (PAGE_SIZE - 1)), pa)
+            if value in hits:
+                hits[value].append(hit)
+        for value in hits:
+            hits[value].sort(key=lambda h: (h.virtual or 0, h.physical or 0))
+        return hits
+
+    def _virtual_addresses(self, pfns: Iterable[int]) -> Dict[int, Optional[int]]:
+        """Kernel virtual address of each page frame (the lowest when several map it), or None."""
+        wanted = sorted(set(pfns) - set(self._virtual_of_pfn))
+        if wanted:
+            if self._tables is None:
+                self._tables = _KernelMappings(self)
+            resolved = self._tables.virtual_addresses(np.array(wanted, dtype=np.uint64))
+            for pfn in wanted:
+                self._virtual_of_pfn[pfn] = resolved.get(pfn)
+        return self._virtual_of_pfn
+
+
+class _KernelMappings:
+    """The kernel half of the x64 page tables, walked from the PML4 down, for physical -> virtual.
+
+    The upper levels (PML4, PDPTs, PDs) are walked once and remembered as the list of leaf page
+    tables plus the large (2 MiB) and huge (1 GiB) pages; each lookup then reads the leaf tables in
+    batches and keeps only the frames asked for, so memory stays bounded by the answer. The PML4's
+    self-map entry (the one pointing back at the PML4, through which the kernel sees its own page
+    tables) is skipped. Every table is visited at most once per level, so damaged tables cannot loop.
+    """
+
+    def __init__(self, target: DumpFileTarget):
+        self.target = target
+        self.leaf_tables: List[Tuple[int, int]] = []  # (page table frame, virtual address it starts at)
+        self.large: List[Tuple[int, int, int]] = []  # (first frame, frames, virtual address)
+        pml4 = (target.header.directory_table_base & PTE_ADDRESS_MASK) >> 12
+        seen = {pml4}
+        for index, entry in self._present(pml4, KERNEL_HALF_FIRST_PML4):
+            table = (entry & PTE_ADDRESS_MASK) >> 12
+            if table == pml4:
+                continue  # the self-map entry
+            self._directory(table, canonical(index << 39), 1, seen)
+
+    def _present(self, pfn: int, first_index: int = 0) -> List[Tuple[int, int]]:
+        content = self.target._page(pfn)
+        if content is None:
+            self.target._missing_tables.add(pfn)
+            return []
+        entries = np.frombuffer(content, dtype="<u8")
+        indices = np.flatnonzero(entries[first_index:] & np.uint64(PTE_PRESENT)) + first_index
+        return list(zip(indices.tolist(), entries[indices].tolist()))
+
+    def _directory(self, pfn: int, base: int, level: int, seen: set) -> None:
+        """Walk a PDPT (level 1) or PD (level 2) starting at virtual address ``base``."""
+        if pfn in seen or len(seen) >= MAX_PAGE_TABLES:
+            return
+        seen.add(pfn)
+        shift = LEVEL_SHIFTS[level]
+        for index, entry in self._present(pfn):
+            address = base + (index << shift)
+            frame = (entry & PTE_ADDRESS_MASK) >> 12
+            if entry & PTE_LARGE_PAGE:
+                frames = 1 << (shift - 12)
+                self.large.append((frame & ~(frames - 1), frames, address))
+            elif level == 1:
+                self._directory(frame, address, 2, seen)
+            elif frame not in seen and len(seen) < MAX_PAGE_TABLES:
+                seen.add(frame)
+                self.leaf_tables.append((frame, address))
+
+    def virtual_addresses(self, wanted: np.ndarray) -> Dict[int, int]:
+        """{frame: lowest kernel virtual address mapping it} for the sorted frames ``wanted``."""
+        found: Dict[int, int] = {}
+
+        def keep(frames: np.ndarray, addresses: np.ndarray) -> None:
+            for frame, address in zip(frames.tolist(), addresses.tolist()):
+                if frame not in found or address < found[frame]:
+                    found[frame] = address
+
+        for first, frames, address in self.large:
+            lo, hi = np.searchsorted(wanted, [first, first + frames])
+            if hi > lo:
+                inside = wanted[lo:hi]
+                keep(inside, np.uint64(address) + (inside - np.uint64(first)) * np.uint64(PAGE_SIZE))
+        for batch_start in range(0, len(self.leaf_tables), TABLE_BATCH):
+            batch = self.leaf_tables[batch_start:batch_start + TABLE_BATCH]
+            contents = []
+            bases = []
+            for frame, address in batch:
+                content = self.target._read_page(frame)
+                if content is None:
+                    self.target._missing_tables.add(frame)
+                    continue
+                contents.append(content)
+                bases.append(address)
+            if not contents:
+                continue
+            entries = np.frombuffer(b"".join(contents), dtype="<u8")
+            frames_mapped = (entries & np.uint64(PTE_ADDRESS_MASK)) >> np.uint64(12)
+            hit = (entries & np.uint64(PTE_PRESENT)).astype(bool) & np.isin(frames_mapped, wanted)
+            positions = np.flatnonzero(hit)
+            if len(positions):
+                table_base = np.array(bases, dtype=np.uint64)[positions // 512]
+                keep(frames_mapped[positions], table_base + (positions % 512).astype(np.uint64) * np.uint64(PAGE_SIZE))
+        return found
