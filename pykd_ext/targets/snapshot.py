@@ -12,7 +12,9 @@ Format (version 1) — a ZIP archive with two members:
     searched; false for a recording, which replays only the searches it recorded), ``pages``
     [{``va``, ``pa``}] in the order of their bytes in ``pages.bin``, ``unreadable`` [virtual page
     addresses that could not be read], ``searches`` [{``values``, ``pfn_range``, ``hits``:
-    [{``value``, ``va``, ``pa``}]}]. Numbers that are addresses are hex strings ("0xfffff803...").
+    [{``value``, ``va``, ``pa``}]}], ``failed_searches`` (only when a recorded search was not
+    possible) [{``values``, ``pfn_range``, ``reason``}]. Numbers that are addresses are hex strings
+    ("0xfffff803...").
 
 ``pages.bin``
     The recorded memory: 4 KiB pages back to back, page *i* described by ``pages[i]``.
@@ -76,6 +78,7 @@ class SnapshotData:
     unreadable: Set[int] = field(default_factory=set)
     complete: bool = False
     searches: Dict[SearchKey, Dict[int, List[SearchHit]]] = field(default_factory=dict)
+    failed_searches: Dict[SearchKey, str] = field(default_factory=dict)  # search -> why it was not possible
     created_by: str = ""
 
 
@@ -91,7 +94,7 @@ def _hex(value: Optional[int]) -> Optional[str]:
 
 def _manifest(data: SnapshotData) -> dict:
     page_order = sorted(data.pages)
-    return {
+    manifest = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "created_by": data.created_by or f"leakhunt {__version__}",
@@ -127,6 +130,13 @@ def _manifest(data: SnapshotData) -> dict:
             for (values, pfn), hits in sorted(data.searches.items(), key=lambda item: (item[0][0], item[0][1] or ()))
         ],
     }
+    if data.failed_searches:
+        manifest["failed_searches"] = [
+            {"values": [_hex(v) for v in values], "pfn_range": None if pfn is None else [_hex(pfn[0]), _hex(pfn[1])],
+             "reason": reason}
+            for (values, pfn), reason in sorted(data.failed_searches.items(), key=lambda item: (item[0][0], item[0][1] or ()))
+        ]
+    return manifest
 
 
 def save_snapshot(data: SnapshotData, path: str, overwrite: bool = False) -> None:
@@ -315,14 +325,7 @@ def _build(manifest: dict, pages_bytes: bytes, path: str) -> SnapshotData:
             data.physical[va] = pa
     data.unreadable = {_number(v, "unreadable page") for v in _expect(manifest.get("unreadable", []), list, "unreadable")}
     for entry in _expect(manifest.get("searches", []), list, "searches"):
-        _expect(entry, dict, "search")
-        values = tuple(sorted({_number(v, "searched value") for v in _expect(entry.get("values"), list, "values")}))
-        pfn = entry.get("pfn_range")
-        pfn_key = None
-        if pfn is not None:
-            if not isinstance(pfn, list) or len(pfn) != 2:
-                raise SnapshotError("corrupt snapshot: malformed pfn_range")
-            pfn_key = (_number(pfn[0], "pfn"), _number(pfn[1], "pfn"))
+        values, pfn_key = _recorded_search_key(entry)
         hits: Dict[int, List[SearchHit]] = {v: [] for v in values}
         for hit in _expect(entry.get("hits", []), list, "hits"):
             _expect(hit, dict, "hit")
@@ -332,7 +335,21 @@ def _build(manifest: dict, pages_bytes: bytes, path: str) -> SnapshotData:
             hits[value].append(SearchHit(value, _optional_number(hit.get("va"), "hit address"),
                                          _optional_number(hit.get("pa"), "hit physical address")))
         data.searches[(values, pfn_key)] = hits
+    for entry in _expect(manifest.get("failed_searches", []), list, "failed_searches"):
+        data.failed_searches[_recorded_search_key(entry)] = str(entry.get("reason") or "the search was not possible")
     return data
+
+
+def _recorded_search_key(entry) -> SearchKey:
+    _expect(entry, dict, "search")
+    values = tuple(sorted({_number(v, "searched value") for v in _expect(entry.get("values"), list, "values")}))
+    pfn = entry.get("pfn_range")
+    pfn_key = None
+    if pfn is not None:
+        if not isinstance(pfn, list) or len(pfn) != 2:
+            raise SnapshotError("corrupt snapshot: malformed pfn_range")
+        pfn_key = (_number(pfn[0], "pfn"), _number(pfn[1], "pfn"))
+    return values, pfn_key
 
 
 # ---- the replay target -------------------------------------------------------------------------
@@ -395,6 +412,8 @@ class SnapshotTarget(Target):
         recorded = self.data.searches.get(key)
         if recorded is not None:
             return {v: list(recorded.get(v, [])) for v in key[0]}
+        if key in self.data.failed_searches:
+            raise SearchUnavailable(self.data.failed_searches[key])
         if not self.data.complete:
             raise SearchUnavailable("this snapshot is a recording and did not record a search for these values")
         return self._scan(key[0], pfn_range, progress)
@@ -493,8 +512,14 @@ class RecordingTarget(Target):
     def search_pointers(self, values: Iterable[int], pfn_range: Optional[PfnRange] = None,
                         progress: Optional[ProgressCallback] = None) -> Dict[int, List[SearchHit]]:
         key = search_key(values, pfn_range)
+        if key in self.data.failed_searches:
+            raise SearchUnavailable(self.data.failed_searches[key])
         if key not in self.data.searches:
-            self.data.searches[key] = self.inner.search_pointers(key[0], pfn_range, progress)
+            try:
+                self.data.searches[key] = self.inner.search_pointers(key[0], pfn_range, progress)
+            except SearchUnavailable as error:
+                self.data.failed_searches[key] = str(error)
+                raise
         return {v: list(self.data.searches[key].get(v, [])) for v in key[0]}
 
     def snapshot(self) -> SnapshotData:

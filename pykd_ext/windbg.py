@@ -1,0 +1,182 @@
+"""``!py leakhunt``: leakhunt inside WinDbg through pykd (the logic behind scripts/leakhunt.py).
+
+Inside WinDbg (``!py leakhunt [options]``) the target is whatever the debugger has open and the report
+is DML with links to ``!irp``, ``dt nt!_MDL``, ``!pool``, ``lmvm``, ``!thread``. Outside WinDbg on
+Windows (``python leakhunt.py MEMORY.DMP [options]``) pykd opens the dump itself and the report is
+plain text. Also runnable as ``!py -m pykd_ext.windbg [options]``.
+
+Nothing escapes to the debugger: a bad argument, a target that is not a crashed kernel, a missing
+pykd or an internal error is one line; Ctrl+Break (pykd raises ``SystemExit("CTRL+BREAK")``) during
+the hunt prints the report found so far, marked partial. Exit codes (standalone only) are the
+``leakhunt`` command's (pykd_ext/cli.py).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Callable, List, Optional
+
+from . import __version__
+from .analyses import Options, analyze, is_interrupt
+from .cli import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, exit_code_for
+from .render.jsonout import render_json
+from .render.text import render_dml, render_text
+from .targets.base import Target, TargetError, pfn_range_from_text
+from .targets.snapshot import RecordingTarget, SnapshotError, save_snapshot
+
+# Seconds between two progress lines of a long search (the output window has no carriage return).
+PROGRESS_INTERVAL = 5.0
+
+
+class _ArgumentsDone(Exception):
+    """argparse wanted to exit (after --help, --version or a usage error)."""
+
+    def __init__(self, status: int, message: str = ""):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that never calls sys.exit(): under !py the script must return normally."""
+
+    def exit(self, status: int = 0, message: Optional[str] = None):
+        raise _ArgumentsDone(status, message or "")
+
+    def error(self, message: str):
+        raise _ArgumentsDone(EXIT_USAGE, f"error: {message} (--help lists the options)")
+
+
+def build_parser(in_windbg: bool) -> argparse.ArgumentParser:
+    # Imported here: it imports pykd, which main() checks for first.
+    from .targets.pykd_target import DEFAULT_SEARCH, SEARCH_METHODS
+
+    parser = _Parser(
+        prog="!py leakhunt" if in_windbg else "leakhunt.py",
+        description="Find the driver that leaked locked pages in the crashed Windows kernel "
+                    + ("WinDbg has open." if in_windbg else "of a crash dump opened through pykd."))
+    if not in_windbg:
+        parser.add_argument("dump", help="kernel crash dump file (MEMORY.DMP)")
+    parser.add_argument("--version", action="version", version=f"leakhunt {__version__}")
+    parser.add_argument("--format", choices=("text", "json"), default="text",
+                        help="report format (default: text, with DML links inside WinDbg)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show rejected candidates and why, and where each layout came from")
+    parser.add_argument("--pfn-range", metavar="START-END", type=_pfn_range,
+                        help="search only these physical page frame numbers (hex), like !search's StartPFN EndPFN")
+    parser.add_argument("--search", choices=SEARCH_METHODS, default=DEFAULT_SEARCH,
+                        help="native: the debugger's !search, one value at a time (default; works on kernel "
+                             "dumps); scan: read physical memory into leakhunt and look for all values in one "
+                             "pass (faster on complete dumps and live targets when the hunt finds many MDLs)")
+    parser.add_argument("--record", metavar="FILE",
+                        help="also write what the hunt read to a snapshot file (replay it with `leakhunt replay`)")
+    parser.add_argument("--force", action="store_true", help="let --record overwrite an existing file")
+    return parser
+
+
+def _pfn_range(text: str):
+    try:
+        return pfn_range_from_text(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+class LineProgress:
+    """progress(done, total) printed as a whole line at most every ``interval`` seconds."""
+
+    def __init__(self, write: Callable[[str], None], interval: Optional[float] = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.write = write
+        self.interval = PROGRESS_INTERVAL if interval is None else interval
+        self.clock = clock
+        self._next = clock() + self.interval
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        if total <= 0 or now < self._next:
+            return
+        self._next = now + self.interval
+        self.write(f"leakhunt: searching memory: {100 * done // total}% (Ctrl+Break stops the hunt and "
+                   f"prints what was found so far)\n")
+
+
+def _say(text: str) -> None:
+    """A one-line message: inside WinDbg sys.stderr is the output window too."""
+    sys.stderr.write(f"leakhunt: {text}\n")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run leakhunt against the debugger's target; return the exit code (never raises)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        from .targets import pykd_target
+    except ImportError as error:
+        _say(f"error: pykd is not available in this Python ({error}); install it with `pip install pykd` "
+             f"(or `!pip install pykd` inside WinDbg)")
+        return EXIT_INPUT
+    debug = os.environ.get("LEAKHUNT_DEBUG") == "1"
+    try:
+        in_windbg = pykd_target.in_windbg()
+        try:
+            args = build_parser(in_windbg).parse_args(argv)
+        except _ArgumentsDone as done:
+            if done.message:
+                _say(done.message.strip())
+            return done.status
+        return _run(args, pykd_target, in_windbg)
+    except BaseException as error:  # noqa: B902 - nothing may escape into the debugger
+        if is_interrupt(error):
+            _say("interrupted (Ctrl+Break) before the hunt started: nothing to report")
+            return EXIT_INTERRUPTED
+        if isinstance(error, (TargetError, SnapshotError)):
+            _say(f"error: {error}")
+            return EXIT_INPUT
+        if isinstance(error, SystemExit):
+            raise
+        if debug or not isinstance(error, Exception):
+            raise
+        _say(f"internal error: {type(error).__name__}: {error}. This is a bug in leakhunt: please report it "
+             f"(LEAKHUNT_DEBUG=1 shows the traceback)")
+        return EXIT_INTERNAL
+
+
+def _run(args, pykd_target, in_windbg: bool) -> int:
+    if not in_windbg:
+        pykd_target.load_dump(args.dump)
+    if args.record and os.path.exists(args.record) and not args.force:
+        _say(f"error: {args.record} already exists; choose another name or pass --force to overwrite it")
+        return EXIT_USAGE
+    target: Target = pykd_target.PykdTarget(args.search)
+    if target.bugcheck().code == 0:
+        raise pykd_target.NotKernelTarget("the target has not crashed (bug check code 0): leakhunt analyzes a "
+                                          "kernel stopped by a bug check")
+    recorder = RecordingTarget(target) if args.record else None
+    progress = LineProgress(sys.stderr.write) if args.format == "text" else None
+    report = analyze(recorder or target, Options(verbose=args.verbose, pfn_range=args.pfn_range, progress=progress))
+    if recorder is not None:
+        if report.partial:
+            report.warn(f"the recording was not written to {args.record}: the hunt was interrupted")
+        else:
+            save_snapshot(recorder.snapshot(), args.record, overwrite=args.force)
+            _say(f"recorded this session to {os.path.abspath(args.record)} "
+                 f"(replay it anywhere with `leakhunt replay {os.path.basename(args.record)}`)")
+    if args.format == "json":
+        pykd_target.write(render_json(report))
+    elif in_windbg:
+        pykd_target.write(render_dml(report, verbose=args.verbose), dml=True)
+    else:
+        pykd_target.write(render_text(report, verbose=args.verbose))
+    return exit_code_for(report)
+
+
+def run_script() -> None:
+    """Entry of scripts/leakhunt.py: under !py return normally, standalone exit with the code."""
+    code = main()
+    if not hasattr(sys.stdout, "writedml"):  # pykd's own isWindbgExt() test; pykd may be missing here
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    run_script()
