@@ -338,3 +338,62 @@ def flip_bytes(raw: bytes, positions: Sequence[Tuple[int, int]]) -> bytes:
         if damaged:
             damaged[offset % len(damaged)] ^= mask & 0xFF or 1
     return bytes(damaged)
+
+
+# ---- damage plans: lists of plain tuples, drawn by hypothesis or by a seeded loop ------------------
+
+OBJECT_KINDS = ("_MDL", "_IRP", "_DEVICE_OBJECT", "_DRIVER_OBJECT", "_FILE_OBJECT", "_EPROCESS")
+
+
+def apply_damage(data: SnapshotData, objects: Dict[str, List[int]], alphabet: Sequence[int], op: tuple) -> None:
+    """Apply one damage operation (see ``random_damage`` for their shapes); indices wrap around."""
+    kind = op[0]
+    pages = sorted(data.pages)
+    if kind in ("flip", "zero", "drop") and not pages:
+        return
+    if kind == "flip":  # ("flip", page index, offset, bit)
+        flip_bit(data, pages[op[1] % len(pages)] + op[2] % PAGE_SIZE, op[3])
+    elif kind == "zero":  # ("zero", page index)
+        zero_page(data, pages[op[1] % len(pages)])
+    elif kind == "drop":  # ("drop", page index): paged out / not in the dump
+        drop_page(data, pages[op[1] % len(pages)])
+    elif kind == "overwrite":  # ("overwrite", object kind, index, seed): freed and reused
+        addresses = objects.get(op[1]) or []
+        if addresses:
+            overwrite_object(data, addresses[op[2] % len(addresses)], object_size(data, op[1]),
+                             random.Random(op[3]), alphabet)
+    elif kind == "field":  # ("field", HOSTILE_FIELDS index, object index)
+        struct_name, field, value = HOSTILE_FIELDS[op[1] % len(HOSTILE_FIELDS)]
+        write_hostile_field(data, objects, struct_name, field, value, op[2])
+    elif kind == "string":  # ("string", structure with a UNICODE_STRING, HOSTILE_STRINGS index, object index)
+        write_hostile_string(data, objects, op[1], HOSTILE_STRINGS[op[2] % len(HOSTILE_STRINGS)], op[3])
+    elif kind == "word":  # ("word", object kind, index, offset, alphabet index): one aligned word
+        addresses = objects.get(op[1]) or []
+        if addresses and alphabet:
+            offset = (op[3] % object_size(data, op[1])) & ~(data.pointer_size - 1)
+            value = alphabet[op[4] % len(alphabet)] & ((1 << (8 * data.pointer_size)) - 1)
+            poke(data, addresses[op[2] % len(addresses)] + offset, value.to_bytes(data.pointer_size, "little"))
+    else:
+        raise ValueError(f"unknown damage {kind!r}")
+
+
+def random_damage(rng: random.Random, count: int) -> List[tuple]:
+    """``count`` damage operations in the shapes ``apply_damage`` takes."""
+    plan: List[tuple] = []
+    for _ in range(count):
+        kind = rng.choice(("flip", "flip", "zero", "drop", "overwrite", "field", "field", "string", "word", "word"))
+        if kind == "flip":
+            plan.append((kind, rng.randrange(1 << 16), rng.randrange(PAGE_SIZE), rng.randrange(8)))
+        elif kind in ("zero", "drop"):
+            plan.append((kind, rng.randrange(1 << 16)))
+        elif kind == "overwrite":
+            plan.append((kind, rng.choice(OBJECT_KINDS), rng.randrange(16), rng.randrange(1 << 32)))
+        elif kind == "field":
+            plan.append((kind, rng.randrange(len(HOSTILE_FIELDS)), rng.randrange(16)))
+        elif kind == "string":
+            plan.append((kind, rng.choice(sorted(STRING_FIELDS)), rng.randrange(len(HOSTILE_STRINGS)),
+                         rng.randrange(16)))
+        else:
+            plan.append((kind, rng.choice(OBJECT_KINDS), rng.randrange(16), rng.randrange(0x200),
+                         rng.randrange(1 << 16)))
+    return plan

@@ -8,7 +8,7 @@ from .. import __version__
 from ..bugchecks import decode
 from ..kernel.io import IoReader, Irp, major_function_name, completion_conditions
 from ..kernel.mdl import LOCKED, Mdl, flag_names, read_mdl
-from ..kernel.modules import ModuleMap
+from ..kernel.modules import ModuleMap, plausible_image_name
 from ..layouts import Layouts, LayoutError, IMAGE_FILE_NAME_LENGTH
 from ..report import (CONFIDENCE_RANK, BugCheckSection, Fact, FrameRecord, IrpRecord, MdlRecord, Parameter,
                       Rejected, Report, StackRecord, Suspect)
@@ -203,19 +203,20 @@ class Holders:
     chain_parent: Dict[int, int] = field(default_factory=dict)  # MDL -> the MDL whose Next points to it
 
 
-def find_holders(context: Context, mdl_addresses: Iterable[int]) -> Holders:
+def find_holders(context: Context, mdl_addresses: Iterable[int], holders: Optional[Holders] = None) -> Holders:
     """Search for every MDL address in one pass per chain level and explain each hit.
 
     A hit at address ``h`` is an IRP's MdlAddress when ``h - offsetof(IRP, MdlAddress)`` is a valid
     IRP whose MDL chain reaches the MDL, or the Next field of another MDL (a chained MDL), in which
     case that MDL is searched for at the next level. Anything else is reported as unexplained.
+    ``holders`` (when given) is filled level by level, so an interrupted hunt keeps what it found.
     """
-    holders = Holders()
+    holders = Holders() if holders is None else holders
     irp_mdl_offset = context.layouts.get("_IRP").offset("MdlAddress")
     next_offset = context.layouts.get("_MDL").offset("Next")
     wanted = sorted(set(mdl_addresses))
-    # For each MDL being searched: which hunted MDLs it leads to (itself, or the chain below it).
-    leads_to: Dict[int, Set[int]] = {address: {address} for address in wanted}
+    # MDL -> the IRPs whose MdlAddress is that MDL itself (the chains are credited after each level).
+    direct: Dict[int, List[int]] = {}
     frontier = wanted
     searched: Set[int] = set()
     depth = 0
@@ -235,23 +236,38 @@ def find_holders(context: Context, mdl_addresses: Iterable[int]) -> Holders:
                 irp = _irp_at(context, hit.virtual - irp_mdl_offset, mdl_address)
                 if irp is not None:
                     holders.irps.setdefault(irp.address, irp)
-                    for hunted in leads_to[mdl_address]:
-                        holders.held_by.setdefault(hunted, [])
-                        if irp.address not in holders.held_by[hunted]:
-                            holders.held_by[hunted].append(irp.address)
+                    if irp.address not in direct.setdefault(mdl_address, []):
+                        direct[mdl_address].append(irp.address)
                     continue
                 parent = _chain_parent_at(context, hit.virtual - next_offset, mdl_address)
                 if parent is not None:
                     holders.chain_parent.setdefault(mdl_address, parent)
-                    leads_to.setdefault(parent, set()).update(leads_to[mdl_address])
                     if parent not in searched:
                         next_frontier.add(parent)
                     continue
+                not_irp = context.io.irp_header_problems(hit.virtual - irp_mdl_offset) or ["an invalid IRP"]
                 context.report.rejected.append(Rejected(hit.virtual, f"holder of MDL {mdl_address:#x}",
-                                                        ["neither an IRP's MdlAddress nor an MDL's Next"]))
+                                                        [f"not an IRP's MdlAddress ({'; '.join(not_irp)})",
+                                                         "not an MDL's Next"]))
+        _credit_chains(holders, wanted, direct)
         frontier = sorted(next_frontier)
         depth += 1
     return holders
+
+
+def _credit_chains(holders: Holders, wanted: List[int], direct: Dict[int, List[int]]) -> None:
+    """Each hunted MDL is held by the IRPs that hold it or any MDL whose Next chain leads to it, whatever
+    order the search met the links in (bounded and cycle-safe: chain_parent is corrupt memory's too)."""
+    for hunted in wanted:
+        current: Optional[int] = hunted
+        seen: Set[int] = set()
+        while current is not None and current not in seen and len(seen) < MAX_MDL_CHAIN:
+            seen.add(current)
+            for irp_address in direct.get(current, []):
+                held = holders.held_by.setdefault(hunted, [])
+                if irp_address not in held:
+                    held.append(irp_address)
+            current = holders.chain_parent.get(current)
 
 
 def _irp_at(context: Context, address: int, mdl_address: int) -> Optional[Irp]:
@@ -355,6 +371,10 @@ def read_ki_bugcheck_driver(context: Context) -> None:
         return
     if not name:
         context.report.facts.append(Fact(label, "empty string", "the kernel recorded an empty name"))
+        return
+    if not plausible_image_name(name):
+        context.report.facts.append(Fact(label, f"{name[:40]!r}", "not a plausible image name: the variable or its "
+                                                                  "string is corrupt, so nobody is named from it"))
         return
     context.report.facts.append(Fact(label, name, "the driver the kernel itself named when it crashed"))
     module = context.modules.by_image(name)

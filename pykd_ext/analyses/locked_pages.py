@@ -15,7 +15,7 @@ from ..bugchecks import TRACK_LOCKED_PAGES_STEPS
 from ..kernel.mdl import LOCKED, MDL_PAGES_LOCKED, MDL_SOURCE_IS_NONPAGED_POOL, Mdl, read_mdl
 from ..report import HIGH, MEDIUM, Fact, Rejected
 from ..targets.base import MemoryReadError, SearchUnavailable
-from .common import (Context, blame_irp, find_holders, irp_record, mdl_record, read_ki_bugcheck_driver,
+from .common import (Context, Holders, blame_irp, find_holders, irp_record, mdl_record, read_ki_bugcheck_driver,
                      read_process)
 from .trackers import tracked_pages_for_0x76
 
@@ -36,7 +36,12 @@ def analyze_0x76(context: Context) -> None:
     if p1 in (0, 1):
         tracked_pages_for_0x76(context, p1, p2, p4)
     try:
-        if p1 == 0:
+        if p1 in (0, 1) and not context.target.is_kernel_object_address(p2):
+            # Searching for 0, a user address or an odd value would "find" it in most words of memory.
+            report.complete_hunt = False
+            report.warn(f"P2 = {context.address(p2)} is not a kernel address an {'EPROCESS' if p1 == 0 else 'MDL'} "
+                        f"can be at (corrupt bug check data): it is not searched for")
+        elif p1 == 0:
             _hunt_process(context, p2, p3)
         elif p1 == 1:
             _hunt_unlocked_mdl(context, p2)
@@ -53,10 +58,36 @@ def analyze_0x76(context: Context) -> None:
 def _hunt_process(context: Context, process: int, expected_pages: int) -> None:
     report = context.report
     read_process(context, process)
-    process_offset = context.layouts.get("_MDL").offset("Process")
-    hits = context.search([process]).get(process, [])
     kept: Dict[int, Mdl] = {}
-    for hit in hits:
+    holders = Holders()
+    try:
+        _find_process_mdls(context, process, kept)
+        find_holders(context, sorted(kept), holders)
+    finally:
+        # Also when the hunt is interrupted: what was found so far is reported and blamed (every
+        # holder recorded is a whole chain that was validated before it was recorded).
+        _report_mdls_and_irps(context, kept, holders)
+        _blame_holders(context, process, kept, holders)
+    locked = [m for m in kept.values() if m.locked]
+    accounted = sum(m.pages for m in locked if not m.partial)
+    report.locked_pages_accounted = accounted
+    orphans = [m for m in locked if not holders.held_by.get(m.address)]
+    if orphans:
+        report.warn(f"{len(orphans)} locked MDL(s) of the process are held by no IRP: the driver that locked "
+                    f"them keeps them privately, so memory alone cannot name it")
+    if not kept:
+        report.warn("no MDL pointing at the process was found in memory: the MDLs may have been freed, paged out "
+                    "or be missing from this source")
+    if accounted != expected_pages:
+        report.warn(f"the locked MDLs found describe {accounted} page(s) but the kernel counted {expected_pages} "
+                    f"(P3): the rest are in MDLs not in this memory image, or were charged without an MDL")
+
+
+def _find_process_mdls(context: Context, process: int, kept: Dict[int, Mdl]) -> None:
+    """Every valid MDL whose Process is ``process``, added to ``kept`` as it is found."""
+    report = context.report
+    process_offset = context.layouts.get("_MDL").offset("Process")
+    for hit in context.search([process]).get(process, []):
         if hit.virtual is None:
             report.rejected.append(Rejected(hit.physical or 0, "MDL", ["the hit has no virtual address"]))
             continue
@@ -72,31 +103,21 @@ def _hunt_process(context: Context, process: int, expected_pages: int) -> None:
             report.rejected.append(Rejected(candidate, "MDL", mdl.problems))
             continue
         kept[candidate] = mdl
-    locked = [m for m in kept.values() if m.locked]
-    holders = find_holders(context, sorted(kept))
-    _report_mdls_and_irps(context, kept, holders)
-    accounted = sum(m.pages for m in locked if not m.partial)
-    report.locked_pages_accounted = accounted
+
+
+def _blame_holders(context: Context, process: int, kept: Dict[int, Mdl], holders: Holders) -> None:
+    """Blame the driver of each IRP that holds locked MDLs of the process (one piece of evidence per IRP)."""
     locked_by_irp: Dict[int, List[Mdl]] = {}
-    for mdl in locked:
-        for irp_address in holders.held_by.get(mdl.address, []):
-            locked_by_irp.setdefault(irp_address, []).append(mdl)
+    for mdl in kept.values():
+        if mdl.locked:
+            for irp_address in holders.held_by.get(mdl.address, []):
+                locked_by_irp.setdefault(irp_address, []).append(mdl)
     for irp_address, mdls in sorted(locked_by_irp.items()):
         chained = [m for m in mdls if m.address in holders.chain_parent]
         why = (f"locked MDL{'s' if len(mdls) > 1 else ''} {', '.join(context.address(m.address) for m in mdls)} "
                f"of process {context.address(process)} ({sum(m.pages for m in mdls)} page(s), MDL_PAGES_LOCKED set"
                f"{', reached through the MDL.Next chain' if chained else ''})")
         blame_irp(context, holders.irps[irp_address], why, HIGH)
-    orphans = [m for m in locked if not holders.held_by.get(m.address)]
-    if orphans:
-        report.warn(f"{len(orphans)} locked MDL(s) of the process are held by no IRP: the driver that locked "
-                    f"them keeps them privately, so memory alone cannot name it")
-    if not kept:
-        report.warn("no MDL pointing at the process was found in memory: the MDLs may have been freed, paged out "
-                    "or be missing from this source")
-    if accounted != expected_pages:
-        report.warn(f"the locked MDLs found describe {accounted} page(s) but the kernel counted {expected_pages} "
-                    f"(P3): the rest are in MDLs not in this memory image, or were charged without an MDL")
 
 
 def _hunt_unlocked_mdl(context: Context, mdl_address: int) -> None:
@@ -111,21 +132,26 @@ def _hunt_unlocked_mdl(context: Context, mdl_address: int) -> None:
         record = mdl_record(mdl, role="P2: the MDL the driver tried to unlock")
         record.problems.extend(_why_not_locked(context, mdl))
         report.mdls.append(record)
-        if mdl.process:
+        if mdl.problems:
+            report.warn(f"the MDL {context.address(mdl_address)} (P2) is not a valid MDL ({'; '.join(mdl.problems)}): "
+                        f"its memory is corrupt or reused, so no driver is blamed through what holds it")
+        elif mdl.process:
             read_process(context, mdl.process)
-    holders = find_holders(context, [mdl_address])
-    irps = [holders.irps[a] for a in holders.held_by.get(mdl_address, [])]
-    for record in report.mdls:
-        record.irps = [irp.address for irp in irps]
-        record.chained_from = holders.chain_parent.get(mdl_address)
-    for irp in irps:
-        irp_report = irp_record(context, irp)
-        irp_report.holds = [mdl_address]
-        report.irps.append(irp_report)
-    if mdl is not None:
+    holders = Holders()
+    try:
+        find_holders(context, [mdl_address], holders)
+    finally:
+        irps = [holders.irps[a] for a in holders.held_by.get(mdl_address, [])]
+        for record in report.mdls:
+            record.irps = [irp.address for irp in irps]
+            record.chained_from = holders.chain_parent.get(mdl_address)
         for irp in irps:
-            blame_irp(context, irp, f"MDL {context.address(mdl_address)} (P2), whose pages were not locked when a "
-                                    f"driver unlocked them", MEDIUM)
+            irp_report = irp_record(context, irp)
+            irp_report.holds = [mdl_address]
+            report.irps.append(irp_report)
+            if mdl is not None and mdl.valid:
+                blame_irp(context, irp, f"MDL {context.address(mdl_address)} (P2), whose pages were not locked "
+                                        f"when a driver unlocked them", MEDIUM)
 
 
 def _why_not_locked(context: Context, mdl: Mdl) -> List[str]:

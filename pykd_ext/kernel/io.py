@@ -21,6 +21,17 @@ SL_INVOKE_ON_CANCEL = 0x20
 SL_INVOKE_ON_SUCCESS = 0x40
 SL_INVOKE_ON_ERROR = 0x80
 
+# DRIVER_OBJECT.DriverName is an object manager path such as \Driver\leakyflt or \FileSystem\Ntfs.
+MAX_DRIVER_NAME_CHARACTERS = 256
+
+
+def plausible_driver_name(name: str) -> bool:
+    """True for a name that can be a driver object's: a printable object path starting with a backslash
+    (memory that is not a name, decoded as UTF-16, holds NULs, control and replacement characters)."""
+    return (name.startswith("\\") and 1 < len(name) <= MAX_DRIVER_NAME_CHARACTERS and name.isprintable()
+            and "\ufffd" not in name)
+
+
 # An IRP's StackCount comes from DEVICE_OBJECT.StackSize, a handful in practice; anything past this
 # is garbage (and would make the stack walk read kilobytes of noise).
 MAX_IRP_STACK_COUNT = 64
@@ -261,8 +272,15 @@ class IoReader:
                 return driver
             driver.driver_start = view["DriverStart"]
             driver.driver_size = view["DriverSize"]
-            driver.name = self.target.read_unicode_string(view["DriverName"])
-            driver.image = self.modules.find(driver.driver_start) if driver.driver_start else None
+            name = self.target.read_unicode_string(view["DriverName"])
+            if not plausible_driver_name(name):
+                driver.problems.append(f"DriverName {name[:40]!r} is not a plausible driver object name")
+                return driver
+            driver.name = name
+            # DriverStart is where the driver's image was loaded, its DllBase: an address that is not the
+            # base of a loaded image names no image.
+            image = self.modules.find(driver.driver_start) if driver.driver_start else None
+            driver.image = image if image is not None and image.base == driver.driver_start else None
         except (MemoryReadError, TargetError, LayoutError) as error:
             driver.problems.append(f"unreadable ({error})")
         return driver

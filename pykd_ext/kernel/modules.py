@@ -4,11 +4,15 @@ from __future__ import annotations
 import bisect
 from typing import Iterable, List, Optional, Tuple
 
-from ..layouts import Layouts
+from ..layouts import LayoutError, Layouts, StructView
 from ..targets.base import MemoryReadError, Module, Target, TargetError
 
 # A kernel has a few hundred images; a list longer than this is corrupt or cyclic.
 MAX_LOADED_MODULES = 4096
+# The largest kernel images (display drivers) are a few hundred MiB; an entry claiming more is corrupt.
+MAX_IMAGE_SIZE = 1 << 30
+# Characters no file name can hold, so no image name either.
+_NOT_IN_FILE_NAMES = frozenset('\\/:*?"<>|')
 KERNEL_IMAGES = ("ntoskrnl.exe", "ntkrnlmp.exe", "ntkrnlpa.exe", "ntkrpamp.exe")
 HAL_IMAGES = ("hal.dll", "halmacpi.dll", "halacpi.dll")
 
@@ -23,10 +27,23 @@ def module_name(image: str) -> str:
     return image.rsplit(".", 1)[0] if "." in image else image
 
 
+def plausible_image_name(name: Optional[str]) -> bool:
+    """True for a name that can be an image file name such as ``leakyflt.sys``: 1-255 printable
+    characters that a file name may hold, ending in a short alphanumeric extension. BaseDllName and
+    nt!KiBugCheckDriver hold such names; memory that is not a name, decoded as UTF-16, almost never does."""
+    if not name or len(name) > 255 or not name.isprintable() or "\ufffd" in name:
+        return False
+    if any(character in _NOT_IN_FILE_NAMES for character in name):
+        return False
+    stem, _, extension = name.rpartition(".")
+    return bool(stem) and 1 <= len(extension) <= 4 and extension.isascii() and extension.isalnum()
+
+
 def walk_loaded_modules(target: Target, list_head: int, layouts: Layouts) -> Tuple[List[Module], List[str]]:
     """Walk PsLoadedModuleList (a LIST_ENTRY of `_KLDR_DATA_TABLE_ENTRY`s), bounded and cycle-safe.
 
-    Returns the modules read and the problems met on the way (a partial list beats none).
+    Returns the modules read and the problems met on the way (a partial list beats none): an entry
+    whose name or range is impossible is skipped, an entry that cannot be read cuts the list.
     """
     layout = layouts.get("_KLDR_DATA_TABLE_ENTRY")
     link_offset = layout.offset("InLoadOrderLinks")
@@ -48,15 +65,31 @@ def walk_loaded_modules(target: Target, list_head: int, layouts: Layouts) -> Tup
         entry = entry_link - link_offset
         try:
             view = layouts.view("_KLDR_DATA_TABLE_ENTRY", entry)
-            image = target.read_unicode_string(view["BaseDllName"])
-            base, size = view["DllBase"], view["SizeOfImage"]
-            if image and base and size:
-                modules.append(Module(module_name(image), image, base, size))
-            entry_link = target.read_pointer(entry_link)
-        except (MemoryReadError, TargetError) as error:
+            following = target.read_pointer(entry_link)
+        except (MemoryReadError, LayoutError) as error:
             problems.append(f"loaded module entry at {entry:#x} is unreadable ({error}); the list is cut there")
             break
+        module, why = _module_at(target, view)
+        if module is None:
+            problems.append(f"loaded module entry at {entry:#x} {why}; skipped")
+        else:
+            modules.append(module)
+        entry_link = following
     return modules, problems
+
+
+def _module_at(target: Target, view: StructView) -> Tuple[Optional[Module], str]:
+    """The module a `_KLDR_DATA_TABLE_ENTRY` describes, or None and why it cannot be one."""
+    try:
+        image = target.read_unicode_string(view["BaseDllName"])
+        base, size = view["DllBase"], view["SizeOfImage"]
+    except (TargetError, LayoutError) as error:
+        return None, f"has an unreadable name ({error})"
+    if not plausible_image_name(image):
+        return None, f"has no plausible image name ({image[:40]!r})"
+    if not target.is_kernel_address(base) or not 0 < size <= MAX_IMAGE_SIZE:
+        return None, f"describes an impossible image range (DllBase {base:#x}, SizeOfImage {size:#x})"
+    return Module(module_name(image), image, base, size), ""
 
 
 class ModuleMap:

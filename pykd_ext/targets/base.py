@@ -222,6 +222,12 @@ class Target:
             return 0 < address < 0x00007FFFFFFF0000
         return 0 < address < 0xC0000000
 
+    def is_kernel_object_address(self, address: int) -> bool:
+        """True where a kernel object (EPROCESS, MDL, IRP...) can be: a pointer-aligned kernel address
+        that fits in a pointer. Pool allocations are at least pointer aligned."""
+        return (address < 1 << (8 * self.pointer_size) and address % self.pointer_size == 0
+                and self.is_kernel_address(address))
+
 
 def hex_address(value: int) -> str:
     """Addresses in reports and JSON: ``0xffffa58a1c2d3040``."""
