@@ -58,6 +58,10 @@ def _read_tracker(context: Context, address: int, role: str, process: Optional[i
         report.warn(f"the lock tracker {context.address(address)} ({role}) is not in memory")
         return None
     report.trackers.append(tracker_record(context, tracker, role))
+    if tracker.problems:
+        report.warn(f"{context.address(address)} ({role}) does not read as a valid lock tracker "
+                    f"({'; '.join(tracker.problems)}): nothing is concluded from it")
+        return None
     return tracker
 
 

@@ -97,7 +97,6 @@ def walk_tree(target: Target, layouts: Layouts, root: int, limit: int = MAX_TREE
             walk.truncated = True
             walk.problems.append(f"the tree has more than {limit} nodes; the walk stopped there")
             break
-        seen.add(node)
         if not target.is_kernel_address(node):
             walk.problems.append(f"tree node {node:#x} is not a kernel address")
             continue
@@ -109,6 +108,7 @@ def walk_tree(target: Target, layouts: Layouts, root: int, limit: int = MAX_TREE
         if parent and (view["ParentValue"] & mask) != parent:
             walk.problems.append(f"tree node {node:#x} does not point back to its parent {parent:#x}; not followed")
             continue
+        seen.add(node)  # only once it is known to belong here: its real parent may still reach it
         left, right = view["Left"], view["Right"]
         if right:
             stack.append((right, node, False))
