@@ -52,6 +52,8 @@ DATA_FLAGS = PTE_PRESENT | PTE_WRITE | PTE_ACCESSED | PTE_DIRTY | PTE_GLOBAL | P
 NOISE_VA = 0xFFFFC58000000000
 # Frames written per step while streaming.
 CHUNK_PAGES = 2048
+# Noise is generated in blocks of this many frames, each from its own seed.
+NOISE_BLOCK_PAGES = 512
 
 # x64 CONTEXT (winnt.h) offsets used for a plausible register state at KeBugCheckEx.
 CONTEXT_FLAGS = 0x30
@@ -87,9 +89,15 @@ class NoiseRegion:
         self.seed = seed
 
     def content(self, first: int, count: int) -> bytes:
-        """The bytes of frames ``first .. first+count-1`` (all inside the region)."""
-        rng = np.random.default_rng([self.seed, first])
-        words = count * PAGE_SIZE // 8
+        """The bytes of frames ``first .. first+count-1``: the same for a frame however it is asked for."""
+        blocks = range(first // NOISE_BLOCK_PAGES, (first + count - 1) // NOISE_BLOCK_PAGES + 1)
+        data = b"".join(self._block(block) for block in blocks)
+        start = (first - blocks[0] * NOISE_BLOCK_PAGES) * PAGE_SIZE
+        return data[start:start + count * PAGE_SIZE]
+
+    def _block(self, block: int) -> bytes:
+        rng = np.random.default_rng([self.seed, block])
+        words = NOISE_BLOCK_PAGES * PAGE_SIZE // 8
         roll = rng.integers(0, 100, words, dtype=np.uint8)
         values = rng.integers(0, 1 << 63, words, dtype=np.uint64)
         pointers = np.uint64(0xFFFFB50000000000) + ((values >> np.uint64(27)) & np.uint64(0xFFFFFFFF0))
@@ -248,13 +256,20 @@ class DumpImage:
 
     def _write_frames(self, handle: BinaryIO, runs: Sequence[Tuple[int, int]]) -> None:
         placed = sorted(set(self.pages) | set(self.tables))
+        noise = self.noise
         for first, count in runs:
             for start in range(first, first + count, CHUNK_PAGES):
-                chunk = self.frames(start, min(CHUNK_PAGES, first + count - start), placed)
-                if chunk.count(0) == len(chunk):
-                    handle.seek(len(chunk), 1)  # leave a hole: the file stays sparse
-                else:
-                    handle.write(chunk)
+                size = min(CHUNK_PAGES, first + count - start)
+                chunk_offset = handle.tell()
+                if noise is not None and start < noise.first_pfn + noise.pages and start + size > noise.first_pfn:
+                    handle.write(self.frames(start, size, placed))
+                    continue
+                # Only placed frames are written: the zero frames between them stay holes of a sparse file.
+                for index in range(bisect.bisect_left(placed, start), bisect.bisect_left(placed, start + size)):
+                    frame = placed[index]
+                    handle.seek(chunk_offset + (frame - start) * PAGE_SIZE)
+                    handle.write(self.tables[frame] if frame in self.tables else self.pages[frame])
+                handle.seek(chunk_offset + size * PAGE_SIZE)
 
     def _header64(self, dump_type: int, machine: Sequence[Tuple[int, int]]) -> bytearray:
         data = self.data

@@ -82,6 +82,7 @@ class DumpFileTarget(Target):
         self.layout = layout
         # One sentence when the dump's memory cannot be read (small, 32-bit or ARM64 dump), else "".
         self.memory_unavailable = memory_unavailable
+        self._unreadable = f"leakhunt reads no memory from this {header.type_name} ({header.arch})"
         self.arch = header.arch
         self.pointer_size = header.pointer_size
         self.build = header.build
@@ -186,7 +187,7 @@ class DumpFileTarget(Target):
 
     def read_physical(self, address: int, size: int) -> bytes:
         if self.layout is None:
-            raise MemoryReadError(address, size, physical=True, reason=self.memory_unavailable)
+            raise MemoryReadError(address, size, physical=True, reason=self._unreadable)
         return self._assemble(address, size, lambda page: self._page(page >> 12), True)
 
     def _assemble(self, address: int, size: int, page_of, physical: bool) -> bytes:
@@ -208,7 +209,7 @@ class DumpFileTarget(Target):
 
     def read(self, address: int, size: int) -> bytes:
         if self.layout is None:
-            raise MemoryReadError(address, size, reason=self.memory_unavailable)
+            raise MemoryReadError(address, size, reason=self._unreadable)
         return self._assemble(address, size, self._virtual_page, False)
 
     def _virtual_page(self, page: int) -> Optional[bytes]:

@@ -1,0 +1,316 @@
+"""`leakhunt analyze MEMORY.DMP`: dump files written from the scenarios give the findings of replaying the
+scenario itself; the real small dumps give their bug check; bad files give one line and exit code 3."""
+import hashlib
+import json
+import os
+import struct
+import sys
+
+import pytest
+
+from mocks.dumpwriter import DumpImage, write_dump
+from mocks.scenarios import KINDS_0x76, case_0x76
+from pykd_ext.analyses import Options, analyze
+from pykd_ext.cli import EXIT_INPUT, EXIT_NO_HUNT, EXIT_NO_SUSPECT, EXIT_SUSPECT, main
+from pykd_ext.targets.dumpfile import DumpFileTarget
+from pykd_ext.targets.dumpheader import (DUMP_BITMAP, DUMP_COMPLETE, DUMP_FULL, DUMP_KERNEL_MEMORY, DUMP_TRIAGE,
+                                         H64_DUMP_TYPE, HEADER64_SIZE, DumpFileError)
+from pykd_ext.targets.snapshot import SnapshotTarget
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLES = "/work/shared/samples"
+TRIAGE_X64 = os.path.join(SAMPLES, "triage_x64.dmp")
+TRIAGE_ARM64 = os.path.join(SAMPLES, "triage_arm64.dmp")
+needs_samples = pytest.mark.skipif(not os.path.exists(TRIAGE_X64), reason="the real sample dumps are not here")
+
+
+def digest(path):
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def findings(report):
+    """The report minus what names the source (its description and where layouts came from)."""
+    result = report.as_dict()
+    del result["source"], result["layouts"]
+    return result
+
+
+def ki_bugcheck_driver(scenario):
+    """The symbol a dump lacks but the scenario knows, as a user gives it with --symbol."""
+    return {"nt!KiBugCheckDriver": scenario.data.symbols["nt!KiBugCheckDriver"]}
+
+
+def analyze_dump(path, options=None):
+    target = DumpFileTarget.open(path)
+    try:
+        return analyze(target, options)
+    finally:
+        target.close()
+
+
+@pytest.fixture(scope="module")
+def scenarios():
+    return {kind: case_0x76("x64", kind) for kind in KINDS_0x76}
+
+
+# ---- the same findings from every source --------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS_0x76)
+@pytest.mark.parametrize("dump_type", [DUMP_BITMAP, DUMP_FULL], ids=["bitmap", "full"])
+def test_a_dump_gives_the_findings_of_the_scenario(tmp_path, scenarios, kind, dump_type):
+    scenario = scenarios[kind]
+    path = str(tmp_path / "MEMORY.DMP")
+    write_dump(scenario.data, path, dump_type)
+    from_dump = analyze_dump(path, Options(symbols=ki_bugcheck_driver(scenario)))
+    replayed = analyze(SnapshotTarget(scenario.data))
+    assert findings(from_dump) == findings(replayed)
+    if kind != "unlock":  # P1=1 hunts the holders of one MDL: no locked-page accounting
+        assert from_dump.locked_pages_accounted == scenario.expected["locked_pages"]
+    assert [m.address for m in from_dump.mdls if m.locked] == sorted(scenario.expected["locked_mdls"])
+    assert sorted(i.address for i in from_dump.irps) == sorted(scenario.expected["irps"])
+    culprit = scenario.expected["culprit"]
+    assert (from_dump.suspects[0].driver if from_dump.suspects else None) == culprit
+
+
+@pytest.mark.parametrize("kind", KINDS_0x76)
+def test_a_dump_gives_the_findings_of_the_pykd_session(tmp_path, scenarios, kind):
+    mocks = os.path.join(ROOT, "mocks")
+    if mocks not in sys.path:
+        sys.path.insert(0, mocks)
+    control = pytest.importorskip("pykd._control", reason="the stand-in pykd is not available")
+    pykd_target = pytest.importorskip("pykd_ext.targets.pykd_target", reason="the pykd target is not available")
+    scenario = scenarios[kind]
+    path = str(tmp_path / "MEMORY.DMP")
+    write_dump(scenario.data, path, DUMP_BITMAP)
+    control.load(scenario)
+    try:
+        through_pykd = analyze(pykd_target.PykdTarget())
+    finally:
+        control.unload()
+    from_dump = analyze_dump(path, Options(symbols=ki_bugcheck_driver(scenario)))
+    assert findings(from_dump) == findings(through_pykd)
+
+
+@pytest.mark.parametrize("dump_type", [DUMP_KERNEL_MEMORY, DUMP_COMPLETE], ids=["kernel-ranges", "complete-ranges"])
+def test_range_dumps_give_the_same_findings(tmp_path, scenarios, dump_type):
+    scenario = scenarios["irp"]
+    path = str(tmp_path / "MEMORY.DMP")
+    write_dump(scenario.data, path, dump_type)
+    from_dump = analyze_dump(path, Options(symbols=ki_bugcheck_driver(scenario)))
+    assert findings(from_dump) == findings(analyze(SnapshotTarget(scenario.data)))
+
+
+# ---- the command line ---------------------------------------------------------------------------
+
+def test_analyze_names_the_driver_and_leaves_the_dump_untouched(tmp_path, capsys, scenarios):
+    path = str(tmp_path / "MEMORY.DMP")
+    write_dump(scenarios["irp"].data, path)
+    before = digest(path)
+    assert main(["analyze", path]) == EXIT_SUSPECT
+    out = capsys.readouterr().out
+    assert "Most likely culprit: \\Driver\\leakyflt (leakyflt.sys)" in out
+    assert "MEMORY.DMP: bitmap memory dump" in out
+    assert digest(path) == before
+
+
+def test_record_from_a_dump_replays_to_the_same_json(tmp_path, capsys, scenarios):
+    path = str(tmp_path / "MEMORY.DMP")
+    snap = str(tmp_path / "case.snap")
+    write_dump(scenarios["irp"].data, path)
+    assert main(["analyze", path, "--format", "json", "--record", snap]) == EXIT_SUSPECT
+    analyzed = capsys.readouterr().out
+    assert main(["replay", snap, "--format", "json"]) == EXIT_SUSPECT
+    replayed = capsys.readouterr().out
+    # Byte for byte, except that replay says where it replays from in the source line.
+    source = json.loads(analyzed)["source"]
+    assert json.loads(replayed)["source"] == f"{source} (replayed from case.snap)"
+    assert replayed.replace(" (replayed from case.snap)", "", 1) == analyzed
+
+
+def test_symbols_from_the_command_line_reach_the_hunt(tmp_path, capsys):
+    scenario = case_0x76("x64", "orphan", ki_bugcheck_driver="leakyflt.sys")
+    path = str(tmp_path / "MEMORY.DMP")
+    write_dump(scenario.data, path)
+    address = scenario.data.symbols["nt!KiBugCheckDriver"]
+
+    def facts(argv):
+        code = main(["analyze", path, "--format", "json"] + argv)
+        report = json.loads(capsys.readouterr().out)
+        return code, {fact["label"]: fact["value"] for fact in report["facts"]}, report["suspects"]
+
+    code, known, suspects = facts([])
+    assert code == EXIT_NO_SUSPECT and known["nt!KiBugCheckDriver"] == "unknown" and not suspects
+    code, known, suspects = facts(["--symbol", f"KiBugCheckDriver={address:#x}"])
+    assert code == EXIT_SUSPECT and known["nt!KiBugCheckDriver"] == "leakyflt.sys"
+    assert suspects[0]["image"] == "leakyflt.sys"
+    symbol_file = tmp_path / "symbols.json"
+    symbol_file.write_text(json.dumps({"nt!KiBugCheckDriver": hex(address)}))
+    code, known, _ = facts(["--symbols", str(symbol_file)])
+    assert code == EXIT_SUSPECT and known["nt!KiBugCheckDriver"] == "leakyflt.sys"
+
+
+@needs_samples
+@pytest.mark.parametrize("path, code, name, parameters, arch, build", [
+    (TRIAGE_X64, 0x1000007E, "SYSTEM_THREAD_EXCEPTION_NOT_HANDLED_M",
+     ["0xffffffffc0000005", "0xfffff8048b58334c", "0xffff850429891ee8", "0xffff850429891720"], "x64", 19041),
+    (TRIAGE_ARM64, 0x1C8, "MANUALLY_INITIATED_POWER_BUTTON_HOLD", ["0x1b58", "0xfffff803f3a20860", "0x0", "0x0"],
+     "arm64", 22000),
+])
+def test_real_small_dumps_give_their_bug_check_and_say_what_dump_is_needed(capsys, path, code, name, parameters,
+                                                                           arch, build):
+    before = digest(path)
+    target = DumpFileTarget.open(path)
+    assert target.bugcheck().code == code
+    target.close()
+    assert main(["analyze", path, "--format", "json"]) == EXIT_NO_HUNT
+    report = json.loads(capsys.readouterr().out)
+    assert report["bugcheck"]["name"] == name
+    assert [p["value"] for p in report["bugcheck"]["parameters"]] == parameters
+    assert report["target"] == {"arch": arch, "pointer_size": 8, "build": build}
+    assert report["hunt_possible"] is False
+    explanation = [w for w in report["warnings"] if "small memory dump" in w]
+    assert len(explanation) == 1 and explanation[0].count(". ") == 0
+    assert "Kernel memory dump" in explanation[0] and "CrashDumpEnabled" in explanation[0]
+    assert digest(path) == before
+
+
+@needs_samples
+def test_the_small_dump_header_facts():
+    target = DumpFileTarget.open(TRIAGE_X64)
+    header = target.header
+    assert (header.dump_type, header.build, header.processors) == (DUMP_TRIAGE, 19041, 16)
+    assert header.ps_loaded_module_list == target.symbol("nt!PsLoadedModuleList") == 0xFFFFF8047C62A390
+    assert target.symbol("nt!PsActiveProcessHead") == 0xFFFFF8047C61E200
+    assert header.directory_table_base == 0x1AD000 and header.kd_debugger_data_block == 0xFFFFF8047C600B20
+    assert target.max_pfn is None  # a triage dump leaves its PhysicalMemoryBlock unfilled
+    target.close()
+
+
+def test_a_small_dump_of_a_0x76_crash_decodes_it_and_exits_4(tmp_path, capsys, scenarios):
+    path = str(tmp_path / "Mini.dmp")
+    write_dump(scenarios["irp"].data, path)
+    with open(path, "r+b") as handle:  # the same crash, written as a small dump
+        handle.seek(H64_DUMP_TYPE)
+        handle.write(struct.pack("<I", DUMP_TRIAGE))
+    assert main(["analyze", path]) == EXIT_NO_HUNT
+    out = capsys.readouterr().out
+    assert "PROCESS_HAS_LOCKED_PAGES" in out and "Mini.dmp is a small memory dump" in out
+    assert out.count("Mini.dmp is a small memory dump") == 1
+
+
+def test_a_32_bit_dump_gives_its_bug_check(tmp_path, capsys):
+    scenario = case_0x76("x86", "irp")
+    path = str(tmp_path / "MEMORY.DMP")
+    write_dump(scenario.data, path, DUMP_FULL)
+    target = DumpFileTarget.open(path)
+    assert (target.arch, target.pointer_size, target.build) == ("x86", 4, 19045)
+    assert target.bugcheck() == scenario.data.bugcheck
+    target.close()
+    assert main(["analyze", path, "--format", "json"]) == EXIT_NO_HUNT
+    report = json.loads(capsys.readouterr().out)
+    assert report["bugcheck"]["parameters"][1]["value"] == hex(scenario.expected["process"])
+    assert any("32-bit x86 dump" in w and "!py leakhunt" in w for w in report["warnings"])
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+def _bad_files(tmp_path, data):
+    good = str(tmp_path / "good.dmp")
+    write_dump(data, good)
+    with open(good, "rb") as handle:
+        content = handle.read()
+    files = {
+        "empty": b"",
+        "short header": content[:1000],
+        "truncated pages": content[:len(content) - 3 * 4096],
+        "wrong magic": b"NOTADUMP" + content[8:],
+        "user minidump": b"MDMP\x93\xa7" + content[6:],
+        "damaged bitmap header": content[:HEADER64_SIZE] + b"XDMP" + content[HEADER64_SIZE + 4:],
+    }
+    paths = {}
+    for name, raw in files.items():
+        path = tmp_path / (name.replace(" ", "_") + ".dmp")
+        path.write_bytes(raw)
+        paths[name] = str(path)
+    return paths
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "is empty"),
+    ("short header", "is truncated"),
+    ("truncated pages", "is truncated"),
+    ("wrong magic", "not a Windows kernel crash dump"),
+    ("user minidump", "user-mode minidump"),
+    ("damaged bitmap header", "is corrupt"),
+])
+def test_bad_files_give_one_line_and_exit_3(tmp_path, capsys, scenarios, case, message):
+    path = _bad_files(tmp_path, scenarios["nothing"].data)[case]
+    before = digest(path)
+    assert main(["analyze", path]) == EXIT_INPUT
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and message in captured.err and "Traceback" not in captured.err
+    assert digest(path) == before
+
+
+def test_a_truncated_dump_still_names_its_bug_check(tmp_path, capsys, scenarios):
+    path = _bad_files(tmp_path, scenarios["irp"].data)["truncated pages"]
+    assert main(["analyze", path]) == EXIT_INPUT
+    assert "bug check 0x76" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("what", ["missing", "directory", "unreadable"])
+def test_files_that_cannot_be_opened(tmp_path, capsys, scenarios, what):
+    path = str(tmp_path / "MEMORY.DMP")
+    if what == "directory":
+        os.mkdir(path)
+    elif what == "unreadable":
+        write_dump(scenarios["nothing"].data, path)
+        os.chmod(path, 0)
+        if os.access(path, os.R_OK):
+            pytest.skip("running as a user who can read any file (root)")
+    assert main(["analyze", path]) == EXIT_INPUT
+    err = capsys.readouterr().err
+    expected = {"missing": "no such file", "directory": "is a directory", "unreadable": "permission denied"}[what]
+    assert err.count("\n") == 1 and expected in err and "Traceback" not in err
+
+
+def test_damaged_page_tables_give_a_partial_report_with_warnings(tmp_path, capsys, scenarios):
+    scenario = scenarios["irp"]
+    image = DumpImage(scenario.data)
+    pool_page = scenario.expected["process"] & ~0xFFF
+    # Drop the page table that maps the pool from the dump: the objects there can be neither read nor located.
+    pdpt_frame = (image.entry(image.pml4, (pool_page >> 39) & 0x1FF) >> 12) & 0xFFFFFFFFFF
+    pd_frame = (image.entry(pdpt_frame, (pool_page >> 30) & 0x1FF) >> 12) & 0xFFFFFFFFFF
+    pt_frame = (image.entry(pd_frame, (pool_page >> 21) & 0x1FF) >> 12) & 0xFFFFFFFFFF
+    del image.tables[pt_frame]
+    path = str(tmp_path / "MEMORY.DMP")
+    image.write(path)
+    before = digest(path)
+    code = main(["analyze", path, "--format", "json"])
+    captured = capsys.readouterr()
+    assert code == EXIT_NO_SUSPECT and captured.err == ""
+    report = json.loads(captured.out)
+    assert report["hunt_possible"] is True and not report["suspects"]
+    assert any("page table(s)" in w and "not in the dump" in w for w in report["warnings"])
+    assert any("no MDL pointing at the process" in w for w in report["warnings"])
+    assert digest(path) == before
+
+
+def test_an_unknown_dump_type_gives_the_bug_check_only(tmp_path, capsys, scenarios):
+    path = str(tmp_path / "MEMORY.DMP")
+    write_dump(scenarios["irp"].data, path)
+    with open(path, "r+b") as handle:
+        handle.seek(H64_DUMP_TYPE)
+        handle.write(struct.pack("<I", 2))
+    assert main(["analyze", path]) == EXIT_NO_HUNT
+    assert "DumpType 0x2" in capsys.readouterr().out
+
+
+def test_open_errors_are_target_errors(tmp_path):
+    path = tmp_path / "x.dmp"
+    path.write_bytes(b"PAGEDU64" + bytes(100))
+    with pytest.raises(DumpFileError, match="truncated"):
+        DumpFileTarget.open(str(path))
+
