@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
-from ..kernel.lock_entries import pool_block_of
+from ..kernel.lock_entries import pool_tag_at
 from ..kernel.mdl import read_mdl
 from ..kernel.modules import ModuleMap
 from ..kernel.trackers import (LockTracker, first_frame_outside_kernel, read_lock_header, read_tracker,
@@ -38,9 +38,7 @@ def tracker_record(context: Context, tracker: LockTracker, role: str) -> Tracker
                            first_pfn=tracker.page, who=tracker.who, process=tracker.process,
                            stack=frame_records(context, tracker.stack), locker=module.name if module else None,
                            locker_image=module.image if module else None, problems=list(tracker.problems), role=role)
-    found = pool_block_of(context.target, context.layouts, tracker.address)
-    if found is not None and found[0] == tracker.address:
-        record.pool_tag = found[1]
+    record.pool_tag = pool_tag_at(context.target, context.layouts, tracker.address)
     return record
 
 
@@ -56,6 +54,9 @@ def _read_tracker(context: Context, address: int, role: str, process: Optional[i
         tracker = read_tracker(context.target, context.layouts, address, process)
     except MemoryReadError:
         report.warn(f"the lock tracker {context.address(address)} ({role}) is not in memory")
+        return None
+    except LayoutError as error:
+        report.warn(f"the lock tracker {context.address(address)} ({role}) cannot be decoded: {error}")
         return None
     report.trackers.append(tracker_record(context, tracker, role))
     if tracker.problems:
@@ -103,11 +104,18 @@ def hunt_tracked_pages(context: Context, header: int, source: str, process: Opti
     except MemoryReadError:
         report.warn(f"the lock-tracking header {context.address(header)} ({source}) is not in memory")
         return None
+    except LayoutError as error:
+        report.warn(f"the lock-tracking header {context.address(header)} ({source}) cannot be decoded: {error}")
+        return None
     section = TrackedPages(header=header, source=source, process=process, count=lock_header.count,
                            valid=lock_header.valid, problems=list(lock_header.problems))
     report.tracked_pages = section
     for tree, root in (("LockTree", lock_header.lock_tree), ("LockMdlSwitchedTree", lock_header.switched_tree)):
-        walk = walk_tree(context.target, context.layouts, root)
+        try:
+            walk = walk_tree(context.target, context.layouts, root)
+        except LayoutError as error:
+            section.problems.append(f"{tree}: not walked ({error})")
+            continue
         section.problems.extend(f"{tree}: {problem}" for problem in walk.problems)
         section.truncated = section.truncated or walk.truncated
         for node in walk.nodes:
@@ -184,7 +192,7 @@ def _locked_pages_list(context: Context, process: int) -> Optional[int]:
         return None
     try:
         return context.target.read_pointer(process + layout.offset("LockedPagesList")) or None
-    except MemoryReadError:
+    except (MemoryReadError, LayoutError):
         return None
 
 
@@ -236,8 +244,8 @@ def _cb_format(context: Context, p1: int, p2: int, p3: int) -> Tuple[str, str]:
                            "was not confirmed as a tracker)")
     try:
         tracker = read_tracker(context.target, context.layouts, p1)
-    except MemoryReadError:
-        return "current", "P2 is 0 and P1 is in no loaded image (P1 is not in memory, so it was not confirmed)"
+    except (MemoryReadError, LayoutError):
+        return "current", "P2 is 0 and P1 is in no loaded image (P1 could not be read as a tracker to confirm it)"
     if tracker.mdl == p3:
         return "current", "P2 is 0, P1 is in no loaded image and reads as a _LOCK_TRACKER whose Mdl is P3"
     context.report.warn(f"P1 {context.address(p1)} does not read as the tracker of P3 (its Mdl field is "

@@ -231,21 +231,36 @@ def pool_block_of(target: Target, layouts: Layouts, address: int) -> Optional[Tu
     page = address & ~(PAGE_SIZE - 1)
     try:
         data = target.read(page, PAGE_SIZE)
-    except MemoryReadError:
+        tag_at, size_at, previous_at = (layout.offset(f) for f in ("PoolTag", "BlockSize", "PreviousSize"))
+    except (MemoryReadError, LayoutError):
         return None
     candidate = ((address - page) // unit - 1) * unit
     steps = 0
     while candidate >= 0 and steps * unit < MAX_POOL_BACKSCAN:
         steps += 1
         header = data[candidate:candidate + unit]
-        tag = _tag(header[layout.offset("PoolTag"):layout.offset("PoolTag") + 4])
-        block_size = header[layout.offset("BlockSize")] * unit
-        previous = header[layout.offset("PreviousSize")] * unit
+        tag = _tag(header[tag_at:tag_at + 4])
+        block_size = header[size_at] * unit
+        previous = header[previous_at] * unit
         if tag and block_size > address - page - candidate and candidate + block_size <= PAGE_SIZE \
                 and previous <= candidate:
             return page + candidate + unit, tag
         candidate -= unit
     return None
+
+
+def pool_tag_at(target: Target, layouts: Layouts, block: int) -> Optional[str]:
+    """The tag of the POOL_HEADER just before ``block`` (a block start, like a tracker's address), read
+    with one small read; None when there is no plausible header there."""
+    layout = layouts.find("_POOL_HEADER")
+    if layout is None or not layout.size:
+        return None
+    try:
+        view = layouts.view("_POOL_HEADER", block - layout.size)
+        tag, units = view.bytes_of("PoolTag", 4), view["BlockSize"]
+    except (MemoryReadError, LayoutError):
+        return None
+    return _tag(tag) if units * layout.size > layout.size else None
 
 
 def _tag(raw: bytes) -> Optional[str]:
