@@ -95,3 +95,16 @@ def test_an_mdl_whose_pfn_array_crosses_a_page_is_found_from_the_next_page():
     data = scene.finish_family(BugCheck(0x4E, (0x07, pfn, 1, 0)), "page-crossing MDL")
     found = find_mdls_holding_pfn(Context(SnapshotTarget(data), Options()), pfn)
     assert [(m.address, slot) for m, slot in found] == [(mdl, 2)]
+
+
+def test_the_search_is_bounded_and_says_so(monkeypatch):
+    from pykd_ext.analyses import pfn as module
+    scenario = case_0x4e("x64", 0x07, noise_pages=1)
+    monkeypatch.setattr(module, "MAX_HITS", 1)
+    report = run(scenario)
+    assert any("only the first 1 occurrences were examined" in w for w in report.warnings)
+    monkeypatch.setattr(module, "MAX_HITS", 4096)
+    monkeypatch.setattr(module, "MAX_CANDIDATES", 0)
+    report = run(scenario)
+    assert any("only 0 candidate MDL headers were examined" in w for w in report.warnings)
+    assert report.suspects == []

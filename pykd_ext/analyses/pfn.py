@@ -9,7 +9,7 @@ and kept only if the page really is in the slot the candidate implies.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -44,8 +44,11 @@ SUBCODES: Dict[int, Tuple[str, str]] = {
 }
 HUNTED_SUBCODES = (0x07, 0x99, 0x9A)
 
-# Bound on the candidate MDL headers validated for one search (noise in a large dump can hold the value often).
+# Bounds for one page frame (noise in a large dump can hold a small value often): occurrences examined,
+# candidate MDL headers validated.
+MAX_HITS = 4096
 MAX_CANDIDATES = 20000
+MAX_CACHED_PAGES = 256
 
 
 def analyze_0x4e(context: Context) -> None:
@@ -106,13 +109,16 @@ def find_mdls_holding_pfn(context: Context, pfn: int) -> List[Tuple[Mdl, int]]:
     header, ps = layout.size, target.pointer_size
     size_offset = layout.offset("Size")
     max_slots = (MAX_MDL_SIZE - header) // ps
-    hits = context.search([pfn]).get(pfn, [])
+    hits = [hit for hit in context.search([pfn]).get(pfn, []) if hit.virtual is not None]
+    if len(hits) > MAX_HITS:
+        context.report.warn(f"page frame {pfn:#x} occurs {len(hits)} times in memory; only the first {MAX_HITS} "
+                            f"occurrences were examined")
+        hits = hits[:MAX_HITS]
     found: Dict[int, Tuple[Mdl, int]] = {}
     validated = 0
+    pages: Dict[int, Optional[bytes]] = {}
     for hit in hits:
-        if hit.virtual is None:
-            continue
-        buffer, start = _bytes_before(context, hit.virtual, header + (max_slots - 1) * ps)
+        buffer, start = _bytes_before(context, pages, hit.virtual, header + (max_slots - 1) * ps)
         for slot in _plausible_slots(buffer, start, hit.virtual, header, ps, size_offset, max_slots):
             candidate = hit.virtual - header - slot * ps
             if candidate in found:
@@ -140,23 +146,34 @@ def _report_cap(context: Context, pfn: int) -> None:
                         f"headers were examined")
 
 
-def _bytes_before(context: Context, address: int, span: int) -> Tuple[bytes, int]:
+def _page(context: Context, pages: Dict[int, Optional[bytes]], address: int) -> Optional[bytes]:
+    """One page of memory, read once per search (neighbouring hits share the pages before them)."""
+    if address not in pages:
+        if len(pages) >= MAX_CACHED_PAGES:
+            pages.clear()
+        try:
+            pages[address] = context.target.read(address, PAGE_SIZE)
+        except MemoryReadError:
+            pages[address] = None
+    return pages[address]
+
+
+def _bytes_before(context: Context, pages: Dict[int, Optional[bytes]], address: int,
+                  span: int) -> Tuple[bytes, int]:
     """The readable bytes from at most ``span`` before ``address`` up to it: (data, its start address)."""
     page = address & ~(PAGE_SIZE - 1)
     lowest = max(address - span, 0)
-    chunks = []
-    try:
-        chunks.append(context.target.read(page, address - page))
-    except MemoryReadError:
+    content = _page(context, pages, page)
+    if content is None:
         return b"", address
+    chunks = [content[:address - page]]
     start = page
     while start > lowest:
-        previous = start - PAGE_SIZE
-        try:
-            chunks.append(context.target.read(previous, PAGE_SIZE))
-        except MemoryReadError:
+        previous = _page(context, pages, start - PAGE_SIZE)
+        if previous is None:
             break
-        start = previous
+        chunks.append(previous)
+        start -= PAGE_SIZE
     data = b"".join(reversed(chunks))
     cut = max(lowest - start, 0)
     return data[cut:], start + cut
