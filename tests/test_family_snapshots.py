@@ -101,3 +101,15 @@ def test_a_dump_file_gives_the_findings_of_the_replay(tmp_path, build):
     assert from_dump.build == replayed.build
     assert findings(from_dump) == findings(replayed)
     assert from_dump.suspects and from_dump.suspects[0].image == scenario.expected["culprit_image"]
+
+
+@pytest.mark.parametrize("build", [lambda: case_0xcb("x64", "current", noise_pages=1),
+                                   lambda: case_0x153("x64", "image-lock", 26100, noise_pages=1),
+                                   lambda: BUNDLED["0x4e-07-x64.snap"]()],
+                         ids=["0xcb-current", "0x153-26100", "0x4e-07"])
+def test_a_recording_replays_to_the_same_report(build):
+    from pykd_ext.targets.snapshot import RecordingTarget
+    recorder = RecordingTarget(SnapshotTarget(build().data))
+    original = render_json(analyze(recorder))
+    replayed = render_json(analyze(SnapshotTarget(recorder.snapshot())))
+    assert replayed == original
