@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from pykd_ext.kernel.io import IoReader
 from pykd_ext.kernel.modules import ModuleMap
 from pykd_ext.layouts import KIND_SIZES, Layouts, builtin_layout
-from pykd_ext.targets.base import PAGE_SIZE, MemoryReadError
+from pykd_ext.targets.base import PAGE_SIZE
 from pykd_ext.targets.snapshot import MANIFEST_NAME, PAGES_NAME, SnapshotData, SnapshotTarget, save_snapshot
 
 # ---- memory --------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from .analyses import Options, analyze
 from .bugchecks import name_of
 from .progress import TerminalProgress
 from .render.jsonout import render_json
-from .render.text import render_text
+from .render.text import printable, render_text
 from .report import Report
 from .targets.base import Target, TargetError, pfn_range_from_text
 from .targets.snapshot import RecordingTarget, SnapshotError, SnapshotTarget, load_snapshot, save_snapshot
@@ -92,7 +92,7 @@ def parse_symbols(pairs: List[str], path: Optional[str]) -> Dict[str, int]:
                 loaded = json.load(handle)
         except OSError as error:
             raise UsageError(f"cannot read symbol file {path}: {error.strerror or error}") from None
-        except ValueError:
+        except (ValueError, RecursionError):
             raise UsageError(f"symbol file {path} is not valid JSON") from None
         if not isinstance(loaded, dict):
             raise UsageError(f'symbol file {path} must hold one JSON object: {{"nt!Name": "0x..."}}')
@@ -103,7 +103,7 @@ def parse_symbols(pairs: List[str], path: Optional[str]) -> Dict[str, int]:
             address = int(str(value).strip(), 0) if separator and name.strip() else None
         except ValueError:
             address = None
-        if address is None or address < 0:
+        if address is None or not 0 <= address < 1 << 64:
             raise UsageError(f"bad symbol {pair!r}: write NAME=ADDRESS, e.g. nt!KiBugCheckDriver=0xfffff80312345678")
         name = name.strip()
         symbols[name if "!" in name else "nt!" + name] = address
@@ -127,9 +127,21 @@ def _options(args, symbols: Dict[str, int]) -> Options:
     return Options(verbose=args.verbose, pfn_range=args.pfn_range, progress=progress, symbols=symbols)
 
 
+def write(stream, text: str) -> None:
+    """Write ``text``, escaping what the stream's encoding cannot hold (a cp1252 console, a C locale,
+    a lone surrogate from a hostile file name) instead of failing halfway through a report."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
+
+
+def stderr_line(text: str) -> None:
+    """One line on stderr, whatever the message holds (paths and names come from the user's input)."""
+    write(sys.stderr, "leakhunt: " + printable(text) + "\n")
+
+
 def _emit(report: Report, args) -> int:
     output = render_json(report) if args.format == "json" else render_text(report, verbose=args.verbose)
-    sys.stdout.write(output)
+    write(sys.stdout, output)
     sys.stdout.flush()
     return exit_code_for(report)
 
@@ -173,7 +185,7 @@ def command_analyze(args) -> int:
                 report.warn(f"the recording was not written to {args.record}: the hunt was interrupted")
             else:
                 save_snapshot(recorder.snapshot(), args.record, overwrite=args.force)
-                sys.stderr.write(f"leakhunt: recorded this session to {args.record}\n")
+                stderr_line(f"recorded this session to {args.record}")
     finally:
         target.close()
     return _emit(report, args)
@@ -199,7 +211,7 @@ def command_inspect(args) -> int:
         f"  modules:    {len(data.modules)}" + (f" ({', '.join(m.image for m in data.modules[:8])}"
                                                  f"{', ...' if len(data.modules) > 8 else ''})" if data.modules else ""),
     ]
-    sys.stdout.write("\n".join(lines) + "\n")
+    write(sys.stdout, "\n".join(lines) + "\n")
     return 0
 
 
@@ -216,21 +228,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except UsageError as error:
-        sys.stderr.write(f"leakhunt: error: {error}\n")
+        stderr_line(f"error: {error}")
         return EXIT_USAGE
     except (SnapshotError, TargetError) as error:
-        sys.stderr.write(f"leakhunt: error: {error}\n")
+        stderr_line(f"error: {error}")
         return EXIT_INPUT
     except KeyboardInterrupt:
-        sys.stderr.write("leakhunt: interrupted\n")
+        stderr_line("interrupted")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_SUCCESS_IF_PIPE_CLOSED
     except Exception as error:  # no traceback reaches a user; LEAKHUNT_DEBUG=1 shows it
         if debug:
             raise
-        sys.stderr.write(f"leakhunt: internal error: {type(error).__name__}: {error}. This is a bug in leakhunt: "
-                         f"please report it with the input file (LEAKHUNT_DEBUG=1 shows the traceback)\n")
+        stderr_line(f"internal error: {type(error).__name__}: {error}. This is a bug in leakhunt: please report it "
+                    f"with the input file (LEAKHUNT_DEBUG=1 shows the traceback)")
         return EXIT_INTERNAL
 
 

@@ -220,38 +220,42 @@ def find_holders(context: Context, mdl_addresses: Iterable[int], holders: Option
     frontier = wanted
     searched: Set[int] = set()
     depth = 0
-    while frontier:
-        if depth >= MAX_MDL_CHAIN:
-            context.report.warn(f"MDL chains deeper than {MAX_MDL_CHAIN} links were not followed further")
-            break
-        searched.update(frontier)
-        hits = context.search(frontier)
-        next_frontier: Set[int] = set()
-        for mdl_address in frontier:
-            for hit in hits.get(mdl_address, []):
-                if hit.virtual is None:
-                    context.report.rejected.append(Rejected(hit.physical or 0, f"reference to MDL {mdl_address:#x}",
-                                                            ["the hit has no virtual address"]))
-                    continue
-                irp = _irp_at(context, hit.virtual - irp_mdl_offset, mdl_address)
-                if irp is not None:
-                    holders.irps.setdefault(irp.address, irp)
-                    if irp.address not in direct.setdefault(mdl_address, []):
-                        direct[mdl_address].append(irp.address)
-                    continue
-                parent = _chain_parent_at(context, hit.virtual - next_offset, mdl_address)
-                if parent is not None:
-                    holders.chain_parent.setdefault(mdl_address, parent)
-                    if parent not in searched:
-                        next_frontier.add(parent)
-                    continue
-                not_irp = context.io.irp_header_problems(hit.virtual - irp_mdl_offset) or ["an invalid IRP"]
-                context.report.rejected.append(Rejected(hit.virtual, f"holder of MDL {mdl_address:#x}",
-                                                        [f"not an IRP's MdlAddress ({'; '.join(not_irp)})",
-                                                         "not an MDL's Next"]))
+    try:
+        while frontier:
+            if depth >= MAX_MDL_CHAIN:
+                context.report.warn(f"MDL chains deeper than {MAX_MDL_CHAIN} links were not followed further")
+                break
+            searched.update(frontier)
+            hits = context.search(frontier)
+            next_frontier: Set[int] = set()
+            for mdl_address in frontier:
+                for hit in hits.get(mdl_address, []):
+                    if hit.virtual is None:
+                        context.report.rejected.append(Rejected(hit.physical or 0,
+                                                                f"reference to MDL {mdl_address:#x}",
+                                                                ["the hit has no virtual address"]))
+                        continue
+                    irp = _irp_at(context, hit.virtual - irp_mdl_offset, mdl_address)
+                    if irp is not None:
+                        holders.irps.setdefault(irp.address, irp)
+                        if irp.address not in direct.setdefault(mdl_address, []):
+                            direct[mdl_address].append(irp.address)
+                        continue
+                    parent = _chain_parent_at(context, hit.virtual - next_offset, mdl_address)
+                    if parent is not None:
+                        holders.chain_parent.setdefault(mdl_address, parent)
+                        if parent not in searched:
+                            next_frontier.add(parent)
+                        continue
+                    not_irp = context.io.irp_header_problems(hit.virtual - irp_mdl_offset) or ["an invalid IRP"]
+                    context.report.rejected.append(Rejected(hit.virtual, f"holder of MDL {mdl_address:#x}",
+                                                            [f"not an IRP's MdlAddress ({'; '.join(not_irp)})",
+                                                             "not an MDL's Next"]))
+            frontier = sorted(next_frontier)
+            depth += 1
+    finally:
+        # Also when interrupted: the holders found so far are credited to the MDLs they hold.
         _credit_chains(holders, wanted, direct)
-        frontier = sorted(next_frontier)
-        depth += 1
     return holders
 
 

@@ -24,6 +24,15 @@ class Link:
 Cell = Union[str, int, Link, None]
 
 
+def printable(text: str) -> str:
+    """``text`` with every character a terminal could act on (control and format characters, line
+    breaks, lone surrogates) written as an escape such as ``\\x1b``: names read from a crashed machine's
+    memory or a hostile snapshot must not move the cursor, recolour the terminal or break a table."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def escape_dml(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
@@ -46,9 +55,9 @@ class Renderer:
         """A cell or inline fragment as final output text (escaped and linked in DML mode)."""
         if isinstance(cell, Link):
             if self.dml:
-                return f'<link cmd="{escape_dml(cell.command)}">{escape_dml(cell.text)}</link>'
-            return cell.text
-        text = "" if cell is None else str(cell)
+                return f'<link cmd="{escape_dml(printable(cell.command))}">{escape_dml(printable(cell.text))}</link>'
+            return printable(cell.text)
+        text = "" if cell is None else printable(str(cell))
         return escape_dml(text) if self.dml else text
 
     def line(self, *parts: Cell) -> None:
@@ -59,8 +68,8 @@ class Renderer:
         self.line(title)
 
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[Cell]], indent: str = "  ") -> None:
-        plain_rows = [[c.text if isinstance(c, Link) else ("-" if c is None else str(c)) for c in row]
-                      for row in rows]
+        plain_rows = [[printable(c.text) if isinstance(c, Link) else ("-" if c is None else printable(str(c)))
+                       for c in row] for row in rows]
         text = tabulate(plain_rows, headers=list(headers), tablefmt="simple", disable_numparse=True)
         lines = text.splitlines()
         header_lines = 2
@@ -77,12 +86,13 @@ class Renderer:
         for cell in row:
             if not isinstance(cell, Link):
                 continue
-            found = plain.find(cell.text, position)
+            shown = printable(cell.text)
+            found = plain.find(shown, position)
             if found < 0:
                 continue
             out.append(escape_dml(plain[position:found]))
             out.append(self.inline(cell))
-            position = found + len(cell.text)
+            position = found + len(shown)
         out.append(escape_dml(plain[position:]))
         return "".join(out)
 

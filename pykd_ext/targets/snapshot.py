@@ -148,7 +148,10 @@ def save_snapshot(data: SnapshotData, path: str, overwrite: bool = False) -> Non
         raise SnapshotError(f"{path} already exists; choose another name or pass --force to overwrite it")
     directory = os.path.dirname(os.path.abspath(path))
     manifest = json.dumps(_manifest(data), indent=1, sort_keys=False).encode("utf-8")
-    handle, temporary = tempfile.mkstemp(prefix=".leakhunt-", suffix=".snap.tmp", dir=directory)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=".leakhunt-", suffix=".snap.tmp", dir=directory)
+    except OSError as error:
+        raise SnapshotError(f"cannot write snapshot {path}: {error.strerror or error}") from None
     try:
         with os.fdopen(handle, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as archive:
             archive.writestr(zipfile.ZipInfo(MANIFEST_NAME, _ZIP_DATE), manifest, zipfile.ZIP_DEFLATED)
