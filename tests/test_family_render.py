@@ -61,3 +61,8 @@ def test_pool_lock_links_to_its_block():
     block = report.lock.pool_block
     assert f'<link cmd="!pool {scenario.expected["lock"]:#x} 2">' in dml
     assert f'<link cmd="!pool {block:#x} 2">' in dml and "(tag Lkfl)" in dml
+
+
+def test_0xcb_counts_the_pages_of_p4():
+    text = render_text(report_for(case_0xcb("x64", "legacy", noise_pages=1)))
+    assert "expected (P4): 2   accounted for by locked MDLs found: 2" in text

@@ -157,7 +157,8 @@ class Renderer:
         if report.locked_pages_expected is not None:
             self.heading("LOCKED PAGES")
             accounted = report.locked_pages_accounted
-            self.line(f"  expected (P3): {report.locked_pages_expected}   accounted for by locked MDLs found: "
+            counted_by = "P4" if report.bugcheck.code == 0xCB else "P3"  # 0xCB: P3 is the MDL, P4 its pages
+            self.line(f"  expected ({counted_by}): {report.locked_pages_expected}   accounted for by locked MDLs found: "
                       f"{'-' if accounted is None else accounted}")
         if report.facts:
             self.heading("FACTS")
