@@ -141,8 +141,8 @@ class FamilyScene(KernelScene):
         self.write_fields("_LOCK_TRACKER", address, Mdl=mdl, StartVa=facts["start_va"], Count=facts["pages"],
                           Offset=facts["byte_offset"], Length=facts["byte_count"], Who=who, Page=facts["pfns"][0],
                           Process=process)
-        frames = layout.array_length("StackTrace", self.pointer_size)
-        for index, frame in enumerate(list(stack)[:frames]):
+        slots = layout.array_length("StackTrace", self.pointer_size)
+        for index, frame in enumerate(list(stack)[:slots]):
             self.write_pointer(address + layout.offset("StackTrace") + index * self.pointer_size, frame)
         return address
 

@@ -145,6 +145,7 @@ def test_every_0xcb_case_names_exactly_its_culprit(kind):
     report = run(scenario)
     expected = scenario.expected["culprit_image"]
     assert (top(report).image if report.suspects else None) == expected
+    assert next(f.value for f in report.facts if f.label == "0xCB parameter format") == scenario.expected["format"]
 
 
 # ---- 0x76 with locked-page tracking -------------------------------------------------------------
