@@ -66,15 +66,14 @@ def _read_tracker(context: Context, address: int, role: str, process: Optional[i
     return tracker
 
 
-def _blame_locker(context: Context, tracker: LockTracker, why: str, confidence: str) -> Optional[str]:
-    """Name the module of the tracker's first saved frame outside nt and hal; returns its image."""
+def _blame_locker(context: Context, tracker: LockTracker, why: str, confidence: str) -> None:
+    """Name the module of the tracker's first saved frame outside nt and hal."""
     frame, module = first_frame_outside_kernel(context.modules, tracker.stack)
     if module is not None and frame is not None:
         context.suspects.add(None, module.image, confidence, TRACKER_WEIGHT,
                              f"{why}: the first frame outside nt and hal of the stack it saved is "
                              f"{context.modules.symbolize(frame)}", image_base=module.base)
-        return module.image
-    if frame is not None:
+    elif frame is not None:
         context.report.warn(f"lock tracker {context.address(tracker.address)}: the first saved frame outside nt and "
                             f"hal, {context.address(frame)}, is in no loaded image (the driver may have been "
                             f"unloaded: lm shows unloaded modules)")
@@ -83,7 +82,6 @@ def _blame_locker(context: Context, tracker: LockTracker, why: str, confidence: 
                             f"(the I/O manager locked the pages for a driver): only an IRP holding the MDL can name it")
     else:
         context.report.warn(f"lock tracker {context.address(tracker.address)} saved no stack")
-    return None
 
 
 # ---- the tracked-locked-pages walk (!lockedpages) ----------------------------------------------
@@ -361,8 +359,9 @@ def analyze_0xd9(context: Context) -> None:
                             f"not the MDL of the bug check {context.address(mdl_address)}")
             if report.process is None and tracker.process and context.target.is_kernel_address(tracker.process):
                 read_process(context, tracker.process)
+            fate = "freed while still tracked" if p1 == 4 else "locked twice"
             _blame_locker(context, tracker, f"tracker {context.address(address)} ({role}) of MDL "
-                                            f"{context.address(mdl_address)}, which was locked twice", MEDIUM)
+                                            f"{context.address(mdl_address)}, which was {fate}", MEDIUM)
         hunt_mdls(context, [(mdl_address, "the MDL tracked twice")], "the MDL whose tracking went wrong", MEDIUM)
     except SearchUnavailable as error:
         report.complete_hunt = False
