@@ -18,6 +18,8 @@ from pykd_ext.targets.snapshot import SnapshotData
 from ._types import TypeNode, build_tree, flat_from_layouts
 
 INTERRUPT_MESSAGE = "CTRL+BREAK"
+# Frames compared at once by the stand-in's !search.
+_SEARCH_BLOCK = 256
 
 
 def sign_extend(value: int, pointer_size: int) -> int:
@@ -168,16 +170,17 @@ class Session:
             last = self.data.max_pfn if self.data.max_pfn is not None else (int(self.pfns[-1]) if len(self.pfns) else 0)
         if last is None:
             last = first
-        selected = np.flatnonzero((self.pfns >= first) & (self.pfns <= last))
-        spend(self.page_cost * len(selected))
+        low = int(np.searchsorted(self.pfns, first, "left"))
+        high = int(np.searchsorted(self.pfns, last, "right"))
+        spend(self.page_cost * (high - low))
         rows: List[Tuple[int, int, int]] = []
-        if len(selected):
-            words = self.words[selected]
-            dtype = words.dtype.type
+        dtype = self.words.dtype.type
+        for start in range(low, high, _SEARCH_BLOCK):  # blocks of frames, as an engine reads them
+            words = self.words[start:min(start + _SEARCH_BLOCK, high)]
             difference = words ^ dtype(data)
             near = (difference & (difference - dtype(1))) == 0  # equal, or one bit away
             for row, column in zip(*np.nonzero(near)):
-                rows.append((int(self.pfns[selected[row]]), int(column) * self.pointer_size, int(words[row, column])))
+                rows.append((int(self.pfns[start + row]), int(column) * self.pointer_size, int(words[row, column])))
         shown = sign_extend(data, self.pointer_size)
         lines = [f"Searching PFNs in range {first:08X} - {last:08X} for [{shown:08X} - {shown:08X}]", ""]
         lines.append("Pfn      Offset   Hit      Va       Pte      ")
