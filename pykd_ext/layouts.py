@@ -502,6 +502,8 @@ class Layouts:
     def __init__(self, target: Target):
         self.target = target
         self._cache: Dict[str, Optional[StructLayout]] = {}
+        # Structures whose symbol layout was refused, with the reason, for the report's warnings.
+        self.problems: Dict[str, str] = {}
 
     def get(self, name: str) -> StructLayout:
         layout = self.find(name)
@@ -521,6 +523,11 @@ class Layouts:
         builtin = builtin_layout(name, self.target.pointer_size, self.target.build)
         info = self.target.type_info("nt!" + name, known_field_names(name))
         if info is None:
+            return builtin
+        implausible = _implausible_type_info(info)
+        if implausible:
+            self.problems[name] = (f"the symbols' layout of {name} was ignored ({implausible}); "
+                                   + ("the built-in table was used" if builtin else "no built-in table exists"))
             return builtin
         offsets = {field_name: field_info.offset for field_name, field_info in info.fields.items()}
         kinds = {field_name: known_field_kind(name, field_name)
@@ -543,6 +550,16 @@ class Layouts:
         layout = self.get(name)
         size = layout.size or (max(layout.offsets.values()) + self.target.pointer_size)
         return StructView(layout, address, self.target.read(address, size), self.target.pointer_size)
+
+
+def _implausible_type_info(info) -> str:
+    """Why a layout from type information cannot be right, or "" (a damaged or hostile source)."""
+    if info.size <= 0:
+        return f"size {info.size}"
+    for field_name, field_info in info.fields.items():
+        if field_info.offset + max(field_info.size, 0) > info.size:
+            return f"field {field_name} at {field_info.offset:#x} lies past the size {info.size:#x}"
+    return ""
 
 
 def _kind_from_size(size: int) -> str:

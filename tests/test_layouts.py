@@ -127,3 +127,25 @@ def test_symbols_override_the_built_in_tables_and_say_so():
     assert layouts.get("_IRP").source == "built-in x64 table"
     assert layouts.sources() == {"_IRP": "built-in x64 table", "_MDL": "symbols"}
     assert not mdl.has("ByteCount")
+
+
+class _HostileSymbols(SnapshotTarget):
+    """Type information that cannot be right: a zero size, a field past the end."""
+
+    def type_info(self, name, field_names):
+        if name == "nt!_IO_STACK_LOCATION":
+            return TypeInfo("_IO_STACK_LOCATION", 0, {})
+        if name == "nt!_IRP":
+            return TypeInfo("_IRP", 0x10, {"MdlAddress": FieldInfo(0x40, 8)})
+        return None
+
+
+def test_impossible_symbol_layouts_fall_back_to_the_tables_with_a_warning():
+    from pykd_ext.analyses import analyze
+
+    scenario = case_0x76("x64", "irp", noise_pages=1)
+    report = analyze(_HostileSymbols(scenario.data))
+    assert report.suspects[0].driver == "\\Driver\\leakyflt"
+    assert report.layouts["_IRP"] == report.layouts["_IO_STACK_LOCATION"] == "built-in x64 table"
+    assert any("symbols' layout of _IO_STACK_LOCATION was ignored (size 0)" in w for w in report.warnings)
+    assert any("field MdlAddress at 0x40 lies past the size 0x10" in w for w in report.warnings)

@@ -112,6 +112,8 @@ class Context:
         else:
             report.verdict = no_suspect_verdict
         report.layouts = self.layouts.sources()
+        for problem in self.layouts.problems.values():
+            report.warn(problem)
         return report
 
 
