@@ -37,6 +37,8 @@ from pykd_ext.targets.dumpheader import (
 from pykd_ext.targets.dumpfile import PTE_LARGE_PAGE, PTE_PRESENT
 from pykd_ext.targets.snapshot import SnapshotData
 
+from .memory import REGIONS
+
 # Page-table frames are handed out from here up: below the scenario builder's first frame (0x1000).
 TABLE_FIRST_PFN = 0x100
 # The PML4 slot that maps the page tables themselves (Windows 10 before 1607 always used 0x1ED).
@@ -50,6 +52,8 @@ TABLE_FLAGS = PTE_PRESENT | PTE_WRITE | PTE_ACCESSED
 DATA_FLAGS = PTE_PRESENT | PTE_WRITE | PTE_ACCESSED | PTE_DIRTY | PTE_GLOBAL | PTE_NO_EXECUTE
 # Where noise pages are mapped (2 MiB pages), away from the scenario builder's pool and images.
 NOISE_VA = 0xFFFFC58000000000
+# Where the noise's other kernel pointers point.
+OTHER_KERNEL_REGION = 0xFFFFB50000000000
 # Frames written per step while streaming.
 CHUNK_PAGES = 2048
 # Noise is generated in blocks of this many frames, each from its own seed.
@@ -79,8 +83,10 @@ MEMORY_LAYOUTS = {DUMP_FULL: "runs", DUMP_BITMAP: "bitmap", DUMP_LIVE_KERNEL_BIT
 class NoiseRegion:
     """``pages`` frames from ``first_pfn`` filled with pointer-rich words, generated on demand.
 
-    Words are 35% pool-like kernel pointers (16-byte aligned, in a region of their own), 20% small
-    integers, 25% zeros and 20% random 64-bit values: the mix a kernel dump's pages hold.
+    Words are 35% kernel pointers (16-byte aligned; half of them into the 4 GiB of pool that holds the
+    scenario's objects, half elsewhere), 20% small integers, 25% zeros and 20% random 64-bit values:
+    the mix a kernel dump's pages hold. A pointer may by chance equal an object's address, as stale
+    references in real memory do; the hunt must reject those.
     """
 
     def __init__(self, first_pfn: int, pages: int, seed: int):
@@ -100,9 +106,11 @@ class NoiseRegion:
         words = NOISE_BLOCK_PAGES * PAGE_SIZE // 8
         roll = rng.integers(0, 100, words, dtype=np.uint8)
         values = rng.integers(0, 1 << 63, words, dtype=np.uint64)
-        pointers = np.uint64(0xFFFFB50000000000) + ((values >> np.uint64(27)) & np.uint64(0xFFFFFFFF0))
-        out = np.where(roll < 35, pointers, np.where(roll < 55, values & np.uint64(0xFFFF),
-                                                     np.where(roll < 80, np.uint64(0), values)))
+        offsets = (values >> np.uint64(27)) & np.uint64(0xFFFFFFF0)
+        pool = np.uint64(REGIONS[8]["pool"] & ~0xFFFFFFFF) + offsets
+        elsewhere = np.uint64(OTHER_KERNEL_REGION) + (offsets << np.uint64(4))
+        out = np.where(roll < 17, pool, np.where(roll < 35, elsewhere, np.where(
+            roll < 55, values & np.uint64(0xFFFF), np.where(roll < 80, np.uint64(0), values))))
         return out.astype("<u8").tobytes()
 
 

@@ -21,6 +21,10 @@ _MIN_TABLE_BITS = 16
 _MAX_TABLE_BITS = 22
 # Long buffers are searched this many bytes at a time so that the temporaries stay in the CPU cache.
 _BLOCK_BYTES = 1 << 21
+# When all the 64-bit values share at most this many high halves (the usual case: the objects of one
+# hunt level live in one or two 4 GiB regions of pool), a compare of each word's high half against
+# them comes first, and only the words that pass are looked up in the table.
+_MAX_HIGH_HALVES = 2
 
 
 class ValueSet:
@@ -40,15 +44,30 @@ class ValueSet:
             self._key_mask = (1 << bits) - 1
             self.table = np.zeros(1 << bits, dtype=bool)
             self.table[self._keys(self.values)] = True
+        self._high_halves = None
+        if self.table is not None and pointer_size == 8:
+            high_halves = np.unique(self.values >> np.uint64(32)).astype("<u4")
+            if len(high_halves) <= _MAX_HIGH_HALVES:
+                self._high_halves = high_halves
         self._block_words = _BLOCK_BYTES // pointer_size
 
     def __len__(self) -> int:
         return len(self.values)
 
     def _keys(self, words: np.ndarray) -> np.ndarray:
-        """Table index of each word, from its low 32 bits (a strided view: no copy of the words)."""
-        low = words.view("<u4")[0::2] if self.pointer_size == 8 else words
-        keys = np.right_shift(low, self._shift, dtype=np.intp)
+        """Table index of each word: low bits from ``shift`` up, XORed with the high bits.
+
+        The XOR moves kernel addresses away from the small integers and zeros that fill memory, even
+        when an address's low bits look like a small integer (an object near a 4 MiB-aligned pool
+        region start). The halves are strided views of the words: nothing is copied.
+        """
+        if self.pointer_size == 8:
+            halves = words.view("<u4")
+            keys = np.right_shift(halves[0::2], self._shift, dtype=np.intp)
+            keys ^= halves[1::2]
+        else:
+            keys = np.right_shift(words, self._shift, dtype=np.intp)
+            keys ^= words >> 20
         keys &= self._key_mask
         return keys
 
@@ -80,12 +99,27 @@ class ValueSet:
                 hit |= words == value
             indices = np.flatnonzero(hit)
         else:
-            candidates = np.flatnonzero(self.table.take(self._keys(words), mode="clip"))
+            candidates = self._candidates(words)
             values = words[candidates]
             position = np.searchsorted(self.values, values)
             position[position == len(self.values)] = 0
             indices = candidates[self.values[position] == values]
         return indices, words[indices]
+
+    def _candidates(self, words: np.ndarray) -> np.ndarray:
+        """Indices of the words that pass the table filter (a superset of the hits)."""
+        if self._high_halves is None:
+            return np.flatnonzero(self.table.take(self._keys(words), mode="clip"))
+        halves = words.view("<u4")
+        high = halves[1::2]
+        same_region = high == self._high_halves[0]
+        for high_half in self._high_halves[1:]:
+            same_region |= high == high_half
+        candidates = np.flatnonzero(same_region)
+        keys = np.right_shift(halves[0::2][candidates], self._shift, dtype=np.intp)  # as _keys() computes them
+        keys ^= high[candidates]
+        keys &= self._key_mask
+        return candidates[self.table.take(keys, mode="clip")]
 
 
 def find_in_buffer(buffer, values: Iterable[int], pointer_size: int) -> List[Tuple[int, int]]:

@@ -242,9 +242,14 @@ def test_runs_of_set_bits(bits, cut, chunk_bytes):
         dumpheader._BITMAP_CHUNK_BYTES = saved
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.sampled_from([8, 4]), st.integers(0, 12), st.lists(st.integers(0, 2 ** 64 - 1), max_size=300),
-       st.integers(1, 40), st.data())
+# Words as memory holds them: kernel pointers in a few 4 GiB regions, small integers, zeros, anything.
+WORDS = st.one_of(st.builds(lambda high, low: high << 32 | low, st.sampled_from([0xFFFFA58A, 0xFFFFB500, 0xFFFFF803]),
+                            st.integers(0, 2 ** 32 - 1)),
+                  st.integers(0, 0xFFFF), st.just(0), st.integers(0, 2 ** 64 - 1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([8, 4]), st.integers(0, 12), st.lists(WORDS, max_size=300), st.integers(1, 40), st.data())
 def test_value_set_finds_exactly_the_aligned_occurrences(pointer_size, count, noise, block_words, data):
     mask = (1 << (8 * pointer_size)) - 1
     words = [w & mask for w in noise]
@@ -277,3 +282,19 @@ def test_noise_pages_are_streamed_and_mapped(tmp_path, scenario):
         assert target.read(0xFFFFC58000000000 + 1023 * PAGE_SIZE, PAGE_SIZE) == image.noise.content(first + 1023, 1)
     finally:
         target.close()
+
+
+@pytest.mark.parametrize("regions", [1, 2, 3], ids=["one-region", "two-regions", "three-regions"])
+def test_value_set_agrees_with_a_plain_membership_test(regions):
+    rng = np.random.default_rng(regions)
+    highs = np.array([0xFFFFA58A, 0xFFFFB500, 0xFFFF8000][:regions], dtype=np.uint64)
+    pointers = (highs[rng.integers(0, regions, 200_000)] << np.uint64(32)) | (
+        rng.integers(0, 2 ** 20, 200_000, dtype=np.uint64) << np.uint64(4))
+    values = np.unique(pointers[rng.integers(0, len(pointers), 300)])
+    words = pointers.copy()
+    words[rng.integers(0, len(words), 50_000)] = rng.integers(0, 0x10000, 50_000, dtype=np.uint64)
+    value_set = ValueSet(values.tolist(), 8)
+    assert (value_set._high_halves is not None) == (regions <= 2)
+    indices, found = value_set.find(words.astype("<u8").tobytes())
+    expected = np.flatnonzero(np.isin(words, values))
+    assert indices.tolist() == expected.tolist() and found.tolist() == words[expected].tolist()

@@ -210,6 +210,11 @@ class DumpFileTarget(Target):
     def read(self, address: int, size: int) -> bytes:
         if self.layout is None:
             raise MemoryReadError(address, size, reason=self._unreadable)
+        offset = address & (PAGE_SIZE - 1)
+        if 0 < size <= PAGE_SIZE - offset:  # the common case: inside one page
+            content = self._virtual_page(address - offset)
+            if content is not None:
+                return content[offset:offset + size]
         return self._assemble(address, size, self._virtual_page, False)
 
     def _virtual_page(self, page: int) -> Optional[bytes]:
@@ -261,7 +266,6 @@ class DumpFileTarget(Target):
         for start, end in ranges:
             for window_start in range(start, end, WINDOW_BYTES):
                 window_end = min(end, window_start + WINDOW_BYTES)
-                self._prefetch(window_end, min(end, window_end + WINDOW_BYTES))
                 indices, found = self._scan_window(value_set, window_start, window_end)
                 if len(indices):
                     offsets = np.uint64(window_start) + indices.astype(np.uint64) * np.uint64(self.pointer_size)
@@ -272,17 +276,12 @@ class DumpFileTarget(Target):
                     progress(done, total)
         return self._hits(values, found_values, found_physical)
 
-    def _prefetch(self, start: int, end: int) -> None:
-        """Ask the OS to start reading the next window while this one is searched (POSIX only)."""
-        if end > start and hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(self._handle.fileno(), start, end - start, os.POSIX_FADV_WILLNEED)
-
     def _scan_window(self, value_set: ValueSet, start: int, end: int) -> Tuple[np.ndarray, np.ndarray]:
         """Map ``[start, end)`` of the file read-only and search it; the mapping is released after."""
         map_start = start - start % mmap.ALLOCATIONGRANULARITY
         mapped = mmap.mmap(self._handle.fileno(), end - map_start, offset=map_start, access=mmap.ACCESS_READ)
         try:
-            if hasattr(mapped, "madvise"):
+            if hasattr(mapped, "madvise"):  # read ahead aggressively when the file is not cached
                 mapped.madvise(mmap.MADV_SEQUENTIAL)
             with memoryview(mapped) as view:
                 return value_set.find(view[start - map_start:])

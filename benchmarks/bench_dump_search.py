@@ -1,0 +1,242 @@
+"""Benchmark: leakhunt's dump search and 0x76 hunt against a plain read of the same file.
+
+Generates bitmap kernel dumps of ``--size`` bytes (pointer-rich noise pages plus a 0x76 case with N
+leaked MDLs, each held by an IRP) in a temporary directory, one at a time, and measures side by side:
+
+* one streaming read of the file (8 MiB ``readinto``): the floor for anything that looks at every page;
+* leakhunt's pointer search for 1 value (the hunt's first level) and for 1000 values (its MDL level);
+* the whole 0x76 hunt (open the dump, analyze, render JSON) for each N;
+* the obvious alternative a user would write: kdmp-parser's Python API page by page, ``bytes.find`` for
+  each value with an alignment check. It is slow, so it runs on ``--alternative-pages`` pages and its
+  time is extrapolated to the whole dump (the output says so);
+* peak resident memory of the hunt, and of kdmp-parser's ``Parse`` alone, each in a fresh process.
+
+"cold": the file is evicted from the page cache first (``posix_fadvise(DONTNEED)``, Linux; on a VM the
+host may still cache it). "warm": the file is in the page cache. Each measurement is repeated
+``--repeat`` times, interleaved with the reads it is compared to; the tables give the median ratio.
+The dumps are removed afterwards. Not a test: ``python3 benchmarks/bench_dump_search.py --size 4G``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+from mocks.dumpwriter import DumpImage  # noqa: E402
+from mocks.scenarios import case_0x76  # noqa: E402
+from pykd_ext.analyses import analyze  # noqa: E402
+from pykd_ext.render.jsonout import render_json  # noqa: E402
+from pykd_ext.targets.dumpfile import DumpFileTarget  # noqa: E402
+from pykd_ext.targets.dumpheader import DUMP_BITMAP  # noqa: E402
+
+PAGE = 4096
+READ_CHUNK = 8 << 20
+GIB = 1 << 30
+
+
+def parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper().rstrip("B").rstrip("I")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+    return (f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB RAM, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, numpy {np.__version__}")
+
+
+def evict(path: str) -> bool:
+    """Drop the file's pages from the page cache; False where the OS offers no way to."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return True
+
+
+def stream_read(path: str) -> None:
+    buffer = bytearray(READ_CHUNK)
+    with open(path, "rb", buffering=0) as handle:
+        while handle.readinto(buffer):
+            pass
+
+
+def seconds(function, *args) -> float:
+    start = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - start
+
+
+def hunt(path: str):
+    target = DumpFileTarget.open(path)
+    try:
+        report = analyze(target)
+        render_json(report)
+        return report
+    finally:
+        target.close()
+
+
+def search(path: str, values) -> None:
+    target = DumpFileTarget.open(path)
+    try:
+        target.search_pointers(values)
+    finally:
+        target.close()
+
+
+def compare(path: str, operation, repeat: int, cold: bool):
+    """Median of operation/read over ``repeat`` interleaved runs, and the median times."""
+    ratios, times, reads = [], [], []
+    for _ in range(repeat):
+        if cold:
+            evict(path)
+        reads.append(seconds(stream_read, path))
+        if cold:
+            evict(path)
+        times.append(seconds(operation))
+        ratios.append(times[-1] / reads[-1])
+    return statistics.median(ratios), statistics.median(times), statistics.median(reads)
+
+
+def alternative_seconds(path: str, values, pages: int, total_pages: int) -> float:
+    """kdmp-parser page by page with bytes.find, timed on ``pages`` pages and extrapolated to all of them."""
+    import kdmp_parser
+    patterns = [int(v).to_bytes(8, "little") for v in values]
+    start = time.perf_counter()
+    parser = kdmp_parser.KernelDumpParser(path)
+    parse = time.perf_counter() - start
+    start = time.perf_counter()
+    for index, address in enumerate(parser.pages.keys()):
+        if index == pages:
+            break
+        content = bytes(parser.pages[address])
+        for pattern in patterns:
+            position = content.find(pattern)
+            while position != -1:
+                position = content.find(pattern, position + 1)  # a hit when position % 8 == 0
+    return parse + (time.perf_counter() - start) * total_pages / pages
+
+
+PEAK_SCRIPT = """
+import resource, sys
+sys.path.insert(0, {root!r})
+{body}
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_rss_mib(body: str) -> float:
+    """Peak resident memory of ``body`` run in a fresh interpreter."""
+    script = PEAK_SCRIPT.format(root=ROOT, body=body)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    peak = int(out.split()[-1])
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def generate(path: str, size: int, leaked: int):
+    scenario = case_0x76("x64", "irp", leaked=leaked, noise_pages=16)
+    noise = max(0, size // PAGE - len(scenario.data.pages))
+    DumpImage(scenario.data, noise_pages=noise, seed=leaked).write(path, DUMP_BITMAP)
+    return scenario
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", default="1G", help="dump size, e.g. 512M, 1G, 4G (default 1G)")
+    parser.add_argument("--leaked", default="1,10,100,1000", help="leaked MDL counts (default 1,10,100,1000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement (default 3)")
+    parser.add_argument("--alternative-pages", type=int, default=2048,
+                        help="pages the kdmp-parser alternative searches before extrapolating (default 2048)")
+    parser.add_argument("--dir", default=None, help="where to write the temporary dumps (default: the temp dir)")
+    args = parser.parse_args()
+    size = parse_size(args.size)
+    counts = [int(n) for n in args.leaked.split(",")]
+    workdir = tempfile.mkdtemp(prefix="leakhunt-bench-", dir=args.dir)
+    lines = [f"machine: {machine()}", f"dump: bitmap kernel dump with {size / GIB:.2f} GiB of pages; median of "
+             f"{args.repeat} interleaved runs"]
+    print("\n".join(lines), flush=True)
+    search_rows, hunt_rows, other_rows = [], [], []
+    try:
+        for position, leaked in enumerate(counts):
+            path = os.path.join(workdir, f"MEMORY-{leaked}.DMP")
+            start = time.perf_counter()
+            scenario = generate(path, size, leaked)
+            file_size = os.path.getsize(path)
+            print(f"N={leaked}: wrote {file_size / GIB:.2f} GiB in {time.perf_counter() - start:.0f} s", flush=True)
+            process = scenario.expected["process"]
+            if position == 0:
+                many = sorted(set(scenario.expected["locked_mdls"] + scenario.expected["decoy_mdls"]))
+                many += [process + 0x10 * i for i in range(1, 1001 - len(many))]
+                for label, values in (("1 value", [process]), (f"{len(many)} values", many)):
+                    cold = compare(path, lambda: search(path, values), args.repeat, cold=True)
+                    warm = compare(path, lambda: search(path, values), args.repeat, cold=False)
+                    search_rows.append((label, cold, warm, file_size))
+                    alternative = alternative_seconds(path, values, args.alternative_pages if len(values) == 1
+                                                      else max(1, args.alternative_pages // 8), file_size // PAGE)
+                    other_rows.append((f"kdmp-parser page by page + bytes.find, {label} (extrapolated)",
+                                       f"{alternative:.0f} s = {alternative / warm[1]:.0f}x leakhunt's warm search"))
+                    print(f"  search {label}: cold read/search {1 / cold[0]:.2f}, warm {1 / warm[0]:.2f}; "
+                          f"alternative {alternative:.0f} s", flush=True)
+                body = f"import kdmp_parser; kdmp_parser.KernelDumpParser({path!r})"
+                other_rows.append(("peak RSS of kdmp-parser's Parse alone", f"{peak_rss_mib(body):.0f} MiB"))
+            report = hunt(path)
+            assert report.suspects and report.suspects[0].driver == "\\Driver\\leakyflt", "the hunt named nobody"
+            assert report.locked_pages_accounted == scenario.expected["locked_pages"]
+            cold = compare(path, lambda: hunt(path), args.repeat, cold=True)
+            warm = compare(path, lambda: hunt(path), args.repeat, cold=False)
+            body = ("from pykd_ext.targets.dumpfile import DumpFileTarget\nfrom pykd_ext.analyses import analyze\n"
+                    f"analyze(DumpFileTarget.open({path!r}))")
+            peak = peak_rss_mib(body)
+            hunt_rows.append((leaked, report, cold, warm, peak))
+            print(f"  hunt: cold {cold[0]:.2f} reads, warm {warm[0]:.2f} reads, peak RSS {peak:.0f} MiB", flush=True)
+            os.unlink(path)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print("| search | cold: s (GiB/s) | cold read/search (goal >= 0.5) | warm: s (GiB/s) | warm read/search |")
+    print("|---|---|---|---|---|")
+    for label, cold, warm, file_size in search_rows:
+        print(f"| {label} | {cold[1]:.2f} ({file_size / cold[1] / GIB:.1f}) | {1 / cold[0]:.2f} | "
+              f"{warm[1]:.3f} ({file_size / warm[1] / GIB:.1f}) | {1 / warm[0]:.2f} |")
+    read_cold = statistics.median(r[1][2] for r in search_rows)
+    read_warm = statistics.median(r[2][2] for r in search_rows)
+    print(f"| (streaming read) | {read_cold:.2f} ({size / read_cold / GIB:.1f}) | | "
+          f"{read_warm:.3f} ({size / read_warm / GIB:.1f}) | |")
+    print()
+    print("| leaked MDLs | passes | MDLs, IRPs reported | cold hunt: s, in reads (goal <= 2.5) | warm hunt: s, in reads "
+          "| peak RSS |")
+    print("|---|---|---|---|---|---|")
+    for leaked, report, cold, warm, peak in hunt_rows:
+        print(f"| {leaked} | {report.searches} | {len(report.mdls)}, {len(report.irps)} | {cold[1]:.2f} s, "
+              f"{cold[0]:.2f} | {warm[1]:.2f} s, {warm[0]:.2f} | {peak:.0f} MiB |")
+    print()
+    for label, value in other_rows:
+        print(f"- {label}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
