@@ -181,11 +181,6 @@ def ptrSize() -> int:
 
 
 @_api
-def pageSize() -> int:
-    return 0x1000
-
-
-@_api
 def getCPUType() -> CPUType:
     return {"x64": CPUType.AMD64, "x86": CPUType.I386, "arm64": CPUType.ARM64}[_target().data.arch]
 
@@ -205,11 +200,6 @@ def bugCheckData():
         raise DbgException("Call IDebugControl::ReadBugCheckData failed\n HRESULT 0x80004001")
     check = target.data.bugcheck
     return (check.code,) + tuple(_session.sign_extend(p, target.pointer_size) for p in check.parameters)
-
-
-@_api
-def addr64(offset) -> int:
-    return _session.sign_extend(_offset(offset), _target().pointer_size)
 
 
 # ---- output and commands ---------------------------------------------------------------------------
@@ -304,10 +294,6 @@ class typeInfo:
         self._node = _node
 
     @_api
-    def name(self) -> str:
-        return self._node.name
-
-    @_api
     def size(self) -> int:
         return self._node.size
 
@@ -325,29 +311,14 @@ class typeInfo:
     def field(self, name) -> "typeInfo":
         return typeInfo(None, self._member(name)[1])
 
-    @_api
-    def hasField(self, name) -> bool:
-        return str(name) in self._node.members
-
-    @_api
-    def fields(self):
-        return [(name, typeInfo(None, node)) for name, (_, node) in self._node.members.items()]
-
 
 class module:
-    """A loaded image: ``module("nt")`` or ``module(address)``."""
+    """A loaded image, as getModulesList() returns them (the stand-in builds them only there)."""
 
     @_api
     def __init__(self, nameOrAddress, _module=None):
         if _module is None:
-            target = _target()
-            for candidate in target.data.modules:
-                if (isinstance(nameOrAddress, str) and candidate.name == nameOrAddress) or (
-                        not isinstance(nameOrAddress, str) and candidate.contains(int(nameOrAddress) & target.mask)):
-                    _module = candidate
-                    break
-            else:
-                raise DbgException(f"Failed to find module '{nameOrAddress}'")
+            raise DbgException(f"Failed to find module '{nameOrAddress}'")
         self._module = _module
 
     @_api
@@ -361,10 +332,6 @@ class module:
     @_api
     def begin(self) -> int:
         return _session.sign_extend(self._module.base, _target().pointer_size)
-
-    @_api
-    def end(self) -> int:
-        return _session.sign_extend(self._module.base + self._module.size, _target().pointer_size)
 
     @_api
     def size(self) -> int:
