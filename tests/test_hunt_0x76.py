@@ -130,6 +130,9 @@ def test_tracking_on_is_reported_from_p4():
     scenario.data.bugcheck = type(scenario.data.bugcheck)(code, (p1, p2, p3, 0xFFFFA58A1DEAD000))
     report = run(scenario)
     assert any(f.label == "locked-page tracking" and f.value == "on" for f in report.facts)
+    # Tracking was already on: the steps do not ask to turn it on, only to remove the value afterwards.
+    steps = " ".join(report.next_steps)
+    assert "Reboot" not in steps and "delete the TrackLockedPages value" in steps
 
 
 def test_pfn_range_limits_the_search():

@@ -71,10 +71,12 @@ def _hunt_process(context: Context, process: int, expected_pages: int) -> None:
     locked = [m for m in kept.values() if m.locked]
     accounted = sum(m.pages for m in locked if not m.partial)
     report.locked_pages_accounted = accounted
-    orphans = [m for m in locked if not holders.held_by.get(m.address)]
+    tracked = report.tracked_pages
+    named_by_trackers = {t.mdl for t in tracked.trackers if t.locker} if tracked is not None else set()
+    orphans = [m for m in locked if not holders.held_by.get(m.address) and m.address not in named_by_trackers]
     if orphans:
-        report.warn(f"{len(orphans)} locked MDL(s) of the process are held by no IRP: the driver that locked "
-                    f"them keeps them privately, so memory alone cannot name it")
+        report.warn(f"{len(orphans)} locked MDL(s) of the process are held by no IRP and named by no lock tracker: "
+                    f"the driver that locked them keeps them privately, so memory alone cannot name it")
     if not kept:
         report.warn("no MDL pointing at the process was found in memory: the MDLs may have been freed, paged out "
                     "or be missing from this source")
@@ -187,15 +189,19 @@ def _report_mdls_and_irps(context: Context, kept: Dict[int, Mdl], holders) -> No
 def _next_steps(context: Context, p1: int) -> List[str]:
     steps = []
     ranked = context.suspects.ranked()
+    tracking_was_on = context.report.tracked_pages is not None or context.bugcheck.parameters[3] != 0
     if ranked:
         top = ranked[0]
         steps.append(f"Review {top.label}: every MmProbeAndLockPages (or IRP it pends with a locked MDL) needs a "
                      f"matching MmUnlockPages / completion before the process exits, including on cancel and "
                      f"cleanup paths.")
-        steps.append("Confirm the culprit by reproducing with locked-page tracking on:")
+    if tracking_was_on:
+        # The procedure's last step still applies: the value must go once the investigation is over.
+        steps.append(TRACK_LOCKED_PAGES_STEPS[-1])
     else:
-        steps.append("Reproduce with locked-page tracking on, so that Windows names the driver:")
-    steps.extend(TRACK_LOCKED_PAGES_STEPS)
+        steps.append("Confirm the culprit by reproducing with locked-page tracking on:" if ranked
+                     else "Reproduce with locked-page tracking on, so that Windows names the driver:")
+        steps.extend(TRACK_LOCKED_PAGES_STEPS)
     if p1 == 1:
         steps.insert(0, "Review the driver's unlock paths for an MmUnlockPages with no matching "
                         "MmProbeAndLockPages, or one called twice on the same MDL.")

@@ -190,9 +190,10 @@ class Renderer:
         self.heading("VERDICT")
         self.line(f"  {report.verdict}")
         for rank, suspect in enumerate(report.suspects, 1):
-            self.line(f"  {rank}. ", self.driver_link(suspect.driver, suspect.driver_object) or "(driver object "
-                      "unknown)", "  ", self.image_link(suspect.image) or "(image unknown)",
-                      f"  [{suspect.confidence} confidence]")
+            names = [cell for cell in (self.driver_link(suspect.driver, suspect.driver_object),
+                                       self.image_link(suspect.image)) if cell]
+            parts = [part for cell in names for part in (cell, "  ")]
+            self.line(f"  {rank}. ", *parts, f"[{suspect.confidence} confidence]")
             for evidence in suspect.evidence:
                 self.line(f"       - {evidence}")
 
