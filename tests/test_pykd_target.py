@@ -182,3 +182,19 @@ def test_search_unavailable_says_why():
     _control.load(dataclasses.replace(scenario.data, symbols=symbols, max_pfn=None))
     with pytest.raises(SearchUnavailable, match="highest physical page is unknown"):
         PykdTarget(SEARCH_SCAN).search_pointers([scenario.expected["process"]])
+
+
+@pytest.mark.parametrize("printed, message", [
+    ("Searching PFNs in range 00001000 - 00004FFF for [FFFFA58A1C000000 - FFFFA58A1C000000]\n\n"
+     "Pfn      Offset   Hit      Va       Pte\n- - - -\n", "stopped before 'Search done.'"),
+    ("Searching PFNs in range 00001000 - 00004FFF for [0000000000001234 - 0000000000001234]\nSearch done.\n",
+     "searched for 0x1234 instead"),
+    ("Couldn't resolve error at 'ffffa58a1c000000 0'\n", "did not run: Couldn't resolve error"),
+])
+def test_search_output_that_cannot_be_trusted_is_not_used(monkeypatch, printed, message):
+    scenario = case_0x76("x64", "irp")
+    _control.load(scenario)
+    target = PykdTarget()
+    monkeypatch.setattr(pykd, "dbgCommand", lambda command, suppress=True, mask=1: printed)
+    with pytest.raises(SearchUnavailable, match=message):
+        target.search_pointers([scenario.expected["process"]])

@@ -271,6 +271,8 @@ class PykdTarget(Target):
         if not output.done:
             raise SearchUnavailable(f"'{command}' stopped before 'Search done.'"
                                     + (f": {output.other_lines[-1]}" if output.other_lines else ""))
+        if output.data_range[0] & self._mask != value:  # the header shows Data as the debugger evaluated it
+            raise SearchUnavailable(f"'{command}' searched for {output.data_range[0]:#x} instead")
         return output.rows
 
     def _search_scan(self, values: List[int], pfn_range: Optional[PfnRange],
