@@ -349,7 +349,7 @@ def apply_damage(data: SnapshotData, objects: Dict[str, List[int]], alphabet: Se
     """Apply one damage operation (see ``random_damage`` for their shapes); indices wrap around."""
     kind = op[0]
     pages = sorted(data.pages)
-    if kind in ("flip", "zero", "drop") and not pages:
+    if kind in ("flip", "zero", "drop", "scribble") and not pages:
         return
     if kind == "flip":  # ("flip", page index, offset, bit)
         flip_bit(data, pages[op[1] % len(pages)] + op[2] % PAGE_SIZE, op[3])
@@ -367,6 +367,11 @@ def apply_damage(data: SnapshotData, objects: Dict[str, List[int]], alphabet: Se
         write_hostile_field(data, objects, struct_name, field, value, op[2])
     elif kind == "string":  # ("string", structure with a UNICODE_STRING, HOSTILE_STRINGS index, object index)
         write_hostile_string(data, objects, op[1], HOSTILE_STRINGS[op[2] % len(HOSTILE_STRINGS)], op[3])
+    elif kind == "scribble":  # ("scribble", page index, offset, alphabet index): an aligned word anywhere
+        if pages and alphabet:
+            offset = (op[2] % PAGE_SIZE) & ~(data.pointer_size - 1)
+            value = alphabet[op[3] % len(alphabet)] & ((1 << (8 * data.pointer_size)) - 1)
+            poke(data, pages[op[1] % len(pages)] + offset, value.to_bytes(data.pointer_size, "little"))
     elif kind == "word":  # ("word", object kind, index, offset, alphabet index): one aligned word
         addresses = objects.get(op[1]) or []
         if addresses and alphabet:
@@ -381,7 +386,8 @@ def random_damage(rng: random.Random, count: int) -> List[tuple]:
     """``count`` damage operations in the shapes ``apply_damage`` takes."""
     plan: List[tuple] = []
     for _ in range(count):
-        kind = rng.choice(("flip", "flip", "zero", "drop", "overwrite", "field", "field", "string", "word", "word"))
+        kind = rng.choice(("flip", "flip", "zero", "drop", "overwrite", "field", "field", "string", "word", "word",
+                           "scribble"))
         if kind == "flip":
             plan.append((kind, rng.randrange(1 << 16), rng.randrange(PAGE_SIZE), rng.randrange(8)))
         elif kind in ("zero", "drop"):
@@ -393,6 +399,8 @@ def random_damage(rng: random.Random, count: int) -> List[tuple]:
         elif kind == "string":
             plan.append((kind, rng.choice(sorted(STRING_FIELDS)), rng.randrange(len(HOSTILE_STRINGS)),
                          rng.randrange(16)))
+        elif kind == "scribble":
+            plan.append((kind, rng.randrange(1 << 16), rng.randrange(PAGE_SIZE), rng.randrange(1 << 16)))
         else:
             plan.append((kind, rng.choice(OBJECT_KINDS), rng.randrange(16), rng.randrange(0x200),
                          rng.randrange(1 << 16)))

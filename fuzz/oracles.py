@@ -1,19 +1,21 @@
 """What must hold of any report, checked by the fuzz targets and the robustness tests.
 
 A suspect is only named when a chain of objects that are valid in the (possibly damaged) memory
-supports it; ``unsupported_suspects`` re-validates each one with fresh kernel views.
+supports it; ``unsupported_suspects`` re-validates each suspect of a 0x76 report with fresh kernel views
+(on a snapshot's data or on any target, e.g. a dump file).
 """
 from __future__ import annotations
 
-from typing import List
+from typing import Dict, List, Optional, Union
 
 from pykd_ext.analyses.common import MAX_MDL_CHAIN
 from pykd_ext.kernel.io import IoReader
 from pykd_ext.kernel.mdl import read_mdl
 from pykd_ext.kernel.modules import ModuleMap, plausible_image_name
-from pykd_ext.layouts import Layouts
+from pykd_ext.kernel.trackers import first_frame_outside_kernel, read_tracker
+from pykd_ext.layouts import LayoutError, Layouts
 from pykd_ext.report import Report
-from pykd_ext.targets.base import CorruptString, MemoryReadError
+from pykd_ext.targets.base import MemoryReadError, Target, TargetError
 from pykd_ext.targets.snapshot import SnapshotData, SnapshotTarget
 
 
@@ -31,28 +33,59 @@ def _reaches(target, layouts, first, wanted):
     return False
 
 
-def unsupported_suspects(data: SnapshotData, report: Report) -> List[str]:
-    """Labels of suspects that no valid chain supports: MDL valid (locked, of the process, for P1=0; the
-    P2 MDL for P1=1) -> reached from a valid IRP's MdlAddress -> a used stack location whose device is
-    valid -> a valid, named DRIVER_OBJECT. A suspect without a driver object must be the plausible image
-    name that nt!KiBugCheckDriver points to."""
-    target = SnapshotTarget(data)
+def unsupported_suspects(source: Union[SnapshotData, Target], report: Report,
+                         symbols: Optional[Dict[str, int]] = None) -> List[str]:
+    """Labels of the suspects of a 0x76 report that nothing valid supports. A suspect is supported by:
+
+    - a chain: a valid MDL (locked and of the process for P1=0; the P2 MDL for P1=1) reached from a
+      valid IRP's MdlAddress, a used stack location of that IRP whose device is valid, and the valid,
+      named DRIVER_OBJECT of that device (the suspect's driver object);
+    - or the plausible image name nt!KiBugCheckDriver points to;
+    - or a valid lock tracker of the report whose first saved frame outside nt and hal lies in the
+      suspect's image (the kernel's own record of who locked the pages).
+    """
+    target = SnapshotTarget(source) if isinstance(source, SnapshotData) else source
     layouts = Layouts(target)
-    reader = IoReader(target, layouts, ModuleMap(target.modules()))
-    p1, p2 = data.bugcheck.parameters[:2]
+    try:
+        modules = ModuleMap(target.modules())
+    except TargetError:  # the analysis went on without modules; so does the check
+        modules = ModuleMap([])
+    reader = IoReader(target, layouts, modules)
+    p1, p2 = target.bugcheck().parameters[:2]
     unsupported = []
     for suspect in report.suspects:
-        if suspect.driver_object is None:
-            try:
-                name = target.read_unicode_string(target.read_pointer(data.symbols["nt!KiBugCheckDriver"]))
-            except (KeyError, MemoryReadError, CorruptString):
-                name = None
-            if name != suspect.image or not plausible_image_name(name):
-                unsupported.append(suspect.label)
-            continue
-        if not any(_supports(target, layouts, reader, record, suspect, p1, p2) for record in report.irps):
+        if suspect.driver_object is not None:
+            supported = any(_supports(target, layouts, reader, record, suspect, p1, p2) for record in report.irps)
+        else:
+            supported = (_named_by_the_kernel(target, symbols or {}, suspect.image)
+                         or any(_tracked(target, layouts, modules, record.address, suspect.image)
+                                for record in _trackers(report)))
+        if not supported:
             unsupported.append(suspect.label)
     return unsupported
+
+
+def _trackers(report):
+    tracked = report.tracked_pages.trackers if report.tracked_pages is not None else []
+    return list(report.trackers) + list(tracked)
+
+
+def _named_by_the_kernel(target, symbols, image):
+    try:
+        variable = symbols.get("nt!KiBugCheckDriver") or target.symbol("nt!KiBugCheckDriver")
+        name = target.read_unicode_string(target.read_pointer(variable))
+    except TargetError:  # the symbol, the variable or its string is missing or corrupt
+        return False
+    return name == image and plausible_image_name(name)
+
+
+def _tracked(target, layouts, modules, address, image):
+    try:
+        tracker = read_tracker(target, layouts, address)
+    except (MemoryReadError, LayoutError):
+        return False
+    _, module = first_frame_outside_kernel(modules, tracker.stack)
+    return tracker.valid and module is not None and module.image == image
 
 
 def _supports(target, layouts, reader, record, suspect, p1, p2):

@@ -19,6 +19,7 @@ from fuzz.mutators import (HOSTILE_FIELDS, HOSTILE_STRINGS, OBJECT_KINDS, STRING
                            field_address, object_size, overwrite_object, pointer_alphabet, randomize_memory,
                            poke, scenario_objects, write_field, write_hostile_field)
 from fuzz.oracles import unsupported_suspects
+from mocks import scenarios_family as family
 from mocks.scenarios import IRP_MJ_WRITE, KernelScene, case_0x76
 from pykd_ext.analyses import ANALYSES, analyze
 from pykd_ext.kernel.io import MAX_IRP_STACK_COUNT
@@ -152,6 +153,32 @@ def test_every_analysis_survives_damaged_memory_and_odd_parameters(case, code, p
     for op in plan:
         apply_damage(data, objects, alphabet, op)
     run(data)
+
+
+FAMILY = {}
+for _build in (family.case_0xcb, family.case_0x76_tracked, family.case_0xd9, family.case_0x4e, family.case_0x153,
+               family.case_0x162, family.case_0x192):
+    _scenario = _build("x64", noise_pages=1)
+    FAMILY[_scenario.name] = (_scenario, pointer_alphabet(_scenario.data, {}))
+
+page_damage = st.one_of(
+    st.tuples(st.just("flip"), st.integers(0, 1 << 16), st.integers(0, 4095), st.integers(0, 7)),
+    st.tuples(st.sampled_from(["zero", "drop"]), st.integers(0, 1 << 16)),
+    st.tuples(st.just("scribble"), st.integers(0, 1 << 16), st.integers(0, 4095), st.integers(0, 1 << 16)),
+)
+
+
+@FUZZ
+@given(name=st.sampled_from(sorted(FAMILY)), plan=st.lists(page_damage, min_size=1, max_size=12))
+def test_the_other_hunts_survive_damaged_memory(name, plan):
+    """The 0xCB, 0xD9, 0x4E, 0x153, 0x162, 0x192 and tracked 0x76 cases, their pages damaged."""
+    scenario, alphabet = FAMILY[name]
+    data = clone(scenario.data)
+    for op in plan:
+        apply_damage(data, {}, alphabet, op)
+    report = run(data)
+    if data.bugcheck.code == 0x76:
+        assert not unsupported_suspects(data, report)
 
 
 # ---- targeted: each class of corruption -------------------------------------------------------

@@ -1,0 +1,165 @@
+"""Fuzz target: the crash dump reader (``DumpFileTarget.open``: the DUMP_HEADER64/32, the bitmap and
+range headers, the page tables) and the ``leakhunt analyze`` that follows it.
+
+    python fuzz/fuzz_dump_header.py --runs 2000             # the CI run
+    python fuzz/fuzz_dump_header.py --runs 50000 --seed 7   # longer, on demand
+    python fuzz/fuzz_dump_header.py --replay fuzz/crashes/header-field-seed1-42.dmp
+
+The bases are kernel memory dumps written from the 0x76 scenarios (bitmap, live bitmap, kernel and
+kernel+user range layouts) and the two real small dumps of the test samples when they are present.
+Each input damages one: header fields set to hostile values (signature, dump type, machine, physical
+memory runs, bug check), bitmap/range header fields, flipped bytes in the headers or the pages (page
+tables that point to themselves, to garbage, or loop), truncation anywhere, trailing garbage. An input
+passes when:
+
+- opening it gives a target or a DumpFileError with one clear line;
+- the analysis returns a report that renders as text, DML and JSON, and every suspect of a 0x76 report
+  is supported by a chain of valid objects (fuzz/oracles.py);
+- ``leakhunt analyze`` exits with a documented code (never 5) and at most one line on stderr;
+- the file is byte-identical afterwards; all within the time limit.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import random
+import sys
+import tempfile
+from typing import List, Tuple
+
+from runner import ContractBroken, main, one_line
+
+from fuzz.mutators import flip_bytes, truncate
+from fuzz.oracles import unsupported_suspects
+from mocks.dumpwriter import write_dump
+from mocks.scenarios import case_0x76
+from pykd_ext import cli
+from pykd_ext.analyses import Options, analyze
+from pykd_ext.render.jsonout import render_json
+from pykd_ext.render.text import render_dml, render_text
+from pykd_ext.targets import dumpheader as dh
+from pykd_ext.targets.dumpfile import DumpFileTarget
+from pykd_ext.targets.dumpheader import DumpFileError
+
+SAMPLES = "/work/shared/samples"
+DAMAGE = ("header-field", "layout-field", "header-bytes", "page-bytes", "truncate", "trailing-garbage")
+
+# (offset, width) of the DUMP_HEADER64 fields the reader uses.
+HEADER64_FIELDS = [(0, 4), (4, 4), (dh.H64_MAJOR_VERSION, 4), (dh.H64_MINOR_VERSION, 4),
+                   (dh.H64_DIRECTORY_TABLE_BASE, 8), (dh.H64_PFN_DATABASE, 8), (dh.H64_PS_LOADED_MODULE_LIST, 8),
+                   (dh.H64_PS_ACTIVE_PROCESS_HEAD, 8), (dh.H64_MACHINE_IMAGE_TYPE, 4),
+                   (dh.H64_NUMBER_PROCESSORS, 4), (dh.H64_BUGCHECK_CODE, 4)] + \
+                  [(dh.H64_BUGCHECK_PARAMETERS + 8 * n, 8) for n in range(4)] + \
+                  [(dh.H64_KD_DEBUGGER_DATA_BLOCK, 8), (dh.H64_PHYSICAL_MEMORY_BLOCK, 4),
+                   (dh.H64_PHYSICAL_MEMORY_BLOCK + 8, 8)] + \
+                  [(dh.H64_PHYSICAL_MEMORY_BLOCK + dh.RUNS_OFFSET[8] + 8 * n, 8) for n in range(8)] + \
+                  [(dh.H64_DUMP_TYPE, 4), (dh.H64_REQUIRED_DUMP_SPACE, 8)]
+# Fields of the bitmap (types 5, 6) or range (8, 9, 0xA) header that follows at 0x2000.
+LAYOUT_FIELDS = [(dh.HEADER64_SIZE + offset, width) for offset, width in
+                 [(0, 4), (4, 4), (dh.BMP_FIRST_PAGE, 8), (dh.BMP_TOTAL_PRESENT_PAGES, 8), (dh.BMP_PAGES, 8),
+                  (dh.BMP_BITMAP, 8), (dh.RDMP_MARKER, 4), (dh.RDMP_METADATA_SIZE, 8),
+                  (dh.RDMP_FIRST_PAGE_OFFSET, 8), (dh.RDMP_TOTAL_NUMBER_OF_PAGES, 8)]
+                 + [(dh.RDMP_RANGES + 8 * n, 8) for n in range(8)]]
+VALUES = [0, 1, 2, 4, 5, 6, 8, 9, 0xA, 0xB, 0x14C, 0x8664, 0xAA64, 0x1000, 0x2000, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF,
+          0x100000000, 0xFFFFFFFFFFFFFFFF, 0x8000000000000000, 0xFFFFF80312003000, 0x50414745]
+
+
+def _bases() -> List[Tuple[str, bytes]]:
+    bases = []
+    with tempfile.TemporaryDirectory() as directory:
+        for kind in ("irp", "unlock"):
+            scenario = case_0x76("x64", kind, noise_pages=1)
+            for dump_type in (dh.DUMP_BITMAP, dh.DUMP_LIVE_KERNEL_BITMAP, dh.DUMP_KERNEL_MEMORY,
+                              dh.DUMP_KERNEL_AND_USER):
+                path = os.path.join(directory, "base.dmp")
+                write_dump(scenario.data, path, dump_type)
+                with open(path, "rb") as handle:
+                    bases.append((f"{scenario.name}-type{dump_type}", handle.read()))
+    for name in ("triage_x64.dmp", "triage_arm64.dmp"):
+        path = os.path.join(SAMPLES, name)
+        if os.path.exists(path):
+            with open(path, "rb") as handle:
+                bases.append((name, handle.read()))
+    return bases
+
+
+BASES = _bases()
+
+
+def _set(raw: bytearray, field: Tuple[int, int], value: int) -> None:
+    offset, width = field
+    if offset + width <= len(raw):
+        raw[offset:offset + width] = (value & ((1 << (8 * width)) - 1)).to_bytes(width, "little")
+
+
+def make_input(rng: random.Random) -> Tuple[str, bytes]:
+    _, base = rng.choice(BASES)
+    kind = rng.choice(DAMAGE)
+    raw = bytearray(base)
+    if kind in ("header-field", "layout-field"):
+        fields = HEADER64_FIELDS if kind == "header-field" else LAYOUT_FIELDS
+        for _ in range(rng.randint(1, 3)):
+            value = rng.choice(VALUES) if rng.random() < 0.7 else rng.getrandbits(64)
+            _set(raw, rng.choice(fields), value)
+        return kind, bytes(raw)
+    if kind == "header-bytes":
+        limit = min(len(raw), 0x3000)
+        return kind, flip_bytes(bytes(raw), [(rng.randrange(limit), rng.randrange(1, 256))
+                                             for _ in range(rng.randint(1, 16))])
+    if kind == "page-bytes":  # page tables and kernel objects: words that point anywhere, or at themselves
+        for _ in range(rng.randint(1, 24)):
+            offset = rng.randrange(0x2000, max(0x2001, len(raw) - 8)) & ~7
+            word = rng.choice([rng.getrandbits(64), offset, (offset & ~0xFFF) | 0x63, 0x63, 0x80000000000000E3,
+                               rng.randrange(0x1000, 0x5000) << 12 | 0x63])
+            _set(raw, (offset, 8), word)
+        return kind, bytes(raw)
+    if kind == "truncate":
+        cut = rng.randrange(0x4000) if rng.random() < 0.5 else rng.randrange(len(raw))
+        return kind, truncate(bytes(raw), cut)
+    return kind, bytes(raw) + bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 0x3000)))
+
+
+def _digest(path: str) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def check(path: str) -> str:
+    before = _digest(path)
+    try:
+        target = DumpFileTarget.open(path)
+    except DumpFileError as error:
+        one_line(str(error))
+        outcome, opened = "refused: one line, exit 3", False
+    else:
+        try:
+            report = analyze(target, Options())
+            render_text(report, verbose=True)
+            render_dml(report, verbose=True)
+            json.loads(render_json(report))
+            if target.bugcheck().code == 0x76:
+                unsupported = unsupported_suspects(target, report)
+                if unsupported:
+                    raise ContractBroken(f"suspects no valid chain supports: {unsupported}")
+        finally:
+            target.close()
+        possible = report.complete_hunt and not target.memory_unavailable
+        outcome, opened = ("report naming a suspect" if report.suspects else
+                           "report, nobody named" if possible else "report, hunt not possible"), True
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["analyze", path])
+    allowed = {cli.EXIT_SUSPECT, cli.EXIT_NO_SUSPECT, cli.EXIT_NO_HUNT} if opened else {cli.EXIT_INPUT}
+    err = err.getvalue()
+    if code not in allowed or err.count("\n") > 1 or "Traceback" in err:
+        raise ContractBroken(f"leakhunt analyze exited {code} (allowed {sorted(allowed)}) with {err!r}")
+    if _digest(path) != before:
+        raise ContractBroken("the dump file changed")
+    return outcome
+
+
+if __name__ == "__main__":
+    sys.exit(main("fuzz_dump_header", __doc__.splitlines()[0], make_input, check, ".dmp"))
