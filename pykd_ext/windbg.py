@@ -20,9 +20,9 @@ from typing import Callable, List, Optional
 
 from . import __version__
 from .analyses import Options, analyze, is_interrupt
-from .cli import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, exit_code_for
+from .cli import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, exit_code_for, write
 from .render.jsonout import render_json
-from .render.text import render_dml, render_text
+from .render.text import printable, render_dml, render_text
 from .targets.base import Target, TargetError, pfn_range_from_text
 from .targets.snapshot import RecordingTarget, SnapshotError, save_snapshot
 
@@ -103,8 +103,8 @@ class LineProgress:
 
 
 def _say(text: str) -> None:
-    """A one-line message: inside WinDbg sys.stderr is the output window too."""
-    sys.stderr.write(f"leakhunt: {text}\n")
+    """A one-line message (control characters escaped): inside WinDbg sys.stderr is the output window too."""
+    sys.stderr.write(f"leakhunt: {printable(text)}\n")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -163,11 +163,15 @@ def _run(args, pykd_target, in_windbg: bool) -> int:
             _say(f"recorded this session to {os.path.abspath(args.record)} "
                  f"(replay it anywhere with `leakhunt replay {os.path.basename(args.record)}`)")
     if args.format == "json":
-        pykd_target.write(render_json(report))
+        text, dml = render_json(report), False
     elif in_windbg:
-        pykd_target.write(render_dml(report, verbose=args.verbose), dml=True)
+        text, dml = render_dml(report, verbose=args.verbose), True
     else:
-        pykd_target.write(render_text(report, verbose=args.verbose))
+        text, dml = render_text(report, verbose=args.verbose), False
+    if in_windbg:
+        pykd_target.write(text, dml)
+    else:  # a console that cannot encode a name gets an escape, not a failure halfway through
+        write(sys.stdout, text)
     return exit_code_for(report)
 
 

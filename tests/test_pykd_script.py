@@ -271,6 +271,10 @@ def test_record_refuses_to_overwrite_and_skips_an_interrupted_hunt(tmp_path):
     assert out.written() == "" and "already exists" in err.written() and path.read_bytes() == b"precious"
     bang_py("--record", str(path), "--force")
     assert load_snapshot(str(path)).searches
+    odd = tmp_path / "case\x1b[2J\n.snap"  # a name that would clear the screen and break the line
+    odd.write_bytes(b"")
+    err = bang_py("--record", str(odd))[1].written()
+    assert err.count("\n") == 1 and "\\x1b[2J\\n.snap already exists" in err
     other = tmp_path / "interrupted.snap"
     _control.load(case_0x76("x64", "irp"))
     _control.interrupt("dbgCommand", call=1)
