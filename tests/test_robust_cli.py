@@ -309,3 +309,21 @@ def test_a_recording_cut_off_half_way_leaves_no_file_behind(tmp_path, error, exi
     assert os.listdir(tmp_path) == (["case.snap"] if existing else [])
     if existing:
         assert path.read_bytes() == b"the previous recording"
+
+
+@pytest.mark.parametrize("pfn_range", ["0-ffffffffffffffffffffffff", "0-10000000000"])
+def test_a_pfn_range_past_any_physical_page_is_a_usage_error(tmp_path, pfn_range):
+    dump = str(tmp_path / "MEMORY.DMP")
+    write_dump(SCENARIO.data, dump)
+    for argv in (["analyze", dump], ["replay", os.path.join(ROOT, "mocks", "snapshots", "0x76-irp-x64.snap")]):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+            main(argv + ["--pfn-range", pfn_range])
+        assert exit_.value.code == EXIT_USAGE and "highest page frame number" in err.getvalue()
+
+
+def test_the_highest_pfn_range_still_searches_everything(tmp_path):
+    dump = str(tmp_path / "MEMORY.DMP")
+    write_dump(SCENARIO.data, dump)
+    code, out, err = run(["analyze", dump, "--pfn-range", "0-ffffffffff"])
+    assert code == EXIT_SUSPECT and "stopped early" not in out

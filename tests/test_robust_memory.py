@@ -24,6 +24,7 @@ from mocks.scenarios import IRP_MJ_WRITE, KernelScene, case_0x76
 from pykd_ext.analyses import ANALYSES, analyze
 from pykd_ext.kernel.io import MAX_IRP_STACK_COUNT
 from pykd_ext.kernel.modules import MAX_LOADED_MODULES, walk_loaded_modules
+from pykd_ext.kernel.trackers import walk_tree
 from pykd_ext.layouts import Layouts
 from pykd_ext.render.jsonout import render_json
 from pykd_ext.render.text import render_dml, render_text
@@ -449,3 +450,45 @@ def test_an_exception_from_corrupt_data_becomes_a_warning(error):
     assert any(type(error).__name__ in warning for warning in report.warnings)
     assert {m.address for m in report.mdls} >= set(scenario.expected["locked_mdls"])
     render_text(report)
+
+
+# ---- lock tracker trees (RTL_AVL_TREE of _RTL_BALANCED_NODE) --------------------------------------
+
+def _tree(links):
+    """Nodes 0..n-1 as _RTL_BALANCED_NODEs with (left, right, parent) given as node numbers or None."""
+    scene = KernelScene("x64", 4)
+    nodes = [scene.alloc(0x18) for _ in links]
+
+    def at(number):
+        return 0 if number is None else nodes[number]
+
+    for node, (left, right, parent) in zip(nodes, links):
+        scene.write_fields("_RTL_BALANCED_NODE", node, Left=at(left), Right=at(right), ParentValue=at(parent))
+    data = scene.finish(BugCheck(0x76, (0, 0, 0, 0)), "tree")
+    target = SnapshotTarget(data)
+    return target, Layouts(target), nodes
+
+
+@pytest.mark.parametrize("links, why", [
+    ([(0, None, None)], "reached twice"),  # a node whose Left is itself
+    ([(1, None, None), (None, 0, 0)], "reached twice"),  # a child whose Right leads back to the root
+    ([(1, None, None), (None, None, 0)], None),  # a well-formed tree of two
+    ([(1, None, 1), (0, None, 0)], "reached twice"),  # two nodes that are each other's parent and child
+    ([(1, None, None), (None, None, None)], "does not point back"),  # a child that names another parent
+])
+def test_a_hostile_tree_walk_ends(links, why):
+    target, layouts, nodes = _tree(links)
+    walk = walk_tree(target, layouts, nodes[0])
+    assert len(walk.nodes) == len(set(walk.nodes)) <= len(nodes)
+    if why is None:
+        assert walk.problems == [] and sorted(walk.nodes) == sorted(nodes)
+    else:
+        assert any(why in problem for problem in walk.problems)
+
+
+def test_a_degenerate_tree_longer_than_the_cap_is_cut():
+    count = 40
+    links = [(index + 1 if index + 1 < count else None, None, index - 1 if index else None) for index in range(count)]
+    target, layouts, nodes = _tree(links)
+    walk = walk_tree(target, layouts, nodes[0], limit=16)
+    assert walk.truncated and any("more than 16 nodes" in problem for problem in walk.problems)

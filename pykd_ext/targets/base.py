@@ -12,6 +12,9 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 PAGE_SIZE = 0x1000
 
+# Physical addresses have at most 52 bits (x64, ARM64), so page frame numbers at most 40.
+MAX_PFN = (1 << 40) - 1
+
 # Sanity caps for strings read out of target memory.
 MAX_UNICODE_STRING_BYTES = 0x1000
 
@@ -251,6 +254,8 @@ def pfn_range_from_text(text: str) -> PfnRange:
         raise ValueError(f"PFN range {text!r} is not START-END in hex, e.g. 1000-7ffff") from None
     if first > last:
         raise ValueError(f"PFN range {text!r} starts after it ends")
+    if last > MAX_PFN:
+        raise ValueError(f"PFN range {text!r} goes past the highest page frame number there can be ({MAX_PFN:#x})")
     return PfnRange(first, last)
 
 

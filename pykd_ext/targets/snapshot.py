@@ -376,20 +376,19 @@ def read_from_pages(address: int, size: int, page_at: Callable[[int], Optional[b
 class SnapshotTarget(Target):
     """Replays a snapshot: reads come from its pages, searches from its recordings or its pages."""
 
-    def __init__(self, data: SnapshotData, origin: str = ""):
+    def __init__(self, data: SnapshotData):
         self.data = data
         self.arch = data.arch
         self.pointer_size = data.pointer_size
         self.build = data.build
         self.max_pfn = data.max_pfn
+        # The recorded description, unchanged: a replay's JSON is byte-identical to the recorded session's.
         self.description = data.description or "recorded snapshot"
-        if origin:
-            self.description = f"{self.description} (replayed from {origin})"
         self.has_type_info = any(info is not None for info in data.types.values())
 
     @classmethod
     def open(cls, path: str) -> "SnapshotTarget":
-        return cls(load_snapshot(path), os.path.basename(path))
+        return cls(load_snapshot(path))
 
     def bugcheck(self) -> BugCheck:
         return self.data.bugcheck
