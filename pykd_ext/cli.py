@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--format", choices=("text", "json"), default="text", help="report format (default: text)")
         sub.add_argument("-v", "--verbose", action="store_true",
                          help="also show rejected candidates and why, and the layout sources")
-        sub.add_argument("--pfn-range", metavar="START-END", type=_pfn_range,
+        sub.add_argument("--pfn-range", metavar="START-END", type=pfn_range_argument,
                          help="search only these physical page frame numbers (hex), like !search's StartPFN EndPFN")
 
     analyze_parser = commands.add_parser("analyze", help="analyze a Windows kernel crash dump file (MEMORY.DMP)")
@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _pfn_range(text: str):
+def pfn_range_argument(text: str):
+    """argparse type for --pfn-range (shared with the WinDbg entry point)."""
     try:
         return pfn_range_from_text(text)
     except ValueError as error:

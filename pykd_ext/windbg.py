@@ -20,10 +20,10 @@ from typing import Callable, List, Optional
 
 from . import __version__
 from .analyses import Options, analyze, is_interrupt
-from .cli import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, exit_code_for, write
+from .cli import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, exit_code_for, pfn_range_argument, write
 from .render.jsonout import render_json
 from .render.text import printable, render_dml, render_text
-from .targets.base import Target, TargetError, pfn_range_from_text
+from .targets.base import Target, TargetError
 from .targets.snapshot import RecordingTarget, SnapshotError, save_snapshot
 
 # Seconds between two progress lines of a long search (the output window has no carriage return).
@@ -64,7 +64,7 @@ def build_parser(in_windbg: bool) -> argparse.ArgumentParser:
                         help="report format (default: text, with DML links inside WinDbg)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also show rejected candidates and why, and where each layout came from")
-    parser.add_argument("--pfn-range", metavar="START-END", type=_pfn_range,
+    parser.add_argument("--pfn-range", metavar="START-END", type=pfn_range_argument,
                         help="search only these physical page frame numbers (hex), like !search's StartPFN EndPFN")
     parser.add_argument("--search", choices=SEARCH_METHODS, default=DEFAULT_SEARCH,
                         help="native: the debugger's !search, one value at a time (default; works on kernel "
@@ -74,13 +74,6 @@ def build_parser(in_windbg: bool) -> argparse.ArgumentParser:
                         help="also write what the hunt read to a snapshot file (replay it with `leakhunt replay`)")
     parser.add_argument("--force", action="store_true", help="let --record overwrite an existing file")
     return parser
-
-
-def _pfn_range(text: str):
-    try:
-        return pfn_range_from_text(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 class LineProgress:
