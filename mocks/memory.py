@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import struct
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional
 
 from pykd_ext.kernel.modules import module_name
 from pykd_ext.layouts import IMAGE_FILE_NAME_LENGTH, builtin_layout

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from pykd_ext.kernel.io import IO_TYPE_DEVICE, IO_TYPE_DRIVER, IO_TYPE_FILE, IO_TYPE_IRP, SL_INVOKE_ON_CANCEL, \
     SL_INVOKE_ON_ERROR, SL_INVOKE_ON_SUCCESS, SL_PENDING_RETURNED
-from pykd_ext.kernel.mdl import MDL_MAPPED_TO_SYSTEM_VA, MDL_PAGES_LOCKED, MDL_WRITE_OPERATION, spanned_pages
+from pykd_ext.kernel.mdl import MDL_PAGES_LOCKED, MDL_WRITE_OPERATION, spanned_pages
 from pykd_ext.targets.base import PAGE_SIZE, BugCheck, Module
 from pykd_ext.targets.snapshot import SnapshotData
 

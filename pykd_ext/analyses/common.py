@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from .. import __version__
 from ..bugchecks import decode
 from ..kernel.io import IoReader, Irp, major_function_name, completion_conditions
-from ..kernel.mdl import LOCKED, Mdl, flag_names, read_mdl
+from ..kernel.mdl import Mdl, flag_names, read_mdl
 from ..kernel.modules import ModuleMap, plausible_image_name
 from ..layouts import Layouts, LayoutError, IMAGE_FILE_NAME_LENGTH
 from ..report import (CONFIDENCE_RANK, BugCheckSection, Fact, FrameRecord, IrpRecord, MdlRecord, Parameter,
                       Rejected, Report, StackRecord, Suspect)
-from ..targets.base import (MemoryReadError, PfnRange, ProgressCallback, SearchHit, SearchUnavailable,
-                            SymbolNotFound, Target, TargetError, windbg_address)
+from ..targets.base import (MemoryReadError, PfnRange, ProgressCallback, SearchHit, SymbolNotFound,
+                            Target, TargetError, windbg_address)
 
 # MDL chains (MDL.Next) longer than this are corrupt or cyclic.
 MAX_MDL_CHAIN = 64

@@ -9,7 +9,7 @@ PFN array that follows the header holds page frame numbers that exist.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List
 
 from ..layouts import Layouts
 from ..targets.base import PAGE_SIZE, MemoryReadError, Target
