@@ -63,12 +63,12 @@ class ValueSet:
         """
         if self.pointer_size == 8:
             halves = words.view("<u4")
-            keys = np.right_shift(halves[0::2], self._shift, dtype=np.intp)
+            keys = halves[0::2] >> np.uint32(self._shift)
             keys ^= halves[1::2]
         else:
-            keys = np.right_shift(words, self._shift, dtype=np.intp)
-            keys ^= words >> 20
-        keys &= self._key_mask
+            keys = words >> np.uint32(self._shift)
+            keys ^= words >> np.uint32(20)
+        keys &= np.uint32(self._key_mask)
         return keys
 
     def find(self, buffer) -> Tuple[np.ndarray, np.ndarray]:
@@ -116,9 +116,10 @@ class ValueSet:
         for high_half in self._high_halves[1:]:
             same_region |= high == high_half
         candidates = np.flatnonzero(same_region)
-        keys = np.right_shift(halves[0::2][candidates], self._shift, dtype=np.intp)  # as _keys() computes them
-        keys ^= high[candidates]
-        keys &= self._key_mask
+        keys = halves[0::2][candidates]  # then as _keys() computes them
+        keys >>= np.uint32(self._shift)
+        keys ^= self._high_halves[0] if len(self._high_halves) == 1 else high[candidates]
+        keys &= np.uint32(self._key_mask)
         return candidates[self.table.take(keys, mode="clip")]
 
 
