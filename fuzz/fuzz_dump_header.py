@@ -72,8 +72,8 @@ def _bases() -> List[Tuple[str, bytes]]:
     with tempfile.TemporaryDirectory() as directory:
         for kind in ("irp", "unlock"):
             scenario = case_0x76("x64", kind, noise_pages=1)
-            for dump_type in (dh.DUMP_BITMAP, dh.DUMP_LIVE_KERNEL_BITMAP, dh.DUMP_KERNEL_MEMORY,
-                              dh.DUMP_KERNEL_AND_USER):
+            # Every memory dump type but those that store every frame of the machine (tens of MiB each).
+            for dump_type in sorted(set(dh.MEMORY_DUMP_TYPES) - {dh.DUMP_FULL, dh.DUMP_COMPLETE}):
                 path = os.path.join(directory, "base.dmp")
                 write_dump(scenario.data, path, dump_type)
                 with open(path, "rb") as handle:

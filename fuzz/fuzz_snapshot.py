@@ -12,7 +12,8 @@ bases are the 0x76 cases and one case of every other hunt. An input passes when:
 
 - ``load_snapshot`` returns data or raises SnapshotError with one clear line;
 - the analysis of the data returns a report that renders as text, DML and JSON;
-- every suspect of a 0x76 report is supported by a chain of valid objects (fuzz/oracles.py);
+- every suspect of a 0x76 report is supported by a chain of valid objects, and no suspect rests on a
+  bug check thread that is not a thread (fuzz/oracles.py);
 - ``leakhunt inspect`` and ``leakhunt replay`` exit with a documented code (never 5) and print at most
   one line on stderr;
 - all of it within the time limit.
@@ -32,7 +33,7 @@ from fuzz.mutators import (DELETE, HOSTILE_VALUES, ZIP_FIELD_VALUES, apply_damag
                            flip_bytes, manifest_json, manifest_paths, pointer_alphabet, random_damage,
                            randomize_memory, scenario_objects, set_zip_field, snapshot_bytes, snapshot_members,
                            truncate, zip_fields)
-from fuzz.oracles import unsupported_suspects
+from fuzz.oracles import unsupported_suspects, unsupported_thread_starts
 from mocks import scenarios_family as family
 from mocks.scenarios import case_0x76
 from pykd_ext import cli
@@ -134,10 +135,11 @@ def check(path: str) -> str:
         render_text(report, verbose=True)
         render_dml(report, verbose=True)
         json.loads(render_json(report))
+        unsupported = unsupported_thread_starts(data, report)
         if data.bugcheck.code == 0x76:
-            unsupported = unsupported_suspects(data, report)
-            if unsupported:
-                raise ContractBroken(f"suspects no valid chain supports: {unsupported}")
+            unsupported += unsupported_suspects(data, report)
+        if unsupported:
+            raise ContractBroken(f"suspects nothing valid supports: {unsupported}")
         outcome, loaded = ("report naming a suspect" if report.suspects else "report, nobody named"), True
     for argv, allowed in ((["inspect", path], {0} if loaded else {cli.EXIT_INPUT}),
                           (["replay", path, "-v"], {cli.EXIT_SUSPECT, cli.EXIT_NO_SUSPECT, cli.EXIT_NO_HUNT}

@@ -12,6 +12,7 @@ from pykd_ext.analyses.common import MAX_MDL_CHAIN
 from pykd_ext.kernel.io import IoReader
 from pykd_ext.kernel.mdl import read_mdl
 from pykd_ext.kernel.modules import ModuleMap, plausible_image_name
+from pykd_ext.kernel.threads import THREAD_OBJECT, object_type
 from pykd_ext.kernel.trackers import first_frame_outside_kernel, read_tracker
 from pykd_ext.layouts import LayoutError, Layouts
 from pykd_ext.report import Report
@@ -112,3 +113,17 @@ def _supports(target, layouts, reader, record, suspect, p1, p2):
             if (p1 == 0 and mdl.process == p2 and mdl.locked) or (p1 == 1 and held == p2):
                 return True
     return False
+
+
+def unsupported_thread_starts(source: Union[SnapshotData, Target], report: Report) -> List[str]:
+    """Labels of suspects named because the bug check's thread (P1 of the lock-entry bug checks) started
+    in their image, when P1 is not a thread (its DISPATCHER_HEADER.Type is not ThreadObject)."""
+    target = SnapshotTarget(source) if isinstance(source, SnapshotData) else source
+    blamed = [s.label for s in report.suspects if any("(P1) started at" in e for e in s.evidence)]
+    if not blamed:
+        return []
+    try:
+        is_thread = object_type(target, Layouts(target), target.bugcheck().parameters[0]) == THREAD_OBJECT
+    except (MemoryReadError, LayoutError):
+        is_thread = False
+    return [] if is_thread else blamed

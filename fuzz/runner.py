@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections import Counter
 from typing import Callable, Optional, Tuple
 
@@ -76,7 +77,9 @@ def main(name: str, description: str, make_input: Callable[[random.Random], Tupl
             try:
                 if timed:
                     signal.setitimer(signal.ITIMER_REAL, args.timeout)
-                outcome = check(path)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")  # a warning printed to a user's terminal is a finding too
+                    outcome = check(path)
             except TimeLimit:
                 outcome, detail = FAILED, f"no answer within {args.timeout} s"
             except Exception:  # noqa: BLE001 - any exception is a finding

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from fuzz.mutators import (HOSTILE_FIELDS, HOSTILE_STRINGS, OBJECT_KINDS, STRING_FIELDS, apply_damage, clone,
                            field_address, object_size, overwrite_object, pointer_alphabet, randomize_memory,
                            poke, scenario_objects, write_field, write_hostile_field)
-from fuzz.oracles import unsupported_suspects
+from fuzz.oracles import unsupported_suspects, unsupported_thread_starts
 from mocks import scenarios_family as family
 from mocks.scenarios import IRP_MJ_WRITE, KernelScene, case_0x76
 from pykd_ext.analyses import ANALYSES, analyze
@@ -178,6 +178,7 @@ def test_the_other_hunts_survive_damaged_memory(name, plan):
     for op in plan:
         apply_damage(data, {}, alphabet, op)
     report = run(data)
+    assert not unsupported_thread_starts(data, report)
     if data.bugcheck.code == 0x76:
         assert not unsupported_suspects(data, report)
 
@@ -492,3 +493,21 @@ def test_a_degenerate_tree_longer_than_the_cap_is_cut():
     target, layouts, nodes = _tree(links)
     walk = walk_tree(target, layouts, nodes[0], limit=16)
     assert walk.truncated and any("more than 16 nodes" in problem for problem in walk.problems)
+
+
+# ---- threads (the lock-entry hunts) ---------------------------------------------------------------
+
+def test_a_thread_that_fails_its_type_check_names_no_driver():
+    """0x153: P1 is the thread; overwritten, its Type is no longer ThreadObject, and the "start address"
+    the garbage holds must not name the driver it happens to point into."""
+    scenario = family.case_0x153("x64", "image-lock", noise_pages=1)
+    data = clone(scenario.data)
+    thread = data.bugcheck.parameters[0]
+    helper = [m for m in data.modules if m.image == "leakyflt.sys"][0]
+    write_field(data, "_ETHREAD", thread, "StartAddress", helper.base + 0x1200)  # a thread the driver created
+    before = run(data)
+    assert any("started at" in evidence for s in before.suspects for evidence in s.evidence)
+    write_field(data, "_DISPATCHER_HEADER", thread, "Type", 0x58)
+    report = run(data)
+    assert not any("started at" in evidence for s in report.suspects for evidence in s.evidence)
+    assert any("not a thread" in problem for problem in report.thread.problems)

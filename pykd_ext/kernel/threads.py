@@ -79,7 +79,10 @@ def read_thread(target: Target, layouts: Layouts, address: int) -> ThreadInfo:
         info.problems.append("the thread object is unreadable")
         return info
     if kind != THREAD_OBJECT:
-        info.problems.append(f"Header.Type {kind} is not ThreadObject ({THREAD_OBJECT}): this may not be a thread")
+        # Freed or overwritten memory: its "start address" would name whatever driver the garbage points into.
+        info.problems.append(f"Header.Type {kind} is not ThreadObject ({THREAD_OBJECT}): not a thread (freed or "
+                             f"overwritten memory), so nothing is read from it")
+        return info
     kthread = layouts.find("_KTHREAD")
     if kthread is None:
         info.missing.append("_KTHREAD")
