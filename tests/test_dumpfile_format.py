@@ -16,12 +16,12 @@ from pykd_ext.search import ValueSet
 from pykd_ext.targets.base import PAGE_SIZE, MemoryReadError, PfnRange, SearchUnavailable, SymbolNotFound
 from pykd_ext.targets.dumpfile import DumpFileTarget
 from pykd_ext.targets.dumpheader import (DUMP_BITMAP, DUMP_COMPLETE, DUMP_FULL, DUMP_KERNEL_AND_USER,
-                                         DUMP_KERNEL_MEMORY, DUMP_LIVE_KERNEL_BITMAP, H64_MACHINE_IMAGE_TYPE,
+                                         DUMP_KERNEL_MEMORY, DUMP_KERNEL_BITMAP, H64_MACHINE_IMAGE_TYPE,
                                          MACHINE_ARM64, runs_of_set_bits)
 
 kdmp_parser = pytest.importorskip("kdmp_parser")
 
-ALL_TYPES = [DUMP_FULL, DUMP_BITMAP, DUMP_LIVE_KERNEL_BITMAP, DUMP_KERNEL_MEMORY, DUMP_KERNEL_AND_USER, DUMP_COMPLETE]
+ALL_TYPES = [DUMP_FULL, DUMP_BITMAP, DUMP_KERNEL_BITMAP, DUMP_KERNEL_MEMORY, DUMP_KERNEL_AND_USER, DUMP_COMPLETE]
 LARGE_VA = 0xFFFFD00000000000  # a 2 MiB page
 HUGE_VA = 0xFFFFD10000000000  # a 1 GiB page
 LARGE_PFN = 0x100000  # 4 GiB, 2 MiB aligned

@@ -11,10 +11,11 @@ type  written by                  page layout after the 0x2000-byte header
 ====  ==========================  ===================================================================
 1     complete/full dump (older)  pages of the PhysicalMemoryBlock runs back to back, from 0x2000
 4     small memory dump (triage)  no physical memory: triage data only
-5     kernel or complete dump     BMP header at 0x2000 ('SDMP' kernel, 'FDMP' complete): a bitmap of
+5     bitmap dump ("full")        BMP header at 0x2000 ('SDMP' kernel, 'FDMP' complete): a bitmap of
                                   present page frame numbers; the present pages follow in PFN order
                                   from ``FirstPage``
-6     live kernel memory dump     the same bitmap layout as 5
+6     bitmap dump ("kernel")      the same bitmap layout as 5: what Windows 10/11 write for a kernel
+                                  or automatic memory dump (kdmp-parser calls it LiveKernelBitmapDump)
 8, 9  ``.dump /k``, ``/ka``       RDMP header at 0x2000, then (PFN, count) ranges from 0x2030; the
                                   pages of the ranges follow in order from ``FirstPageOffset``
 0xA   ``.dump /f``                the same, bounded by the header's TotalNumberOfPages
@@ -23,7 +24,9 @@ type  written by                  page layout after the 0x2000-byte header
 The offsets below are the one place these format facts live. They were checked against the
 ``HEADER64``/``BMP_HEADER64``/``RDMP_HEADER64`` definitions of kdmp-parser
 (``src/lib/kdmp-parser-structs.h``, ``0vercl0k/kdmp-parser``), the 32-bit ``_DMP_HEADER`` of
-Volatility's ``crashdump.py`` overlay, and the two real triage dumps in the test samples.
+Volatility's ``crashdump.py`` overlay, the DumpType names of rizin's ``dmp_specs.h`` (5 BITMAPFULL,
+6 BITMAPKERNEL; kdmp-parser issue #26: an "Automatic memory dump" of Windows 10 is type 6), and the two
+real triage dumps in the test samples.
 """
 from __future__ import annotations
 
@@ -106,8 +109,8 @@ DUMP_FULL = 1
 DUMP_SUMMARY = 2
 DUMP_HEADER_ONLY = 3
 DUMP_TRIAGE = 4
-DUMP_BITMAP = 5
-DUMP_LIVE_KERNEL_BITMAP = 6
+DUMP_BITMAP = 5  # DUMP_TYPE_BITMAP_FULL in the Windows SDK
+DUMP_KERNEL_BITMAP = 6  # DUMP_TYPE_BITMAP_KERNEL
 DUMP_KERNEL_MEMORY = 8
 DUMP_KERNEL_AND_USER = 9
 DUMP_COMPLETE = 0xA
@@ -118,13 +121,13 @@ DUMP_TYPE_NAMES = {
     DUMP_HEADER_ONLY: "header-only dump",
     DUMP_TRIAGE: "small memory dump",
     DUMP_BITMAP: "bitmap memory dump",
-    DUMP_LIVE_KERNEL_BITMAP: "live kernel memory dump",
+    DUMP_KERNEL_BITMAP: "kernel bitmap memory dump",
     DUMP_KERNEL_MEMORY: "kernel memory dump",
     DUMP_KERNEL_AND_USER: "kernel and user memory dump",
     DUMP_COMPLETE: "complete memory dump",
 }
 # The dump types whose physical memory leakhunt reads (64-bit only).
-MEMORY_DUMP_TYPES = (DUMP_FULL, DUMP_BITMAP, DUMP_LIVE_KERNEL_BITMAP, DUMP_KERNEL_MEMORY, DUMP_KERNEL_AND_USER,
+MEMORY_DUMP_TYPES = (DUMP_FULL, DUMP_BITMAP, DUMP_KERNEL_BITMAP, DUMP_KERNEL_MEMORY, DUMP_KERNEL_AND_USER,
                      DUMP_COMPLETE)
 
 MACHINE_X64 = 0x8664
@@ -326,7 +329,7 @@ def read_physical_layout(handle: BinaryIO, header: DumpHeader, path: str) -> Phy
                                 f"not filled in")
         runs = np.array(header.physical_runs, dtype=np.uint64).reshape(-1, 2)
         layout = _layout(runs[:, 0], runs[:, 1], HEADER64_SIZE, path)
-    elif header.dump_type in (DUMP_BITMAP, DUMP_LIVE_KERNEL_BITMAP):
+    elif header.dump_type in (DUMP_BITMAP, DUMP_KERNEL_BITMAP):
         layout = _bitmap_layout(handle, header, path)
     else:
         layout = _range_layout(handle, header, path)
