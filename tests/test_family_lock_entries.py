@@ -156,3 +156,22 @@ def test_pool_tag_is_read_only_from_a_header_that_covers_the_address():
     assert pool_block_of(target, layouts, after + 0x8) is None
     x86 = SnapshotTarget(case_0x162("x86", "nothing", noise_pages=0).data)
     assert pool_block_of(x86, Layouts(x86), x86.data.bugcheck.parameters[1]) is None  # no verified x86 header
+
+
+@pytest.mark.parametrize("build", [19045, 26100])
+def test_0x153_entry_that_is_not_the_threads_own_blames_nobody(build):
+    """A P2 outside thread P1's entries may be any memory: the driver its 'lock' points into is not blamed."""
+    scenario = case_0x153("x64", "image-lock", build)
+    data = scenario.data
+    entry = scenario.expected["entry"]
+    size = Layouts(SnapshotTarget(data)).get("_KLOCK_ENTRY").size
+    target = SnapshotTarget(data)
+    copy = max(data.pages) + 0x100  # the last page of memory: noise, not a thread's entry array
+    page = copy & ~0xFFF
+    data.pages[page] = data.pages[page][:0x100] + target.read(entry, size) + data.pages[page][0x100 + size:]
+    thread, _, state, p4 = data.bugcheck.parameters
+    data.bugcheck = BugCheck(0x153, (thread, copy, state, p4))
+    report = run(scenario)
+    assert report.lock.image == "leakyflt.sys"  # still shown where it points
+    assert report.suspects == []
+    assert any("not one of thread P1's lock entries" in w for w in report.warnings)

@@ -63,17 +63,21 @@ def _thread(context: Context, address: int) -> ThreadInfo:
     return info
 
 
-def _lock(context: Context, address: int, role: str) -> LockLocation:
-    """Place the lock in report.lock; a driver's global makes that driver the owner (high confidence)."""
+def _lock(context: Context, address: int, role: str, confidence: Optional[str] = HIGH) -> LockLocation:
+    """Place the lock in report.lock; a driver's global makes that driver the owner.
+
+    ``confidence`` is lowered by the caller when the lock pointer itself is less certain; None only
+    places the lock without blaming anyone.
+    """
     where = locate(context.target, context.layouts, context.modules, address)
     module = where.module
     context.report.lock = LockRecord(address=address, location=where.location,
                                      module=module.name if module else None, image=module.image if module else None,
                                      section=where.section, pool_block=where.pool_block, pool_tag=where.pool_tag,
                                      problems=list(where.problems))
-    if module is not None and not ModuleMap.is_kernel_or_hal(module):
+    if confidence is not None and module is not None and not ModuleMap.is_kernel_or_hal(module):
         section = f" in its {where.section} section" if where.section else ""
-        context.suspects.add(None, module.image, HIGH, LOCK_OWNER_WEIGHT,
+        context.suspects.add(None, module.image, confidence, LOCK_OWNER_WEIGHT,
                              f"the lock {context.address(address)} ({role}) is a global of {module.image}{section} "
                              f"({context.modules.symbolize(address)}): the driver owns the lock", image_base=module.base)
     elif module is not None:
@@ -109,13 +113,18 @@ def _read_entry(context: Context, address: int, role: str) -> Optional[LockEntry
     return entry
 
 
-def _other_entries(context: Context, thread: int, leaked: Optional[int]) -> None:
-    """List the thread's other lock entries that still reference a lock or carry boosts."""
+def _thread_entries(context: Context, thread: int) -> List[int]:
+    """The addresses of the thread's lock entries (empty, with warnings, when they cannot be listed)."""
     if context.layouts.find("_KLOCK_ENTRY") is None:
-        return
+        return []
     addresses, problems = thread_lock_entry_addresses(context.target, context.layouts, thread)
     for problem in problems:
         context.report.warn(problem)
+    return addresses
+
+
+def _other_entries(context: Context, addresses: List[int], leaked: Optional[int]) -> None:
+    """List the thread's other lock entries that still reference a lock or carry boosts."""
     for index, address in enumerate(addresses):
         if address == leaked:
             context.report.facts.append(Fact("leaked entry", f"entry {index} of the thread",
@@ -150,6 +159,7 @@ def analyze_0x153(context: Context) -> None:
         _thread(context, thread)
         meaning = LEAK_STATES.get(state)
         report.facts.append(Fact("entry state (P3)", str(state), meaning or "not a documented state code"))
+        thread_entries = _thread_entries(context, thread)
         entry = _read_entry(context, entry_address, "P2: the lock entry the thread did not free")
         if entry is not None:
             if state == 1 and entry.lock is None:
@@ -162,8 +172,8 @@ def analyze_0x153(context: Context) -> None:
                                          "boosts this entry still gives: the lock was not released through the "
                                          "matching API"))
             if entry.lock is not None:
-                _lock(context, entry.lock, "referenced by the leaked entry P2")
-        _other_entries(context, thread, entry_address)
+                _lock_of_leaked_entry(context, entry, thread_entries)
+        _other_entries(context, thread_entries, entry_address)
     finally:
         _finish(context)
 
@@ -180,7 +190,7 @@ def analyze_0x162(context: Context) -> None:
                                  f"thread {context.address(thread)} released lock {context.address(lock)} that it "
                                  f"does not own: it released it for another thread (not allowed while AutoBoost "
                                  f"tracks the lock) or released it twice"))
-        _other_entries(context, thread, None)
+        _other_entries(context, _thread_entries(context, thread), None)
     finally:
         _finish(context)
 
@@ -198,9 +208,31 @@ def analyze_0x192(context: Context) -> None:
                                  f"thread {context.address(thread)} acquired lock {context.address(lock)} at {name}; "
                                  f"this lock may block, which is only allowed at APC_LEVEL or below (the code held a "
                                  f"spin lock, ran in a DPC or raised the IRQL itself)"))
-        _other_entries(context, thread, None)
+        _other_entries(context, _thread_entries(context, thread), None)
     finally:
         _finish(context)
+
+
+def _lock_of_leaked_entry(context: Context, entry: LockEntry, thread_entries: List[int]) -> None:
+    """Attribute the lock P2 references, as firmly as P2 is known to be a real entry of thread P1.
+
+    A P2 among the thread's own entries, decoded without problems, is trusted (high confidence); when
+    the thread's entries cannot be listed, medium; a P2 that is not one of them, or a damaged entry,
+    is only shown: its "lock" could be any word of memory.
+    """
+    role = "referenced by the leaked entry P2"
+    if entry.problems:
+        context.report.warn("the leaked entry P2 has problems when decoded: the lock it seems to reference is not "
+                            "attributed to any driver")
+        _lock(context, entry.lock, role, confidence=None)
+    elif entry.address in thread_entries:
+        _lock(context, entry.lock, role)
+    elif thread_entries:
+        context.report.warn(f"P2 {context.address(entry.address)} is not one of thread P1's lock entries: the lock "
+                            f"it seems to reference is not attributed to any driver")
+        _lock(context, entry.lock, role, confidence=None)
+    else:
+        _lock(context, entry.lock, role, confidence=MEDIUM)
 
 
 def irql_name(irql: int, pointer_size: int) -> str:
