@@ -5,8 +5,8 @@ Exit codes (documented in the README):
   1  the report names no suspect (the evidence names nobody, or the bug check has no hunt)
   2  usage error (bad arguments)
   3  input error: a file that is missing, unreadable, truncated, corrupt or of the wrong kind
-  4  the hunt was not possible: the source lacks the memory it needs (e.g. a small dump);
-     the bug check parameters are still decoded and printed
+  4  the hunt was not possible or could not finish: the source lacks the memory it needs (e.g. a
+     small dump) or corrupt data stopped it; the bug check and whatever was found are still printed
   5  internal error in leakhunt (please report it with the input that caused it)
   130 interrupted (Ctrl+C): the partial report found so far is printed
 """
