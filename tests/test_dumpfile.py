@@ -11,7 +11,7 @@ import pytest
 from mocks.dumpwriter import DumpImage, write_dump
 from mocks.scenarios import KINDS_0x76, case_0x76
 from pykd_ext.analyses import Options, analyze
-from pykd_ext.cli import EXIT_INPUT, EXIT_NO_HUNT, EXIT_NO_SUSPECT, EXIT_SUSPECT, main
+from pykd_ext.cli import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_NO_HUNT, EXIT_NO_SUSPECT, EXIT_SUSPECT, main
 from pykd_ext.targets.dumpfile import DumpFileTarget
 from pykd_ext.targets.dumpheader import (DUMP_BITMAP, DUMP_COMPLETE, DUMP_FULL, DUMP_KERNEL_MEMORY, DUMP_TRIAGE,
                                          H64_DUMP_TYPE, HEADER64_SIZE, DumpFileError)
@@ -311,3 +311,23 @@ def test_open_errors_are_target_errors(tmp_path):
     with pytest.raises(DumpFileError, match="truncated"):
         DumpFileTarget.open(str(path))
 
+
+
+def test_ctrl_c_during_the_search_prints_a_partial_report(tmp_path, capsys, scenarios, monkeypatch):
+    path = str(tmp_path / "MEMORY.DMP")
+    snap = str(tmp_path / "case.snap")
+    write_dump(scenarios["irp"].data, path)
+    scans = []
+    original = DumpFileTarget._scan_window
+
+    def interrupted_second_pass(self, value_set, start, end):
+        scans.append(len(value_set))
+        if len(scans) > 1:
+            raise KeyboardInterrupt
+        return original(self, value_set, start, end)
+
+    monkeypatch.setattr(DumpFileTarget, "_scan_window", interrupted_second_pass)
+    assert main(["analyze", path, "--format", "json", "--record", snap]) == EXIT_INTERRUPTED
+    report = json.loads(capsys.readouterr().out)
+    assert report["partial"] is True and report["search_passes"] == 2
+    assert not os.path.exists(snap)  # an interrupted hunt records nothing

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import pykd_ext.search as search_module
 import pykd_ext.targets.dumpheader as dumpheader
-from mocks.dumpwriter import DATA_FLAGS, DumpImage, write_dump
+from mocks.dumpwriter import DATA_FLAGS, DumpImage
 from mocks.scenarios import case_0x76
 from pykd_ext.search import ValueSet
 from pykd_ext.targets.base import PAGE_SIZE, MemoryReadError, PfnRange, SearchUnavailable, SymbolNotFound

@@ -97,7 +97,7 @@ class DumpFileTarget(Target):
         self._modules: Optional[List[Module]] = None
         self._tables: Optional[_KernelMappings] = None
         self._virtual_of_pfn: Dict[int, Optional[int]] = {}
-        # Page tables the kernel page tables point to but the dump lacks (see notes()).
+        # Kernel page tables that present entries point to but the dump lacks (see notes()).
         self._missing_tables: set = set()
 
     # ---- opening --------------------------------------------------------------------------------
@@ -160,8 +160,9 @@ class DumpFileTarget(Target):
         """Problems with the dump's page tables met so far, one line each, for the report's warnings."""
         if not self._missing_tables:
             return []
-        return [f"{len(self._missing_tables)} page table(s) that the kernel page tables point to are not in the dump "
-                f"(damaged page tables?): the memory they map can be neither read nor found by the search"]
+        return [f"{len(self._missing_tables)} kernel page table(s) that present page-table entries point to are "
+                f"not in the dump (it is damaged, or left them out): the memory they map can be neither read nor "
+                f"found by the search"]
 
     # ---- physical memory -------------------------------------------------------------------------
 
@@ -238,7 +239,8 @@ class DumpFileTarget(Target):
         for level, shift in enumerate(LEVEL_SHIFTS):
             content = self._page(table >> 12)
             if content is None:
-                self._missing_tables.add(table >> 12)
+                if address >> 47:  # kernel space: a kernel or complete dump holds all its page tables
+                    self._missing_tables.add(table >> 12)
                 return None
             entry = struct.unpack_from("<Q", content, ((address >> shift) & 0x1FF) * 8)[0]
             if not entry & PTE_PRESENT:
