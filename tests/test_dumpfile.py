@@ -14,7 +14,7 @@ from pykd_ext.analyses import Options, analyze
 from pykd_ext.cli import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_NO_HUNT, EXIT_NO_SUSPECT, EXIT_SUSPECT, main
 from pykd_ext.targets.dumpfile import DumpFileTarget
 from pykd_ext.targets.dumpheader import (DUMP_BITMAP, DUMP_COMPLETE, DUMP_FULL, DUMP_KERNEL_MEMORY, DUMP_TRIAGE,
-                                         H64_DUMP_TYPE, HEADER64_SIZE, DumpFileError)
+                                         H64_DUMP_TYPE, HEADER64_SIZE, RDMP_RANGES, DumpFileError)
 from pykd_ext.targets.snapshot import SnapshotTarget
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -249,6 +249,20 @@ def test_bad_files_give_one_line_and_exit_3(tmp_path, capsys, scenarios, case, m
     assert captured.out == ""
     assert captured.err.count("\n") == 1 and message in captured.err and "Traceback" not in captured.err
     assert digest(path) == before
+
+
+@pytest.mark.parametrize("field, value", [(0, 2 ** 64 - 0x100), (8, 2 ** 64 - 1), (8, 2 ** 41)],
+                         ids=["first-frame", "count-overflows", "count-too-large"])
+def test_a_page_range_beyond_any_machine_is_corrupt(tmp_path, capsys, scenarios, field, value):
+    path = tmp_path / "MEMORY.DMP"
+    write_dump(scenarios["irp"].data, str(path), DUMP_KERNEL_MEMORY)
+    raw = bytearray(path.read_bytes())
+    first_range = HEADER64_SIZE + RDMP_RANGES
+    raw[first_range + field:first_range + field + 8] = value.to_bytes(8, "little")
+    path.write_bytes(bytes(raw))
+    assert main(["analyze", str(path)]) == EXIT_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is corrupt" in err and "Warning" not in err
 
 
 def test_a_truncated_dump_still_names_its_bug_check(tmp_path, capsys, scenarios):

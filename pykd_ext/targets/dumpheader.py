@@ -135,6 +135,8 @@ ARCHES = {MACHINE_X64: "x64", MACHINE_X86: "x86", MACHINE_ARM64: "arm64"}
 
 # Refuse page-location tables larger than this rather than exhaust memory on a hostile file.
 MAX_METADATA_BYTES = 256 * 1024 * 1024
+# x64 physical addresses have at most 52 bits: no page frame number reaches this.
+PFN_LIMIT = 1 << 40
 # Bits of a bitmap turned into runs at a time (keeps the unpacked bits small).
 _BITMAP_CHUNK_BYTES = 1 << 20
 
@@ -280,7 +282,12 @@ class PhysicalLayout:
     def __init__(self, first_pfn: np.ndarray, count: np.ndarray, data_start: int):
         self.first_pfn = first_pfn.astype(np.uint64)
         self.count = count.astype(np.uint64)
-        ends = np.cumsum(self.count, dtype=np.uint64)
+        if len(self.count) and (int(self.first_pfn.max()) >= PFN_LIMIT or int(self.count.max()) > PFN_LIMIT
+                                or int((self.first_pfn + self.count).max()) > PFN_LIMIT):
+            raise ValueError("a page range lies beyond the largest physical address of an x64 machine")
+        ends = np.cumsum(self.count, dtype=np.uint64)  # no overflow: fewer than 2**24 ranges of < 2**40
+        if len(ends) and int(ends[-1]) > PFN_LIMIT:
+            raise ValueError("its page ranges hold more pages than an x64 machine can have")
         self.file_offset = np.uint64(data_start) + (ends - self.count) * np.uint64(PAGE_SIZE)
         self.data_start = data_start
         self.pages = int(ends[-1]) if len(ends) else 0
@@ -307,8 +314,8 @@ class PhysicalLayout:
         if pfn_range is None:
             return [(self.data_start, self.data_end)] if self.pages else []
         ranges: List[Tuple[int, int]] = []
-        lo = np.maximum(self.first_pfn, np.uint64(pfn_range.first))
-        hi = np.minimum(self.first_pfn + self.count, np.uint64(pfn_range.last + 1))
+        lo = np.maximum(self.first_pfn, np.uint64(min(pfn_range.first, PFN_LIMIT)))
+        hi = np.minimum(self.first_pfn + self.count, np.uint64(min(pfn_range.last + 1, PFN_LIMIT)))
         for index in np.flatnonzero(lo < hi).tolist():
             start = int(self.file_offset[index]) + int(lo[index] - self.first_pfn[index]) * PAGE_SIZE
             end = start + int(hi[index] - lo[index]) * PAGE_SIZE
