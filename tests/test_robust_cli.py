@@ -329,9 +329,6 @@ def test_the_highest_pfn_range_still_searches_everything(tmp_path):
     assert code == EXIT_SUSPECT and "stopped early" not in out
 
 
-@pytest.mark.xfail(strict=True, reason="open finding: pykd_ext/targets/dumpheader.py accepts an RDMP range whose "
-                                       "first frame + count overflows 64 bits; numpy then prints a RuntimeWarning "
-                                       "(two lines of source) on stderr. Refusing such a range fixes it.")
 def test_a_page_range_that_overflows_prints_nothing_but_the_report(tmp_path):
     from pykd_ext.targets import dumpheader
 

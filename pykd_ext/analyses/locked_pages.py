@@ -180,9 +180,13 @@ def _report_mdls_and_irps(context: Context, kept: Dict[int, Mdl], holders) -> No
         record.irps = list(holders.held_by.get(mdl.address, []))
         record.chained_from = holders.chain_parent.get(mdl.address)
         report.mdls.append(record)
+    holds: Dict[int, List[int]] = {}
+    for mdl_address, irp_addresses in holders.held_by.items():
+        for irp_address in irp_addresses:
+            holds.setdefault(irp_address, []).append(mdl_address)
     for address in sorted(holders.irps):
         irp_report = irp_record(context, holders.irps[address])
-        irp_report.holds = sorted(m for m, irps in holders.held_by.items() if address in irps)
+        irp_report.holds = sorted(holds.get(address, []))
         report.irps.append(irp_report)
 
 
