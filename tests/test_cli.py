@@ -103,3 +103,13 @@ def test_bundled_snapshots_match_their_generator():
     result = subprocess.run([sys.executable, os.path.join(ROOT, "mocks", "make_snapshots.py"), "--check"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_an_m_form_code_is_reported_as_the_dump_gives_it(capsys):
+    """0x1000007E decodes as 0x7E but automation must see the code the crash really carried."""
+    sample = os.path.join(ROOT, "..", "shared", "samples", "triage_x64.dmp")
+    if not os.path.exists(sample):
+        pytest.skip("the sample dumps (../shared/samples) are not beside this checkout")
+    main(["analyze", sample, "--format", "json"])
+    bugcheck = json.loads(capsys.readouterr().out)["bugcheck"]
+    assert bugcheck["code"] == "0x1000007e" and bugcheck["name"] == "SYSTEM_THREAD_EXCEPTION_NOT_HANDLED_M"

@@ -47,7 +47,7 @@ class Context:
             arch=target.arch,
             pointer_size=target.pointer_size,
             build=target.build,
-            bugcheck=self.bugcheck_section(decoded),
+            bugcheck=self.bugcheck_section(self.bugcheck.code, decoded),
         )
         self.decoded = decoded
         modules: List = []
@@ -62,9 +62,10 @@ class Context:
         self.suspects = SuspectBoard()
 
     @staticmethod
-    def bugcheck_section(decoded) -> BugCheckSection:
+    def bugcheck_section(code: int, decoded) -> BugCheckSection:
+        """The report's bug check: the code as the target reported it (0x1000007e stays so), decoded."""
         return BugCheckSection(
-            code=decoded.code,
+            code=code,
             name=decoded.name,
             summary=decoded.summary,
             variant=decoded.variant.title if decoded.variant else "",
@@ -75,7 +76,7 @@ class Context:
     def redecode(self, variant_key: str) -> None:
         """Re-decode the parameters with an explicitly chosen variant (e.g. the 0xCB format)."""
         self.decoded = decode(self.bugcheck.code, self.bugcheck.parameters, variant_key)
-        self.report.bugcheck = self.bugcheck_section(self.decoded)
+        self.report.bugcheck = self.bugcheck_section(self.bugcheck.code, self.decoded)
 
     def address(self, value: int) -> str:
         return windbg_address(value, self.target.pointer_size)
