@@ -232,6 +232,27 @@ class Target:
                 and self.is_kernel_address(address))
 
 
+def read_from_pages(address: int, size: int, page_at: Callable[[int], Optional[bytes]], missing: str,
+                    physical: bool = False) -> bytes:
+    """Assemble ``size`` bytes at ``address`` from whole pages, for sources that hold memory by the page.
+
+    ``page_at(page address)`` gives the 4 KiB page or None when the source lacks it; a missing page
+    makes the whole read fail (MemoryReadError with ``missing`` as the reason), like a debugger's read.
+    """
+    if size <= 0:
+        return b""
+    chunks = []
+    page = address & ~(PAGE_SIZE - 1)
+    end = address + size
+    while page < end:
+        content = page_at(page)
+        if content is None:
+            raise MemoryReadError(address, size, physical=physical, reason=missing)
+        chunks.append(content[max(address, page) - page:min(end, page + PAGE_SIZE) - page])
+        page += PAGE_SIZE
+    return b"".join(chunks)
+
+
 def hex_address(value: int) -> str:
     """Addresses in reports and JSON: ``0xffffa58a1c2d3040``."""
     return f"{value:#x}"

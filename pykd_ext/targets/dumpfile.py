@@ -24,7 +24,7 @@ from ..kernel.modules import walk_loaded_modules
 from ..layouts import Layouts
 from ..search import ValueSet
 from .base import (PAGE_SIZE, BugCheck, MemoryReadError, Module, PfnRange, ProgressCallback, SearchHit,
-                   SearchUnavailable, SymbolNotFound, Target, TargetError)
+                   SearchUnavailable, SymbolNotFound, Target, TargetError, read_from_pages)
 from .dumpheader import (DUMP_TRIAGE, MACHINE_X64, MEMORY_DUMP_TYPES, DumpFileError, DumpHeader, PhysicalLayout,
                          format_size, read_dump_header, read_physical_layout)
 
@@ -189,22 +189,7 @@ class DumpFileTarget(Target):
     def read_physical(self, address: int, size: int) -> bytes:
         if self.layout is None:
             raise MemoryReadError(address, size, physical=True, reason=self._unreadable)
-        return self._assemble(address, size, lambda page: self._page(page >> 12), True)
-
-    def _assemble(self, address: int, size: int, page_of, physical: bool) -> bytes:
-        if size <= 0:
-            return b""
-        chunks = []
-        page = address & ~(PAGE_SIZE - 1)
-        end = address + size
-        while page < end:
-            content = page_of(page)
-            if content is None:
-                raise MemoryReadError(address, size, physical=physical,
-                                      reason=f"the page at {page:#x} is not in the dump")
-            chunks.append(content[max(address, page) - page:min(end, page + PAGE_SIZE) - page])
-            page += PAGE_SIZE
-        return b"".join(chunks)
+        return read_from_pages(address, size, lambda page: self._page(page >> 12), "not in the dump", physical=True)
 
     # ---- virtual memory --------------------------------------------------------------------------
 
@@ -216,7 +201,7 @@ class DumpFileTarget(Target):
             content = self._virtual_page(address - offset)
             if content is not None:
                 return content[offset:offset + size]
-        return self._assemble(address, size, self._virtual_page, False)
+        return read_from_pages(address, size, self._virtual_page, "not mapped, or its page is not in the dump")
 
     def _virtual_page(self, page: int) -> Optional[bytes]:
         physical = self._translate(page)

@@ -29,13 +29,12 @@ import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .. import __version__
 from ..search import ValueSet
-from .base import (PAGE_SIZE, BugCheck, FieldInfo, MemoryReadError, Module, PfnRange,
-                   ProgressCallback, SearchHit, SearchUnavailable, SymbolNotFound, Target,
-                   TargetError, TypeInfo)
+from .base import (PAGE_SIZE, BugCheck, FieldInfo, MemoryReadError, Module, PfnRange, ProgressCallback,
+                   SearchHit, SearchUnavailable, SymbolNotFound, Target, TargetError, TypeInfo, read_from_pages)
 
 FORMAT_NAME = "leakhunt-snapshot"
 FORMAT_VERSION = 1
@@ -356,22 +355,6 @@ def _recorded_search_key(entry) -> SearchKey:
 
 
 # ---- the replay target -------------------------------------------------------------------------
-
-def read_from_pages(address: int, size: int, page_at: Callable[[int], Optional[bytes]], missing: str) -> bytes:
-    """Assemble ``size`` bytes at ``address`` from whole pages; ``page_at(page)`` is None when absent."""
-    if size <= 0:
-        return b""
-    chunks = []
-    page = address & ~(PAGE_SIZE - 1)
-    end = address + size
-    while page < end:
-        content = page_at(page)
-        if content is None:
-            raise MemoryReadError(address, size, reason=missing)
-        chunks.append(content[max(address, page) - page:min(end, page + PAGE_SIZE) - page])
-        page += PAGE_SIZE
-    return b"".join(chunks)
-
 
 class SnapshotTarget(Target):
     """Replays a snapshot: reads come from its pages, searches from its recordings or its pages."""
