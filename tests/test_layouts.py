@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from pykd_ext.layouts import BUILD_LAYOUTS_X64, STABLE_LAYOUTS, Layouts, builtin_layout
+from pykd_ext.layouts import STABLE_LAYOUTS, Layouts, builtin_layout
 from pykd_ext.targets.base import FieldInfo, TypeInfo
 
 from mocks.scenarios import case_0x76
