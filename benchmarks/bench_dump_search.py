@@ -4,7 +4,9 @@ Generates bitmap kernel dumps of ``--size`` bytes (pointer-rich noise pages plus
 leaked MDLs, each held by an IRP) in a temporary directory, one at a time, and measures side by side:
 
 * one streaming read of the file (8 MiB ``readinto``): the floor for anything that looks at every page;
-* leakhunt's pointer search for 1 value (the hunt's first level) and for 1000 values (its MDL level);
+* leakhunt's pointer search for 1 value (the hunt's first level) and for 1000 values (its MDL level),
+  with the compiled engine (when built) and with the numpy engine, and on one thread and on all of
+  them (``SEARCH_THREADS``);
 * the whole 0x76 hunt (open the dump, analyze, render JSON) for each N;
 * the obvious alternative a user would write: kdmp-parser's Python API page by page, ``bytes.find`` for
   each value with an alignment check. It is slow, so it runs on ``--alternative-pages`` pages and its
@@ -35,6 +37,8 @@ import numpy as np  # noqa: E402
 
 from mocks.dumpwriter import DumpImage  # noqa: E402
 from mocks.scenarios import case_0x76  # noqa: E402
+import pykd_ext.search as search_module  # noqa: E402
+import pykd_ext.targets.dumpfile as dumpfile_module  # noqa: E402
 from pykd_ext.analyses import analyze  # noqa: E402
 from pykd_ext.render.jsonout import render_json  # noqa: E402
 from pykd_ext.targets.dumpfile import DumpFileTarget  # noqa: E402
@@ -99,12 +103,15 @@ def hunt(path: str):
         target.close()
 
 
-def search(path: str, values) -> None:
+def search(path: str, values, engine: str, threads: int) -> None:
+    saved = search_module.preferred_engine, dumpfile_module.SEARCH_THREADS
+    search_module.preferred_engine, dumpfile_module.SEARCH_THREADS = engine, threads
     target = DumpFileTarget.open(path)
     try:
         target.search_pointers(values)
     finally:
         target.close()
+        search_module.preferred_engine, dumpfile_module.SEARCH_THREADS = saved
 
 
 def compare(path: str, operation, repeat: int, cold: bool):
@@ -181,9 +188,13 @@ def main() -> int:
     args = parser.parse_args()
     size = parse_size(args.size)
     counts = [int(n) for n in args.leaked.split(",")]
+    engines = [e for e in search_module.ENGINES if e == "numpy" or search_module._wordscan is not None]
+    variants = [(engine, threads) for engine in engines
+                for threads in sorted({1, dumpfile_module.SEARCH_THREADS})]
     workdir = tempfile.mkdtemp(prefix="leakhunt-bench-", dir=args.dir)
     lines = [f"machine: {machine()}", f"dump: bitmap kernel dump with {size / GIB:.2f} GiB of pages; median of "
-             f"{args.repeat} interleaved runs"]
+             f"{args.repeat} interleaved runs; the hunt uses the {search_module.preferred_engine} engine on "
+             f"{dumpfile_module.SEARCH_THREADS} thread(s)"]
     print("\n".join(lines), flush=True)
     search_rows, hunt_rows, other_rows = [], [], []
     try:
@@ -198,15 +209,19 @@ def main() -> int:
                 many = sorted(set(scenario.expected["locked_mdls"] + scenario.expected["decoy_mdls"]))
                 many += [process + 0x10 * i for i in range(1, 1001 - len(many))]
                 for label, values in (("1 value", [process]), (f"{len(many)} values", many)):
-                    cold = compare(path, lambda: search(path, values), args.repeat, cold=True)
-                    warm = compare(path, lambda: search(path, values), args.repeat, cold=False)
-                    search_rows.append((label, cold, warm, file_size))
+                    for engine, threads in variants:
+                        run = (lambda values=values, engine=engine, threads=threads:
+                               search(path, values, engine, threads))
+                        cold = compare(path, run, args.repeat, cold=True)
+                        warm = compare(path, run, args.repeat, cold=False)
+                        search_rows.append((f"{label}, {engine}, {threads} thread(s)", cold, warm, file_size))
+                        print(f"  search {label}, {engine} engine, {threads} thread(s): cold read/search "
+                              f"{1 / cold[0]:.2f}, warm {1 / warm[0]:.2f}", flush=True)
                     alternative = alternative_seconds(path, values, args.alternative_pages if len(values) == 1
                                                       else max(1, args.alternative_pages // 8), file_size // PAGE)
+                    fastest = min(row[2][1] for row in search_rows if row[0].startswith(label + ","))
                     other_rows.append((f"kdmp-parser page by page + bytes.find, {label} (extrapolated)",
-                                       f"{alternative:.0f} s = {alternative / warm[1]:.0f}x leakhunt's warm search"))
-                    print(f"  search {label}: cold read/search {1 / cold[0]:.2f}, warm {1 / warm[0]:.2f}; "
-                          f"alternative {alternative:.0f} s", flush=True)
+                                       f"{alternative:.0f} s = {alternative / fastest:.0f}x leakhunt's warm search"))
                 body = f"import kdmp_parser; kdmp_parser.KernelDumpParser({path!r})"
                 other_rows.append(("peak RSS of kdmp-parser's Parse alone", f"{peak_rss_mib(body):.0f} MiB"))
             report = hunt(path)

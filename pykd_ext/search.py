@@ -3,14 +3,27 @@
 This is the engine under every source that holds memory itself (snapshots, dump files): the hunt
 searches all the addresses of one level of its walk at once, so the number of passes over memory
 depends on the depth of the walk, not on how many objects it finds.
+
+Two engines give the same answers: the compiled ``_wordscan`` extension (built by ``pip install``
+where a C compiler is available; it runs without the GIL, so a dump's windows can be searched on
+several cores) and numpy, used where the extension is missing.
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import numpy as np
 
-# Up to this many values, comparing each one is cheaper than the table filter below.
+try:
+    from . import _wordscan
+except ImportError:  # installed without a C compiler (or on a big-endian host): numpy searches
+    _wordscan = None
+
+ENGINES = ("compiled", "numpy")
+# The engine a ValueSet uses unless told otherwise.
+preferred_engine = "compiled" if _wordscan is not None else "numpy"
+
+# numpy engine. Up to this many values, comparing each one is cheaper than the table filter below.
 _FEW_VALUES = 4
 # The table filter looks each word up in a bit table indexed by bits shift..shift+N of its low half
 # (pool and object addresses are 16-byte aligned on x64 and 8-byte aligned on x86, so the lowest
@@ -30,26 +43,37 @@ _MAX_HIGH_HALVES = 2
 class ValueSet:
     """Values to search for, prepared once for many buffers."""
 
-    def __init__(self, values: Iterable[int], pointer_size: int):
+    def __init__(self, values: Iterable[int], pointer_size: int, engine: Optional[str] = None):
         self.pointer_size = pointer_size
         self.dtype = np.dtype("<u8") if pointer_size == 8 else np.dtype("<u4")
         mask = (1 << (8 * pointer_size)) - 1
         unique = sorted({int(v) & mask for v in values})
         self.values = np.array(unique, dtype=self.dtype)
+        self.engine = engine or preferred_engine
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown search engine {self.engine!r} (one of {', '.join(ENGINES)})")
+        if self.engine == "compiled":
+            if _wordscan is None:
+                raise ValueError("the compiled search engine is not built in this installation")
+            self._filter = _wordscan.bit_filter(self.values, pointer_size)
+        else:
+            self._prepare_numpy()
+
+    def _prepare_numpy(self) -> None:
         self.table = None
-        self._shift = _TABLE_SHIFT[pointer_size]
+        self._shift = _TABLE_SHIFT[self.pointer_size]
         self._key_mask = 0
-        if len(unique) > _FEW_VALUES:
-            bits = min(max(len(unique).bit_length() + 8, _MIN_TABLE_BITS), _MAX_TABLE_BITS)
+        if len(self.values) > _FEW_VALUES:
+            bits = min(max(len(self.values).bit_length() + 8, _MIN_TABLE_BITS), _MAX_TABLE_BITS)
             self._key_mask = (1 << bits) - 1
             self.table = np.zeros(1 << bits, dtype=bool)
             self.table[self._keys(self.values)] = True
         self._high_halves = None
-        if self.table is not None and pointer_size == 8:
+        if self.table is not None and self.pointer_size == 8:
             high_halves = np.unique(self.values >> np.uint64(32)).astype("<u4")
             if len(high_halves) <= _MAX_HIGH_HALVES:
                 self._high_halves = high_halves
-        self._block_words = _BLOCK_BYTES // pointer_size
+        self._block_words = _BLOCK_BYTES // self.pointer_size
 
     def __len__(self) -> int:
         return len(self.values)
@@ -80,6 +104,12 @@ class ValueSet:
         words = np.frombuffer(buffer, dtype=self.dtype)
         if len(self.values) == 0 or len(words) == 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=self.dtype)
+        if self.engine == "compiled":
+            if not words.flags.aligned:  # the extension reads words at their natural alignment
+                words = words.copy()
+            indices = np.frombuffer(_wordscan.find(words, self.values, self._filter, self.pointer_size),
+                                    dtype=np.int64)
+            return indices, words[indices]
         if len(words) <= self._block_words:
             return self._find_block(words)
         indices, found = [], []

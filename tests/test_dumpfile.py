@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import pykd_ext.search as search
 from mocks.dumpwriter import DumpImage, write_dump
 from mocks.scenarios import KINDS_0x76, case_0x76
 from pykd_ext.analyses import Options, analyze
@@ -345,3 +346,30 @@ def test_ctrl_c_during_the_search_prints_a_partial_report(tmp_path, capsys, scen
     report = json.loads(capsys.readouterr().out)
     assert report["partial"] is True and report["search_passes"] == 2
     assert not os.path.exists(snap)  # an interrupted hunt records nothing
+
+
+# ---- the search's threads and engines -----------------------------------------------------------
+
+def test_every_thread_count_and_engine_finds_the_same(tmp_path, monkeypatch):
+    scenario = case_0x76("x64", "irp", leaked=12, noise_pages=64)
+    path = str(tmp_path / "MEMORY.DMP")
+    DumpImage(scenario.data, noise_pages=1500, seed=3).write(path, DUMP_BITMAP)
+    monkeypatch.setattr("pykd_ext.targets.dumpfile.WINDOW_BYTES", 64 * 1024)  # ~100 windows
+    values = [scenario.expected["process"]] + scenario.expected["locked_mdls"] + scenario.expected["decoy_mdls"]
+    engines = [e for e in search.ENGINES if e == "numpy" or search._wordscan is not None]
+    results = []
+    for engine in engines:
+        for threads in (1, 3):
+            monkeypatch.setattr(search, "preferred_engine", engine)
+            monkeypatch.setattr("pykd_ext.targets.dumpfile.SEARCH_THREADS", threads)
+            target = DumpFileTarget.open(path)
+            try:
+                progress = []
+                hits = target.search_pointers(values, progress=lambda done, total: progress.append(done))
+                report = findings(analyze(target))
+            finally:
+                target.close()
+            assert progress == sorted(progress) and len(progress) > 50
+            results.append((hits, report))
+    assert all(hits[scenario.expected["process"]] for hits, _ in results)
+    assert all(result == results[0] for result in results[1:])

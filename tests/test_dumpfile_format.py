@@ -1,18 +1,15 @@
 """The dump format as leakhunt reads and the writer writes it, checked against kdmp-parser; the page-table
-walk (large pages, the self-map entry); the search's PFN range, progress and interrupts; ValueSet."""
+walk (large pages, the self-map entry); the search's PFN range, progress, threads and interrupts."""
 import os
 import struct
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import pykd_ext.search as search_module
 import pykd_ext.targets.dumpheader as dumpheader
 from mocks.dumpwriter import DATA_FLAGS, DumpImage
 from mocks.scenarios import case_0x76
-from pykd_ext.search import ValueSet
 from pykd_ext.targets.base import PAGE_SIZE, MemoryReadError, PfnRange, SearchUnavailable, SymbolNotFound
 from pykd_ext.targets.dumpfile import DumpFileTarget
 from pykd_ext.targets.dumpheader import (DUMP_BITMAP, DUMP_COMPLETE, DUMP_FULL, DUMP_KERNEL_AND_USER,
@@ -242,33 +239,6 @@ def test_runs_of_set_bits(bits, cut, chunk_bytes):
         dumpheader._BITMAP_CHUNK_BYTES = saved
 
 
-# Words as memory holds them: kernel pointers in a few 4 GiB regions, small integers, zeros, anything.
-WORDS = st.one_of(st.builds(lambda high, low: high << 32 | low, st.sampled_from([0xFFFFA58A, 0xFFFFB500, 0xFFFFF803]),
-                            st.integers(0, 2 ** 32 - 1)),
-                  st.integers(0, 0xFFFF), st.just(0), st.integers(0, 2 ** 64 - 1))
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.sampled_from([8, 4]), st.integers(0, 12), st.lists(WORDS, max_size=300), st.integers(1, 40), st.data())
-def test_value_set_finds_exactly_the_aligned_occurrences(pointer_size, count, noise, block_words, data):
-    mask = (1 << (8 * pointer_size)) - 1
-    words = [w & mask for w in noise]
-    values = data.draw(st.lists(st.sampled_from(words) if words else st.integers(0, mask), min_size=count,
-                                max_size=count)) if count else []
-    values += [0xFFFFA58A1C2D3040 & mask]
-    saved = search_module._BLOCK_BYTES
-    search_module._BLOCK_BYTES = block_words * pointer_size  # exercise the blocked path too
-    try:
-        value_set = ValueSet(values, pointer_size)
-    finally:
-        search_module._BLOCK_BYTES = saved
-    buffer = np.array(words, dtype="<u8" if pointer_size == 8 else "<u4").tobytes()
-    indices, found = value_set.find(buffer)
-    wanted = set(values)
-    expected = [(i, w) for i, w in enumerate(words) if w in wanted]
-    assert list(zip(indices.tolist(), found.tolist())) == expected
-
-
 def test_noise_pages_are_streamed_and_mapped(tmp_path, scenario):
     image = DumpImage(scenario.data, noise_pages=1000, seed=5)
     path = str(tmp_path / "noise.dmp")
@@ -282,19 +252,3 @@ def test_noise_pages_are_streamed_and_mapped(tmp_path, scenario):
         assert target.read(0xFFFFC58000000000 + 1023 * PAGE_SIZE, PAGE_SIZE) == image.noise.content(first + 1023, 1)
     finally:
         target.close()
-
-
-@pytest.mark.parametrize("regions", [1, 2, 3], ids=["one-region", "two-regions", "three-regions"])
-def test_value_set_agrees_with_a_plain_membership_test(regions):
-    rng = np.random.default_rng(regions)
-    highs = np.array([0xFFFFA58A, 0xFFFFB500, 0xFFFF8000][:regions], dtype=np.uint64)
-    pointers = (highs[rng.integers(0, regions, 200_000)] << np.uint64(32)) | (
-        rng.integers(0, 2 ** 20, 200_000, dtype=np.uint64) << np.uint64(4))
-    values = np.unique(pointers[rng.integers(0, len(pointers), 300)])
-    words = pointers.copy()
-    words[rng.integers(0, len(words), 50_000)] = rng.integers(0, 0x10000, 50_000, dtype=np.uint64)
-    value_set = ValueSet(values.tolist(), 8)
-    assert (value_set._high_halves is not None) == (regions <= 2)
-    indices, found = value_set.find(words.astype("<u8").tobytes())
-    expected = np.flatnonzero(np.isin(words, values))
-    assert indices.tolist() == expected.tolist() and found.tolist() == words[expected].tolist()

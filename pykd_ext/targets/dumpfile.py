@@ -15,8 +15,10 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from collections import OrderedDict
-from typing import Dict, Iterable, List, Optional, Tuple
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from typing import Deque, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -28,8 +30,10 @@ from .base import (PAGE_SIZE, BugCheck, MemoryReadError, Module, PfnRange, Progr
 from .dumpheader import (DUMP_TRIAGE, MACHINE_X64, MEMORY_DUMP_TYPES, DumpFileError, DumpHeader, PhysicalLayout,
                          format_size, read_dump_header, read_physical_layout)
 
-# Bytes of the file mapped at a time by the search: peak memory does not grow with the dump.
-WINDOW_BYTES = 32 << 20
+# Bytes of the file mapped at a time by each search thread: peak memory does not grow with the dump.
+WINDOW_BYTES = 16 << 20
+# Windows searched at once (one per core, up to 4: beyond that a streaming read is the limit).
+SEARCH_THREADS = min(4, os.cpu_count() or 1)
 # Physical pages kept in memory for reads (page tables and kernel objects): 16 MiB.
 PAGE_CACHE_PAGES = 4096
 # Virtual page -> physical page translations remembered for reads.
@@ -247,21 +251,46 @@ class DumpFileTarget(Target):
         value_set = ValueSet(values, self.pointer_size)
         found_values: List[np.ndarray] = []
         found_physical: List[np.ndarray] = []
-        ranges = self.layout.file_ranges(pfn_range)
-        total = sum(end - start for start, end in ranges)
+        windows = [(window_start, min(end, window_start + WINDOW_BYTES))
+                   for start, end in self.layout.file_ranges(pfn_range)
+                   for window_start in range(start, end, WINDOW_BYTES)]
+        total = sum(end - start for start, end in windows)
         done = 0
-        for start, end in ranges:
-            for window_start in range(start, end, WINDOW_BYTES):
-                window_end = min(end, window_start + WINDOW_BYTES)
-                indices, found = self._scan_window(value_set, window_start, window_end)
+        with closing(self._scan_windows(value_set, windows)) as scans:  # stops the threads on any exit
+            for (start, end), (indices, found) in scans:
                 if len(indices):
-                    offsets = np.uint64(window_start) + indices.astype(np.uint64) * np.uint64(self.pointer_size)
+                    offsets = np.uint64(start) + indices.astype(np.uint64) * np.uint64(self.pointer_size)
                     found_physical.append(self.layout.physical_addresses(offsets))
                     found_values.append(found)
-                done += window_end - window_start
+                done += end - start
                 if progress is not None:
                     progress(done, total)
         return self._hits(values, found_values, found_physical)
+
+    def _scan_windows(self, value_set: ValueSet, windows: List[Tuple[int, int]]):
+        """Yield (window, search result) in file order, searching up to SEARCH_THREADS windows at once.
+
+        The compiled engine releases the GIL, so the windows really are searched in parallel. At most
+        two windows per thread are queued; on an interrupt the queued ones are cancelled and the
+        running ones (a few milliseconds each) finish before it propagates.
+        """
+        if SEARCH_THREADS <= 1 or len(windows) <= 1:
+            for window in windows:
+                yield window, self._scan_window(value_set, *window)
+            return
+        pool = ThreadPoolExecutor(max_workers=SEARCH_THREADS, thread_name_prefix="leakhunt-search")
+        try:
+            queued: Deque = deque()
+            for window in windows:
+                queued.append((window, pool.submit(self._scan_window, value_set, *window)))
+                if len(queued) >= 2 * SEARCH_THREADS:
+                    window_done, future = queued.popleft()
+                    yield window_done, future.result()
+            while queued:
+                window_done, future = queued.popleft()
+                yield window_done, future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _scan_window(self, value_set: ValueSet, start: int, end: int) -> Tuple[np.ndarray, np.ndarray]:
         """Map ``[start, end)`` of the file read-only and search it; the mapping is released after."""

@@ -1,0 +1,272 @@
+/*
+ * pykd_ext._wordscan: the compiled core of pykd_ext.search.ValueSet.
+ *
+ * Finds every aligned 4- or 8-byte little-endian word of a buffer that belongs to a sorted set of
+ * values, in one pass, without holding the GIL (so several windows of a dump can be searched at
+ * once). Up to FEW_VALUES values are compared directly; larger sets go through a bit filter
+ * indexed by a multiplicative hash of the whole word, and only the words that pass it are looked up
+ * in the sorted values. The build is optional: without a compiler, ValueSet uses numpy instead.
+ *
+ *   bit_filter(values, word_size) -> bytes       the filter for find(), built once per value set
+ *   find(buffer, values, filter, word_size) -> bytes
+ *        native int64 word indices of the members of values found in buffer, in order
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FEW_VALUES 4
+/* Filter sizes: about 1024 bits per value (a word outside the set passes with probability
+ * n / 2^bits), between 4 Kib and 4 Mib (512 KiB, within a core's L2 cache). */
+#define MIN_FILTER_BITS 12
+#define MAX_FILTER_BITS 22
+#define BITS_PER_VALUE_LOG2 10
+/* Words compared per block before looking at which one matched (lets the compiler vectorise). */
+#define COMPARE_BLOCK 32
+
+#define HASH64 UINT64_C(0x9E3779B97F4A7C15)
+#define HASH32 UINT32_C(0x9E3779B9)
+
+/* Function multiversioning: an AVX2 copy of the compare loop, chosen at load time (GCC/clang on
+ * x86-64 Linux with glibc); elsewhere the portable code alone. */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__) && defined(__GLIBC__)
+#define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+typedef struct {
+    int64_t *items;
+    Py_ssize_t count, capacity;
+    int out_of_memory;
+} Indices;
+
+static void append(Indices *indices, int64_t index)
+{
+    if (indices->count == indices->capacity) {
+        Py_ssize_t capacity = indices->capacity ? indices->capacity * 2 : 256;
+        int64_t *items = realloc(indices->items, (size_t)capacity * sizeof(int64_t));
+        if (items == NULL) {
+            indices->out_of_memory = 1;
+            return;
+        }
+        indices->items = items;
+        indices->capacity = capacity;
+    }
+    indices->items[indices->count++] = index;
+}
+
+static int filter_bits_for(Py_ssize_t count)
+{
+    int bits = MIN_FILTER_BITS;
+    while (bits < MAX_FILTER_BITS && ((Py_ssize_t)1 << (bits - BITS_PER_VALUE_LOG2)) < count)
+        bits++;
+    return bits;
+}
+
+/* The same code for both word sizes: WORD is uint64_t or uint32_t. */
+#define DEFINE_SCAN(SUFFIX, WORD, HASH, WIDTH)                                                        \
+    static inline uint64_t hash_##SUFFIX(WORD word, int bits)                                       \
+    {                                                                                                \
+        return (uint64_t)((WORD)(word * HASH) >> (WIDTH - bits));                                    \
+    }                                                                                                \
+                                                                                                     \
+    static int is_member_##SUFFIX(const WORD *values, Py_ssize_t count, WORD word)                   \
+    {                                                                                                \
+        Py_ssize_t low = 0, high = count;                                                            \
+        while (low < high) {                                                                         \
+            Py_ssize_t middle = low + (high - low) / 2;                                              \
+            if (values[middle] < word)                                                               \
+                low = middle + 1;                                                                    \
+            else                                                                                     \
+                high = middle;                                                                       \
+        }                                                                                            \
+        return low < count && values[low] == word;                                                   \
+    }                                                                                                \
+                                                                                                     \
+    VECTOR_CLONES static void compare_##SUFFIX(const WORD *words, Py_ssize_t count,                 \
+                                               const WORD *values, Py_ssize_t value_count, \
+                                               Indices *out)                                         \
+    {                                                                                                \
+        /* Up to FEW_VALUES values, padded by repeating the first. */                                \
+        WORD a = values[0], b = values[value_count > 1 ? 1 : 0];                                     \
+        WORD c = values[value_count > 2 ? 2 : 0], d = values[value_count > 3 ? 3 : 0];               \
+        Py_ssize_t i = 0;                                                                            \
+        for (; i + COMPARE_BLOCK <= count; i += COMPARE_BLOCK) {                                     \
+            WORD any = 0;                                                                            \
+            for (int k = 0; k < COMPARE_BLOCK; k++)                                                  \
+                any |= (WORD)(words[i + k] == a) | (WORD)(words[i + k] == b)                         \
+                       | (WORD)(words[i + k] == c) | (WORD)(words[i + k] == d);                      \
+            if (any) {                                                                               \
+                for (int k = 0; k < COMPARE_BLOCK; k++) {                                            \
+                    WORD word = words[i + k];                                                        \
+                    if ((word == a) | (word == b) | (word == c) | (word == d))                       \
+                        append(out, i + k);                                                          \
+                }                                                                                    \
+            }                                                                                        \
+        }                                                                                            \
+        for (; i < count; i++) {                                                                     \
+            WORD word = words[i];                                                                    \
+            if ((word == a) | (word == b) | (word == c) | (word == d))                               \
+                append(out, i);                                                                      \
+        }                                                                                            \
+    }                                                                                                \
+                                                                                                     \
+    static void filter_##SUFFIX(const WORD *words, Py_ssize_t count, const WORD *values,             \
+                                Py_ssize_t value_count, const uint64_t *filter, int bits,            \
+                                Indices *out)                                                        \
+    {                                                                                                \
+        for (Py_ssize_t i = 0; i < count; i++) {                                                     \
+            WORD word = words[i];                                                                    \
+            uint64_t key = hash_##SUFFIX(word, bits);                                                \
+            if ((filter[key >> 6] >> (key & 63)) & 1) {                                              \
+                if (is_member_##SUFFIX(values, value_count, word))                                   \
+                    append(out, i);                                                                  \
+            }                                                                                        \
+        }                                                                                            \
+    }                                                                                                \
+                                                                                                     \
+    static void fill_filter_##SUFFIX(const WORD *values, Py_ssize_t count, uint64_t *filter,         \
+                                     int bits)                                                       \
+    {                                                                                                \
+        for (Py_ssize_t j = 0; j < count; j++) {                                                     \
+            uint64_t key = hash_##SUFFIX(values[j], bits);                                           \
+            filter[key >> 6] |= UINT64_C(1) << (key & 63);                                           \
+        }                                                                                            \
+    }                                                                                                \
+                                                                                                     \
+    static int sorted_unique_##SUFFIX(const WORD *values, Py_ssize_t count)                          \
+    {                                                                                                \
+        for (Py_ssize_t j = 1; j < count; j++)                                                       \
+            if (values[j - 1] >= values[j])                                                          \
+                return 0;                                                                            \
+        return 1;                                                                                    \
+    }
+
+DEFINE_SCAN(64, uint64_t, HASH64, 64)
+DEFINE_SCAN(32, uint32_t, HASH32, 32)
+
+static int check_word_size(int word_size)
+{
+    if (word_size != 4 && word_size != 8) {
+        PyErr_Format(PyExc_ValueError, "word size must be 4 or 8, not %d", word_size);
+        return 0;
+    }
+    return 1;
+}
+
+/* Words are read at their natural alignment (numpy arrays, bytes and page-aligned mappings are). */
+static int check_buffer(const Py_buffer *buffer, int word_size, const char *what)
+{
+    if (buffer->len % word_size != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: length %zd is not a multiple of %d", what, buffer->len, word_size);
+        return 0;
+    }
+    if ((uintptr_t)buffer->buf % (uintptr_t)word_size != 0) {
+        PyErr_Format(PyExc_ValueError, "%s is not aligned to %d bytes", what, word_size);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *bit_filter(PyObject *module, PyObject *args)
+{
+    Py_buffer values;
+    int word_size;
+    if (!PyArg_ParseTuple(args, "y*i:bit_filter", &values, &word_size))
+        return NULL;
+    PyObject *result = NULL;
+    if (!check_word_size(word_size) || !check_buffer(&values, word_size, "values"))
+        goto done;
+    Py_ssize_t count = values.len / word_size;
+    int sorted = word_size == 8 ? sorted_unique_64(values.buf, count) : sorted_unique_32(values.buf, count);
+    if (!sorted) {
+        PyErr_SetString(PyExc_ValueError, "values must be sorted and unique");
+        goto done;
+    }
+    int bits = filter_bits_for(count);
+    result = PyBytes_FromStringAndSize(NULL, ((Py_ssize_t)1 << bits) / 8);
+    if (result == NULL)
+        goto done;
+    uint64_t *filter = (uint64_t *)PyBytes_AS_STRING(result);  /* bytes data is 8-byte aligned */
+    memset(filter, 0, (size_t)PyBytes_GET_SIZE(result));
+    if (word_size == 8)
+        fill_filter_64(values.buf, count, filter, bits);
+    else
+        fill_filter_32(values.buf, count, filter, bits);
+done:
+    PyBuffer_Release(&values);
+    return result;
+}
+
+static PyObject *find(PyObject *module, PyObject *args)
+{
+    Py_buffer buffer, values, filter;
+    int word_size;
+    if (!PyArg_ParseTuple(args, "y*y*y*i:find", &buffer, &values, &filter, &word_size))
+        return NULL;
+    PyObject *result = NULL;
+    Indices out = {NULL, 0, 0, 0};
+    if (!check_word_size(word_size) || !check_buffer(&buffer, word_size, "buffer")
+        || !check_buffer(&values, word_size, "values"))
+        goto done;
+    Py_ssize_t count = buffer.len / word_size, value_count = values.len / word_size;
+    int bits = filter_bits_for(value_count);
+    if (filter.len != ((Py_ssize_t)1 << bits) / 8 || (uintptr_t)filter.buf % 8 != 0) {
+        PyErr_SetString(PyExc_ValueError, "filter does not belong to these values (use bit_filter)");
+        goto done;
+    }
+    if (value_count > 0 && count > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        if (word_size == 8) {
+            if (value_count <= FEW_VALUES)
+                compare_64(buffer.buf, count, values.buf, value_count, &out);
+            else
+                filter_64(buffer.buf, count, values.buf, value_count, filter.buf, bits, &out);
+        } else {
+            if (value_count <= FEW_VALUES)
+                compare_32(buffer.buf, count, values.buf, value_count, &out);
+            else
+                filter_32(buffer.buf, count, values.buf, value_count, filter.buf, bits, &out);
+        }
+        Py_END_ALLOW_THREADS
+    }
+    if (out.out_of_memory) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize((const char *)out.items, out.count * (Py_ssize_t)sizeof(int64_t));
+done:
+    free(out.items);
+    PyBuffer_Release(&buffer);
+    PyBuffer_Release(&values);
+    PyBuffer_Release(&filter);
+    return result;
+}
+
+static PyMethodDef wordscan_methods[] = {
+    {"bit_filter", bit_filter, METH_VARARGS,
+     "bit_filter(values, word_size) -> bytes: the filter find() needs for these sorted, unique values."},
+    {"find", find, METH_VARARGS,
+     "find(buffer, values, filter, word_size) -> bytes: native int64 indices of the aligned words of\n"
+     "buffer that are in values, in order. Runs without the GIL."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef wordscan_module = {
+    PyModuleDef_HEAD_INIT, "_wordscan", "Compiled word search for pykd_ext.search.ValueSet.", -1,
+    wordscan_methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__wordscan(void)
+{
+#if PY_BIG_ENDIAN
+    /* Dump words are little-endian and the values are sorted as such: numpy handles other hosts. */
+    PyErr_SetString(PyExc_ImportError, "_wordscan supports little-endian hosts only");
+    return NULL;
+#else
+    return PyModule_Create(&wordscan_module);
+#endif
+}

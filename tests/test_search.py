@@ -1,0 +1,146 @@
+"""ValueSet, the batched pointer search, through both engines: the compiled extension and numpy."""
+import mmap
+import shutil
+import sysconfig
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pykd_ext.search as search
+from pykd_ext.search import ValueSet
+
+COMPILED_MISSING = "the compiled engine is not built here (python3 -m pip install -e . with a C compiler builds it)"
+
+
+@pytest.fixture(params=search.ENGINES)
+def engine(request):
+    if request.param == "compiled" and search._wordscan is None:
+        pytest.skip(COMPILED_MISSING)
+    return request.param
+
+
+def compiled_available():
+    return search._wordscan is not None
+
+
+def test_the_compiled_engine_is_built_and_preferred_where_a_compiler_is():
+    compiler = (sysconfig.get_config_var("CC") or "").split()
+    if not compiler or shutil.which(compiler[0]) is None:
+        pytest.skip("no C compiler here: leakhunt searches with numpy")
+    assert compiled_available(), COMPILED_MISSING
+    assert search.preferred_engine == "compiled"
+    assert ValueSet([1], 8).engine == "compiled"
+
+
+# Words as memory holds them: kernel pointers in a few 4 GiB regions, small integers, zeros, anything.
+WORDS = st.one_of(st.builds(lambda high, low: high << 32 | low, st.sampled_from([0xFFFFA58A, 0xFFFFB500, 0xFFFFF803]),
+                            st.integers(0, 2 ** 32 - 1)),
+                  st.integers(0, 0xFFFF), st.just(0), st.integers(0, 2 ** 64 - 1))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([8, 4]), st.integers(0, 40), st.lists(WORDS, max_size=300), st.integers(1, 40), st.data())
+def test_value_set_finds_exactly_the_aligned_occurrences(pointer_size, count, noise, block_words, data):
+    mask = (1 << (8 * pointer_size)) - 1
+    words = [w & mask for w in noise]
+    values = data.draw(st.lists(st.sampled_from(words) if words else st.integers(0, mask), min_size=count,
+                                max_size=count)) if count else []
+    values += [0xFFFFA58A1C2D3040 & mask]
+    buffer = np.array(words, dtype="<u8" if pointer_size == 8 else "<u4").tobytes()
+    wanted = set(values)
+    expected = [(i, w) for i, w in enumerate(words) if w in wanted]
+    for engine in search.ENGINES:
+        if engine == "compiled" and not compiled_available():
+            continue
+        value_set = ValueSet(values, pointer_size, engine)
+        if engine == "numpy":
+            value_set._block_words = block_words  # exercise the blocked path too
+        indices, found = value_set.find(buffer)
+        assert list(zip(indices.tolist(), found.tolist())) == expected, engine
+
+
+@pytest.mark.parametrize("regions", [1, 2, 3], ids=["one-region", "two-regions", "three-regions"])
+@pytest.mark.parametrize("value_count", [1, 4, 5, 300, 20_000])
+def test_value_set_agrees_with_a_plain_membership_test(engine, regions, value_count):
+    rng = np.random.default_rng(regions * value_count)
+    highs = np.array([0xFFFFA58A, 0xFFFFB500, 0xFFFF8000][:regions], dtype=np.uint64)
+    pointers = (highs[rng.integers(0, regions, 200_000)] << np.uint64(32)) | (
+        rng.integers(0, 2 ** 20, 200_000, dtype=np.uint64) << np.uint64(4))
+    words = pointers.copy()
+    words[rng.integers(0, len(words), 50_000)] = rng.integers(0, 0x10000, 50_000, dtype=np.uint64)
+    values = np.unique(pointers[rng.integers(0, len(pointers), value_count)])
+    values[0] = words[-1] = pointers[0]  # at least one value occurs
+    value_set = ValueSet(values.tolist(), 8, engine)
+    indices, found = value_set.find(words.astype("<u8").tobytes())
+    expected = np.flatnonzero(np.isin(words, values))
+    assert len(expected) > 0
+    assert indices.tolist() == expected.tolist() and found.tolist() == words[expected].tolist()
+
+
+@pytest.mark.parametrize("pointer_size", [8, 4])
+def test_x86_and_x64_words_agree_between_engines(pointer_size):
+    if not compiled_available():
+        pytest.skip(COMPILED_MISSING)
+    dtype = "<u8" if pointer_size == 8 else "<u4"
+    rng = np.random.default_rng(pointer_size)
+    words = rng.integers(0, 1 << 12, 300_000).astype(dtype)  # small values: many repeats, many hits
+    for count in (1, 2, 3, 4, 5, 64, 4096):
+        values = np.unique(words[rng.integers(0, len(words), count)]).tolist()
+        compiled = ValueSet(values, pointer_size, "compiled").find(words.tobytes())
+        plain = ValueSet(values, pointer_size, "numpy").find(words.tobytes())
+        assert len(compiled[0]) > 0
+        assert compiled[0].tolist() == plain[0].tolist() and compiled[1].tolist() == plain[1].tolist()
+
+
+def test_a_buffer_at_an_odd_address_is_searched_like_any_other(engine):
+    words = np.arange(1000, dtype="<u8") * np.uint64(0x10) + np.uint64(0xFFFFA58A00000000)
+    raw = b"\x00" + words.tobytes()
+    view = memoryview(raw)[1:]  # the words start one byte into the bytes object
+    indices, found = ValueSet([int(words[7]), int(words[999])], 8, engine).find(view)
+    assert indices.tolist() == [7, 999] and found.tolist() == [int(words[7]), int(words[999])]
+
+
+def test_a_memory_mapped_file_is_searched_in_place(engine, tmp_path):
+    words = np.zeros(1 << 16, dtype="<u8")
+    words[[5, 40_000, 65_535]] = 0xFFFFA58A12345670
+    path = tmp_path / "pages.bin"
+    path.write_bytes(words.tobytes())
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        with memoryview(mapped) as view:
+            indices, found = ValueSet([0xFFFFA58A12345670], 8, engine).find(view)
+    assert indices.tolist() == [5, 40_000, 65_535] and set(found.tolist()) == {0xFFFFA58A12345670}
+
+
+def test_an_empty_set_or_buffer_finds_nothing(engine):
+    assert ValueSet([], 8, engine).find(b"\x01" * 64)[0].tolist() == []
+    assert ValueSet([1, 2, 3], 8, engine).find(b"")[0].tolist() == []
+
+
+def test_values_wider_than_a_pointer_are_truncated_to_it(engine):
+    words = np.array([0x12345678, 0x9ABCDEF0], dtype="<u4").tobytes()
+    assert ValueSet([0xFFFF_0000_1234_5678], 4, engine).find(words)[0].tolist() == [0]
+
+
+def test_an_unknown_engine_is_refused():
+    with pytest.raises(ValueError, match="unknown search engine"):
+        ValueSet([1], 8, "fortran")
+
+
+def test_the_compiled_engine_checks_what_it_is_given():
+    if not compiled_available():
+        pytest.skip(COMPILED_MISSING)
+    wordscan = search._wordscan
+    values = np.array([1, 2, 3, 4, 5], dtype="<u8")
+    bit_filter = wordscan.bit_filter(values, 8)
+    with pytest.raises(ValueError, match="sorted and unique"):
+        wordscan.bit_filter(np.array([2, 1], dtype="<u8"), 8)
+    with pytest.raises(ValueError, match="4 or 8"):
+        wordscan.bit_filter(values, 2)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        wordscan.find(b"\x00" * 12, values, bit_filter, 8)
+    with pytest.raises(ValueError, match="filter does not belong"):
+        wordscan.find(b"\x00" * 16, np.arange(1, 5000, dtype="<u8"), bit_filter, 8)
+    hits = np.frombuffer(wordscan.find(np.array([9, 3, 0, 5], dtype="<u8"), values, bit_filter, 8), dtype=np.int64)
+    assert hits.tolist() == [1, 3]
