@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from . import __version__
+from . import __version__, search
 from .analyses import Options, analyze
 from .bugchecks import name_of
 from .progress import TerminalProgress
@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="leakhunt",
         description="Find the driver that leaked locked pages or lock entries in a Windows kernel crash "
                     "(bug checks 0x76, 0xCB, 0xD9, 0x4E, 0x153, 0x162, 0x192).")
-    parser.add_argument("--version", action="version", version=f"leakhunt {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"leakhunt {__version__} ({search.preferred_engine} search engine)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add_report_options(sub: argparse.ArgumentParser) -> None:

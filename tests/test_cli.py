@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+import pykd_ext.search
 from pykd_ext import __version__
 from pykd_ext.cli import EXIT_INPUT, EXIT_NO_SUSPECT, EXIT_SUSPECT, EXIT_USAGE, main
 
@@ -92,7 +93,8 @@ def test_bad_input_is_one_line_and_a_documented_exit_code(capsys, argv, code, me
 
 def test_python_dash_m_and_the_console_script_name(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pykd_ext", "--version"], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0 and result.stdout.strip() == f"leakhunt {__version__}"
+    engine = pykd_ext.search.preferred_engine
+    assert result.returncode == 0 and result.stdout.strip() == f"leakhunt {__version__} ({engine} search engine)"
     result = subprocess.run([sys.executable, "-m", "pykd_ext", "replay", str(tmp_path / "missing.snap")],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == EXIT_INPUT
