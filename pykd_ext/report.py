@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from .kernel.lock_entries import LockEntry
 from .targets.base import hex_address
 
 SCHEMA_VERSION = "1.0"
@@ -281,27 +282,10 @@ class LockRecord:
 
 
 @dataclass
-class LockEntryRecord:
-    """A decoded AutoBoost `_KLOCK_ENTRY`."""
+class LockEntryRecord(LockEntry):
+    """A decoded AutoBoost `_KLOCK_ENTRY` and its part in the report."""
 
-    address: int
-    role: str  # "P2: the leaked entry", "thread entry 3"
-    lock: Optional[int]  # the lock it references (None: no lock)
-    lock_state: int  # the raw LockState word
-    in_tree: bool
-    cross_thread_releasable: bool
-    busy: bool
-    acquired: bool
-    waiting: bool
-    session_id: Optional[int]
-    cpu_boosts: int  # BoostBitmap.CpuBoostsBitmap
-    io_boost: bool
-    io_qos_boost: bool
-    problems: List[str] = field(default_factory=list)
-
-    @property
-    def residual_boosts(self) -> bool:
-        return bool(self.cpu_boosts or self.io_boost or self.io_qos_boost)
+    role: str = ""  # "P2: the leaked entry", "thread entry 3"
 
     def as_dict(self) -> Dict[str, Any]:
         return {"address": _hex(self.address), "role": self.role, "lock": _hex(self.lock),

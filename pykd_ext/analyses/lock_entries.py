@@ -91,11 +91,7 @@ def _lock(context: Context, address: int, role: str, confidence: Optional[str] =
 
 
 def _entry_record(context: Context, entry: LockEntry, role: str) -> LockEntryRecord:
-    return LockEntryRecord(address=entry.address, role=role, lock=entry.lock, lock_state=entry.lock_state,
-                           in_tree=entry.in_tree, cross_thread_releasable=entry.cross_thread_releasable,
-                           busy=entry.busy, acquired=entry.acquired, waiting=entry.waiting,
-                           session_id=entry.session_id, cpu_boosts=entry.cpu_boosts, io_boost=entry.io_boost,
-                           io_qos_boost=entry.io_qos_boost, problems=list(entry.problems))
+    return LockEntryRecord(**{**vars(entry), "problems": list(entry.problems)}, role=role)
 
 
 def _read_entry(context: Context, address: int, role: str) -> Optional[LockEntry]:

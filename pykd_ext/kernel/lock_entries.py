@@ -60,7 +60,7 @@ class LockEntry:
     acquired: bool
     waiting: bool
     session_id: Optional[int]
-    cpu_boosts: int
+    cpu_boosts: int  # BoostBitmap.CpuBoostsBitmap
     io_boost: bool
     io_qos_boost: bool
     problems: List[str] = field(default_factory=list)
