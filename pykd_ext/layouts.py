@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .targets.base import Target
@@ -46,10 +47,21 @@ class StructLayout:
         try:
             return self.offsets[field_name]
         except KeyError:
-            raise LayoutError(f"{self.name}.{field_name} is not in the {self.source} layout") from None
+            raise self.missing(field_name) from None
+
+    def missing(self, field_name: str) -> LayoutError:
+        return LayoutError(f"{self.name}.{field_name} is not in the {self.source} layout")
 
     def has(self, field_name: str) -> bool:
         return field_name in self.offsets
+
+    @cached_property
+    def decoding(self) -> Dict[str, Tuple[int, Optional[str]]]:
+        """Field -> (offset, kind to unpack), the kind None for an embedded structure or array (its
+        address is the value); built once, for StructView's many reads."""
+        return {field_name: (offset, None if kind == "struct" or "[" in kind else kind)
+                for field_name, offset in self.offsets.items()
+                for kind in (self.kinds.get(field_name, "struct"),)}
 
     def array_length(self, field_name: str, element_size: int) -> Optional[int]:
         """Elements of an array field: from the symbols' field size, else the ``kind[n]`` of the table."""
@@ -61,6 +73,10 @@ class StructLayout:
 
 # Field kind -> byte size, for the fixed-size kinds.
 KIND_SIZES = {"u8": 1, "u16": 2, "i16": 2, "u32": 4, "u64": 8}
+# How StructView decodes each fixed-size kind, and a pointer of each size (little-endian).
+_KIND_UNPACKERS = {kind: struct.Struct(fmt) for kind, fmt in
+                   (("u8", "<B"), ("u16", "<H"), ("i16", "<h"), ("u32", "<I"), ("u64", "<Q"))}
+_POINTER_UNPACKERS = {8: struct.Struct("<Q"), 4: struct.Struct("<I")}
 # Array kinds: "ptr[8]" (StackTrace), "struct[6]" (an embedded array of structures).
 _ARRAY_KIND = re.compile(r"^(\w+)\[(\d+)\]$")
 
@@ -602,18 +618,16 @@ class StructView:
     pointer_size: int
 
     def __getitem__(self, field_name: str) -> int:
-        offset = self.layout.offset(field_name)
-        kind = self.layout.kinds.get(field_name, "struct")
-        if kind == "struct" or "[" in kind:
+        try:
+            offset, kind = self.layout.decoding[field_name]
+        except KeyError:
+            raise self.layout.missing(field_name) from None
+        if kind is None:
             return self.address + offset
-        if kind == "ptr":
-            fmt = "<Q" if self.pointer_size == 8 else "<I"
-        else:
-            fmt = {"u8": "<B", "u16": "<H", "i16": "<h", "u32": "<I", "u64": "<Q"}[kind]
-        end = offset + struct.calcsize(fmt)
-        if end > len(self.data):
+        unpacker = _POINTER_UNPACKERS[self.pointer_size] if kind == "ptr" else _KIND_UNPACKERS[kind]
+        if offset + unpacker.size > len(self.data):
             raise LayoutError(f"{self.layout.name}.{field_name} lies past the {len(self.data):#x} bytes read")
-        return struct.unpack_from(fmt, self.data, offset)[0]
+        return unpacker.unpack_from(self.data, offset)[0]
 
     def address_of(self, field_name: str) -> int:
         return self.address + self.layout.offset(field_name)

@@ -335,11 +335,11 @@ def test_ctrl_c_during_the_search_prints_a_partial_report(tmp_path, capsys, scen
     scans = []
     original = DumpFileTarget._scan_window
 
-    def interrupted_second_pass(reader, value_set, start, end):
+    def interrupted_second_pass(fileno, value_set, start, end):
         scans.append(len(value_set))
         if len(scans) > 1:
             raise KeyboardInterrupt
-        return original(reader, value_set, start, end)
+        return original(fileno, value_set, start, end)
 
     monkeypatch.setattr(DumpFileTarget, "_scan_window", staticmethod(interrupted_second_pass))
     assert main(["analyze", path, "--format", "json", "--record", snap]) == EXIT_INTERRUPTED

@@ -123,6 +123,7 @@ class SuspectBoard:
 
     def __init__(self):
         self._suspects: Dict[str, Suspect] = {}
+        self._evidence: Dict[str, Set[str]] = {}  # suspect key -> its evidence, for the duplicate check
 
     def add(self, driver: Optional[str], image: Optional[str], confidence: str, weight: int, evidence: str,
             driver_object: Optional[int] = None, image_base: Optional[int] = None) -> None:
@@ -136,7 +137,9 @@ class SuspectBoard:
         suspect.image_base = suspect.image_base or image_base
         if CONFIDENCE_RANK[confidence] > CONFIDENCE_RANK[suspect.confidence]:
             suspect.confidence = confidence
-        if evidence not in suspect.evidence:
+        known = self._evidence.setdefault(key, set())
+        if evidence not in known:
+            known.add(evidence)
             suspect.evidence.append(evidence)
             suspect.score += weight
 
