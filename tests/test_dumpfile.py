@@ -373,3 +373,59 @@ def test_every_thread_count_and_engine_finds_the_same(tmp_path, monkeypatch):
             results.append((hits, report))
     assert all(hits[scenario.expected["process"]] for hits, _ in results)
     assert all(result == results[0] for result in results[1:])
+
+
+# ---- the mapped search --------------------------------------------------------------------------
+
+def mappings_of(path):
+    """The lines of /proc/self/maps that map ``path`` (Linux)."""
+    with open("/proc/self/maps") as maps:
+        return [line for line in maps if line.rstrip().endswith(os.path.realpath(path))]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc/self/maps (Linux)")
+def test_the_search_leaves_no_window_of_the_dump_mapped(tmp_path, scenarios, monkeypatch):
+    path = str(tmp_path / "MEMORY.DMP")
+    write_dump(scenarios["irp"].data, path)
+    monkeypatch.setattr("pykd_ext.targets.dumpfile.WINDOW_BYTES", 16 * 4096)
+    target = DumpFileTarget.open(path)
+    try:
+        seen = []
+        hits = target.search_pointers([scenarios["irp"].expected["process"]],
+                                      progress=lambda done, total: seen.append(len(mappings_of(path))))
+        assert hits[scenarios["irp"].expected["process"]]
+        assert len(seen) > 2 and max(seen) <= 2 * 4  # at most the windows being searched or queued
+        assert mappings_of(path) == []
+    finally:
+        target.close()
+
+
+def test_windows_mapped_at_a_64_kib_granularity_find_the_same(tmp_path, scenarios, monkeypatch):
+    """Windows maps files at 64 KiB offsets only: the window starts are rounded down to it."""
+    path = str(tmp_path / "MEMORY.DMP")
+    write_dump(scenarios["irp"].data, path)
+    monkeypatch.setattr("pykd_ext.targets.dumpfile.WINDOW_BYTES", 3 * 4096)  # windows not 64 KiB aligned
+    values = [scenarios["irp"].expected["process"]] + scenarios["irp"].expected["locked_mdls"]
+    target = DumpFileTarget.open(path)
+    try:
+        assert target.layout.data_start % (64 << 10) != 0
+        at_4_kib = target.search_pointers(values)
+        import mmap
+        monkeypatch.setattr(mmap, "ALLOCATIONGRANULARITY", 64 << 10)
+        assert target.search_pointers(values) == at_4_kib
+        assert all(at_4_kib[v] for v in values)
+    finally:
+        target.close()
+
+
+def test_a_dump_truncated_after_it_was_opened_stops_the_hunt_with_a_warning(tmp_path, scenarios):
+    path = str(tmp_path / "MEMORY.DMP")
+    write_dump(scenarios["irp"].data, path)
+    target = DumpFileTarget.open(path)
+    try:
+        os.truncate(path, target.layout.data_start + 4096)  # another program cut it short meanwhile
+        report = analyze(target)
+    finally:
+        target.close()
+    assert report.complete_hunt is False and not report.suspects
+    assert any("truncated while leakhunt read it" in warning for warning in report.warnings)

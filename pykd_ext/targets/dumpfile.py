@@ -72,6 +72,12 @@ def memory_unavailable_reason(header: DumpHeader, name: str) -> str:
     return ""
 
 
+def file_shrank(detail: str) -> TargetError:
+    """The error for a dump file cut short by another program after leakhunt opened and checked it."""
+    return TargetError(f"the dump file is shorter than when leakhunt opened it (was it truncated while leakhunt "
+                       f"read it?): {detail}")
+
+
 def canonical(address: int) -> int:
     """Sign-extend a 48-bit x64 virtual address."""
     return address | 0xFFFF000000000000 if address & (1 << 47) else address
@@ -189,7 +195,10 @@ class DumpFileTarget(Target):
         if offset is None:
             return None
         self._handle.seek(offset)
-        return self._handle.read(PAGE_SIZE)
+        content = self._handle.read(PAGE_SIZE)
+        if len(content) < PAGE_SIZE:
+            raise file_shrank(f"page frame {pfn:#x} at offset {offset:#x}")
+        return content
 
     def read_physical(self, address: int, size: int) -> bytes:
         if self.layout is None:
@@ -311,8 +320,7 @@ class DumpFileTarget(Target):
         try:
             mapping = mmap.mmap(fileno, end - base, access=mmap.ACCESS_READ, offset=base)
         except (ValueError, OSError) as error:  # the file shrank since it was opened
-            raise TargetError(f"cannot map bytes {start:#x}-{end:#x} of the dump file (was it truncated while "
-                              f"leakhunt read it?): {error}") from None
+            raise file_shrank(f"cannot map bytes {start:#x}-{end:#x} ({error})") from None
         try:
             words = np.frombuffer(mapping, dtype=value_set.dtype, count=(end - start) // value_set.pointer_size,
                                   offset=start - base)
