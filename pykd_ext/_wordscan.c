@@ -1,21 +1,31 @@
 /*
  * pykd_ext._wordscan: the compiled core of pykd_ext.search.ValueSet.
  *
- * Finds every aligned 4- or 8-byte little-endian word of a buffer that belongs to a sorted set of
- * values, in one pass, without holding the GIL (so several windows of a dump can be searched at
- * once). Up to FEW_VALUES values are compared directly; larger sets go through a bit filter
- * indexed by a multiplicative hash of the whole word, and only the words that pass it are looked up
- * in the sorted values. The build is optional: without a compiler, ValueSet uses numpy instead.
+ * Finds every aligned 4- or 8-byte little-endian word of a buffer, or of a byte range of a file,
+ * that belongs to a sorted set of values, in one pass, without holding the GIL (so several windows
+ * of a dump can be searched at once). Up to FEW_VALUES values are compared directly; larger sets go
+ * through a bit filter indexed by a multiplicative hash of the whole word, and only the words that
+ * pass it are looked up in the sorted values. The build is optional: without a compiler, ValueSet
+ * uses numpy instead.
  *
  *   bit_filter(values, word_size) -> bytes       the filter for find(), built once per value set
  *   find(buffer, values, filter, word_size) -> bytes
  *        native int64 word indices of the members of values found in buffer, in order
+ *   find_in_file(fd, offset, length, values, filter, word_size) -> (bytes, bytes, int)   (POSIX)
+ *        the same for bytes [offset, offset + length) of an open file, read CHUNK_BYTES at a time:
+ *        native int64 word indices from offset, the native uint64 words found, and the bytes read
+ *        (fewer than length where the file ends sooner)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifndef _WIN32
+#include <errno.h>
+#include <unistd.h>
+#define HAVE_PREAD 1
+#endif
 
 #define FEW_VALUES 4
 /* Filter sizes: about 1024 bits per value (a word outside the set passes with probability
@@ -29,6 +39,9 @@
 #define FILTER_BLOCK 8
 /* How far ahead of the filter loop the words are prefetched (one page). */
 #define PREFETCH_BYTES 4096
+/* find_in_file reads this much at a time into a buffer that stays in the core's L2 cache, so that
+ * the search reads the words from the cache the read has just written them to. */
+#define CHUNK_BYTES (256 * 1024)
 
 #define HASH64 UINT64_C(0x9E3779B97F4A7C15)
 #define HASH32 UINT32_C(0x9E3779B9)
@@ -51,25 +64,46 @@
 #define PREFETCH(address) ((void)0)
 #endif
 
+/* The hits of a search: word indices (from ``base``) and, when ``values`` is wanted, the words. */
 typedef struct {
-    int64_t *items;
+    int64_t *indices;
+    uint64_t *values;
     Py_ssize_t count, capacity;
+    int64_t base;
+    int keep_values;
     int out_of_memory;
-} Indices;
+} Hits;
 
-static void append(Indices *indices, int64_t index)
+static void append(Hits *hits, Py_ssize_t index, uint64_t word)
 {
-    if (indices->count == indices->capacity) {
-        Py_ssize_t capacity = indices->capacity ? indices->capacity * 2 : 256;
-        int64_t *items = realloc(indices->items, (size_t)capacity * sizeof(int64_t));
-        if (items == NULL) {
-            indices->out_of_memory = 1;
+    if (hits->count == hits->capacity) {
+        Py_ssize_t capacity = hits->capacity ? hits->capacity * 2 : 256;
+        int64_t *indices = realloc(hits->indices, (size_t)capacity * sizeof(int64_t));
+        if (indices == NULL) {
+            hits->out_of_memory = 1;
             return;
         }
-        indices->items = items;
-        indices->capacity = capacity;
+        hits->indices = indices;
+        if (hits->keep_values) {
+            uint64_t *values = realloc(hits->values, (size_t)capacity * sizeof(uint64_t));
+            if (values == NULL) {
+                hits->out_of_memory = 1;
+                return;
+            }
+            hits->values = values;
+        }
+        hits->capacity = capacity;
     }
-    indices->items[indices->count++] = index;
+    hits->indices[hits->count] = hits->base + index;
+    if (hits->keep_values)
+        hits->values[hits->count] = word;
+    hits->count++;
+}
+
+static void release_hits(Hits *hits)
+{
+    free(hits->indices);
+    free(hits->values);
 }
 
 static int filter_bits_for(Py_ssize_t count)
@@ -102,7 +136,7 @@ static int filter_bits_for(Py_ssize_t count)
                                                                                                      \
     VECTOR_CLONES static void compare_##SUFFIX(const WORD *words, Py_ssize_t count,                 \
                                                const WORD *values, Py_ssize_t value_count, \
-                                               Indices *out)                                         \
+                                               Hits *out)                                         \
     {                                                                                                \
         /* Up to FEW_VALUES values, padded by repeating the first. */                                \
         WORD a = values[0], b = values[value_count > 1 ? 1 : 0];                                     \
@@ -117,14 +151,14 @@ static int filter_bits_for(Py_ssize_t count)
                 for (int k = 0; k < COMPARE_BLOCK; k++) {                                            \
                     WORD word = words[i + k];                                                        \
                     if ((word == a) | (word == b) | (word == c) | (word == d))                       \
-                        append(out, i + k);                                                          \
+                        append(out, i + k, word);                                                    \
                 }                                                                                    \
             }                                                                                        \
         }                                                                                            \
         for (; i < count; i++) {                                                                     \
             WORD word = words[i];                                                                    \
             if ((word == a) | (word == b) | (word == c) | (word == d))                               \
-                append(out, i);                                                                      \
+                append(out, i, word);                                                                \
         }                                                                                            \
     }                                                                                                \
                                                                                                      \
@@ -136,7 +170,7 @@ static int filter_bits_for(Py_ssize_t count)
                                                                                                      \
     static void filter_##SUFFIX(const WORD *words, Py_ssize_t count, const WORD *values,             \
                                 Py_ssize_t value_count, const uint64_t *filter, int bits,            \
-                                Indices *out)                                                        \
+                                Hits *out)                                                        \
     {                                                                                                \
         /* FILTER_BLOCK independent lookups per branch keep the core busy; the prefetch keeps the    \
          * words coming from memory (a mapped file's pages are not contiguous, so the hardware       \
@@ -152,14 +186,14 @@ static int filter_bits_for(Py_ssize_t count)
                     WORD word = words[i + k];                                                        \
                     if (filter_bit_##SUFFIX(filter, bits, word)                                      \
                         && is_member_##SUFFIX(values, value_count, word))                            \
-                        append(out, i + k);                                                          \
+                        append(out, i + k, word);                                                    \
                 }                                                                                    \
             }                                                                                        \
         }                                                                                            \
         for (; i < count; i++) {                                                                     \
             WORD word = words[i];                                                                    \
             if (filter_bit_##SUFFIX(filter, bits, word) && is_member_##SUFFIX(values, value_count, word)) \
-                append(out, i);                                                                      \
+                append(out, i, word);                                                                \
         }                                                                                            \
     }                                                                                                \
                                                                                                      \
@@ -236,6 +270,40 @@ done:
     return result;
 }
 
+/* Search ``count`` words for the values (called without the GIL). */
+static void search_words(const void *words, Py_ssize_t count, const Py_buffer *values, const Py_buffer *filter,
+                         int word_size, Hits *out)
+{
+    Py_ssize_t value_count = values->len / word_size;
+    int bits = filter_bits_for(value_count);
+    if (value_count == 0 || count == 0)
+        return;
+    if (word_size == 8) {
+        if (value_count <= FEW_VALUES)
+            compare_64(words, count, values->buf, value_count, out);
+        else
+            filter_64(words, count, values->buf, value_count, filter->buf, bits, out);
+    } else {
+        if (value_count <= FEW_VALUES)
+            compare_32(words, count, values->buf, value_count, out);
+        else
+            filter_32(words, count, values->buf, value_count, filter->buf, bits, out);
+    }
+}
+
+/* The checks both searches make of their values and filter; sets the error and returns 0 if wrong. */
+static int check_values(const Py_buffer *values, const Py_buffer *filter, int word_size)
+{
+    if (!check_word_size(word_size) || !check_buffer(values, word_size, "values"))
+        return 0;
+    int bits = filter_bits_for(values->len / word_size);
+    if (filter->len != ((Py_ssize_t)1 << bits) / 8 || (uintptr_t)filter->buf % 8 != 0) {
+        PyErr_SetString(PyExc_ValueError, "filter does not belong to these values (use bit_filter)");
+        return 0;
+    }
+    return 1;
+}
+
 static PyObject *find(PyObject *module, PyObject *args)
 {
     Py_buffer buffer, values, filter;
@@ -243,43 +311,106 @@ static PyObject *find(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*y*y*i:find", &buffer, &values, &filter, &word_size))
         return NULL;
     PyObject *result = NULL;
-    Indices out = {NULL, 0, 0, 0};
-    if (!check_word_size(word_size) || !check_buffer(&buffer, word_size, "buffer")
-        || !check_buffer(&values, word_size, "values"))
+    Hits out = {0};
+    if (!check_values(&values, &filter, word_size) || !check_buffer(&buffer, word_size, "buffer"))
         goto done;
-    Py_ssize_t count = buffer.len / word_size, value_count = values.len / word_size;
-    int bits = filter_bits_for(value_count);
-    if (filter.len != ((Py_ssize_t)1 << bits) / 8 || (uintptr_t)filter.buf % 8 != 0) {
-        PyErr_SetString(PyExc_ValueError, "filter does not belong to these values (use bit_filter)");
-        goto done;
-    }
-    if (value_count > 0 && count > 0) {
-        Py_BEGIN_ALLOW_THREADS
-        if (word_size == 8) {
-            if (value_count <= FEW_VALUES)
-                compare_64(buffer.buf, count, values.buf, value_count, &out);
-            else
-                filter_64(buffer.buf, count, values.buf, value_count, filter.buf, bits, &out);
-        } else {
-            if (value_count <= FEW_VALUES)
-                compare_32(buffer.buf, count, values.buf, value_count, &out);
-            else
-                filter_32(buffer.buf, count, values.buf, value_count, filter.buf, bits, &out);
-        }
-        Py_END_ALLOW_THREADS
-    }
+    Py_BEGIN_ALLOW_THREADS
+    search_words(buffer.buf, buffer.len / word_size, &values, &filter, word_size, &out);
+    Py_END_ALLOW_THREADS
     if (out.out_of_memory) {
         PyErr_NoMemory();
         goto done;
     }
-    result = PyBytes_FromStringAndSize((const char *)out.items, out.count * (Py_ssize_t)sizeof(int64_t));
+    result = PyBytes_FromStringAndSize((const char *)out.indices, out.count * (Py_ssize_t)sizeof(int64_t));
 done:
-    free(out.items);
+    release_hits(&out);
     PyBuffer_Release(&buffer);
     PyBuffer_Release(&values);
     PyBuffer_Release(&filter);
     return result;
 }
+
+#ifdef HAVE_PREAD
+/* Fill ``buffer`` with up to ``size`` bytes of the file from ``offset``; the bytes read (fewer at the
+ * end of the file), or -1 with errno set. */
+static Py_ssize_t read_fully(int fd, char *buffer, Py_ssize_t size, long long offset)
+{
+    Py_ssize_t done = 0;
+    while (done < size) {
+        ssize_t count = pread(fd, buffer + done, (size_t)(size - done), (off_t)(offset + done));
+        if (count < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (count == 0)
+            break;
+        done += count;
+    }
+    return done;
+}
+
+static PyObject *find_in_file(PyObject *module, PyObject *args)
+{
+    int fd, word_size;
+    long long offset, length;
+    Py_buffer values, filter;
+    if (!PyArg_ParseTuple(args, "iLLy*y*i:find_in_file", &fd, &offset, &length, &values, &filter, &word_size))
+        return NULL;
+    PyObject *result = NULL;
+    Hits out = {0};
+    out.keep_values = 1;
+    char *chunk = NULL;
+    if (!check_values(&values, &filter, word_size))
+        goto done;
+    if (offset < 0 || length < 0 || offset % word_size != 0) {
+        PyErr_Format(PyExc_ValueError, "offset %lld and length %lld must be positive and the offset aligned to %d",
+                     offset, length, word_size);
+        goto done;
+    }
+    chunk = malloc(CHUNK_BYTES);
+    if (chunk == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    long long done_bytes = 0;
+    int read_error = 0;
+    Py_BEGIN_ALLOW_THREADS
+    while (done_bytes < length && !out.out_of_memory) {
+        Py_ssize_t wanted = length - done_bytes < CHUNK_BYTES ? (Py_ssize_t)(length - done_bytes) : CHUNK_BYTES;
+        Py_ssize_t got = read_fully(fd, chunk, wanted, offset + done_bytes);
+        if (got < 0) {
+            read_error = errno;
+            break;
+        }
+        out.base = done_bytes / word_size;
+        search_words(chunk, got / word_size, &values, &filter, word_size, &out);
+        done_bytes += got;
+        if (got < wanted)
+            break;  /* the end of the file */
+    }
+    Py_END_ALLOW_THREADS
+    if (read_error) {
+        errno = read_error;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    if (out.out_of_memory) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t size = out.count * (Py_ssize_t)sizeof(int64_t);
+    /* With no hits nothing was allocated: "y#" makes None of a NULL pointer, so point at "". */
+    result = Py_BuildValue("(y#y#L)", out.count ? (const char *)out.indices : "", size,
+                           out.count ? (const char *)out.values : "", size, done_bytes);
+done:
+    free(chunk);
+    release_hits(&out);
+    PyBuffer_Release(&values);
+    PyBuffer_Release(&filter);
+    return result;
+}
+#endif
 
 static PyMethodDef wordscan_methods[] = {
     {"bit_filter", bit_filter, METH_VARARGS,
@@ -287,6 +418,12 @@ static PyMethodDef wordscan_methods[] = {
     {"find", find, METH_VARARGS,
      "find(buffer, values, filter, word_size) -> bytes: native int64 indices of the aligned words of\n"
      "buffer that are in values, in order. Runs without the GIL."},
+#ifdef HAVE_PREAD
+    {"find_in_file", find_in_file, METH_VARARGS,
+     "find_in_file(fd, offset, length, values, filter, word_size) -> (indices, words, bytes_read): find()\n"
+     "over bytes [offset, offset + length) of an open file, read without the GIL a cache-sized chunk at a\n"
+     "time; native int64 word indices from offset and the native uint64 words found, in order."},
+#endif
     {NULL, NULL, 0, NULL},
 };
 

@@ -58,6 +58,9 @@ class ValueSet:
             self._filter = _wordscan.bit_filter(self.values, pointer_size)
         else:
             self._prepare_numpy()
+        # Whether find_in_file() is available: the compiled engine reads files itself where the OS
+        # has positioned reads (POSIX); elsewhere the caller reads and calls find().
+        self.reads_files = self.engine == "compiled" and hasattr(_wordscan, "find_in_file")
 
     def _prepare_numpy(self) -> None:
         self.table = None
@@ -121,6 +124,17 @@ class ValueSet:
         if not indices:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=self.dtype)
         return np.concatenate(indices), np.concatenate(found)
+
+    def find_in_file(self, fileno: int, offset: int, length: int) -> Tuple[np.ndarray, np.ndarray, int]:
+        """find() over bytes ``[offset, offset + length)`` of an open file (``reads_files`` engines only).
+
+        Returns the word indices from ``offset``, the words found, and the bytes read (fewer than
+        ``length`` when the file ends sooner). The read and the search run without the GIL.
+        """
+        indices, found, done = _wordscan.find_in_file(fileno, offset, length, self.values, self._filter,
+                                                      self.pointer_size)
+        return (np.frombuffer(indices, dtype=np.int64),
+                np.frombuffer(found, dtype=np.uint64).astype(self.dtype), done)
 
     def _find_block(self, words: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         if self.table is None:

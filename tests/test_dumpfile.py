@@ -2,7 +2,6 @@
 scenario itself; the real small dumps give their bug check; bad files give one line and exit code 3."""
 import hashlib
 import json
-import mmap
 import os
 import struct
 import sys
@@ -10,7 +9,6 @@ import sys
 import pytest
 
 import pykd_ext.search as search
-import pykd_ext.targets.dumpfile as dumpfile
 from mocks.dumpwriter import DumpImage, write_dump
 from mocks.scenarios import KINDS_0x76, case_0x76
 from pykd_ext.analyses import Options, analyze
@@ -18,6 +16,7 @@ from pykd_ext.cli import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_NO_HUNT, EXIT_NO_SUS
 from pykd_ext.targets.dumpfile import DumpFileTarget
 from pykd_ext.targets.dumpheader import (DUMP_BITMAP, DUMP_COMPLETE, DUMP_FULL, DUMP_KERNEL_MEMORY, DUMP_TRIAGE,
                                          H64_DUMP_TYPE, HEADER64_SIZE, RDMP_RANGES, DumpFileError)
+from pykd_ext.targets.base import TargetError
 from pykd_ext.targets.snapshot import SnapshotTarget
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -377,54 +376,31 @@ def test_every_thread_count_and_engine_finds_the_same(tmp_path, monkeypatch):
     assert all(result == results[0] for result in results[1:])
 
 
-# ---- the mapped search --------------------------------------------------------------------------
+# ---- a file that changes under the search ------------------------------------------------------
 
-def mappings_of(path):
-    """The lines of /proc/self/maps that map ``path`` (Linux)."""
-    with open("/proc/self/maps") as maps:
-        return [line for line in maps if line.rstrip().endswith(os.path.realpath(path))]
-
-
-@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc/self/maps (Linux)")
-def test_the_search_leaves_no_window_of_the_dump_mapped(tmp_path, scenarios, monkeypatch):
-    path = str(tmp_path / "MEMORY.DMP")
-    write_dump(scenarios["irp"].data, path)
-    monkeypatch.setattr("pykd_ext.targets.dumpfile.WINDOW_BYTES", 16 * 4096)
-    target = DumpFileTarget.open(path)
-    try:
-        seen = []
-        hits = target.search_pointers([scenarios["irp"].expected["process"]],
-                                      progress=lambda done, total: seen.append(len(mappings_of(path))))
-        assert hits[scenarios["irp"].expected["process"]]
-        assert len(seen) > 2 and max(seen) <= dumpfile.SEARCH_THREADS  # only the windows being searched
-        assert mappings_of(path) == []
-    finally:
-        target.close()
-
-
-def test_windows_mapped_at_a_64_kib_granularity_find_the_same(tmp_path, scenarios, monkeypatch):
-    """Windows maps files at 64 KiB offsets only: the window starts are rounded down to it."""
-    path = str(tmp_path / "MEMORY.DMP")
-    write_dump(scenarios["irp"].data, path)
-    monkeypatch.setattr("pykd_ext.targets.dumpfile.WINDOW_BYTES", 3 * 4096)  # windows not 64 KiB aligned
-    values = [scenarios["irp"].expected["process"]] + scenarios["irp"].expected["locked_mdls"]
-    target = DumpFileTarget.open(path)
-    try:
-        assert target.layout.data_start % (64 << 10) != 0
-        at_4_kib = target.search_pointers(values)
-        monkeypatch.setattr(mmap, "ALLOCATIONGRANULARITY", 64 << 10)
-        assert target.search_pointers(values) == at_4_kib
-        assert all(at_4_kib[v] for v in values)
-    finally:
-        target.close()
-
-
-def test_a_dump_truncated_after_it_was_opened_stops_the_hunt_with_a_warning(tmp_path, scenarios):
+@pytest.mark.parametrize("reads_files", [True, False], ids=["engine-reads", "python-reads"])
+def test_a_dump_truncated_after_it_was_opened_stops_the_search_with_a_clear_error(tmp_path, scenarios,
+                                                                                  monkeypatch, reads_files):
+    if reads_files and not (search._wordscan is not None and hasattr(search._wordscan, "find_in_file")):
+        pytest.skip("the compiled engine's file reads are not built here")
+    monkeypatch.setattr(search, "preferred_engine", "compiled" if reads_files else "numpy")
     path = str(tmp_path / "MEMORY.DMP")
     write_dump(scenarios["irp"].data, path)
     target = DumpFileTarget.open(path)
     try:
         os.truncate(path, target.layout.data_start + 4096)  # another program cut it short meanwhile
+        with pytest.raises(TargetError, match="shorter than when leakhunt opened it"):
+            target.search_pointers([scenarios["irp"].expected["process"]])
+    finally:
+        target.close()
+
+
+def test_a_hunt_on_a_dump_truncated_after_it_was_opened_keeps_a_warning(tmp_path, scenarios):
+    path = str(tmp_path / "MEMORY.DMP")
+    write_dump(scenarios["irp"].data, path)
+    target = DumpFileTarget.open(path)
+    try:
+        os.truncate(path, target.layout.data_start + 4096)
         report = analyze(target)
     finally:
         target.close()

@@ -1,5 +1,6 @@
 """ValueSet, the batched pointer search, through both engines: the compiled extension and numpy."""
 import mmap
+import os
 import shutil
 import sysconfig
 
@@ -144,3 +145,53 @@ def test_the_compiled_engine_checks_what_it_is_given():
         wordscan.find(b"\x00" * 16, np.arange(1, 5000, dtype="<u8"), bit_filter, 8)
     hits = np.frombuffer(wordscan.find(np.array([9, 3, 0, 5], dtype="<u8"), values, bit_filter, 8), dtype=np.int64)
     assert hits.tolist() == [1, 3]
+
+
+# ---- the compiled engine reading a file itself ------------------------------------------------------
+
+def file_reading_engine():
+    if not compiled_available() or not hasattr(search._wordscan, "find_in_file"):
+        pytest.skip("the compiled engine's file reads (POSIX) are not built here")
+
+
+@pytest.mark.parametrize("pointer_size", [8, 4])
+@pytest.mark.parametrize("value_count", [1, 4, 5, 700])
+def test_find_in_file_agrees_with_find_over_the_same_bytes(tmp_path, pointer_size, value_count):
+    file_reading_engine()
+    dtype = "<u8" if pointer_size == 8 else "<u4"
+    rng = np.random.default_rng(value_count * pointer_size)
+    words = rng.integers(0, 1 << 14, 600_000).astype(dtype)  # several read chunks, hits in each
+    chunk_words = (256 * 1024) // pointer_size
+    words[chunk_words - 1:chunk_words + 1] = words[5]  # hits on both sides of a chunk boundary
+    path = tmp_path / "words.bin"
+    path.write_bytes(words.tobytes())
+    values = np.unique(np.concatenate([words[[5]], words[rng.integers(0, len(words), value_count - 1)]])).tolist()
+    value_set = ValueSet(values, pointer_size, "compiled")
+    assert value_set.reads_files
+    offset = 3 * 4096 + pointer_size  # anywhere, as long as it is word aligned
+    with open(path, "rb") as handle:
+        indices, found, done = value_set.find_in_file(handle.fileno(), offset, len(words) * pointer_size)
+    in_memory = ValueSet(values, pointer_size, "numpy").find(words.tobytes()[offset:])
+    assert done == len(words) * pointer_size - offset  # the file ends before offset + length
+    assert len(indices) > 2 and chunk_words - 1 - offset // pointer_size in indices.tolist()
+    assert indices.tolist() == in_memory[0].tolist() and found.tolist() == in_memory[1].tolist()
+    assert found.dtype == np.dtype(dtype)
+
+
+def test_find_in_file_checks_what_it_is_given(tmp_path):
+    file_reading_engine()
+    path = tmp_path / "words.bin"
+    path.write_bytes(bytes(64))
+    value_set = ValueSet([1, 2], 8, "compiled")
+    with open(path, "rb") as handle:
+        assert value_set.find_in_file(handle.fileno(), 64, 4096)[2] == 0  # past the end: nothing read
+        with pytest.raises(ValueError, match="aligned"):
+            value_set.find_in_file(handle.fileno(), 3, 8)
+        with pytest.raises(ValueError, match="positive"):
+            value_set.find_in_file(handle.fileno(), 0, -8)
+    directory = os.open(tmp_path, os.O_RDONLY)  # a descriptor that cannot be read from
+    try:
+        with pytest.raises(OSError):
+            value_set.find_in_file(directory, 0, 8)
+    finally:
+        os.close(directory)

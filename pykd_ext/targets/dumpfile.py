@@ -1,7 +1,7 @@
 """A kernel crash dump file as a Target: ``leakhunt analyze MEMORY.DMP`` on any OS, without a debugger.
 
 Reads go through the kernel's own x64 page tables (PML4 at the header's DirectoryTableBase) to the
-physical pages stored in the file. The pointer search maps the stored pages a bounded window at a time
+physical pages stored in the file. The pointer search reads the stored pages a bounded window at a time
 on each core and searches them with ``ValueSet`` (all values of one hunt level in one pass), then
 turns the physical hits into kernel virtual addresses with one walk of the kernel page tables for
 just the page frames that hold hits. Memory use stays bounded whatever the size of the dump.
@@ -12,9 +12,9 @@ what dump the hunt needs.
 """
 from __future__ import annotations
 
-import mmap
 import os
 import struct
+import threading
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -30,9 +30,9 @@ from .base import (PAGE_SIZE, BugCheck, MemoryReadError, Module, PfnRange, Progr
 from .dumpheader import (DUMP_TRIAGE, MACHINE_X64, MEMORY_DUMP_TYPES, DumpFileError, DumpHeader, PhysicalLayout,
                          format_size, read_dump_header, read_physical_layout)
 
-# Bytes of the file each search thread maps and searches at a time: peak memory does not grow with
-# the dump.
-WINDOW_BYTES = 16 << 20
+# Bytes of the file each search thread searches at a time (the unit of progress and of interrupts):
+# peak memory does not grow with the dump.
+WINDOW_BYTES = 8 << 20
 # Windows searched at once (one per core, up to 4: beyond that a streaming read is the limit).
 SEARCH_THREADS = min(4, os.cpu_count() or 1)
 # Physical pages kept in memory for reads (page tables and kernel objects): 16 MiB.
@@ -280,58 +280,61 @@ class DumpFileTarget(Target):
     def _scan_windows(self, value_set: ValueSet, windows: List[Tuple[int, int]]):
         """Yield (window, search result) in file order, searching up to SEARCH_THREADS windows at once.
 
-        Each window is mapped read-only and searched in place (no copy: the search reads the page
-        cache directly, see _scan_window). The compiled engine releases the GIL, so the windows
-        really are searched in parallel. At most two windows per thread are queued; on an interrupt
-        the queued ones are cancelled and the running ones (a few milliseconds each) finish before
-        it propagates.
+        Each thread reads the windows it is given through its own read-only handle (see _scan_window).
+        The compiled engine releases the GIL, so the windows really are searched in parallel. At most
+        two windows per thread are queued; on an interrupt the queued ones are cancelled and the
+        running ones (a few milliseconds each) finish before it propagates.
         """
-        def scan(window: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
-            return self._scan_window(self._handle.fileno(), value_set, *window)
+        readers: List[_WindowReader] = []
+        per_thread = threading.local()
 
-        if SEARCH_THREADS <= 1 or len(windows) <= 1:
-            for window in windows:
-                yield window, scan(window)
-            return
-        pool = ThreadPoolExecutor(max_workers=SEARCH_THREADS, thread_name_prefix="leakhunt-search")
+        def scan(window: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+            reader = getattr(per_thread, "reader", None)
+            if reader is None:
+                reader = per_thread.reader = _WindowReader(self.path)
+                readers.append(reader)
+            return self._scan_window(reader, value_set, *window)
+
         try:
-            queued: Deque = deque()
-            for window in windows:
-                queued.append((window, pool.submit(scan, window)))
-                if len(queued) >= 2 * SEARCH_THREADS:
+            if SEARCH_THREADS <= 1 or len(windows) <= 1:
+                for window in windows:
+                    yield window, scan(window)
+                return
+            pool = ThreadPoolExecutor(max_workers=SEARCH_THREADS, thread_name_prefix="leakhunt-search")
+            try:
+                queued: Deque = deque()
+                for window in windows:
+                    queued.append((window, pool.submit(scan, window)))
+                    if len(queued) >= 2 * SEARCH_THREADS:
+                        window_done, future = queued.popleft()
+                        yield window_done, future.result()
+                while queued:
                     window_done, future = queued.popleft()
                     yield window_done, future.result()
-            while queued:
-                window_done, future = queued.popleft()
-                yield window_done, future.result()
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            for reader in readers:
+                reader.close()
 
     @staticmethod
-    def _scan_window(fileno: int, value_set: ValueSet, start: int, end: int) -> Tuple[np.ndarray, np.ndarray]:
-        """Search bytes ``[start, end)`` of the file, mapped read-only for the time of the search.
+    def _scan_window(reader: "_WindowReader", value_set: ValueSet, start: int,
+                     end: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Search bytes ``[start, end)`` of the file.
 
-        Mapping beats reading into a buffer: reading copies every byte once more on the core that
-        then searches it. The mapping is undone at once, so resident memory stays a few windows
-        whatever the size of the dump. ``start`` is rounded down to the allocation granularity (64 KiB
-        on Windows) for the mapping.
+        The compiled engine reads them itself, a cache-sized chunk at a time, so that the words are
+        searched in the cache the read has just written them to (ValueSet.find_in_file); otherwise
+        the window is read into the thread's buffer and searched there.
         """
-        base = start - start % mmap.ALLOCATIONGRANULARITY
-        try:
-            mapping = mmap.mmap(fileno, end - base, access=mmap.ACCESS_READ, offset=base)
-        except (ValueError, OSError) as error:  # the file shrank since it was opened
-            raise file_shrank(f"cannot map bytes {start:#x}-{end:#x} ({error})") from None
-        try:
-            words = np.frombuffer(mapping, dtype=value_set.dtype, count=(end - start) // value_set.pointer_size,
-                                  offset=start - base)
-            result = value_set.find(words)
-            del words  # the last view of the mapping: it can be closed
-            return result
-        finally:
-            try:
-                mapping.close()
-            except BufferError:  # still viewed by the frames of an exception in flight: it goes with them
-                pass
+        if value_set.reads_files:
+            indices, found, done = value_set.find_in_file(reader.fileno(), start, end - start)
+        else:
+            data = reader.read(start, end)
+            done = len(data)
+            indices, found = value_set.find(data[:done - done % value_set.pointer_size])
+        if done < end - start:
+            raise file_shrank(f"bytes {start:#x}-{end:#x} could not be read")
+        return indices, found
 
     def _hits(self, values: List[int], found_values: List[np.ndarray],
               found_physical: List[np.ndarray]) -> Dict[int, List[SearchHit]]:
@@ -360,6 +363,34 @@ class DumpFileTarget(Target):
             for pfn in wanted:
                 self._virtual_of_pfn[pfn] = resolved.get(pfn)
         return self._virtual_of_pfn
+
+
+class _WindowReader:
+    """One search thread's read-only handle on the dump and, when it reads windows itself, their buffer."""
+
+    def __init__(self, path: str):
+        self._handle = open(path, "rb", buffering=0)
+        self._buffer = bytearray()
+
+    def fileno(self) -> int:
+        return self._handle.fileno()
+
+    def read(self, start: int, end: int) -> memoryview:
+        """Bytes ``[start, end)`` of the file, cut at its end, as a view of the buffer (valid until the next read)."""
+        if end - start > len(self._buffer):
+            self._buffer = bytearray(end - start)
+        view = memoryview(self._buffer)[:end - start]
+        self._handle.seek(start)
+        done = 0
+        while done < len(view):
+            count = self._handle.readinto(view[done:])
+            if not count:
+                break
+            done += count
+        return view[:done]
+
+    def close(self) -> None:
+        self._handle.close()
 
 
 class _KernelMappings:
