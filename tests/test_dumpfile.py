@@ -20,7 +20,7 @@ from pykd_ext.targets.base import TargetError
 from pykd_ext.targets.snapshot import SnapshotTarget
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLES = "/work/shared/samples"
+SAMPLES = os.path.join(ROOT, "..", "shared", "samples")  # the real dumps beside this checkout
 TRIAGE_X64 = os.path.join(SAMPLES, "triage_x64.dmp")
 TRIAGE_ARM64 = os.path.join(SAMPLES, "triage_arm64.dmp")
 needs_samples = pytest.mark.skipif(not os.path.exists(TRIAGE_X64), reason="the real sample dumps are not here")
