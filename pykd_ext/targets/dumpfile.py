@@ -30,9 +30,12 @@ from .base import (PAGE_SIZE, BugCheck, MemoryReadError, Module, PfnRange, Progr
 from .dumpheader import (DUMP_TRIAGE, MACHINE_X64, MEMORY_DUMP_TYPES, DumpFileError, DumpHeader, PhysicalLayout,
                          format_size, read_dump_header, read_physical_layout)
 
-# Bytes of the file each search thread searches at a time (the unit of progress and of interrupts):
-# peak memory does not grow with the dump.
-WINDOW_BYTES = 8 << 20
+# Bytes of the file each search thread searches at a time (the unit of progress and of interrupts)
+# when the compiled engine reads the file itself (through its own 256 KiB buffer), and the most read
+# into a buffer first for the other engines (numpy's temporaries leave the cache beyond that). Peak
+# memory does not grow with the dump.
+WINDOW_BYTES = 32 << 20
+BUFFERED_WINDOW_BYTES = 8 << 20
 # Windows searched at once (one per core, up to 4: beyond that a streaming read is the limit).
 SEARCH_THREADS = min(4, os.cpu_count() or 1)
 # Physical pages kept in memory for reads (page tables and kernel objects): 16 MiB.
@@ -261,9 +264,10 @@ class DumpFileTarget(Target):
         value_set = ValueSet(values, self.pointer_size)
         found_values: List[np.ndarray] = []
         found_physical: List[np.ndarray] = []
-        windows = [(window_start, min(end, window_start + WINDOW_BYTES))
+        window_bytes = WINDOW_BYTES if value_set.reads_files else min(WINDOW_BYTES, BUFFERED_WINDOW_BYTES)
+        windows = [(window_start, min(end, window_start + window_bytes))
                    for start, end in self.layout.file_ranges(pfn_range)
-                   for window_start in range(start, end, WINDOW_BYTES)]
+                   for window_start in range(start, end, window_bytes)]
         total = sum(end - start for start, end in windows)
         done = 0
         with closing(self._scan_windows(value_set, windows)) as scans:  # stops the threads on any exit
