@@ -56,12 +56,18 @@ class StructLayout:
         return field_name in self.offsets
 
     @cached_property
-    def decoding(self) -> Dict[str, Tuple[int, Optional[str]]]:
-        """Field -> (offset, kind to unpack), the kind None for an embedded structure or array (its
-        address is the value); built once, for StructView's many reads."""
-        return {field_name: (offset, None if kind == "struct" or "[" in kind else kind)
-                for field_name, offset in self.offsets.items()
-                for kind in (self.kinds.get(field_name, "struct"),)}
+    def _decoders_by_pointer_size(self) -> Dict[int, Dict[str, Tuple[int, Optional[struct.Struct]]]]:
+        return {}
+
+    def decoders(self, pointer_size: int) -> Dict[str, Tuple[int, Optional[struct.Struct]]]:
+        """Field -> (offset, the Struct that unpacks it, or None for an embedded structure or array,
+        whose address is its value), for StructView's many reads; built once per pointer size."""
+        table = self._decoders_by_pointer_size.get(pointer_size)
+        if table is None:
+            table = self._decoders_by_pointer_size[pointer_size] = {
+                field_name: (offset, _unpacker(self.kinds.get(field_name, "struct"), pointer_size))
+                for field_name, offset in self.offsets.items()}
+        return table
 
     def array_length(self, field_name: str, element_size: int) -> Optional[int]:
         """Elements of an array field: from the symbols' field size, else the ``kind[n]`` of the table."""
@@ -77,6 +83,12 @@ KIND_SIZES = {"u8": 1, "u16": 2, "i16": 2, "u32": 4, "u64": 8}
 _KIND_UNPACKERS = {kind: struct.Struct(fmt) for kind, fmt in
                    (("u8", "<B"), ("u16", "<H"), ("i16", "<h"), ("u32", "<I"), ("u64", "<Q"))}
 _POINTER_UNPACKERS = {8: struct.Struct("<Q"), 4: struct.Struct("<I")}
+
+
+def _unpacker(kind: str, pointer_size: int) -> Optional[struct.Struct]:
+    if kind == "struct" or "[" in kind:
+        return None
+    return _POINTER_UNPACKERS[pointer_size] if kind == "ptr" else _KIND_UNPACKERS[kind]
 # Array kinds: "ptr[8]" (StackTrace), "struct[6]" (an embedded array of structures).
 _ARRAY_KIND = re.compile(r"^(\w+)\[(\d+)\]$")
 
@@ -608,24 +620,26 @@ def known_field_kind(name: str, field_name: str) -> Optional[str]:
     return None
 
 
-@dataclass
 class StructView:
     """The bytes of one structure instance, decoded field by field through its layout."""
 
-    layout: StructLayout
-    address: int
-    data: bytes
-    pointer_size: int
+    __slots__ = ("layout", "address", "data", "pointer_size", "_decoders")
+
+    def __init__(self, layout: StructLayout, address: int, data: bytes, pointer_size: int):
+        self.layout = layout
+        self.address = address
+        self.data = data
+        self.pointer_size = pointer_size
+        self._decoders = layout.decoders(pointer_size)
 
     def __getitem__(self, field_name: str) -> int:
         try:
-            offset, kind = self.layout.decoding[field_name]
+            offset, unpacker = self._decoders[field_name]
         except KeyError:
             raise self.layout.missing(field_name) from None
-        if kind is None:
+        if unpacker is None:
             return self.address + offset
-        unpacker = _POINTER_UNPACKERS[self.pointer_size] if kind == "ptr" else _KIND_UNPACKERS[kind]
-        if offset + unpacker.size > len(self.data):
+        if offset < 0 or offset + unpacker.size > len(self.data):
             raise LayoutError(f"{self.layout.name}.{field_name} lies past the {len(self.data):#x} bytes read")
         return unpacker.unpack_from(self.data, offset)[0]
 
