@@ -5,8 +5,8 @@
  * that belongs to a sorted set of values, in one pass, without holding the GIL (so several windows
  * of a dump can be searched at once). Up to FEW_VALUES values are compared directly; larger sets go
  * through a filter table of one byte per slot indexed by a multiplicative hash of the whole word,
- * and only the words that pass it are looked up in the sorted values. The build is optional: without a compiler, ValueSet
- * uses numpy instead.
+ * and only the words that pass it are looked up in the sorted values. The build is optional:
+ * without a compiler, ValueSet uses numpy instead.
  *
  *   filter_table(values, word_size) -> bytes     the filter for find(), built once per value set
  *   find(buffer, values, filter, word_size) -> bytes

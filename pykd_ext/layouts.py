@@ -77,18 +77,12 @@ class StructLayout:
         return int(match.group(2)) if match else None
 
 
-# Field kind -> byte size, for the fixed-size kinds.
-KIND_SIZES = {"u8": 1, "u16": 2, "i16": 2, "u32": 4, "u64": 8}
 # How StructView decodes each fixed-size kind, and a pointer of each size (little-endian).
 _KIND_UNPACKERS = {kind: struct.Struct(fmt) for kind, fmt in
                    (("u8", "<B"), ("u16", "<H"), ("i16", "<h"), ("u32", "<I"), ("u64", "<Q"))}
 _POINTER_UNPACKERS = {8: struct.Struct("<Q"), 4: struct.Struct("<I")}
-
-
-def _unpacker(kind: str, pointer_size: int) -> Optional[struct.Struct]:
-    if kind == "struct" or "[" in kind:
-        return None
-    return _POINTER_UNPACKERS[pointer_size] if kind == "ptr" else _KIND_UNPACKERS[kind]
+# Field kind -> byte size, for the fixed-size kinds.
+KIND_SIZES = {kind: unpacker.size for kind, unpacker in _KIND_UNPACKERS.items()}
 # Array kinds: "ptr[8]" (StackTrace), "struct[6]" (an embedded array of structures).
 _ARRAY_KIND = re.compile(r"^(\w+)\[(\d+)\]$")
 
@@ -618,6 +612,13 @@ def known_field_kind(name: str, field_name: str) -> Optional[str]:
             if field_name in table:
                 return table[field_name][1]
     return None
+
+
+def _unpacker(kind: str, pointer_size: int) -> Optional[struct.Struct]:
+    """How a field of ``kind`` is decoded; None for an embedded structure or array."""
+    if kind == "struct" or "[" in kind:
+        return None
+    return _POINTER_UNPACKERS[pointer_size] if kind == "ptr" else _KIND_UNPACKERS[kind]
 
 
 class StructView:

@@ -20,6 +20,9 @@ except ImportError:  # installed without a C compiler (or on a big-endian host):
     _wordscan = None
 
 ENGINES = ("compiled", "numpy")
+# Whether the compiled engine reads files itself (ValueSet.find_in_file): where the OS has POSIX
+# positioned reads; elsewhere the caller reads and calls find().
+compiled_reads_files = _wordscan is not None and hasattr(_wordscan, "find_in_file")
 # The engine a ValueSet uses unless told otherwise.
 preferred_engine = "compiled" if _wordscan is not None else "numpy"
 
@@ -58,9 +61,7 @@ class ValueSet:
             self._filter = _wordscan.filter_table(self.values, pointer_size)
         else:
             self._prepare_numpy()
-        # Whether find_in_file() is available: the compiled engine reads files itself where the OS
-        # has positioned reads (POSIX); elsewhere the caller reads and calls find().
-        self.reads_files = self.engine == "compiled" and hasattr(_wordscan, "find_in_file")
+        self.reads_files = self.engine == "compiled" and compiled_reads_files  # find_in_file() works
 
     def _prepare_numpy(self) -> None:
         self.table = None

@@ -13,10 +13,10 @@ from mocks.dumpwriter import DumpImage, write_dump
 from mocks.scenarios import KINDS_0x76, case_0x76
 from pykd_ext.analyses import Options, analyze
 from pykd_ext.cli import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_NO_HUNT, EXIT_NO_SUSPECT, EXIT_SUSPECT, main
+from pykd_ext.targets.base import TargetError
 from pykd_ext.targets.dumpfile import DumpFileTarget
 from pykd_ext.targets.dumpheader import (DUMP_BITMAP, DUMP_COMPLETE, DUMP_FULL, DUMP_KERNEL_MEMORY, DUMP_TRIAGE,
                                          H64_DUMP_TYPE, HEADER64_SIZE, RDMP_RANGES, DumpFileError)
-from pykd_ext.targets.base import TargetError
 from pykd_ext.targets.snapshot import SnapshotTarget
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -336,11 +336,11 @@ def test_ctrl_c_during_the_search_prints_a_partial_report(tmp_path, capsys, scen
     scans = []
     original = DumpFileTarget._scan_window
 
-    def interrupted_second_pass(fileno, value_set, start, end):
+    def interrupted_second_pass(reader, value_set, start, end):
         scans.append(len(value_set))
         if len(scans) > 1:
             raise KeyboardInterrupt
-        return original(fileno, value_set, start, end)
+        return original(reader, value_set, start, end)
 
     monkeypatch.setattr(DumpFileTarget, "_scan_window", staticmethod(interrupted_second_pass))
     assert main(["analyze", path, "--format", "json", "--record", snap]) == EXIT_INTERRUPTED
@@ -381,7 +381,7 @@ def test_every_thread_count_and_engine_finds_the_same(tmp_path, monkeypatch):
 @pytest.mark.parametrize("reads_files", [True, False], ids=["engine-reads", "python-reads"])
 def test_a_dump_truncated_after_it_was_opened_stops_the_search_with_a_clear_error(tmp_path, scenarios,
                                                                                   monkeypatch, reads_files):
-    if reads_files and not (search._wordscan is not None and hasattr(search._wordscan, "find_in_file")):
+    if reads_files and not search.compiled_reads_files:
         pytest.skip("the compiled engine's file reads are not built here")
     monkeypatch.setattr(search, "preferred_engine", "compiled" if reads_files else "numpy")
     path = str(tmp_path / "MEMORY.DMP")

@@ -150,7 +150,7 @@ def test_the_compiled_engine_checks_what_it_is_given():
 # ---- the compiled engine reading a file itself ------------------------------------------------------
 
 def file_reading_engine():
-    if not compiled_available() or not hasattr(search._wordscan, "find_in_file"):
+    if not search.compiled_reads_files:
         pytest.skip("the compiled engine's file reads (POSIX) are not built here")
 
 
