@@ -10,6 +10,8 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from ..typeinfo import FieldInfo, TypeInfo  # noqa: F401 - the types type_info() answers with
+
 PAGE_SIZE = 0x1000
 
 # Physical addresses have at most 52 bits (x64, ARM64), so page frame numbers at most 40.
@@ -99,21 +101,6 @@ class PfnRange:
 
 # progress(done, total) where both are byte counts of the search pass.
 ProgressCallback = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class FieldInfo:
-    offset: int
-    size: int
-
-
-@dataclass(frozen=True)
-class TypeInfo:
-    """A structure layout as the target's own type information describes it."""
-
-    name: str
-    size: int
-    fields: Dict[str, FieldInfo]
 
 
 class Target:

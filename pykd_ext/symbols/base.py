@@ -1,0 +1,70 @@
+"""What every kernel symbol file gives leakhunt: who it is for, symbol RVAs and structure layouts.
+
+A symbol file is the kernel's own PDB (``ntkrnlmp.pdb``) or a volatility3 ISF file made from it. Both
+name the image they describe by the CodeView identity the linker wrote into the image's debug
+directory (PDB name, GUID, age) and give addresses as RVAs from the image base; the kernel session
+(``pykd_ext.session``) adds the base of nt in the dump and checks that the file fits the dump.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from ..targets.base import TargetError
+from ..typeinfo import TypeInfo
+
+
+class SymbolFileError(TargetError):
+    """A symbol file that is missing, unreadable, truncated, corrupt or of the wrong kind (exit 3)."""
+
+
+@dataclass(frozen=True)
+class PdbIdentity:
+    """The CodeView (RSDS) identity of a PDB: what a symbol store files it under.
+
+    ``guid`` is the 32 upper-case hex digits as symbol stores and volatility3 write them (the GUID's
+    first three fields byte-swapped from their little-endian storage, as WinDbg shows it).
+    """
+
+    name: str  # e.g. "ntkrnlmp.pdb"
+    guid: str  # e.g. "5278AFF86C341677D7D7835C85B7B844"
+    age: int
+
+    @property
+    def store_key(self) -> str:
+        """The symbol store folder: GUID then the age in hex without leading zeros (``...B8441``)."""
+        return f"{self.guid}{self.age:X}"
+
+    @property
+    def label(self) -> str:
+        """``ntkrnlmp.pdb 5278AFF86C341677D7D7835C85B7B844-1``, as the report names a symbol file."""
+        return f"{self.name} {self.guid}-{self.age}"
+
+
+class SymbolFile:
+    """A kernel symbol file, opened and checked. Subclasses: PdbFile (pdb.py), IsfFile (isf.py)."""
+
+    kind: str = ""  # "pdb" or "isf"
+    path: str = ""
+    identity: Optional[PdbIdentity] = None
+    pointer_size: Optional[int] = None  # 8 or 4 when the file says (machine type)
+
+    @property
+    def label(self) -> str:
+        """Where a layout came from, for the report: ``pdb ntkrnlmp.pdb 5278AFF8...-1``."""
+        return f"{self.kind} {self.identity.label}" if self.identity else f"{self.kind} {self.path}"
+
+    def rva(self, name: str) -> Optional[int]:
+        """RVA of a public or global symbol of the image (``KiBugCheckDriver``, no ``nt!``), or None."""
+        raise NotImplementedError
+
+    def type_info(self, name: str, field_names: Sequence[str]) -> Optional[TypeInfo]:
+        """Layout of a structure (``_MDL``, no ``nt!``) with the asked field paths, or None if unknown.
+
+        Field paths may go through nested structures and unions, named or anonymous
+        (``Tail.Overlay.Thread``, ``Cid.UniqueProcess``); a path the type lacks is left out.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the file."""
