@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect_parser = commands.add_parser("inspect", help="say what a snapshot file holds")
     inspect_parser.add_argument("snapshot", help="snapshot file")
+
+    from .fleet.command import add_parser as add_triage_parser
+    add_triage_parser(commands)
     return parser
 
 
@@ -217,7 +220,13 @@ def command_inspect(args) -> int:
     return 0
 
 
-COMMANDS = {"analyze": command_analyze, "replay": command_replay, "inspect": command_inspect}
+def command_triage(args) -> int:
+    from .fleet.command import command_triage as triage
+    return triage(args)
+
+
+COMMANDS = {"analyze": command_analyze, "replay": command_replay, "inspect": command_inspect,
+            "triage": command_triage}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
