@@ -34,6 +34,9 @@ BUCKET_COLUMNS = ("bucket", "bucket_hash", "count", "share", "first_seen", "last
                   "culprit_driver", "confidence_min", "confidence_max", "image_timestamps", "image_versions",
                   "examples")
 
+# What a line of results.jsonl needs to count (a line without them is not one this version wrote).
+REQUIRED_KEYS = {"path", "size", "mtime", "status", "bucket", "bucket_hash", "culprit"}
+
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -87,9 +90,10 @@ class ResultsStore:
         for line in complete.decode("utf-8", "replace").splitlines():
             try:
                 record = json.loads(line)
-                self._remember(record)
-            except (ValueError, KeyError, TypeError):
+            except ValueError:
                 continue
+            if isinstance(record, dict) and REQUIRED_KEYS <= set(record):
+                self._remember(record)
 
     def _remember(self, record: Dict[str, Any]) -> None:
         self.records[record["path"]] = record

@@ -16,6 +16,7 @@ Two ways to start one:
 """
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing
 import os
 import signal
@@ -36,6 +37,7 @@ Outcome = Tuple[Dict[str, Any], Optional[str]]
 def serve(connection_in: Connection, connection_out: Connection) -> None:
     """A worker's life: inputs in, outcomes out, until the other side closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the triage process's to handle
+    faulthandler.disable()  # a crash is reported in the input's record, not as a dump on stderr
     while True:
         try:
             item = connection_in.recv()
