@@ -18,7 +18,7 @@ from .inputs import STATUS_CRASHED, InputFile, collect_inputs
 from .local import Deliver, TimeoutFor
 from .workers import HelperProcess, Outcome
 
-CONNECT_TIMEOUT = "20s"
+CONNECT_TIMEOUT = "10s"
 INSTALL_HINT = 'the Dask engine needs dask.distributed: pip install "leakhunt[cluster]" (Python >= 3.10)'
 
 _helpers = threading.local()
