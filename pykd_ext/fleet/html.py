@@ -55,11 +55,11 @@ def _day_chart(days: Dict[str, Dict[str, int]], buckets: List[Dict[str, Any]]) -
         return ""
     named = [b["bucket"] for b in buckets[:DAY_BUCKETS]]
     colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(named)}
-    column, gap, chart_height, top = 34, 10, 220, 10
+    column, gap, chart_height, top = 34, 10, 220, 22
     largest = max(sum(counts.values()) for counts in days.values())
     width = (column + gap) * len(days) + 60
     parts = [f'<svg id="day-chart" role="img" aria-label="dumps per day and bucket" width="{width}" '
-             f'height="{chart_height + 60}" xmlns="http://www.w3.org/2000/svg">']
+             f'height="{top + chart_height + 24}" xmlns="http://www.w3.org/2000/svg">']
     for position, (day, counts) in enumerate(days.items()):
         x = 40 + position * (column + gap)
         y = top + chart_height
