@@ -151,6 +151,7 @@ def main() -> int:
         count = len(paths)
         sequential_time = times["sequential leakhunt analyze"]
         alone = times["analysis alone (in process)"]
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
         print()
         print("| run | seconds | per dump | / sequential |")
         print("|---|---|---|---|")
