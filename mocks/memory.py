@@ -105,8 +105,8 @@ class KernelMemory:
 
     def layout(self, name: str):
         layout = builtin_layout(name, self.pointer_size, self.build)
-        if layout is None:
-            raise KeyError(f"no built-in layout for {name}")
+        if layout is None or layout.guessed_from is not None:  # the scene's own build only: no guesses
+            raise KeyError(f"no built-in layout for {name} on build {self.build}")
         return layout
 
     def write_fields(self, name: str, address: int, **values: int) -> None:

@@ -15,7 +15,8 @@ from pykd_ext.kernel.lock_entries import IMAGE_DOS_SIGNATURE, IMAGE_NT_SIGNATURE
     IMAGE_SCN_MEM_WRITE, IN_TREE_BIT, IO_BOOST_BIT
 from pykd_ext.kernel.threads import PROCESS_OBJECT, THREAD_OBJECT
 from pykd_ext.layouts import StructLayout, known_field_kind
-from pykd_ext.targets.base import PAGE_SIZE, BugCheck, FieldInfo, Module, TypeInfo
+from pykd_ext.targets.base import PAGE_SIZE, BugCheck, Module
+from pykd_ext.typeinfo import FieldInfo, TypeInfo
 
 from .scenarios import IRP_MJ_DEVICE_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE, Driver, KernelScene, Scenario
 
