@@ -13,7 +13,6 @@ Exit codes (documented in the README):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Dict, List, Optional
@@ -25,6 +24,7 @@ from .progress import TerminalProgress
 from .render.jsonout import render_json
 from .render.text import printable, render_text
 from .report import Report
+from .symbols.files import read_address_map
 from .targets.base import Target, TargetError, pfn_range_from_text
 from .targets.snapshot import RecordingTarget, SnapshotError, SnapshotTarget, load_snapshot, save_snapshot
 
@@ -89,16 +89,7 @@ def pfn_range_argument(text: str):
 def parse_symbols(pairs: List[str], path: Optional[str]) -> Dict[str, int]:
     symbols: Dict[str, int] = {}
     if path:
-        try:
-            with open(path, "r", encoding="utf-8") as handle:
-                loaded = json.load(handle)
-        except OSError as error:
-            raise UsageError(f"cannot read symbol file {path}: {error.strerror or error}") from None
-        except (ValueError, RecursionError):
-            raise UsageError(f"symbol file {path} is not valid JSON") from None
-        if not isinstance(loaded, dict):
-            raise UsageError(f'symbol file {path} must hold one JSON object: {{"nt!Name": "0x..."}}')
-        pairs = [f"{name}={value}" for name, value in loaded.items()] + list(pairs)
+        pairs = [f"{name}={value:#x}" for name, value in read_address_map(path).items()] + list(pairs)
     for pair in pairs:
         name, separator, value = pair.partition("=")
         try:
