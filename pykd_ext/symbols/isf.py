@@ -22,6 +22,7 @@ import re
 import threading
 import zlib
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 from ..typeinfo import FieldInfo, TypeInfo
@@ -128,6 +129,17 @@ def _decompress_bounded(handle, kind: str, path: str) -> bytes:
     return b"".join(pieces)
 
 
+@dataclass(frozen=True)
+class Member:
+    """One member of a structure as the ISF file gives it."""
+
+    offset: int  # from the start of the outermost structure (of the storage unit for a bit field)
+    size: int  # whole array; a bit field's storage unit; pointer size for a pointer
+    kind: str  # "base", "pointer", "struct", "union", "array", "bitfield", "enum", ...
+    bit_position: Optional[int] = None  # bit fields only
+    bit_length: Optional[int] = None
+
+
 class IsfFile(SymbolFile):
     """A volatility3 ISF file of a Windows kernel, opened and checked."""
 
@@ -203,10 +215,15 @@ class IsfFile(SymbolFile):
             return None
         fields: Dict[str, FieldInfo] = {}
         for path in field_names:
-            found = self._resolve(outer, name, path.split("."))
-            if found is not None:
-                fields[path] = found
+            member = self._resolve(outer, name, path.split("."))
+            if member is not None:
+                fields[path] = FieldInfo(member.offset, member.size)
         return TypeInfo(name, self._checked_size(outer, name), fields)
+
+    def member(self, type_name: str, path: str) -> Optional[Member]:
+        """What the file says of one member (``Tail.Overlay.Thread``): offset, size, kind, bit field."""
+        outer = self._user_type(type_name)
+        return self._resolve(outer, type_name, path.split(".")) if outer is not None else None
 
     # ---- type resolution -----------------------------------------------------------------------
 
@@ -225,7 +242,7 @@ class IsfFile(SymbolFile):
             raise SymbolFileError(f"{self._error}: type {name[:80]!r} has no valid size")
         return size
 
-    def _resolve(self, entry: Mapping[str, Any], type_name: str, parts: Sequence[str]) -> Optional[FieldInfo]:
+    def _resolve(self, entry: Mapping[str, Any], type_name: str, parts: Sequence[str]) -> Optional[Member]:
         """Where the dotted member ``parts`` of the type ``entry`` lies, or None if it has no such member."""
         offset = 0
         descriptor: Optional[Mapping[str, Any]] = None
@@ -239,7 +256,12 @@ class IsfFile(SymbolFile):
                 return None
             member_offset, descriptor = found
             offset += member_offset
-        return FieldInfo(offset, self._size_of(descriptor, type_name, 0))
+        kind = str(descriptor.get("kind"))
+        bits = (descriptor.get("bit_position"), descriptor.get("bit_length")) if kind == "bitfield" else (None, None)
+        if kind == "bitfield" and not (_is_count(bits[0]) and _is_count(bits[1])):
+            raise SymbolFileError(f"{self._error}: bit field {'.'.join(parts)[:80]!r} of {type_name[:80]!r} "
+                                  f"is malformed")
+        return Member(offset, self._size_of(descriptor, type_name, 0), kind, bits[0], bits[1])
 
     def _member(self, entry: Mapping[str, Any], type_name: str, part: str,
                 depth: int) -> Optional[Tuple[int, Mapping[str, Any]]]:

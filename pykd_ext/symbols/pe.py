@@ -118,13 +118,15 @@ def read_image_identity(read: Reader, base: int) -> ImageIdentity:
 
 def _with_codeview(read: Reader, facts: dict, rva: int, size: int) -> ImageIdentity:
     base = facts["base"]
-    if size < RSDS_HEADER_SIZE + 1:
-        raise NotAPeImage(f"the CodeView record of the image at {base:#x} is {size} bytes, too short for RSDS")
+    if size < len(RSDS_SIGNATURE):
+        raise NotAPeImage(f"the CodeView record of the image at {base:#x} is {size} bytes, too short for a signature")
     record = _read(read, base + rva, min(size, MAX_CODEVIEW_SIZE), "CodeView record")
     if record[:4] != RSDS_SIGNATURE:
         signature = record[:4].decode("ascii", "replace")
         return ImageIdentity(**facts, pdb=None,
                              no_pdb_reason=f"the CodeView record is {signature!r}, not an RSDS (PDB 7.0) record")
+    if size < RSDS_HEADER_SIZE + 1:
+        raise NotAPeImage(f"the CodeView record of the image at {base:#x} is {size} bytes, too short for RSDS")
     guid = uuid.UUID(bytes_le=bytes(record[4:20])).hex.upper()
     age = struct.unpack_from("<I", record, 20)[0]
     path = bytes(record[RSDS_HEADER_SIZE:]).split(b"\x00", 1)[0].decode("utf-8", "replace")
