@@ -46,11 +46,11 @@ def address_map(document: Any, path: str) -> Dict[str, int]:
     if not isinstance(document, dict) or not document:
         raise SymbolFileError(f"symbol file {path} is not a symbol file leakhunt reads; {ACCEPTED}")
     symbols: Dict[str, int] = {}
-    for name, value in document.items():
+    for index, (name, value) in enumerate(document.items(), 1):
         address = _address(value)
         if not name.strip() or address is None:
-            raise SymbolFileError(f"symbol file {path} has a bad symbol {name[:80]!r}: write "
-                                  f'{{"nt!KiBugCheckDriver": "0xfffff80312345678"}}; {ACCEPTED}')
+            raise SymbolFileError(f"symbol file {path} has a bad symbol (entry {index}: not a name and an address "
+                                  f"below 2**64); {ACCEPTED}")
         symbols[name.strip()] = address
     return symbols
 
