@@ -72,7 +72,8 @@ def test_nested_unnamed_members_arrays_bit_fields_pointers_and_enums(kernel_1904
                                           "MdlAddress", "Tail.Overlay.NoSuchField", "MdlAddress.Next", "NoSuch"])
     assert irp.size == 0xD0
     # Tail (0x78) is a union of type __anonymous_..., Overlay (+0) a struct of type __anonymous_...
-    assert irp.fields == {"Tail.Overlay.Thread": FieldInfo(0x98, 8), "Tail.Overlay.CurrentStackLocation": FieldInfo(0xB8, 8),
+    assert irp.fields == {"Tail.Overlay.Thread": FieldInfo(0x98, 8),
+                          "Tail.Overlay.CurrentStackLocation": FieldInfo(0xB8, 8),
                           "Tail": FieldInfo(0x78, 0x58), "MdlAddress": FieldInfo(0x8, 8)}
     # a member of an anonymous union sits among the fields of _KTHREAD itself (the PDB flattens it)
     thread = kernel_19041.type_info("_KTHREAD", ["ApcState.Process", "Alertable", "Alerted", "LockEntries"])

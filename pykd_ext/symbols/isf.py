@@ -11,7 +11,8 @@ a nested member of an unnamed type is a named field whose type is called ``__ano
 ``__unnamed_...``; a field marked ``"anonymous": true`` is looked through like a C anonymous member.
 
 The file is plain JSON or xz/gzip compressed (told apart by its first bytes), read with a bound on
-its decompressed size, and parsed once per file (a second open of the same unchanged file is free).
+its decompressed size, and parsed once per file (a second open of the same unchanged file reuses the
+parsed JSON).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import threading
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from ..typeinfo import FieldInfo, TypeInfo
 from .base import PdbIdentity, SymbolFile, SymbolFileError
@@ -204,10 +205,6 @@ class IsfFile(SymbolFile):
 
     def rva(self, name: str) -> Optional[int]:
         return self._symbols.get(name)
-
-    def symbol_names(self) -> Iterator[str]:
-        """Every symbol the file has an RVA for."""
-        return iter(self._symbols)
 
     def type_info(self, name: str, field_names: Sequence[str]) -> Optional[TypeInfo]:
         outer = self._user_type(name)
