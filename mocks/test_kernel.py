@@ -183,7 +183,7 @@ HELPER_STRUCTURES = {
     "_IMAGE_OPTIONAL_HEADER64": (0xF0, [("Magic", 0x0, USHORT), ("SizeOfImage", 0x38, ULONG)]),
 }
 
-WIDE_MEMBERS = 9000  # 8-byte members: a field list of ~200 KB, split twice by LF_INDEX; offsets past 0x8000
+WIDE_MEMBERS = 9000  # 8-byte members: a field list of ~200 KB, continued 3 times by LF_INDEX; offsets past 0x8000
 
 # name, C type of the global, ISF type
 GLOBALS = [
@@ -482,7 +482,7 @@ def build(output_dir: str) -> Dict[str, str]:
     subprocess.run(["clang", "--target=x86_64-pc-windows-msvc", "-fms-extensions", "-g", "-gcodeview", "-O0",
                     "-c", SOURCE, "-o", "testkernel.obj"], cwd=BUILD_DIR, check=True)
     subprocess.run(["lld-link", "/debug", f"/pdb:{PDB}", f"/out:{EXE}", f"/entry:{ENTRY}", "/subsystem:native",
-                    "/nodefaultlib", "/Brepro", "/map:testkernel.map", "testkernel.obj"], cwd=BUILD_DIR, check=True)
+                    "/nodefaultlib", "/Brepro", f"/pdbaltpath:{PDB}", "/map:testkernel.map", "testkernel.obj"], cwd=BUILD_DIR, check=True)
     with open(os.path.join(BUILD_DIR, EXE), "rb") as handle:
         guid, age, _ = codeview_identity(handle.read())
     with open(os.path.join(BUILD_DIR, "testkernel.map"), encoding="utf-8") as handle:
