@@ -19,7 +19,7 @@ which llvm-pdbutil checks (tests/test_pdb.py).
 from __future__ import annotations
 
 import struct
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence
 
 from pykd_ext.symbols import pdb as fmt
 
@@ -244,6 +244,38 @@ def guid_bytes(text: str) -> bytes:
     return struct.pack("<IHH", data1, data2, data3) + raw[8:]
 
 
-def symbols_at(entries: Iterable[Tuple[int, str, int, int]]) -> List[bytes]:
-    """Symbol records from (kind, name, segment, offset) rows."""
-    return [symbol_record(kind, name, segment, offset) for kind, name, segment, offset in entries]
+def class2_sample() -> bytes:
+    """LF_STRUCTURE2 / LF_UNION2 / LF_CLASS2 definitions with forward references by unique name, an
+    unnamed member, C++ field-list leaves to step over, and numeric leaves of every integer width."""
+    types = TypeRecords()
+    # Another _NODE (another unique name), defined first: found by name, never by the forward reference.
+    other_fields = types.field_list([member("Other", 0x74, 0)])
+    types.structure("_NODE", other_fields, 4, kind=fmt.LF_CLASS2, unique_name=".?AV_NODE@other@@")
+    node_forward = types.structure("_NODE", 0, 0, kind=fmt.LF_STRUCTURE2, forward=True, unique_name=".?AU_NODE@@")
+    node_pointer = types.pointer(node_forward)
+    bits = types.bitfield(0x22, 3, 4)  # unsigned long : 3 at bit 4
+    name = types.array(0x20, 15)
+    union_fields = types.field_list([member("Whole", 0x23, 0), member("Low", 0x75, 0)])
+    union = types.union("_NODE::<unnamed-tag>", union_fields, 8, count=2, kind=fmt.LF_UNION2)
+    volatile_pointer = types.modifier(node_pointer, volatile=True)
+    enum_fields = types.field_list([enumerate_value("Red", 0), enumerate_value("Far", 0x12345678),
+                                    enumerate_value("Minus", -2)])
+    colour = types.enum("_COLOUR", 0x74, enum_fields, count=3)
+    method = types.add(0x1009, struct.pack("<IIIBBHII", 0x03, node_forward, 0, 0, 0, 0, 0, 0))  # LF_MFUNCTION
+    fields = types.field_list([
+        base_class(0x1000, 0), vfunctab(node_pointer),
+        member("Next", volatile_pointer, 0x8), member("Bits", bits, 0x10),
+        member("Name", name, 0x14), nested_type("Inner", union),
+        member("", union, 0x28),  # an unnamed member: its members are the structure's
+        one_method("Walk", method), one_method("Visit", method, introducing_virtual=True),
+        static_member("Count", 0x74), member("Colour", colour, 0x30),
+        member("Far", 0x23, 0x12348), member("Farther", 0x23, 0x123456788),
+    ])
+    types.structure("_NODE", fields, 0x123456790, count=12, kind=fmt.LF_STRUCTURE2, unique_name=".?AU_NODE@@")
+    holder_fields = types.field_list([member("Node", node_forward, 0), member("Tail", 0x74, 0x40)])
+    types.structure("_HOLDER", holder_fields, 0x48, kind=fmt.LF_CLASS2)
+    symbols = [symbol_record(fmt.S_PUB32, "KiBugCheckDriver", 2, 0x10),
+               symbol_record(fmt.S_GDATA32, "PsLoadedModuleList", 1, 0x20, 0x1000),
+               symbol_record(fmt.S_LDATA32, "KiLocal", 2, 0x30, 0x1000)]
+    return write_pdb(types, symbols, sections=[0x1000, 0x5000], guid=guid_bytes("00112233445566778899AABBCCDDEEFF"),
+                     age=3)

@@ -482,7 +482,8 @@ def build(output_dir: str) -> Dict[str, str]:
     subprocess.run(["clang", "--target=x86_64-pc-windows-msvc", "-fms-extensions", "-g", "-gcodeview", "-O0",
                     "-c", SOURCE, "-o", "testkernel.obj"], cwd=BUILD_DIR, check=True)
     subprocess.run(["lld-link", "/debug", f"/pdb:{PDB}", f"/out:{EXE}", f"/entry:{ENTRY}", "/subsystem:native",
-                    "/nodefaultlib", "/Brepro", f"/pdbaltpath:{PDB}", "/map:testkernel.map", "testkernel.obj"], cwd=BUILD_DIR, check=True)
+                    "/nodefaultlib", "/Brepro", f"/pdbaltpath:{PDB}", "/map:testkernel.map", "testkernel.obj"],
+                   cwd=BUILD_DIR, check=True)
     with open(os.path.join(BUILD_DIR, EXE), "rb") as handle:
         guid, age, _ = codeview_identity(handle.read())
     with open(os.path.join(BUILD_DIR, "testkernel.map"), encoding="utf-8") as handle:
@@ -565,7 +566,8 @@ def isf_document(described: Dict[str, Aggregate], guid: str, age: int, rvas: Dic
         if isinstance(type_, Base):
             return {"kind": "base", "name": type_.name}
         if isinstance(type_, Pointer):
-            subtype: dict = {"kind": "struct", "name": type_.target} if type_.target else {"kind": "base", "name": "void"}
+            subtype: dict = ({"kind": "struct", "name": type_.target} if type_.target
+                             else {"kind": "base", "name": "void"})
             for _ in range(type_.depth):
                 subtype = {"kind": "pointer", "subtype": subtype}
             return subtype
@@ -582,7 +584,8 @@ def isf_document(described: Dict[str, Aggregate], guid: str, age: int, rvas: Dic
             if not member.name:  # flattened, as in the PDB's field list
                 fields(member.type, base + member.offset, into)
             else:
-                into.setdefault(member.name, {"offset": base + member.offset, "type": type_of(member.type, member.bits)})
+                into.setdefault(member.name, {"offset": base + member.offset,
+                                              "type": type_of(member.type, member.bits)})
         return into
 
     def add(name: str, aggregate: Aggregate) -> None:

@@ -222,55 +222,18 @@ def test_the_committed_test_kernel_is_what_the_generator_builds():
 
 # ---- records clang does not write (mocks/pdbwriter.py) ----
 
-def _class2_pdb():
-    """LF_STRUCTURE2 / LF_UNION2 / LF_CLASS2 definitions with forward references by unique name, an
-    unnamed member, C++ field-list leaves to step over, and numeric leaves of every integer width."""
-    types = writer.TypeRecords()
-    node_forward = types.structure("_NODE", 0, 0, kind=fmt.LF_STRUCTURE2, forward=True, unique_name=".?AU_NODE@@")
-    node_pointer = types.pointer(node_forward)
-    bits = types.bitfield(0x22, 3, 4)  # unsigned long : 3 at bit 4
-    name = types.array(0x20, 15)
-    union_fields = types.field_list([writer.member("Whole", 0x23, 0), writer.member("Low", 0x75, 0)])
-    union = types.union("_NODE::<unnamed-tag>", union_fields, 8, count=2, kind=fmt.LF_UNION2)
-    volatile_pointer = types.modifier(node_pointer, volatile=True)
-    enum_fields = types.field_list([writer.enumerate_value("Red", 0), writer.enumerate_value("Far", 0x12345678),
-                                    writer.enumerate_value("Minus", -2)])
-    colour = types.enum("_COLOUR", 0x74, enum_fields, count=3)
-    method = types.add(0x1009, struct.pack("<IIIBBHII", 0x03, node_forward, 0, 0, 0, 0, 0, 0))  # LF_MFUNCTION
-    fields = types.field_list([
-        writer.base_class(0x1000, 0), writer.vfunctab(node_pointer),
-        writer.member("Next", volatile_pointer, 0x8), writer.member("Bits", bits, 0x10),
-        writer.member("Name", name, 0x14), writer.nested_type("Inner", union),
-        writer.member("", union, 0x28),  # an unnamed member: its members are the structure's
-        writer.one_method("Walk", method), writer.one_method("Visit", method, introducing_virtual=True),
-        writer.static_member("Count", 0x74), writer.member("Colour", colour, 0x30),
-        writer.member("Far", 0x23, 0x12348), writer.member("Farther", 0x23, 0x123456788),
-    ])
-    types.structure("_NODE", fields, 0x123456790, count=12, kind=fmt.LF_STRUCTURE2, unique_name=".?AU_NODE@@")
-    # A different _NODE (another unique name) that the forward reference must not resolve to.
-    other_fields = types.field_list([writer.member("Other", 0x74, 0)])
-    types.structure("_NODE", other_fields, 4, kind=fmt.LF_CLASS2, unique_name=".?AV_NODE@other@@")
-    holder_fields = types.field_list([writer.member("Node", node_forward, 0), writer.member("Tail", 0x74, 0x40)])
-    types.structure("_HOLDER", holder_fields, 0x48, kind=fmt.LF_CLASS2)
-    symbols = [writer.symbol_record(fmt.S_PUB32, "KiBugCheckDriver", 2, 0x10),
-               writer.symbol_record(fmt.S_GDATA32, "PsLoadedModuleList", 1, 0x20, 0x1000),
-               writer.symbol_record(fmt.S_LDATA32, "KiLocal", 2, 0x30, 0x1000)]
-    return writer.write_pdb(types, symbols, sections=[0x1000, 0x5000],
-                            guid=writer.guid_bytes("00112233445566778899AABBCCDDEEFF"), age=3)
-
-
 def test_lf_structure2_and_lf_union2(tmp_path):
-    pdb = _open_bytes(tmp_path, _class2_pdb())
+    pdb = _open_bytes(tmp_path, writer.class2_sample())
     assert pdb.identity.guid == "00112233445566778899AABBCCDDEEFF" and pdb.identity.age == 3
-    node = pdb.type_info("_NODE", ["Next", "Bits", "Name", "Whole", "Low", "Colour", "Far", "Farther", "Walk",
-                                   "Count", "Inner"])
-    assert node.size == 0x123456790
-    assert {p: (f.offset, f.size) for p, f in node.fields.items()} == {
-        "Next": (0x8, 8), "Bits": (0x10, 4), "Name": (0x14, 15), "Whole": (0x28, 8), "Low": (0x28, 4),
-        "Colour": (0x30, 4), "Far": (0x12348, 8), "Farther": (0x123456788, 8)}
-    holder = pdb.type_info("_HOLDER", ["Node", "Node.Far", "Tail"])
+    paths = ["Next", "Bits", "Name", "Whole", "Low", "Colour", "Far", "Farther", "Walk", "Count", "Inner"]
+    holder = pdb.type_info("_HOLDER", ["Node", "Tail"] + ["Node." + path for path in paths])
+    assert holder.size == 0x48
     assert {p: (f.offset, f.size) for p, f in holder.fields.items()} == {
-        "Node": (0, 0x123456790), "Node.Far": (0x12348, 8), "Tail": (0x40, 4)}  # by unique name, not by name
+        "Node": (0, 0x123456790), "Tail": (0x40, 4),  # the forward reference resolved by its unique name
+        "Node.Next": (0x8, 8), "Node.Bits": (0x10, 4), "Node.Name": (0x14, 15), "Node.Whole": (0x28, 8),
+        "Node.Low": (0x28, 4), "Node.Colour": (0x30, 4), "Node.Far": (0x12348, 8), "Node.Farther": (0x123456788, 8)}
+    first = pdb.type_info("_NODE", ["Other", "Next"])  # by name: the first definition of that name
+    assert first.size == 4 and list(first.fields) == ["Other"]
     assert pdb.rva("KiBugCheckDriver") == 0x5010
     assert pdb.rva("PsLoadedModuleList") == 0x1020
     assert pdb.rva("KiLocal") == 0x5030
@@ -331,7 +294,7 @@ def _patched(raw, offset, fmt_, value):
 
 
 def test_a_damaged_superblock_or_directory(tmp_path):
-    raw = _class2_pdb()
+    raw = writer.class2_sample()
     block_size, _, block_count, directory_bytes, _, block_map = struct.unpack_from("<6I", raw, 32)
     assert "block size" in _refused(tmp_path, _patched(raw, 32, "<I", 4097))
     assert "cut short" in _refused(tmp_path, _patched(raw, 40, "<I", 0xFFFFFFFF))
@@ -394,7 +357,7 @@ def test_cyclic_and_runaway_type_chains(tmp_path):
 
 
 def test_absurd_counts_and_lengths(tmp_path):
-    base = _class2_pdb()
+    base = writer.class2_sample()
     (tmp_path / "base.pdb").write_bytes(base)
     with open(tmp_path / "base.pdb", "rb") as handle:
         tpi = fmt._Msf(handle, "base.pdb").stream(fmt.STREAM_TPI)
