@@ -21,10 +21,11 @@ import time
 from typing import Any, Dict, Optional, Tuple
 
 from .. import __version__
-from ..analyses import Options, analyze
+from ..analyses import Options
 from ..cli import EXIT_INPUT, EXIT_INTERNAL, exit_code_for
 from ..render.jsonout import render_json
-from ..report import Report
+from ..run import run_analysis
+from ..session import KernelSession, open_session
 from ..targets.base import Target, TargetError
 from ..targets.dumpfile import DumpFileTarget
 from ..targets.snapshot import SnapshotTarget
@@ -75,25 +76,21 @@ def _open_target(path: str) -> Target:
     return DumpFileTarget.open(path)
 
 
-def _analyze_target(target: Target) -> Report:
-    report = analyze(target, Options())
-    if isinstance(target, DumpFileTarget):
-        for note in target.notes():
-            report.warn(note)
-        if target.memory_unavailable:  # a small, 32-bit or ARM64 dump: no hunt of any kind is possible
-            report.complete_hunt = False
-            if not any(target.memory_unavailable in warning for warning in report.warnings):
-                report.warn(target.memory_unavailable)
-    return report
+def _session_for_dump(target: Target) -> KernelSession:
+    """As ``leakhunt analyze`` without symbol options: the kernel's symbol files are looked for on
+    _NT_SYMBOL_PATH when it is set."""
+    return open_session(target, os.environ.get("_NT_SYMBOL_PATH") or None)
 
 
 def analyze_file(path: str) -> Tuple[int, Dict[str, Any], str]:
-    """Analyse one dump or snapshot: (exit code, ``Report.as_dict()``, the JSON report as
-    ``leakhunt analyze --format json`` prints it). Raises InputProblem for an input leakhunt cannot read."""
+    """Analyse one dump or snapshot through the run helper ``leakhunt analyze`` and ``leakhunt replay``
+    use: (exit code, ``Report.as_dict()``, the JSON report as they print it with ``--format json``).
+    Raises InputProblem for an input leakhunt cannot read."""
     try:
         target = _open_target(path)
         try:
-            report = _analyze_target(target)
+            report = run_analysis(target, Options(),
+                                  _session_for_dump if isinstance(target, DumpFileTarget) else None)
         finally:
             target.close()
     except TargetError as error:  # SnapshotError and DumpFileError too: missing, truncated, corrupt
