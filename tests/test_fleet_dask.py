@@ -50,7 +50,7 @@ def test_a_local_cluster_analyses_every_input_and_its_worker_survives_the_bad_on
         workers_before = {address: info["pid"] if "pid" in info else info.get("id")
                           for address, info in client.scheduler_info()["workers"].items()}
         out = os.path.join(folder, "out")
-        result = triage([inputs, "--out", out, "--timeout", "3", "--scheduler", cluster.scheduler_address])
+        result = triage([inputs, "--out", out, "--timeout", "5", "--scheduler", cluster.scheduler_address])
         assert result.returncode == 1, result.stderr
         records = records_of(out)
         assert {name: (r["status"], r["bucket"]) for name, r in records.items()} == EXPECTED
@@ -60,7 +60,7 @@ def test_a_local_cluster_analyses_every_input_and_its_worker_survives_the_bad_on
         assert workers_after == workers_before  # the same worker process, never restarted
         # The reports are the same as the local engine writes.
         local_out = os.path.join(folder, "local")
-        triage([inputs, "--out", local_out, "--timeout", "3"], env={"LEAKHUNT_TEST_FAULTS": FAULTS})
+        triage([inputs, "--out", local_out, "--timeout", "5"], env={"LEAKHUNT_TEST_FAULTS": FAULTS})
         local = records_of(local_out)
         for name in ("good.dmp", "0xcb-current-x64.snap"):
             with open(os.path.join(out, records[name]["report"])) as dask_report, \
@@ -124,7 +124,7 @@ def test_a_dask_scheduler_and_worker_started_as_programs(folder):  # noqa: F811
         with distributed.Client(scheduler_file=scheduler_file, timeout="30s") as client:
             client.wait_for_workers(1, timeout=60)
         out = os.path.join(folder, "out")
-        result = triage([inputs, "--out", out, "--timeout", "3", "--scheduler-file", scheduler_file])
+        result = triage([inputs, "--out", out, "--timeout", "5", "--scheduler-file", scheduler_file])
         assert result.returncode == 1, result.stderr
         assert {name: (r["status"], r["bucket"]) for name, r in records_of(out).items()} == EXPECTED
         assert worker.poll() is None  # the worker program is still running

@@ -125,7 +125,7 @@ def test_a_folder_of_faults_gives_each_its_status_and_loses_nothing_else(folder)
         pytest.skip("running as root, and this system does not let a process drop CAP_DAC_OVERRIDE (prctl): "
                     "a mode-000 file cannot be made unreadable here")
     started = time.monotonic()
-    result = triage([inputs, "--out", out, "--jobs", "2", "--timeout", "3"], obey_file_modes=root,
+    result = triage([inputs, "--out", out, "--jobs", "2", "--timeout", "5"], obey_file_modes=root,
                     env={"LEAKHUNT_TEST_FAULTS": "slow.dmp=sleep:60,boom.dmp=crash"})
     elapsed = time.monotonic() - started
     assert result.returncode == 1, result.stderr

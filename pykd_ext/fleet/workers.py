@@ -32,6 +32,8 @@ from .analysis import make_record, run_task, worker_name
 from .inputs import STATUS_CRASHED, STATUS_TIMEOUT, InputFile
 
 Outcome = Tuple[Dict[str, Any], Optional[str]]
+READY = "ready"  # a helper's first message: its imports are done, deadlines may start
+HELPER_START_TIMEOUT = 120.0
 
 
 def serve(connection_in: Connection, connection_out: Connection) -> None:
@@ -150,6 +152,14 @@ class HelperProcess:
         self.sender = Connection(to_child_write, readable=False)
         self.receiver = Connection(from_child_read, writable=False)
         self.name = f"{worker_name().rsplit(':', 1)[0]}:{self.process.pid}"
+        # Its start-up (Python and leakhunt's imports) is not charged to the first input's deadline.
+        try:
+            ready = self.receiver.poll(HELPER_START_TIMEOUT) and self.receiver.recv() == READY
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            exit_code = self.stop(kill=True)
+            raise RuntimeError(f"the analysis helper process did not start (exit status {exit_code})")
 
     def run(self, item: InputFile, timeout: float) -> Tuple[Outcome, bool]:
         """(outcome, whether this helper is still usable) for one input."""
@@ -182,7 +192,9 @@ class HelperProcess:
 
 def main(argv) -> int:
     """``python -m pykd_ext.fleet.workers READ_FD WRITE_FD``: serve inputs over the two pipes."""
-    serve(Connection(int(argv[0]), writable=False), Connection(int(argv[1]), readable=False))
+    sender = Connection(int(argv[1]), readable=False)
+    sender.send(READY)
+    serve(Connection(int(argv[0]), writable=False), sender)
     return 0
 
 
