@@ -317,12 +317,8 @@ def _credit_chains(holders: Holders, wanted: List[int], direct: Dict[int, List[i
 
 
 def _irp_at(context: Context, address: int, mdl_address: int) -> Optional[Irp]:
-    problems = context.io.irp_header_problems(address)
-    if problems:
-        return None
-    try:
-        irp = context.io.read_irp(address)
-    except MemoryReadError:
+    irp = context.io.plausible_irp(address)
+    if irp is None:
         return None
     if irp.problems:
         context.report.rejected.append(Rejected(address, "IRP", irp.problems))
