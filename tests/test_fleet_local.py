@@ -3,6 +3,8 @@ import csv
 import ctypes
 import json
 import os
+import pty
+import re
 import signal
 import subprocess
 import sys
@@ -220,8 +222,10 @@ def test_ctrl_c_keeps_what_finished_and_resume_carries_on(folder):  # noqa: F811
         copy_snapshot("0x76-irp-x64.snap", inputs, name)
     out = os.path.join(folder, "out")
     environment = dict(os.environ, LEAKHUNT_TEST_FAULTS="m-slow.snap=sleep:60")
+    # A session of its own, so that the interrupt goes to the whole process group as a terminal's Ctrl+C does.
     process = subprocess.Popen([sys.executable, "-m", "pykd_ext", "triage", inputs, "--out", out, "--jobs", "1"],
-                               cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
     results = os.path.join(out, "results.jsonl")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -229,7 +233,7 @@ def test_ctrl_c_keeps_what_finished_and_resume_carries_on(folder):  # noqa: F811
             break
         time.sleep(0.05)
     time.sleep(0.3)  # the worker is now inside the slow analysis
-    process.send_signal(signal.SIGINT)
+    os.killpg(process.pid, signal.SIGINT)
     stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr
     assert "--resume" in stderr and "Traceback" not in stderr
@@ -282,3 +286,28 @@ def test_dump_times_spanning_days_are_counted_per_day(folder):  # noqa: F811
 def test_workers_are_forked_after_the_imports():
     from pykd_ext.fleet.workers import ForkedWorker
     assert ForkedWorker.context.get_start_method() == "fork"
+
+
+def test_progress_goes_to_a_terminal_only(folder):  # noqa: F811
+    for name in ("a.snap", "b.snap"):
+        copy_snapshot("0x76-irp-x64.snap", folder, name)
+    primary, secondary = pty.openpty()
+    try:
+        process = subprocess.run([sys.executable, "-m", "pykd_ext", "triage", folder, "--out", os.path.join(folder, "o")],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=secondary, timeout=60)
+        os.close(secondary)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(primary)
+    assert process.returncode == 0
+    assert re.search(rb"triage: 2/2 done, 0 failed, [0-9.]+/s, ETA 0 s", shown), shown
+    piped = triage([folder, "--out", os.path.join(folder, "p")])
+    assert "triage:" not in piped.stderr and "2/2" not in piped.stdout
