@@ -7,7 +7,12 @@ import pytest
 from pykd_ext.fleet.analysis import analyze_file
 from pykd_ext.fleet.buckets import BUCKET_VERSION, bucket_hash, bucket_key, variant_of
 from pykd_ext.fleet.inputs import STATUS_ANALYZED, STATUS_CRASHED, STATUS_INPUT_ERROR, STATUS_TIMEOUT
-from test_fleet_inputs import SNAPSHOTS, folder, write_case  # noqa: F401  (folder is a fixture)
+from test_fleet_inputs import SNAPSHOTS, write_case
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return str(tmp_path)
 
 
 def key_of(path):
@@ -36,7 +41,7 @@ def test_lock_entry_bug_checks_have_no_variant():
     assert re.fullmatch(r"0x153_[a-z0-9_.-]+\.sys", key), key
 
 
-def test_the_same_bug_with_other_counts_and_objects_is_the_same_bucket(folder):  # noqa: F811
+def test_the_same_bug_with_other_counts_and_objects_is_the_same_bucket(folder):
     _, report_one, _ = analyze_file(write_case(os.path.join(folder, "one.dmp"), leaked=1))
     _, report_two, _ = analyze_file(write_case(os.path.join(folder, "two.dmp"), leaked=5))
     assert report_one["bugcheck"]["parameters"][2]["value"] != report_two["bugcheck"]["parameters"][2]["value"]  # P3

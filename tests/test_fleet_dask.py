@@ -11,13 +11,19 @@ import pytest
 distributed = pytest.importorskip(
     "distributed", reason='the Dask engine needs dask.distributed (pip install "leakhunt[cluster]", Python >= 3.10)')
 
-from test_fleet_inputs import copy_snapshot, folder, write_case  # noqa: E402,F401
+from test_fleet_inputs import copy_snapshot, write_case  # noqa: E402
 from test_fleet_local import records_of, triage  # noqa: E402
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return str(tmp_path)
+
 
 FAULTS = "slow.dmp=sleep:60,boom.dmp=crash"
 
 
-def fault_folder(folder):  # noqa: F811
+def fault_folder(folder):
     inputs = os.path.join(folder, "in")
     os.mkdir(inputs)
     write_case(os.path.join(inputs, "good.dmp"))
@@ -44,7 +50,7 @@ def cluster(monkeypatch):
         yield local_cluster
 
 
-def test_a_local_cluster_analyses_every_input_and_its_worker_survives_the_bad_ones(folder, cluster):  # noqa: F811
+def test_a_local_cluster_analyses_every_input_and_its_worker_survives_the_bad_ones(folder, cluster):
     inputs = fault_folder(folder)
     with distributed.Client(cluster.scheduler_address) as client:
         workers_before = {address: info["pid"] if "pid" in info else info.get("id")
@@ -68,7 +74,7 @@ def test_a_local_cluster_analyses_every_input_and_its_worker_survives_the_bad_on
                 assert dask_report.read() == local_report.read()
 
 
-def test_paths_are_listed_on_the_workers(folder, cluster):  # noqa: F811
+def test_paths_are_listed_on_the_workers(folder, cluster):
     from pykd_ext.fleet.dask_engine import DaskEngine
     write_case(os.path.join(folder, "MEMORY.DMP"))
     engine = DaskEngine(cluster.scheduler_address)
@@ -84,7 +90,7 @@ def test_paths_are_listed_on_the_workers(folder, cluster):  # noqa: F811
     assert record["worker"].split(":")[1] != str(os.getpid())  # analysed in a helper of the worker
 
 
-def test_an_unreachable_scheduler_is_one_line(folder, monkeypatch, capsys):  # noqa: F811
+def test_an_unreachable_scheduler_is_one_line(folder, monkeypatch, capsys):
     from pykd_ext import cli
     from pykd_ext.fleet import dask_engine
     monkeypatch.setattr(dask_engine, "CONNECT_TIMEOUT", "2s")
@@ -107,7 +113,7 @@ def stop(process):
         process.wait()
 
 
-def test_a_dask_scheduler_and_worker_started_as_programs(folder):  # noqa: F811
+def test_a_dask_scheduler_and_worker_started_as_programs(folder):
     inputs = fault_folder(folder)
     scheduler_file = os.path.join(folder, "scheduler.json")
     environment = dict(os.environ, LEAKHUNT_TEST_FAULTS=FAULTS)

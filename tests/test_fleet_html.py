@@ -10,8 +10,14 @@ from html.parser import HTMLParser
 import pytest
 
 from pykd_ext.fleet.html import render_html
-from test_fleet_inputs import copy_snapshot, folder, write_case  # noqa: F401
+from test_fleet_inputs import write_case
 from test_fleet_local import triage
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return str(tmp_path)
+
 
 BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -26,7 +32,7 @@ def browser():
 
 
 @pytest.fixture
-def triaged(folder):  # noqa: F811
+def triaged(folder):
     """A run over dumps of three days and two buckets, plus a snapshot and a bad file."""
     inputs = os.path.join(folder, "in")
     os.mkdir(inputs)

@@ -18,7 +18,13 @@ from pykd_ext.fleet.analysis import make_record
 from pykd_ext.fleet.inputs import InputFile, collect_inputs
 from pykd_ext.fleet.local import LocalEngine
 from pykd_ext.fleet.output import ResultsStore
-from test_fleet_inputs import ROOT, copy_snapshot, fingerprints, folder, write_case  # noqa: F401
+from test_fleet_inputs import ROOT, copy_snapshot, fingerprints, write_case
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return str(tmp_path)
+
 
 RECORD_KEYS = {"path", "size", "mtime", "status", "exit_code", "bucket", "bucket_hash", "bugcheck", "culprit",
                "dump_time", "duration_s", "worker", "leakhunt_version", "error", "report"}
@@ -58,7 +64,7 @@ def records_of(out):
         return {os.path.basename(r["path"]): r for r in map(json.loads, handle)}
 
 
-def test_every_record_says_what_happened_and_each_report_is_what_analyze_prints(folder, capsys):  # noqa: F811
+def test_every_record_says_what_happened_and_each_report_is_what_analyze_prints(folder, capsys):
     inputs = os.path.join(folder, "in")
     os.mkdir(inputs)
     dump = write_case(os.path.join(inputs, "MEMORY.DMP"))
@@ -100,7 +106,7 @@ def test_every_record_says_what_happened_and_each_report_is_what_analyze_prints(
     assert abs(sum(b["share"] for b in summary["buckets"]) - 1) < 1e-3
 
 
-def test_a_folder_of_faults_gives_each_its_status_and_loses_nothing_else(folder):  # noqa: F811
+def test_a_folder_of_faults_gives_each_its_status_and_loses_nothing_else(folder):
     """Truncated dump, random bytes, a directory and a FIFO named like dumps, an unreadable file, a dump
     that crashes its worker and one that runs past --timeout, beside two good dumps."""
     inputs = os.path.join(folder, "in")
@@ -151,7 +157,7 @@ def test_a_folder_of_faults_gives_each_its_status_and_loses_nothing_else(folder)
     assert fingerprints(inputs) == before  # no input was modified
 
 
-def test_a_file_that_vanishes_after_listing_is_an_input_error(folder):  # noqa: F811
+def test_a_file_that_vanishes_after_listing_is_an_input_error(folder):
     write_case(os.path.join(folder, "stays.dmp"))
     write_case(os.path.join(folder, "vanishes.dmp"))
     listed = collect_inputs([folder])
@@ -164,7 +170,7 @@ def test_a_file_that_vanishes_after_listing_is_an_input_error(folder):  # noqa: 
     assert "no such file" in by_name["vanishes.dmp"]["error"]
 
 
-def test_the_pool_replaces_workers_that_crash_or_time_out(folder, monkeypatch):  # noqa: F811
+def test_the_pool_replaces_workers_that_crash_or_time_out(folder, monkeypatch):
     names = ["a-crash.dmp", "b-good.dmp", "c-hang.dmp", "d-good.dmp", "e-exit.dmp", "f-good.dmp"]
     for name in names:
         write_case(os.path.join(folder, name))
@@ -178,7 +184,7 @@ def test_the_pool_replaces_workers_that_crash_or_time_out(folder, monkeypatch): 
     assert len(set(workers)) == 4  # the first worker, then one new worker after each of the three losses
 
 
-def test_resume_skips_what_is_done_and_redoes_what_changed(folder):  # noqa: F811
+def test_resume_skips_what_is_done_and_redoes_what_changed(folder):
     inputs = os.path.join(folder, "in")
     os.mkdir(inputs)
     for name in ("one.snap", "two.snap"):
@@ -201,7 +207,7 @@ def test_resume_skips_what_is_done_and_redoes_what_changed(folder):  # noqa: F81
         assert json.load(handle)["inputs"] == 3  # two.snap counts once, with its latest record
 
 
-def test_a_line_cut_short_by_a_killed_run_is_dropped_on_resume(folder):  # noqa: F811
+def test_a_line_cut_short_by_a_killed_run_is_dropped_on_resume(folder):
     copy_snapshot("0x76-irp-x64.snap", folder, "a.snap")
     out = os.path.join(folder, "out")
     store = ResultsStore(out, resume=False)
@@ -215,7 +221,7 @@ def test_a_line_cut_short_by_a_killed_run_is_dropped_on_resume(folder):  # noqa:
     assert [os.path.basename(r["path"]) for r in lines] == ["x.dmp", "a.snap"]
 
 
-def test_ctrl_c_keeps_what_finished_and_resume_carries_on(folder):  # noqa: F811
+def test_ctrl_c_keeps_what_finished_and_resume_carries_on(folder):
     inputs = os.path.join(folder, "in")
     os.mkdir(inputs)
     for name in ("a.snap", "b.snap", "m-slow.snap", "z.snap"):
@@ -247,7 +253,7 @@ def test_ctrl_c_keeps_what_finished_and_resume_carries_on(folder):  # noqa: F811
     assert names[:2] == ["a.snap", "b.snap"] and sorted(names[2:]) == ["m-slow.snap", "z.snap"]
 
 
-def test_usage_errors_exit_2(folder):  # noqa: F811
+def test_usage_errors_exit_2(folder):
     assert triage(["--out", os.path.join(folder, "o")]).returncode == 2  # nothing to triage
     assert triage([folder]).returncode == 2  # no --out
     assert triage([folder, "--out", os.path.join(folder, "o"), "--jobs", "0"]).returncode == 2
@@ -255,7 +261,7 @@ def test_usage_errors_exit_2(folder):  # noqa: F811
     assert missing_list.returncode == 2 and "cannot read the list" in missing_list.stderr
 
 
-def test_paths_from_a_list_on_stdin(folder):  # noqa: F811
+def test_paths_from_a_list_on_stdin(folder):
     snapshot = copy_snapshot("0x76-irp-x64.snap", folder, "listed.snap")
     copy_snapshot("0x76-irp-x64.snap", folder, "not-listed.snap")
     out = os.path.join(folder, "out")
@@ -268,7 +274,7 @@ def test_paths_from_a_list_on_stdin(folder):  # noqa: F811
     assert records["missing.dmp"]["status"] == "input_error"
 
 
-def test_dump_times_spanning_days_are_counted_per_day(folder):  # noqa: F811
+def test_dump_times_spanning_days_are_counted_per_day(folder):
     for day in (1, 1, 2, 4):
         write_case(os.path.join(folder, f"d{day}-{len(os.listdir(folder))}.dmp"),
                    when=datetime(2026, 11, day, 12, tzinfo=timezone.utc))
@@ -288,7 +294,7 @@ def test_workers_are_forked_after_the_imports():
     assert ForkedWorker.context.get_start_method() == "fork"
 
 
-def test_progress_goes_to_a_terminal_only(folder):  # noqa: F811
+def test_progress_goes_to_a_terminal_only(folder):
     for name in ("a.snap", "b.snap"):
         copy_snapshot("0x76-irp-x64.snap", folder, name)
     primary, secondary = pty.openpty()
