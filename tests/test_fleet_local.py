@@ -317,3 +317,18 @@ def test_progress_goes_to_a_terminal_only(folder):
     assert re.search(rb"triage: 2/2 done, 0 failed, [0-9.]+/s, ETA 0 s", shown), shown
     piped = triage([folder, "--out", os.path.join(folder, "p")])
     assert "triage:" not in piped.stderr and "2/2" not in piped.stdout
+
+
+def test_a_file_name_that_is_not_utf8_is_recorded_and_reported(folder):
+    name = os.fsdecode(b"crash-\xff.snap")
+    copy_snapshot("0x76-irp-x64.snap", folder, name)
+    out = os.path.join(folder, "out")
+    result = triage([folder, "--out", out])
+    assert result.returncode == 0, result.stderr
+    (record,) = records_of(out).values()
+    assert record["path"] == os.path.join(folder, name) and record["bucket"] == "0x76_0_leakyflt.sys"
+    with open(os.path.join(out, record["report"]), encoding="utf-8") as handle:
+        assert json.load(handle)["suspects"][0]["image"] == "leakyflt.sys"
+    for summary_file in ("summary.json", "buckets.csv", "report.html"):
+        with open(os.path.join(out, summary_file), encoding="utf-8") as handle:
+            assert "crash-" in handle.read()

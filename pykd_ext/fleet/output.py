@@ -45,8 +45,10 @@ class OutputError(Exception):
 
 
 def write_atomically(path: str, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step (a reader never sees half a file). A file name that is
+    not UTF-8 (it reaches the text through a path) is written escaped, as leakhunt prints it."""
     temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8", newline="") as handle:
+    with open(temporary, "w", encoding="utf-8", errors="backslashreplace", newline="") as handle:
         handle.write(text)
     os.replace(temporary, path)
 
@@ -114,7 +116,7 @@ class ResultsStore:
             name = self.report_name(record["path"])
             write_atomically(os.path.join(self.folder, name), report_json)
             record["report"] = name
-        self._results.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._results.write(json.dumps(record) + "\n")  # ASCII: any file name survives, as \uXXXX escapes
         self._results.flush()
         self._remember(record)
 
