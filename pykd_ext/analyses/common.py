@@ -341,6 +341,8 @@ def _chain_parent_at(context: Context, address: int, mdl_address: int) -> Option
 
 def _chain_reaches(context: Context, first: int, wanted: int) -> bool:
     """Follow MDL.Next from ``first`` (bounded, cycle-safe) looking for ``wanted``."""
+    if first == wanted:  # the usual case: the IRP's own MdlAddress
+        return True
     next_offset = context.layouts.get("_MDL").offset("Next")
     seen: Set[int] = set()
     current = first
