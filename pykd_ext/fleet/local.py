@@ -1,9 +1,10 @@
 """The local engine: ``--jobs`` forked workers, one input per task, a deadline per input.
 
-The triage process hands each idle worker the next input and waits on all of them at once (their
-pipes and process sentinels, with the nearest deadline as the wait's timeout). A worker that answers
-is given the next input; one that passes its input's deadline is killed and replaced (``timeout``);
-one that dies is replaced (``crashed``). Results reach ``deliver`` in the triage process as they
+The triage process keeps each worker supplied with inputs (the current one and the next, see
+ForkedWorker) and waits on all of them at once (their pipes and process sentinels, with the nearest
+deadline as the wait's timeout). A worker that answers gets another input; one that passes its
+current input's deadline is killed and replaced (``timeout``); one that dies is replaced
+(``crashed``); the input it had not started yet goes back to the front of the queue. Results reach ``deliver`` in the triage process as they
 arrive. Ctrl+C (KeyboardInterrupt in the triage process; the workers ignore SIGINT) kills the
 workers and propagates: what was delivered stays delivered.
 """
@@ -45,13 +46,13 @@ class LocalEngine:
     def _loop(workers: List[ForkedWorker], pending: Deque[InputFile], timeout_for: TimeoutFor,
               deliver: Deliver) -> None:
         def give_work(worker: ForkedWorker) -> None:
-            if pending:
+            while pending and worker.wants_work:
                 item = pending.popleft()
                 worker.assign(item, timeout_for(item))
 
-        def replace(dead: ForkedWorker) -> ForkedWorker:
-            dead.item = None
-            return ForkedWorker() if pending else dead
+        def replace(lost: ForkedWorker) -> ForkedWorker:
+            pending.extendleft(reversed(lost.take_back()))  # what it had not started goes first again
+            return ForkedWorker() if pending else lost
 
         for worker in workers:
             give_work(worker)
@@ -66,9 +67,9 @@ class LocalEngine:
             answered = {by_handle[handle] for handle in ready}
             now = time.monotonic()
             for position, worker in enumerate(workers):
-                if worker.item is None:
-                    continue
                 item = worker.item
+                if item is None:
+                    continue
                 if worker in answered:
                     try:
                         outcome = worker.receive()

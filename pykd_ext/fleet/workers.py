@@ -26,7 +26,8 @@ import threading
 import time
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
-from typing import Any, Dict, Iterator, Optional, Tuple
+from collections import deque
+from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple
 
 from .analysis import make_record, run_task, worker_name
 from .inputs import STATUS_CRASHED, STATUS_TIMEOUT, InputFile
@@ -92,9 +93,15 @@ def _start_method() -> str:
 
 
 class ForkedWorker:
-    """A worker process of the local engine, busy with at most one input."""
+    """A worker process of the local engine and the inputs handed to it, analysed in order.
+
+    The input after the current one is handed over in advance (``QUEUE_DEPTH``), so that the worker
+    starts it without waiting for the triage process to take the previous result. Only the current
+    input has a deadline running: the next one's starts when the current one's result arrives.
+    """
 
     context = multiprocessing.get_context(_start_method())
+    QUEUE_DEPTH = 2
 
     def __init__(self) -> None:
         parent_end, child_end = self.context.Pipe()
@@ -104,21 +111,42 @@ class ForkedWorker:
         child_end.close()
         self.connection = parent_end
         self.name = f"{worker_name().rsplit(':', 1)[0]}:{self.process.pid}"
-        self.item: Optional[InputFile] = None
+        self.queue: Deque[Tuple[InputFile, float]] = deque()  # (input, its timeout), the current one first
         self.started = 0.0
         self.deadline = 0.0
 
-    def assign(self, item: InputFile, timeout: float) -> None:
-        self.item = item
+    @property
+    def item(self) -> Optional[InputFile]:
+        """The input being analysed, or None when the worker is idle."""
+        return self.queue[0][0] if self.queue else None
+
+    @property
+    def wants_work(self) -> bool:
+        return len(self.queue) < self.QUEUE_DEPTH
+
+    def _start_clock(self) -> None:
         self.started = time.monotonic()
-        self.deadline = self.started + timeout
+        self.deadline = self.started + self.queue[0][1]
+
+    def assign(self, item: InputFile, timeout: float) -> None:
+        self.queue.append((item, timeout))
+        if len(self.queue) == 1:
+            self._start_clock()
         self.connection.send(item)
 
     def receive(self) -> Outcome:
         """The outcome of the current input; raises EOFError when the worker died instead."""
         outcome = self.connection.recv()
-        self.item = None
+        self.queue.popleft()
+        if self.queue:
+            self._start_clock()
         return outcome
+
+    def take_back(self) -> List[InputFile]:
+        """After the worker was lost: the inputs handed to it after the current one (not started)."""
+        waiting = [item for item, _ in list(self.queue)[1:]]
+        self.queue.clear()
+        return waiting
 
     def stop(self, kill: bool = False) -> Optional[int]:
         """End the process (at once with ``kill``) and return its exit code."""
