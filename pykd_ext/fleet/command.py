@@ -16,7 +16,8 @@ from tabulate import tabulate
 
 from ..cli import EXIT_INTERRUPTED, UsageError, stderr_line, write
 from .html import render_html
-from .inputs import DEFAULT_GLOBS, STATUS_ANALYZED, InputFile, read_path_list, timeout_for_size
+from .inputs import (DEFAULT_GLOBS, STATUS_ANALYZED, TIMEOUT_BASE_S, TIMEOUT_PER_GIB_S, InputFile, read_path_list,
+                     timeout_for_size)
 from .output import HTML_NAME, OutputError, ResultsStore, write_atomically
 
 EXIT_ALL_ANALYZED = 0
@@ -37,9 +38,10 @@ def add_parser(commands) -> None:
                         help=f"file names to take in folders, any case (repeatable; default {' '.join(DEFAULT_GLOBS)})")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="where results.jsonl, reports/, buckets.csv, summary.json and report.html go")
-    parser.add_argument("--jobs", type=positive_int, metavar="N", help="worker processes (default: one per core)")
+    parser.add_argument("--jobs", type=positive_int, metavar="N", help="worker processes of the local engine (default: one per core)")
     parser.add_argument("--timeout", type=positive_float, metavar="SECONDS",
-                        help="stop the analysis of one input after this long (default: 120 s + 60 s per GiB)")
+                        help=f"stop the analysis of one input after this long (default: {TIMEOUT_BASE_S:g} s + "
+                             f"{TIMEOUT_PER_GIB_S:g} s per GiB of the file)")
     parser.add_argument("--resume", action="store_true",
                         help="carry on a run in --out: skip inputs already there with the same path, size and mtime")
     cluster = parser.add_mutually_exclusive_group()
