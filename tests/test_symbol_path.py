@@ -132,6 +132,22 @@ def test_candidates_when_the_identity_is_unknown(tmp_path):
     assert found == sorted([str(other), str(stored)]) + real  # each file once, in element order, no hal.pdb
 
 
+def test_candidates_skip_other_json_files(tmp_path):
+    (tmp_path / "notes.json").write_text("{}")
+    named = tmp_path / f"{KERNEL.guid}-1.json.gz"
+    named.write_bytes(b"")
+    assert list(SymbolPath.parse(str(tmp_path)).candidates("ntkrnlmp.pdb")) == [str(named)]
+
+
+@pytest.mark.parametrize("name", ["..", "..\\..\\evil.pdb", "../evil.pdb", "c:evil.pdb", ""])
+def test_a_pdb_name_that_is_a_path_is_never_looked_up(tmp_path, name):
+    store_file(tmp_path / "store")
+    path = SymbolPath.parse(f"{tmp_path / 'store'};srv*{tmp_path / 'cache'}*http://127.0.0.1:9/sym")
+    lookup = path.find(PdbIdentity(name, KERNEL.guid, 1))
+    assert not lookup.found and "not a plain file name" in lookup.warning()
+    assert list(path.candidates(name)) == [] and not (tmp_path / "cache").exists()
+
+
 def test_the_warning_names_the_file_and_every_place(tmp_path):
     lookup = SymbolPath.parse(f"{tmp_path};{tmp_path / 'absent'};srv*{tmp_path / 'cache'}*https://h/s").find(
         KERNEL, offline=True)
