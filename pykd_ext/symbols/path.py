@@ -196,9 +196,8 @@ def server_file_url(server: str, identity: PdbIdentity) -> str:
 class SymbolPath:
     """A parsed symbol path: its elements in search order."""
 
-    def __init__(self, elements: Sequence[object], text: str = ""):
+    def __init__(self, elements: Sequence[object]):
         self.elements = list(elements)
-        self.text = text
         # Download limits, per path: each network wait, the whole transfer, the body size.
         self.timeout = DOWNLOAD_TIMEOUT_SECONDS
         self.deadline = DOWNLOAD_DEADLINE_SECONDS
@@ -223,7 +222,7 @@ class SymbolPath:
                 elements.append(_server(rest, downstream))
             else:
                 elements.append(LocalFolder(element))
-        return cls(elements, text or "")
+        return cls(elements)
 
     def find(self, identity: PdbIdentity, offline: bool = False) -> Lookup:
         """The first file for ``identity`` in element order (downloading from servers unless ``offline``)."""
