@@ -395,7 +395,7 @@ def _copy_body(response, out, expected: Optional[int], max_bytes: int, deadline:
         if time.monotonic() > deadline:
             return False, f"not complete after {deadline_seconds:g} s ({total} bytes received)"
         try:
-            chunk = response.read(_CHUNK)
+            chunk = response.read1(_CHUNK)  # what has arrived (read() would wait for a whole chunk)
         except http.client.IncompleteRead as error:
             return False, f"connection dropped after {total + len(error.partial)} bytes"
         except (socket.timeout, TimeoutError):
