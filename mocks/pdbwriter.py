@@ -279,3 +279,71 @@ def class2_sample() -> bytes:
                symbol_record(fmt.S_LDATA32, "KiLocal", 2, 0x30, 0x1000)]
     return write_pdb(types, symbols, sections=[0x1000, 0x5000], guid=guid_bytes("00112233445566778899AABBCCDDEEFF"),
                      age=3)
+
+
+# Primitive type indices (cvinfo.h) of the test kernel's base types, and of void * (64-bit).
+PRIMITIVE_INDICES = {"unsigned char": 0x20, "unsigned short": 0x21, "short": 0x11, "unsigned long": 0x22,
+                     "long": 0x12, "unsigned long long": 0x23}
+VOID_POINTER_64 = 0x603
+
+
+def kernel_types(types: TypeRecords, described, kind: int = fmt.LF_STRUCTURE2) -> None:
+    """Add the test kernel's structures (``mocks.test_kernel.structures()``) as Microsoft's compiler
+    writes them: forward references for members' structure types, unnamed members flattened into the
+    enclosing field list, unnamed nested structures as ``<unnamed-tag>`` records, bit fields, arrays,
+    modifiers; every named structure as a ``kind`` record (LF_STRUCTURE2 by default)."""
+    from mocks import test_kernel as model
+
+    forward = {}
+    enums = {}
+
+    def forward_of(tag: str) -> int:
+        if tag not in forward:
+            record_kind = kind if tag not in described or described[tag].kind == "struct" else fmt.LF_UNION
+            if record_kind == fmt.LF_UNION:
+                forward[tag] = types.union(tag, 0, 0, forward=True)
+            else:
+                forward[tag] = types.structure(tag, 0, 0, kind=record_kind, forward=True)
+        return forward[tag]
+
+    def type_index(type_) -> int:
+        if isinstance(type_, model.Base):
+            return PRIMITIVE_INDICES[type_.name]
+        if isinstance(type_, model.Pointer):
+            index = forward_of(type_.target) if type_.target else VOID_POINTER_64
+            for _ in range(type_.depth - (0 if type_.target else 1)):
+                index = types.pointer(index)
+            return index
+        if isinstance(type_, model.Array):
+            return types.array(type_index(type_.element), model.size_of(type_, described))
+        if isinstance(type_, model.Tagged):
+            return forward_of(type_.tag)
+        if isinstance(type_, model.EnumType):
+            if type_.tag not in enums:
+                values = [enumerate_value(name, value) for name, value in model.ENUM_CONSTANTS.items()]
+                enums[type_.tag] = types.enum(type_.tag, 0x74, types.field_list(values), len(values))
+            return enums[type_.tag]
+        return define(type_, "<unnamed-tag>")
+
+    def leaves(aggregate, base: int) -> List[bytes]:
+        out = []
+        for item in aggregate.members:
+            if not item.name:
+                out += leaves(item.type, base + item.offset)
+                continue
+            index = type_index(item.type)
+            if item.bits:
+                index = types.bitfield(index, item.bits[1], item.bits[0])
+            if item.qualifiers:
+                index = types.modifier(index, const="const" in item.qualifiers, volatile="volatile" in item.qualifiers)
+            out.append(member(item.name, index, base + item.offset))
+        return out
+
+    def define(aggregate, name: str) -> int:
+        field_list = types.field_list(leaves(aggregate, 0))
+        if aggregate.kind == "union":
+            return types.union(name, field_list, aggregate.size, len(aggregate.members), kind=fmt.LF_UNION2)
+        return types.structure(name, field_list, aggregate.size, len(aggregate.members), kind=kind)
+
+    for tag, aggregate in described.items():
+        define(aggregate, tag)

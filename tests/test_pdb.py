@@ -239,6 +239,19 @@ def test_lf_structure2_and_lf_union2(tmp_path):
     assert pdb.rva("KiLocal") == 0x5030
 
 
+def test_the_kernel_structures_as_lf_structure2_records(tmp_path):
+    """The same structures written the way recent Microsoft PDBs have them (LF_STRUCTURE2, LF_UNION2,
+    forward references everywhere, unnamed members flattened) read back the same."""
+    types = writer.TypeRecords()
+    writer.kernel_types(types, DESCRIBED)
+    pdb = _open_bytes(tmp_path, writer.write_pdb(types))
+    for name, aggregate in DESCRIBED.items():
+        expected = test_kernel.expected_layout(name, DESCRIBED)
+        info = pdb.type_info(name, list(expected))
+        assert info.size == aggregate.size, name
+        assert {path: (field.offset, field.size) for path, field in info.fields.items()} == expected, name
+
+
 def test_the_guid_is_written_the_way_symbol_stores_spell_it(tmp_path):
     raw = bytes.fromhex("33221100" "5544" "7766" "8899AABBCCDDEEFF")  # Data1..3 little-endian, Data4 bytes
     pdb = _open_bytes(tmp_path, writer.write_pdb(writer.TypeRecords(), guid=raw, age=0x1A))

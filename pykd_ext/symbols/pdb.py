@@ -356,10 +356,15 @@ class _SymbolStream:
         return self._cache[symbol]
 
     def _find(self, symbol: str) -> Optional[int]:
-        """Look for the name's bytes and keep a hit that is the name field of an address record."""
-        needle = symbol.encode("utf-8") + b"\x00"
+        """Look for the name's bytes and keep a hit that is the name field of an address record.
+
+        The bytes are looked for without the name's terminating zero: zero bytes are everywhere in
+        these streams, and a needle ending with one makes ``find`` slow."""
+        name = symbol.encode("utf-8")
+        if not name:
+            return None
         data, records = self.data, self.records
-        position = data.find(needle, SYMBOL_NAME_OFFSET)
+        position = data.find(name, SYMBOL_NAME_OFFSET)
         hits = 0
         while position >= 0:
             hits += 1
@@ -370,11 +375,12 @@ class _SymbolStream:
             at = bisect_right(records, start) - 1
             if at >= 0 and records[at] == start:
                 length, kind = struct.unpack_from("<HH", data, start)
-                if kind in ADDRESS_SYMBOLS and SYMBOL_NAME_OFFSET + len(needle) <= 2 + length:
+                terminator = position + len(name)
+                if kind in ADDRESS_SYMBOLS and terminator < start + 2 + length and data[terminator] == 0:
                     offset, segment = struct.unpack_from("<IH", data, start + 8)
                     if 1 <= segment <= len(self.sections):
                         return self.sections[segment - 1] + offset
-            position = data.find(needle, position + 1)
+            position = data.find(name, position + 1)
         return None
 
 
@@ -501,8 +507,11 @@ class _TypeStream:
         return self._definitions[key]
 
     def _search(self, wanted: str, family: Optional[str], by_unique: bool) -> Optional[_Udt]:
-        """Look for the name's bytes in the stream; keep a hit that is the name of a defining record."""
-        needle = wanted.encode("utf-8") + b"\x00"
+        """Look for the name's bytes (without the terminating zero, as in ``_SymbolStream._find``);
+        keep a hit that is the name of a defining record."""
+        needle = wanted.encode("utf-8")
+        if not needle:
+            return None
         data, offsets = self.data, self.offsets
         position = data.find(needle, offsets[0] if offsets else len(data))
         hits = 0
