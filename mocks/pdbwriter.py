@@ -229,10 +229,13 @@ def msf(streams: Sequence[bytes], block_size: int = 4096) -> bytes:
 
 
 def write_pdb(types: TypeRecords, symbols: Sequence[bytes] = (), sections: Sequence[int] = (0x1000, 0x2000),
-              guid: bytes = bytes(range(16)), age: int = 1, machine: int = 0x8664, block_size: int = 4096) -> bytes:
-    """A whole PDB: info, TPI, DBI, an empty IPI, section headers and symbol records."""
+              guid: bytes = bytes(range(16)), age: int = 1, machine: int = 0x8664, block_size: int = 4096,
+              info_age: Optional[int] = None) -> bytes:
+    """A whole PDB: info, TPI, DBI, an empty IPI, section headers and symbol records. ``info_age``:
+    an info stream age other than the DBI's ``age`` (as pdbcopy leaves it)."""
     empty_ipi = TypeRecords().stream()
-    streams = [b"", info_stream(guid, age), types.stream(), dbi_stream(age, machine, 6, 5), empty_ipi,
+    streams = [b"", info_stream(guid, age if info_age is None else info_age), types.stream(),
+               dbi_stream(age, machine, 6, 5), empty_ipi,
                section_headers(sections), b"".join(symbols)]
     return msf(streams, block_size)
 

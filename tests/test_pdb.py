@@ -259,6 +259,14 @@ def test_the_guid_is_written_the_way_symbol_stores_spell_it(tmp_path):
     assert pdb.identity.store_key == "00112233445566778899AABBCCDDEEFF1A"
 
 
+def test_the_age_is_the_dbi_streams(tmp_path):
+    """pdbcopy bumps the info stream's age, not the DBI's, and the image names the DBI age."""
+    pdb = _open_bytes(tmp_path, writer.write_pdb(writer.TypeRecords(), age=1, info_age=3))
+    assert pdb.identity.age == 1
+    no_dbi = writer.msf([b"", writer.info_stream(bytes(16), 5)])
+    assert _open_bytes(tmp_path, no_dbi).identity.age == 5
+
+
 def test_an_x86_pdb(tmp_path):
     types = writer.TypeRecords()
     forward = types.structure("_MDL", 0, 0, forward=True)

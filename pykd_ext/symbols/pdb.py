@@ -4,9 +4,9 @@ A PDB is an MSF 7.0 container: a superblock, a stream directory, and numbered st
 of fixed-size blocks. leakhunt reads four of them (format as documented by LLVM's "The PDB File
 Format" pages and Microsoft's cvinfo.h):
 
-- the PDB info stream (1): version, signature, age, GUID: the identity the image's CodeView (RSDS)
-  record names;
-- the DBI stream (3): the machine (pointer size), the optional debug header that names the section
+- the PDB info stream (1): version, signature, age, GUID: with the DBI stream's age, the identity
+  the image's CodeView (RSDS) record names;
+- the DBI stream (3): the age, the machine (pointer size), the optional debug header that names the section
   header stream, and the symbol record stream, whose S_PUB32 / S_GDATA32 / S_LDATA32 records give
   section:offset addresses, turned into RVAs with the section headers;
 - the TPI stream (2): type records. Only their offsets are indexed when the file is opened; a
@@ -143,8 +143,9 @@ class PdbFile(SymbolFile):
         try:
             with open(path, "rb") as handle:
                 msf = _Msf(handle, name)
-                identity = _read_identity(msf, name)
-                pointer_size, sections, symbol_records = _read_dbi(msf)
+                dbi = _read_dbi(msf)
+                identity = _read_identity(msf, name, dbi.age)
+                pointer_size, sections, symbol_records = dbi.pointer_size, dbi.sections, dbi.symbol_records
                 types = _TypeStream(msf.stream(STREAM_TPI), name) if msf.stream_size(STREAM_TPI) else None
                 symbols = _SymbolStream(symbol_records, sections, name) if symbol_records is not None else None
         except SymbolFileError:
@@ -273,29 +274,46 @@ class _Msf:
         return data
 
 
-def _read_identity(msf: _Msf, name: str) -> PdbIdentity:
-    """PDB info stream: Version, Signature, Age, then the GUID (Data1..3 little-endian, Data4 bytes)."""
+def _read_identity(msf: _Msf, name: str, dbi_age: Optional[int]) -> PdbIdentity:
+    """PDB info stream: Version, Signature, Age, then the GUID (Data1..3 little-endian, Data4 bytes).
+
+    The age is the DBI stream's when there is one: tools that rewrite a PDB (pdbcopy, which makes
+    Microsoft's public PDBs) bump the info stream's age but not the DBI's, and the image's CodeView
+    record and the symbol store name the DBI age (LLVM issue 57300: an ntdll.pdb with info age 3,
+    DBI age 1, stored under age 1)."""
     if msf.stream_size(STREAM_PDB_INFO) < 28:
         raise msf.error("the PDB info stream is missing or too short")
     info = msf.stream(STREAM_PDB_INFO)
-    version, _, age = struct.unpack_from("<III", info, 0)
+    version, _, info_age = struct.unpack_from("<III", info, 0)
     if version not in PDB_INFO_VERSIONS:
         raise msf.error(f"unknown PDB info stream version {version}")
     data1, data2, data3 = struct.unpack_from("<IHH", info, 12)
     guid = f"{data1:08X}{data2:04X}{data3:04X}{bytes(info[20:28]).hex().upper()}"
-    return PdbIdentity(name, guid, age)
+    return PdbIdentity(name, guid, info_age if dbi_age is None else dbi_age)
 
 
-def _read_dbi(msf: _Msf) -> Tuple[Optional[int], List[int], Optional[bytearray]]:
-    """DBI stream: pointer size from the machine, section VirtualAddresses, the symbol record stream."""
+class _Dbi:
+    """What the DBI stream gives: its age, the pointer size of its machine, the VirtualAddress of
+    each section (for segment:offset -> RVA), and the symbol record stream."""
+
+    def __init__(self, age: Optional[int] = None, pointer_size: Optional[int] = None,
+                 sections: Sequence[int] = (), symbol_records: Optional[bytearray] = None):
+        self.age = age
+        self.pointer_size = pointer_size
+        self.sections = list(sections)
+        self.symbol_records = symbol_records
+
+
+def _read_dbi(msf: _Msf) -> _Dbi:
+    """DBI stream: header, substream sizes, the optional debug header's section header stream."""
     size = msf.stream_size(STREAM_DBI)
     if size == 0:
-        return None, [], None
+        return _Dbi()
     if size < DBI_HEADER.size:
         raise msf.error(f"the DBI stream is {size} bytes, shorter than its header")
     dbi = msf.stream(STREAM_DBI)
     fields = DBI_HEADER.unpack_from(dbi, 0)
-    signature, symbol_stream = fields[0], fields[7]
+    signature, age, symbol_stream = fields[0], fields[2], fields[7]
     substreams = fields[9:14] + (fields[16], fields[15])  # modules .. type server map, EC, debug header
     machine = fields[18]
     if signature != -1:
@@ -311,7 +329,7 @@ def _read_dbi(msf: _Msf) -> Tuple[Optional[int], List[int], Optional[bytearray]]
             raise msf.error(f"the section header stream is {len(headers)} bytes, not a whole number of headers")
         sections = [struct.unpack_from("<I", headers, at + 12)[0] for at in range(0, len(headers), SECTION_HEADER_SIZE)]
     records = msf.stream(symbol_stream) if symbol_stream != NO_STREAM else None
-    return MACHINE_POINTER_SIZES.get(machine), sections, records
+    return _Dbi(age, MACHINE_POINTER_SIZES.get(machine), sections, records)
 
 
 def _index_records(data: bytearray, start: int, end: int, what: str, name: str) -> array:
