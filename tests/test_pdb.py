@@ -331,6 +331,21 @@ def test_a_damaged_superblock_or_directory(tmp_path):
     first_block_entry = directory + 4 + 4 * stream_count
     for value in (0, block_count, 0xFFFFFFFF):
         assert "outside the" in _refused(tmp_path, _patched(raw, first_block_entry + 4, "<I", value))
+        assert "outside the" in _refused(tmp_path, _patched(raw, block_map * block_size, "<I", value))
+
+
+def test_a_stream_that_lists_one_block_again_and_again(tmp_path):
+    """A 6.5 KiB file whose one stream claims 1000 blocks (all the same one): refused, not allocated."""
+    block_size, repeats = 512, 1000
+    data_block = 12
+    directory = struct.pack("<II", 1, repeats * block_size) + struct.pack("<I", data_block) * repeats
+    directory_blocks = list(range(3, 3 + -(-len(directory) // block_size)))  # blocks 3..10
+    block_map = directory_blocks[-1] + 1
+    image = bytearray((data_block + 1) * block_size)
+    image[:56] = fmt.MSF_MAGIC + struct.pack("<6I", block_size, 1, data_block + 1, len(directory), 0, block_map)
+    image[3 * block_size:3 * block_size + len(directory)] = directory
+    struct.pack_into(f"<{len(directory_blocks)}I", image, block_map * block_size, *directory_blocks)
+    assert "claim 1000 blocks" in _refused(tmp_path, bytes(image))
 
 
 def _records_pdb(add_records, symbols=()):

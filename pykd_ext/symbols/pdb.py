@@ -211,6 +211,8 @@ class _Msf:
         self._check_block(block_map_block, "the block map")
         block_map = struct.unpack_from(f"<{directory_blocks}I", self._read_at(block_map_block * block_size,
                                                                             4 * directory_blocks))
+        for block in block_map:
+            self._check_block(block, "the stream directory")
         directory = self._read_blocks(block_map, directory_bytes, "the stream directory")
         self._parse_directory(directory)
 
@@ -238,6 +240,8 @@ class _Msf:
         position = 4 + 4 * stream_count
         if position + 4 * sum(block_counts) > len(directory):
             raise self.error("the stream directory lists more blocks than it holds")
+        if sum(block_counts) > self.block_count:  # each block belongs to one stream at most
+            raise self.error(f"the streams claim {sum(block_counts)} blocks of the file's {self.block_count}")
         self.sizes = sizes
         self._block_lists: List[Tuple[int, ...]] = []
         for index, count in enumerate(block_counts):
