@@ -97,8 +97,7 @@ def _builtin_x64_19045():
     return [(name, size, rows) for name, (size, rows) in tables.items()]
 
 
-@pytest.mark.parametrize("name,size,rows", _builtin_x64_19045(), ids=lambda value: value if isinstance(value, str)
-                         else "")
+@pytest.mark.parametrize("name,size,rows", _builtin_x64_19045(), ids=[row[0] for row in _builtin_x64_19045()])
 def test_the_pdb_gives_leakhunts_builtin_x64_19045_layouts(kernel, name, size, rows):
     info = kernel.type_info(name, layouts.known_field_names(name))
     assert {path: field.offset for path, field in info.fields.items()} == {path: row[0] for path, row in rows.items()}
