@@ -19,7 +19,7 @@ which llvm-pdbutil checks (tests/test_pdb.py).
 from __future__ import annotations
 
 import struct
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 from pykd_ext.symbols import pdb as fmt
 
@@ -187,9 +187,12 @@ def info_stream(guid: bytes, age: int, signature: int = 0x5EED) -> bytes:
     return struct.pack("<III", 20000404, signature, age) + guid + named_streams + struct.pack("<I", 20140508)
 
 
-def dbi_stream(age: int, machine: int, symbol_stream: int, section_stream: int) -> bytes:
+def dbi_stream(age: int, machine: int, symbol_stream: int, section_stream: int,
+               omap_stream: int = fmt.NO_STREAM, original_section_stream: int = fmt.NO_STREAM) -> bytes:
     debug_header = [fmt.NO_STREAM] * 11
     debug_header[fmt.DEBUG_HEADER_SECTION_HEADERS] = section_stream
+    debug_header[fmt.DEBUG_HEADER_OMAP_FROM_SOURCE] = omap_stream
+    debug_header[fmt.DEBUG_HEADER_ORIGINAL_SECTION_HEADERS] = original_section_stream
     optional = struct.pack(f"<{len(debug_header)}H", *debug_header)
     header = fmt.DBI_HEADER.pack(-1, 19990903, age, fmt.NO_STREAM, 0x8E1D, fmt.NO_STREAM, 0, symbol_stream, 0,
                                  0, 0, 0, 0, 0, 0, len(optional), 0, 0, machine, 0)
@@ -230,13 +233,18 @@ def msf(streams: Sequence[bytes], block_size: int = 4096) -> bytes:
 
 def write_pdb(types: TypeRecords, symbols: Sequence[bytes] = (), sections: Sequence[int] = (0x1000, 0x2000),
               guid: bytes = bytes(range(16)), age: int = 1, machine: int = 0x8664, block_size: int = 4096,
-              info_age: Optional[int] = None) -> bytes:
+              info_age: Optional[int] = None, omap: Sequence[Tuple[int, int]] = (),
+              original_sections: Sequence[int] = ()) -> bytes:
     """A whole PDB: info, TPI, DBI, an empty IPI, section headers and symbol records. ``info_age``:
-    an info stream age other than the DBI's ``age`` (as pdbcopy leaves it)."""
+    an info stream age other than the DBI's ``age`` (as pdbcopy leaves it). ``omap``: (source RVA,
+    target RVA) pairs of an image rearranged after linking, whose symbols' section:offset refer to
+    ``original_sections`` (streams 7 and 8)."""
     empty_ipi = TypeRecords().stream()
-    streams = [b"", info_stream(guid, age if info_age is None else info_age), types.stream(),
-               dbi_stream(age, machine, 6, 5), empty_ipi,
-               section_headers(sections), b"".join(symbols)]
+    omap_streams = [b"".join(struct.pack("<II", *pair) for pair in omap), section_headers(original_sections)] \
+        if omap else []
+    dbi = dbi_stream(age, machine, 6, 5, *((7, 8) if omap else ()))
+    streams = [b"", info_stream(guid, age if info_age is None else info_age), types.stream(), dbi, empty_ipi,
+               section_headers(sections), b"".join(symbols)] + omap_streams
     return msf(streams, block_size)
 
 

@@ -280,6 +280,14 @@ def test_an_x86_pdb(tmp_path):
     assert (info.size, info.fields["Next"].size, info.fields["Size"].offset) == (0x1C, 4, 4)
 
 
+def test_an_enum_of_the_same_name_is_not_the_structure(tmp_path):
+    types = writer.TypeRecords()
+    types.enum("_SAME", 0x74, types.field_list([writer.enumerate_value("One", 1)]), 1)
+    types.structure("_SAME", types.field_list([writer.member("Field", 0x22, 4)]), 8)
+    info = _open_bytes(tmp_path, writer.write_pdb(types)).type_info("_SAME", ["Field"])
+    assert info.size == 8 and info.fields["Field"].offset == 4
+
+
 def test_a_pdb_without_symbols_or_types(tmp_path):
     image = writer.msf([b"", writer.info_stream(bytes(16), 1)])
     pdb = _open_bytes(tmp_path, image)
@@ -443,6 +451,22 @@ def test_a_record_length_that_runs_past_its_stream(tmp_path):
     assert "length 0" in _refused(tmp_path, _records_pdb(empty_record))
     symbols = [struct.pack("<HH", 0x40, fmt.S_PUB32) + bytes(4)]
     assert "symbol record stream" in _refused(tmp_path, writer.write_pdb(writer.TypeRecords(), symbols))
+
+
+def test_the_rvas_of_an_image_rearranged_after_linking(tmp_path):
+    """Symbols give section:offset in the original sections; the OMAP table moves them."""
+    symbols = [writer.symbol_record(fmt.S_PUB32, "KiBugCheckDriver", 2, 0x10),  # 0x3010 -> 0x2410
+               writer.symbol_record(fmt.S_PUB32, "PsLoadedModuleList", 1, 0x880),  # 0x1080 -> 0x1080
+               writer.symbol_record(fmt.S_PUB32, "KiDropped", 2, 0x120),  # 0x3120: no place in the image
+               writer.symbol_record(fmt.S_PUB32, "KiBefore", 1, 0)]  # 0x800: before the first entry
+    omap = [(0x1000, 0x1000), (0x3000, 0x2400), (0x3100, 0)]
+    pdb = _open_bytes(tmp_path, writer.write_pdb(writer.TypeRecords(), symbols, sections=[0x1000, 0x2000],
+                                                 omap=omap, original_sections=[0x800, 0x3000]))
+    assert pdb.rva("KiBugCheckDriver") == 0x2410 and pdb.rva("PsLoadedModuleList") == 0x1080
+    assert pdb.rva("KiDropped") is None and pdb.rva("KiBefore") is None
+    unsorted = writer.write_pdb(writer.TypeRecords(), symbols, omap=[(0x3000, 0x1), (0x1000, 0x2)],
+                                original_sections=[0x1000])
+    assert "increasing" in _refused(tmp_path, unsorted)
 
 
 def test_a_symbol_in_a_section_the_pdb_does_not_have(tmp_path):

@@ -8,7 +8,8 @@ Format" pages and Microsoft's cvinfo.h):
   the image's CodeView (RSDS) record names;
 - the DBI stream (3): the age, the machine (pointer size), the optional debug header that names the section
   header stream, and the symbol record stream, whose S_PUB32 / S_GDATA32 / S_LDATA32 records give
-  section:offset addresses, turned into RVAs with the section headers;
+  section:offset addresses, turned into RVAs with the section headers (and the OMAP table of an
+  image rearranged after linking);
 - the TPI stream (2): type records. Only their offsets are indexed when the file is opened; a
   structure is decoded when it is asked for (its record found by name), with the few records its
   field paths go through, and cached.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 from array import array
 from bisect import bisect_right
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -43,8 +45,11 @@ PDB_INFO_VERSIONS = (19941610, 19950623, 19950814, 19960307, 19970604, 20000404,
 TPI_VERSIONS = (19951122, 20040203)  # V70, V80
 DBI_HEADER = struct.Struct("<iIIHHHHHHiiiiiIiiHHI")  # DbiStreamHeader, 64 bytes
 TPI_HEADER = struct.Struct("<IIIII")  # version, header size, first and end type index, record bytes
-# Optional debug header slot of the section header stream (after FPO, exception, fixup, OMAP to/from).
+# Optional debug header slots (u16 stream numbers: FPO, exception, fixup, OMAP to source, OMAP from
+# source, section headers, token/RID map, xdata, pdata, new FPO, original section headers).
+DEBUG_HEADER_OMAP_FROM_SOURCE = 4
 DEBUG_HEADER_SECTION_HEADERS = 5
+DEBUG_HEADER_ORIGINAL_SECTION_HEADERS = 10
 SECTION_HEADER_SIZE = 40  # IMAGE_SECTION_HEADER; VirtualAddress at +12
 
 MACHINE_POINTER_SIZES = {0x14C: 4, 0x1C4: 4, 0x1C0: 4, 0x8664: 8, 0xAA64: 8, 0x200: 8}
@@ -145,16 +150,16 @@ class PdbFile(SymbolFile):
                 msf = _Msf(handle, name)
                 dbi = _read_dbi(msf)
                 identity = _read_identity(msf, name, dbi.age)
-                pointer_size, sections, symbol_records = dbi.pointer_size, dbi.sections, dbi.symbol_records
                 types = _TypeStream(msf.stream(STREAM_TPI), name) if msf.stream_size(STREAM_TPI) else None
-                symbols = _SymbolStream(symbol_records, sections, name) if symbol_records is not None else None
+                symbols = None if dbi.symbol_records is None else \
+                    _SymbolStream(dbi.symbol_records, dbi.addresses, name)
         except SymbolFileError:
             raise
         except OSError as error:
             raise SymbolFileError(f"{name}: cannot read the PDB: {error.strerror or error}") from None
         except (struct.error, IndexError, ValueError, OverflowError, MemoryError) as error:
             raise SymbolFileError(f"{name}: malformed PDB ({type(error).__name__}: {error})") from None
-        return cls(path, identity, pointer_size, types, symbols)
+        return cls(path, identity, dbi.pointer_size, types, symbols)
 
     def rva(self, name: str) -> Optional[int]:
         if self._symbols is None:
@@ -297,19 +302,42 @@ def _read_identity(msf: _Msf, name: str, dbi_age: Optional[int]) -> PdbIdentity:
 
 
 class _Dbi:
-    """What the DBI stream gives: its age, the pointer size of its machine, the VirtualAddress of
-    each section (for segment:offset -> RVA), and the symbol record stream."""
+    """What the DBI stream gives: its age, the pointer size of its machine, and the symbol record
+    stream with the section VirtualAddresses (and OMAP) that turn its section:offset into RVAs."""
 
     def __init__(self, age: Optional[int] = None, pointer_size: Optional[int] = None,
-                 sections: Sequence[int] = (), symbol_records: Optional[bytearray] = None):
+                 symbol_records: Optional[bytearray] = None, addresses: Optional["_Addresses"] = None):
         self.age = age
         self.pointer_size = pointer_size
-        self.sections = list(sections)
         self.symbol_records = symbol_records
+        self.addresses = addresses or _Addresses([], None)
+
+
+class _Addresses:
+    """section:offset -> RVA: the section's VirtualAddress plus the offset, then, for an image
+    rearranged after linking (BBT), through the OMAP-from-source table: the entry with the greatest
+    source RVA not above it moves it (a target of 0: the address has no place in the final image)."""
+
+    def __init__(self, sections: List[int], omap: Optional[Tuple[array, array]]):
+        self.sections = sections
+        self.omap = omap
+
+    def rva(self, segment: int, offset: int) -> Optional[int]:
+        if not 1 <= segment <= len(self.sections):
+            return None
+        rva = self.sections[segment - 1] + offset
+        if self.omap is None:
+            return rva
+        sources, targets = self.omap
+        at = bisect_right(sources, rva) - 1
+        if at < 0 or targets[at] == 0:
+            return None
+        return targets[at] + rva - sources[at]
 
 
 def _read_dbi(msf: _Msf) -> _Dbi:
-    """DBI stream: header, substream sizes, the optional debug header's section header stream."""
+    """DBI stream: header, substream sizes, the optional debug header's section header (and OMAP)
+    streams."""
     size = msf.stream_size(STREAM_DBI)
     if size == 0:
         return _Dbi()
@@ -324,16 +352,39 @@ def _read_dbi(msf: _Msf) -> _Dbi:
         raise msf.error("the DBI stream has no version signature (-1)")
     if any(length < 0 for length in substreams) or DBI_HEADER.size + sum(substreams) > size:
         raise msf.error("the DBI substreams run past the DBI stream")
-    debug_header_at = DBI_HEADER.size + sum(substreams[:-1])
-    debug_header = struct.unpack_from(f"<{substreams[-1] // 2}H", dbi, debug_header_at)
+    debug_header = struct.unpack_from(f"<{substreams[-1] // 2}H", dbi, DBI_HEADER.size + sum(substreams[:-1]))
+
+    def named(slot: int) -> Optional[int]:
+        stream = debug_header[slot] if slot < len(debug_header) else NO_STREAM
+        return None if stream == NO_STREAM or msf.stream_size(stream) == 0 else stream
+
+    omap = None
+    headers_stream = named(DEBUG_HEADER_SECTION_HEADERS)
+    if named(DEBUG_HEADER_OMAP_FROM_SOURCE) is not None:
+        omap = _read_omap(msf, named(DEBUG_HEADER_OMAP_FROM_SOURCE))
+        headers_stream = named(DEBUG_HEADER_ORIGINAL_SECTION_HEADERS) or headers_stream
     sections: List[int] = []
-    if len(debug_header) > DEBUG_HEADER_SECTION_HEADERS and debug_header[DEBUG_HEADER_SECTION_HEADERS] != NO_STREAM:
-        headers = msf.stream(debug_header[DEBUG_HEADER_SECTION_HEADERS])
+    if headers_stream is not None:
+        headers = msf.stream(headers_stream)
         if len(headers) % SECTION_HEADER_SIZE:
             raise msf.error(f"the section header stream is {len(headers)} bytes, not a whole number of headers")
         sections = [struct.unpack_from("<I", headers, at + 12)[0] for at in range(0, len(headers), SECTION_HEADER_SIZE)]
     records = msf.stream(symbol_stream) if symbol_stream != NO_STREAM else None
-    return _Dbi(age, MACHINE_POINTER_SIZES.get(machine), sections, records)
+    return _Dbi(age, MACHINE_POINTER_SIZES.get(machine), records, _Addresses(sections, omap))
+
+
+def _read_omap(msf: _Msf, stream: int) -> Tuple[array, array]:
+    """The OMAP-from-source table: (source RVA, target RVA) pairs in increasing source order."""
+    data = msf.stream(stream)
+    if len(data) % 8:
+        raise msf.error(f"the OMAP stream is {len(data)} bytes, not a whole number of entries")
+    pairs = array("I", bytes(data))
+    if sys.byteorder == "big":
+        pairs.byteswap()
+    sources, targets = pairs[0::2], pairs[1::2]
+    if any(sources[n] > sources[n + 1] for n in range(len(sources) - 1)):
+        raise msf.error("the OMAP table is not in increasing address order")
+    return sources, targets
 
 
 def _index_records(data: bytearray, start: int, end: int, what: str, name: str) -> array:
@@ -365,9 +416,9 @@ def _c_string(data: bytearray, position: int, end: int, name: str) -> Tuple[str,
 class _SymbolStream:
     """The DBI symbol record stream; addresses of S_PUB32 / S_GDATA32 / S_LDATA32 by name."""
 
-    def __init__(self, data: bytearray, sections: List[int], name: str):
+    def __init__(self, data: bytearray, addresses: _Addresses, name: str):
         self.data = data
-        self.sections = sections
+        self.addresses = addresses
         self.name = name
         self.records = _index_records(data, 0, len(data), "the symbol record stream", name)
         self._cache: Dict[str, Optional[int]] = {}
@@ -400,8 +451,9 @@ class _SymbolStream:
                 terminator = position + len(name)
                 if kind in ADDRESS_SYMBOLS and terminator < start + 2 + length and data[terminator] == 0:
                     offset, segment = struct.unpack_from("<IH", data, start + 8)
-                    if 1 <= segment <= len(self.sections):
-                        return self.sections[segment - 1] + offset
+                    rva = self.addresses.rva(segment, offset)
+                    if rva is not None:
+                        return rva
             position = data.find(name, position + 1)
         return None
 
@@ -521,14 +573,15 @@ class _TypeStream:
 
     # ---- finding definitions ----
 
-    def find_definition(self, name: str, family: Optional[str] = None, unique_name: str = "") -> Optional[_Udt]:
-        """The defining (not forward) UDT record called ``name`` (or with that unique name)."""
-        key = (unique_name or name, family or "")
+    def find_definition(self, name: str, families: Tuple[str, ...], unique_name: str = "") -> Optional[_Udt]:
+        """The first defining (not forward) record of one of ``families`` ("class", "union", "enum")
+        called ``name``, or with that unique name."""
+        key = (unique_name or name, families)
         if key not in self._definitions:
-            self._definitions[key] = self._search(unique_name or name, family, bool(unique_name))
+            self._definitions[key] = self._search(unique_name or name, families, bool(unique_name))
         return self._definitions[key]
 
-    def _search(self, wanted: str, family: Optional[str], by_unique: bool) -> Optional[_Udt]:
+    def _search(self, wanted: str, families: Tuple[str, ...], by_unique: bool) -> Optional[_Udt]:
         """Look for the name's bytes (without the terminating zero, as in ``_SymbolStream._find``);
         keep a hit that is the name of a defining record."""
         needle = wanted.encode("utf-8")
@@ -546,7 +599,7 @@ class _TypeStream:
             if kind in UDT_KINDS and start <= position:
                 udt = self.udt(index)
                 matches = (udt.unique_name if by_unique else udt.name) == wanted
-                if matches and not udt.forward and (family is None or udt.family == family):
+                if matches and not udt.forward and udt.family in families:
                     return udt
             position = data.find(needle, max(end, position + 1))  # the next record holding the name
         return None
@@ -556,10 +609,10 @@ class _TypeStream:
         if not udt.forward:
             return udt
         if udt.unique_name:
-            found = self.find_definition(udt.name, udt.family, udt.unique_name)
+            found = self.find_definition(udt.name, (udt.family,), udt.unique_name)
             if found is not None:
                 return found
-        return self.find_definition(udt.name, udt.family)
+        return self.find_definition(udt.name, (udt.family,))
 
     # ---- sizes ----
 
@@ -727,8 +780,8 @@ class _TypeStream:
     # ---- layouts ----
 
     def type_info(self, name: str, field_paths: Sequence[str]) -> Optional[TypeInfo]:
-        udt = self.find_definition(name)
-        if udt is None or udt.kind == LF_ENUM:
+        udt = self.find_definition(name, ("class", "union"))
+        if udt is None:
             return None
         fields: Dict[str, FieldInfo] = {}
         for path in field_paths:
