@@ -4,11 +4,11 @@ A PDB is an MSF 7.0 container: a superblock, a stream directory, and numbered st
 of fixed-size blocks. leakhunt reads four of them (format as documented by LLVM's "The PDB File
 Format" pages and Microsoft's cvinfo.h):
 
-- the PDB info stream (1): version, signature, age, GUID: with the DBI stream's age, the identity
-  the image's CodeView (RSDS) record names;
-- the DBI stream (3): the age, the machine (pointer size), the optional debug header that names the section
-  header stream, and the symbol record stream, whose S_PUB32 / S_GDATA32 / S_LDATA32 records give
-  section:offset addresses, turned into RVAs with the section headers (and the OMAP table of an
+- the PDB info stream (1): version, signature, age, GUID; the GUID with the DBI stream's age is the
+  identity the image's CodeView (RSDS) record names;
+- the DBI stream (3): the age, the machine (pointer size), the optional debug header that names the
+  section header stream, and the symbol record stream, whose S_PUB32 / S_GDATA32 / S_LDATA32 records
+  give section:offset addresses, turned into RVAs with the section headers (and the OMAP table of an
   image rearranged after linking);
 - the TPI stream (2): type records. Only their offsets are indexed when the file is opened; a
   structure is decoded when it is asked for (its record found by name), with the few records its
