@@ -58,7 +58,6 @@ POINTER_SIZE = 8
 class Base:
     name: str  # the C spelling, also the ISF base type name
     size: int
-    signed: bool
 
 
 @dataclass(frozen=True)
@@ -102,12 +101,12 @@ class Aggregate:
 
 Type = Union[Base, Pointer, Array, Tagged, EnumType, Aggregate]
 
-UCHAR = Base("unsigned char", 1, False)
-USHORT = Base("unsigned short", 2, False)
-SHORT = Base("short", 2, True)
-ULONG = Base("unsigned long", 4, False)
-LONG = Base("long", 4, True)
-ULONGLONG = Base("unsigned long long", 8, False)
+UCHAR = Base("unsigned char", 1)
+USHORT = Base("unsigned short", 2)
+SHORT = Base("short", 2)
+ULONG = Base("unsigned long", 4)
+LONG = Base("long", 4)
+ULONGLONG = Base("unsigned long long", 8)
 KIND_TYPES = {"u8": UCHAR, "u16": USHORT, "i16": SHORT, "u32": ULONG, "u64": ULONGLONG}
 
 # ---- the description ----
@@ -179,13 +178,15 @@ OPEN_SIZES = {"_FILE_OBJECT": 0xD8, "_KLDR_DATA_TABLE_ENTRY": 0xA0, "_IMAGE_NT_H
 # Structures the tables' fields are made of, that the tables do not describe.
 HELPER_STRUCTURES = {
     "_IO_STATUS_BLOCK": (0x10, [("Status", 0x0, LONG), ("Information", 0x8, ULONGLONG)]),
-    "_RTL_RB_TREE": (0x10, [("Root", 0x0, Pointer("_RTL_BALANCED_NODE")), ("Min", 0x8, Pointer("_RTL_BALANCED_NODE"))]),
+    "_RTL_RB_TREE": (0x10, [("Root", 0x0, Pointer("_RTL_BALANCED_NODE")),
+                            ("Min", 0x8, Pointer("_RTL_BALANCED_NODE"))]),
     "_IMAGE_OPTIONAL_HEADER64": (0xF0, [("Magic", 0x0, USHORT), ("SizeOfImage", 0x38, ULONG)]),
 }
 
-WIDE_MEMBERS = 9000  # 8-byte members: a field list of ~200 KB, continued 3 times by LF_INDEX; offsets past 0x8000
+# 8-byte members: a field list of ~200 KB, continued 3 times by LF_INDEX; offsets past 0x8000.
+WIDE_MEMBERS = 9000
 
-# name, C type of the global, ISF type
+# The globals leakhunt reads: name, C type.
 GLOBALS = [
     ("KiBugCheckDriver", "struct _UNICODE_STRING *"),
     ("PsLoadedModuleList", "struct _LIST_ENTRY"),
