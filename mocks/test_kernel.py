@@ -24,6 +24,7 @@ clang: the tests use the committed files and run ``--check`` only where clang is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import lzma
 import os
@@ -34,6 +35,11 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock (the build needs clang and lld-link anyway)
+    fcntl = None
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -475,6 +481,19 @@ def build(output_dir: str) -> Dict[str, str]:
     for tool in ("clang", "lld-link"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found: install clang and lld (apt-get install clang lld llvm)")
+    with _build_dir_lock():  # two checkouts testing at once share the fixed build folder
+        return _build_locked(output_dir)
+
+
+@contextlib.contextmanager
+def _build_dir_lock():
+    with open(BUILD_DIR + ".lock", "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _build_locked(output_dir: str) -> Dict[str, str]:
     described = structures()
     shutil.rmtree(BUILD_DIR, ignore_errors=True)
     os.makedirs(BUILD_DIR)
