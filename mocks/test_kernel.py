@@ -182,7 +182,7 @@ EXTRA_FIELDS: Dict[str, Dict[str, Tuple[int, str]]] = {
 OPEN_SIZES = {"_FILE_OBJECT": 0xD8, "_KLDR_DATA_TABLE_ENTRY": 0xA0, "_IMAGE_NT_HEADERS": 0x108}
 
 # Structures the tables' fields are made of, that the tables do not describe.
-HELPER_STRUCTURES = {
+MEMBER_STRUCTURES = {
     "_IO_STATUS_BLOCK": (0x10, [("Status", 0x0, LONG), ("Information", 0x8, ULONGLONG)]),
     "_RTL_RB_TREE": (0x10, [("Root", 0x0, Pointer("_RTL_BALANCED_NODE")),
                             ("Min", 0x8, Pointer("_RTL_BALANCED_NODE"))]),
@@ -319,7 +319,7 @@ def _overlap_union(cluster: List[Member], end: int, described: Dict[str, Aggrega
 def structures() -> Dict[str, Aggregate]:
     """The test kernel's structures by tag, in an order where each is defined before it is embedded."""
     described: Dict[str, Aggregate] = {}
-    for tag, (size, rows) in HELPER_STRUCTURES.items():
+    for tag, (size, rows) in MEMBER_STRUCTURES.items():
         described[tag] = Aggregate("struct", tag, size, [Member(n, o, t) for n, o, t in rows])
     tables = table_rows()
     order = ["_LIST_ENTRY", "_UNICODE_STRING", "_RTL_BALANCED_NODE", "_DISPATCHER_HEADER", "_KLOCK_ENTRY"]
