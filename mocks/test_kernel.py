@@ -166,6 +166,7 @@ NESTED: Dict[Tuple[str, str], Tuple[str, Optional[str], int, Optional[int]]] = {
     ("_KTHREAD", "ApcState"): ("struct", "_KAPC_STATE", 0x30, 0x98),
     ("_ETHREAD", "Cid"): ("struct", "_CLIENT_ID", 0x10, None),
     ("_IMAGE_NT_HEADERS", "FileHeader"): ("struct", "_IMAGE_FILE_HEADER", 0x14, 4),
+    ("_IMAGE_SECTION_HEADER", "Misc"): ("union", None, 4, 8),
 }
 
 # Members the tables do not use, there so that the structures look like the kernel's: absolute

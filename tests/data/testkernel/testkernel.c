@@ -438,14 +438,17 @@ _Static_assert(offsetof(struct _IMAGE_NT_HEADERS, OptionalHeader._Padding2) == 0
 
 struct _IMAGE_SECTION_HEADER {
     unsigned char Name[8];
-    unsigned long VirtualSize;
+    union {
+        unsigned long VirtualSize;
+    } Misc;
     unsigned long VirtualAddress;
     unsigned char _Padding1[20];
     unsigned long Characteristics;
 };
 _Static_assert(sizeof(struct _IMAGE_SECTION_HEADER) == 0x28, "_IMAGE_SECTION_HEADER");
 _Static_assert(offsetof(struct _IMAGE_SECTION_HEADER, Name) == 0x0, "_IMAGE_SECTION_HEADER.Name");
-_Static_assert(offsetof(struct _IMAGE_SECTION_HEADER, VirtualSize) == 0x8, "_IMAGE_SECTION_HEADER.VirtualSize");
+_Static_assert(offsetof(struct _IMAGE_SECTION_HEADER, Misc) == 0x8, "_IMAGE_SECTION_HEADER.Misc");
+_Static_assert(offsetof(struct _IMAGE_SECTION_HEADER, Misc.VirtualSize) == 0x8, "_IMAGE_SECTION_HEADER.Misc.VirtualSize");
 _Static_assert(offsetof(struct _IMAGE_SECTION_HEADER, VirtualAddress) == 0xc, "_IMAGE_SECTION_HEADER.VirtualAddress");
 _Static_assert(offsetof(struct _IMAGE_SECTION_HEADER, _Padding1) == 0x10, "_IMAGE_SECTION_HEADER._Padding1");
 _Static_assert(offsetof(struct _IMAGE_SECTION_HEADER, Characteristics) == 0x24, "_IMAGE_SECTION_HEADER.Characteristics");
