@@ -13,7 +13,6 @@ Exit codes (documented in the README):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Dict, List, Optional
@@ -121,6 +120,8 @@ def pfn_range_argument(text: str):
 def parse_symbols(pairs: List[str], path: Optional[str]) -> Dict[str, int]:
     symbols: Dict[str, int] = {}
     if path:
+        import json
+
         try:
             with open(path, "r", encoding="utf-8") as handle:
                 loaded = json.load(handle)
@@ -301,8 +302,8 @@ def command_for_the_file(args) -> None:
         for name, default in ANALYZE_ONLY.items():
             setattr(args, name, default)
     elif kind == sources.OTHER:
-        raise FileKindError(f"{path} is not a leakhunt snapshot (a ZIP archive) nor a Windows kernel crash dump "
-                            f"(PAGEDU64 or PAGEDUMP)")
+        raise FileKindError(f"{path} is neither a leakhunt snapshot (a ZIP archive) nor a Windows kernel crash "
+                            f"dump (PAGEDU64 or PAGEDUMP), or it is truncated")
 
 
 class FileKindError(Exception):

@@ -6,6 +6,7 @@ library's message such as "File is not a zip file").
 """
 from __future__ import annotations
 
+import zipfile
 from typing import Optional
 
 KERNEL_DUMP = "kernel crash dump"
@@ -18,7 +19,8 @@ ZIP_MAGIC = b"PK\x03\x04"
 
 
 def kind_of_file(path: str) -> Optional[str]:
-    """KERNEL_DUMP, USER_MINIDUMP, SNAPSHOT or OTHER from the first bytes of ``path`` (opened read-only);
+    """KERNEL_DUMP, USER_MINIDUMP, SNAPSHOT or OTHER (a damaged ZIP too) from the first bytes of ``path``
+    (opened read-only);
     None when it cannot be read (missing, a directory, no permission): the command reading it says why."""
     from .targets.dumpheader import MINIDUMP_SIGNATURE, SIGNATURE, VALID_DUMP32, VALID_DUMP64
 
@@ -31,6 +33,6 @@ def kind_of_file(path: str) -> Optional[str]:
         return KERNEL_DUMP
     if magic[:4] == MINIDUMP_SIGNATURE:
         return USER_MINIDUMP
-    if magic[:4] == ZIP_MAGIC:
+    if magic[:4] == ZIP_MAGIC and zipfile.is_zipfile(path):  # a ZIP whose directory can be read
         return SNAPSHOT
     return OTHER

@@ -24,8 +24,7 @@ from ..targets.base import windbg_address
 DEFAULT_WIDTH = 100
 # A wrapped table column never gets narrower than this (the line overflows instead).
 MIN_WRAPPED_COLUMN = 14
-# tabulate's "simple" tables give every header this much room beyond its text.
-HEADER_PADDING = 2
+COLUMN_GAP = "  "
 # Where a continuation line starts: under the text after the indentation and a list marker.
 _HANGING_MARKER = re.compile(r"^( *)(?:- |\d+\. |[a-z]\. )?")
 # An address in a sentence, as the analyses write it: 0x and at least 9 digits on x64 (values below
@@ -142,30 +141,36 @@ class Renderer:
         self.line(title)
 
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[Cell]], indent: str = "  ",
-              wrap_column: int = -1, right: Sequence[int] = ()) -> None:
-        """An aligned table (columns in ``right`` right-aligned); when it is wider than the width, the
-        text of ``wrap_column`` (the last by default) wraps onto continuation rows."""
-        from tabulate import tabulate  # only a report with a table needs it
-
+              wrap_column: int = -1, right: Sequence[int] = (), beyond_width: int = 0) -> None:
+        """An aligned table: a header line, a rule of dashes under each column, one line per row
+        (columns in ``right`` right-aligned). When it is wider than the width, the text of
+        ``wrap_column`` (the last by default) wraps onto continuation rows. The last ``beyond_width``
+        columns are left out of that reckoning (DML's link-only columns: the text lays out the same)."""
         plain_rows = [[self.plain(c) if c is not None else "-" for c in row] for row in rows]
         linked_rows: List[Sequence[Cell]] = list(rows)
-        column = wrap_column % len(headers) if headers else 0
-        widths = [max([len(h) + HEADER_PADDING] + [len(r[i]) for r in plain_rows]) for i, h in enumerate(headers)]
-        if indent and sum(widths) + 2 * (len(widths) - 1) + len(indent) > self.width:
-            room = self.width - len(indent) - sum(w for i, w in enumerate(widths) if i != column) \
-                - 2 * (len(widths) - 1)
-            room = max(room, MIN_WRAPPED_COLUMN, len(headers[column]) + HEADER_PADDING)
-            plain_rows, linked_rows = self._wrapped_rows(plain_rows, rows, column, room)
-        align = ["right" if i in right else "left" for i in range(len(headers))]
-        text = tabulate(plain_rows, headers=list(headers), tablefmt="simple", disable_numparse=True, colalign=align)
-        header_lines = 2
-        for index, plain in enumerate(text.splitlines()):
-            plain = plain.rstrip()
-            row_index = index - header_lines
-            if row_index < 0 or not self.dml:
-                self.lines.append(indent + (escape_dml(plain) if self.dml else plain))
-                continue
-            self.lines.append(indent + self._link_line(plain, linked_rows[row_index]))
+        column = wrap_column % len(headers)
+        widths = self._widths(headers, plain_rows)
+        budgeted = widths[:len(widths) - beyond_width]
+        if sum(budgeted) + len(COLUMN_GAP) * (len(budgeted) - 1) + len(indent) > self.width:
+            room = self.width - len(indent) - sum(w for i, w in enumerate(budgeted) if i != column) \
+                - len(COLUMN_GAP) * (len(budgeted) - 1)
+            plain_rows, linked_rows = self._wrapped_rows(plain_rows, rows, column,
+                                                         max(room, MIN_WRAPPED_COLUMN, len(headers[column])))
+            widths = self._widths(headers, plain_rows)
+
+        def laid_out(cells: Sequence[str]) -> str:
+            return indent + COLUMN_GAP.join(cell.rjust(width) if i in right else cell.ljust(width)
+                                            for i, (cell, width) in enumerate(zip(cells, widths))).rstrip()
+
+        for plain in (laid_out(headers), laid_out(["-" * width for width in widths])):
+            self.lines.append(escape_dml(plain) if self.dml else plain)
+        for plain, linked in zip(plain_rows, linked_rows):
+            line = laid_out(plain)
+            self.lines.append(self._link_line(line, linked) if self.dml else line)
+
+    @staticmethod
+    def _widths(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> List[int]:
+        return [max([len(header)] + [len(row[i]) for row in rows]) for i, header in enumerate(headers)]
 
     @staticmethod
     def _wrapped_rows(plain_rows, rows, column: int, room: int):
@@ -308,7 +313,7 @@ class Renderer:
             self.line(f"  {bugcheck.summary}")
         if bugcheck.variant:
             self.line(f"  Form: {bugcheck.variant}")
-        self.table(["", "value", "meaning"],
+        self.table(["param", "value", "meaning"],
                    [[f"P{p.index}", self.address(p.value), p.meaning] for p in bugcheck.parameters])
 
     def _verdict(self) -> None:
@@ -328,7 +333,7 @@ class Renderer:
         if not mdls:
             return
         self.heading("MDLs")
-        headers = ["MDL", "state", "pages", "bytes", "StartVa", "flags", "held by"]
+        headers = ["MDL", "state", "pages", "bytes", "StartVa", "flags", "held by IRP"]
         rows = []
         for mdl in mdls:
             rows.append([self.mdl_link(mdl.address), mdl.classification, mdl.pages, f"{mdl.byte_count:#x}",
@@ -337,7 +342,7 @@ class Renderer:
             if self.dml:
                 rows[-1].append(self.pool_link(mdl.address))
         # DML adds a "pool" column of !pool links: a link only a debugger can follow, a bare word offline.
-        self.table(headers + (["pool"] if self.dml else []), rows, wrap_column=5)
+        self.table(headers + (["pool"] if self.dml else []), rows, wrap_column=5, beyond_width=int(self.dml))
         for mdl in mdls:
             if mdl.role or (mdl.problems and mdl.classification != "not an MDL"):
                 self.line("  ", self.mdl_link(mdl.address), f": {mdl.role}" if mdl.role else "")
@@ -346,9 +351,9 @@ class Renderer:
 
     def _held_by(self, mdl: MdlRecord) -> Cell:
         if not mdl.irps:
-            return "no IRP found"
+            return "none found"
         if len(mdl.irps) == 1:
-            return Link(f"IRP {self.address(mdl.irps[0])}", f"!irp {mdl.irps[0]:#x} 1")
+            return self.irp_link(mdl.irps[0])
         return f"{len(mdl.irps)} IRPs"
 
     def _irps(self) -> None:
