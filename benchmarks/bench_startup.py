@@ -1,11 +1,13 @@
 """Start-up cost of the leakhunt command, side by side with the interpreter's own.
 
-    python3 benchmarks/bench_startup.py [--repeat 15]
+    python3 benchmarks/bench_startup.py [--repeat 15] [--compare OTHER_CHECKOUT]
 
 Each run is a fresh process (what a user or a pipeline pays per call); the commands are interleaved,
 one of each per round, so that a change of machine load hits them all alike. Reported: the median
 wall time of each command, its ratio to ``python -c pass`` (the floor no command can go under) and
-whether numpy and tabulate were loaded (``--version`` and ``--help`` need neither).
+whether numpy and tabulate were loaded (``--version`` and ``--help`` need neither). ``--compare`` adds
+the same commands run from another checkout of leakhunt (e.g. an older commit, ``git worktree add``),
+measured in the same rounds.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ COMMANDS: Tuple[Tuple[str, List[str]], ...] = (
     ("leakhunt replay ... --format json", ["-m", "pykd_ext", "replay", SNAPSHOT, "--format", "json"]),
 )
 
-# Which heavy modules a command loads: run it in-process after recording sys.modules at exit.
+# Which heavy modules a command loads: run it, then list them from sys.modules at exit.
 _LOADED_PROBE = """
 import atexit, sys
 from pykd_ext.cli import main
@@ -40,9 +42,10 @@ sys.exit(main())
 """
 
 
-def run_once(arguments: List[str]) -> float:
+def run_once(arguments: List[str], checkout: str = ROOT) -> float:
+    """One fresh process; ``python -m pykd_ext`` imports the package of ``checkout`` (its working directory)."""
     start = time.perf_counter()
-    subprocess.run([sys.executable] + arguments, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    subprocess.run([sys.executable] + arguments, cwd=checkout, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    check=False)
     return time.perf_counter() - start
 
@@ -59,21 +62,28 @@ def loaded_modules(arguments: List[str]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=15, help="rounds (one run of every command each)")
+    parser.add_argument("--compare", metavar="CHECKOUT", help="also run the commands from this leakhunt checkout")
     args = parser.parse_args(argv)
-    times: Dict[str, List[float]] = {label: [] for label, _ in COMMANDS}
-    for label, arguments in COMMANDS:  # one unmeasured run each: the page cache holds every file
-        run_once(arguments)
+    runs = [(label, arguments, ROOT) for label, arguments in COMMANDS]
+    if args.compare:
+        other = os.path.abspath(args.compare)
+        runs += [(f"{label} [{os.path.basename(other)}]", arguments, other)
+                 for label, arguments in COMMANDS[1:]]
+    times: Dict[str, List[float]] = {label: [] for label, _, _ in runs}
+    for label, arguments, checkout in runs:  # one unmeasured run each: the page cache holds every file
+        run_once(arguments, checkout)
     for _ in range(args.repeat):
-        for label, arguments in COMMANDS:
-            times[label].append(run_once(arguments))
+        for label, arguments, checkout in runs:
+            times[label].append(run_once(arguments, checkout))
     floor = statistics.median(times[COMMANDS[0][0]])
     print(f"Python {sys.version.split()[0]}, {args.repeat} interleaved rounds, median wall time per fresh process")
     print()
     print("| command | median | / python -c pass | numpy, tabulate, analyses loaded |")
     print("|---|---|---|---|")
-    for label, arguments in COMMANDS:
+    for label, arguments, checkout in runs:
         median = statistics.median(times[label])
-        print(f"| `{label}` | {median * 1000:.0f} ms | {median / floor:.2f} | {loaded_modules(arguments)} |")
+        loaded = loaded_modules(arguments) if checkout == ROOT else "-"
+        print(f"| `{label}` | {median * 1000:.0f} ms | {median / floor:.2f} | {loaded} |")
     return 0
 
 

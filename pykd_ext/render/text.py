@@ -96,8 +96,9 @@ class Renderer:
 
     def line(self, *parts: Cell) -> None:
         """One line of output, wrapped at the width (links and words are never split)."""
-        words: List[Tuple[str, List[str]]] = []  # (plain text, rendered pieces); plain "" + [spaces] is a gap
-        gap_before: List[str] = []
+        # (plain text, rendered pieces): a word (text from adjacent parts joins into one), or a gap
+        # (plain "", the run of spaces)
+        words: List[Tuple[str, List[str]]] = []
         for part in parts:
             if isinstance(part, Link):
                 pieces = [(self.plain(part), self.inline(part))]
@@ -106,13 +107,11 @@ class Renderer:
                           for piece in re.split(r"( +)", self.plain(part)) if piece]
             for plain, rendered in pieces:
                 if plain.startswith(" "):
-                    gap_before.append(plain)
                     words.append(("", [plain]))
-                elif words and words[-1][0] and not gap_before:
+                elif words and words[-1][0]:
                     words[-1] = (words[-1][0] + plain, words[-1][1] + [rendered])
                 else:
                     words.append((plain, [rendered]))
-                    gap_before = []
         full = "".join(plain or pieces[0] for plain, pieces in words)
         if len(full) <= self.width:
             self.lines.append("".join("".join(pieces) for _, pieces in words))
