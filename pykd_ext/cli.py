@@ -251,7 +251,7 @@ def command_inspect(args) -> int:
         f"{args.snapshot}: leakhunt snapshot ({data.created_by or 'unknown writer'})",
         f"  target:     {data.arch}, pointer size {data.pointer_size}, build {data.build or 'unknown'}",
         f"  source:     {data.description or '-'}",
-        f"  bug check:  {bugcheck.code:#x} {name_of(bugcheck.code)} "
+        f"  bug check:  0x{bugcheck.code:X} {name_of(bugcheck.code)} "
         f"({', '.join(f'{p:#x}' for p in bugcheck.parameters)})",
         f"  memory:     {len(data.pages)} page(s), {page_bytes / 1024:.0f} KiB"
         + (" (all of memory: searches run over it)" if data.complete else " (pages read during the recording)"),
