@@ -353,6 +353,8 @@ class Report:
     warnings: List[str] = field(default_factory=list)
     rejected: List[Rejected] = field(default_factory=list)
     layouts: Dict[str, str] = field(default_factory=dict)
+    # The kernel symbols the analysis used: name -> (address, where it came from).
+    symbols: Dict[str, Tuple[int, str]] = field(default_factory=dict)
     searches: int = 0  # passes over memory the hunt made
     partial: bool = False
     complete_hunt: bool = True  # False when the source lacked what the hunt needs (no memory to search)
@@ -396,6 +398,8 @@ class Report:
             "warnings": list(self.warnings),
             "rejected": [r.as_dict() for r in self.rejected],
             "layouts": dict(self.layouts),
+            "symbols": {name: {"address": _hex(address), "source": source}
+                        for name, (address, source) in sorted(self.symbols.items())},
             "search_passes": self.searches,
             "pfn_range": {"first": _hex(self.pfn_range[0]), "last": _hex(self.pfn_range[1]),
                           "source_last": _hex(self.source_max_pfn)} if self.pfn_range is not None else None,

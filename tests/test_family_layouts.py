@@ -11,7 +11,7 @@ import pytest
 
 from pykd_ext.layouts import (BUILD_LAYOUTS_X64, BUILD_LAYOUTS_X86, OTHER_STABLE_LAYOUTS, UNVERIFIED_BUILD_TABLES,
                               Layouts, builtin_layout)
-from pykd_ext.targets.base import FieldInfo, TypeInfo
+from pykd_ext.typeinfo import FieldInfo, TypeInfo
 from pykd_ext.targets.snapshot import SnapshotTarget
 
 from mocks.scenarios import case_0x76
@@ -25,9 +25,10 @@ SOURCES = {
     # at +0x20; KTHREAD.Process at 0x220.
     ("_KTHREAD", 8, 19045): {"ApcState.Process": 0xB8, "Process": 0x220},
     ("_KTHREAD", 8, 26100): {"ApcState.Process": 0xB8, "Process": 0x220},
-    # NTDIFF Win10_21H1_20180 x64 _ETHREAD.h.
+    # NTDIFF Win10_21H1_20180 x64 _ETHREAD.h; sizeof from the 19041.804 kernel PDB (NTDIFF 20180 says 0x8A0),
+    # checked by tests/test_layouts_real_symbols.py.
     ("_ETHREAD", 8, 19045): {"StartAddress": 0x450, "Cid.UniqueProcess": 0x478, "Cid.UniqueThread": 0x480,
-                             "LockEntries": 0x650, "sizeof": 0x8A0},
+                             "LockEntries": 0x650, "sizeof": 0x898},
     # NTKLIB _ETHREAD.g.cs (Size 1944).
     ("_ETHREAD", 8, 26100): {"StartAddress": 0x4E0, "Cid.UniqueProcess": 0x508, "Cid.UniqueThread": 0x510,
                              "Win32StartAddress": 0x560},
@@ -221,7 +222,7 @@ class _TrackerSymbols(SnapshotTarget):
 def test_symbols_override_the_tracker_table_and_its_array_length():
     layouts = Layouts(_TrackerSymbols(case_0x76("x64", "nothing", noise_pages=1).data))
     tracker = layouts.get("_LOCK_TRACKER")
-    assert tracker.source == "symbols" and not tracker.unverified
+    assert tracker.source == "debugger symbols" and not tracker.unverified
     assert tracker.offset("Process") == 0xA0 and tracker.array_length("StackTrace", 8) == 12
     assert tracker.kinds["StackTrace"] == "ptr[8]"  # the kind says "array of pointers"; the size says how many
     assert layouts.unverified() == {}
@@ -229,7 +230,8 @@ def test_symbols_override_the_tracker_table_and_its_array_length():
     assert "_LOCK_HEADER" in layouts.unverified()
 
 
-def test_unknown_builds_and_architectures_have_no_thread_tables():
+def test_unknown_builds_get_the_nearest_thread_tables_and_unknown_architectures_none():
     for name in FAMILY:
-        assert builtin_layout(name, 8, 22621) is None
+        layout = builtin_layout(name, 8, 22621)
+        assert layout.guessed_from == 26100 and "guessed for build 22621" in layout.source
     assert builtin_layout("_KTHREAD", 4, 19045) is None and builtin_layout("_KLOCK_ENTRY", 4, 19045) is None
