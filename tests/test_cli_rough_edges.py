@@ -217,8 +217,12 @@ def test_the_sdist_carries_what_the_test_command_needs(tmp_path):
                    "tests/conftest.py", "tests/test_report_reading.py", "mocks/dumpwriter.py",
                    "mocks/pykd/__init__.py", "mocks/snapshots/0x76-irp-x64.snap", "docs/windbg.md",
                    "fuzz/fuzz_snapshot.py", "benchmarks/bench_startup.py", "benchmarks/README.md",
-                   "scripts/leakhunt.py"):
+                   "scripts/leakhunt.py", "tests/data/testkernel/ntkrnlmp.pdb", "tests/data/testkernel/ntoskrnl.exe",
+                   "tests/data/symbols/windows/ntkrnlmp.pdb/LICENSE"):
         assert needed in names, needed
     assert not [name for name in names if name.endswith((".pyc", ".so"))]
+    data = [os.path.relpath(os.path.join(folder, name), ROOT).replace(os.sep, "/")
+            for folder, _, files in os.walk(os.path.join(ROOT, "tests", "data")) for name in files]
+    assert data and not set(data) - names  # every test data file
     with zipfile.ZipFile(SNAPSHOT) as bundled:  # the snapshots are archives of their own, carried as they are
         assert "snapshot.json" in bundled.namelist()
