@@ -285,3 +285,11 @@ def test_a_hunt_limited_by_pfn_range_says_so_and_sends_nobody_to_reboot():
     assert "TrackLockedPages" not in steps and "without --pfn-range" in steps
     assert "Search limited to page frames 0-fff of the source's 0-" in render_text(report)
     assert json.loads(render_json(report))["pfn_range"]["last"] == "0xfff"
+
+
+def test_hex_casing_of_a_bug_check_code_is_the_same_everywhere(tmp_path):
+    scene = KernelScene("x64")
+    data = scene.finish(BugCheck(0x1000007E, (0xC0000005, 0xFFFFF8048B58334C, 0, 0)), "synthesized 0x1000007E (x64)")
+    text = render_text(from_dump(data, tmp_path))
+    assert "BUG CHECK 0x1000007E SYSTEM_THREAD_EXCEPTION_NOT_HANDLED_M" in text
+    assert "Reported as 0x1000007E" in text and "0x1000007e" not in text
