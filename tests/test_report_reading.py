@@ -293,3 +293,12 @@ def test_hex_casing_of_a_bug_check_code_is_the_same_everywhere(tmp_path):
     text = render_text(from_dump(data, tmp_path))
     assert "BUG CHECK 0x1000007E SYSTEM_THREAD_EXCEPTION_NOT_HANDLED_M" in text
     assert "Reported as 0x1000007E" in text and "0x1000007e" not in text
+
+
+def test_a_tiny_terminal_still_gets_every_word():
+    report = bundled("0x76-irp-x64.snap")
+    def words(text):  # the table rules aside, in any order (table cells wrap onto rows of their own)
+        return sorted(word for word in text.split() if set(word) != {"-"})
+
+    assert words(render_text(report, width=1)) == words(render_text(report))  # nothing lost or split
+    assert max(len(line) for line in render_text(report, width=1).splitlines()[:12]) <= 40

@@ -22,6 +22,8 @@ from ..report import (FrameRecord, IrpRecord, MdlRecord, NextStep, Report, Track
 from ..targets.base import windbg_address
 
 DEFAULT_WIDTH = 100
+# Below this a terminal's width is not honoured: every line would be a word or two.
+MIN_WIDTH = 40
 # A wrapped table column never gets narrower than this (the line overflows instead).
 MIN_WRAPPED_COLUMN = 14
 COLUMN_GAP = "  "
@@ -64,7 +66,7 @@ class Renderer:
         self.report = report
         self.dml = dml
         self.verbose = verbose
-        self.width = width or DEFAULT_WIDTH
+        self.width = max(width or DEFAULT_WIDTH, MIN_WIDTH)
         self.lines: List[str] = []
         self._sentence_address = _SENTENCE_ADDRESS.get(report.pointer_size, _SENTENCE_ADDRESS[8])
 
