@@ -125,8 +125,10 @@ def test_the_same_kind_of_evidence_naming_two_drivers_makes_neither_high():
 
 # ---- the IRP as !irp shows it -------------------------------------------------------------------------
 
-def test_the_irp_reads_like_irp(tmp_path):
-    report = bundled("0x76-irp-x64.snap")
+@pytest.mark.parametrize("source", ["snapshot", "dump"])
+def test_the_irp_reads_like_irp(tmp_path, source):
+    report = bundled("0x76-irp-x64.snap") if source == "snapshot" else \
+        from_dump(SnapshotTarget.open(os.path.join(SNAPSHOTS, "0x76-irp-x64.snap")).data, tmp_path)
     irp = report.irps[0]
     assert [location.number for location in irp.stack] == list(range(1, irp.stack_count + 1))
     assert irp.flag_names == ["IRP_INPUT_OPERATION"] and irp.cancel is False
@@ -141,6 +143,7 @@ def test_the_irp_reads_like_irp(tmp_path):
     record = json.loads(render_json(report))["irps"][0]
     assert record["cancel_symbol"] == "leakyflt+0x1b00" and record["thread_id"] == 0x61C
     assert [s["number"] for s in record["stack"]] == [1, 2]
+    assert not re.search(r"\b0x[0-9a-f]{9,16}\b", text) and "`" not in render_json(report)
 
 
 def test_the_lock_entry_thread_shows_its_cid_in_windbg_form():
