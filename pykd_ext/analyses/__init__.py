@@ -23,6 +23,7 @@ ANALYSES: Dict[int, Tuple[Callable[[Context], None], str]] = {
     0x192: (lock_entries.analyze_0x192, lock_entries.NOBODY_NAMED),
 }
 
+
 def no_analysis_verdict(bugcheck: BugCheckSection) -> str:
     """The verdict of a bug check without a hunt: a sentence that stands alone (the JSON carries it)."""
     return (f"No driver is named: leakhunt has no hunt for bug check {bugcheck_code_text(bugcheck.code)} "
