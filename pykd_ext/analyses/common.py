@@ -194,6 +194,8 @@ class _Claim:
 
 @dataclass
 class _Entry:
+    """One suspect on the board: who it is and every claim against it, as added."""
+
     driver: Optional[str]
     image: Optional[str]
     driver_object: Optional[int]
@@ -203,56 +205,6 @@ class _Entry:
     @property
     def label(self) -> str:
         return Suspect(self.driver, self.image, LOW).label
-
-
-def settle_report(context: Context) -> None:
-    """What every report states whatever ran: the --pfn-range in effect (a hunt it limited says so
-    instead of sending the user to TrackLockedPages) and the culprit's IRPs listed before the others."""
-    report = context.report
-    pfn_range = context.options.pfn_range
-    if pfn_range is not None:
-        report.pfn_range = (pfn_range.first, pfn_range.last)
-        report.source_max_pfn = context.target.max_pfn
-        if not report.suspects and report.searches:
-            report.verdict += (f" The search covered only page frames {pfn_range.first:x}-{pfn_range.last:x} "
-                               f"(--pfn-range): memory outside them was not searched.")
-    order_irps(report)
-
-
-def ki_bugcheck_driver_was_read(report: Report) -> bool:
-    return any(f.label == "nt!KiBugCheckDriver" and f.value != "unknown" for f in report.facts)
-
-
-# Documented next steps (bugchecks.py) that a hunt may already have done, by how they start, and when
-# the report has done them: the step is then left out rather than telling the user to redo it.
-DONE_BY_THE_REPORT = (
-    ("Run dx KiBugCheckDriver", ki_bugcheck_driver_was_read),
-    ("Run !search for the MDL address (P3)", lambda report: report.searches > 0),
-    ("Run !irp on that IRP", lambda report: bool(report.irps) or report.searches > 0),
-    ("Run !lockedpages", lambda report: report.tracked_pages is not None),
-)
-
-
-def steps_left_to_do(report: Report, steps: Iterable[str]) -> List[str]:
-    """``steps`` without those the report has already done (DONE_BY_THE_REPORT)."""
-    return [step for step in steps
-            if not any(step.startswith(start) and done(report) for start, done in DONE_BY_THE_REPORT)]
-
-
-def order_irps(report: Report) -> None:
-    """The IRPs of the most likely suspect first, then the other suspects', then the rest (in order)."""
-    rank = {}
-    for position, suspect in enumerate(report.suspects):
-        for name in (suspect.driver, suspect.image):
-            if name:
-                rank.setdefault(name.lower(), position)
-
-    def position_of(irp: IrpRecord) -> int:
-        current = [s for s in irp.stack if s.current]
-        names = [n.lower() for s in current for n in (s.driver, s.image) if n]
-        return min((rank[n] for n in names if n in rank), default=len(report.suspects))
-
-    report.irps.sort(key=position_of)
 
 
 class SuspectBoard:
@@ -343,6 +295,58 @@ class SuspectBoard:
             best = max(best, CONFIDENCE_RANK[confidence])
         suspect.confidence = {rank: name for name, rank in CONFIDENCE_RANK.items()}[best or CONFIDENCE_RANK[LOW]]
         return suspect
+
+
+# ---- what every report states ----------------------------------------------------------------
+
+def settle_report(context: Context) -> None:
+    """What every report states whatever ran: the --pfn-range in effect (a hunt it limited says so
+    instead of sending the user to TrackLockedPages) and the culprit's IRPs listed before the others."""
+    report = context.report
+    pfn_range = context.options.pfn_range
+    if pfn_range is not None:
+        report.pfn_range = (pfn_range.first, pfn_range.last)
+        report.source_max_pfn = context.target.max_pfn
+        if not report.suspects and report.searches:
+            report.verdict += (f" The search covered only page frames {pfn_range.first:x}-{pfn_range.last:x} "
+                               f"(--pfn-range): memory outside them was not searched.")
+    order_irps(report)
+
+
+def ki_bugcheck_driver_was_read(report: Report) -> bool:
+    return any(f.label == "nt!KiBugCheckDriver" and f.value != "unknown" for f in report.facts)
+
+
+# Documented next steps (bugchecks.py) that a hunt may already have done, by how they start, and when
+# the report has done them: the step is then left out rather than telling the user to redo it.
+DONE_BY_THE_REPORT = (
+    ("Run dx KiBugCheckDriver", ki_bugcheck_driver_was_read),
+    ("Run !search for the MDL address (P3)", lambda report: report.searches > 0),
+    ("Run !irp on that IRP", lambda report: bool(report.irps) or report.searches > 0),
+    ("Run !lockedpages", lambda report: report.tracked_pages is not None),
+)
+
+
+def steps_left_to_do(report: Report, steps: Iterable[str]) -> List[str]:
+    """``steps`` without those the report has already done (DONE_BY_THE_REPORT)."""
+    return [step for step in steps
+            if not any(step.startswith(start) and done(report) for start, done in DONE_BY_THE_REPORT)]
+
+
+def order_irps(report: Report) -> None:
+    """The IRPs of the most likely suspect first, then the other suspects', then the rest (in order)."""
+    rank = {}
+    for position, suspect in enumerate(report.suspects):
+        for name in (suspect.driver, suspect.image):
+            if name:
+                rank.setdefault(name.lower(), position)
+
+    def position_of(irp: IrpRecord) -> int:
+        current = [s for s in irp.stack if s.current]
+        names = [n.lower() for s in current for n in (s.driver, s.image) if n]
+        return min((rank[n] for n in names if n in rank), default=len(report.suspects))
+
+    report.irps.sort(key=position_of)
 
 
 # ---- records for the report -------------------------------------------------------------------
