@@ -20,7 +20,7 @@ from .common import (Context, Holders, blame_irp, find_holders, irp_record, mdl_
 from .trackers import tracked_pages_for_0x76
 
 NOBODY_NAMED = ("No driver is named by the evidence: no locked MDL of the process is held by an IRP that "
-                "a driver owns. leakhunt does not guess; follow the next steps to have Windows name the driver.")
+                "a driver owns. leakhunt does not guess; the next steps say how to find the driver.")
 
 
 def analyze_0x76(context: Context) -> None:
