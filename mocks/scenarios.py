@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from pykd_ext.kernel.io import IO_TYPE_DEVICE, IO_TYPE_DRIVER, IO_TYPE_FILE, IO_TYPE_IRP, SL_INVOKE_ON_CANCEL, \
     SL_INVOKE_ON_ERROR, SL_INVOKE_ON_SUCCESS, SL_PENDING_RETURNED
 from pykd_ext.kernel.mdl import MDL_PAGES_LOCKED, MDL_WRITE_OPERATION, spanned_pages
+from pykd_ext.kernel.threads import THREAD_OBJECT
 from pykd_ext.targets.base import PAGE_SIZE, BugCheck, Module
 from pykd_ext.targets.snapshot import SnapshotData
 
@@ -50,6 +51,9 @@ class KernelScene(KernelMemory):
         self.fit = fit
         self.kernel = self.add_image("ntoskrnl.exe", 0x1000000)
         self.hal = self.add_image("hal.dll", 0x100000)
+        self._process_ids: Dict[int, int] = {}  # EPROCESS -> UniqueProcessId
+        self._next_process_id = 0x3A8
+        self._next_thread_id = 0x61C
 
     # ---- processes and threads ------------------------------------------------------------------
 
@@ -62,14 +66,26 @@ class KernelScene(KernelMemory):
             pass
         size = layout.size if layout is not None and layout.size else 0x400
         address = self.alloc(size + 0x40)
+        self._process_ids[address] = self._next_process_id
+        self._next_process_id += 0x100
         if layout is not None:
             self.write(address + layout.offset("ImageFileName"), image_file_name(name))
+            self.write_fields("_EPROCESS", address, UniqueProcessId=self._process_ids[address])
         return address
 
     def thread(self, process: int) -> int:
-        """An ETHREAD-sized blob that points at its process, as KTHREAD.ApcState.Process does."""
+        """An ETHREAD-sized blob that points at its process, as KTHREAD.ApcState.Process does, with its
+        Cid where the build's _ETHREAD layout is known."""
         address = self.alloc(0x500 if self.pointer_size == 8 else 0x300)
         self.write_pointer(address + (0x220 if self.pointer_size == 8 else 0x150), process)
+        self.write_fields("_DISPATCHER_HEADER", address, Type=THREAD_OBJECT)
+        try:
+            self.layout("_ETHREAD")
+        except KeyError:
+            return address
+        self.write_fields("_ETHREAD", address, Cid__UniqueProcess=self._process_ids.get(process, 4),
+                          Cid__UniqueThread=self._next_thread_id)
+        self._next_thread_id += 4
         return address
 
     # ---- drivers and devices --------------------------------------------------------------------
@@ -114,10 +130,11 @@ class KernelScene(KernelMemory):
         return address
 
     def irp(self, mdl: int, stack: Sequence[Tuple[int, int, int]], current_location: int, thread: int = 0,
-            file_object: int = 0, allocated_locations: Optional[int] = None) -> int:
+            file_object: int = 0, allocated_locations: Optional[int] = None, cancel_routine: int = 0) -> int:
         """An IRP with ``stack`` = [(device, major, completion routine)] for locations 1..n (1 = lowest).
 
-        ``allocated_locations`` > len(stack) mimics a lookaside IRP whose Size has room for more.
+        ``allocated_locations`` > len(stack) mimics a lookaside IRP whose Size has room for more;
+        ``cancel_routine`` is the CancelRoutine of a driver that queued the IRP cancelable.
         """
         irp_layout = self.layout("_IRP")
         stack_layout = self.layout("_IO_STACK_LOCATION")
@@ -127,7 +144,7 @@ class KernelScene(KernelMemory):
         address = self.alloc(size)
         current_pointer = address + irp_layout.size + (current_location - 1) * stack_layout.size
         self.write_fields("_IRP", address, Type=IO_TYPE_IRP, Size=size, MdlAddress=mdl, StackCount=stack_count,
-                          CurrentLocation=current_location, Flags=0x40, PendingReturned=1,
+                          CurrentLocation=current_location, Flags=0x40, PendingReturned=1, CancelRoutine=cancel_routine,
                           Tail__Overlay__Thread=thread, Tail__Overlay__OriginalFileObject=file_object,
                           Tail__Overlay__CurrentStackLocation=current_pointer)
         for number, (device, major, routine) in enumerate(stack, 1):
@@ -216,6 +233,7 @@ def case_0x76(arch: str = "x64", kind: str = "irp", seed: int = 7, noise_pages: 
     upper = scene.driver("ufilter")
     innocent = scene.driver("innocent")
     routine = upper.module.base + 0x1A30
+    cancel_routine = culprit.module.base + 0x1B00
     thread = scene.thread(victim)
     file_object = scene.file_object(culprit.devices[0], "\\Device\\LeakyDevice\\queue")
     expected: Dict[str, object] = {"kind": kind, "process": victim, "culprit": None, "culprit_image": None,
@@ -240,14 +258,15 @@ def case_0x76(arch: str = "x64", kind: str = "irp", seed: int = 7, noise_pages: 
                 second = scene.mdl(victim, pages=2)
                 first = scene.mdl(victim, pages=1, next_mdl=second)
                 irp = scene.irp(first, [(culprit.devices[0], IRP_MJ_WRITE, 0), (upper.devices[0], IRP_MJ_WRITE, routine)],
-                                1, thread=thread, file_object=file_object, allocated_locations=4)
+                                1, thread=thread, file_object=file_object, allocated_locations=4,
+                                cancel_routine=cancel_routine)
                 expected["locked_mdls"] += [first, second]
                 expected["irps"].append(irp)
                 locked_pages += 3
                 continue
             mdl = scene.mdl(victim, pages=pages)
             irp = scene.irp(mdl, [(culprit.devices[0], IRP_MJ_DEVICE_CONTROL, 0)], 1, thread=thread,
-                            file_object=file_object)
+                            file_object=file_object, cancel_routine=cancel_routine)
             expected["locked_mdls"].append(mdl)
             expected["irps"].append(irp)
             locked_pages += pages

@@ -12,9 +12,9 @@ import struct
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from pykd_ext.kernel.lock_entries import IMAGE_DOS_SIGNATURE, IMAGE_NT_SIGNATURE, IMAGE_SCN_MEM_EXECUTE, \
-    IMAGE_SCN_MEM_WRITE, IN_TREE_BIT, IO_BOOST_BIT
+    IMAGE_SCN_MEM_WRITE, IN_TREE_BIT, BOOST_BITS
 from pykd_ext.kernel.threads import PROCESS_OBJECT, THREAD_OBJECT
-from pykd_ext.layouts import StructLayout, known_field_kind
+from pykd_ext.layouts import KIND_SIZES, StructLayout, known_field_kind
 from pykd_ext.targets.base import PAGE_SIZE, BugCheck, Module
 from pykd_ext.typeinfo import FieldInfo, TypeInfo
 
@@ -102,7 +102,7 @@ class FamilyScene(KernelScene):
         for index, (name, rva, length, chars) in enumerate(((b".text", 0x1000, code, text_chars),
                                                            (b".data", data_start, data, data_chars))):
             self.write(table + index * size, name.ljust(8, b"\0"))
-            self.write_fields("_IMAGE_SECTION_HEADER", table + index * size, VirtualSize=length,
+            self.write_fields("_IMAGE_SECTION_HEADER", table + index * size, Misc__VirtualSize=length,
                               VirtualAddress=rva, Characteristics=chars)
 
     def driver_with_headers(self, short_name: str) -> Driver:
@@ -201,6 +201,12 @@ class FamilyScene(KernelScene):
         self.write_fields("_KTHREAD", thread, KernelAbEntries=block)
         first = block + header.offset("Entries")
         return thread, [first + i * entry.size for i in range(entries)]
+
+    def boost_bitmap(self, cpu: int, io: bool) -> int:
+        """A _KLOCK_ENTRY.BoostBitmap value of this build's width with these boosts."""
+        width = KIND_SIZES.get(self.layout("_KLOCK_ENTRY").kinds["BoostBitmap"], 8)
+        cpu_mask, io_bit, _ = BOOST_BITS[width]
+        return (cpu & cpu_mask) | (io_bit if io else 0)
 
     def lock_entry(self, address: int, lock: int = 0, acquired: bool = True, boosts: int = 0,
                    session: int = 1) -> None:
@@ -476,7 +482,7 @@ def case_0x153(arch: str = "x64", kind: str = "image-lock", build: int = 19045, 
             "boosts": 0}[kind]
     leaked = entries[1] if entries else scene.alloc(0x60)
     if entries:
-        scene.lock_entry(leaked, lock, boosts=(0x1 | IO_BOOST_BIT) if kind == "boosts" else 0)
+        scene.lock_entry(leaked, lock, boosts=scene.boost_bitmap(cpu=0x1, io=True) if kind == "boosts" else 0)
         scene.lock_entry(entries[2], other, acquired=False)  # another entry still waiting on a pool lock
     # A decoy: a thread of the helper driver holding the same global lock legitimately.
     helper_thread, helper_entries = scene.kthread(system, helper.module.base + DRIVER_THREAD, thread_id=0x200)

@@ -982,7 +982,7 @@ def decode(
             code=code,
             name=_unknown_name(code),
             known=False,
-            summary=f"Bug check {code:#x} is not in leakhunt's catalog; check Microsoft's bug "
+            summary=f"Bug check 0x{code:X} is not in leakhunt's catalog; check Microsoft's bug "
             "check code reference for its meaning.",
             variant=None,
             parameters=tuple(
@@ -1012,7 +1012,7 @@ def decode(
     summary = entry.summary
     if m_form:
         summary += (
-            f" Reported as {code:#x}, the \"_M\" form of {entry.code:#x}: same meaning and "
+            f" Reported as 0x{code:X}, the \"_M\" form of 0x{entry.code:X}: same meaning and "
             "parameters."
         )
     return DecodedBugCheck(

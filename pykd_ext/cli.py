@@ -17,17 +17,7 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from . import __version__, search
-from .analyses import Options
-from .bugchecks import name_of
-from .progress import TerminalProgress
-from .render.jsonout import render_json
-from .render.text import printable, render_text
-from .report import Report
-from .run import run_analysis
-from .session import KernelSession, load_symbol_files, open_session
-from .targets.base import Target, TargetError, pfn_range_from_text
-from .targets.snapshot import SnapshotError, SnapshotTarget, load_snapshot
+from . import __version__
 
 EXIT_SUSPECT = 0
 EXIT_NO_SUSPECT = 1
@@ -44,13 +34,54 @@ class UsageError(Exception):
     pass
 
 
+def load_command_modules() -> None:
+    """Import what the commands need (the analyses, the sources, the renderers, numpy under them).
+
+    Only a command that runs needs them: ``--help``, ``--version`` and a usage error load none of it.
+    """
+    global Options, name_of, TerminalProgress, render_json, printable, render_text, Report, run_analysis
+    global KernelSession, load_symbol_files, open_session, Target, TargetError, SnapshotError, SnapshotTarget
+    global load_snapshot
+    from .analyses import Options
+    from .bugchecks import name_of
+    from .progress import TerminalProgress
+    from .render.jsonout import render_json
+    from .render.text import printable, render_text
+    from .report import Report
+    from .run import run_analysis
+    from .session import KernelSession, load_symbol_files, open_session
+    from .targets.base import Target, TargetError
+    from .targets.snapshot import SnapshotError, SnapshotTarget, load_snapshot
+
+
+def search_engine_name() -> str:
+    """The engine ``search.preferred_engine`` picks (the compiled one when it was built), found without
+    importing the search and numpy."""
+    try:
+        from . import _wordscan  # noqa: F401
+    except ImportError:
+        return "numpy"
+    return "compiled"
+
+
+class _VersionAction(argparse.Action):
+    """--version, its text made only when asked for."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        sys.stdout.write(f"leakhunt {__version__} ({search_engine_name()} search engine)\n")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leakhunt",
         description="Find the driver that leaked locked pages or lock entries in a Windows kernel crash "
                     "(bug checks 0x76, 0xCB, 0xD9, 0x4E, 0x153, 0x162, 0x192).")
-    parser.add_argument("--version", action="version",
-                        version=f"leakhunt {__version__} ({search.preferred_engine} search engine)")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="show the version and the search engine in use, and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add_report_options(sub: argparse.ArgumentParser) -> None:
@@ -88,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def pfn_range_argument(text: str):
     """argparse type for --pfn-range (shared with the WinDbg entry point)."""
+    from .targets.base import pfn_range_from_text
+
     try:
         return pfn_range_from_text(text)
     except ValueError as error:
@@ -110,7 +143,7 @@ def parse_symbols(pairs: List[str]) -> Dict[str, int]:
     return symbols
 
 
-def exit_code_for(report: Report) -> int:
+def exit_code_for(report: "Report") -> int:
     if report.partial:
         return EXIT_INTERRUPTED
     if report.suspects:
@@ -136,17 +169,34 @@ def write(stream, text: str) -> None:
 
 def stderr_line(text: str) -> None:
     """One line on stderr, whatever the message holds (paths and names come from the user's input)."""
+    from .render.text import printable
+
     write(sys.stderr, "leakhunt: " + printable(text) + "\n")
 
 
-def _emit(report: Report, args) -> int:
-    output = render_json(report) if args.format == "json" else render_text(report, verbose=args.verbose)
+def output_width(stream) -> int:
+    """Columns of the text report: the terminal's when ``stream`` is one, else DEFAULT_WIDTH."""
+    from .render.text import DEFAULT_WIDTH
+
+    try:
+        if stream.isatty():
+            import shutil
+
+            return shutil.get_terminal_size((DEFAULT_WIDTH, 24)).columns
+    except (AttributeError, ValueError, OSError):
+        pass
+    return DEFAULT_WIDTH
+
+
+def _emit(report: "Report", args) -> int:
+    output = render_json(report) if args.format == "json" else \
+        render_text(report, verbose=args.verbose, width=output_width(sys.stdout))
     write(sys.stdout, output)
     sys.stdout.flush()
     return exit_code_for(report)
 
 
-def _run(target: Target, args, make_session=None) -> int:
+def _run(target: "Target", args, make_session=None) -> int:
     """Analyze ``target`` (recording it with --record), print the report, return the exit code."""
     record = getattr(args, "record", None)
     options = _options(args)
@@ -187,7 +237,7 @@ def command_inspect(args) -> int:
         f"{args.snapshot}: leakhunt snapshot ({data.created_by or 'unknown writer'})",
         f"  target:     {data.arch}, pointer size {data.pointer_size}, build {data.build or 'unknown'}",
         f"  source:     {data.description or '-'}",
-        f"  bug check:  {bugcheck.code:#x} {name_of(bugcheck.code)} "
+        f"  bug check:  0x{bugcheck.code:X} {name_of(bugcheck.code)} "
         f"({', '.join(f'{p:#x}' for p in bugcheck.parameters)})",
         f"  memory:     {len(data.pages)} page(s), {page_bytes / 1024:.0f} KiB"
         + (" (all of memory: searches run over it)" if data.complete else " (pages read during the recording)"),
@@ -210,34 +260,94 @@ def command_triage(args) -> int:
 
 COMMANDS = {"analyze": command_analyze, "replay": command_replay, "inspect": command_inspect,
             "triage": command_triage}
+# What the analyze command adds to replay's options, with its defaults.
+ANALYZE_ONLY = {"record": None, "force": False, "symbol": [], "symbols": [], "symbol_path": None}
+
+
+def command_for_the_file(args) -> None:
+    """Send a kernel dump given to ``replay`` to ``analyze`` and a snapshot given to ``analyze`` to
+    ``replay`` (with a one-line note), and refuse a file that is neither in leakhunt's words."""
+    from . import sources
+
+    path = args.dump if args.command == "analyze" else args.snapshot
+    kind = sources.kind_of_file(path)
+    if kind is None:
+        return  # missing or unreadable: the command says which
+    if kind == sources.USER_MINIDUMP:
+        raise FileKindError(f"{path} is a user-mode minidump (MDMP), not a kernel crash dump: leakhunt reads "
+                            f"kernel crash dumps (MEMORY.DMP) and leakhunt snapshots")
+    if args.command == "analyze":
+        if kind == sources.SNAPSHOT:
+            used = [f"--{name.replace('_', '-')}" for name, default in ANALYZE_ONLY.items()
+                    if getattr(args, name) != default]
+            if used:
+                raise UsageError(f"{path} is a leakhunt snapshot, not a dump: {', '.join(used)} apply to dump "
+                                 f"files; replay it with `leakhunt replay {path}`")
+            stderr_line(f"note: {path} is a leakhunt snapshot: replaying it (leakhunt replay)")
+            args.command, args.snapshot = "replay", path
+        return
+    if kind == sources.KERNEL_DUMP:
+        if args.command == "inspect":
+            raise FileKindError(f"{path} is a kernel crash dump, not a snapshot: `leakhunt analyze {path}` "
+                                f"analyzes it (--record FILE makes a snapshot of it)")
+        stderr_line(f"note: {path} is a kernel crash dump, not a snapshot: analyzing it (leakhunt analyze)")
+        args.command, args.dump = "analyze", path
+        for name, default in ANALYZE_ONLY.items():
+            setattr(args, name, default)
+    elif kind == sources.OTHER:
+        raise FileKindError(f"{path} is neither a leakhunt snapshot (a ZIP archive) nor a Windows kernel crash "
+                            f"dump (PAGEDU64 or PAGEDUMP), or it is truncated")
+
+
+class FileKindError(Exception):
+    """A file of the wrong kind for every command (exit 3)."""
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.command:
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
     debug = os.environ.get("LEAKHUNT_DEBUG") == "1"
     try:
+        parser = build_parser()
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = parser.parse_args(argv) if argv else None
+        if args is None or not args.command:
+            raise UsageError("no command given: leakhunt analyze MEMORY.DMP, leakhunt replay case.snap or "
+                             "leakhunt inspect case.snap (leakhunt --help says more)")
+        if args.command != "triage":  # triage takes many files, each looked at by itself
+            command_for_the_file(args)
+        load_command_modules()
         return COMMANDS[args.command](args)
-    except UsageError as error:
-        stderr_line(f"error: {error}")
-        return EXIT_USAGE
-    except (SnapshotError, TargetError) as error:
-        stderr_line(f"error: {error}")
-        return EXIT_INPUT
     except KeyboardInterrupt:
         stderr_line("interrupted")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_SUCCESS_IF_PIPE_CLOSED
+    except UsageError as error:
+        stderr_line(f"error: {error}")
+        return EXIT_USAGE
+    except FileKindError as error:
+        stderr_line(f"error: {error}")
+        return EXIT_INPUT
     except Exception as error:  # no traceback reaches a user; LEAKHUNT_DEBUG=1 shows it
-        if debug:
-            raise
-        stderr_line(f"internal error: {type(error).__name__}: {error}. This is a bug in leakhunt: please report it "
-                    f"with the input file (LEAKHUNT_DEBUG=1 shows the traceback)")
-        return EXIT_INTERNAL
+        return exit_code_for_error(error, debug)
+
+
+def exit_code_for_error(error: Exception, debug: bool) -> int:
+    """The exit code (and the one line) for an error a command raised."""
+    from .analyses.common import PfnRangeOutsideSource
+    from .targets.base import TargetError
+    from .targets.snapshot import SnapshotError
+
+    if isinstance(error, PfnRangeOutsideSource):
+        stderr_line(f"error: {error}")
+        return EXIT_USAGE
+    if isinstance(error, (SnapshotError, TargetError)):
+        stderr_line(f"error: {error}")
+        return EXIT_INPUT
+    if debug:
+        raise error
+    stderr_line(f"internal error: {type(error).__name__}: {error}. This is a bug in leakhunt: please report it "
+                f"with the input file (LEAKHUNT_DEBUG=1 shows the traceback)")
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

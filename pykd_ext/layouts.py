@@ -268,7 +268,7 @@ _IMAGE_NT_HEADERS = [
 
 _IMAGE_SECTION_HEADER = [
     ("Name", 0x0, 0x0, "struct"),
-    ("VirtualSize", 0x8, 0x8, "u32"),
+    ("Misc.VirtualSize", 0x8, 0x8, "u32"),  # Misc is a union of PhysicalAddress and VirtualSize
     ("VirtualAddress", 0xC, 0xC, "u32"),
     ("Characteristics", 0x24, 0x24, "u32"),
 ]

@@ -6,7 +6,7 @@ versioned by SCHEMA_VERSION: keys are only ever added within a major version.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .kernel.lock_entries import LockEntry
 from .targets.base import hex_address
@@ -21,6 +21,11 @@ CONFIDENCE_RANK = {HIGH: 3, MEDIUM: 2, LOW: 1}
 
 def _hex(value: Optional[int]) -> Optional[str]:
     return None if value is None else hex_address(value)
+
+
+def bugcheck_code_text(code: int) -> str:
+    """A bug check code as the documentation writes it in prose: ``0xCB``, ``0x1000007E``."""
+    return f"0x{code:X}"
 
 
 @dataclass
@@ -131,15 +136,26 @@ class IrpRecord:
     thread: Optional[int]
     file_object: Optional[int]
     file_name: Optional[str]
-    stack: List[StackRecord]
+    stack: List[StackRecord]  # location 1 (the lowest driver) first, as !irp lists them
     holds: List[int] = field(default_factory=list)  # the hunted MDLs this IRP's MDL chain reaches
+    flag_names: List[str] = field(default_factory=list)
+    cancel: bool = False  # IRP.Cancel
+    cancel_routine: Optional[int] = None  # IRP.CancelRoutine
+    cancel_symbol: Optional[str] = None  # "leakyflt+0x1b00"
+    current_stack_address: Optional[int] = None  # the current IO_STACK_LOCATION (!irp's "= 0x...")
+    # The thread's Cid (ETHREAD.Cid.UniqueProcess / UniqueThread), when its layout is known.
+    thread_process_id: Optional[int] = None
+    thread_id: Optional[int] = None
 
     def as_dict(self) -> Dict[str, Any]:
         return {"address": _hex(self.address), "mdl_address": _hex(self.mdl_address),
                 "stack_count": self.stack_count, "current_location": self.current_location,
                 "flags": _hex(self.flags), "thread": _hex(self.thread), "file_object": _hex(self.file_object),
                 "file_name": self.file_name, "stack": [s.as_dict() for s in self.stack],
-                "holds": [_hex(a) for a in self.holds]}
+                "holds": [_hex(a) for a in self.holds], "flag_names": list(self.flag_names),
+                "cancel": self.cancel, "cancel_routine": _hex(self.cancel_routine),
+                "cancel_symbol": self.cancel_symbol, "current_stack_address": _hex(self.current_stack_address),
+                "thread_process_id": self.thread_process_id, "thread_id": self.thread_id}
 
 
 @dataclass
@@ -245,6 +261,10 @@ class ThreadRecord:
     address: int
     process: Optional[int] = None
     process_name: Optional[str] = None
+    process_id: Optional[int] = None  # EPROCESS.UniqueProcessId, when its layout is known
+    # --pfn-range: the (first, last) page frame numbers the search was limited to, and the source's last.
+    pfn_range: Optional[Tuple[int, int]] = None
+    source_max_pfn: Optional[int] = None
     process_id: Optional[int] = None
     thread_id: Optional[int] = None
     start_address: Optional[int] = None
@@ -297,6 +317,23 @@ class LockEntryRecord(LockEntry):
 
 
 @dataclass
+class NextStep:
+    """A next step made of sub-steps (a procedure): JSON keeps it one whole sentence."""
+
+    text: str  # "Confirm the culprit by reproducing with locked-page tracking on:"
+    substeps: Tuple[str, ...] = ()
+
+    def whole(self) -> str:
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        return " ".join([self.text] + [f"({letters[i]}) {sub}" for i, sub in enumerate(self.substeps)])
+
+
+def step_text(step: Union[str, NextStep]) -> str:
+    """A next step as one sentence (the JSON form)."""
+    return step.whole() if isinstance(step, NextStep) else step
+
+
+@dataclass
 class Report:
     tool_version: str
     source: str
@@ -312,7 +349,7 @@ class Report:
     locked_pages_expected: Optional[int] = None
     locked_pages_accounted: Optional[int] = None
     facts: List[Fact] = field(default_factory=list)
-    next_steps: List[str] = field(default_factory=list)
+    next_steps: List[Union[str, NextStep]] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
     rejected: List[Rejected] = field(default_factory=list)
     layouts: Dict[str, str] = field(default_factory=dict)
@@ -323,6 +360,10 @@ class Report:
     complete_hunt: bool = True  # False when the source lacked what the hunt needs (no memory to search)
     process: Optional[int] = None
     process_name: Optional[str] = None
+    process_id: Optional[int] = None  # EPROCESS.UniqueProcessId, when its layout is known
+    # --pfn-range: the (first, last) page frame numbers the search was limited to, and the source's last.
+    pfn_range: Optional[Tuple[int, int]] = None
+    source_max_pfn: Optional[int] = None
     # Locked-page trackers named by the bug check parameters (0xCB P1, 0xD9 P2/P3).
     trackers: List[TrackerRecord] = field(default_factory=list)
     tracked_pages: Optional[TrackedPages] = None
@@ -347,18 +388,21 @@ class Report:
             "hunt_possible": self.complete_hunt,
             "verdict": self.verdict,
             "suspects": [s.as_dict() for s in self.suspects],
-            "process": {"address": _hex(self.process), "name": self.process_name} if self.process is not None else None,
+            "process": {"address": _hex(self.process), "name": self.process_name, "id": self.process_id}
+            if self.process is not None else None,
             "mdls": [m.as_dict() for m in self.mdls],
             "irps": [i.as_dict() for i in self.irps],
             "locked_pages": {"expected": self.locked_pages_expected, "accounted": self.locked_pages_accounted},
             "facts": [f.as_dict() for f in self.facts],
-            "next_steps": list(self.next_steps),
+            "next_steps": [step_text(step) for step in self.next_steps],
             "warnings": list(self.warnings),
             "rejected": [r.as_dict() for r in self.rejected],
             "layouts": dict(self.layouts),
             "symbols": {name: {"address": _hex(address), "source": source}
                         for name, (address, source) in sorted(self.symbols.items())},
             "search_passes": self.searches,
+            "pfn_range": {"first": _hex(self.pfn_range[0]), "last": _hex(self.pfn_range[1]),
+                          "source_last": _hex(self.source_max_pfn)} if self.pfn_range is not None else None,
             "trackers": [t.as_dict() for t in self.trackers],
             "tracked_locked_pages": self.tracked_pages.as_dict() if self.tracked_pages is not None else None,
             "thread": self.thread.as_dict() if self.thread is not None else None,

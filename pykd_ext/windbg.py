@@ -20,6 +20,7 @@ from typing import Callable, List, Optional
 
 from . import __version__
 from .analyses import Options, is_interrupt
+from .analyses.common import PfnRangeOutsideSource
 from .cli import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, exit_code_for, pfn_range_argument, write
 from .render.jsonout import render_json
 from .render.text import printable, render_dml, render_text
@@ -127,6 +128,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if isinstance(error, (TargetError, SnapshotError)):
             _say(f"error: {error}")
             return EXIT_INPUT
+        if isinstance(error, PfnRangeOutsideSource):
+            _say(f"error: {error}")
+            return EXIT_USAGE
         if isinstance(error, SystemExit):
             raise
         if debug or not isinstance(error, Exception):

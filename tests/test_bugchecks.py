@@ -216,7 +216,7 @@ def test_m_form_decodes_as_base_code():
     assert m_form.code == 0x7E
     assert m_form.name == "SYSTEM_THREAD_EXCEPTION_NOT_HANDLED_M"
     assert m_form.parameters == base.parameters
-    assert "_M" in m_form.summary and "0x1000007e" in m_form.summary
+    assert "_M" in m_form.summary and "0x1000007E" in m_form.summary
     assert name_of(0x1000008E) == "KERNEL_MODE_EXCEPTION_NOT_HANDLED_M"
     assert name_of(0x100000EA) == "THREAD_STUCK_IN_DEVICE_DRIVER_M"
     assert lookup(0x1000007F) is lookup(0x7F)

@@ -76,9 +76,9 @@ def test_inspect_says_what_is_in_a_snapshot(capsys):
 @pytest.mark.parametrize("argv, code, message", [
     (["replay", "/nonexistent/case.snap"], EXIT_INPUT, "no such file"),
     (["replay", ROOT], EXIT_INPUT, "is a directory"),
-    (["replay", os.path.join(ROOT, "setup.cfg")], EXIT_INPUT, "not a leakhunt snapshot"),
+    (["replay", os.path.join(ROOT, "setup.cfg")], EXIT_INPUT, "neither a leakhunt snapshot"),
     (["replay", snapshot("0x76-irp-x64.snap"), "--pfn-range", "zz"], EXIT_USAGE, "PFN range"),
-    (["analyze", snapshot("0x76-irp-x64.snap"), "--symbol", "KiBugCheckDriver"], EXIT_USAGE, "NAME=ADDRESS"),
+    (["analyze", "/nonexistent/MEMORY.DMP", "--symbol", "KiBugCheckDriver"], EXIT_USAGE, "NAME=ADDRESS"),
     (["frobnicate"], EXIT_USAGE, "invalid choice"),
 ])
 def test_bad_input_is_one_line_and_a_documented_exit_code(capsys, argv, code, message):

@@ -54,7 +54,7 @@ OTHER_SOURCES = {
     "_IMAGE_NT_HEADERS": {"Signature": (0x0, 0x0), "FileHeader.NumberOfSections": (0x6, 0x6),
                           "FileHeader.SizeOfOptionalHeader": (0x14, 0x14), "OptionalHeader": (0x18, 0x18),
                           "sizeof": (0, 0)},
-    "_IMAGE_SECTION_HEADER": {"Name": (0x0, 0x0), "VirtualSize": (0x8, 0x8), "VirtualAddress": (0xC, 0xC),
+    "_IMAGE_SECTION_HEADER": {"Name": (0x0, 0x0), "Misc.VirtualSize": (0x8, 0x8), "VirtualAddress": (0xC, 0xC),
                               "Characteristics": (0x24, 0x24), "sizeof": (0x28, 0x28)},
 }
 

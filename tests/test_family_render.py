@@ -5,15 +5,13 @@ from mocks.scenarios_family import case_0x76_tracked, case_0x153, case_0xcb
 from pykd_ext.analyses import analyze
 from pykd_ext.render.text import render_dml, render_text
 from pykd_ext.targets.snapshot import SnapshotTarget
+from tests.test_render import strip_links
 
 
 def report_for(scenario):
     return analyze(SnapshotTarget(scenario.data))
 
 
-def strip_links(dml):
-    text = re.sub(r'<link cmd="[^"]*">(.*?)</link>', r"\1", dml)
-    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&amp;", "&")
 
 
 def test_trackers_link_to_pool_and_their_frames_to_ln():

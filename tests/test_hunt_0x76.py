@@ -5,6 +5,7 @@ from mocks.scenarios import KINDS_0x76, case_0x76
 from pykd_ext.analyses import Options, analyze
 from pykd_ext.session import KernelSession
 from pykd_ext.kernel.mdl import MDL_PAGES_LOCKED
+from pykd_ext.report import step_text
 from pykd_ext.targets.base import PfnRange, SearchUnavailable
 from pykd_ext.targets.snapshot import SnapshotTarget
 
@@ -22,9 +23,10 @@ def test_irp_case_names_the_driver_that_pends_the_irp(arch):
     report = run(scenario)
     top = report.suspects[0]
     assert (top.driver, top.image, top.confidence) == ("\\Driver\\leakyflt", "leakyflt.sys", "high")
-    # The upper filter that passed the IRP down is listed, but below and with low confidence.
-    assert [s.driver for s in report.suspects[1:]] == ["\\Driver\\ufilter"]
-    assert report.suspects[1].confidence == "low"
+    # The upper filter that passed the IRP down is in the IRP's stack, not among the suspects.
+    assert [s.driver for s in report.suspects] == ["\\Driver\\leakyflt"]
+    assert any(location.driver == "\\Driver\\ufilter" and not location.current
+               for irp in report.irps for location in irp.stack)
     locked = sorted(m.address for m in report.mdls if m.locked)
     assert locked == sorted(scenario.expected["locked_mdls"])
     assert sorted(i.address for i in report.irps) == sorted(scenario.expected["irps"])
@@ -64,7 +66,7 @@ def test_no_guess_when_the_evidence_names_nobody(arch, kind):
     report = run(scenario)
     assert report.suspects == []
     assert "No driver is named" in report.verdict
-    steps = " ".join(report.next_steps)
+    steps = " ".join(step_text(step) for step in report.next_steps)
     assert "TrackLockedPages" in steps and "Memory Management" in steps and "delete" in steps.lower()
     assert "Driver Verifier" in steps
 
@@ -133,7 +135,7 @@ def test_tracking_on_is_reported_from_p4():
     report = run(scenario)
     assert any(f.label == "locked-page tracking" and f.value == "on" for f in report.facts)
     # Tracking was already on: the steps do not ask to turn it on, only to remove the value afterwards.
-    steps = " ".join(report.next_steps)
+    steps = " ".join(step_text(step) for step in report.next_steps)
     assert "Reboot" not in steps and "delete the TrackLockedPages value" in steps
 
 

@@ -27,10 +27,9 @@ KERNELS = {  # GUID-AGE -> build of the ntoskrnl the PDB belongs to
 }
 # The built-in build tables and the real kernel that verifies each.
 VERIFYING_BUILD = {19045: 19041}
-# Where the kernel PDB spells a built-in name differently: the x64 NT headers are IMAGE_NT_HEADERS64,
-# and a section's VirtualSize is the Misc union's member.
+# Where the kernel PDB spells a built-in name differently: the x64 NT headers are IMAGE_NT_HEADERS64.
 PDB_TYPE_NAMES = {"_IMAGE_NT_HEADERS": "_IMAGE_NT_HEADERS64"}
-PDB_FIELD_PATHS = {("_IMAGE_SECTION_HEADER", "VirtualSize"): "Misc.VirtualSize"}
+PDB_FIELD_PATHS = {}
 POINTER_SIZE = 8
 
 
@@ -136,3 +135,18 @@ def test_the_verified_19045_tables_say_what_stays_unverified():
     for (name, pointer_size, build), why in UNVERIFIED_BUILD_TABLES.items():
         if pointer_size == 8 and build in VERIFYING_BUILD:
             assert "matches the 19041.804 kernel PDB" in why, name
+
+
+@pytest.mark.parametrize("build", [19041, 20348, 22000])
+def test_the_boost_bits_leakhunt_decodes_are_the_kernels(build):
+    """kernel/lock_entries.BOOST_BITS, by the width of _KLOCK_ENTRY.BoostBitmap, against the real bit fields."""
+    from pykd_ext.kernel.lock_entries import BOOST_BITS
+
+    symbols = _kernel(build)
+    width = symbols.member("_KLOCK_ENTRY", "BoostBitmap").size
+    real = {name: symbols.member("_KLOCK_ENTRY_BOOST_BITMAP", name)
+            for name in ("CpuBoostsBitmap", "IoBoost", "IoQoSBoost")}
+    bit = {name: 8 * member.offset + member.bit_position for name, member in real.items()}  # in the whole union
+    cpu_mask, io_bit, io_qos_bit = BOOST_BITS[width]
+    assert (bit["CpuBoostsBitmap"], cpu_mask) == (0, (1 << real["CpuBoostsBitmap"].bit_length) - 1)
+    assert (io_bit, io_qos_bit) == (1 << bit["IoBoost"], 1 << bit["IoQoSBoost"])

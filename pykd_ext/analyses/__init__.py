@@ -5,7 +5,7 @@ import struct
 from typing import Callable, Dict, Optional, Tuple, Union
 
 from ..layouts import LayoutError
-from ..report import Report
+from ..report import BugCheckSection, Report, bugcheck_code_text
 from ..session import KernelSession
 from ..targets.base import Target, TargetError
 from .common import Context, Options
@@ -23,8 +23,12 @@ ANALYSES: Dict[int, Tuple[Callable[[Context], None], str]] = {
     0x192: (lock_entries.analyze_0x192, lock_entries.NOBODY_NAMED),
 }
 
-NO_ANALYSIS = ("leakhunt has no hunt for this bug check: the parameters are decoded above. "
-               "Its hunts cover the locked-pages and lock-entry bug checks (0x76, 0xCB, 0xD9, 0x4E, 0x153, 0x162, 0x192).")
+
+def no_analysis_verdict(bugcheck: BugCheckSection) -> str:
+    """The verdict of a bug check without a hunt: a sentence that stands alone (the JSON carries it)."""
+    return (f"No driver is named: leakhunt has no hunt for bug check {bugcheck_code_text(bugcheck.code)} "
+            f"{bugcheck.name}, so the report gives its decoded parameters only; leakhunt hunts the locked-pages "
+            f"and lock-entry bug checks (0x76, 0xCB, 0xD9, 0x4E, 0x153, 0x162, 0x192).")
 
 
 # What corrupt or inconsistent target data can raise deep inside an analysis (half-written, freed or
@@ -51,7 +55,7 @@ def analyze(source: Union[Target, KernelSession], options: Optional[Options] = N
     if entry is None:
         context.report.analysis = "parameters only"
         context.report.next_steps.extend(context.decoded.next_steps)
-        return context.conclude(NO_ANALYSIS)
+        return context.conclude(no_analysis_verdict(context.report.bugcheck))
     analysis, nobody_named = entry
     try:
         analysis(context)

@@ -6,14 +6,15 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from .. import __version__
 from ..bugchecks import decode
-from ..kernel.io import IoReader, Irp, major_function_name, completion_conditions
+from ..kernel.io import IoReader, Irp, completion_conditions, irp_flag_names, major_function_name
 from ..kernel.mdl import Mdl, flag_names, read_mdl
 from ..kernel.modules import ModuleMap, plausible_image_name
 from ..layouts import LayoutError, IMAGE_FILE_NAME_LENGTH
-from ..report import (CONFIDENCE_RANK, MEDIUM, BugCheckSection, Fact, FrameRecord, IrpRecord, MdlRecord, Parameter,
-                      Rejected, Report, StackRecord, Suspect)
+from ..report import (CONFIDENCE_RANK, LOW, MEDIUM, BugCheckSection, Fact, FrameRecord, IrpRecord, MdlRecord,
+                      Parameter, Rejected, Report, StackRecord, Suspect)
 from ..session import as_session
-from ..targets.base import MemoryReadError, PfnRange, ProgressCallback, SearchHit, TargetError, windbg_address
+from ..targets.base import (MemoryReadError, PfnRange, ProgressCallback, SearchHit, Target, TargetError,
+                            hex_address)
 
 # MDL chains (MDL.Next) longer than this are corrupt or cyclic.
 MAX_MDL_CHAIN = 64
@@ -29,6 +30,18 @@ class Options:
     verbose: bool = False
     pfn_range: Optional[PfnRange] = None
     progress: Optional[ProgressCallback] = None
+
+
+class PfnRangeOutsideSource(Exception):
+    """--pfn-range reaches past the last page frame of the source: a usage error, not a data error."""
+
+
+def check_pfn_range(target: Target, pfn_range: Optional[PfnRange]) -> None:
+    """Raise PfnRangeOutsideSource when ``pfn_range`` goes past the source's last page frame."""
+    if pfn_range is not None and target.max_pfn is not None and pfn_range.last > target.max_pfn:
+        raise PfnRangeOutsideSource(
+            f"--pfn-range {pfn_range.first:x}-{pfn_range.last:x} goes past the last page frame of this source: "
+            f"its memory is PFNs 0-{target.max_pfn:x}")
 
 
 class HuntInterrupted(Exception):
@@ -55,8 +68,6 @@ class Context:
             bugcheck=self.bugcheck_section(self.bugcheck.code, decoded),
         )
         self.decoded = decoded
-        for note in session.notes:
-            self.report.warn(note)
         modules: List = []
         try:
             modules = session.modules()
@@ -86,7 +97,8 @@ class Context:
         self.report.bugcheck = self.bugcheck_section(self.bugcheck.code, self.decoded)
 
     def address(self, value: int) -> str:
-        return windbg_address(value, self.target.pointer_size)
+        """An address inside a sentence of the report: ``0x...`` (the text renderer shows WinDbg's form)."""
+        return hex_address(value)
 
     # ---- symbols -----------------------------------------------------------------------------
 
@@ -101,6 +113,7 @@ class Context:
         values = sorted(set(values))
         if not values:
             return {}
+        check_pfn_range(self.target, self.options.pfn_range)
         self.report.searches += 1
         return self.target.search_pointers(values, self.options.pfn_range, self.options.progress)
 
@@ -122,11 +135,14 @@ class Context:
             report.verdict = f"Most likely culprit: {top.label} ({top.confidence} confidence)."
         else:
             report.verdict = no_suspect_verdict
+        settle_report(self)
         report.layouts = self.layouts.sources()
         report.symbols = {name: (address, session.symbol_sources[name])
                           for name, address in session.resolved_symbols().items()}
         for problem in self.layouts.problems.values():
             report.warn(problem)
+        for note in session.notes:  # what finding and reading the kernel's symbol files said
+            report.warn(note)
         # What the source cannot do travels with it (a replay of a recording says the same).
         for limitation in self.target.limitations():
             report.warn(limitation)
@@ -154,49 +170,183 @@ def guessed_layouts_warning(build: Optional[int], guessed) -> str:
             f"them may be wrong: give the kernel's symbols with --symbol-path (or set _NT_SYMBOL_PATH)")
 
 
+# How strongly a piece of evidence ties a driver to a leaked MDL, strongest first: the saved stack of
+# the code that locked it (a lock tracker, or legacy 0xCB's locking call site), then the driver that
+# owns the current stack location of an IRP holding it, then anything else.
+LOCKER_STACK = 3
+IRP_CURRENT_LOCATION = 2
+OTHER_EVIDENCE = 1
+EVIDENCE_KINDS = {LOCKER_STACK: "the saved stack of the code that locked it",
+                  IRP_CURRENT_LOCATION: "the current stack location of an IRP holding it",
+                  OTHER_EVIDENCE: "other evidence"}
+
+
+@dataclass
+class _Claim:
+    """One piece of evidence against one suspect, and the MDLs it is about."""
+
+    text: str
+    confidence: str
+    weight: int
+    mdls: Tuple[int, ...]
+    strength: int
+
+
+@dataclass
+class _Entry:
+    """One suspect on the board: who it is and every claim against it, as added."""
+
+    driver: Optional[str]
+    image: Optional[str]
+    driver_object: Optional[int]
+    image_base: Optional[int]
+    claims: List[_Claim] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return Suspect(self.driver, self.image, LOW).label
+
+
 class SuspectBoard:
-    """Collects evidence against drivers and ranks them; one entry per driver image (or name)."""
+    """Collects evidence against drivers and ranks them; one entry per driver image (or name).
+
+    When the evidence about one MDL names different drivers, the strongest kind wins (LOCKER_STACK >
+    IRP_CURRENT_LOCATION > OTHER_EVIDENCE): a driver named only by weaker evidence about that MDL drops
+    to low confidence, two drivers named by the same kind drop to medium, and every piece of evidence
+    involved says that the evidence disagrees. So no two drivers share the top confidence for one MDL.
+    """
 
     def __init__(self):
-        self._suspects: Dict[str, Suspect] = {}
-        self._evidence: Dict[str, Set[str]] = {}  # suspect key -> its evidence, for the duplicate check
+        self._entries: Dict[str, _Entry] = {}
 
     def add(self, driver: Optional[str], image: Optional[str], confidence: str, weight: int, evidence: str,
-            driver_object: Optional[int] = None, image_base: Optional[int] = None) -> None:
+            driver_object: Optional[int] = None, image_base: Optional[int] = None,
+            mdls: Iterable[int] = (), strength: int = OTHER_EVIDENCE) -> None:
         key = self._key(driver, image)
-        suspect = self._suspects.get(key)
-        if suspect is None:
-            suspect = self._suspects[key] = Suspect(driver, image, confidence)
-        suspect.driver = suspect.driver or driver
-        suspect.image = suspect.image or image
-        suspect.driver_object = suspect.driver_object or driver_object
-        suspect.image_base = suspect.image_base or image_base
-        if CONFIDENCE_RANK[confidence] > CONFIDENCE_RANK[suspect.confidence]:
-            suspect.confidence = confidence
-        known = self._evidence.setdefault(key, set())
-        if evidence not in known:
-            known.add(evidence)
-            suspect.evidence.append(evidence)
-            suspect.score += weight
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = _Entry(driver, image, driver_object, image_base)
+        entry.driver = entry.driver or driver
+        entry.image = entry.image or image
+        entry.driver_object = entry.driver_object or driver_object
+        entry.image_base = entry.image_base or image_base
+        if all(claim.text != evidence for claim in entry.claims):
+            entry.claims.append(_Claim(evidence, confidence, weight, tuple(sorted(set(mdls))), strength))
 
     def _key(self, driver: Optional[str], image: Optional[str]) -> str:
         if image:
             stem = image.lower().rsplit(".", 1)[0]
-            for key, suspect in self._suspects.items():
-                if suspect.image and suspect.image.lower() == image.lower():
+            for key, entry in self._entries.items():
+                if entry.image and entry.image.lower() == image.lower():
                     return key
-                if not suspect.image and suspect.driver and suspect.driver.lower().rsplit("\\", 1)[-1] == stem:
+                if not entry.image and entry.driver and entry.driver.lower().rsplit("\\", 1)[-1] == stem:
                     return key
             return "image:" + image.lower()
         name = (driver or "").lower()
-        for key, suspect in self._suspects.items():
-            if suspect.driver and suspect.driver.lower() == name:
+        for key, entry in self._entries.items():
+            if entry.driver and entry.driver.lower() == name:
                 return key
         return "driver:" + name
 
     def ranked(self) -> List[Suspect]:
-        return sorted(self._suspects.values(),
-                      key=lambda s: (-CONFIDENCE_RANK[s.confidence], -s.score, (s.driver or s.image or "").lower()))
+        """The suspects, most likely first, with the disagreements between them settled."""
+        # MDL -> suspect key -> the strongest kind of evidence naming that suspect for it
+        claimants: Dict[int, Dict[str, int]] = {}
+        for key, entry in self._entries.items():
+            for claim in entry.claims:
+                for mdl in claim.mdls:
+                    strongest = claimants.setdefault(mdl, {})
+                    strongest[key] = max(strongest.get(key, 0), claim.strength)
+        suspects = [self._settled(key, entry, claimants) for key, entry in self._entries.items()]
+        return sorted(suspects, key=lambda s: (-CONFIDENCE_RANK[s.confidence], -s.score,
+                                               (s.driver or s.image or "").lower()))
+
+    def _settled(self, key: str, entry: _Entry, claimants: Dict[int, Dict[str, int]]) -> Suspect:
+        suspect = Suspect(entry.driver, entry.image, LOW, driver_object=entry.driver_object,
+                          image_base=entry.image_base)
+        best = 0
+        for claim in entry.claims:
+            confidence, weight, notes = claim.confidence, claim.weight, []
+            outranked_everywhere = bool(claim.mdls)
+            for mdl in claim.mdls:
+                others = {other: strength for other, strength in claimants[mdl].items() if other != key}
+                if not others:
+                    outranked_everywhere = False
+                    continue
+                top = max(others.values())
+                rivals = ", ".join(sorted(self._entries[o].label for o, s in others.items() if s == top))
+                if top > claim.strength:
+                    notes.append(f"the evidence disagrees on MDL {hex_address(mdl)}: {EVIDENCE_KINDS[top]} names "
+                                 f"{rivals}, which is stronger evidence")
+                    continue
+                outranked_everywhere = False
+                if top == claim.strength:
+                    notes.append(f"the evidence disagrees on MDL {hex_address(mdl)}: {EVIDENCE_KINDS[top]} also "
+                                 f"names {rivals}")
+                    if CONFIDENCE_RANK[confidence] > CONFIDENCE_RANK[MEDIUM]:
+                        confidence = MEDIUM
+                else:
+                    notes.append(f"the evidence disagrees on MDL {hex_address(mdl)}: {EVIDENCE_KINDS[top]} names "
+                                 f"{rivals}, which is weaker evidence")
+            if outranked_everywhere:
+                confidence, weight = LOW, min(weight, 1)
+            suspect.evidence.append(claim.text + "".join(f" ({note})" for note in notes))
+            suspect.score += weight
+            best = max(best, CONFIDENCE_RANK[confidence])
+        suspect.confidence = {rank: name for name, rank in CONFIDENCE_RANK.items()}[best or CONFIDENCE_RANK[LOW]]
+        return suspect
+
+
+# ---- what every report states ----------------------------------------------------------------
+
+def settle_report(context: Context) -> None:
+    """What every report states whatever ran: the --pfn-range in effect (a hunt it limited says so
+    instead of sending the user to TrackLockedPages) and the culprit's IRPs listed before the others."""
+    report = context.report
+    pfn_range = context.options.pfn_range
+    if pfn_range is not None:
+        report.pfn_range = (pfn_range.first, pfn_range.last)
+        report.source_max_pfn = context.target.max_pfn
+        if not report.suspects and report.searches:
+            report.verdict += (f" The search covered only page frames {pfn_range.first:x}-{pfn_range.last:x} "
+                               f"(--pfn-range): memory outside them was not searched.")
+    order_irps(report)
+
+
+def ki_bugcheck_driver_was_read(report: Report) -> bool:
+    return any(f.label == "nt!KiBugCheckDriver" and f.value != "unknown" for f in report.facts)
+
+
+# Documented next steps (bugchecks.py) that a hunt may already have done, by how they start, and when
+# the report has done them: the step is then left out rather than telling the user to redo it.
+DONE_BY_THE_REPORT = (
+    ("Run dx KiBugCheckDriver", ki_bugcheck_driver_was_read),
+    ("Run !search for the MDL address (P3)", lambda report: report.searches > 0),
+    ("Run !irp on that IRP", lambda report: bool(report.irps) or report.searches > 0),
+    ("Run !lockedpages", lambda report: report.tracked_pages is not None),
+)
+
+
+def steps_left_to_do(report: Report, steps: Iterable[str]) -> List[str]:
+    """``steps`` without those the report has already done (DONE_BY_THE_REPORT)."""
+    return [step for step in steps
+            if not any(step.startswith(start) and done(report) for start, done in DONE_BY_THE_REPORT)]
+
+
+def order_irps(report: Report) -> None:
+    """The IRPs of the most likely suspect first, then the other suspects', then the rest (in order)."""
+    rank = {}
+    for position, suspect in enumerate(report.suspects):
+        for name in (suspect.driver, suspect.image):
+            if name:
+                rank.setdefault(name.lower(), position)
+
+    def position_of(irp: IrpRecord) -> int:
+        current = [s for s in irp.stack if s.current]
+        names = [n.lower() for s in current for n in (s.driver, s.image) if n]
+        return min((rank[n] for n in names if n in rank), default=len(report.suspects))
+
+    report.irps.sort(key=position_of)
 
 
 # ---- records for the report -------------------------------------------------------------------
@@ -227,11 +377,17 @@ def irp_record(context: Context, irp: Irp) -> IrpRecord:
             file_object=location.file_object or None,
         ))
     file_object = irp.file_object
-    return IrpRecord(address=irp.address, mdl_address=irp.mdl_address, stack_count=irp.stack_count,
-                     current_location=irp.current_location, flags=irp.flags, thread=irp.thread or None,
-                     file_object=irp.original_file_object or None,
-                     file_name=file_object.name if file_object and not file_object.problems else None,
-                     stack=stack)
+    record = IrpRecord(address=irp.address, mdl_address=irp.mdl_address, stack_count=irp.stack_count,
+                       current_location=irp.current_location, flags=irp.flags, thread=irp.thread or None,
+                       file_object=irp.original_file_object or None,
+                       file_name=file_object.name if file_object and not file_object.problems else None,
+                       stack=stack, flag_names=irp_flag_names(irp.flags), cancel=bool(irp.cancel),
+                       cancel_routine=irp.cancel_routine or None,
+                       cancel_symbol=context.modules.symbolize(irp.cancel_routine) if irp.cancel_routine else None,
+                       current_stack_address=irp.current.address if irp.current else None)
+    if irp.thread_cid is not None:
+        record.thread_process_id, record.thread_id = irp.thread_cid
+    return record
 
 
 # ---- the MDL -> IRP hunt ----------------------------------------------------------------------
@@ -357,35 +513,32 @@ def _chain_reaches(context: Context, first: int, wanted: int) -> bool:
     return False
 
 
-def blame_irp(context: Context, irp: Irp, why: str, confidence: str) -> None:
+def blame_irp(context: Context, irp: Irp, why: str, confidence: str, mdls: Iterable[int]) -> None:
     """Put the driver that owns the IRP's current stack location on the suspect board.
 
-    ``why`` says what the IRP holds. Drivers higher in the stack (which passed the IRP down) are
-    added with low confidence.
+    ``why`` says what the IRP holds (``mdls``, the leaked MDLs its chain reaches). Only the current
+    location is evidence of holding the leak: the drivers above it passed the IRP down and the ones
+    below it have not seen it yet; the IRP's stack in the report shows them all.
     """
-    if irp.current is None:
+    location = irp.current
+    if location is None:
         context.report.warn(f"IRP {context.address(irp.address)} is not at any driver's stack location "
                             f"(CurrentLocation {irp.current_location} of {irp.stack_count}); no driver is blamed "
                             f"through it")
-    for location in irp.stack:
-        if location.unused:
-            continue
-        driver = location.driver
-        if driver is None or driver.problems or not driver.name:
-            if location.current:
-                reasons = (location.device.problems if location.device else ["no device object"]) + \
-                    (driver.problems if driver else [])
-                context.report.warn(f"IRP {context.address(irp.address)} current stack location {location.number} "
-                                    f"names no valid driver ({'; '.join(reasons) or 'unnamed driver'})")
-            continue
-        image = driver.image.image if driver.image else None
-        step = (f"{why}: held by IRP {context.address(irp.address)}, whose "
-                f"{'current' if location.current else 'upper'} stack location {location.number} "
-                f"({major_function_name(location.major)}) is at {driver.name}'s device "
-                f"{context.address(location.device.address)}")
-        context.suspects.add(driver.name, image, confidence if location.current else "low",
-                             10 if location.current else 2, step, driver.address,
-                             driver.image.base if driver.image else None)
+        return
+    driver = location.driver
+    if driver is None or driver.problems or not driver.name:
+        reasons = (location.device.problems if location.device else ["no device object"]) + \
+            (driver.problems if driver else [])
+        context.report.warn(f"IRP {context.address(irp.address)} current stack location {location.number} "
+                            f"names no valid driver ({'; '.join(reasons) or 'unnamed driver'})")
+        return
+    image = driver.image.image if driver.image else None
+    step = (f"{why}: held by IRP {context.address(irp.address)}, whose current stack location "
+            f"{location.number} ({major_function_name(location.major)}) is at {driver.name}'s device "
+            f"{context.address(location.device.address)}")
+    context.suspects.add(driver.name, image, confidence, 10, step, driver.address,
+                         driver.image.base if driver.image else None, mdls=mdls, strength=IRP_CURRENT_LOCATION)
 
 
 # ---- facts shared by the locked-pages family --------------------------------------------------
@@ -437,6 +590,8 @@ def read_process(context: Context, process: int) -> None:
     try:
         raw = context.target.read(process + layout.offset("ImageFileName"), IMAGE_FILE_NAME_LENGTH)
         context.report.process_name = raw.split(b"\0", 1)[0].decode("ascii", errors="replace")
+        if layout.has("UniqueProcessId"):
+            context.report.process_id = context.target.read_pointer(process + layout.offset("UniqueProcessId"))
     except (MemoryReadError, LayoutError) as error:
         context.report.warn(f"the process name is unreadable ({error})")
     if layout.has("NumberOfLockedPages"):
@@ -498,5 +653,6 @@ def hunt_mdls(context: Context, wanted: List[Tuple[int, str]], why: str, confide
                 irp_report = irp_record(context, holders.irps[irp_address])
                 irp_report.holds = sorted(m for m, held in holders.held_by.items() if irp_address in held)
                 report.irps.append(irp_report)
-            blame_irp(context, holders.irps[irp_address], f"MDL {context.address(address)} ({why})", confidence)
+            blame_irp(context, holders.irps[irp_address], f"MDL {context.address(address)} ({why})", confidence,
+                      [address])
     return holders

@@ -9,18 +9,18 @@ With locked-page tracking on (P4, or EPROCESS.LockedPagesList), the trackers are
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional, Union
 
 from ..bugchecks import TRACK_LOCKED_PAGES_STEPS
 from ..kernel.mdl import LOCKED, MDL_PAGES_LOCKED, MDL_SOURCE_IS_NONPAGED_POOL, Mdl, read_mdl
-from ..report import HIGH, MEDIUM, Fact, Rejected
+from ..report import HIGH, MEDIUM, Fact, NextStep, Rejected
 from ..targets.base import MemoryReadError, SearchUnavailable
 from .common import (Context, Holders, blame_irp, find_holders, irp_record, mdl_record, read_ki_bugcheck_driver,
                      read_process)
 from .trackers import tracked_pages_for_0x76
 
 NOBODY_NAMED = ("No driver is named by the evidence: no locked MDL of the process is held by an IRP that "
-                "a driver owns. leakhunt does not guess; follow the next steps to have Windows name the driver.")
+                "a driver owns. leakhunt does not guess; the next steps say how to find the driver.")
 
 
 def analyze_0x76(context: Context) -> None:
@@ -119,7 +119,7 @@ def _blame_holders(context: Context, process: int, kept: Dict[int, Mdl], holders
         why = (f"locked MDL{'s' if len(mdls) > 1 else ''} {', '.join(context.address(m.address) for m in mdls)} "
                f"of process {context.address(process)} ({sum(m.pages for m in mdls)} page(s), MDL_PAGES_LOCKED set"
                f"{', reached through the MDL.Next chain' if chained else ''})")
-        blame_irp(context, holders.irps[irp_address], why, HIGH)
+        blame_irp(context, holders.irps[irp_address], why, HIGH, [m.address for m in mdls])
 
 
 def _hunt_unlocked_mdl(context: Context, mdl_address: int) -> None:
@@ -153,7 +153,7 @@ def _hunt_unlocked_mdl(context: Context, mdl_address: int) -> None:
             report.irps.append(irp_report)
             if mdl is not None and mdl.valid:
                 blame_irp(context, irp, f"MDL {context.address(mdl_address)} (P2), whose pages were not locked "
-                                        f"when a driver unlocked them", MEDIUM)
+                                        f"when a driver unlocked them", MEDIUM, [mdl_address])
 
 
 def _why_not_locked(context: Context, mdl: Mdl) -> List[str]:
@@ -190,23 +190,40 @@ def _report_mdls_and_irps(context: Context, kept: Dict[int, Mdl], holders) -> No
         report.irps.append(irp_report)
 
 
-def _next_steps(context: Context, p1: int) -> List[str]:
-    steps = []
+def _next_steps(context: Context, p1: int) -> List[Union[str, NextStep]]:
     ranked = context.suspects.ranked()
-    tracking_was_on = context.report.tracked_pages is not None or context.bugcheck.parameters[3] != 0
-    if ranked:
-        top = ranked[0]
-        steps.append(f"Review {top.label}: every MmProbeAndLockPages (or IRP it pends with a locked MDL) needs a "
+    top = ranked[0].label if ranked else None
+    if p1 == 1:
+        return _unlock_next_steps(top)
+    steps: List[Union[str, NextStep]] = []
+    if top:
+        steps.append(f"Review {top}: every MmProbeAndLockPages (or IRP it pends with a locked MDL) needs a "
                      f"matching MmUnlockPages / completion before the process exits, including on cancel and "
                      f"cleanup paths.")
-    if tracking_was_on:
-        # The procedure's last step still applies: the value must go once the investigation is over.
+    pfn_range = context.options.pfn_range
+    if pfn_range is not None and not top:
+        # Memory outside the range was not searched: the hunt itself is the next step, not a reboot.
+        steps.append(f"Run the hunt again without --pfn-range (or with a wider one): only page frames "
+                     f"{pfn_range.first:x}-{pfn_range.last:x} were searched, so MDLs and IRPs elsewhere in "
+                     f"memory were not looked for.")
+        return steps
+    if context.report.tracked_pages is not None or context.bugcheck.parameters[3] != 0:
+        # Tracking was on: its procedure's last step still applies once the investigation is over.
         steps.append(TRACK_LOCKED_PAGES_STEPS[-1])
     else:
-        steps.append("Confirm the culprit by reproducing with locked-page tracking on:" if ranked
-                     else "Reproduce with locked-page tracking on, so that Windows names the driver:")
-        steps.extend(TRACK_LOCKED_PAGES_STEPS)
-    if p1 == 1:
-        steps.insert(0, "Review the driver's unlock paths for an MmUnlockPages with no matching "
-                        "MmProbeAndLockPages, or one called twice on the same MDL.")
+        steps.append(NextStep("Confirm the culprit by reproducing with locked-page tracking on:" if top
+                              else "Reproduce with locked-page tracking on, so that Windows names the driver:",
+                              TRACK_LOCKED_PAGES_STEPS))
     return steps
+
+
+def _unlock_next_steps(top: Optional[str]) -> List[Union[str, NextStep]]:
+    """P1 = 1: a driver unlocked pages that were not locked; the crash happened in that unlock."""
+    who = top or "the drivers that use MDLs of this process"
+    return [
+        f"Review {who} for an MmUnlockPages with no matching MmProbeAndLockPages, or two on the same MDL "
+        f"(for instance once on completion and again on cleanup or cancel).",
+        "Run k on the thread that crashed: with P1 = 1 the bug check is raised while the MDL (P2) is being "
+        "unlocked (the locked-page tracker found no record of it), so the first frame outside nt and hal "
+        "is the driver that was unlocking it.",
+    ]

@@ -17,7 +17,8 @@ from ..kernel.trackers import (LockTracker, first_frame_outside_kernel, read_loc
 from ..layouts import LayoutError
 from ..report import HIGH, MEDIUM, Fact, LockerGroup, Rejected, TrackedPages, TrackerRecord
 from ..targets.base import MemoryReadError, SearchUnavailable
-from .common import Context, frame_records, hunt_mdls, read_ki_bugcheck_driver, read_process, warn_unverified_layouts
+from .common import (LOCKER_STACK, Context, frame_records, hunt_mdls, read_ki_bugcheck_driver, read_process,
+                     steps_left_to_do, warn_unverified_layouts)
 
 NOBODY_NAMED_CB = ("No driver is named by the evidence: the lock tracker's saved stack stays in nt and hal, no IRP "
                    "holds the MDL and the kernel recorded no culprit. leakhunt does not guess; run !lockedpages and "
@@ -72,7 +73,8 @@ def _blame_locker(context: Context, tracker: LockTracker, why: str, confidence: 
     if module is not None and frame is not None:
         context.suspects.add(None, module.image, confidence, TRACKER_WEIGHT,
                              f"{why}: the first frame outside nt and hal of the stack it saved is "
-                             f"{context.modules.symbolize(frame)}", image_base=module.base)
+                             f"{context.modules.symbolize(frame)}", image_base=module.base, mdls=[tracker.mdl],
+                             strength=LOCKER_STACK)
     elif frame is not None:
         context.report.warn(f"lock tracker {context.address(tracker.address)}: the first saved frame outside nt and "
                             f"hal, {context.address(frame)}, is in no loaded image (the driver may have been "
@@ -166,7 +168,8 @@ def _blame_groups(context: Context, section: TrackedPages) -> None:
             f"the kernel's lock trackers ({section.source}) record that {group.module} locked "
             f"{len(group.trackers)} MDL(s), {group.pages} page(s), still locked in process "
             f"{context.address(section.process) if section.process else '(unknown)'}: saved frames "
-            f"{', '.join(frames)}", image_base=module.base if module else None)
+            f"{', '.join(frames)}", image_base=module.base if module else None, mdls=group.mdls,
+            strength=LOCKER_STACK)
 
 
 def tracked_pages_for_0x76(context: Context, p1: int, p2: int, p4: int) -> None:
@@ -209,7 +212,7 @@ def analyze_0xcb(context: Context) -> None:
         if fmt == "current":
             _cb_current(context, p1, p3, p4)
         else:
-            _cb_legacy(context, p1, p2)
+            _cb_legacy(context, p1, p2, p3)
         process = report.process or _mdl_process(context, p3)
         if process and report.process is None:
             read_process(context, process)
@@ -264,8 +267,8 @@ def _cb_current(context: Context, p1: int, p3: int, p4: int) -> None:
     _blame_locker(context, tracker, f"lock tracker P1 recorded who locked MDL {context.address(p3)}", HIGH)
 
 
-def _cb_legacy(context: Context, p1: int, p2: int) -> None:
-    """P1 = calling address (or dispatch routine), P2 = its caller (or the device object)."""
+def _cb_legacy(context: Context, p1: int, p2: int, p3: int) -> None:
+    """P1 = calling address (or dispatch routine), P2 = its caller (or the device object), P3 = the MDL."""
     report = context.report
     modules = context.modules
     report.facts.append(Fact("P1 (locking code)", modules.symbolize(p1), "the code that locked the pages"))
@@ -282,7 +285,8 @@ def _cb_legacy(context: Context, p1: int, p2: int) -> None:
         context.suspects.add(driver.name, image, HIGH, TRACKER_WEIGHT,
                              f"legacy 0xCB: the I/O manager locked the pages for an IRP sent to {driver.name}'s "
                              f"device {context.address(p2)} (P2), dispatch routine {modules.symbolize(p1)} (P1)",
-                             driver.address, driver.image.base if driver.image else None)
+                             driver.address, driver.image.base if driver.image else None,
+                             mdls=[p3], strength=LOCKER_STACK)
         return
     report.facts.append(Fact("P2 (caller)", modules.symbolize(p2), "the caller of the locking code"))
     for value, role, confidence in ((p1, "P1, the code that locked the pages", HIGH),
@@ -290,7 +294,8 @@ def _cb_legacy(context: Context, p1: int, p2: int) -> None:
         module = modules.find(value)
         if module is not None and not ModuleMap.is_kernel_or_hal(module):
             context.suspects.add(None, module.image, confidence, TRACKER_WEIGHT,
-                                 f"legacy 0xCB: {role}, is {modules.symbolize(value)}", image_base=module.base)
+                                 f"legacy 0xCB: {role}, is {modules.symbolize(value)}", image_base=module.base,
+                                 mdls=[p3], strength=LOCKER_STACK)
             return
     report.warn("neither P1 nor P2 is in a driver image outside nt and hal")
 
@@ -317,7 +322,7 @@ def _cb_next_steps(context: Context) -> List[str]:
     if ranked:
         steps.append(f"Review {ranked[0].label}: every MmProbeAndLockPages needs a matching MmUnlockPages before the "
                      f"process exits, on every path (completion, cancel, cleanup, errors).")
-    steps.extend(context.decoded.next_steps)
+    steps.extend(steps_left_to_do(context.report, context.decoded.next_steps))
     return steps
 
 

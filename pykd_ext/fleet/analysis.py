@@ -27,6 +27,7 @@ from ..cli import EXIT_INPUT, EXIT_INTERNAL, exit_code_for
 from ..render.jsonout import render_json
 from ..run import run_analysis
 from ..session import KernelSession, open_session
+from ..sources import ZIP_MAGIC
 from ..targets.base import Target, TargetError
 from ..targets.dumpfile import DumpFileTarget
 from ..targets.snapshot import SnapshotTarget
@@ -35,7 +36,6 @@ from .inputs import (STATUS_ANALYSIS_ERROR, STATUS_ANALYZED, STATUS_INPUT_ERROR,
                      not_regular_reason)
 
 TEST_FAULTS_VARIABLE = "LEAKHUNT_TEST_FAULTS"
-ZIP_MAGIC = b"PK\x03\x04"  # a snapshot is a ZIP archive
 MAX_ERROR_CHARS = 300
 
 

@@ -12,13 +12,9 @@ import sys
 import time
 from typing import List, Optional
 
-from tabulate import tabulate
-
 from ..cli import EXIT_INTERRUPTED, UsageError, stderr_line, write
-from .html import render_html
 from .inputs import (DEFAULT_GLOBS, STATUS_ANALYZED, TIMEOUT_BASE_S, TIMEOUT_PER_GIB_S, InputFile, read_path_list,
                      timeout_for_size)
-from .output import HTML_NAME, OutputError, ResultsStore, write_atomically
 
 EXIT_ALL_ANALYZED = 0
 EXIT_SOME_FAILED = 1
@@ -127,14 +123,25 @@ def _engine(args):
 
 
 def _top_table(summary) -> str:
-    rows = [(b["bucket"], b["count"], f"{100 * b['share']:.1f}%", b["culprit_driver"] or b["culprit_image"] or "-",
-             b["confidence_max"] or "-") for b in summary["buckets"][:TOP_BUCKETS]]
-    table = tabulate(rows, headers=("bucket", "dumps", "share", "culprit", "confidence"), tablefmt="simple")
+    """The largest buckets as a plain table, columns padded to their widest cell."""
+    header = ("bucket", "dumps", "share", "culprit", "confidence")
+    rows = [(b["bucket"], str(b["count"]), f"{100 * b['share']:.1f}%",
+             b["culprit_driver"] or b["culprit_image"] or "-", b["confidence_max"] or "-")
+            for b in summary["buckets"][:TOP_BUCKETS]]
+    widths = [max(len(row[column]) for row in [header] + rows) for column in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+             for row in [header, tuple("-" * width for width in widths)] + rows]
     more = len(summary["buckets"]) - TOP_BUCKETS
-    return table + (f"\n... and {more} more bucket(s)" if more > 0 else "") + "\n"
+    if more > 0:
+        lines.append(f"... and {more} more bucket(s)")
+    return "\n".join(lines) + "\n"
 
 
 def command_triage(args) -> int:
+    # Loaded by the command only: ``leakhunt --help`` loads none of it (nor numpy below it).
+    from .html import render_html
+    from .output import HTML_NAME, OutputError, ResultsStore, write_atomically
+
     globs = args.glob or list(DEFAULT_GLOBS)
     paths = _paths(args)
     try:

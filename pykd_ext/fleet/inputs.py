@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import IO, Iterable, List, Optional, Sequence, Tuple
 
-from ..targets.dumpheader import H64_SYSTEM_TIME, SIGNATURE, VALID_DUMP64
-
 STATUS_ANALYZED = "analyzed"  # the analysis ran to its end (whatever its exit code)
 STATUS_INPUT_ERROR = "input_error"  # missing, unreadable, not a dump, truncated, not a regular file
 STATUS_ANALYSIS_ERROR = "analysis_error"  # leakhunt failed on it (an internal error, exit code 5)
@@ -126,6 +124,8 @@ def read_path_list(stream: IO[str]) -> List[str]:
 def dump_time(path: str) -> Optional[str]:
     """The crash time a 64-bit dump header records (DUMP_HEADER64.SystemTime, a FILETIME), as ISO 8601
     UTC; None for other files (snapshots, 32-bit dumps) or when the field is not filled in."""
+    from ..targets.dumpheader import H64_SYSTEM_TIME, SIGNATURE, VALID_DUMP64  # numpy below it: loaded when used
+
     try:
         with open(path, "rb") as handle:
             head = handle.read(8)

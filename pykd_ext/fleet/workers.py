@@ -132,7 +132,10 @@ class ForkedWorker:
         self.queue.append((item, timeout))
         if len(self.queue) == 1:
             self._start_clock()
-        self.connection.send(item)
+        try:
+            self.connection.send(item)
+        except OSError:  # it died meanwhile: its pipe says so at the next wait, and take_back() returns this input
+            pass
 
     def receive(self) -> Outcome:
         """The outcome of the current input; raises EOFError when the worker died instead."""

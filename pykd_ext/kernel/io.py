@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from ..layouts import Layouts, LayoutError, StructView
 from ..targets.base import MemoryReadError, Module, Target, TargetError
 from .modules import ModuleMap
+from .threads import read_cid
 
 IO_TYPE_DEVICE = 3
 IO_TYPE_DRIVER = 4
@@ -20,6 +21,22 @@ SL_PENDING_RETURNED = 0x01
 SL_INVOKE_ON_CANCEL = 0x20
 SL_INVOKE_ON_SUCCESS = 0x40
 SL_INVOKE_ON_ERROR = 0x80
+
+# IRP.Flags bits (wdm.h; windows-kernel.md §4.2), in bit order.
+IRP_FLAG_NAMES = (
+    (0x1, "NOCACHE"), (0x2, "PAGING_IO"), (0x4, "SYNCHRONOUS_API"), (0x8, "ASSOCIATED_IRP"),
+    (0x10, "BUFFERED_IO"), (0x20, "DEALLOCATE_BUFFER"), (0x40, "INPUT_OPERATION"), (0x80, "CREATE_OPERATION"),
+    (0x100, "READ_OPERATION"), (0x200, "WRITE_OPERATION"), (0x400, "CLOSE_OPERATION"),
+    (0x800, "DEFER_IO_COMPLETION"), (0x1000, "OB_QUERY_NAME"), (0x2000, "HOLD_DEVICE_QUEUE"),
+)
+
+
+def irp_flag_names(flags: int) -> List[str]:
+    """The IRP_* names of the set bits of IRP.Flags; an unnamed bit as its hex value."""
+    names = [f"IRP_{name}" for bit, name in IRP_FLAG_NAMES if flags & bit]
+    unnamed = flags & ~sum(bit for bit, _ in IRP_FLAG_NAMES)
+    return names + ([f"{unnamed:#x}"] if unnamed else [])
+
 
 # DRIVER_OBJECT.DriverName is an object manager path such as \Driver\leakyflt or \FileSystem\Ntfs.
 MAX_DRIVER_NAME_CHARACTERS = 256
@@ -102,7 +119,8 @@ class StackLocation:
     context: int
     completion_module: Optional[Module] = None
     current: bool = False
-    # Below the current location: not yet used by the lower drivers (stale contents).
+    # Below the current location: the lower drivers have not been called with it yet; its device is
+    # what memory holds (left by an earlier use of the IRP or set up ahead), not a driver that saw it.
     unused: bool = False
 
     @property
@@ -121,6 +139,9 @@ class Irp:
     thread: int
     original_file_object: int
     current_stack_pointer: int
+    cancel: int = 0  # IRP.Cancel: IoCancelIrp was called
+    cancel_routine: int = 0  # IRP.CancelRoutine: set while a driver holds the IRP cancelable
+    thread_cid: Optional[Tuple[int, int]] = None  # Tail.Overlay.Thread's ETHREAD.Cid, when readable
     stack: List[StackLocation] = field(default_factory=list)
     file_object: Optional[FileObject] = None
     problems: List[str] = field(default_factory=list)
@@ -208,6 +229,8 @@ class IoReader:
             thread=view["Tail.Overlay.Thread"],
             original_file_object=view["Tail.Overlay.OriginalFileObject"],
             current_stack_pointer=view["Tail.Overlay.CurrentStackLocation"],
+            cancel=view["Cancel"],
+            cancel_routine=view["CancelRoutine"],
         )
         irp.problems = header_problems
         if irp.problems:
@@ -238,6 +261,8 @@ class IoReader:
                 break
         if irp.original_file_object:
             irp.file_object = self.read_file_object(irp.original_file_object)
+        if irp.thread and self.target.is_kernel_address(irp.thread):
+            irp.thread_cid = read_cid(self.target, self.layouts, irp.thread)
         return irp
 
     def _stack_location(self, number: int, view, current_location: int) -> StackLocation:
@@ -251,7 +276,7 @@ class IoReader:
             minor=view["MinorFunction"],
             flags=view["Flags"],
             control=view["Control"],
-            device=self.read_device(device_address) if device_address and not unused else None,
+            device=self.read_device(device_address) if device_address else None,
             file_object=view["FileObject"],
             completion_routine=routine,
             context=view["Context"],

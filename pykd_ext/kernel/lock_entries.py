@@ -16,15 +16,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from ..layouts import LayoutError, Layouts
+from ..layouts import KIND_SIZES, LayoutError, Layouts
 from ..targets.base import PAGE_SIZE, MemoryReadError, Module, Target
 from .modules import ModuleMap
 
 LOCK_FLAG_BITS = 0x3  # CrossThreadReleasable | Busy
 IN_TREE_BIT = 1 << 63
-CPU_BOOSTS_MASK = (1 << 30) - 1
-IO_BOOST_BIT = 1 << 30
-IO_QOS_BOOST_BIT = 1 << 31
+# _KLOCK_ENTRY_BOOST_BITMAP by its width: (CpuBoostsBitmap mask, IoBoost bit, IoQoSBoost bit). The 4-byte
+# form of the 19041-19045 kernels holds CpuBoostsBitmap:15, IoBoost:1, IoQoSBoost:1; the 8-byte form of
+# later kernels (20348, 22000 and on) CpuBoostsBitmap:30, IoBoost:1, IoQoSBoost:1 (the kernels' PDBs,
+# as their volatility3 ISF tables show them).
+BOOST_BITS = {4: ((1 << 15) - 1, 1 << 15, 1 << 16), 8: ((1 << 30) - 1, 1 << 30, 1 << 31)}
 # The entry arrays are small (6 on the 19045-era ETHREAD; 24H2 tracks them with 16-bit bitmaps).
 MAX_THREAD_ENTRIES = 16
 
@@ -107,13 +109,13 @@ def read_lock_entry(target: Target, layouts: Layouts, address: int) -> LockEntry
     else:
         waiting = False
     boosts = view["BoostBitmap"] if layout.has("BoostBitmap") else 0
+    cpu_mask, io_bit, io_qos_bit = BOOST_BITS[8 if KIND_SIZES.get(layout.kinds.get("BoostBitmap")) == 8 else 4]
     entry = LockEntry(
         address=address, lock_state=state, lock=lock, in_tree=in_tree,
         cross_thread_releasable=bool(state & 1), busy=bool(state & 2),
         acquired=bool(view["AcquiredByte"] & 1) if layout.has("AcquiredByte") else False, waiting=waiting,
         session_id=view["SessionId"] if layout.has("SessionId") else None,
-        cpu_boosts=boosts & CPU_BOOSTS_MASK, io_boost=bool(boosts & IO_BOOST_BIT),
-        io_qos_boost=bool(boosts & IO_QOS_BOOST_BIT))
+        cpu_boosts=boosts & cpu_mask, io_boost=bool(boosts & io_bit), io_qos_boost=bool(boosts & io_qos_bit))
     if lock is not None and not target.is_kernel_address(lock):
         entry.problems.append(f"its lock pointer {lock:#x} is not a kernel address")
     return entry
@@ -208,7 +210,7 @@ def image_section(target: Target, layouts: Layouts, module: Module, address: int
         rva = address - module.base
         for index in range(count):
             section = layouts.view("_IMAGE_SECTION_HEADER", table + index * section_size)
-            start, size = section["VirtualAddress"], section["VirtualSize"]
+            start, size = section["VirtualAddress"], section["Misc.VirtualSize"]
             if start <= rva < start + size:
                 name = section.bytes_of("Name", 8).split(b"\0", 1)[0].decode("ascii", errors="replace")
                 return name, section["Characteristics"]

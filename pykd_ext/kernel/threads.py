@@ -8,7 +8,7 @@ depend on the missing structure, and says what is missing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from ..layouts import IMAGE_FILE_NAME_LENGTH, LayoutError, Layouts
 from ..targets.base import MemoryReadError, Target
@@ -68,6 +68,21 @@ def read_process_info(target: Target, layouts: Layouts, address: int) -> Process
     except MemoryReadError as error:
         info.problems.append(f"the process fields are unreadable ({error})")
     return info
+
+
+def read_cid(target: Target, layouts: Layouts, address: int) -> Optional[Tuple[int, int]]:
+    """ETHREAD.Cid (UniqueProcess, UniqueThread) of the thread at ``address``; None when it is not a
+    readable thread object or the build's _ETHREAD layout is unknown."""
+    ethread = layouts.find("_ETHREAD")
+    if ethread is None or not (ethread.has("Cid.UniqueProcess") and ethread.has("Cid.UniqueThread")):
+        return None
+    try:
+        if object_type(target, layouts, address) != THREAD_OBJECT:
+            return None
+        view = layouts.view("_ETHREAD", address)
+        return view["Cid.UniqueProcess"], view["Cid.UniqueThread"]
+    except (MemoryReadError, LayoutError):
+        return None
 
 
 def read_thread(target: Target, layouts: Layouts, address: int) -> ThreadInfo:

@@ -1,18 +1,37 @@
 """Text and DML rendering of a Report.
 
 The same renderer writes plain text (terminal, files) and DML (WinDbg): every address or name that
-WinDbg can act on is a ``Link``, printed as plain text or as ``<link cmd="...">`` markup. Tables are
-laid out by tabulate on the plain text, so DML links never disturb the column widths.
+WinDbg can act on is a ``Link``, printed as plain text or as ``<link cmd="...">`` markup.
+
+Layout: every line and table goes through ``line()`` and ``table()``, which wrap at ``width`` columns
+(the terminal's, or DEFAULT_WIDTH when the output is not a terminal): a line continues under its own
+text (after its indentation and its "- " or "1. " marker); a table wraps its free-text column and
+keeps the others aligned. Wrapping is decided on the plain text, so DML links never disturb it and
+are never split. Addresses inside the report's sentences are ``0x...`` (as in JSON) and are shown in
+WinDbg's form here (``ffffa58a`1c2d3040``), like every other address of the text report.
 """
 from __future__ import annotations
 
+import re
+import textwrap
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
-from tabulate import tabulate
-
-from ..report import FrameRecord, IrpRecord, MdlRecord, Report, TrackerRecord
+from ..report import (FrameRecord, IrpRecord, MdlRecord, NextStep, Report, TrackerRecord, bugcheck_code_text,
+                      step_text)
 from ..targets.base import windbg_address
+
+DEFAULT_WIDTH = 100
+# Below this a terminal's width is not honoured: every line would be a word or two.
+MIN_WIDTH = 40
+# A wrapped table column never gets narrower than this (the line overflows instead).
+MIN_WRAPPED_COLUMN = 14
+COLUMN_GAP = "  "
+# Where a continuation line starts: under the text after the indentation and a list marker.
+_HANGING_MARKER = re.compile(r"^( *)(?:- |\d+\. |[a-z]\. )?")
+# An address in a sentence, as the analyses write it: 0x and at least 9 digits on x64 (values below
+# 4 GiB are sizes, flags and counts), exactly 8 on x86.
+_SENTENCE_ADDRESS = {8: re.compile(r"\b0x([0-9a-f]{9,16})\b"), 4: re.compile(r"\b0x([0-9a-f]{8})\b")}
 
 
 @dataclass(frozen=True)
@@ -37,12 +56,19 @@ def escape_dml(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
+def windbg_cid(process_id: int, thread_id: Optional[int] = None) -> str:
+    """A client ID as WinDbg prints it: ``03a8`` for a process, ``03a8.061c`` for a thread."""
+    return f"{process_id:04x}" + ("" if thread_id is None else f".{thread_id:04x}")
+
+
 class Renderer:
-    def __init__(self, report: Report, dml: bool = False, verbose: bool = False):
+    def __init__(self, report: Report, dml: bool = False, verbose: bool = False, width: Optional[int] = None):
         self.report = report
         self.dml = dml
         self.verbose = verbose
+        self.width = max(width or DEFAULT_WIDTH, MIN_WIDTH)
         self.lines: List[str] = []
+        self._sentence_address = _SENTENCE_ADDRESS.get(report.pointer_size, _SENTENCE_ADDRESS[8])
 
     # ---- primitives -------------------------------------------------------------------------
 
@@ -51,34 +77,115 @@ class Renderer:
             return "-"
         return windbg_address(value, self.report.pointer_size)
 
+    def prose(self, text: str) -> str:
+        """Report text ready to show: printable, its addresses in WinDbg's form."""
+        return self._sentence_address.sub(lambda m: self.address(int(m.group(1), 16)), printable(text))
+
+    def plain(self, cell: Cell) -> str:
+        """What a cell or inline fragment shows, without markup."""
+        if isinstance(cell, Link):
+            return printable(cell.text)
+        return "" if cell is None else self.prose(str(cell))
+
     def inline(self, cell: Cell) -> str:
         """A cell or inline fragment as final output text (escaped and linked in DML mode)."""
         if isinstance(cell, Link):
             if self.dml:
                 return f'<link cmd="{escape_dml(printable(cell.command))}">{escape_dml(printable(cell.text))}</link>'
             return printable(cell.text)
-        text = "" if cell is None else printable(str(cell))
+        text = self.plain(cell)
         return escape_dml(text) if self.dml else text
 
     def line(self, *parts: Cell) -> None:
-        self.lines.append("".join(self.inline(p) for p in parts))
+        """One line of output, wrapped at the width (links and words are never split)."""
+        # (plain text, rendered pieces): a word (text from adjacent parts joins into one), or a gap
+        # (plain "", the run of spaces)
+        words: List[Tuple[str, List[str]]] = []
+        for part in parts:
+            if isinstance(part, Link):
+                pieces = [(self.plain(part), self.inline(part))]
+            else:
+                pieces = [(piece, escape_dml(piece) if self.dml else piece)
+                          for piece in re.split(r"( +)", self.plain(part)) if piece]
+            for plain, rendered in pieces:
+                if plain.startswith(" "):
+                    words.append(("", [plain]))
+                elif words and words[-1][0]:
+                    words[-1] = (words[-1][0] + plain, words[-1][1] + [rendered])
+                else:
+                    words.append((plain, [rendered]))
+        full = "".join(plain or pieces[0] for plain, pieces in words)
+        if len(full) <= self.width:
+            self.lines.append("".join("".join(pieces) for _, pieces in words))
+            return
+        hang = " " * _HANGING_MARKER.match(full).end()
+        out, length, has_word, gap = [], 0, False, ""
+        for plain, pieces in words:
+            if not plain:  # a run of spaces: kept at the start of the line, else only between words
+                if has_word:
+                    gap = pieces[0]
+                else:
+                    out.append(pieces[0])
+                    length += len(pieces[0])
+                continue
+            if has_word and length + len(gap) + len(plain) > self.width:
+                self.lines.append("".join(out))
+                out, length, gap = [hang], len(hang), ""
+            out.append(gap)
+            out.extend(pieces)
+            length += len(gap) + len(plain)
+            has_word, gap = True, ""
+        self.lines.append("".join(out))
 
     def heading(self, title: str) -> None:
         self.lines.append("")
         self.line(title)
 
-    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Cell]], indent: str = "  ") -> None:
-        plain_rows = [[printable(c.text) if isinstance(c, Link) else ("-" if c is None else printable(str(c)))
-                       for c in row] for row in rows]
-        text = tabulate(plain_rows, headers=list(headers), tablefmt="simple", disable_numparse=True)
-        lines = text.splitlines()
-        header_lines = 2
-        for index, plain in enumerate(lines):
-            row_index = index - header_lines
-            if row_index < 0 or not self.dml:
-                self.lines.append(indent + (escape_dml(plain) if self.dml else plain))
-                continue
-            self.lines.append(indent + self._link_line(plain, rows[row_index]))
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Cell]], indent: str = "  ",
+              wrap_column: int = -1, right: Sequence[int] = (), beyond_width: int = 0) -> None:
+        """An aligned table: a header line, a rule of dashes under each column, one line per row
+        (columns in ``right`` right-aligned). When it is wider than the width, the text of
+        ``wrap_column`` (the last by default) wraps onto continuation rows. The last ``beyond_width``
+        columns are left out of that reckoning (DML's link-only columns: the text lays out the same)."""
+        plain_rows = [[self.plain(c) if c is not None else "-" for c in row] for row in rows]
+        linked_rows: List[Sequence[Cell]] = list(rows)
+        column = wrap_column % len(headers)
+        widths = self._widths(headers, plain_rows)
+        budgeted = widths[:len(widths) - beyond_width]
+        if sum(budgeted) + len(COLUMN_GAP) * (len(budgeted) - 1) + len(indent) > self.width:
+            room = self.width - len(indent) - sum(w for i, w in enumerate(budgeted) if i != column) \
+                - len(COLUMN_GAP) * (len(budgeted) - 1)
+            plain_rows, linked_rows = self._wrapped_rows(plain_rows, rows, column,
+                                                         max(room, MIN_WRAPPED_COLUMN, len(headers[column])))
+            widths = self._widths(headers, plain_rows)
+
+        def laid_out(cells: Sequence[str]) -> str:
+            return indent + COLUMN_GAP.join(cell.rjust(width) if i in right else cell.ljust(width)
+                                            for i, (cell, width) in enumerate(zip(cells, widths))).rstrip()
+
+        for plain in (laid_out(headers), laid_out(["-" * width for width in widths])):
+            self.lines.append(escape_dml(plain) if self.dml else plain)
+        for plain, linked in zip(plain_rows, linked_rows):
+            line = laid_out(plain)
+            self.lines.append(self._link_line(line, linked) if self.dml else line)
+
+    @staticmethod
+    def _widths(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> List[int]:
+        return [max([len(header)] + [len(row[i]) for row in rows]) for i, header in enumerate(headers)]
+
+    @staticmethod
+    def _wrapped_rows(plain_rows, rows, column: int, room: int):
+        """Rows whose ``column`` text is wrapped to ``room`` characters, continuing on rows of their own."""
+        out_plain, out_linked = [], []
+        for plain, linked in zip(plain_rows, rows):
+            pieces = [plain[column]] if isinstance(linked[column], Link) else \
+                textwrap.wrap(plain[column], room, break_long_words=False, break_on_hyphens=False) or [""]
+            out_plain.append(plain[:column] + [pieces[0]] + plain[column + 1:])
+            out_linked.append(linked)
+            for piece in pieces[1:]:
+                out_plain.append(["" if i != column else piece for i in range(len(plain))])
+                out_linked.append([])
+        return out_plain, out_linked
 
     def _link_line(self, plain: str, row: Sequence[Cell]) -> str:
         """Escape one table line and turn its Link cells (in column order) into DML links."""
@@ -105,7 +212,7 @@ class Renderer:
         return Link(self.address(address), f"!irp {address:#x} 1")
 
     def pool_link(self, address: int) -> Link:
-        return Link("pool", f"!pool {address:#x} 2")
+        return Link("!pool", f"!pool {address:#x} 2")
 
     def thread_link(self, address: Optional[int]) -> Cell:
         return None if not address else Link(self.address(address), f"!thread {address:#x}")
@@ -143,13 +250,17 @@ class Renderer:
         if report.partial:
             title += " (PARTIAL: interrupted)"
         self.line(title)
-        build = f", build {report.build}" if report.build else ""
-        self.line(f"Source: {report.source} ({report.arch}{build})")
+        self.line(f"Source: {self._source()}")
+        if report.pfn_range is not None:
+            first, last = report.pfn_range
+            of_source = f" of the source's 0-{report.source_max_pfn:x}" if report.source_max_pfn is not None else ""
+            self.line(f"Search limited to page frames {first:x}-{last:x}{of_source} (--pfn-range)")
         self._bugcheck()
         self._verdict()
         if report.process is not None:
             self.heading("PROCESS")
-            self.line("  ", self.process_link(report.process), f"  {report.process_name or '(name unknown)'}")
+            cid = f"  Cid {windbg_cid(report.process_id)}" if report.process_id is not None else ""
+            self.line("  ", self.process_link(report.process), cid, f"  {report.process_name or '(name unknown)'}")
         self._thread_and_lock()
         self._trackers()
         self._mdls()
@@ -168,21 +279,42 @@ class Renderer:
             self.heading("WARNINGS")
             for warning in report.warnings:
                 self.line(f"  - {warning}")
-        if report.next_steps:
-            self.heading("NEXT STEPS")
-            for number, step in enumerate(report.next_steps, 1):
-                self.line(f"  {number}. {step}")
+        self._next_steps()
         self._rejected()
+        self._layouts()
         return "\n".join(self.lines) + "\n"
+
+    def _source(self) -> str:
+        """The source, then the architecture and build unless its description already says them."""
+        report = self.report
+        said = report.source.lower()
+        facts = [fact for fact, shown in ((report.arch, re.search(rf"\b{re.escape(report.arch.lower())}\b", said)),
+                                          (f"build {report.build}" if report.build else "",
+                                           f"build {report.build}" in said)) if fact and not shown]
+        return report.source + (f" ({', '.join(facts)})" if facts else "")
+
+    def _next_steps(self) -> None:
+        steps = self.report.next_steps
+        if not steps:
+            return
+        self.heading("NEXT STEPS")
+        for number, step in enumerate(steps, 1):
+            if not isinstance(step, NextStep):
+                self.line(f"  {number}. {step_text(step)}")
+                continue
+            self.line(f"  {number}. {step.text}")
+            margin = " " * (len(f"  {number}. "))
+            for letter, substep in zip("abcdefghijklmnopqrstuvwxyz", step.substeps):
+                self.line(f"{margin}{letter}. {substep}")
 
     def _bugcheck(self) -> None:
         bugcheck = self.report.bugcheck
-        self.heading(f"BUG CHECK {bugcheck.code:#x} {bugcheck.name}")
+        self.heading(f"BUG CHECK {bugcheck_code_text(bugcheck.code)} {bugcheck.name}")
         if bugcheck.summary:
             self.line(f"  {bugcheck.summary}")
         if bugcheck.variant:
             self.line(f"  Form: {bugcheck.variant}")
-        self.table(["", "value", "meaning"],
+        self.table(["param", "value", "meaning"],
                    [[f"P{p.index}", self.address(p.value), p.meaning] for p in bugcheck.parameters])
 
     def _verdict(self) -> None:
@@ -202,12 +334,16 @@ class Renderer:
         if not mdls:
             return
         self.heading("MDLs")
+        headers = ["MDL", "state", "pages", "bytes", "StartVa", "flags", "held by IRP"]
         rows = []
         for mdl in mdls:
             rows.append([self.mdl_link(mdl.address), mdl.classification, mdl.pages, f"{mdl.byte_count:#x}",
                          self.address(mdl.start_va), f"{mdl.flags:04x} {' '.join(mdl.flag_names)}".strip(),
-                         self._held_by(mdl), self.pool_link(mdl.address)])
-        self.table(["MDL", "state", "pages", "bytes", "StartVa", "flags", "held by", ""], rows)
+                         self._held_by(mdl)])
+            if self.dml:
+                rows[-1].append(self.pool_link(mdl.address))
+        # DML adds a "pool" column of !pool links: a link only a debugger can follow, a bare word offline.
+        self.table(headers + (["pool"] if self.dml else []), rows, wrap_column=5, beyond_width=int(self.dml))
         for mdl in mdls:
             if mdl.role or (mdl.problems and mdl.classification != "not an MDL"):
                 self.line("  ", self.mdl_link(mdl.address), f": {mdl.role}" if mdl.role else "")
@@ -216,9 +352,9 @@ class Renderer:
 
     def _held_by(self, mdl: MdlRecord) -> Cell:
         if not mdl.irps:
-            return "no IRP found"
+            return "none found"
         if len(mdl.irps) == 1:
-            return Link(f"IRP {self.address(mdl.irps[0])}", f"!irp {mdl.irps[0]:#x} 1")
+            return self.irp_link(mdl.irps[0])
         return f"{len(mdl.irps)} IRPs"
 
     def _irps(self) -> None:
@@ -226,23 +362,35 @@ class Renderer:
             self._irp(irp)
 
     def _irp(self, irp: IrpRecord) -> None:
-        self.heading("IRP ")
-        self.lines[-1] = self.lines[-1] + self.inline(self.irp_link(irp.address)) + self.inline(
-            f"  MdlAddress {self.address(irp.mdl_address)}, {irp.stack_count} stack location(s), "
-            f"current {irp.current_location}")
-        self.line("  thread ", self.thread_link(irp.thread) or "-", "  file object ",
+        """The IRP the way !irp lays it out: its header, then location 1 first, ">" on the current one."""
+        current = f" (= {self.address(irp.current_stack_address)})" if irp.current_stack_address else ""
+        self.lines.append("")
+        self.line("IRP ", self.irp_link(irp.address),
+                  f"  {irp.stack_count} stack location(s), {irp.current_location} is current{current}")
+        flags = f"{irp.flags:08x}" + (f" ({' '.join(irp.flag_names)})" if irp.flag_names else "")
+        self.line("  Mdl ", self.mdl_link(irp.mdl_address) if irp.mdl_address else "-", f"  Flags {flags}")
+        self.line(f"  Cancel {int(irp.cancel)}  CancelRoutine ",
+                  self.code_link(irp.cancel_routine, irp.cancel_symbol) if irp.cancel_routine else "-")
+        cid = f" (Cid {windbg_cid(irp.thread_process_id, irp.thread_id)})" \
+            if irp.thread_process_id is not None and irp.thread_id is not None else ""
+        self.line("  Thread ", self.thread_link(irp.thread) or "-", cid, "  File object ",
                   self.address(irp.file_object) if irp.file_object else "-",
                   f"  {irp.file_name}" if irp.file_name else "")
         rows = []
-        for location in reversed(irp.stack):
-            marker = ">" if location.current else ""
-            rows.append([marker, location.number, f"{location.major_name}({location.major:x})",
-                         f"{location.minor:x}", f"{location.control:02x}",
-                         self.device_link(location.device) if not location.unused else "(unused)",
+        for location in irp.stack:
+            completion = " ".join(([location.completion_symbol] if location.completion_symbol else [])
+                                  + location.conditions) or "-"
+            rows.append([f"{'>' if location.current else ''}{location.number}",
+                         f"{location.major_name}({location.major:x}), {location.minor:x}",
+                         f"{location.control:02x}", self.device_link(location.device),
                          self.driver_link(location.driver, location.driver_object),
-                         self.image_link(location.image),
-                         location.completion_symbol or "-", " ".join(location.conditions)])
-        self.table(["", "#", "major", "minor", "cl", "device", "driver", "image", "completion", "invoke on"], rows)
+                         self.image_link(location.image), completion])
+        # "#" right-aligned: the numbers line up and ">" stands before the current one, as in !irp.
+        self.table(["#", "major, minor", "cl", "device", "driver", "image", "completion"], rows, right=(0,))
+        below = [str(location.number) for location in irp.stack if location.unused and location.device]
+        if below:
+            self.line(f"  location(s) {', '.join(below)}, below the current one, have not been called with this "
+                      f"IRP yet: their device is what memory holds there, not a driver that has seen it")
 
     # ---- lock trackers (0xCB, 0xD9, 0x76 with tracking) ---------------------------------------
 
@@ -289,7 +437,8 @@ class Renderer:
         thread = report.thread
         if thread is not None:
             self.heading("THREAD")
-            ids = f"  Cid {thread.process_id:x}.{thread.thread_id:x}"                 if thread.process_id is not None and thread.thread_id is not None else ""
+            ids = f"  Cid {windbg_cid(thread.process_id, thread.thread_id)}" \
+                if thread.process_id is not None and thread.thread_id is not None else ""
             self.line("  ", self.thread_link(thread.address),
                       *(["  process ", self.process_link(thread.process), f" {thread.process_name or ''}"]
                         if thread.process else ["  process unknown"]), ids)
@@ -303,7 +452,8 @@ class Renderer:
         lock = report.lock
         if lock is not None:
             self.heading("LOCK")
-            link = self.pool_block_link(lock.address) if lock.location != "image" else                 self.code_link(lock.address, self.address(lock.address))
+            link = self.pool_block_link(lock.address) if lock.location != "image" else \
+                self.code_link(lock.address, self.address(lock.address))
             if lock.image:
                 self.line("  ", link, "  a global of ", self.image_link(lock.image),
                           f", section {lock.section}" if lock.section else "")
@@ -339,16 +489,22 @@ class Renderer:
         self.heading("REJECTED CANDIDATES")
         self.table(["address", "candidate", "why"],
                    [[self.address(r.address), r.what, "; ".join(r.reasons)] for r in rejected])
-        if self.report.layouts:
-            self.heading("LAYOUTS")
-            for name, source in self.report.layouts.items():
-                self.line(f"  {name}: {source}")
+
+    def _layouts(self) -> None:
+        """-v: where each structure layout came from and how many passes the search made."""
+        if not self.verbose:
+            return
+        self.heading("LAYOUTS")
+        for name, source in self.report.layouts.items():
+            self.line(f"  {name}: {source}")
+        if not self.report.layouts:
+            self.line("  (no structure was decoded)")
         self.line(f"  search passes over memory: {self.report.searches}")
 
 
-def render_text(report: Report, verbose: bool = False) -> str:
-    return Renderer(report, dml=False, verbose=verbose).render()
+def render_text(report: Report, verbose: bool = False, width: Optional[int] = None) -> str:
+    return Renderer(report, dml=False, verbose=verbose, width=width).render()
 
 
-def render_dml(report: Report, verbose: bool = False) -> str:
-    return Renderer(report, dml=True, verbose=verbose).render()
+def render_dml(report: Report, verbose: bool = False, width: Optional[int] = None) -> str:
+    return Renderer(report, dml=True, verbose=verbose, width=width).render()

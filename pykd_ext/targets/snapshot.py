@@ -260,8 +260,9 @@ def load_snapshot(path: str) -> SnapshotData:
         raise SnapshotError(f"{path}: permission denied") from None
     except IsADirectoryError:
         raise SnapshotError(f"{path} is a directory, not a snapshot file") from None
-    except zipfile.BadZipFile as error:
-        raise SnapshotError(f"{path} is not a leakhunt snapshot or is truncated ({error})") from None
+    except zipfile.BadZipFile:  # zipfile's own words ("File is not a zip file") would not say what to do
+        raise SnapshotError(f"{path} is not a leakhunt snapshot or is truncated (its ZIP structure is "
+                            f"unreadable)") from None
     except (zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError, zlib.error) as error:
         raise SnapshotError(f"{path} is corrupt ({error})") from None
     except RuntimeError as error:  # zipfile's "File ... is encrypted, password required for extraction"
