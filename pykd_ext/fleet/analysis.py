@@ -100,8 +100,9 @@ def analyze_file(path: str) -> Tuple[int, Dict[str, Any], str]:
     return exit_code_for(report), json.loads(text), text  # parsing the text back costs less than as_dict()
 
 
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+def worker_name(pid: Optional[int] = None) -> str:
+    """How a record names the process that analysed it: host:pid (this process by default)."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
 
 
 def make_record(item: InputFile, status: str, exit_code: Optional[int], report: Optional[Dict[str, Any]],

@@ -24,9 +24,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
-from collections import deque
 from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple
 
 from .analysis import make_record, run_task, worker_name
@@ -110,7 +110,7 @@ class ForkedWorker:
             self.process.start()
         child_end.close()
         self.connection = parent_end
-        self.name = f"{worker_name().rsplit(':', 1)[0]}:{self.process.pid}"
+        self.name = worker_name(self.process.pid)
         self.queue: Deque[Tuple[InputFile, float]] = deque()  # (input, its timeout), the current one first
         self.started = 0.0
         self.deadline = 0.0
@@ -182,7 +182,7 @@ class HelperProcess:
         os.close(from_child_write)
         self.sender = Connection(to_child_write, readable=False)
         self.receiver = Connection(from_child_read, writable=False)
-        self.name = f"{worker_name().rsplit(':', 1)[0]}:{self.process.pid}"
+        self.name = worker_name(self.process.pid)
         # Its start-up (Python and leakhunt's imports) is not charged to the first input's deadline.
         try:
             ready = self.receiver.poll(HELPER_START_TIMEOUT) and self.receiver.recv() == READY
