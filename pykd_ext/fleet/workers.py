@@ -17,6 +17,7 @@ Two ways to start one:
 from __future__ import annotations
 
 import faulthandler
+import gc
 import multiprocessing
 import os
 import signal
@@ -41,6 +42,7 @@ def serve(connection_in: Connection, connection_out: Connection) -> None:
     """A worker's life: inputs in, outcomes out, until the other side closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the triage process's to handle
     faulthandler.disable()  # a crash is reported in the input's record, not as a dump on stderr
+    gc.freeze()  # what was imported before the fork is never scanned again (nor copied by the scans)
     while True:
         try:
             item = connection_in.recv()
