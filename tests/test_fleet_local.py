@@ -107,8 +107,9 @@ def test_every_record_says_what_happened_and_each_report_is_what_analyze_prints(
 
 
 def test_a_folder_of_faults_gives_each_its_status_and_loses_nothing_else(folder):
-    """Truncated dump, random bytes, a directory and a FIFO named like dumps, an unreadable file, a dump
-    that crashes its worker and one that runs past --timeout, beside two good dumps."""
+    """Truncated dump, random bytes, a directory and a FIFO named like dumps, an unreadable file, a folder
+    that cannot be listed, a dump that crashes its worker and one that runs past --timeout, beside two
+    good dumps."""
     inputs = os.path.join(folder, "in")
     os.mkdir(inputs)
     good = write_case(os.path.join(inputs, "good.dmp"))
@@ -125,6 +126,10 @@ def test_a_folder_of_faults_gives_each_its_status_and_loses_nothing_else(folder)
     os.chmod(unreadable, 0)
     write_case(os.path.join(inputs, "slow.dmp"))
     write_case(os.path.join(inputs, "boom.dmp"))
+    locked = os.path.join(inputs, "locked")
+    os.mkdir(locked)
+    write_case(os.path.join(locked, "inside.dmp"))
+    os.chmod(locked, 0)
     before = fingerprints(inputs)
     out = os.path.join(folder, "out")
     # Root reads a mode-000 file anyway: as root the run is made without the capabilities that allow it.
@@ -143,7 +148,7 @@ def test_a_folder_of_faults_gives_each_its_status_and_loses_nothing_else(folder)
                 "truncated.dmp": ("input_error", "INPUT_ERROR"), "random.dmp": ("input_error", "INPUT_ERROR"),
                 "x.dmp": ("input_error", "INPUT_ERROR"), "y.dmp": ("input_error", "INPUT_ERROR"),
                 "unreadable.dmp": ("input_error", "INPUT_ERROR"), "slow.dmp": ("timeout", "TIMEOUT"),
-                "boom.dmp": ("crashed", "CRASHED")}
+                "boom.dmp": ("crashed", "CRASHED"), "locked": ("input_error", "INPUT_ERROR")}
     assert {name: (r["status"], r["bucket"]) for name, r in records.items()} == expected
     errors = {name: r["error"] for name, r in records.items()}
     assert "truncated" in errors["truncated.dmp"]
@@ -151,10 +156,12 @@ def test_a_folder_of_faults_gives_each_its_status_and_loses_nothing_else(folder)
     assert "directory" in errors["x.dmp"] and "named pipe" in errors["y.dmp"]
     assert "permission denied" in errors["unreadable.dmp"]
     assert "--timeout" in errors["slow.dmp"] and "SIGSEGV" in errors["boom.dmp"]
+    assert "cannot list this folder" in errors["locked"]
     assert all("\n" not in (error or "") for error in errors.values())
     assert errors["good.dmp"] is None and records["good.dmp"]["report"]
     assert elapsed < 40, "the slow dump was not stopped at its timeout"
     assert fingerprints(inputs) == before  # no input was modified
+    os.chmod(locked, 0o755)
 
 
 def test_a_file_that_vanishes_after_listing_is_an_input_error(folder):
