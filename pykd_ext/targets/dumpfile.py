@@ -6,9 +6,10 @@ on each core and searches them with ``ValueSet`` (all values of one hunt level i
 turns the physical hits into kernel virtual addresses with one walk of the kernel page tables for
 just the page frames that hold hits. Memory use stays bounded whatever the size of the dump.
 
-Small (triage) dumps, 32-bit dumps and ARM64 dumps still give the bug check, build and architecture
-from the header; their reads raise MemoryReadError and the search raises SearchUnavailable saying
-what dump the hunt needs.
+A small (triage) dump is opened as a ``SmallDumpTarget`` (smalldump.py), whose memory is what its triage
+section copied. 32-bit and ARM64 kernel dumps still give the bug check, build and architecture from the
+header; their reads raise MemoryReadError and the search raises SearchUnavailable saying what dump the
+hunt needs.
 """
 from __future__ import annotations
 
@@ -132,6 +133,9 @@ class DumpFileTarget(Target):
         try:
             file_size = os.fstat(handle.fileno()).st_size
             header = read_dump_header(handle, path, file_size)
+            if header.dump_type == DUMP_TRIAGE:
+                from .smalldump import SmallDumpTarget  # it builds on this class
+                return SmallDumpTarget(path, handle, header)
             reason = memory_unavailable_reason(header, os.path.basename(path))
             layout = None if reason else read_physical_layout(handle, header, path)
         except OSError as error:
