@@ -9,7 +9,7 @@ from ..report import Report
 from ..targets.base import Target, TargetError
 from .common import Context, Options
 from .locked_pages import NOBODY_NAMED, analyze_0x76
-from . import lock_entries, pfn, trackers
+from . import generic, lock_entries, pfn, trackers
 
 # bug check code -> (analysis, the verdict when the evidence names nobody)
 ANALYSES: Dict[int, Tuple[Callable[[Context], None], str]] = {
@@ -49,6 +49,8 @@ def analyze(target: Target, options: Optional[Options] = None) -> Report:
     if entry is None:
         context.report.analysis = "parameters only"
         context.report.next_steps.extend(context.decoded.next_steps)
+        generic.describe_crash(context)
+        generic.blame_code_address(context)
         return context.conclude(NO_ANALYSIS)
     analysis, nobody_named = entry
     try:
@@ -63,4 +65,5 @@ def analyze(target: Target, options: Optional[Options] = None) -> Report:
             raise
         context.report.partial = True
         context.report.warn("the hunt was interrupted: this report holds only what was found before the interrupt")
+    generic.describe_crash(context)
     return context.conclude(nobody_named)

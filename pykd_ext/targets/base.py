@@ -76,6 +76,7 @@ class UnloadedModule:
     image: str  # as recorded: a small dump keeps only the first 12 characters
     start: int
     end: int
+    truncated: bool = False  # the source kept only the start of a longer name
 
     def contains(self, address: int) -> bool:
         return self.start <= address < self.end

@@ -85,7 +85,7 @@ class SmallDumpTarget(DumpFileTarget):
             if address is not None and size:
                 intervals.append((address, address + size, offset))
         self._facts = CrashFacts(
-            unloaded=tuple(UnloadedModule(d.name, d.start, d.end) for d in triage.unloaded),
+            unloaded=tuple(UnloadedModule(d.name, d.start, d.end, d.truncated) for d in triage.unloaded),
             broken_driver=triage.broken_driver or None,
             thread=copies["Thread"], process=copies["Process"],
             stack=(triage.top_of_stack, triage.fields["SizeOfCallStack"]) if copies["CallStack"] else None,
