@@ -21,7 +21,7 @@ from ..kernel.threads import read_process_info, read_thread
 from ..layouts import LayoutError
 from ..report import (HIGH, LOW, MEDIUM, Fact, ModuleRecord, RegisterRecord, StackCandidate, StackScan,
                       ThreadRecord, UnloadedRecord)
-from ..targets.base import CrashFacts, TargetError, UnloadedModule
+from ..targets.base import PAGE_SIZE, CrashFacts, TargetError, UnloadedModule
 from .common import Context
 
 # Return-address candidates a report keeps (a 24 KiB kernel stack has at most 3072 slots).
@@ -69,6 +69,7 @@ def blame_code_address(context: Context) -> None:
         return
     value = context.bugcheck.parameters[index - 1]
     role = decoded.code_role
+    context.report.analysis = f"faulting code address (P{index}); no hunt for this bug check"
     if value == 0:
         context.report.warn(f"P{index}, {role}, is 0: the bug check did not record the faulting code")
         return
@@ -172,7 +173,7 @@ def _stack(context: Context, base: int, size: int) -> None:
     words = struct.unpack(f"<{len(raw) // width}{'Q' if width == 8 else 'I'}", raw)
     for index, value in enumerate(words):
         module = context.modules.find(value)
-        if module is None:
+        if module is None or value - module.base < PAGE_SIZE:  # an image's first page is its headers, not code
             continue
         if len(scan.candidates) == MAX_STACK_CANDIDATES:
             scan.truncated = True
