@@ -388,3 +388,158 @@ def write_dump(data: SnapshotData, path: str, dump_type: int = DUMP_BITMAP, nois
     image = DumpImage(data, noise_pages=noise_pages, seed=seed)
     image.write(path, dump_type)
     return image
+
+
+# ---- small memory dumps (DumpType 4) ------------------------------------------------------------
+
+# Where a small dump's synthesized kernel stack lies (no scenario page is there).
+SMALL_DUMP_STACK_VA = 0xFFFFF60000010000
+SMALL_DUMP_PRCB_SIZE = 0x100  # the part of the KPRCB copy a reader uses (CurrentThread at +8)
+MM_STORAGE = struct.pack("<2I", 1, 0x50) + bytes(0x48)  # DUMP_MM_STORAGE64: Version 1, Size 0x50
+
+
+def _scenario_bytes(data: SnapshotData, address: int, size: int) -> bytearray:
+    """``size`` bytes of the scenario's memory at ``address`` (pages it lacks read as zeros)."""
+    out = bytearray()
+    position = address
+    while position < address + size:
+        page = position & ~(PAGE_SIZE - 1)
+        take = min(address + size, page + PAGE_SIZE) - position
+        content = data.pages.get(page, bytes(PAGE_SIZE))
+        out += content[position - page:position - page + take]
+        position += take
+    return out
+
+
+def _object_copy(data: SnapshotData, address: int, size: int) -> bytes:
+    """A thread or process copy as Windows writes it: the object, whose empty DISPATCHER_HEADER.WaitListHead
+    points at itself (the scenario builders leave that list zero)."""
+    from pykd_ext.targets.smalldump import WAIT_LIST_HEAD
+
+    copy = _scenario_bytes(data, address, size)
+    struct.pack_into("<2Q", copy, WAIT_LIST_HEAD, address + WAIT_LIST_HEAD, address + WAIT_LIST_HEAD)
+    return bytes(copy)
+
+
+def write_small_dump(data: SnapshotData, path: str, thread: int, process: int, thread_size: int = 0x900,
+                     process_size: int = 0xA40, blocks: Sequence[Tuple[int, int]] = (),
+                     stack_values: Sequence[int] = (), broken_driver: str = "",
+                     unloaded: Sequence[Tuple[str, int, int]] = (), processors: int = 4) -> None:
+    """Write the crash of an x64 scenario as a small memory dump (DumpType 4) with a triage section.
+
+    The dump holds what Windows keeps: the loaded-driver list (``data.modules``, the kernel first), the
+    ``unloaded`` drivers (name, start, end), a KPRCB copy whose CurrentThread is ``thread``, copies of
+    ``thread`` and ``process`` (with an 8-byte data block at the thread, as Windows writes), a kernel stack
+    of ``stack_values`` at SMALL_DUMP_STACK_VA, the ``broken_driver`` name (KiBugCheckDriver) and the
+    scenario memory of each (address, size) in ``blocks``. The context record's rip is the first stack
+    value and its rsp the stack.
+    """
+    from pykd_ext.targets.dumpheader import DUMP_TRIAGE
+    from pykd_ext.targets.triage import (ENTRY_LAYOUTS, TRIAGE64_DATA_PAGE, TRIAGE64_SIZE, TRIAGE64_TAIL,
+                                         TRIAGE64_TOP_OF_STACK, TRIAGE_FIELDS, TRIAGE_TAIL_FIELDS, TRIAGE_VALID,
+                                         UNLOADED_COUNT_SIZE, UNLOADED_NAME_CHARACTERS, X64_CONTEXT_REGISTERS)
+
+    layout = ENTRY_LAYOUTS[8]
+    body = bytearray()  # everything after the triage section, from offset HEADER64_SIZE + TRIAGE64_SIZE
+    start = HEADER64_SIZE + TRIAGE64_SIZE
+
+    def place(content: bytes) -> int:
+        offset = start + len(body)
+        body.extend(content)
+        body.extend(bytes(-len(body) % 8))
+        return offset
+
+    fields: Dict[str, int] = {}
+    fields["MmOffset"] = place(MM_STORAGE)
+    table = bytearray(UNLOADED_COUNT_SIZE + len(unloaded) * layout.unloaded_entry)
+    struct.pack_into("<I", table, 0, len(unloaded))
+    for index, (name, low, high) in enumerate(unloaded):
+        entry = UNLOADED_COUNT_SIZE + index * layout.unloaded_entry
+        kept = name[:UNLOADED_NAME_CHARACTERS].encode("utf-16-le")
+        struct.pack_into("<2H", table, entry, len(kept), len(kept))
+        table[entry + layout.unloaded_name:entry + layout.unloaded_name + len(kept)] = kept
+        struct.pack_into("<2Q", table, entry + layout.unloaded_start, low, high)
+    fields["UnloadedDriversOffset"] = place(bytes(table))
+    prcb = bytearray(SMALL_DUMP_PRCB_SIZE)
+    struct.pack_into("<Q", prcb, 8, thread)  # KPRCB.CurrentThread
+    fields["PrcbOffset"] = place(bytes(prcb))
+    fields["ProcessOffset"] = place(_object_copy(data, process, process_size))
+    fields["ThreadOffset"] = place(_object_copy(data, thread, thread_size))
+    stack = struct.pack(f"<{len(stack_values)}Q", *stack_values)
+    fields["CallStackOffset"] = place(stack)
+    fields["SizeOfCallStack"] = len(stack)
+    # The driver list, then the string pool its names point into.
+    pool_start = start + len(body) + len(data.modules) * layout.driver_entry
+    pool = bytearray()
+
+    def pooled(text: str) -> int:
+        offset = pool_start + len(pool)
+        pool.extend(struct.pack("<I", len(text) + 1) + (text + "\0").encode("utf-16-le"))
+        pool.extend(bytes(-len(pool) % 8))
+        return offset
+
+    drivers = bytearray(len(data.modules) * layout.driver_entry)
+    for index, module in enumerate(data.modules):
+        entry = index * layout.driver_entry
+        folder = "\\SystemRoot\\system32\\" if module.name in ("nt", "hal") else "\\SystemRoot\\System32\\drivers\\"
+        struct.pack_into("<I", drivers, entry, pooled(folder + module.image))
+        ldr = entry + layout.ldr_entry
+        struct.pack_into("<Q", drivers, ldr + layout.dll_base, module.base)
+        struct.pack_into("<I", drivers, ldr + layout.size_of_image, module.size)
+        struct.pack_into("<I", drivers, ldr + layout.time_date_stamp, module.timestamp or 0x5F000000 + index)
+    broken = pooled(broken_driver) if broken_driver else 0
+    fields["DriverListOffset"] = place(bytes(drivers))
+    fields["DriverCount"] = len(data.modules)
+    fields["StringPoolOffset"] = place(bytes(pool))
+    fields["StringPoolSize"] = len(pool)
+    fields["BrokenDriverOffset"] = broken
+    kept = [(thread, 8)] + list(blocks)
+    contents = [bytes(_scenario_bytes(data, thread, 8))] + [bytes(_scenario_bytes(data, va, size)) for va, size in blocks]
+    block_table_offset = start + len(body)
+    first_content = block_table_offset + len(kept) * layout.data_block
+    block_table = bytearray()
+    position = first_content
+    for (va, size), content in zip(kept, contents):
+        block_table += struct.pack("<QII", va, position, size)
+        position += len(content)
+    fields["DataBlocksOffset"] = place(bytes(block_table))
+    fields["DataBlocksCount"] = len(kept)
+    for content in contents:
+        body.extend(content)
+    fields["ValidOffset"] = place(TRIAGE_VALID)
+    fields["SizeOfDump"] = start + len(body)
+    fields["ContextOffset"] = H64_CONTEXT_RECORD
+    fields["ExceptionOffset"] = 0xF00
+    fields["TopOfStack"] = SMALL_DUMP_STACK_VA
+
+    section = bytearray(TRIAGE64_SIZE)
+    for index, name in enumerate(TRIAGE_FIELDS):
+        struct.pack_into("<I", section, 4 * index, fields.get(name, 0xFFFFFFFF if name == "TriageOptions" else 0))
+    struct.pack_into("<Q", section, TRIAGE64_TOP_OF_STACK, fields["TopOfStack"])
+    struct.pack_into("<QII", section, TRIAGE64_DATA_PAGE, 0, 0, 0)
+    struct.pack_into("<4I", section, TRIAGE64_TAIL, *(fields.get(name, 0) for name in TRIAGE_TAIL_FIELDS))
+
+    header = bytearray(SIGNATURE * (HEADER64_SIZE // 4))
+    header[4:8] = VALID_DUMP64
+    struct.pack_into("<I", header, H64_MAJOR_VERSION, 0xF)
+    struct.pack_into("<I", header, H64_MINOR_VERSION, data.build or 0)
+    struct.pack_into("<Q", header, H64_DIRECTORY_TABLE_BASE, 0)
+    struct.pack_into("<Q", header, H64_PFN_DATABASE, 0)
+    struct.pack_into("<Q", header, H64_PS_LOADED_MODULE_LIST, data.symbols.get("nt!PsLoadedModuleList", 0))
+    struct.pack_into("<Q", header, H64_PS_ACTIVE_PROCESS_HEAD, 0)
+    struct.pack_into("<I", header, H64_MACHINE_IMAGE_TYPE, MACHINE_X64)
+    struct.pack_into("<I", header, H64_NUMBER_PROCESSORS, processors)
+    struct.pack_into("<I", header, H64_BUGCHECK_CODE, data.bugcheck.code)
+    struct.pack_into("<4Q", header, H64_BUGCHECK_PARAMETERS, *data.bugcheck.parameters)
+    struct.pack_into("<Q", header, H64_KD_DEBUGGER_DATA_BLOCK, 0)
+    header[H64_CONTEXT_RECORD:H64_CONTEXT_RECORD + 0x4D0] = bytes(0x4D0)
+    struct.pack_into("<I", header, H64_CONTEXT_RECORD + CONTEXT_FLAGS, CONTEXT_AMD64_FULL)
+    registers = dict(X64_CONTEXT_REGISTERS)
+    struct.pack_into("<Q", header, H64_CONTEXT_RECORD + registers["rip"], stack_values[0] if stack_values else 0)
+    struct.pack_into("<Q", header, H64_CONTEXT_RECORD + registers["rsp"], SMALL_DUMP_STACK_VA)
+    header[0xF00:0xF98] = bytes(0x98)  # the EXCEPTION_RECORD64
+    struct.pack_into("<I", header, H64_DUMP_TYPE, DUMP_TRIAGE)
+    struct.pack_into("<Q", header, H64_REQUIRED_DUMP_SPACE, start + len(body))
+    struct.pack_into("<Q", header, H64_SYSTEM_TIME, SYSTEM_TIME)
+    with open(path, "wb") as handle:
+        handle.write(bytes(header) + bytes(section) + bytes(body))

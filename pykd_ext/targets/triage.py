@@ -54,11 +54,11 @@ TRIAGE_VALID = b"TRGD"
 
 # TRIAGE_DUMP field order; the 64-bit section widens TopOfStack, has the DataPage fields and pads the
 # IA-64 ArchitectureSpecific union to 16 bytes.
-_COMMON_FIELDS = ("ServicePackBuild", "SizeOfDump", "ValidOffset", "ContextOffset", "ExceptionOffset", "MmOffset",
+TRIAGE_FIELDS = ("ServicePackBuild", "SizeOfDump", "ValidOffset", "ContextOffset", "ExceptionOffset", "MmOffset",
                   "UnloadedDriversOffset", "PrcbOffset", "ProcessOffset", "ThreadOffset", "CallStackOffset",
                   "SizeOfCallStack", "DriverListOffset", "DriverCount", "StringPoolOffset", "StringPoolSize",
                   "BrokenDriverOffset", "TriageOptions")
-_TAIL_FIELDS = ("DebuggerDataOffset", "DebuggerDataSize", "DataBlocksOffset", "DataBlocksCount")
+TRIAGE_TAIL_FIELDS = ("DebuggerDataOffset", "DebuggerDataSize", "DataBlocksOffset", "DataBlocksCount")
 TRIAGE64_TOP_OF_STACK = 0x48  # u64, after the 18 dwords
 TRIAGE64_DATA_PAGE = 0x60  # u64 DataPageAddress, u32 DataPageOffset, u32 DataPageSize
 TRIAGE64_TAIL = 0x70
@@ -231,7 +231,7 @@ def _section_fields(source: _File, header: DumpHeader) -> Dict[str, int]:
     if header.file_size < start + size:
         raise TriageError(f"the file ends ({header.file_size:#x} bytes) before its triage section is complete")
     raw = source.read(start, size, "triage section")
-    fields = dict(zip(_COMMON_FIELDS, struct.unpack_from(f"<{len(_COMMON_FIELDS)}I", raw, 0)))
+    fields = dict(zip(TRIAGE_FIELDS, struct.unpack_from(f"<{len(TRIAGE_FIELDS)}I", raw, 0)))
     if header.pointer_size == 8:
         fields["TopOfStack"] = struct.unpack_from("<Q", raw, TRIAGE64_TOP_OF_STACK)[0]
         fields["DataPageAddress"], fields["DataPageOffset"], fields["DataPageSize"] = \
@@ -241,7 +241,7 @@ def _section_fields(source: _File, header: DumpHeader) -> Dict[str, int]:
         fields["TopOfStack"] = struct.unpack_from("<I", raw, TRIAGE32_TOP_OF_STACK)[0]
         fields["DataPageAddress"] = fields["DataPageOffset"] = fields["DataPageSize"] = 0
         tail = TRIAGE32_TAIL
-    fields.update(zip(_TAIL_FIELDS, struct.unpack_from("<4I", raw, tail)))
+    fields.update(zip(TRIAGE_TAIL_FIELDS, struct.unpack_from("<4I", raw, tail)))
     for name, cap in (("DriverCount", MAX_DRIVERS), ("DataBlocksCount", MAX_DATA_BLOCKS)):
         if fields[name] > cap:
             raise TriageError(f"its {name} {fields[name]} is beyond any real small dump's ({cap})")
