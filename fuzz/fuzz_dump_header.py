@@ -146,7 +146,7 @@ def check(path: str) -> str:
                     raise ContractBroken(f"suspects no valid chain supports: {unsupported}")
         finally:
             target.close()
-        possible = report.complete_hunt and not target.memory_unavailable
+        possible = report.complete_hunt and not target.hunt_unavailable
         outcome, opened = ("report naming a suspect" if report.suspects else
                            "report, nobody named" if possible else "report, hunt not possible"), True
     out, err = io.StringIO(), io.StringIO()

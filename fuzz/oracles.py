@@ -16,6 +16,7 @@ from pykd_ext.kernel.threads import THREAD_OBJECT, object_type
 from pykd_ext.kernel.trackers import first_frame_outside_kernel, read_tracker
 from pykd_ext.layouts import LayoutError, Layouts
 from pykd_ext.report import Report
+from pykd_ext.session import KernelSession
 from pykd_ext.targets.base import MemoryReadError, Target, TargetError
 from pykd_ext.targets.snapshot import SnapshotData, SnapshotTarget
 
@@ -46,9 +47,10 @@ def unsupported_suspects(source: Union[SnapshotData, Target], report: Report,
       suspect's image (the kernel's own record of who locked the pages).
     """
     target = SnapshotTarget(source) if isinstance(source, SnapshotData) else source
-    layouts = Layouts(target)
+    session = KernelSession(target)
+    layouts = session.layouts
     try:
-        modules = ModuleMap(target.modules())
+        modules = session.module_map()
     except TargetError:  # the analysis went on without modules; so does the check
         modules = ModuleMap([])
     reader = IoReader(target, layouts, modules)

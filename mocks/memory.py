@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import struct
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from pykd_ext.kernel.modules import module_name
@@ -16,6 +17,10 @@ from pykd_ext.targets.base import PAGE_SIZE, BugCheck, Module
 from pykd_ext.targets.snapshot import SnapshotData
 
 # Where the builder places things, per pointer size: (pool, images, user buffers, data globals).
+# Where the builder puts the kernel globals leakhunt reads, as offsets (RVAs) into nt; a scene made to
+# fit a symbol file takes that file's RVAs instead (``KernelMemory.kernel_globals``).
+DEFAULT_KERNEL_GLOBALS = {"KiBugCheckDriver": 0x2000, "PsLoadedModuleList": 0x3000}
+
 REGIONS = {
     8: {"pool": 0xFFFFA58A1C000000, "images": 0xFFFFF80312000000, "user": 0x000001D45A000000},
     4: {"pool": 0x85000000, "images": 0x82000000, "user": 0x00C40000},
@@ -23,12 +28,36 @@ REGIONS = {
 FIRST_PFN = 0x1000
 
 
+@dataclass(frozen=True)
+class SymbolFit:
+    """What a scene needs to be a kernel that a given symbol file describes: where that file puts the
+    kernel globals (RVAs, by bare name) and the PDB identity nt's CodeView record must carry."""
+
+    rvas: Dict[str, int]
+    pdb_name: str
+    guid: str
+    age: int
+
+    @classmethod
+    def of(cls, symbol_file) -> "SymbolFit":
+        """The fit for a ``pykd_ext.symbols`` SymbolFile (PDB or ISF) of the test kernel."""
+        rvas = {name: symbol_file.rva(name) for name in
+                ("KiBugCheckDriver", "PsLoadedModuleList", "PsActiveProcessHead", "KdDebuggerDataBlock")}
+        identity = symbol_file.identity
+        return cls({name: rva for name, rva in rvas.items() if rva is not None}, identity.name, identity.guid,
+                   identity.age)
+
+
 class KernelMemory:
     """Sparse kernel memory with a bump allocator for pool and image regions."""
 
-    def __init__(self, pointer_size: int, seed: int = 1, build: Optional[int] = None):
+    def __init__(self, pointer_size: int, seed: int = 1, build: Optional[int] = None,
+                 kernel_globals: Optional[Dict[str, int]] = None):
         self.pointer_size = pointer_size
         self.build = build
+        # RVAs in nt of the globals the scene writes (KiBugCheckDriver, PsLoadedModuleList, and, when a
+        # symbol file is to fit the scene, PsActiveProcessHead and KdDebuggerDataBlock too).
+        self.kernel_globals = {**DEFAULT_KERNEL_GLOBALS, **(kernel_globals or {})}
         self.rng = random.Random(seed)
         self.pages: Dict[int, bytearray] = {}
         self.physical: Dict[int, int] = {}
@@ -105,8 +134,8 @@ class KernelMemory:
 
     def layout(self, name: str):
         layout = builtin_layout(name, self.pointer_size, self.build)
-        if layout is None:
-            raise KeyError(f"no built-in layout for {name}")
+        if layout is None or layout.guessed_from is not None:  # the scene's own build only: no guesses
+            raise KeyError(f"no built-in layout for {name} on build {self.build}")
         return layout
 
     def write_fields(self, name: str, address: int, **values: int) -> None:
@@ -158,7 +187,7 @@ class KernelMemory:
 
     def build_loaded_module_list(self, kernel: Module) -> int:
         """Write PsLoadedModuleList (a LIST_ENTRY of _KLDR_DATA_TABLE_ENTRY) inside the kernel image."""
-        head = self.global_variable(kernel, 0x3000, 2 * self.pointer_size)
+        head = self.global_variable(kernel, self.kernel_globals["PsLoadedModuleList"], 2 * self.pointer_size)
         entries = []
         for module in self.modules:
             entry = self.new("_KLDR_DATA_TABLE_ENTRY", DllBase=module.base, SizeOfImage=module.size)
@@ -172,6 +201,38 @@ class KernelMemory:
                               Blink=links[index - 1])
         self.symbols["nt!PsLoadedModuleList"] = head
         return head
+
+    def place_other_kernel_globals(self, kernel: Module) -> None:
+        """Map the globals a dump header records besides PsLoadedModuleList (PsActiveProcessHead,
+        KdDebuggerDataBlock) where ``kernel_globals`` puts them, so the header can name them."""
+        for name in ("PsActiveProcessHead", "KdDebuggerDataBlock"):
+            if name in self.kernel_globals:
+                self.symbols["nt!" + name] = self.global_variable(kernel, self.kernel_globals[name], 2 * self.pointer_size)
+
+    def write_codeview(self, module: Module, pdb_name: str, guid: str, age: int) -> None:
+        """The image's CodeView record, as the linker writes it (Microsoft PE format: the debug data
+        directory -> an IMAGE_DEBUG_DIRECTORY of type 2 -> an RSDS record: GUID, age, PDB path).
+
+        Writes a DOS header, "PE\\0\\0", the FileHeader fields that locate the optional header, the
+        optional header's Magic, SizeOfImage, NumberOfRvaAndSizes and debug directory entry, and the
+        debug directory and RSDS record in the header page; other header fields are left as they are.
+        ``guid`` is in symbol-store form (32 hex digits, Data1-Data3 as big-endian numbers)."""
+        wide = self.pointer_size == 8
+        nt, debug_directory, rsds = 0x80, 0x400, 0x440
+        optional = nt + 0x18
+        self.write(module.base, struct.pack("<H", 0x5A4D))  # e_magic "MZ"
+        self.write(module.base + 0x3C, struct.pack("<I", nt))  # e_lfanew
+        self.write(module.base + nt, b"PE\0\0" + struct.pack("<H", 0x8664 if wide else 0x14C))
+        self.write(module.base + nt + 0x14, struct.pack("<H", 0xF0 if wide else 0xE0))  # SizeOfOptionalHeader
+        self.write(module.base + optional, struct.pack("<H", 0x20B if wide else 0x10B))  # Magic: PE32+ / PE32
+        self.write(module.base + optional + 0x38, struct.pack("<I", module.size))  # SizeOfImage
+        directories = optional + (0x70 if wide else 0x60)
+        self.write(module.base + directories - 4, struct.pack("<I", 16))  # NumberOfRvaAndSizes
+        record = (b"RSDS" + struct.pack("<IHH", int(guid[0:8], 16), int(guid[8:12], 16), int(guid[12:16], 16))
+                  + bytes.fromhex(guid[16:32]) + struct.pack("<I", age) + pdb_name.encode("ascii") + b"\0")
+        self.write(module.base + directories + 6 * 8, struct.pack("<II", debug_directory, 0x1C))  # Debug entry
+        self.write(module.base + debug_directory, struct.pack("<IIHHIIII", 0, 0, 0, 0, 2, len(record), rsds, 0))
+        self.write(module.base + rsds, record)
 
     # ---- the result ----------------------------------------------------------------------------
 

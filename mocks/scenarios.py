@@ -15,7 +15,7 @@ from pykd_ext.kernel.mdl import MDL_PAGES_LOCKED, MDL_WRITE_OPERATION, spanned_p
 from pykd_ext.targets.base import PAGE_SIZE, BugCheck, Module
 from pykd_ext.targets.snapshot import SnapshotData
 
-from .memory import KernelMemory, image_file_name
+from .memory import KernelMemory, SymbolFit, image_file_name
 
 ARCHES = {"x64": (8, 19045), "x86": (4, 19045)}
 IRP_MJ_READ = 0x03
@@ -42,10 +42,12 @@ class Driver:
 class KernelScene(KernelMemory):
     """KernelMemory plus builders for the objects of the locked-pages hunt."""
 
-    def __init__(self, arch: str, seed: int = 1):
+    def __init__(self, arch: str, seed: int = 1, fit: Optional[SymbolFit] = None):
+        """``fit``: make nt the kernel a symbol file describes (its globals' RVAs, its CodeView record)."""
         pointer_size, build = ARCHES[arch]
-        super().__init__(pointer_size, seed, build)
+        super().__init__(pointer_size, seed, build, fit.rvas if fit else None)
         self.arch = arch
+        self.fit = fit
         self.kernel = self.add_image("ntoskrnl.exe", 0x1000000)
         self.hal = self.add_image("hal.dll", 0x100000)
 
@@ -175,13 +177,16 @@ class KernelScene(KernelMemory):
 
     def finish(self, bugcheck: BugCheck, description: str, ki_bugcheck_driver: str = "") -> SnapshotData:
         """Add the kernel globals leakhunt reads and return the memory as a complete snapshot."""
-        variable = self.global_variable(self.kernel, 0x2000, self.pointer_size)
+        variable = self.global_variable(self.kernel, self.kernel_globals["KiBugCheckDriver"], self.pointer_size)
         if ki_bugcheck_driver:
             string = self.alloc(2 * self.pointer_size)
             self.unicode_string(string, ki_bugcheck_driver)
             self.write_pointer(variable, string)
         self.symbols["nt!KiBugCheckDriver"] = variable
         self.build_loaded_module_list(self.kernel)
+        self.place_other_kernel_globals(self.kernel)
+        if self.fit is not None:
+            self.write_codeview(self.kernel, self.fit.pdb_name, self.fit.guid, self.fit.age)
         return self.snapshot(self.arch, bugcheck, description)
 
 
@@ -191,7 +196,7 @@ KINDS_0x76 = ("irp", "orphan", "unlock", "nothing")
 
 
 def case_0x76(arch: str = "x64", kind: str = "irp", seed: int = 7, noise_pages: int = 48, leaked: int = 1,
-              ki_bugcheck_driver: str = "") -> Scenario:
+              ki_bugcheck_driver: str = "", fit: Optional[SymbolFit] = None) -> Scenario:
     """A process dies with locked pages (P1=0) or a driver unlocks unlocked pages (P1=1).
 
     kind:
@@ -199,11 +204,12 @@ def case_0x76(arch: str = "x64", kind: str = "irp", seed: int = 7, noise_pages: 
       orphan   leakyflt locked pages in MDLs it keeps privately: no IRP holds them
       unlock   P1=1: leakyflt unlocks an MDL already unlocked; the IRP it pends still holds the MDL
       nothing  every MDL is gone: only stale references and decoys remain
-    ``leaked`` is the number of locked MDLs (for kind irp: one IRP each), for benchmarks.
+    ``leaked`` is the number of locked MDLs (for kind irp: one IRP each), for benchmarks; ``fit`` makes
+    the kernel the one a symbol file describes.
     """
     if kind not in KINDS_0x76:
         raise ValueError(f"unknown 0x76 case kind {kind!r}")
-    scene = KernelScene(arch, seed)
+    scene = KernelScene(arch, seed, fit)
     victim = scene.process("leakapp.exe")
     bystander = scene.process("svchost.exe")
     culprit = scene.driver("leakyflt")

@@ -15,8 +15,10 @@ from pykd_ext.kernel.lock_entries import IMAGE_DOS_SIGNATURE, IMAGE_NT_SIGNATURE
     IMAGE_SCN_MEM_WRITE, IN_TREE_BIT, IO_BOOST_BIT
 from pykd_ext.kernel.threads import PROCESS_OBJECT, THREAD_OBJECT
 from pykd_ext.layouts import StructLayout, known_field_kind
-from pykd_ext.targets.base import PAGE_SIZE, BugCheck, FieldInfo, Module, TypeInfo
+from pykd_ext.targets.base import PAGE_SIZE, BugCheck, Module
+from pykd_ext.typeinfo import FieldInfo, TypeInfo
 
+from .memory import SymbolFit
 from .scenarios import IRP_MJ_DEVICE_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE, Driver, KernelScene, Scenario
 
 # A Windows build leakhunt has no tables for: only symbols could describe its structures.
@@ -43,8 +45,8 @@ class FamilyScene(KernelScene):
     """KernelScene plus pool headers, PE headers, lock trackers, threads and lock entries."""
 
     def __init__(self, arch: str, seed: int = 1, build: Optional[int] = None,
-                 types: Optional[Dict[str, TypeInfo]] = None):
-        super().__init__(arch, seed)
+                 types: Optional[Dict[str, TypeInfo]] = None, fit: Optional[SymbolFit] = None):
+        super().__init__(arch, seed, fit)
         if build is not None:
             self.build = build
         self.types: Dict[str, TypeInfo] = dict(types or {})
@@ -236,8 +238,9 @@ def _iomgr_stack(scene: FamilyScene) -> List[int]:
     return frames(scene.kernel, *NT_FRAMES) + [scene.hal.base + HAL_FRAME]
 
 
-def _common(arch: str, seed: int, build: Optional[int] = None, types: Optional[Dict[str, TypeInfo]] = None):
-    scene = FamilyScene(arch, seed, build, types)
+def _common(arch: str, seed: int, build: Optional[int] = None, types: Optional[Dict[str, TypeInfo]] = None,
+            fit: Optional[SymbolFit] = None):
+    scene = FamilyScene(arch, seed, build, types, fit)
     victim = scene.process("leakapp.exe")
     bystander = scene.process("svchost.exe")
     culprit = scene.driver_with_headers("leakyflt")
@@ -251,7 +254,8 @@ def _common(arch: str, seed: int, build: Optional[int] = None, types: Optional[D
 KINDS_0xCB = ("current", "legacy", "iomgr", "nothing", "unknown-build", "symbols")
 
 
-def case_0xcb(arch: str = "x64", kind: str = "current", seed: int = 11, noise_pages: int = 8) -> Scenario:
+def case_0xcb(arch: str = "x64", kind: str = "current", seed: int = 11, noise_pages: int = 8,
+              fit: Optional[SymbolFit] = None) -> Scenario:
     """A process exits with pages a driver left locked, reported as 0xCB.
 
     kind:
@@ -264,12 +268,13 @@ def case_0xcb(arch: str = "x64", kind: str = "current", seed: int = 11, noise_pa
                      holding P3 can name the driver
       symbols        the same build with symbols describing a tracker layout unlike every built-in table;
                      P3 is private to the driver, so only the tracker names it
+    ``fit`` makes the kernel the one a symbol file describes.
     """
     if kind not in KINDS_0xCB:
         raise ValueError(f"unknown 0xCB case kind {kind!r}")
     types = {"_LOCK_TRACKER": TRACKER_VARIANT_A} if kind == "symbols" else None
     build = UNKNOWN_BUILD if kind == "symbols" else None
-    scene, victim, bystander, culprit, upper, innocent = _common(arch, seed, build, types)
+    scene, victim, bystander, culprit, upper, innocent = _common(arch, seed, build, types, fit)
     thread = scene.thread(victim)
     expected: Dict[str, object] = {"kind": kind, "process": victim, "culprit": None, "culprit_image": None,
                                    "format": "legacy" if kind in ("legacy", "iomgr") else "current",

@@ -13,20 +13,21 @@ Exit codes (documented in the README):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Dict, List, Optional
 
 from . import __version__, search
-from .analyses import Options, analyze
+from .analyses import Options
 from .bugchecks import name_of
 from .progress import TerminalProgress
 from .render.jsonout import render_json
 from .render.text import printable, render_text
 from .report import Report
+from .run import run_analysis
+from .session import KernelSession, load_symbol_files, open_session
 from .targets.base import Target, TargetError, pfn_range_from_text
-from .targets.snapshot import RecordingTarget, SnapshotError, SnapshotTarget, load_snapshot, save_snapshot
+from .targets.snapshot import SnapshotError, SnapshotTarget, load_snapshot
 
 EXIT_SUSPECT = 0
 EXIT_NO_SUSPECT = 1
@@ -64,10 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_options(analyze_parser)
     analyze_parser.add_argument("--record", metavar="FILE", help="also write what was read to a snapshot file")
     analyze_parser.add_argument("--force", action="store_true", help="let --record overwrite an existing file")
+    analyze_parser.add_argument("--symbol-path", metavar="PATH",
+                                help="where to find the kernel's symbols, in _NT_SYMBOL_PATH syntax (folders, symbol "
+                                     "stores, srv*CACHE*URL, volatility3 symbol folders; default: $_NT_SYMBOL_PATH)")
+    analyze_parser.add_argument("--symbols", action="append", default=[], metavar="FILE",
+                                help="the kernel's symbols: its PDB (ntkrnlmp.pdb), a volatility3 ISF file "
+                                     '(.json, .json.xz), or a JSON map of addresses {"nt!KiBugCheckDriver": "0x..."}')
     analyze_parser.add_argument("--symbol", action="append", default=[], metavar="NAME=ADDRESS",
                                 help="give a symbol address the dump lacks, e.g. nt!KiBugCheckDriver=0xfffff80312345678")
-    analyze_parser.add_argument("--symbols", metavar="FILE",
-                                help='JSON file of symbol addresses: {"nt!KiBugCheckDriver": "0xfffff803..."}')
 
     replay_parser = commands.add_parser("replay", help="analyze a recorded snapshot (.snap)")
     replay_parser.add_argument("snapshot", help="snapshot file")
@@ -86,19 +91,9 @@ def pfn_range_argument(text: str):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def parse_symbols(pairs: List[str], path: Optional[str]) -> Dict[str, int]:
+def parse_symbols(pairs: List[str]) -> Dict[str, int]:
+    """``--symbol NAME=ADDRESS`` values: {"nt!Name": address} (a bare name is nt's)."""
     symbols: Dict[str, int] = {}
-    if path:
-        try:
-            with open(path, "r", encoding="utf-8") as handle:
-                loaded = json.load(handle)
-        except OSError as error:
-            raise UsageError(f"cannot read symbol file {path}: {error.strerror or error}") from None
-        except (ValueError, RecursionError):
-            raise UsageError(f"symbol file {path} is not valid JSON") from None
-        if not isinstance(loaded, dict):
-            raise UsageError(f'symbol file {path} must hold one JSON object: {{"nt!Name": "0x..."}}')
-        pairs = [f"{name}={value}" for name, value in loaded.items()] + list(pairs)
     for pair in pairs:
         name, separator, value = pair.partition("=")
         try:
@@ -122,11 +117,11 @@ def exit_code_for(report: Report) -> int:
     return EXIT_NO_SUSPECT
 
 
-def _options(args, symbols: Dict[str, int]) -> Options:
+def _options(args) -> Options:
     progress = None
     if args.format == "text" and sys.stderr.isatty():
         progress = TerminalProgress(sys.stderr)
-    return Options(verbose=args.verbose, pfn_range=args.pfn_range, progress=progress, symbols=symbols)
+    return Options(verbose=args.verbose, pfn_range=args.pfn_range, progress=progress)
 
 
 def write(stream, text: str) -> None:
@@ -148,49 +143,37 @@ def _emit(report: Report, args) -> int:
     return exit_code_for(report)
 
 
-def _run_analysis(target: Target, args, symbols: Dict[str, int]) -> Report:
-    options = _options(args, symbols)
+def _run(target: Target, args, make_session=None) -> int:
+    """Analyze ``target`` (recording it with --record), print the report, return the exit code."""
+    record = getattr(args, "record", None)
+    options = _options(args)
     try:
-        return analyze(target, options)
+        report = run_analysis(target, options, make_session, record, getattr(args, "force", False),
+                              say=lambda path: stderr_line(f"recorded this session to {path}"))
     finally:
         if options.progress is not None:
             options.progress.finish()
+        target.close()
+    return _emit(report, args)
 
 
 def command_replay(args) -> int:
-    target = SnapshotTarget.open(args.snapshot)
-    return _emit(_run_analysis(target, args, {}), args)
+    return _run(SnapshotTarget.open(args.snapshot), args)
 
 
 def command_analyze(args) -> int:
-    symbols = parse_symbols(args.symbol, args.symbols)
+    pairs = parse_symbols(args.symbol)
+    symbol_path = args.symbol_path if args.symbol_path is not None else os.environ.get("_NT_SYMBOL_PATH")
     if args.record and os.path.exists(args.record) and not args.force:
         raise UsageError(f"{args.record} already exists; choose another name or pass --force to overwrite it")
+    symbol_files, addresses = load_symbol_files(args.symbols)
+    addresses.update(pairs)  # --symbol NAME=ADDRESS wins over a file's map
     from .targets.dumpfile import DumpFileTarget
 
-    dump = DumpFileTarget.open(args.dump)
-    target: Target = dump
-    recorder = None
-    try:
-        if args.record:
-            recorder = target = RecordingTarget(target)
-            recorder.data.symbols.update(symbols)
-        report = _run_analysis(target, args, symbols)
-        for note in dump.notes():
-            report.warn(note)
-        if dump.memory_unavailable:  # a small, 32-bit or ARM64 dump: no hunt of any kind is possible
-            report.complete_hunt = False
-            if not any(dump.memory_unavailable in warning for warning in report.warnings):
-                report.warn(dump.memory_unavailable)
-        if recorder is not None:
-            if report.partial:
-                report.warn(f"the recording was not written to {args.record}: the hunt was interrupted")
-            else:
-                save_snapshot(recorder.snapshot(), args.record, overwrite=args.force)
-                stderr_line(f"recorded this session to {args.record}")
-    finally:
-        target.close()
-    return _emit(report, args)
+    def make_session(target: Target) -> KernelSession:
+        return open_session(target, symbol_path or None, symbol_files, addresses)
+
+    return _run(DumpFileTarget.open(args.dump), args, make_session)
 
 
 def command_inspect(args) -> int:

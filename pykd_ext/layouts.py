@@ -19,11 +19,12 @@ import re
 import struct
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple
 
-from .targets.base import Target
+from .typeinfo import TypeInfo
 
-SOURCE_SYMBOLS = "symbols"
+# The source of a layout from type information that does not name itself (the debugger's typeInfo).
+SOURCE_DEBUGGER = "debugger symbols"
 SOURCE_BUILTIN = "built-in"
 
 
@@ -37,11 +38,13 @@ class StructLayout:
     size: int
     offsets: Mapping[str, int]
     kinds: Mapping[str, str]
-    source: str  # SOURCE_SYMBOLS or a description of the built-in table used
+    source: str  # where it came from: "debugger symbols", "pdb ntkrnlmp.pdb GUID-AGE", a built-in table...
     # Byte size of each field, when the symbols said (built-in tables give array lengths in the kind).
     sizes: Mapping[str, int] = field(default_factory=dict)
     # Non-empty when a built-in table's build mapping is UNVERIFIED: why the table may not fit.
     unverified: str = ""
+    # The build whose table was used for another build that has none (no symbols either), else None.
+    guessed_from: Optional[int] = None
 
     def offset(self, field_name: str) -> int:
         try:
@@ -496,8 +499,15 @@ UNVERIFIED_BUILD_TABLES: Dict[Tuple[str, int, int], str] = {
 IMAGE_FILE_NAME_LENGTH = 15
 
 
-def builtin_layout(name: str, pointer_size: int, build: Optional[int] = None) -> Optional[StructLayout]:
-    """The built-in layout of ``name`` for an architecture (and build), or None if not known."""
+def builtin_layout(name: str, pointer_size: int, build: Optional[int] = None,
+                   arch_name: str = "") -> Optional[StructLayout]:
+    """The built-in layout of ``name`` for an architecture and build, or None if not known.
+
+    A structure whose layout moves between builds and has no table for ``build`` gets the table of the
+    nearest build that has one, marked ``unverified`` with the build it was made for: its offsets may
+    be wrong, and the report says so (the kernel's own symbols avoid the guess). ``arch_name`` "arm64"
+    gets no per-build table (those are x64's: an ARM64 kernel's structures differ), only symbols.
+    """
     arch = "x64" if pointer_size == 8 else "x86"
     stable = STABLE_LAYOUTS.get(name) or OTHER_STABLE_LAYOUTS.get(name)
     if stable is not None:
@@ -508,33 +518,59 @@ def builtin_layout(name: str, pointer_size: int, build: Optional[int] = None) ->
         return StructLayout(name, size64 if pointer_size == 8 else size32, offsets, kinds,
                             f"{SOURCE_BUILTIN} {arch} table")
     per_build = (BUILD_LAYOUTS_X64 if pointer_size == 8 else BUILD_LAYOUTS_X86).get(name)
+    if not per_build or arch_name == "arm64":  # the per-build tables are x64's and x86's: ARM64 differs
+        return None
     shared, own_sizes = SAME_X64_OFFSETS.get(build, (None, {})) if pointer_size == 8 else (None, {})
-    if per_build and build not in per_build and shared in per_build:
+    if build not in per_build and shared in per_build:
         size, table = own_sizes.get(name, per_build[shared][0]), per_build[shared][1]
         offsets = {field_name: offset for field_name, (offset, _) in table.items()}
         kinds = {field_name: kind for field_name, (_, kind) in table.items()}
         return StructLayout(name, size or 0, offsets, kinds,
                             f"{SOURCE_BUILTIN} {arch} build {shared} table (the offsets of build {build})")
-    if per_build and build in per_build:
-        size, table = per_build[build]
-        offsets = {field_name: offset for field_name, (offset, _) in table.items()}
-        kinds = {field_name: kind for field_name, (_, kind) in table.items()}
-        source = f"{SOURCE_BUILTIN} {arch} build {build} table"
-        unverified = UNVERIFIED_BUILD_TABLES.get((name, pointer_size, build), "")
+    table_build = build if build in per_build else nearest_build(per_build, build)
+    size, table = per_build[table_build]
+    offsets = {field_name: offset for field_name, (offset, _) in table.items()}
+    kinds = {field_name: kind for field_name, (_, kind) in table.items()}
+    source = f"{SOURCE_BUILTIN} {arch} build {table_build} table"
+    if table_build != build:
+        unverified = f"guessed for build {build or 'unknown'}, which has no table"
+        source += f" ({unverified})"
+    else:
+        unverified = UNVERIFIED_BUILD_TABLES.get((name, pointer_size, table_build), "")
         if unverified:
             source += f" (build mapping UNVERIFIED: {unverified})"
-        return StructLayout(name, size or 0, offsets, kinds, source, unverified=unverified)
-    return None
+    return StructLayout(name, size or 0, offsets, kinds, source, unverified=unverified,
+                        guessed_from=table_build if table_build != build else None)
+
+
+def nearest_build(tables: Mapping[int, object], build: Optional[int]) -> int:
+    """The build of the table closest to ``build`` (the newest table when the build is unknown)."""
+    if build is None:
+        return max(tables)
+    return min(tables, key=lambda candidate: (abs(candidate - build), -candidate))
+
+
+class TypeSource(Protocol):
+    """What Layouts needs from its owner (the kernel session, or in tests a bare Target)."""
+
+    pointer_size: int
+    build: Optional[int]
+
+    def read(self, address: int, size: int) -> bytes: ...
+
+    def type_info(self, name: str, field_names: Sequence[str]) -> Optional[TypeInfo]: ...
 
 
 class Layouts:
-    """Resolves the layouts of one target: symbols first, then the built-in tables.
+    """Resolves the structure layouts of one kernel: type information first, then the built-in tables.
 
-    Remembers which source served each structure, for the report.
+    ``source.type_info`` answers from the best symbols there are (the debugger, a PDB, an ISF file or
+    a recording); each answer names where it came from. Remembers which source served each structure,
+    for the report.
     """
 
-    def __init__(self, target: Target):
-        self.target = target
+    def __init__(self, source: TypeSource):
+        self.source = source
         self._cache: Dict[str, Optional[StructLayout]] = {}
         # Structures whose symbol layout was refused, with the reason, for the report's warnings.
         self.problems: Dict[str, str] = {}
@@ -542,10 +578,10 @@ class Layouts:
     def get(self, name: str) -> StructLayout:
         layout = self.find(name)
         if layout is None:
-            build = self.target.build
+            build = self.source.build
             raise LayoutError(
-                f"the layout of {name} is unknown for {self.target.arch} build {build or 'unknown'} "
-                f"and the target has no type information for it")
+                f"the layout of {name} is unknown for {'x64' if self.source.pointer_size == 8 else 'x86'} build "
+                f"{build or 'unknown'} and there are no symbols for it")
         return layout
 
     def find(self, name: str) -> Optional[StructLayout]:
@@ -554,8 +590,8 @@ class Layouts:
         return self._cache[name]
 
     def _resolve(self, name: str) -> Optional[StructLayout]:
-        builtin = builtin_layout(name, self.target.pointer_size, self.target.build)
-        info = self.target.type_info("nt!" + name, known_field_names(name))
+        builtin = builtin_layout(name, self.source.pointer_size, self.source.build, getattr(self.source, "arch", ""))
+        info = self.source.type_info("nt!" + name, known_field_names(name))
         if info is None:
             return builtin
         implausible = _implausible_type_info(info)
@@ -568,22 +604,28 @@ class Layouts:
                  or _kind_from_size(field_info.size)
                  for field_name, field_info in info.fields.items()}
         sizes = {field_name: field_info.size for field_name, field_info in info.fields.items()}
-        return StructLayout(name, info.size, offsets, kinds, SOURCE_SYMBOLS, sizes)
+        return StructLayout(name, info.size, offsets, kinds, info.source or SOURCE_DEBUGGER, sizes)
 
     def sources(self) -> Dict[str, str]:
-        """Which source served each structure used so far: {"_MDL": "symbols", ...}."""
+        """Which source served each structure used so far: {"_MDL": "debugger symbols", ...}."""
         return {name: layout.source for name, layout in sorted(self._cache.items()) if layout is not None}
 
     def unverified(self) -> Dict[str, str]:
-        """The structures used so far that came from a built-in table of UNVERIFIED build mapping."""
+        """The structures used so far that came from a built-in table of UNVERIFIED build mapping (not
+        counting another build's table, which ``guessed()`` lists)."""
         return {name: layout.unverified for name, layout in sorted(self._cache.items())
-                if layout is not None and layout.unverified}
+                if layout is not None and layout.unverified and layout.guessed_from is None}
+
+    def guessed(self) -> Dict[str, StructLayout]:
+        """The structures used so far that came from another build's table (no table, no symbols)."""
+        return {name: layout for name, layout in sorted(self._cache.items())
+                if layout is not None and layout.guessed_from is not None}
 
     def view(self, name: str, address: int) -> "StructView":
         """Read the whole structure at ``address`` in one read and decode fields from it."""
         layout = self.get(name)
-        size = layout.size or (max(layout.offsets.values()) + self.target.pointer_size)
-        return StructView(layout, address, self.target.read(address, size), self.target.pointer_size)
+        size = layout.size or (max(layout.offsets.values()) + self.source.pointer_size)
+        return StructView(layout, address, self.source.read(address, size), self.source.pointer_size)
 
 
 def _implausible_type_info(info) -> str:

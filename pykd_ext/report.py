@@ -6,7 +6,7 @@ versioned by SCHEMA_VERSION: keys are only ever added within a major version.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .kernel.lock_entries import LockEntry
 from .targets.base import hex_address
@@ -389,6 +389,8 @@ class Report:
     warnings: List[str] = field(default_factory=list)
     rejected: List[Rejected] = field(default_factory=list)
     layouts: Dict[str, str] = field(default_factory=dict)
+    # The kernel symbols the analysis used: name -> (address, where it came from).
+    symbols: Dict[str, Tuple[int, str]] = field(default_factory=dict)
     searches: int = 0  # passes over memory the hunt made
     partial: bool = False
     complete_hunt: bool = True  # False when the source lacked what the hunt needs (no memory to search)
@@ -434,6 +436,8 @@ class Report:
             "warnings": list(self.warnings),
             "rejected": [r.as_dict() for r in self.rejected],
             "layouts": dict(self.layouts),
+            "symbols": {name: {"address": _hex(address), "source": source}
+                        for name, (address, source) in sorted(self.symbols.items())},
             "search_passes": self.searches,
             "trackers": [t.as_dict() for t in self.trackers],
             "tracked_locked_pages": self.tracked_pages.as_dict() if self.tracked_pages is not None else None,

@@ -20,9 +20,12 @@ class TypeInfo:
     """A structure layout as a source of type information describes it.
 
     ``fields`` maps the field paths asked for (``Tail.Overlay.Thread`` for a field of a nested
-    structure or union) to where they are; a path the source does not have is left out.
+    structure or union) to where they are; a path the source does not have is left out. ``source``
+    names where the layout came from ("pdb ntkrnlmp.pdb GUID-AGE", "isf FILE"); empty for the
+    debugger's own type information.
     """
 
     name: str
     size: int
     fields: Dict[str, FieldInfo]
+    source: str = ""

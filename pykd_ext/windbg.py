@@ -19,12 +19,13 @@ import time
 from typing import Callable, List, Optional
 
 from . import __version__
-from .analyses import Options, analyze, is_interrupt
+from .analyses import Options, is_interrupt
 from .cli import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, exit_code_for, pfn_range_argument, write
 from .render.jsonout import render_json
 from .render.text import printable, render_dml, render_text
+from .run import run_analysis
 from .targets.base import Target, TargetError
-from .targets.snapshot import RecordingTarget, SnapshotError, save_snapshot
+from .targets.snapshot import SnapshotError
 
 # Seconds between two progress lines of a long search (the output window has no carriage return).
 PROGRESS_INTERVAL = 5.0
@@ -145,16 +146,11 @@ def _run(args, pykd_target, in_windbg: bool) -> int:
     if target.bugcheck().code == 0:
         raise pykd_target.NotKernelTarget("the target has not crashed (bug check code 0): leakhunt analyzes a "
                                           "kernel stopped by a bug check")
-    recorder = RecordingTarget(target) if args.record else None
     progress = LineProgress(sys.stderr.write) if args.format == "text" else None
-    report = analyze(recorder or target, Options(verbose=args.verbose, pfn_range=args.pfn_range, progress=progress))
-    if recorder is not None:
-        if report.partial:
-            report.warn(f"the recording was not written to {args.record}: the hunt was interrupted")
-        else:
-            save_snapshot(recorder.snapshot(), args.record, overwrite=args.force)
-            _say(f"recorded this session to {os.path.abspath(args.record)} "
-                 f"(replay it anywhere with `leakhunt replay {os.path.basename(args.record)}`)")
+    report = run_analysis(target, Options(verbose=args.verbose, pfn_range=args.pfn_range, progress=progress),
+                          record_path=args.record, overwrite=args.force,
+                          say=lambda path: _say(f"recorded this session to {os.path.abspath(path)} (replay it "
+                                                f"anywhere with `leakhunt replay {os.path.basename(path)}`)"))
     if args.format == "json":
         text, dml = render_json(report), False
     elif in_windbg:

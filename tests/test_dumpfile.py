@@ -11,7 +11,8 @@ import pytest
 import pykd_ext.search as search
 from mocks.dumpwriter import DumpImage, write_dump
 from mocks.scenarios import KINDS_0x76, case_0x76
-from pykd_ext.analyses import Options, analyze
+from pykd_ext.analyses import analyze
+from pykd_ext.session import KernelSession
 from pykd_ext.cli import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_NO_HUNT, EXIT_NO_SUSPECT, EXIT_SUSPECT, main
 from pykd_ext.targets.base import TargetError
 from pykd_ext.targets.dumpfile import DumpFileTarget
@@ -32,9 +33,9 @@ def digest(path):
 
 
 def findings(report):
-    """The report minus what names the source (its description and where layouts came from)."""
+    """The report minus what names the source (its description, where layouts and symbols came from)."""
     result = report.as_dict()
-    del result["source"], result["layouts"]
+    del result["source"], result["layouts"], result["symbols"]
     return result
 
 
@@ -43,10 +44,11 @@ def ki_bugcheck_driver(scenario):
     return {"nt!KiBugCheckDriver": scenario.data.symbols["nt!KiBugCheckDriver"]}
 
 
-def analyze_dump(path, options=None):
+def analyze_dump(path, addresses=None):
+    """Analyze the dump with ``addresses`` given as the user gives them (--symbol NAME=ADDRESS)."""
     target = DumpFileTarget.open(path)
     try:
-        return analyze(target, options)
+        return analyze(KernelSession(target, addresses=addresses))
     finally:
         target.close()
 
@@ -64,7 +66,7 @@ def test_a_dump_gives_the_findings_of_the_scenario(tmp_path, scenarios, kind, du
     scenario = scenarios[kind]
     path = str(tmp_path / "MEMORY.DMP")
     write_dump(scenario.data, path, dump_type)
-    from_dump = analyze_dump(path, Options(symbols=ki_bugcheck_driver(scenario)))
+    from_dump = analyze_dump(path, ki_bugcheck_driver(scenario))
     replayed = analyze(SnapshotTarget(scenario.data))
     assert findings(from_dump) == findings(replayed)
     if kind != "unlock":  # P1=1 hunts the holders of one MDL: no locked-page accounting
@@ -90,7 +92,7 @@ def test_a_dump_gives_the_findings_of_the_pykd_session(tmp_path, scenarios, kind
         through_pykd = analyze(pykd_target.PykdTarget())
     finally:
         control.unload()
-    from_dump = analyze_dump(path, Options(symbols=ki_bugcheck_driver(scenario)))
+    from_dump = analyze_dump(path, ki_bugcheck_driver(scenario))
     assert findings(from_dump) == findings(through_pykd)
 
 
@@ -99,7 +101,7 @@ def test_range_dumps_give_the_same_findings(tmp_path, scenarios, dump_type):
     scenario = scenarios["irp"]
     path = str(tmp_path / "MEMORY.DMP")
     write_dump(scenario.data, path, dump_type)
-    from_dump = analyze_dump(path, Options(symbols=ki_bugcheck_driver(scenario)))
+    from_dump = analyze_dump(path, ki_bugcheck_driver(scenario))
     assert findings(from_dump) == findings(analyze(SnapshotTarget(scenario.data)))
 
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 import pykd_ext.targets.dumpheader as dumpheader
 from mocks.dumpwriter import DATA_FLAGS, DumpImage
 from mocks.scenarios import case_0x76
+from pykd_ext.session import KernelSession
 from pykd_ext.targets.base import PAGE_SIZE, MemoryReadError, PfnRange, SearchUnavailable, SymbolNotFound
 from pykd_ext.targets.dumpfile import DumpFileTarget
 from pykd_ext.targets.dumpheader import (DUMP_BITMAP, DUMP_COMPLETE, DUMP_FULL, DUMP_KERNEL_AND_USER,
@@ -85,8 +86,9 @@ def test_header_facts_and_symbols(open_dump, scenario):
     assert (target.arch, target.pointer_size, target.build) == ("x64", 8, 19045)
     assert target.max_pfn == scenario.data.max_pfn  # from the PhysicalMemoryBlock, not the frames present
     assert target.header.processors == 4
-    assert [m.image for m in target.modules()] == [m.image for m in scenario.data.modules]
-    with pytest.raises(SymbolNotFound, match="--symbol"):
+    assert target.modules() is None  # the dump has no list of its own: the session walks PsLoadedModuleList
+    assert [m.image for m in KernelSession(target).modules()] == [m.image for m in scenario.data.modules]
+    with pytest.raises(SymbolNotFound, match="--symbol-path"):
         target.symbol("nt!KiBugCheckDriver")
     with pytest.raises(MemoryReadError):
         target.read(0xFFFFF80000000000, 8)  # not mapped
@@ -201,7 +203,7 @@ def test_an_arm64_dump_gives_its_header_only(open_dump, scenario):
     target = DumpFileTarget.open(path)
     try:
         assert target.arch == "arm64" and target.bugcheck().code == 0x76
-        assert "ARM64 dump" in target.memory_unavailable and target.memory_unavailable.count(". ") == 0
+        assert "ARM64 dump" in target.hunt_unavailable and target.hunt_unavailable.count(". ") == 0
         with pytest.raises(SearchUnavailable, match="ARM64"):
             target.search_pointers([1])
         with pytest.raises(MemoryReadError):

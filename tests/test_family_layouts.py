@@ -11,7 +11,7 @@ import pytest
 
 from pykd_ext.layouts import (BUILD_LAYOUTS_X64, BUILD_LAYOUTS_X86, OTHER_STABLE_LAYOUTS, UNVERIFIED_BUILD_TABLES,
                               Layouts, builtin_layout)
-from pykd_ext.targets.base import FieldInfo, TypeInfo
+from pykd_ext.typeinfo import FieldInfo, TypeInfo
 from pykd_ext.targets.snapshot import SnapshotTarget
 
 from mocks.scenarios import case_0x76
@@ -221,7 +221,7 @@ class _TrackerSymbols(SnapshotTarget):
 def test_symbols_override_the_tracker_table_and_its_array_length():
     layouts = Layouts(_TrackerSymbols(case_0x76("x64", "nothing", noise_pages=1).data))
     tracker = layouts.get("_LOCK_TRACKER")
-    assert tracker.source == "symbols" and not tracker.unverified
+    assert tracker.source == "debugger symbols" and not tracker.unverified
     assert tracker.offset("Process") == 0xA0 and tracker.array_length("StackTrace", 8) == 12
     assert tracker.kinds["StackTrace"] == "ptr[8]"  # the kind says "array of pointers"; the size says how many
     assert layouts.unverified() == {}
@@ -229,7 +229,8 @@ def test_symbols_override_the_tracker_table_and_its_array_length():
     assert "_LOCK_HEADER" in layouts.unverified()
 
 
-def test_unknown_builds_and_architectures_have_no_thread_tables():
+def test_unknown_builds_get_the_nearest_thread_tables_and_unknown_architectures_none():
     for name in FAMILY:
-        assert builtin_layout(name, 8, 22621) is None
+        layout = builtin_layout(name, 8, 22621)
+        assert layout.guessed_from == 26100 and "guessed for build 22621" in layout.source
     assert builtin_layout("_KTHREAD", 4, 19045) is None and builtin_layout("_KLOCK_ENTRY", 4, 19045) is None

@@ -79,9 +79,13 @@ def test_0x153_kernel_thread_and_pool_lock_names_nobody():
 def test_0x153_unknown_build_warns_and_names_nobody():
     report = run(case_0x153("x64", "unknown-build"))
     assert report.build == UNKNOWN_BUILD and report.suspects == []
+    guess = [w for w in report.warnings if f"no built-in layouts for build {UNKNOWN_BUILD}" in w]
+    assert len(guess) == 1 and "--symbol-path" in guess[0]
     for name in ("_KTHREAD", "_ETHREAD", "_KLOCK_ENTRY"):
-        assert any(f"the {name} layout is unknown for x64 build {UNKNOWN_BUILD}" in w for w in report.warnings)
-    assert report.thread.process is None and report.lock_entries == []
+        assert f"{name} from the build 26100 table" in guess[0]
+        assert f"guessed for build {UNKNOWN_BUILD}" in report.layouts[name]
+    # The scene is laid out as no table says: what the guessed tables read names nobody.
+    assert all(entry.lock is None for entry in report.lock_entries)
 
 
 def test_0x153_state_that_disagrees_with_memory_is_reported():

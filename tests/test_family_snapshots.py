@@ -7,7 +7,8 @@ import pytest
 
 from mocks import make_snapshots
 from mocks.scenarios_family import case_0x153, case_0xcb
-from pykd_ext.analyses import Options, analyze
+from pykd_ext.analyses import analyze
+from pykd_ext.session import KernelSession
 from pykd_ext.cli import EXIT_NO_SUSPECT, EXIT_SUSPECT, main
 from pykd_ext.render.jsonout import render_json
 from pykd_ext.targets.snapshot import SnapshotTarget
@@ -90,7 +91,7 @@ def test_a_dump_file_gives_the_findings_of_the_replay(tmp_path, build):
     target = dumpfile.DumpFileTarget.open(path)
     try:
         symbols = {"nt!KiBugCheckDriver": scenario.data.symbols["nt!KiBugCheckDriver"]}
-        from_dump = analyze(target, Options(symbols=symbols))
+        from_dump = analyze(KernelSession(target, addresses=symbols))
     finally:
         target.close()
     replayed = analyze(SnapshotTarget(scenario.data))

@@ -105,16 +105,16 @@ def test_unknown_build_without_symbols_warns_and_still_hunts_the_mdl():
     scenario = case_0xcb("x64", "unknown-build")
     report = run(scenario)
     assert report.build == UNKNOWN_BUILD
-    assert any("_LOCK_TRACKER layout is unknown for x64 build 22621" in w for w in report.warnings)
-    assert report.trackers == [] and report.tracked_pages is None
-    assert top(report).image == "leakyflt.sys"
-    assert all("held by IRP" in e for e in top(report).evidence)
+    assert any("_LOCK_TRACKER from the build 26100 table" in w for w in report.warnings)
+    assert report.trackers[0].problems and report.tracked_pages is None  # the guessed table reads no valid tracker
+    assert (top(report).image, top(report).confidence) == ("leakyflt.sys", "medium")
+    assert "held by IRP" in top(report).evidence[0] and "capped at medium" in top(report).evidence[-1]
 
 
 def test_symbols_describe_a_tracker_layout_no_table_has():
     scenario = case_0xcb("x64", "symbols")
     report = run(scenario)
-    assert report.layouts["_LOCK_TRACKER"] == "symbols"
+    assert report.layouts["_LOCK_TRACKER"] == "debugger symbols"
     assert not any(w.startswith("_LOCK_TRACKER was decoded") for w in report.warnings)
     tracker = report.trackers[0]
     assert tracker.mdl == scenario.data.bugcheck.parameters[2] and tracker.locker == "leakyflt"

@@ -51,7 +51,7 @@ def test_the_script_reaches_the_scenarios_verdict(case, types):
 
 def test_with_symbols_the_tracker_layouts_come_from_them():
     report = bang_py_json(CASES["0xcb-current"](), types=True)
-    assert report["layouts"]["_LOCK_TRACKER"] == "symbols" and report["layouts"]["_LOCK_HEADER"] == "symbols"
+    assert report["layouts"]["_LOCK_TRACKER"] == "debugger symbols" and report["layouts"]["_LOCK_HEADER"] == "debugger symbols"
     assert not any("_LOCK_TRACKER was decoded with a built-in table" in w for w in report["warnings"])
     assert report["trackers"][0]["stack"][2]["symbol"] == "leakyflt+0x1a30"
 

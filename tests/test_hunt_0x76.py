@@ -3,6 +3,7 @@ import pytest
 
 from mocks.scenarios import KINDS_0x76, case_0x76
 from pykd_ext.analyses import Options, analyze
+from pykd_ext.session import KernelSession
 from pykd_ext.kernel.mdl import MDL_PAGES_LOCKED
 from pykd_ext.targets.base import PfnRange, SearchUnavailable
 from pykd_ext.targets.snapshot import SnapshotTarget
@@ -10,8 +11,9 @@ from pykd_ext.targets.snapshot import SnapshotTarget
 ARCHES = ["x64", "x86"]
 
 
-def run(scenario, **options):
-    return analyze(SnapshotTarget(scenario.data), Options(**options))
+def run(scenario, symbols=None, **options):
+    """Replay the scenario, with ``symbols`` given as the user gives them (--symbol NAME=ADDRESS)."""
+    return analyze(KernelSession(SnapshotTarget(scenario.data), addresses=symbols), Options(**options))
 
 
 @pytest.mark.parametrize("arch", ARCHES)

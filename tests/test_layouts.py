@@ -5,7 +5,7 @@ import re
 import pytest
 
 from pykd_ext.layouts import STABLE_LAYOUTS, Layouts, builtin_layout
-from pykd_ext.targets.base import FieldInfo, TypeInfo
+from pykd_ext.typeinfo import FieldInfo, TypeInfo
 
 from mocks.scenarios import case_0x76
 from pykd_ext.targets.snapshot import SnapshotTarget
@@ -103,8 +103,14 @@ def test_eprocess_offsets_match_the_reference():
             assert rows[field][column] == offset, f"_EPROCESS.{field} build {build}"
 
 
-def test_unknown_build_has_no_eprocess_layout():
-    assert builtin_layout("_EPROCESS", 8, 12345) is None
+def test_a_build_without_a_table_gets_the_nearest_builds_table_marked_as_a_guess():
+    for build, nearest in ((12345, 19045), (19000, 19045), (22621, 26100), (27000, 26100), (None, 26100)):
+        layout = builtin_layout("_EPROCESS", 8, build)
+        assert layout.guessed_from == nearest and layout.offsets == builtin_layout("_EPROCESS", 8, nearest).offsets
+        assert f"guessed for build {build or 'unknown'}" in layout.source and layout.unverified
+    assert builtin_layout("_EPROCESS", 8, 19045).guessed_from is None
+    assert builtin_layout("_EPROCESS", 8, 19041).guessed_from is None  # the 19045 offsets, checked for 19041
+    assert builtin_layout("_EPROCESS", 8, 22000, "arm64") is None  # ARM64 kernels are laid out differently
     assert builtin_layout("_EPROCESS", 4, 19045) is None
     assert builtin_layout("_NO_SUCH_TYPE", 8) is None
 
@@ -122,10 +128,10 @@ def test_symbols_override_the_built_in_tables_and_say_so():
     target = _SymbolTarget(case_0x76("x64", "nothing", noise_pages=1).data)
     layouts = Layouts(target)
     mdl = layouts.get("_MDL")
-    assert mdl.offset("Process") == 0x18 and mdl.size == 0x40 and mdl.source == "symbols"
+    assert mdl.offset("Process") == 0x18 and mdl.size == 0x40 and mdl.source == "debugger symbols"
     assert mdl.kinds["Size"] == "i16"  # the C type is known even when the offset comes from symbols
     assert layouts.get("_IRP").source == "built-in x64 table"
-    assert layouts.sources() == {"_IRP": "built-in x64 table", "_MDL": "symbols"}
+    assert layouts.sources() == {"_IRP": "built-in x64 table", "_MDL": "debugger symbols"}
     assert not mdl.has("ByteCount")
 
 

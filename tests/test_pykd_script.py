@@ -86,7 +86,7 @@ def test_every_case_through_the_script(arch, kind, types):
     report = json.loads(bang_py("--format", "json")[0].written("text"))
     culprit = scenario.expected["culprit"]
     assert [s["driver"] for s in report["suspects"][:1]] == ([culprit] if culprit else [])
-    assert report["layouts"]["_MDL"] == ("symbols" if types else f"built-in {arch} table")
+    assert report["layouts"]["_MDL"] == ("debugger symbols" if types else f"built-in {arch} table")
     if not culprit:
         assert report["verdict"].startswith("No driver is named")
 
@@ -203,7 +203,7 @@ def test_an_internal_error_is_one_line(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(windbg, "analyze", broken)
+    monkeypatch.setattr(windbg, "run_analysis", broken)
     out, err = bang_py()
     assert out.written() == "" and err.written().startswith("leakhunt: internal error: RuntimeError: boom.")
 

@@ -16,6 +16,7 @@ from pykd import _control  # noqa: E402
 
 from mocks.scenarios import KINDS_0x76, case_0x76  # noqa: E402
 from pykd_ext.analyses import analyze  # noqa: E402
+from pykd_ext.session import KernelSession  # noqa: E402
 from pykd_ext.targets.base import MemoryReadError, PfnRange, SearchUnavailable, TargetError  # noqa: E402
 from pykd_ext.targets.pykd_target import SEARCH_NATIVE, SEARCH_SCAN, NotKernelTarget, PykdTarget  # noqa: E402
 from pykd_ext.targets.snapshot import SnapshotTarget  # noqa: E402
@@ -28,9 +29,9 @@ def no_target():
 
 
 def findings(report):
-    """The report minus what names the source (its description and where layouts came from)."""
+    """The report minus what names the source (its description, where layouts and symbols came from)."""
     result = report.as_dict()
-    del result["source"], result["layouts"]
+    del result["source"], result["layouts"], result["symbols"]
     return result
 
 
@@ -43,7 +44,7 @@ def test_findings_equal_replaying_the_scenario(arch, kind, types):
     through_pykd = analyze(PykdTarget())
     replayed = analyze(SnapshotTarget(scenario.data))
     assert findings(through_pykd) == findings(replayed)
-    expected_source = "symbols" if types else f"built-in {arch} table"
+    expected_source = "debugger symbols" if types else f"built-in {arch} table"
     assert through_pykd.layouts["_MDL"] == through_pykd.layouts["_IRP"] == expected_source
     if scenario.expected["culprit"]:
         assert through_pykd.suspects[0].driver == scenario.expected["culprit"]
@@ -108,11 +109,13 @@ def test_errors_become_target_errors():
 def test_modules_fall_back_to_ps_loaded_module_list():
     scenario = case_0x76("x86", "irp")
     _control.load(scenario, modules_list=False)
-    assert sorted(PykdTarget().modules(), key=lambda m: m.base) == sorted(scenario.data.modules, key=lambda m: m.base)
+    assert PykdTarget().modules() is None  # the debugger cannot list them: the session walks the list
+    walked = KernelSession(PykdTarget()).modules()
+    assert sorted(walked, key=lambda m: m.base) == sorted(scenario.data.modules, key=lambda m: m.base)
     symbols = {k: v for k, v in scenario.data.symbols.items() if k != "nt!PsLoadedModuleList"}
     _control.load(dataclasses.replace(scenario.data, symbols=symbols), modules_list=False)
     with pytest.raises(TargetError, match="PsLoadedModuleList is unknown"):
-        PykdTarget().modules()
+        KernelSession(PykdTarget()).modules()
 
 
 @pytest.mark.parametrize("arch", ["x64", "x86"])

@@ -27,6 +27,8 @@ from pykd_ext.render.text import render_dml, render_text
 from pykd_ext.analyses import analyze
 from pykd_ext.targets.base import Module
 from pykd_ext.targets.snapshot import SnapshotError, SnapshotTarget, load_snapshot, save_snapshot
+from pykd_ext.symbols.base import SymbolFileError
+from pykd_ext.symbols.files import open_symbol_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = int(os.environ.get("LEAKHUNT_FUZZ_EXAMPLES", "60"))
@@ -168,22 +170,22 @@ def test_a_line_break_in_a_module_name_does_not_break_a_table():
 
 
 @pytest.mark.parametrize("content, message", [("[" * 100000 + "]" * 100000, "not valid JSON"),
-                                              ('{"nt!KiBugCheckDriver": "0x1ffffffffffffffff"}', "bad symbol"),
-                                              ('{"nt!KiBugCheckDriver": [1, 2]}', "bad symbol"),
+                                              ('{"nt!KiBugCheckDriver": "0x1ffffffffffffffff"}', "not an address"),
+                                              ('{"nt!KiBugCheckDriver": [1, 2]}', "not an address"),
                                               (b"\xff\xfe{}", "not valid JSON")],
                          ids=["nested", "wider-than-64-bits", "a-list", "not-utf8"])
-def test_a_hostile_symbol_file_is_a_usage_error(tmp_path, content, message):
+def test_a_hostile_symbol_file_is_an_input_error(tmp_path, content, message):
     path = tmp_path / "symbols.json"
     (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
-    with pytest.raises(UsageError, match=message):
-        parse_symbols([], str(path))
+    with pytest.raises(SymbolFileError, match=message):
+        open_symbol_file(str(path))
     code, out, err = run(["analyze", str(tmp_path / "MEMORY.DMP"), "--symbols", str(path)])
-    assert code == EXIT_USAGE and err.count("\n") == 1
+    assert code == EXIT_INPUT and err.count("\n") == 1 and message in err
 
 
 def test_a_symbol_wider_than_64_bits_is_a_usage_error():
     with pytest.raises(UsageError):
-        parse_symbols(["nt!KiBugCheckDriver=0x10000000000000000"], None)
+        parse_symbols(["nt!KiBugCheckDriver=0x10000000000000000"])
 
 
 # ---- files stay read-only and byte-identical -----------------------------------------------------

@@ -56,7 +56,7 @@ def test_the_triage_section_of_a_real_small_dump(arch):
     path, drivers, nt_base, _, unloaded, _ = SAMPLES[arch]
     target = DumpFileTarget.open(path)
     try:
-        assert isinstance(target, SmallDumpTarget) and target.notes() == []
+        assert isinstance(target, SmallDumpTarget) and target.limitations() == []
         modules = target.modules()
         assert len(modules) == drivers
         nt = modules[0]

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import struct
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, Union
 
 from ..layouts import LayoutError
 from ..report import Report
+from ..session import KernelSession
 from ..targets.base import Target, TargetError
 from .common import Context, Options
 from .locked_pages import NOBODY_NAMED, analyze_0x76
@@ -38,13 +39,14 @@ def is_interrupt(error: BaseException) -> bool:
     return isinstance(error, SystemExit) and "CTRL+BREAK" in str(error.code)
 
 
-def analyze(target: Target, options: Optional[Options] = None) -> Report:
-    """Run the analysis for the target's bug check and return its report (never prints).
+def analyze(source: Union[Target, KernelSession], options: Optional[Options] = None) -> Report:
+    """Run the analysis for the bug check of ``source`` (a kernel session, or a bare target analysed
+    with its own symbols and the built-in tables) and return its report (never prints).
 
     An interrupted hunt returns what it found so far, marked partial; a hunt stopped by corrupt data
     returns what it found so far with a warning (and ``complete_hunt`` false).
     """
-    context = Context(target, options or Options())
+    context = Context(source, options or Options())
     entry = ANALYSES.get(context.decoded.code)  # the catalog folds "_M" forms into their base code
     if entry is None:
         context.report.analysis = "parameters only"

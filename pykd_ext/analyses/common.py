@@ -9,14 +9,19 @@ from ..bugchecks import decode
 from ..kernel.io import IoReader, Irp, major_function_name, completion_conditions
 from ..kernel.mdl import Mdl, flag_names, read_mdl
 from ..kernel.modules import ModuleMap, plausible_image_name
-from ..layouts import Layouts, LayoutError, IMAGE_FILE_NAME_LENGTH
-from ..report import (CONFIDENCE_RANK, BugCheckSection, Fact, FrameRecord, IrpRecord, MdlRecord, Parameter,
+from ..layouts import LayoutError, IMAGE_FILE_NAME_LENGTH
+from ..report import (CONFIDENCE_RANK, MEDIUM, BugCheckSection, Fact, FrameRecord, IrpRecord, MdlRecord, Parameter,
                       Rejected, Report, StackRecord, Suspect)
-from ..targets.base import (MemoryReadError, PfnRange, ProgressCallback, SearchHit, SymbolNotFound,
-                            Target, TargetError, windbg_address)
+from ..session import as_session
+from ..targets.base import MemoryReadError, PfnRange, ProgressCallback, SearchHit, TargetError, windbg_address
 
 # MDL chains (MDL.Next) longer than this are corrupt or cyclic.
 MAX_MDL_CHAIN = 64
+# Structures whose fields evidence against a driver is read from (trackers' saved stacks, a thread's
+# lock entries and start address), beyond the stable I/O structures: decoded with another build's
+# table (no table and no symbols for the dump's build), they cap every suspect's confidence.
+BLAMING_STRUCTURES = frozenset({"_LOCK_TRACKER", "_LOCK_HEADER", "_KTHREAD", "_ETHREAD", "_KLOCK_ENTRY",
+                                "_KLOCK_ENTRIES"})
 
 
 @dataclass
@@ -24,8 +29,6 @@ class Options:
     verbose: bool = False
     pfn_range: Optional[PfnRange] = None
     progress: Optional[ProgressCallback] = None
-    # Extra symbol addresses given on the command line, e.g. {"nt!KiBugCheckDriver": 0xfffff803...}.
-    symbols: Dict[str, int] = field(default_factory=dict)
 
 
 class HuntInterrupted(Exception):
@@ -33,12 +36,14 @@ class HuntInterrupted(Exception):
 
 
 class Context:
-    """One analysis run: the target, its layouts and modules, the report being filled."""
+    """One analysis run: the kernel session (target, symbols, layouts, modules), the report being filled."""
 
-    def __init__(self, target: Target, options: Options):
-        self.target = target
+    def __init__(self, source, options: Options):
+        """``source`` is a KernelSession, or a bare Target (a session without symbol files is made)."""
+        self.session = session = as_session(source)
+        target = self.target = session.target
         self.options = options
-        self.layouts = Layouts(target)
+        self.layouts = session.layouts
         self.bugcheck = target.bugcheck()
         decoded = decode(self.bugcheck.code, self.bugcheck.parameters)
         self.report = Report(
@@ -50,9 +55,11 @@ class Context:
             bugcheck=self.bugcheck_section(self.bugcheck.code, decoded),
         )
         self.decoded = decoded
+        for note in session.notes:
+            self.report.warn(note)
         modules: List = []
         try:
-            modules = target.modules()
+            modules = session.modules()
         except TargetError as error:
             self.report.warn(f"the loaded module list is unavailable ({error}); drivers are named without images")
         self.modules = ModuleMap(modules)
@@ -84,13 +91,8 @@ class Context:
     # ---- symbols -----------------------------------------------------------------------------
 
     def symbol(self, name: str) -> Optional[int]:
-        """Address of ``name`` from the command line first, then the target; None if unknown."""
-        if name in self.options.symbols:
-            return self.options.symbols[name]
-        try:
-            return self.target.symbol(name)
-        except SymbolNotFound:
-            return None
+        """Address of ``name`` from the session's symbol sources; None if unknown."""
+        return self.session.symbol(name)
 
     # ---- search ------------------------------------------------------------------------------
 
@@ -106,16 +108,50 @@ class Context:
 
     def conclude(self, no_suspect_verdict: str) -> Report:
         report = self.report
+        session = self.session
         report.suspects = self.suspects.ranked()
+        guessed = self.layouts.guessed()
+        if guessed:
+            report.warn(guessed_layouts_warning(self.target.build, guessed))
+        blaming = sorted(BLAMING_STRUCTURES.intersection(guessed))
+        if blaming:
+            cap_confidence(report.suspects, MEDIUM, f"capped at {MEDIUM} confidence: {', '.join(blaming)} "
+                                                    f"decoded with another build's layout (see the warnings)")
         if report.suspects:
             top = report.suspects[0]
             report.verdict = f"Most likely culprit: {top.label} ({top.confidence} confidence)."
         else:
             report.verdict = no_suspect_verdict
         report.layouts = self.layouts.sources()
+        report.symbols = {name: (address, session.symbol_sources[name])
+                          for name, address in session.resolved_symbols().items()}
         for problem in self.layouts.problems.values():
             report.warn(problem)
+        # What the source cannot do travels with it (a replay of a recording says the same).
+        for limitation in self.target.limitations():
+            report.warn(limitation)
+        if self.target.hunt_unavailable:
+            report.complete_hunt = False
+            if not any(self.target.hunt_unavailable in warning for warning in report.warnings):
+                report.warn(self.target.hunt_unavailable)
         return report
+
+
+def cap_confidence(suspects: List[Suspect], highest: str, why: str) -> None:
+    """Lower every suspect above ``highest`` to it, saying why in its evidence."""
+    for suspect in suspects:
+        if CONFIDENCE_RANK[suspect.confidence] > CONFIDENCE_RANK[highest]:
+            suspect.confidence = highest
+            suspect.evidence.append(why)
+
+
+def guessed_layouts_warning(build: Optional[int], guessed) -> str:
+    """One warning for the structures decoded with another build's built-in table."""
+    parts = [f"{name} from the build {layout.guessed_from} table ({', '.join(sorted(layout.offsets))})"
+             for name, layout in guessed.items()]
+    return (f"leakhunt has no built-in layouts for build {build or 'unknown'} and found no symbols for it: "
+            f"{'; '.join(parts)}. These fields may be at other offsets on this build, so what is read through "
+            f"them may be wrong: give the kernel's symbols with --symbol-path (or set _NT_SYMBOL_PATH)")
 
 
 class SuspectBoard:

@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ..typeinfo import FieldInfo, TypeInfo  # noqa: F401 - the types type_info() answers with
+from ..typeinfo import TypeInfo
 
 PAGE_SIZE = 0x1000
 
@@ -139,7 +139,10 @@ class Target:
 
     Primitives (must be implemented): ``arch``, ``pointer_size``, ``build``, ``description``,
     ``bugcheck()``, ``read()``, ``symbol()``, ``modules()``, ``search_pointers()``.
-    Optional: ``read_physical()``, ``type_info()``, ``max_pfn``.
+    Optional: ``read_physical()``, ``type_info()``, ``max_pfn``, ``limitations()``, ``hunt_unavailable``.
+
+    A target gives bytes, search and the facts of its source; symbols, layouts and the module list
+    of the kernel are the kernel session's (``pykd_ext.session``), which reads through the target.
     """
 
     arch: str = "x64"  # "x64", "x86" or "arm64"
@@ -148,6 +151,9 @@ class Target:
     description: str = ""  # what the target is, for the report header
     max_pfn: Optional[int] = None  # highest physical page frame number, when known
     has_type_info: bool = False  # True when type_info() can answer from debugger symbols
+    # One sentence when no hunt of any kind is possible on this source (a small dump holds no memory
+    # to search), else "". The report then says so and its hunt is incomplete.
+    hunt_unavailable: str = ""
 
     # ---- primitives -------------------------------------------------------------------------
 
@@ -162,8 +168,13 @@ class Target:
         raise MemoryReadError(address, size, physical=True, reason="this source has no physical memory")
 
     def symbol(self, name: str) -> int:
-        """Address of a symbol like ``nt!KiBugCheckDriver``; raise SymbolNotFound."""
+        """Address of a symbol like ``nt!KiBugCheckDriver`` that the source itself knows (the debugger's
+        symbols, the globals a dump header records); raise SymbolNotFound."""
         raise NotImplementedError
+
+    def symbol_source(self, name: str) -> str:
+        """Where ``symbol(name)`` got its answer, for the report."""
+        return "debugger symbols"
 
     def type_info(self, name: str, field_names: Sequence[str]) -> Optional[TypeInfo]:
         """Layout of a type like ``nt!_MDL`` from the target's own symbols, or None if unknown.
@@ -173,8 +184,19 @@ class Target:
         """
         return None
 
-    def modules(self) -> List[Module]:
+    def modules(self) -> Optional[List[Module]]:
+        """The source's own list of loaded kernel images, or None when it has none: the kernel session
+        then walks nt!PsLoadedModuleList. Raise TargetError when the source's list is broken."""
         raise NotImplementedError
+
+    def limitations(self) -> List[str]:
+        """What this source cannot do or has lost, one sentence each, for the report's warnings (may
+        grow while the analysis reads, e.g. page tables found missing)."""
+        return []
+
+    def recorded_symbol_notes(self) -> List[str]:
+        """What finding the kernel's symbols said when this source was recorded (snapshots only)."""
+        return []
 
     def search_pointers(self, values: Iterable[int], pfn_range: Optional[PfnRange] = None,
                         progress: Optional[ProgressCallback] = None) -> Dict[int, List[SearchHit]]:

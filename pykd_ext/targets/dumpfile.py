@@ -23,8 +23,6 @@ from typing import Deque, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from ..kernel.modules import walk_loaded_modules
-from ..layouts import Layouts
 from ..search import ValueSet
 from .base import (PAGE_SIZE, BugCheck, MemoryReadError, Module, PfnRange, ProgressCallback, SearchHit,
                    SearchUnavailable, SymbolNotFound, Target, TargetError, read_from_pages)
@@ -61,11 +59,9 @@ CONFIGURE_KERNEL_DUMP = (
     "HKLM\\SYSTEM\\CurrentControlSet\\Control\\CrashControl)")
 
 
-def memory_unavailable_reason(header: DumpHeader, name: str) -> str:
-    """One sentence saying why leakhunt cannot read this dump's memory, or "" when it can."""
-    if header.dump_type == DUMP_TRIAGE:
-        return (f"{name} is a small memory dump, which holds no kernel memory to search; the hunt needs a kernel "
-                f"or complete memory dump: {CONFIGURE_KERNEL_DUMP}.")
+def hunt_unavailable_reason(header: DumpHeader, name: str) -> str:
+    """One sentence saying why leakhunt cannot read this kernel dump's memory, or "" when it can (a small
+    dump says what it holds itself: smalldump.py)."""
     if header.dump_type not in MEMORY_DUMP_TYPES:
         return (f"{name} is a {header.type_name} (DumpType {header.dump_type:#x}) whose memory leakhunt cannot "
                 f"read; the hunt needs a kernel or complete memory dump: {CONFIGURE_KERNEL_DUMP}.")
@@ -91,12 +87,12 @@ class DumpFileTarget(Target):
     """A Windows kernel crash dump file, opened read-only."""
 
     def __init__(self, path: str, handle, header: DumpHeader, layout: Optional[PhysicalLayout],
-                 memory_unavailable: str):
+                 hunt_unavailable: str):
         self.path = path
         self.header = header
         self.layout = layout
         # One sentence when the dump's memory cannot be read (small, 32-bit or ARM64 dump), else "".
-        self.memory_unavailable = memory_unavailable
+        self.hunt_unavailable = hunt_unavailable
         self._unreadable = f"leakhunt reads no memory from this {header.type_name} ({header.arch})"
         self.arch = header.arch
         self.pointer_size = header.pointer_size
@@ -109,10 +105,9 @@ class DumpFileTarget(Target):
         self._handle = handle
         self._pages: "OrderedDict[int, Optional[bytes]]" = OrderedDict()
         self._translations: Dict[int, Optional[int]] = {}
-        self._modules: Optional[List[Module]] = None
         self._tables: Optional[_KernelMappings] = None
         self._virtual_of_pfn: Dict[int, Optional[int]] = {}
-        # Kernel page tables that present entries point to but the dump lacks (see notes()).
+        # Kernel page tables that present entries point to but the dump lacks (see limitations()).
         self._missing_tables: set = set()
 
     # ---- opening --------------------------------------------------------------------------------
@@ -136,7 +131,7 @@ class DumpFileTarget(Target):
             if header.dump_type == DUMP_TRIAGE:
                 from .smalldump import SmallDumpTarget  # it builds on this class
                 return SmallDumpTarget(path, handle, header)
-            reason = memory_unavailable_reason(header, os.path.basename(path))
+            reason = hunt_unavailable_reason(header, os.path.basename(path))
             layout = None if reason else read_physical_layout(handle, header, path)
         except OSError as error:
             handle.close()
@@ -155,27 +150,25 @@ class DumpFileTarget(Target):
         return self.header.bugcheck
 
     def symbol(self, name: str) -> int:
-        """The two kernel globals the header records; every other symbol needs --symbol/--symbols."""
-        if name == "nt!PsLoadedModuleList" and self.header.ps_loaded_module_list:
-            return self.header.ps_loaded_module_list
-        if name == "nt!PsActiveProcessHead" and self.header.ps_active_process_head:
-            return self.header.ps_active_process_head
-        raise SymbolNotFound(name, "a dump file carries no symbols; give the address with --symbol NAME=ADDRESS "
-                                   "or --symbols FILE")
+        """The kernel globals the header records; every other symbol comes from the kernel's symbols."""
+        recorded = {"nt!PsLoadedModuleList": self.header.ps_loaded_module_list,
+                    "nt!PsActiveProcessHead": self.header.ps_active_process_head,
+                    "nt!KdDebuggerDataBlock": self.header.kd_debugger_data_block}
+        if recorded.get(name):
+            return recorded[name]
+        raise SymbolNotFound(name, "a dump file carries no symbols; give the kernel's symbols with --symbol-path "
+                                   "or --symbols FILE, or the address with --symbol NAME=ADDRESS")
 
-    def modules(self) -> List[Module]:
-        """The loaded kernel images, from the header's PsLoadedModuleList (a partial list if it breaks)."""
-        if self.layout is None:
-            return []
-        if self._modules is None:
-            found, problems = walk_loaded_modules(self, self.header.ps_loaded_module_list, Layouts(self))
-            if not found and problems:
-                raise TargetError(problems[0])
-            self._modules = found
-        return list(self._modules)
+    def symbol_source(self, name: str) -> str:
+        return "dump header"
 
-    def notes(self) -> List[str]:
-        """Problems with the dump's page tables met so far, one line each, for the report's warnings."""
+    def modules(self) -> Optional[List[Module]]:
+        """None for a dump whose memory is read (the session walks the header's PsLoadedModuleList);
+        no modules where leakhunt reads none of the dump's memory."""
+        return None if self.layout is not None else []
+
+    def limitations(self) -> List[str]:
+        """Kernel page tables that present entries point to but the dump lacks (met so far)."""
         if not self._missing_tables:
             return []
         return [f"{len(self._missing_tables)} kernel page table(s) that present page-table entries point to are "
@@ -263,7 +256,7 @@ class DumpFileTarget(Target):
                         progress: Optional[ProgressCallback] = None) -> Dict[int, List[SearchHit]]:
         """Scan the dump's physical pages for all ``values`` at once, then name each hit's kernel address."""
         if self.layout is None:
-            raise SearchUnavailable(self.memory_unavailable)
+            raise SearchUnavailable(self.hunt_unavailable)
         values = [int(v) for v in values]
         value_set = ValueSet(values, self.pointer_size)
         found_values: List[np.ndarray] = []

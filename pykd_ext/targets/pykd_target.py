@@ -17,12 +17,11 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import pykd
 
-from ..kernel.modules import walk_loaded_modules
-from ..layouts import Layouts
 from ..search import ValueSet
 from ..search_output import SearchOutputError, SearchRow, parse_search_output
-from .base import (PAGE_SIZE, BugCheck, FieldInfo, MemoryReadError, Module, PfnRange, ProgressCallback,
-                   SearchHit, SearchUnavailable, SymbolNotFound, Target, TargetError, TypeInfo,
+from ..typeinfo import FieldInfo, TypeInfo
+from .base import (PAGE_SIZE, BugCheck, MemoryReadError, Module, PfnRange, ProgressCallback,
+                   SearchHit, SearchUnavailable, SymbolNotFound, Target, TargetError,
                    sequence_to_bugcheck)
 
 # How search_pointers finds values (see docs/windbg.md "How the search works" and
@@ -192,11 +191,13 @@ class PykdTarget(Target):
         except (pykd.DbgException, AttributeError, KeyError, IndexError):
             return None
 
-    def modules(self) -> List[Module]:
+    def modules(self) -> Optional[List[Module]]:
+        """The debugger's module list (``lm``); None when it cannot list them, so that the kernel
+        session walks nt!PsLoadedModuleList itself."""
         try:
             listed = pykd.getModulesList()
-        except pykd.DbgException as error:
-            return self._walk_modules(_message(error))
+        except pykd.DbgException:
+            return None
         modules = []
         for item in listed:
             try:
@@ -205,18 +206,6 @@ class PykdTarget(Target):
                                       int(item.size())))
             except pykd.DbgException:
                 continue  # one unreadable entry does not hide the others
-        return modules
-
-    def _walk_modules(self, why: str) -> List[Module]:
-        """Fallback: walk nt!PsLoadedModuleList ourselves."""
-        try:
-            head = self.symbol("nt!PsLoadedModuleList")
-        except SymbolNotFound:
-            raise TargetError(f"the debugger cannot list modules ({why}) and nt!PsLoadedModuleList is unknown") from None
-        modules, problems = walk_loaded_modules(self, head, Layouts(self))
-        if not modules:
-            raise TargetError(f"the debugger cannot list modules ({why}) and walking nt!PsLoadedModuleList failed: "
-                              + "; ".join(problems))
         return modules
 
     # ---- search ---------------------------------------------------------------------------------

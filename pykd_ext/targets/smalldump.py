@@ -61,7 +61,7 @@ class SmallDumpTarget(DumpFileTarget):
         if self.triage is not None:
             self._map_memory(self.triage)
             self._drivers = self._driver_modules(self.triage)
-        self.memory_unavailable = self._why_no_hunt(name)
+        self.hunt_unavailable = self._why_no_hunt(name)
         self._unreadable = "not in this small dump (it holds only the memory blocks the kernel chose to keep)"
 
     def _why_no_hunt(self, name: str) -> str:
@@ -176,7 +176,7 @@ class SmallDumpTarget(DumpFileTarget):
 
     def search_pointers(self, values: Iterable[int], pfn_range: Optional[PfnRange] = None,
                         progress: Optional[ProgressCallback] = None) -> Dict[int, List[SearchHit]]:
-        raise SearchUnavailable(self.memory_unavailable)
+        raise SearchUnavailable(self.hunt_unavailable)
 
     # ---- facts of the triage section -----------------------------------------------------------
 
@@ -201,5 +201,6 @@ class SmallDumpTarget(DumpFileTarget):
     def crash_facts(self) -> Optional[CrashFacts]:
         return self._facts
 
-    def notes(self) -> List[str]:
+    def limitations(self) -> List[str]:
+        """A damaged triage section, driver entries skipped, copies whose address is not confirmed."""
         return list(self._notes)

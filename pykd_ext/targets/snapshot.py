@@ -33,8 +33,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .. import __version__
 from ..search import ValueSet
-from .base import (PAGE_SIZE, BugCheck, FieldInfo, MemoryReadError, Module, PfnRange, ProgressCallback,
-                   SearchHit, SearchUnavailable, SymbolNotFound, Target, TargetError, TypeInfo, read_from_pages)
+from ..typeinfo import FieldInfo, TypeInfo
+from .base import (PAGE_SIZE, BugCheck, MemoryReadError, Module, PfnRange, ProgressCallback,
+                   SearchHit, SearchUnavailable, SymbolNotFound, Target, TargetError, read_from_pages)
 
 FORMAT_NAME = "leakhunt-snapshot"
 FORMAT_VERSION = 1
@@ -71,7 +72,11 @@ class SnapshotData:
     symbols: Dict[str, int] = field(default_factory=dict)
     missing_symbols: Set[str] = field(default_factory=set)
     types: Dict[str, Optional[TypeInfo]] = field(default_factory=dict)
-    modules: List[Module] = field(default_factory=list)
+    # Where each symbol came from, when not from the recorded source itself (a PDB, an ISF file...).
+    symbol_sources: Dict[str, str] = field(default_factory=dict)
+    # The recorded source's own module list; None when it had none and the module list was walked
+    # from nt!PsLoadedModuleList in the recorded pages (a replay walks it again).
+    modules: Optional[List[Module]] = field(default_factory=list)
     pages: Dict[int, bytes] = field(default_factory=dict)  # virtual page address -> 4 KiB
     physical: Dict[int, int] = field(default_factory=dict)  # virtual page -> physical page
     unreadable: Set[int] = field(default_factory=set)
@@ -79,6 +84,11 @@ class SnapshotData:
     searches: Dict[SearchKey, Dict[int, List[SearchHit]]] = field(default_factory=dict)
     failed_searches: Dict[SearchKey, str] = field(default_factory=dict)  # search -> why it was not possible
     created_by: str = ""
+    # What the recorded source could not do (Target.limitations) and why no hunt was possible at all.
+    limitations: List[str] = field(default_factory=list)
+    hunt_unavailable: str = ""
+    # What finding the kernel's symbols said when the session was recorded (replayed as said).
+    symbol_notes: List[str] = field(default_factory=list)
 
 
 def search_key(values: Iterable[int], pfn_range: Optional[PfnRange]) -> SearchKey:
@@ -107,15 +117,8 @@ def _manifest(data: SnapshotData) -> dict:
         "bugcheck": {"code": _hex(data.bugcheck.code), "parameters": [_hex(p) for p in data.bugcheck.parameters]},
         "symbols": {name: _hex(address) for name, address in sorted(data.symbols.items())},
         "missing_symbols": sorted(data.missing_symbols),
-        "types": {
-            name: None if info is None else {
-                "size": info.size,
-                "fields": {f: [fi.offset, fi.size] for f, fi in sorted(info.fields.items())},
-            }
-            for name, info in sorted(data.types.items())
-        },
-        "modules": [{"name": m.name, "image": m.image, "base": _hex(m.base), "size": _hex(m.size)}
-                    for m in data.modules],
+        "types": {name: _type_entry(info) for name, info in sorted(data.types.items())},
+        "modules": None if data.modules is None else [_module_entry(m) for m in data.modules],
         "complete": data.complete,
         "pages": [{"va": _hex(va), "pa": _hex(data.physical.get(va))} for va in page_order],
         "unreadable": [_hex(va) for va in sorted(data.unreadable)],
@@ -135,7 +138,30 @@ def _manifest(data: SnapshotData) -> dict:
              "reason": reason}
             for (values, pfn), reason in sorted(data.failed_searches.items(), key=lambda item: (item[0][0], item[0][1] or ()))
         ]
+    # Keys of what not every source has: written only when there is something to say, so that a
+    # recording of a source without them is the same file as before they existed.
+    if data.symbol_sources:
+        manifest["symbol_sources"] = dict(sorted(data.symbol_sources.items()))
+    if data.symbol_notes:
+        manifest["symbol_notes"] = list(data.symbol_notes)
+    if data.limitations:
+        manifest["limitations"] = list(data.limitations)
+    if data.hunt_unavailable:
+        manifest["hunt_unavailable"] = data.hunt_unavailable
     return manifest
+
+
+def _type_entry(info: Optional[TypeInfo]) -> Optional[dict]:
+    if info is None:
+        return None
+    entry = {"size": info.size, "fields": {f: [fi.offset, fi.size] for f, fi in sorted(info.fields.items())}}
+    if info.source:
+        entry["source"] = info.source
+    return entry
+
+
+def _module_entry(module: Module) -> dict:
+    return {"name": module.name, "image": module.image, "base": _hex(module.base), "size": _hex(module.size)}
 
 
 def save_snapshot(data: SnapshotData, path: str, overwrite: bool = False) -> None:
@@ -188,6 +214,10 @@ def _number(value, what: str, limit: int = 1 << 64) -> int:
 
 def _optional_number(value, what: str) -> Optional[int]:
     return None if value is None else _number(value, what)
+
+
+def _text(value, what: str) -> str:
+    return _expect(value, str, what)
 
 
 def _expect(value, kind, what: str):
@@ -304,11 +334,19 @@ def _build(manifest: dict, pages_bytes: bytes, path: str) -> SnapshotData:
             fields[str(field_name)] = FieldInfo(_number(pair[0], "field offset", MAX_TYPE_BYTES),
                                                 _number(pair[1], "field size", MAX_TYPE_BYTES))
         data.types[str(name)] = TypeInfo(str(name), _number(info.get("size", 0), f"size of {name}", MAX_TYPE_BYTES),
-                                         fields)
-    for entry in _expect(manifest.get("modules", []), list, "modules"):
+                                         fields, _text(info.get("source", ""), f"source of type {name}"))
+    modules = manifest.get("modules", [])
+    if modules is None:
+        data.modules = None
+    for entry in _expect(modules, list, "modules") if modules is not None else ():
         _expect(entry, dict, "module")
         data.modules.append(Module(str(entry.get("name", "")), str(entry.get("image", "")),
                                    _number(entry.get("base"), "module base"), _number(entry.get("size"), "module size")))
+    for name, label in _expect(manifest.get("symbol_sources", {}), dict, "symbol_sources").items():
+        data.symbol_sources[str(name)] = _text(label, f"source of symbol {name}")
+    data.symbol_notes = [_text(n, "symbol note") for n in _expect(manifest.get("symbol_notes", []), list, "symbol_notes")]
+    data.limitations = [_text(n, "limitation") for n in _expect(manifest.get("limitations", []), list, "limitations")]
+    data.hunt_unavailable = _text(manifest.get("hunt_unavailable", ""), "hunt_unavailable")
     pages = manifest["pages"]
     if len(pages_bytes) != len(pages) * PAGE_SIZE:
         raise SnapshotError(f"{path}: the page store holds {len(pages_bytes)} bytes but the manifest lists "
@@ -368,6 +406,7 @@ class SnapshotTarget(Target):
         # The recorded description, unchanged: a replay's JSON is byte-identical to the recorded session's.
         self.description = data.description or "recorded snapshot"
         self.has_type_info = any(info is not None for info in data.types.values())
+        self.hunt_unavailable = data.hunt_unavailable
 
     @classmethod
     def open(cls, path: str) -> "SnapshotTarget":
@@ -385,11 +424,20 @@ class SnapshotTarget(Target):
         except KeyError:
             raise SymbolNotFound(name, "not in the snapshot") from None
 
+    def symbol_source(self, name: str) -> str:
+        return self.data.symbol_sources.get(name, "recording")
+
     def type_info(self, name: str, field_names: Sequence[str]) -> Optional[TypeInfo]:
         return self.data.types.get(name)
 
-    def modules(self) -> List[Module]:
-        return list(self.data.modules)
+    def modules(self) -> Optional[List[Module]]:
+        return None if self.data.modules is None else list(self.data.modules)
+
+    def limitations(self) -> List[str]:
+        return list(self.data.limitations)
+
+    def recorded_symbol_notes(self) -> List[str]:
+        return list(self.data.symbol_notes)
 
     def search_pointers(self, values: Iterable[int], pfn_range: Optional[PfnRange] = None,
                         progress: Optional[ProgressCallback] = None) -> Dict[int, List[SearchHit]]:
@@ -443,10 +491,11 @@ class RecordingTarget(Target):
         self.max_pfn = inner.max_pfn
         self.description = inner.description
         self.has_type_info = inner.has_type_info
+        self.hunt_unavailable = inner.hunt_unavailable
         self.data = SnapshotData(arch=inner.arch, pointer_size=inner.pointer_size, bugcheck=BugCheck(0, (0, 0, 0, 0)),
                                  build=inner.build, description=inner.description, max_pfn=inner.max_pfn)
         self._bugcheck: Optional[BugCheck] = None
-        self._modules: Optional[List[Module]] = None
+        self._modules_asked = False
 
     def bugcheck(self) -> BugCheck:
         if self._bugcheck is None:
@@ -488,11 +537,21 @@ class RecordingTarget(Target):
             self.data.types[name] = self.inner.type_info(name, field_names)
         return self.data.types[name]
 
-    def modules(self) -> List[Module]:
-        if self._modules is None:
-            self._modules = self.inner.modules()
-            self.data.modules = list(self._modules)
-        return list(self._modules)
+    def symbol_source(self, name: str) -> str:
+        return self.inner.symbol_source(name)
+
+    def modules(self) -> Optional[List[Module]]:
+        if not self._modules_asked:
+            listed = self.inner.modules()
+            self.data.modules = None if listed is None else list(listed)
+            self._modules_asked = True
+        return None if self.data.modules is None else list(self.data.modules)
+
+    def limitations(self) -> List[str]:
+        return self.inner.limitations()
+
+    def recorded_symbol_notes(self) -> List[str]:
+        return self.inner.recorded_symbol_notes()
 
     def search_pointers(self, values: Iterable[int], pfn_range: Optional[PfnRange] = None,
                         progress: Optional[ProgressCallback] = None) -> Dict[int, List[SearchHit]]:
@@ -508,8 +567,10 @@ class RecordingTarget(Target):
         return {v: list(self.data.searches[key].get(v, [])) for v in key[0]}
 
     def snapshot(self) -> SnapshotData:
-        """The recording so far (the bug check is always included)."""
+        """The recording so far (the bug check and what the source cannot do are always included)."""
         self.bugcheck()
+        self.data.limitations = self.inner.limitations()
+        self.data.hunt_unavailable = self.inner.hunt_unavailable
         return self.data
 
     def close(self) -> None:

@@ -1,0 +1,288 @@
+"""The kernel session: one crashed kernel as the analyses see it.
+
+A Target gives bytes, search and the facts of its source. The session adds what belongs to the kernel
+rather than to the source, each in one place:
+
+* symbols, looked up in priority order: the source itself (the debugger's symbols, the globals a dump
+  header records, a recording), then the kernel's own symbol files (PDB, then ISF) that fit this
+  dump, then addresses the user gave;
+* structure layouts (``Layouts``): the source's type information, then the symbol files, then the
+  built-in tables, each structure labelled with the source that gave it;
+* the module list: the source's own, or nt!PsLoadedModuleList walked through the target.
+
+Every kernel view and analysis reads through a session (``analyses.common.Context`` holds one).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .kernel.modules import ModuleMap, walk_loaded_modules
+from .layouts import Layouts
+from .symbols.base import SymbolFile
+from .targets.base import Module, SymbolNotFound, Target, TargetError
+from .typeinfo import TypeInfo
+
+USER_GIVEN = "given on the command line"
+
+
+class KernelSession:
+    """The target plus the kernel's symbols, layouts and modules. See the module docstring."""
+
+    def __init__(self, target: Target, symbol_files: Sequence[SymbolFile] = (),
+                 addresses: Optional[Dict[str, int]] = None, kernel_base: Optional[int] = None,
+                 notes: Sequence[str] = ()):
+        """``symbol_files`` are files already checked to fit this kernel, best first; ``kernel_base``
+        is where nt is loaded (the RVAs of the files are relative to it); ``notes`` are what finding
+        them said, for the report."""
+        self.target = target
+        self.arch = target.arch
+        self.pointer_size = target.pointer_size
+        self.build = target.build
+        self.symbol_files = list(symbol_files)
+        self.addresses = dict(addresses or {})
+        self.kernel_base = kernel_base
+        self.notes = list(target.recorded_symbol_notes()) + list(notes)
+        # Where every symbol looked up so far came from (name -> source label), for the report.
+        self.symbol_sources: Dict[str, str] = {}
+        self._symbols: Dict[str, Optional[int]] = {}
+        # Layouts the symbol files gave (recorded with a session so that a replay uses them again).
+        self.file_types: Dict[str, TypeInfo] = {}
+        self.layouts = Layouts(self)
+        self._modules: Optional[List[Module]] = None
+
+    # ---- what Layouts and the kernel views read through -----------------------------------------
+
+    def read(self, address: int, size: int) -> bytes:
+        return self.target.read(address, size)
+
+    def type_info(self, name: str, field_names: Sequence[str]) -> Optional[TypeInfo]:
+        """The layout of ``nt!_NAME`` from the best type information there is, labelled with its source."""
+        info = self.target.type_info(name, field_names)
+        if info is not None:
+            return info
+        bare = name.split("!", 1)[-1]
+        for symbol_file in self.symbol_files:
+            info = symbol_file.type_info(bare, field_names)
+            if info is not None:
+                labelled = TypeInfo(name, info.size, dict(info.fields), symbol_file.label)
+                self.file_types[name] = labelled
+                return labelled
+        return None
+
+    # ---- symbols ----------------------------------------------------------------------------------
+
+    def symbol(self, name: str) -> Optional[int]:
+        """Address of ``nt!Name`` from the first source that knows it, or None."""
+        if name not in self._symbols:
+            self._symbols[name] = self._resolve_symbol(name)
+        return self._symbols[name]
+
+    def _resolve_symbol(self, name: str) -> Optional[int]:
+        try:
+            address = self.target.symbol(name)
+        except SymbolNotFound:
+            pass
+        else:
+            self.symbol_sources[name] = self.target.symbol_source(name)
+            return address
+        module, _, bare = name.rpartition("!")
+        if module in ("", "nt") and self.kernel_base is not None:
+            for symbol_file in self.symbol_files:
+                rva = symbol_file.rva(bare)
+                if rva is not None:
+                    self.symbol_sources[name] = symbol_file.label
+                    return self.kernel_base + rva
+        if name in self.addresses:
+            self.symbol_sources[name] = USER_GIVEN
+            return self.addresses[name]
+        return None
+
+    def resolved_symbols(self) -> Dict[str, int]:
+        """The symbols looked up so far that were found: name -> address."""
+        return {name: address for name, address in self._symbols.items() if address is not None}
+
+    # ---- modules ----------------------------------------------------------------------------------
+
+    def modules(self) -> List[Module]:
+        """The loaded kernel images: the source's own list, else nt!PsLoadedModuleList walked (a
+        partial list if it breaks). Raises TargetError when there is no list at all."""
+        if self._modules is None:
+            listed = self.target.modules()
+            if listed is None:
+                listed = self._walk_modules()
+            self._modules = list(listed)
+        return list(self._modules)
+
+    def _walk_modules(self) -> List[Module]:
+        head = self.symbol("nt!PsLoadedModuleList")
+        if head is None:
+            raise TargetError("the source has no module list and nt!PsLoadedModuleList is unknown")
+        found, problems = walk_loaded_modules(self.target, head, self.layouts)
+        if not found and problems:
+            raise TargetError(problems[0])
+        return found
+
+    def module_map(self) -> ModuleMap:
+        return ModuleMap(self.modules())
+
+
+def as_session(source) -> KernelSession:
+    """A session for ``source``: itself when it is one, else a session over the bare target (no symbol
+    files, no user-given addresses: the source's own symbols and the built-in tables)."""
+    return source if isinstance(source, KernelSession) else KernelSession(source)
+
+
+# ---- finding the kernel's own symbols -------------------------------------------------------------
+
+# Kernel globals whose RVAs in a symbol file must agree with the addresses the dump records (minus the
+# kernel base) before the file is used for a dump whose nt image header is not in memory.
+CHECKED_GLOBALS = ("PsLoadedModuleList", "PsActiveProcessHead", "KdDebuggerDataBlock")
+# The PDB names of the kernel images (ntkrnlmp for the multiprocessor kernel every current system runs).
+KERNEL_PDB_NAMES = ("ntkrnlmp.pdb", "ntoskrnl.pdb", "ntkrnlpa.pdb", "ntkrpamp.pdb")
+
+
+def load_symbol_files(paths: Sequence[str]) -> Tuple[List[SymbolFile], Dict[str, int]]:
+    """Open the files of ``--symbols``: PDB and ISF files, and address maps merged into one dict.
+    Raises SymbolFileError (one line) for a file that cannot be read or has the wrong shape."""
+    from .symbols.files import open_symbol_file
+
+    files: List[SymbolFile] = []
+    addresses: Dict[str, int] = {}
+    for path in paths:
+        opened = open_symbol_file(path)
+        if isinstance(opened, dict):
+            addresses.update(opened)
+        else:
+            files.append(opened)
+    return files, addresses
+
+
+def open_session(target: Target, symbol_path: Optional[str] = None, symbol_files: Sequence[SymbolFile] = (),
+                 addresses: Optional[Dict[str, int]] = None) -> KernelSession:
+    """A session whose symbols come from the target, the kernel's own symbol files that fit it, and
+    ``addresses`` (``--symbol`` and address maps). ``symbol_files`` (``--symbols``) are used when they
+    fit the dump; otherwise ``symbol_path`` (``--symbol-path`` / ``_NT_SYMBOL_PATH``) is searched for
+    the PDB or ISF of the dump's kernel. A file that does not fit the dump is never used, and the
+    report says so."""
+    if not symbol_files and not symbol_path:
+        return KernelSession(target, addresses=addresses)
+    finder = _KernelSymbolFinder(target)
+    files = [f for f in symbol_files if finder.accept(f, "given with --symbols")]
+    if not files and symbol_path:
+        found = finder.search(symbol_path)
+        files = [found] if found else []
+    return KernelSession(target, files, addresses, finder.base, finder.notes)
+
+
+class _KernelSymbolFinder:
+    """Finds and checks the symbol files of one dump's kernel, collecting what it has to say."""
+
+    def __init__(self, target: Target):
+        from .symbols.pe import read_codeview_identity
+
+        self.target = target
+        self.notes: List[str] = []
+        self.base = kernel_base(target)
+        self.identity = None
+        self.why_no_identity = ""
+        if self.base is None:
+            self.why_no_identity = "the kernel's base address is unknown (nt!PsLoadedModuleList is unreadable)"
+            return
+        try:
+            self.identity = read_codeview_identity(target.read, self.base)
+        except TargetError as error:
+            self.why_no_identity = f"nt's image header is not in this dump ({error})"
+        self.recorded_globals: Dict[str, int] = {}
+        for name in CHECKED_GLOBALS:
+            try:
+                self.recorded_globals[name] = target.symbol("nt!" + name)
+            except SymbolNotFound:
+                continue
+
+    def misfit(self, symbol_file: SymbolFile) -> str:
+        """Why ``symbol_file`` is not the symbols of this dump's kernel, or "" when it is."""
+        if self.base is None:
+            return self.why_no_identity
+        if symbol_file.pointer_size and symbol_file.pointer_size != self.target.pointer_size:
+            return f"it is for a {8 * symbol_file.pointer_size}-bit kernel"
+        identified = self.identity is not None and symbol_file.identity is not None
+        if identified and (symbol_file.identity.guid, symbol_file.identity.age) != (self.identity.guid,
+                                                                                     self.identity.age):
+            return f"it is for {symbol_file.identity.label}, the dump's kernel is {self.identity.label}"
+        checked = 0
+        for name, address in self.recorded_globals.items():
+            rva = symbol_file.rva(name)
+            if rva is None:
+                continue
+            if rva != address - self.base:
+                return (f"{name} is at RVA {rva:#x} in it but at {address - self.base:#x} in the dump "
+                        f"(kernel base {self.base:#x})")
+            checked += 1
+        if not identified and not checked:
+            why = self.why_no_identity or "the file names no PDB identity"
+            return f"{why}, and none of {', '.join(CHECKED_GLOBALS)} can be checked against it"
+        return ""
+
+    def accept(self, symbol_file: SymbolFile, how: str) -> bool:
+        misfit = self.misfit(symbol_file)
+        if misfit:
+            self.notes.append(f"the symbol file {symbol_file.path} ({how}) does not fit this dump: {misfit}; "
+                              f"it was not used")
+            symbol_file.close()
+        return not misfit
+
+    def search(self, symbol_path_text: str) -> Optional[SymbolFile]:
+        """The first symbol file on the symbol path that fits this dump's kernel, or None (and a note)."""
+        from .symbols.files import open_symbol_file
+        from .symbols.path import SymbolPath
+
+        symbol_path = SymbolPath.parse(symbol_path_text)
+        if self.base is None:
+            self.notes.append(f"the kernel's symbols were not looked up: {self.why_no_identity}")
+            return None
+        if self.identity is not None:
+            lookup = symbol_path.find(self.identity)
+            if lookup.path is None:
+                self.notes.append(f"no symbols for this dump's kernel ({self.identity.label}) on the symbol path: "
+                                  f"{lookup.describe()}; the built-in layouts were used")
+                return None
+            candidates = [lookup.path]
+        else:
+            candidates = [path for name in KERNEL_PDB_NAMES for path in symbol_path.candidates(name)]
+        for path in candidates:
+            try:
+                opened = open_symbol_file(path)
+            except TargetError as error:
+                self.notes.append(f"the symbol file {path} is unreadable ({error}); it was not used")
+                continue
+            if isinstance(opened, dict):
+                continue
+            if self.accept(opened, "found on the symbol path"):
+                return opened
+        if self.identity is None:
+            self.notes.append(f"{self.why_no_identity}, and no kernel symbol file on the symbol path fits it "
+                              f"({len(candidates)} looked at); the built-in layouts were used")
+        return None
+
+
+def kernel_base(target: Target) -> Optional[int]:
+    """Where nt is loaded: from the source's module list, else the first entry of nt!PsLoadedModuleList
+    (the kernel is always loaded first; `_KLDR_DATA_TABLE_ENTRY.DllBase` from the built-in table, whose
+    offsets have been stable for years)."""
+    from .layouts import builtin_layout
+
+    try:
+        listed = target.modules()
+    except TargetError:
+        listed = None
+    if listed:
+        kernel = next((module for module in listed if module.name == "nt"), None)
+        return kernel.base if kernel else None
+    try:
+        head = target.symbol("nt!PsLoadedModuleList")
+        layout = builtin_layout("_KLDR_DATA_TABLE_ENTRY", target.pointer_size)
+        first = target.read_pointer(head) - layout.offset("InLoadOrderLinks")
+        base = target.read_pointer(first + layout.offset("DllBase"))
+    except TargetError:
+        return None
+    return base if target.is_kernel_address(base) and base % 0x1000 == 0 else None
