@@ -207,6 +207,15 @@ class Target:
         """
         raise NotImplementedError
 
+    def readable_ranges(self, address: int, size: int) -> List[Tuple[int, int]]:
+        """The parts (start, end) of ``[address, address + size)`` that ``read`` can give: all of it or
+        nothing for most sources; a small dump holds memory in pieces smaller than a page."""
+        try:
+            self.read(address, size)
+        except MemoryReadError:
+            return []
+        return [(address, address + size)]
+
     def crash_facts(self) -> Optional[CrashFacts]:
         """What the source recorded about the crash besides memory (a small dump's triage data), or None."""
         return None

@@ -174,6 +174,22 @@ class SmallDumpTarget(DumpFileTarget):
             position += take
         return b"".join(chunks)
 
+    def readable_ranges(self, address: int, size: int) -> List[Tuple[int, int]]:
+        ranges: List[Tuple[int, int]] = []
+        end = address + size
+        index = max(0, bisect.bisect_right(self._starts, address) - 1)
+        for start, segment_end, _ in self._segments[index:]:
+            if start >= end:
+                break
+            low, high = max(start, address), min(segment_end, end)
+            if low >= high:
+                continue
+            if ranges and ranges[-1][1] == low:
+                ranges[-1] = (ranges[-1][0], high)
+            else:
+                ranges.append((low, high))
+        return ranges
+
     def search_pointers(self, values: Iterable[int], pfn_range: Optional[PfnRange] = None,
                         progress: Optional[ProgressCallback] = None) -> Dict[int, List[SearchHit]]:
         raise SearchUnavailable(self.hunt_unavailable)
