@@ -421,6 +421,23 @@ def _object_copy(data: SnapshotData, address: int, size: int) -> bytes:
     return bytes(copy)
 
 
+def add_crashing_thread(data: SnapshotData, process: int, start: int, thread_id: int = 0x1F4) -> int:
+    """Put an ETHREAD of ``process`` that started at ``start`` (build 19045 x64 layout) on fresh pages of the
+    scenario's memory, for a small dump whose scenario has no decodable thread; returns its address."""
+    from pykd_ext.layouts import builtin_layout
+
+    address = max(data.pages) + 0x10000
+    content = bytearray(2 * PAGE_SIZE)
+    kthread, ethread = builtin_layout("_KTHREAD", 8, 19045), builtin_layout("_ETHREAD", 8, 19045)
+    content[0] = 6  # DISPATCHER_HEADER.Type: ThreadObject
+    for layout, field, value in ((kthread, "ApcState.Process", process), (kthread, "Process", process),
+                                 (ethread, "StartAddress", start), (ethread, "Cid.UniqueProcess", 0x9A0),
+                                 (ethread, "Cid.UniqueThread", thread_id)):
+        struct.pack_into("<Q", content, layout.offset(field), value)
+    data.pages[address], data.pages[address + PAGE_SIZE] = bytes(content[:PAGE_SIZE]), bytes(content[PAGE_SIZE:])
+    return address
+
+
 def write_small_dump(data: SnapshotData, path: str, thread: int, process: int, thread_size: int = 0x900,
                      process_size: int = 0xA40, blocks: Sequence[Tuple[int, int]] = (),
                      stack_values: Sequence[int] = (), broken_driver: str = "",

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from mocks.dumpwriter import SMALL_DUMP_STACK_VA, write_small_dump
+from mocks.dumpwriter import SMALL_DUMP_STACK_VA, add_crashing_thread as crashing_thread, write_small_dump
 from mocks.scenarios import case_0x76
 from mocks.scenarios_family import case_0x153, case_0xcb
 from pykd_ext.analyses import analyze
@@ -164,20 +164,6 @@ def test_the_19041_offsets_are_those_of_its_real_symbol_table(name):
 
 
 # ---- generated small dumps: each checked against its scenario's truth ---------------------------
-
-def crashing_thread(data, process, start, thread_id=0x1F4):
-    """Put an ETHREAD of ``process`` (build 19045 layout) on a fresh page of the scenario's memory."""
-    address = max(data.pages) + 0x10000
-    page = bytearray(0x2000)
-    kthread, ethread = builtin_layout("_KTHREAD", 8, 19045), builtin_layout("_ETHREAD", 8, 19045)
-    page[0] = 6  # DISPATCHER_HEADER.Type: ThreadObject
-    for layout, field, value in ((kthread, "ApcState.Process", process), (kthread, "Process", process),
-                                 (ethread, "StartAddress", start), (ethread, "Cid.UniqueProcess", 0x9A0),
-                                 (ethread, "Cid.UniqueThread", thread_id)):
-        struct.pack_into("<Q", page, layout.offset(field), value)
-    data.pages[address], data.pages[address + 0x1000] = bytes(page[:0x1000]), bytes(page[0x1000:])
-    return address
-
 
 def module(data, image):
     return next(m for m in data.modules if m.image == image)
