@@ -167,16 +167,26 @@ class TriageDump:
 
     def copy(self, name: str) -> Tuple[int, int]:
         """(file offset, size) of the Prcb, Process, Thread or CallStack copy."""
-        return COPIES[name](self.fields)
+        return _copy_extent(self.fields, name)
 
 
-# The Prcb, Process and Thread copies follow one another; each one's size is the gap to the next.
-COPIES = {
-    "Prcb": lambda f: (f["PrcbOffset"], f["ProcessOffset"] - f["PrcbOffset"]),
-    "Process": lambda f: (f["ProcessOffset"], f["ThreadOffset"] - f["ProcessOffset"]),
-    "Thread": lambda f: (f["ThreadOffset"], f["CallStackOffset"] - f["ThreadOffset"]),
-    "CallStack": lambda f: (f["CallStackOffset"], f["SizeOfCallStack"]),
-}
+def _copy_extent(fields: Dict[str, int], name: str) -> Tuple[int, int]:
+    """(file offset, size) of a copy. The Prcb, Process and Thread copies carry no size: each one ends
+    where the next part of the section begins (in both real samples: Prcb, Process, Thread, CallStack)."""
+    offset = fields[name + "Offset"]
+    if name == "CallStack":
+        return offset, fields["SizeOfCallStack"]
+    if not offset:
+        return 0, 0
+    following = [fields[field] for field in SECTION_PARTS if fields[field] > offset]
+    return offset, (min(following) - offset) if following else 0
+
+
+# The parts of the section, by the fields that give their offsets.
+SECTION_PARTS = ("ContextOffset", "ExceptionOffset", "MmOffset", "UnloadedDriversOffset", "PrcbOffset",
+                 "ProcessOffset", "ThreadOffset", "CallStackOffset", "DriverListOffset", "StringPoolOffset",
+                 "DebuggerDataOffset", "DataBlocksOffset", "ValidOffset")
+COPIES = ("Prcb", "Process", "Thread", "CallStack")
 
 
 class _File:
@@ -208,8 +218,8 @@ def read_triage(handle: BinaryIO, header: DumpHeader) -> TriageDump:
     valid = fields["ValidOffset"]
     if source.read(valid, 4, "TRGD marker") != TRIAGE_VALID:
         raise TriageError(f"the dword at its ValidOffset {valid:#x} is not TRGD (an incomplete triage section)")
-    for name in ("Prcb", "Process", "Thread", "CallStack"):
-        offset, size = COPIES[name](fields)
+    for name in COPIES:
+        offset, size = _copy_extent(fields, name)
         if size < 0 or size > MAX_COPY_BYTES:
             raise TriageError(f"its {name} copy has an impossible size ({size:#x} bytes at {offset:#x})")
         source.check(offset, size, f"{name} copy")
