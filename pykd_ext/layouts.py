@@ -336,8 +336,9 @@ BUILD_LAYOUTS_X64: Dict[str, Dict[int, Tuple[Optional[int], Dict[str, Tuple[int,
     },
     # ETHREAD: Cid, IrpList, Win32StartAddress, ThreadListEntry from §4.9; StartAddress and the
     # LockEntries[6] array that KTHREAD.LockEntries points to from the same NTDIFF header; 26100 from NTKLIB.
+    # sizeof 0x898 is the 19041.804 PDB's (ISF 5278AFF86C341677D7D7835C85B7B844-1; NTDIFF 20180 says 0x8A0).
     "_ETHREAD": {
-        19045: (0x8A0, {
+        19045: (0x898, {
             "StartAddress": (0x450, "ptr"),
             "Cid": (0x478, "struct"),
             "Cid.UniqueProcess": (0x478, "ptr"),
@@ -372,7 +373,8 @@ BUILD_LAYOUTS_X64: Dict[str, Dict[int, Tuple[Optional[int], Dict[str, Tuple[int,
             "OwnerTree": (0x30, "struct"),
             "WaiterTree": (0x40, "struct"),
             "EntryLock": (0x50, "u64"),
-            "BoostBitmap": (0x58, "u64"),
+            # A 4-byte union on 19041.804 (ISF 5278AFF86C341677D7D7835C85B7B844-1 _KLOCK_ENTRY_BOOST_BITMAP).
+            "BoostBitmap": (0x58, "u32"),
         }),
         26100: (0x58, {
             "LockState": (0x00, "u64"),
@@ -479,14 +481,18 @@ BUILD_LAYOUTS_X86: Dict[str, Dict[int, Tuple[Optional[int], Dict[str, Tuple[int,
     },
 }
 
+_SAME_AS_19041 = "matches the 19041.804 kernel PDB; 19045 is assumed to run the same kernel"
+
 # Built-in tables whose mapping to a Windows build is not verified: (name, pointer size, build) -> why.
 # A report that used one says so (Report.layouts and a warning); symbols always take precedence.
+# The x64 19045 tables match the 19041.804 kernel PDB (ISF 5278AFF86C341677D7D7835C85B7B844-1, checked by
+# tests/test_layouts_real_symbols.py); what stays unverified is that a 19045 kernel has the same layouts.
 UNVERIFIED_BUILD_TABLES: Dict[Tuple[str, int, int], str] = {
-    ("_KTHREAD", 8, 19045): "NTDIFF Win10_21H1_20180 layout assumed for 22H2",
-    ("_ETHREAD", 8, 19045): "NTDIFF Win10_21H1_20180 layout assumed for 22H2",
-    ("_KLOCK_ENTRY", 8, 19045): "NTDIFF Win10_21H1_20180 layout assumed for 22H2",
-    ("_LOCK_HEADER", 8, 19045): "NTDIFF Win10_21H1_20180 layout assumed for 22H2",
-    ("_LOCK_TRACKER", 8, 19045): "which build uses tracker variant B is not known",
+    ("_KTHREAD", 8, 19045): _SAME_AS_19041,
+    ("_ETHREAD", 8, 19045): _SAME_AS_19041,
+    ("_KLOCK_ENTRY", 8, 19045): _SAME_AS_19041,
+    ("_LOCK_HEADER", 8, 19045): _SAME_AS_19041,
+    ("_LOCK_TRACKER", 8, 19045): _SAME_AS_19041,
     ("_ETHREAD", 8, 26100): "NTKLIB layouts, whose exact build is not confirmed",
     ("_KLOCK_ENTRY", 8, 26100): "NTKLIB layouts, whose exact build is not confirmed",
     ("_KLOCK_ENTRIES", 8, 26100): "NTKLIB layouts, whose exact build is not confirmed",

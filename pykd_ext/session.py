@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .kernel.modules import ModuleMap, walk_loaded_modules
 from .layouts import Layouts
 from .symbols.base import SymbolFile
-from .targets.base import Module, SymbolNotFound, Target, TargetError
+from .targets.base import MemoryReadError, Module, SymbolNotFound, Target, TargetError
 from .typeinfo import TypeInfo
 
 USER_GIVEN = "given on the command line"
@@ -178,7 +178,7 @@ class _KernelSymbolFinder:
     """Finds and checks the symbol files of one dump's kernel, collecting what it has to say."""
 
     def __init__(self, target: Target):
-        from .symbols.pe import read_codeview_identity
+        from .symbols.pe import read_image_identity
 
         self.target = target
         self.notes: List[str] = []
@@ -189,9 +189,14 @@ class _KernelSymbolFinder:
             self.why_no_identity = "the kernel's base address is unknown (nt!PsLoadedModuleList is unreadable)"
             return
         try:
-            self.identity = read_codeview_identity(target.read, self.base)
+            image = read_image_identity(target.read, self.base)
+        except MemoryReadError:
+            self.why_no_identity = "nt's image header is not in this dump"
         except TargetError as error:
-            self.why_no_identity = f"nt's image header is not in this dump ({error})"
+            self.why_no_identity = f"nt's image header cannot be read ({error})"
+        else:
+            self.identity = image.pdb
+            self.why_no_identity = image.no_pdb_reason
         self.recorded_globals: Dict[str, int] = {}
         for name in CHECKED_GLOBALS:
             try:
@@ -243,8 +248,7 @@ class _KernelSymbolFinder:
         if self.identity is not None:
             lookup = symbol_path.find(self.identity)
             if lookup.path is None:
-                self.notes.append(f"no symbols for this dump's kernel ({self.identity.label}) on the symbol path: "
-                                  f"{lookup.describe()}; the built-in layouts were used")
+                self.notes.append(f"{lookup.warning()}; the built-in layouts were used")
                 return None
             candidates = [lookup.path]
         else:

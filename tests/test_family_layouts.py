@@ -25,9 +25,10 @@ SOURCES = {
     # at +0x20; KTHREAD.Process at 0x220.
     ("_KTHREAD", 8, 19045): {"ApcState.Process": 0xB8, "Process": 0x220},
     ("_KTHREAD", 8, 26100): {"ApcState.Process": 0xB8, "Process": 0x220},
-    # NTDIFF Win10_21H1_20180 x64 _ETHREAD.h.
+    # NTDIFF Win10_21H1_20180 x64 _ETHREAD.h; sizeof from the 19041.804 kernel PDB (NTDIFF 20180 says 0x8A0),
+    # checked by tests/test_layouts_real_symbols.py.
     ("_ETHREAD", 8, 19045): {"StartAddress": 0x450, "Cid.UniqueProcess": 0x478, "Cid.UniqueThread": 0x480,
-                             "LockEntries": 0x650, "sizeof": 0x8A0},
+                             "LockEntries": 0x650, "sizeof": 0x898},
     # NTKLIB _ETHREAD.g.cs (Size 1944).
     ("_ETHREAD", 8, 26100): {"StartAddress": 0x4E0, "Cid.UniqueProcess": 0x508, "Cid.UniqueThread": 0x510,
                              "Win32StartAddress": 0x560},

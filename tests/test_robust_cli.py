@@ -170,8 +170,8 @@ def test_a_line_break_in_a_module_name_does_not_break_a_table():
 
 
 @pytest.mark.parametrize("content, message", [("[" * 100000 + "]" * 100000, "not valid JSON"),
-                                              ('{"nt!KiBugCheckDriver": "0x1ffffffffffffffff"}', "not an address"),
-                                              ('{"nt!KiBugCheckDriver": [1, 2]}', "not an address"),
+                                              ('{"nt!KiBugCheckDriver": "0x1ffffffffffffffff"}', "bad symbol"),
+                                              ('{"nt!KiBugCheckDriver": [1, 2]}', "bad symbol"),
                                               (b"\xff\xfe{}", "not valid JSON")],
                          ids=["nested", "wider-than-64-bits", "a-list", "not-utf8"])
 def test_a_hostile_symbol_file_is_an_input_error(tmp_path, content, message):

@@ -1,29 +1,78 @@
-"""``--symbols FILE``: a JSON map of symbol addresses (PDB and ISF files are told apart by their magic)."""
+"""``--symbols FILE``: a kernel PDB, a volatility3 ISF file, or an address map, told apart by content.
+
+- a PDB: the MSF 7.0 signature -> ``PdbFile`` (pdb.py);
+- an ISF: xz or gzip data, or a JSON object with ``metadata`` and ``user_types`` -> ``IsfFile``;
+- an address map: a JSON object ``{"nt!KiBugCheckDriver": "0xfffff803..."}`` -> a dict name -> address.
+
+Anything else, and a missing or unreadable file, is one SymbolFileError line (exit 3).
+"""
 from __future__ import annotations
 
-import json
-from typing import Dict, Union
+from typing import Any, Dict, Union
 
 from .base import SymbolFile, SymbolFileError
+from .isf import IsfFile, compression_of, load_json_document
+
+MSF_7_MAGIC = b"Microsoft C/C++ MSF 7.00\r\n\x1aDS\x00\x00\x00"
+MSF_2_MAGIC = b"Microsoft C/C++ program database 2.00\r\n"
+ACCEPTED = ('accepted are a PDB, a volatility3 ISF file (.json, .json.xz, .json.gz) or a JSON object '
+            '{"nt!Name": "0x..."}')
 
 
 def open_symbol_file(path: str) -> Union[SymbolFile, Dict[str, int]]:
+    """The symbol file at ``path``: a SymbolFile (PDB, ISF) or an address map {name: address}."""
+    head = _head(path)
+    if head.startswith(MSF_7_MAGIC):
+        from .pdb import PdbFile  # the PDB reader is loaded only when a PDB is given
+
+        return PdbFile.open(path)
+    if head.startswith(MSF_2_MAGIC):
+        raise SymbolFileError(f"symbol file {path} is a PDB 2.00 (before Visual C++ 7.0): not supported; {ACCEPTED}")
+    if compression_of(head):
+        return IsfFile.open(path)
+    document = load_json_document(path)
+    if isinstance(document, dict) and "metadata" in document and "user_types" in document:
+        return IsfFile(path, document)
+    return address_map(document, path)
+
+
+def read_address_map(path: str) -> Dict[str, int]:
+    """The address map ``{"nt!Name": "0x..."}`` in the JSON file at ``path``."""
+    return address_map(load_json_document(path), path)
+
+
+def address_map(document: Any, path: str) -> Dict[str, int]:
+    """Check a parsed address map: names to addresses (``"0x..."`` text or a number) below 2**64."""
+    if not isinstance(document, dict) or not document:
+        raise SymbolFileError(f"symbol file {path} is not a symbol file leakhunt reads; {ACCEPTED}")
+    symbols: Dict[str, int] = {}
+    for index, (name, value) in enumerate(document.items(), 1):
+        address = _address(value)
+        if not name.strip() or address is None:
+            raise SymbolFileError(f"symbol file {path} has a bad symbol (entry {index}: not a name and an address "
+                                  f"below 2**64); {ACCEPTED}")
+        symbols[name.strip()] = address
+    return symbols
+
+
+def _address(value: Any) -> Any:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        address = value
+    elif isinstance(value, str):
+        try:
+            address = int(value.strip(), 0)
+        except ValueError:
+            return None
+    else:
+        return None
+    return address if 0 <= address < 1 << 64 else None
+
+
+def _head(path: str) -> bytes:
     try:
-        with open(path, "r", encoding="utf-8") as handle:
-            loaded = json.load(handle)
+        with open(path, "rb") as handle:
+            return handle.read(len(MSF_2_MAGIC))
     except OSError as error:
         raise SymbolFileError(f"cannot read symbol file {path}: {error.strerror or error}") from None
-    except (ValueError, RecursionError):
-        raise SymbolFileError(f"symbol file {path} is not valid JSON") from None
-    if not isinstance(loaded, dict):
-        raise SymbolFileError(f'symbol file {path} must hold one JSON object: {{"nt!Name": "0x..."}}')
-    symbols = {}
-    for name, value in loaded.items():
-        try:
-            address = int(str(value).strip(), 0)
-        except ValueError:
-            address = -1
-        if not 0 <= address < 1 << 64:
-            raise SymbolFileError(f'symbol file {path}: {name!r} is not an address; expected {{"nt!Name": "0x..."}}')
-        symbols[name if "!" in name else "nt!" + name] = address
-    return symbols

@@ -1,0 +1,427 @@
+"""The symbol path (``--symbol-path``, ``_NT_SYMBOL_PATH``): where the kernel's symbol file is looked for.
+
+Syntax, as the Windows debuggers read it: elements separated by ``;``, searched in order.
+
+- ``DIR``: a folder. It is searched as a plain folder (``DIR/ntkrnlmp.pdb``), as a symbol store
+  (``DIR/ntkrnlmp.pdb/<GUID><AGE hex>/ntkrnlmp.pdb``, or a ``file.ptr`` there holding ``PATH:<file>``
+  or ``MSG:<text>``) and as a volatility3 symbols folder (``DIR/windows/ntkrnlmp.pdb/<GUID>-<AGE>.json``
+  ``[.xz|.gz]``, with DIR the ``symbols`` folder, its ``windows`` folder or the ``ntkrnlmp.pdb`` folder).
+  Within one element a PDB is preferred to an ISF file.
+- ``cache*DIR``: a symbol store, and the downstream store of every later ``srv*URL`` that names none
+  (``cache*`` alone: the default downstream store).
+- ``srv*DIR*URL`` / ``srv*URL`` / ``symsrv*symsrv.dll*DIR*URL``: a symbol server. DIR (else the
+  nearest ``cache*`` before it, else the default downstream store, ``default_downstream_store()``) is
+  searched first; a file it lacks is downloaded from ``URL/<name>/<GUID><AGE>/<name>`` into it, once.
+  ``srv*`` alone is Microsoft's public symbol server. More stores between ``srv*`` and the URL are
+  searched in order (the first is the one downloads go to).
+
+Downloads go over HTTP(S) with a timeout and a size cap, into a temporary file beside the final one
+that is renamed into place only when complete (no partial file is left, also on Ctrl+C). A server's
+``file.ptr`` answer and compressed ``.pd_`` (CAB) files are not supported: only the plain file.
+
+This module finds files; it does not open them (``pykd_ext.symbols.files.open_symbol_file`` does).
+"""
+from __future__ import annotations
+
+import errno
+import http.client
+import os
+import socket
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+
+from .base import PdbIdentity
+from .files import MSF_7_MAGIC
+
+# Downloads a URL to a file: (True, "") or (False, why).
+Fetch = Callable[[str, str], Tuple[bool, str]]
+
+MICROSOFT_SYMBOL_SERVER = "https://msdl.microsoft.com/download/symbols"
+DOWNLOAD_TIMEOUT_SECONDS = 30.0  # for each network wait (connect, each read)
+DOWNLOAD_DEADLINE_SECONDS = 600.0  # for the whole transfer
+# A kernel PDB is 10-30 MB; the cap keeps a misbehaving server from filling the disk.
+MAX_DOWNLOAD_BYTES = 512 << 20
+CAB_MAGIC = b"MSCF"
+ISF_SUFFIXES = (".json", ".json.xz", ".json.gz")
+_CHUNK = 1 << 16
+# file.ptr is a one-line text file; anything longer is not one.
+_MAX_FILE_PTR_BYTES = 4096
+
+
+def default_downstream_store() -> str:
+    """Where ``srv*URL`` (and ``cache*``) keep downloads when the path names no folder.
+
+    ``%LOCALAPPDATA%\\leakhunt\\sym`` on Windows, ``$XDG_CACHE_HOME/leakhunt/sym`` (default
+    ``~/.cache/leakhunt/sym``) elsewhere.
+    """
+    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
+        root = os.environ["LOCALAPPDATA"]
+    else:
+        root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "leakhunt", "sym")
+
+
+@dataclass(frozen=True)
+class Place:
+    """One place a lookup tried, and why it did not give the file."""
+
+    where: str
+    why: str  # "missing", "HTTP 404", "timed out after 30 s", ...
+
+    def __str__(self) -> str:
+        return f"{self.where} ({self.why})"
+
+
+@dataclass
+class Lookup:
+    """The outcome of SymbolPath.find: the first matching file, or every place looked and why."""
+
+    identity: PdbIdentity
+    path: Optional[str] = None
+    downloaded_from: str = ""  # the URL, when the file was fetched by this lookup
+    places: List[Place] = field(default_factory=list)
+
+    @property
+    def found(self) -> bool:
+        return self.path is not None
+
+    def warning(self) -> str:
+        """One line naming the file (name, GUID, age) and every place it was looked for."""
+        where = "; ".join(str(place) for place in self.places) or "the symbol path is empty"
+        return f"no symbol file for {self.identity.label} (PDB {self.identity.name}, GUID {self.identity.guid}, " \
+               f"age {self.identity.age}): looked in {where}"
+
+
+# ---- elements -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LocalFolder:
+    """A folder: plain, symbol store and volatility3 symbols folder at once."""
+
+    folder: str
+
+    def find(self, identity: PdbIdentity) -> Tuple[Optional[str], List[Place]]:
+        if not os.path.isdir(self.folder):
+            return None, [Place(self.folder, "no such folder")]
+        for candidate in self._pdb_candidates(identity):
+            found = _existing_file(candidate)
+            if found:
+                return found, []
+        found, why = _follow_file_ptr(self.folder, identity)
+        if found:
+            return found, []
+        for candidate in self._isf_candidates(identity):
+            found = _existing_file(candidate)
+            if found:
+                return found, []
+        return None, [Place(self.folder, why or "missing")]
+
+    def _pdb_candidates(self, identity: PdbIdentity) -> Iterator[str]:
+        for name in _name_spellings(identity.name):
+            yield os.path.join(self.folder, name, identity.store_key, name)
+        for name in _name_spellings(identity.name):
+            yield os.path.join(self.folder, name)
+
+    def _isf_candidates(self, identity: PdbIdentity) -> Iterator[str]:
+        stem = f"{identity.guid}-{identity.age}"
+        for name in _name_spellings(identity.name):
+            for folder in (os.path.join(self.folder, "windows", name), os.path.join(self.folder, name),
+                           self.folder):
+                for suffix in ISF_SUFFIXES:
+                    yield os.path.join(folder, stem + suffix)
+
+    def candidates(self, pdb_name: str) -> Iterator[str]:
+        """Every file here that may be ``pdb_name`` or an ISF of it, whatever its GUID and age."""
+        for name in _name_spellings(pdb_name):
+            plain = _existing_file(os.path.join(self.folder, name))
+            if plain:
+                yield plain
+            store = os.path.join(self.folder, name)
+            for key in _sorted_entries(store):
+                found = _existing_file(os.path.join(store, key, name))
+                if found:
+                    yield found
+            for folder in (os.path.join(self.folder, "windows", name), store, self.folder):
+                for entry in _sorted_entries(folder):
+                    if entry.lower().endswith(ISF_SUFFIXES):
+                        found = _existing_file(os.path.join(folder, entry))
+                        if found:
+                            yield found
+
+
+@dataclass(frozen=True)
+class SymbolServer:
+    """``srv*STORE*...*URL``: local stores searched first, then the server, downloading into ``stores[0]``."""
+
+    stores: Tuple[str, ...]
+    url: str
+
+    def find(self, identity: PdbIdentity, fetch: Optional[Fetch]) -> Tuple[Optional[str], str, List[Place]]:
+        """(file, the URL it was downloaded from or "", places looked); ``fetch`` None: offline."""
+        places: List[Place] = []
+        for store in self.stores:
+            found, looked = LocalFolder(store).find(identity)
+            if found:
+                return found, "", []
+            places.extend(looked)
+        url = server_file_url(self.url, identity)
+        if fetch is None:
+            places.append(Place(url, "not downloaded: offline"))
+            return None, "", places
+        destination = os.path.join(self.stores[0], identity.name, identity.store_key, identity.name)
+        ok, why = fetch(url, destination)
+        if ok:
+            return destination, url, []
+        places.append(Place(url, why))
+        return None, "", places
+
+
+def server_file_url(server: str, identity: PdbIdentity) -> str:
+    """``URL/<name>/<GUID><AGE>/<name>``, the plain (uncompressed) file on a symbol server."""
+    name = urllib.parse.quote(identity.name)
+    return f"{server.rstrip('/')}/{name}/{identity.store_key}/{name}"
+
+
+# ---- the path -----------------------------------------------------------------------------------
+
+class SymbolPath:
+    """A parsed symbol path: its elements in search order."""
+
+    def __init__(self, elements: Sequence[object], text: str = ""):
+        self.elements = list(elements)
+        self.text = text
+        # Download limits, per path: each network wait, the whole transfer, the body size.
+        self.timeout = DOWNLOAD_TIMEOUT_SECONDS
+        self.deadline = DOWNLOAD_DEADLINE_SECONDS
+        self.max_bytes = MAX_DOWNLOAD_BYTES
+
+    @classmethod
+    def parse(cls, text: Optional[str]) -> "SymbolPath":
+        """Parse ``_NT_SYMBOL_PATH`` syntax; empty elements are skipped, nothing touches the disk."""
+        elements: List[object] = []
+        downstream: Optional[str] = None
+        for raw in (text or "").split(";"):
+            element = raw.strip()
+            if not element:
+                continue
+            parts = [part.strip() for part in element.split("*")]
+            keyword = parts[0].lower() if len(parts) > 1 else ""
+            if keyword == "cache":
+                downstream = parts[1] if len(parts) > 1 and parts[1] else default_downstream_store()
+                elements.append(LocalFolder(downstream))
+            elif keyword in ("srv", "symsrv"):
+                rest = parts[2:] if keyword == "symsrv" else parts[1:]  # symsrv*symsrv.dll*...
+                elements.append(_server(rest, downstream))
+            else:
+                elements.append(LocalFolder(element))
+        return cls(elements, text or "")
+
+    def find(self, identity: PdbIdentity, offline: bool = False) -> Lookup:
+        """The first file for ``identity`` in element order (downloading from servers unless ``offline``)."""
+        lookup = Lookup(identity)
+        fetch = None if offline else self._fetch
+        for element in self.elements:
+            if isinstance(element, SymbolServer):
+                found, url, looked = element.find(identity, fetch)
+            else:
+                found, looked = element.find(identity)
+                url = ""
+            if found:
+                lookup.path, lookup.downloaded_from = found, url
+                return lookup
+            lookup.places.extend(looked)
+        return lookup
+
+    def candidates(self, pdb_name: str) -> Iterator[str]:
+        """Local files that may describe ``pdb_name`` whatever their GUID and age, in element order
+        (for a dump whose image identity is unknown: each must then be checked against the dump)."""
+        seen = set()
+        for element in self.elements:
+            folders = element.stores if isinstance(element, (SymbolServer, SymbolServerStores)) else (element.folder,)
+            for folder in folders:
+                for path in LocalFolder(folder).candidates(pdb_name):
+                    key = os.path.normcase(os.path.realpath(path))
+                    if key not in seen:
+                        seen.add(key)
+                        yield path
+
+    def __bool__(self) -> bool:
+        return bool(self.elements)
+
+    def _fetch(self, url: str, destination: str) -> Tuple[bool, str]:
+        return download(url, destination, self.timeout, self.max_bytes, self.deadline)
+
+
+def _server(parts: List[str], downstream: Optional[str]) -> object:
+    parts = [part for part in parts if part]
+    if not parts:
+        return SymbolServer((downstream or default_downstream_store(),), MICROSOFT_SYMBOL_SERVER)
+    if not _is_url(parts[-1]):
+        # srv*DIR1*DIR2: a chain of local stores only.
+        return SymbolServerStores(tuple(parts))
+    stores = tuple(parts[:-1]) or (downstream or default_downstream_store(),)
+    return SymbolServer(stores, parts[-1])
+
+
+@dataclass(frozen=True)
+class SymbolServerStores:
+    """``srv*DIR1*DIR2``: symbol stores searched in order, no server."""
+
+    stores: Tuple[str, ...]
+
+    def find(self, identity: PdbIdentity) -> Tuple[Optional[str], List[Place]]:
+        places: List[Place] = []
+        for store in self.stores:
+            found, looked = LocalFolder(store).find(identity)
+            if found:
+                return found, []
+            places.extend(looked)
+        return None, places
+
+
+def _is_url(text: str) -> bool:
+    return text.lower().startswith(("http://", "https://"))
+
+
+# ---- local files --------------------------------------------------------------------------------
+
+def _name_spellings(name: str) -> List[str]:
+    """The name as given and lower-cased (stores on case-sensitive file systems are often lower-case)."""
+    return [name] if name == name.lower() else [name, name.lower()]
+
+
+def _existing_file(path: str) -> Optional[str]:
+    return path if os.path.isfile(path) else None
+
+
+def _sorted_entries(folder: str) -> List[str]:
+    try:
+        return sorted(os.listdir(folder))
+    except OSError:
+        return []
+
+
+def _follow_file_ptr(folder: str, identity: PdbIdentity) -> Tuple[Optional[str], str]:
+    """A store's ``file.ptr`` (``PATH:<file>`` or ``MSG:<text>``): the file it points to, or why not."""
+    for name in _name_spellings(identity.name):
+        pointer = os.path.join(folder, name, identity.store_key, "file.ptr")
+        if not os.path.isfile(pointer):
+            continue
+        try:
+            with open(pointer, "rb") as handle:
+                text = handle.read(_MAX_FILE_PTR_BYTES).decode("utf-8", "replace").strip()
+        except OSError as error:
+            return None, f"{pointer} unreadable: {error.strerror or error}"
+        kind, _, value = text.partition(":")
+        if kind.strip().upper() == "PATH":
+            target = value.strip()
+            if os.path.isfile(target):
+                return target, ""
+            return None, f"{pointer} points to {target}, which is missing"
+        if kind.strip().upper() == "MSG":
+            return None, f"{pointer} says: {value.strip()[:200]}"
+        return None, f"{pointer} is not PATH:... or MSG:..."
+    return None, ""
+
+
+# ---- downloads ----------------------------------------------------------------------------------
+
+def download(url: str, destination: str, timeout: float = DOWNLOAD_TIMEOUT_SECONDS,
+             max_bytes: int = MAX_DOWNLOAD_BYTES,
+             deadline_seconds: float = DOWNLOAD_DEADLINE_SECONDS) -> Tuple[bool, str]:
+    """Fetch ``url`` into ``destination`` atomically: (True, "") or (False, why).
+
+    The body goes to a temporary file in the destination's folder, which replaces ``destination``
+    only once complete and checked to be a PDB (MSF 7.0); on any failure, Ctrl+C included, the
+    temporary file is removed. ``timeout`` bounds each network wait, ``deadline_seconds`` the transfer.
+    """
+    folder = os.path.dirname(destination)
+    deadline = time.monotonic() + deadline_seconds
+    request = urllib.request.Request(url, headers={"User-Agent": "leakhunt-symbol-fetch"})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (http/https only)
+    except urllib.error.HTTPError as error:
+        error.close()
+        return False, f"HTTP {error.code}"
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as error:
+        return False, _network_reason(error, timeout)
+    with response:
+        length = response.headers.get("Content-Length")
+        expected = int(length) if length and length.strip().isdigit() else None
+        if expected is not None and expected > max_bytes:
+            return False, f"{expected} bytes, more than the {max_bytes >> 20} MiB cap: refused"
+        try:
+            os.makedirs(folder, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=folder, prefix=".leakhunt-", suffix=".partial")
+        except OSError as error:
+            return False, f"cannot write to {folder}: {error.strerror or error}"
+        complete = False
+        try:
+            with os.fdopen(handle, "wb") as out:
+                ok, why = _copy_body(response, out, expected, max_bytes, deadline, deadline_seconds, timeout)
+            if ok:
+                os.replace(temporary, destination)
+                complete = True
+            return ok, why
+        except OSError as error:
+            return False, f"cannot write {destination}: {error.strerror or error}"
+        finally:
+            if not complete:
+                _remove_quietly(temporary)
+
+
+def _copy_body(response, out, expected: Optional[int], max_bytes: int, deadline: float,
+               deadline_seconds: float, timeout: float) -> Tuple[bool, str]:
+    total = 0
+    head = b""
+    while True:
+        if time.monotonic() > deadline:
+            return False, f"not complete after {deadline_seconds:g} s ({total} bytes received)"
+        try:
+            chunk = response.read(_CHUNK)
+        except http.client.IncompleteRead as error:
+            return False, f"connection dropped after {total + len(error.partial)} bytes"
+        except (socket.timeout, TimeoutError):
+            return False, f"timed out after {timeout:g} s ({total} bytes received)"
+        except (OSError, http.client.HTTPException) as error:
+            return False, f"connection failed after {total} bytes: {error}"
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > max_bytes:
+            return False, f"more than the {max_bytes >> 20} MiB cap: refused"
+        if len(head) < len(MSF_7_MAGIC):
+            head += chunk[:len(MSF_7_MAGIC)]
+        out.write(chunk)
+    if expected is not None and total != expected:
+        return False, f"connection dropped after {total} of {expected} bytes"
+    if head.startswith(CAB_MAGIC):
+        return False, "the server sent a compressed (CAB) file, which is not supported"
+    if not head.startswith(MSF_7_MAGIC):
+        return False, "the server's answer is not a PDB (no MSF 7.0 signature)"
+    return True, ""
+
+
+def _network_reason(error: BaseException, timeout: float) -> str:
+    reason = getattr(error, "reason", error)
+    if isinstance(reason, (socket.timeout, TimeoutError)):
+        return f"timed out after {timeout:g} s"
+    if isinstance(reason, ConnectionRefusedError) or getattr(reason, "errno", None) == errno.ECONNREFUSED:
+        return "connection refused"
+    if isinstance(reason, socket.gaierror):
+        return "host not found"
+    text = getattr(reason, "strerror", None) or str(reason)
+    return f"connection failed: {text}"
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass

@@ -1,0 +1,726 @@
+"""The kernel's own PDB (``ntkrnlmp.pdb``), read with the standard library only.
+
+A PDB is an MSF 7.0 container: a superblock, a stream directory, and numbered streams stored as lists
+of fixed-size blocks. leakhunt reads four of them (format as documented by LLVM's "The PDB File
+Format" pages and Microsoft's cvinfo.h):
+
+- the PDB info stream (1): version, signature, age, GUID: the identity the image's CodeView (RSDS)
+  record names;
+- the DBI stream (3): the machine (pointer size), the optional debug header that names the section
+  header stream, and the symbol record stream, whose S_PUB32 / S_GDATA32 / S_LDATA32 records give
+  section:offset addresses, turned into RVAs with the section headers;
+- the TPI stream (2): type records. Only their offsets are indexed when the file is opened; a
+  structure is decoded when it is asked for (its record found by name), with the few records its
+  field paths go through, and cached.
+
+Everything read from the file is checked against the bounds of what holds it; chains of records
+(modifiers, forward references, LF_INDEX continuations, nested members) are capped, so a truncated or
+hostile file gives one SymbolFileError line rather than a traceback, a hang or a huge allocation.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from array import array
+from bisect import bisect_right
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..typeinfo import FieldInfo, TypeInfo
+from .base import PdbIdentity, SymbolFile, SymbolFileError
+
+MSF_MAGIC = b"Microsoft C/C++ MSF 7.00\r\n\x1aDS\x00\x00\x00"
+BLOCK_SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768)
+NIL_STREAM_SIZE = 0xFFFFFFFF
+NO_STREAM = 0xFFFF
+
+# Fixed stream numbers.
+STREAM_PDB_INFO = 1
+STREAM_TPI = 2
+STREAM_DBI = 3
+
+# PDB info stream versions (PdbStreamVersion); MSF 7.0 files carry VC70 or later.
+PDB_INFO_VERSIONS = (19941610, 19950623, 19950814, 19960307, 19970604, 20000404, 20030901, 20091201, 20140508)
+TPI_VERSIONS = (19951122, 20040203)  # V70, V80
+DBI_HEADER = struct.Struct("<iIIHHHHHHiiiiiIiiHHI")  # DbiStreamHeader, 64 bytes
+TPI_HEADER = struct.Struct("<IIIII")  # version, header size, first and end type index, record bytes
+# Optional debug header slot of the section header stream (after FPO, exception, fixup, OMAP to/from).
+DEBUG_HEADER_SECTION_HEADERS = 5
+SECTION_HEADER_SIZE = 40  # IMAGE_SECTION_HEADER; VirtualAddress at +12
+
+MACHINE_POINTER_SIZES = {0x14C: 4, 0x1C4: 4, 0x1C0: 4, 0x8664: 8, 0xAA64: 8, 0x200: 8}
+
+# Symbol records with an address: S_LDATA32, S_GDATA32 (type, offset, segment, name) and S_PUB32
+# (flags, offset, segment, name): the name starts 14 bytes into the record in all three.
+S_LDATA32, S_GDATA32, S_PUB32 = 0x110C, 0x110D, 0x110E
+ADDRESS_SYMBOLS = (S_LDATA32, S_GDATA32, S_PUB32)
+SYMBOL_NAME_OFFSET = 14
+
+# Type record leaves (cvinfo.h LEAF_ENUM_e).
+LF_MODIFIER = 0x1001
+LF_POINTER = 0x1002
+LF_FIELDLIST = 0x1203
+LF_BITFIELD = 0x1205
+LF_ARRAY = 0x1503
+LF_CLASS = 0x1504
+LF_STRUCTURE = 0x1505
+LF_UNION = 0x1506
+LF_ENUM = 0x1507
+LF_INTERFACE = 0x1519
+# The 32-bit-property forms of recent Microsoft PDBs: property u32, field list, [derived, vshape],
+# then the member count and the size as numeric leaves, then the name.
+LF_CLASS2 = 0x1608
+LF_STRUCTURE2 = 0x1609
+LF_UNION2 = 0x160A
+LF_INTERFACE2 = 0x160B
+CLASS_KINDS = (LF_CLASS, LF_STRUCTURE, LF_INTERFACE)
+CLASS2_KINDS = (LF_CLASS2, LF_STRUCTURE2, LF_INTERFACE2)
+UDT_KINDS = CLASS_KINDS + CLASS2_KINDS + (LF_UNION, LF_UNION2, LF_ENUM)
+
+# Field list leaves.
+LF_BCLASS = 0x1400
+LF_VBCLASS = 0x1401
+LF_IVBCLASS = 0x1402
+LF_INDEX = 0x1404
+LF_VFUNCTAB = 0x1409
+LF_FRIENDCLS = 0x140B
+LF_VFUNCOFF = 0x140C
+LF_ENUMERATE = 0x1502
+LF_FRIENDFCN = 0x150C
+LF_MEMBER = 0x150D
+LF_STMEMBER = 0x150E
+LF_METHOD = 0x150F
+LF_NESTTYPE = 0x1510
+LF_ONEMETHOD = 0x1511
+LF_NESTTYPEEX = 0x1512
+LF_MEMBERMODIFY = 0x1513
+
+# UDT property bits (CV_prop_t).
+PROP_FORWARD_REF = 0x80
+PROP_HAS_UNIQUE_NAME = 0x200
+
+# Numeric leaves: (struct format, byte width) of the integer kinds; other kinds only by their width.
+NUMERIC_INTEGERS = {0x8000: ("<b", 1), 0x8001: ("<h", 2), 0x8002: ("<H", 2), 0x8003: ("<i", 4),
+                    0x8004: ("<I", 4), 0x8009: ("<q", 8), 0x800A: ("<Q", 8)}
+FIRST_TYPE_INDEX = 0x1000
+
+# Primitive type indices (< 0x1000): bits 0-7 the base type, bits 8-11 the pointer mode.
+PRIMITIVE_SIZES = {
+    0x03: 0, 0x08: 4,  # void, HRESULT
+    0x10: 1, 0x20: 1, 0x68: 1, 0x69: 1, 0x70: 1, 0x7C: 1, 0x30: 1,  # chars, int8, bool8
+    0x11: 2, 0x21: 2, 0x72: 2, 0x73: 2, 0x71: 2, 0x7A: 2, 0x31: 2, 0x46: 2,  # shorts, wchar, char16
+    0x12: 4, 0x22: 4, 0x74: 4, 0x75: 4, 0x7B: 4, 0x32: 4, 0x40: 4, 0x45: 4,  # longs, ints, char32, float
+    0x13: 8, 0x23: 8, 0x76: 8, 0x77: 8, 0x33: 8, 0x41: 8, 0x50: 8,  # quads, double, complex32
+    0x44: 6, 0x42: 10,  # real48, real80
+    0x14: 16, 0x24: 16, 0x78: 16, 0x79: 16, 0x43: 16, 0x51: 16,  # octawords, real128, complex64
+    0x52: 20, 0x53: 32,  # complex80, complex128
+}
+PRIMITIVE_POINTER_SIZES = {1: 2, 2: 4, 3: 4, 4: 4, 5: 6, 6: 8, 7: 16}
+
+# Caps: how far a chain of records is followed before the file is called malformed.
+MAX_TYPE_CHAIN = 64  # modifiers, forward references, arrays of arrays, nested member lookups
+MAX_FIELD_LISTS = 4096  # LF_INDEX continuations of one field list
+MAX_NAME_HITS = 1 << 16  # places where a looked-for name's bytes occur
+MAX_ANONYMOUS_VISITS = 4096  # structures searched through unnamed members for one member name
+
+
+class PdbFile(SymbolFile):
+    """A kernel PDB: identity, machine, public and global symbol RVAs and structure layouts."""
+
+    kind = "pdb"
+
+    def __init__(self, path: str, identity: PdbIdentity, pointer_size: Optional[int],
+                 types: Optional["_TypeStream"], symbols: Optional["_SymbolStream"]):
+        self.path = path
+        self.identity = identity
+        self.pointer_size = pointer_size
+        self._types = types
+        self._symbols = symbols
+
+    @classmethod
+    def open(cls, path: str) -> "PdbFile":
+        """Open and check a PDB (read-only): its streams are read and indexed, the file closed again."""
+        name = os.path.basename(path)
+        try:
+            with open(path, "rb") as handle:
+                msf = _Msf(handle, name)
+                identity = _read_identity(msf, name)
+                pointer_size, sections, symbol_records = _read_dbi(msf)
+                types = _TypeStream(msf.stream(STREAM_TPI), name) if msf.stream_size(STREAM_TPI) else None
+                symbols = _SymbolStream(symbol_records, sections, name) if symbol_records is not None else None
+        except SymbolFileError:
+            raise
+        except OSError as error:
+            raise SymbolFileError(f"{name}: cannot read the PDB: {error.strerror or error}") from None
+        except (struct.error, IndexError, ValueError, OverflowError, MemoryError) as error:
+            raise SymbolFileError(f"{name}: malformed PDB ({type(error).__name__}: {error})") from None
+        return cls(path, identity, pointer_size, types, symbols)
+
+    def rva(self, name: str) -> Optional[int]:
+        if self._symbols is None:
+            return None
+        found = self._guarded(self._symbols.rva, name)
+        if found is None and self.pointer_size == 4:  # x86 publics carry the C decoration
+            found = self._guarded(self._symbols.rva, "_" + name)
+        return found
+
+    def type_info(self, name: str, field_names: Sequence[str]) -> Optional[TypeInfo]:
+        if self._types is None:
+            return None
+        return self._guarded(self._types.type_info, name, field_names)
+
+    def close(self) -> None:
+        self._types = None
+        self._symbols = None
+
+    def _guarded(self, method, *args):
+        """A lookup; what the index checks could not foresee still ends as one SymbolFileError line."""
+        try:
+            return method(*args)
+        except SymbolFileError:
+            raise
+        except (struct.error, IndexError, ValueError, OverflowError, RecursionError) as error:
+            raise SymbolFileError(f"{self.identity.name}: malformed PDB ({type(error).__name__}: {error})") \
+                from None
+
+
+class _Msf:
+    """The MSF 7.0 container: superblock, stream directory, and streams read block by block."""
+
+    def __init__(self, handle, name: str):
+        self.handle = handle
+        self.name = name
+        handle.seek(0, os.SEEK_END)
+        file_size = handle.tell()
+        header = self._read_at(0, min(file_size, 56))
+        if len(header) < 56 or header[:32] != MSF_MAGIC:
+            raise self.error("not a PDB file (no MSF 7.0 signature)")
+        block_size, _, block_count, directory_bytes, _, block_map_block = struct.unpack_from("<6I", header, 32)
+        if block_size not in BLOCK_SIZES:
+            raise self.error(f"unsupported MSF block size {block_size}")
+        if block_count * block_size > file_size:
+            raise self.error(f"the file is cut short: {file_size} bytes, the MSF header says "
+                             f"{block_count} blocks of {block_size}")
+        self.block_size = block_size
+        self.block_count = block_count
+        if directory_bytes < 4 or directory_bytes > block_count * block_size:
+            raise self.error(f"stream directory of {directory_bytes} bytes")
+        directory_blocks = -(-directory_bytes // block_size)
+        if directory_blocks > block_size // 4:
+            raise self.error(f"stream directory of {directory_blocks} blocks does not fit its block map")
+        self._check_block(block_map_block, "the block map")
+        block_map = struct.unpack_from(f"<{directory_blocks}I", self._read_at(block_map_block * block_size,
+                                                                            4 * directory_blocks))
+        directory = self._read_blocks(block_map, directory_bytes, "the stream directory")
+        self._parse_directory(directory)
+
+    def error(self, what: str) -> SymbolFileError:
+        return SymbolFileError(f"{self.name}: {what}")
+
+    def _read_at(self, offset: int, size: int) -> bytes:
+        self.handle.seek(offset)
+        data = self.handle.read(size)
+        if len(data) != size:
+            raise self.error(f"the file is cut short at {offset + len(data):#x}")
+        return data
+
+    def _check_block(self, block: int, what: str) -> None:
+        if not 0 < block < self.block_count:
+            raise self.error(f"{what} is in block {block}, outside the {self.block_count} blocks of the file")
+
+    def _parse_directory(self, directory: bytearray) -> None:
+        (stream_count,) = struct.unpack_from("<I", directory, 0)
+        if stream_count > (len(directory) - 4) // 4:
+            raise self.error(f"the stream directory claims {stream_count} streams in {len(directory)} bytes")
+        sizes = struct.unpack_from(f"<{stream_count}I", directory, 4)
+        sizes = [0 if size == NIL_STREAM_SIZE else size for size in sizes]
+        block_counts = [-(-size // self.block_size) for size in sizes]
+        position = 4 + 4 * stream_count
+        if position + 4 * sum(block_counts) > len(directory):
+            raise self.error("the stream directory lists more blocks than it holds")
+        self.sizes = sizes
+        self._block_lists: List[Tuple[int, ...]] = []
+        for index, count in enumerate(block_counts):
+            blocks = struct.unpack_from(f"<{count}I", directory, position)
+            position += 4 * count
+            for block in blocks:
+                self._check_block(block, f"stream {index}")
+            self._block_lists.append(blocks)
+
+    def stream_size(self, index: int) -> int:
+        return self.sizes[index] if 0 <= index < len(self.sizes) else 0
+
+    def stream(self, index: int) -> bytearray:
+        if not 0 <= index < len(self.sizes):
+            raise self.error(f"stream {index} is named but the file has {len(self.sizes)} streams")
+        return self._read_blocks(self._block_lists[index], self.sizes[index], f"stream {index}")
+
+    def _read_blocks(self, blocks: Sequence[int], size: int, what: str) -> bytearray:
+        """The ``size`` bytes stored in ``blocks``, runs of consecutive blocks read at once."""
+        data = bytearray(size)
+        view = memoryview(data)
+        position = 0
+        run_start = 0
+        for number in range(1, len(blocks) + 1):
+            if number < len(blocks) and blocks[number] == blocks[number - 1] + 1:
+                continue
+            first = blocks[run_start]
+            length = min((number - run_start) * self.block_size, size - position)
+            self.handle.seek(first * self.block_size)
+            if self.handle.readinto(view[position:position + length]) != length:
+                raise self.error(f"{what} is cut short")
+            position += length
+            run_start = number
+        return data
+
+
+def _read_identity(msf: _Msf, name: str) -> PdbIdentity:
+    """PDB info stream: Version, Signature, Age, then the GUID (Data1..3 little-endian, Data4 bytes)."""
+    if msf.stream_size(STREAM_PDB_INFO) < 28:
+        raise msf.error("the PDB info stream is missing or too short")
+    info = msf.stream(STREAM_PDB_INFO)
+    version, _, age = struct.unpack_from("<III", info, 0)
+    if version not in PDB_INFO_VERSIONS:
+        raise msf.error(f"unknown PDB info stream version {version}")
+    data1, data2, data3 = struct.unpack_from("<IHH", info, 12)
+    guid = f"{data1:08X}{data2:04X}{data3:04X}{bytes(info[20:28]).hex().upper()}"
+    return PdbIdentity(name, guid, age)
+
+
+def _read_dbi(msf: _Msf) -> Tuple[Optional[int], List[int], Optional[bytearray]]:
+    """DBI stream: pointer size from the machine, section VirtualAddresses, the symbol record stream."""
+    size = msf.stream_size(STREAM_DBI)
+    if size == 0:
+        return None, [], None
+    if size < DBI_HEADER.size:
+        raise msf.error(f"the DBI stream is {size} bytes, shorter than its header")
+    dbi = msf.stream(STREAM_DBI)
+    fields = DBI_HEADER.unpack_from(dbi, 0)
+    signature, symbol_stream = fields[0], fields[7]
+    substreams = fields[9:14] + (fields[16], fields[15])  # modules .. type server map, EC, debug header
+    machine = fields[18]
+    if signature != -1:
+        raise msf.error("the DBI stream has no version signature (-1)")
+    if any(length < 0 for length in substreams) or DBI_HEADER.size + sum(substreams) > size:
+        raise msf.error("the DBI substreams run past the DBI stream")
+    debug_header_at = DBI_HEADER.size + sum(substreams[:-1])
+    debug_header = struct.unpack_from(f"<{substreams[-1] // 2}H", dbi, debug_header_at)
+    sections: List[int] = []
+    if len(debug_header) > DEBUG_HEADER_SECTION_HEADERS and debug_header[DEBUG_HEADER_SECTION_HEADERS] != NO_STREAM:
+        headers = msf.stream(debug_header[DEBUG_HEADER_SECTION_HEADERS])
+        if len(headers) % SECTION_HEADER_SIZE:
+            raise msf.error(f"the section header stream is {len(headers)} bytes, not a whole number of headers")
+        sections = [struct.unpack_from("<I", headers, at + 12)[0] for at in range(0, len(headers), SECTION_HEADER_SIZE)]
+    records = msf.stream(symbol_stream) if symbol_stream != NO_STREAM else None
+    return MACHINE_POINTER_SIZES.get(machine), sections, records
+
+
+def _index_records(data: bytearray, start: int, end: int, what: str, name: str) -> array:
+    """Offsets of the length-prefixed records (u16 length, then that many bytes) in data[start:end]."""
+    offsets = array("I")
+    append = offsets.append
+    position = start
+    while position < end:
+        if position + 4 > end:
+            raise SymbolFileError(f"{name}: {what} ends inside a record header at {position - start:#x}")
+        append(position)
+        length = data[position] | data[position + 1] << 8
+        if length < 2:
+            raise SymbolFileError(f"{name}: {what} holds a record of length {length} at {position - start:#x}")
+        position += 2 + length
+    if position != end:
+        raise SymbolFileError(f"{name}: the last record of {what} runs past its end")
+    return offsets
+
+
+def _c_string(data: bytearray, position: int, end: int, name: str) -> Tuple[str, int]:
+    """A zero-terminated UTF-8 string inside data[position:end], and the position after it."""
+    stop = data.find(b"\x00", position, end)
+    if stop < 0:
+        raise SymbolFileError(f"{name}: a name at {position:#x} is not terminated inside its record")
+    return data[position:stop].decode("utf-8", "replace"), stop + 1
+
+
+class _SymbolStream:
+    """The DBI symbol record stream; addresses of S_PUB32 / S_GDATA32 / S_LDATA32 by name."""
+
+    def __init__(self, data: bytearray, sections: List[int], name: str):
+        self.data = data
+        self.sections = sections
+        self.name = name
+        self.records = _index_records(data, 0, len(data), "the symbol record stream", name)
+        self._cache: Dict[str, Optional[int]] = {}
+
+    def rva(self, symbol: str) -> Optional[int]:
+        if symbol not in self._cache:
+            self._cache[symbol] = self._find(symbol)
+        return self._cache[symbol]
+
+    def _find(self, symbol: str) -> Optional[int]:
+        """Look for the name's bytes and keep a hit that is the name field of an address record."""
+        needle = symbol.encode("utf-8") + b"\x00"
+        data, records = self.data, self.records
+        position = data.find(needle, SYMBOL_NAME_OFFSET)
+        hits = 0
+        while position >= 0:
+            hits += 1
+            if hits > MAX_NAME_HITS:
+                raise SymbolFileError(f"{self.name}: {symbol!r} occurs more than {MAX_NAME_HITS} times "
+                                      f"in the symbol records")
+            start = position - SYMBOL_NAME_OFFSET
+            at = bisect_right(records, start) - 1
+            if at >= 0 and records[at] == start:
+                length, kind = struct.unpack_from("<HH", data, start)
+                if kind in ADDRESS_SYMBOLS and SYMBOL_NAME_OFFSET + len(needle) <= 2 + length:
+                    offset, segment = struct.unpack_from("<IH", data, start + 8)
+                    if 1 <= segment <= len(self.sections):
+                        return self.sections[segment - 1] + offset
+            position = data.find(needle, position + 1)
+        return None
+
+
+class _Udt:
+    """A structure, class, union or enum record: its kind, property bits, field list, size and names."""
+
+    __slots__ = ("index", "kind", "properties", "field_list", "size", "name", "unique_name", "underlying")
+
+    def __init__(self, index, kind, properties, field_list, size, name, unique_name, underlying=0):
+        self.index = index
+        self.kind = kind
+        self.properties = properties
+        self.field_list = field_list
+        self.size = size
+        self.name = name
+        self.unique_name = unique_name
+        self.underlying = underlying  # an enum's integer type
+
+    @property
+    def forward(self) -> bool:
+        return bool(self.properties & PROP_FORWARD_REF)
+
+    @property
+    def family(self) -> str:
+        return "enum" if self.kind == LF_ENUM else "union" if self.kind in (LF_UNION, LF_UNION2) else "class"
+
+
+class _TypeStream:
+    """The TPI stream: record offsets indexed once, records decoded on demand and cached."""
+
+    def __init__(self, data: bytearray, name: str):
+        self.data = data
+        self.name = name
+        if len(data) < 56:
+            raise self.error(f"the type stream is {len(data)} bytes, shorter than its header")
+        version, header_size, self.first, self.end, record_bytes = TPI_HEADER.unpack_from(data, 0)
+        if version not in TPI_VERSIONS:
+            raise self.error(f"unknown type stream version {version}")
+        if header_size < 56 or header_size + record_bytes > len(data):
+            raise self.error("the type records run past the type stream")
+        if self.first != FIRST_TYPE_INDEX or self.end < self.first:
+            raise self.error(f"type indices {self.first:#x}..{self.end:#x}")
+        self.offsets = _index_records(data, header_size, header_size + record_bytes, "the type stream", name)
+        if len(self.offsets) != self.end - self.first:
+            raise self.error(f"the type stream holds {len(self.offsets)} records, its header says "
+                             f"{self.end - self.first}")
+        self._udts: Dict[int, Optional[_Udt]] = {}
+        self._definitions: Dict[Tuple[str, str], Optional[_Udt]] = {}
+        self._members: Dict[int, Dict[str, Tuple[int, int]]] = {}
+        self._anonymous: Dict[int, List[Tuple[int, int]]] = {}
+        self._sizes: Dict[int, int] = {}
+
+    def error(self, what: str) -> SymbolFileError:
+        return SymbolFileError(f"{self.name}: {what}")
+
+    # ---- records ----
+
+    def _record(self, index: int) -> Tuple[int, int, int]:
+        """(leaf kind, start of its data, end of the record) of type ``index``."""
+        if not self.first <= index < self.end:
+            raise self.error(f"type index {index:#x} is outside {self.first:#x}..{self.end:#x}")
+        start = self.offsets[index - self.first]
+        length, kind = struct.unpack_from("<HH", self.data, start)
+        return kind, start + 4, start + 2 + length
+
+    def _need(self, position: int, size: int, end: int, index: int) -> None:
+        if position + size > end:
+            raise self.error(f"type {index:#x} is cut short")
+
+    def _numeric(self, position: int, end: int, index: int) -> Tuple[int, int]:
+        """A numeric leaf (an integer below 0x8000 stored as is, or a leaf kind and its value)."""
+        self._need(position, 2, end, index)
+        (leaf,) = struct.unpack_from("<H", self.data, position)
+        if leaf < 0x8000:
+            return leaf, position + 2
+        if leaf not in NUMERIC_INTEGERS:
+            raise self.error(f"type {index:#x} has a numeric leaf of kind {leaf:#x} where an integer belongs")
+        fmt, width = NUMERIC_INTEGERS[leaf]
+        self._need(position + 2, width, end, index)
+        return struct.unpack_from(fmt, self.data, position + 2)[0], position + 2 + width
+
+    def udt(self, index: int) -> Optional[_Udt]:
+        """The structure/union/enum record ``index``, or None when the record is of another kind."""
+        if index in self._udts:
+            return self._udts[index]
+        kind, position, end = self._record(index)
+        udt = None
+        if kind in UDT_KINDS:
+            udt = self._decode_udt(index, kind, position, end)
+        self._udts[index] = udt
+        return udt
+
+    def _decode_udt(self, index: int, kind: int, position: int, end: int) -> _Udt:
+        data = self.data
+        underlying = 0
+        if kind in CLASS_KINDS or kind == LF_UNION:
+            fixed = 8 if kind == LF_UNION else 16  # count, property, field list[, derived, vshape]
+            self._need(position, fixed, end, index)
+            _, properties, field_list = struct.unpack_from("<HHI", data, position)
+            size, position = self._numeric(position + fixed, end, index)
+        elif kind == LF_ENUM:
+            self._need(position, 12, end, index)
+            _, properties, underlying, field_list = struct.unpack_from("<HHII", data, position)
+            size, position = -1, position + 12
+        else:
+            fixed = 8 if kind == LF_UNION2 else 16  # property u32, field list[, derived, vshape]
+            self._need(position, fixed, end, index)
+            properties, field_list = struct.unpack_from("<II", data, position)
+            _, position = self._numeric(position + fixed, end, index)  # member count
+            size, position = self._numeric(position, end, index)
+        name, position = _c_string(data, position, end, self.name)
+        unique_name = ""
+        if properties & PROP_HAS_UNIQUE_NAME and position < end:
+            unique_name, position = _c_string(data, position, end, self.name)
+        return _Udt(index, kind, properties, field_list, size, name, unique_name, underlying)
+
+    # ---- finding definitions ----
+
+    def find_definition(self, name: str, family: Optional[str] = None, unique_name: str = "") -> Optional[_Udt]:
+        """The defining (not forward) UDT record called ``name`` (or with that unique name)."""
+        key = (unique_name or name, family or "")
+        if key not in self._definitions:
+            self._definitions[key] = self._search(unique_name or name, family, bool(unique_name))
+        return self._definitions[key]
+
+    def _search(self, wanted: str, family: Optional[str], by_unique: bool) -> Optional[_Udt]:
+        """Look for the name's bytes in the stream; keep a hit that is the name of a defining record."""
+        needle = wanted.encode("utf-8") + b"\x00"
+        data, offsets = self.data, self.offsets
+        position = data.find(needle, offsets[0] if offsets else len(data))
+        hits = 0
+        while position >= 0:
+            hits += 1
+            if hits > MAX_NAME_HITS:
+                raise self.error(f"{wanted!r} occurs in more than {MAX_NAME_HITS} type records")
+            index = self.first + bisect_right(offsets, position) - 1
+            kind, start, end = self._record(index)
+            if kind in UDT_KINDS and start <= position:
+                udt = self.udt(index)
+                matches = (udt.unique_name if by_unique else udt.name) == wanted
+                if matches and not udt.forward and (family is None or udt.family == family):
+                    return udt
+            position = data.find(needle, max(end, position + 1))  # the next record holding the name
+        return None
+
+    def definition_of(self, udt: _Udt) -> Optional[_Udt]:
+        """A forward reference's definition: by unique name when it has one, else by name."""
+        if not udt.forward:
+            return udt
+        if udt.unique_name:
+            found = self.find_definition(udt.name, udt.family, udt.unique_name)
+            if found is not None:
+                return found
+        return self.find_definition(udt.name, udt.family)
+
+    # ---- sizes ----
+
+    def size_of(self, index: int) -> int:
+        """Byte size of a type: primitive table, pointer attributes, array length, UDT definition."""
+        if index < FIRST_TYPE_INDEX:
+            mode = (index >> 8) & 0xF
+            if mode:
+                return PRIMITIVE_POINTER_SIZES.get(mode, 0)
+            return PRIMITIVE_SIZES.get(index & 0xFF, 0)
+        if index in self._sizes:
+            return self._sizes[index]
+        size = self._size_of_record(index)
+        self._sizes[index] = size
+        return size
+
+    def _size_of_record(self, index: int) -> int:
+        for _ in range(MAX_TYPE_CHAIN):
+            if index < FIRST_TYPE_INDEX:
+                return self.size_of(index)
+            kind, position, end = self._record(index)
+            if kind in (LF_MODIFIER, LF_BITFIELD):  # the modified type; a bit field's storage unit
+                self._need(position, 4, end, index)
+                (index,) = struct.unpack_from("<I", self.data, position)
+                continue
+            if kind == LF_POINTER:
+                self._need(position, 8, end, index)
+                attributes = struct.unpack_from("<I", self.data, position + 4)[0]
+                size = (attributes >> 13) & 0x3F
+                return size or {0x0A: 4, 0x0C: 8}.get(attributes & 0x1F, 0)
+            if kind == LF_ARRAY:
+                self._need(position, 8, end, index)
+                return self._numeric(position + 8, end, index)[0]
+            udt = self.udt(index)
+            if udt is None:
+                return 0  # procedures and other records that have no storage size
+            if udt.kind == LF_ENUM:
+                index = udt.underlying
+                continue
+            definition = self.definition_of(udt)
+            return definition.size if definition is not None else 0
+        raise self.error(f"type {index:#x} starts a chain of more than {MAX_TYPE_CHAIN} records")
+
+    def _aggregate(self, index: int) -> Optional[_Udt]:
+        """The structure or union a member's type is (through modifiers and forward references)."""
+        for _ in range(MAX_TYPE_CHAIN):
+            if index < FIRST_TYPE_INDEX:
+                return None
+            kind, position, end = self._record(index)
+            if kind == LF_MODIFIER:
+                self._need(position, 4, end, index)
+                (index,) = struct.unpack_from("<I", self.data, position)
+                continue
+            udt = self.udt(index)
+            if udt is None or udt.kind == LF_ENUM:
+                return None
+            return self.definition_of(udt)
+        raise self.error(f"type {index:#x} starts a chain of more than {MAX_TYPE_CHAIN} modifiers")
+
+    # ---- members ----
+
+    def members(self, udt: _Udt) -> Dict[str, Tuple[int, int]]:
+        """name -> (offset, type) of the data members of a defined structure or union (first of a name)."""
+        if udt.index not in self._members:
+            self._members[udt.index], self._anonymous[udt.index] = self._read_field_lists(udt)
+        return self._members[udt.index]
+
+    def _read_field_lists(self, udt: _Udt) -> Tuple[Dict[str, Tuple[int, int]], List[Tuple[int, int]]]:
+        named: Dict[str, Tuple[int, int]] = {}
+        anonymous: List[Tuple[int, int]] = []
+        seen = set()
+        index = udt.field_list
+        while index:
+            if index in seen:
+                raise self.error(f"the field list of {udt.name!r} continues into itself ({index:#x})")
+            if len(seen) >= MAX_FIELD_LISTS:
+                raise self.error(f"the field list of {udt.name!r} continues more than {MAX_FIELD_LISTS} times")
+            seen.add(index)
+            kind, position, end = self._record(index)
+            if kind != LF_FIELDLIST:
+                raise self.error(f"the field list of {udt.name!r} ({index:#x}) is a record of kind {kind:#x}")
+            index = self._read_field_list(index, position, end, named, anonymous)
+        return named, anonymous
+
+    def _read_field_list(self, index: int, position: int, end: int, named: Dict[str, Tuple[int, int]],
+                         anonymous: List[Tuple[int, int]]) -> int:
+        """Add the LF_MEMBERs of one LF_FIELDLIST; skip the other leaves; return its LF_INDEX continuation."""
+        data = self.data
+        continuation = 0
+        while position < end:
+            if data[position] >= 0xF0:  # LF_PAD0..LF_PAD15: the low nibble says how many bytes to skip
+                position += max(data[position] & 0x0F, 1)
+                continue
+            self._need(position, 2, end, index)
+            (leaf,) = struct.unpack_from("<H", data, position)
+            position += 2
+            if leaf == LF_MEMBER:
+                self._need(position, 6, end, index)
+                member_type = struct.unpack_from("<I", data, position + 2)[0]
+                offset, position = self._numeric(position + 6, end, index)
+                member, position = _c_string(data, position, end, self.name)
+                if member:
+                    named.setdefault(member, (offset, member_type))
+                else:  # an unnamed member of a structure or union type: its members are reachable
+                    anonymous.append((offset, member_type))
+            elif leaf == LF_INDEX:
+                self._need(position, 6, end, index)
+                continuation = struct.unpack_from("<I", data, position + 2)[0]
+                position += 6
+            else:
+                position = self._skip_field(leaf, position, end, index)
+        return continuation
+
+    def _skip_field(self, leaf: int, position: int, end: int, index: int) -> int:
+        """Step over a field-list leaf leakhunt does not use, by its real length."""
+        data = self.data
+        if leaf in (LF_NESTTYPE, LF_NESTTYPEEX, LF_STMEMBER, LF_FRIENDFCN, LF_MEMBERMODIFY, LF_METHOD):
+            self._need(position, 6, end, index)  # attribute/pad/count u16, type u32, name
+            return _c_string(data, position + 6, end, self.name)[1]
+        if leaf == LF_ONEMETHOD:
+            self._need(position, 6, end, index)
+            (attributes,) = struct.unpack_from("<H", data, position)
+            introducing = ((attributes >> 2) & 7) in (4, 6)  # intro virtual: a vtable offset follows
+            position += 10 if introducing else 6
+            self._need(position, 0, end, index)
+            return _c_string(data, position, end, self.name)[1]
+        if leaf == LF_ENUMERATE:
+            self._need(position, 2, end, index)
+            _, position = self._numeric(position + 2, end, index)
+            return _c_string(data, position, end, self.name)[1]
+        if leaf == LF_BCLASS:
+            self._need(position, 6, end, index)
+            return self._numeric(position + 6, end, index)[1]
+        if leaf in (LF_VBCLASS, LF_IVBCLASS):
+            self._need(position, 10, end, index)
+            _, position = self._numeric(position + 10, end, index)
+            return self._numeric(position, end, index)[1]
+        if leaf in (LF_VFUNCTAB, LF_FRIENDCLS):
+            self._need(position, 6, end, index)
+            return position + 6
+        if leaf == LF_VFUNCOFF:
+            self._need(position, 10, end, index)
+            return position + 10
+        raise self.error(f"type {index:#x} holds a field-list leaf of unknown kind {leaf:#x}")
+
+    def find_member(self, udt: _Udt, member: str) -> Optional[Tuple[int, int]]:
+        """(offset, type) of ``member`` in ``udt``: a direct member, else one of an unnamed member's
+        structure or union (depth first, in declaration order)."""
+        stack = [(0, udt, 0)]
+        visits = 0
+        while stack:
+            base, current, depth = stack.pop()
+            found = self.members(current).get(member)
+            if found is not None:
+                return base + found[0], found[1]
+            visits += 1
+            if visits > MAX_ANONYMOUS_VISITS or depth > MAX_TYPE_CHAIN:
+                raise self.error(f"the unnamed members of {udt.name!r} nest too deep to search")
+            for offset, member_type in reversed(self._anonymous[current.index]):
+                inner = self._aggregate(member_type)
+                if inner is not None:
+                    stack.append((base + offset, inner, depth + 1))
+        return None
+
+    # ---- layouts ----
+
+    def type_info(self, name: str, field_paths: Sequence[str]) -> Optional[TypeInfo]:
+        udt = self.find_definition(name)
+        if udt is None or udt.kind == LF_ENUM:
+            return None
+        fields: Dict[str, FieldInfo] = {}
+        for path in field_paths:
+            found = self._resolve(udt, path)
+            if found is not None:
+                fields[path] = found
+        return TypeInfo(name, udt.size, fields)
+
+    def _resolve(self, udt: _Udt, path: str) -> Optional[FieldInfo]:
+        """Follow a dotted path through nested structures and unions, adding up the offsets."""
+        parts = path.split(".")
+        if len(parts) > MAX_TYPE_CHAIN:
+            return None
+        offset = 0
+        current = udt
+        for number, part in enumerate(parts):
+            found = self.find_member(current, part)
+            if found is None:
+                return None
+            offset += found[0]
+            if number == len(parts) - 1:
+                return FieldInfo(offset, self.size_of(found[1]))
+            current = self._aggregate(found[1])
+            if current is None:
+                return None
+        return None
