@@ -411,3 +411,15 @@ def test_a_recording_refuses_what_a_small_dump_did_not_hold(tmp_path, capsys):
         assert replay.modules() == dump.modules()
     finally:
         dump.close()
+
+
+@needs_samples
+@pytest.mark.skipif(not os.path.exists(ISF_19041), reason="the real 19041 symbol table is not here")
+def test_the_kernels_own_symbols_fit_a_small_dump_through_its_driver_list(capsys):
+    """nt's base comes from the triage driver list; the header's globals check the symbol file against it."""
+    code, report = json_report(capsys, TRIAGE_X64, "--symbols", ISF_19041)
+    assert code == EXIT_SUSPECT
+    assert report["layouts"]["_EPROCESS"].startswith("isf ntkrnlmp.pdb 5278AFF86C341677D7D7835C85B7B844-1")
+    assert report["process"] == {"address": "0xffffc08bdce94180", "name": "System", "id": 4}
+    assert report["thread"]["thread_id"] == 0x108
+    assert not any("does not fit" in w for w in report["warnings"])
