@@ -192,8 +192,11 @@ def test_a_small_dump_of_legacy_0xcb_names_the_driver(tmp_path, capsys):
     assert [m["address"] for m in report["mdls"]] == [hex(p3)] and report["mdls"][0]["pages"] == p4
     assert report["hunt_possible"] is False
     assert any("memory search is not possible" in w for w in report["warnings"])
-    assert report["process"]["name"] == "leakapp.exe"
+    assert report["process"]["name"] == report["thread"]["process_name"] == "leakapp.exe"
     assert report["thread"]["thread_id"] == 0x1F4 and report["thread"]["start_symbol"] == "nt+0x3000"
+    facts = {f["label"]: f["value"] for f in report["facts"]}
+    assert facts["broken driver (the small dump's copy of nt!KiBugCheckDriver)"] == "leakyflt.sys"
+    assert "nt!KiBugCheckDriver" not in facts  # the dump's copy answers what the symbol could not
     assert [c["value"] for c in report["stack"]["candidates"]] == [hex(nt.base + 0x1234), hex(p1), hex(p2),
                                                                    hex(nt.base + 0x5678)]
     assert int(report["stack"]["base"], 16) == SMALL_DUMP_STACK_VA

@@ -110,6 +110,9 @@ def _symbol(context: Context, value: int) -> Optional[str]:
 
 
 def _broken_driver(context: Context, facts: CrashFacts) -> None:
+    """The triage copy of nt!KiBugCheckDriver; it answers what a hunt could not read ("unknown")."""
+    context.report.facts = [fact for fact in context.report.facts
+                            if not (fact.label == "nt!KiBugCheckDriver" and fact.value == "unknown")]
     name = facts.broken_driver
     if not name:
         context.report.facts.append(Fact(BROKEN_DRIVER, "none recorded", "the kernel named no culprit driver"))
@@ -147,7 +150,11 @@ def _thread_and_process(context: Context, facts: CrashFacts) -> None:
                 record.start_module = module.name if module else None
             report.thread = record
     process = report.thread.process if report.thread is not None and report.thread.process else facts.process
-    if process is None or report.process is not None:
+    if report.process is not None:  # a hunt decoded the process of the bug check
+        if report.thread is not None and report.thread.process == report.process:
+            report.thread.process_name = report.thread.process_name or report.process_name
+        return
+    if process is None:
         return
     try:
         info = read_process_info(target, context.layouts, process)
