@@ -448,12 +448,12 @@ BUILD_LAYOUTS_X64: Dict[str, Dict[int, Tuple[Optional[int], Dict[str, Tuple[int,
     },
 }
 
-# x86 tables for builds whose layout the reference gives (§4.10: the later x86 variants), same format.
-# Build 19041 (Windows 10 20H1) has every field of the x64 19045 tables at the same offset: checked
-# against the real ntkrnlmp.pdb symbol table of 10.0.19041.804 (tests/test_smalldump.py); only
-# sizeof(_ETHREAD) differs there. build -> (the build whose x64 offsets it shares, {name: its own sizeof}).
-SAME_X64_OFFSETS = {19041: (19045, {"_ETHREAD": 0x898})}
+# Builds whose kernel has every field of another build's x64 tables at the same offset and size: build
+# 19041 (Windows 10 20H1) and the 19045 tables, checked against the real ntkrnlmp.pdb of 10.0.19041.804
+# (tests/test_smalldump.py). Such a build gets that table as its own, not as a guess.
+SAME_X64_OFFSETS = {19041: 19045}
 
+# x86 tables for builds whose layout the reference gives (§4.10: the later x86 variants), same format.
 BUILD_LAYOUTS_X86: Dict[str, Dict[int, Tuple[Optional[int], Dict[str, Tuple[int, str]]]]] = {
     "_LOCK_HEADER": {
         19045: (0x14, {
@@ -526,9 +526,9 @@ def builtin_layout(name: str, pointer_size: int, build: Optional[int] = None,
     per_build = (BUILD_LAYOUTS_X64 if pointer_size == 8 else BUILD_LAYOUTS_X86).get(name)
     if not per_build or arch_name == "arm64":  # the per-build tables are x64's and x86's: ARM64 differs
         return None
-    shared, own_sizes = SAME_X64_OFFSETS.get(build, (None, {})) if pointer_size == 8 else (None, {})
+    shared = SAME_X64_OFFSETS.get(build) if pointer_size == 8 else None
     if build not in per_build and shared in per_build:
-        size, table = own_sizes.get(name, per_build[shared][0]), per_build[shared][1]
+        size, table = per_build[shared]
         offsets = {field_name: offset for field_name, (offset, _) in table.items()}
         kinds = {field_name: kind for field_name, (_, kind) in table.items()}
         return StructLayout(name, size or 0, offsets, kinds,
