@@ -426,3 +426,22 @@ def test_the_kernels_own_symbols_fit_a_small_dump_through_its_driver_list(capsys
     assert report["process"] == {"address": "0xffffc08bdce94180", "name": "System", "id": 4}
     assert report["thread"]["thread_id"] == 0x108
     assert not any("does not fit" in w for w in report["warnings"])
+
+
+def test_a_small_dump_that_kept_the_0xcb_tracker_names_its_locker(tmp_path, capsys):
+    """Current-format 0xCB: P1 is the lock tracker; when a data block holds it, its saved stack names the driver."""
+    scenario = case_0xcb("x64", "current", noise_pages=1)
+    data = scenario.data
+    p1, _, p3, _ = data.bugcheck.parameters
+    tracker = builtin_layout("_LOCK_TRACKER", 8, 19045)
+    nt = module(data, "ntoskrnl.exe")
+    path = str(tmp_path / "Mini-0xcb-current.dmp")
+    write_small_dump(data, path, crashing_thread(data, scenario.expected["process"], nt.base + 0x3000),
+                     scenario.expected["process"], blocks=[(p1 - 0x10, tracker.size + 0x10), (p3, 0x40)],
+                     stack_values=[nt.base + 0x1234])
+    code, report = json_report(capsys, path)
+    assert code == EXIT_SUSPECT
+    assert [t["address"] for t in report["trackers"]] == [hex(p1)] and report["trackers"][0]["mdl"] == hex(p3)
+    assert report["suspects"][0]["image"] == scenario.expected["culprit_image"]
+    assert any("lock tracker P1" in e for e in report["suspects"][0]["evidence"])
+    assert report["hunt_possible"] is False
