@@ -445,3 +445,26 @@ def test_a_small_dump_that_kept_the_0xcb_tracker_names_its_locker(tmp_path, caps
     assert report["suspects"][0]["image"] == scenario.expected["culprit_image"]
     assert any("lock tracker P1" in e for e in report["suspects"][0]["evidence"])
     assert report["hunt_possible"] is False
+
+
+def test_a_32_bit_small_dump_gives_its_triage_section(tmp_path, capsys):
+    """The 32-bit layout (section at 0x1000, 32-bit pointers) as leakhunt reads it; no real sample checks it."""
+    scenario = case_0x76("x86", "irp", noise_pages=1)
+    data = scenario.data
+    victim = scenario.expected["process"]
+    nt = module(data, "ntoskrnl.exe")
+    culprit = module(data, "leakyflt.sys")
+    data.bugcheck = type(data.bugcheck)(0x8E, (0xC0000005, culprit.base + 0x1A2B, 0, 0))
+    path = str(tmp_path / "Mini32.dmp")
+    write_small_dump(data, path, crashing_thread(data, victim, nt.base + 0x3000), victim, process_size=0x300,
+                     thread_size=0x300, stack_values=[nt.base + 0x1234, culprit.base + 0x1A2B],
+                     unloaded=[("olddrv.sys", 0x9A000000, 0x9A010000)], broken_driver="leakyflt.sys")
+    code, report = json_report(capsys, path)
+    assert code == EXIT_SUSPECT and report["target"]["pointer_size"] == 4
+    assert report["suspects"][0]["image"] == "leakyflt.sys" and report["suspects"][0]["confidence"] == "high"
+    assert report["bugcheck"]["parameters"][1]["symbol"] == "leakyflt+0x1a2b"
+    assert len(report["modules"]) == len(data.modules)
+    assert [c["symbol"] for c in report["stack"]["candidates"]] == ["nt+0x1234", "leakyflt+0x1a2b"]
+    assert report["unloaded_modules"][0]["image"] == "olddrv.sys"
+    assert report["process"]["address"] == hex(victim) and report["registers"] == []
+    assert not any("damaged" in w for w in report["warnings"])
