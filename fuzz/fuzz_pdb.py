@@ -4,11 +4,12 @@
     python fuzz/fuzz_pdb.py --runs 50000 --seed 7   # longer, on demand
     python fuzz/fuzz_pdb.py --replay fuzz/crashes/type-words-seed1-42.pdb
 
-The bases are the generated test kernel's PDB (clang and lld-link, tests/data/testkernel/) and the
-LF_STRUCTURE2 sample of mocks/pdbwriter.py. Each input damages one: truncation anywhere, flipped
+The bases are the generated test kernel's PDB (clang and lld-link, tests/data/testkernel/), the
+LF_STRUCTURE2 sample of mocks/pdbwriter.py, and a pdbwriter PDB of the same kernel's structures as
+LF_STRUCTURE2 records for a rearranged image (OMAP). Each input damages one: truncation anywhere, flipped
 bytes anywhere, superblock fields and stream directory entries (stream sizes, block numbers) set to
 hostile values, bytes flipped inside one stream (PDB info, TPI, DBI, section headers, symbol
-records), 16- and 32-bit words inside the type records set to record kinds, leaf kinds, type
+records, OMAP), 16- and 32-bit words inside the type records set to record kinds, leaf kinds, type
 indices and lengths (cycles, runaway chains, absurd counts), trailing garbage. An input passes when:
 
 - ``PdbFile.open`` returns a PdbFile or raises SymbolFileError with one clear line;
@@ -78,7 +79,12 @@ class Base:
 def _bases() -> List[Base]:
     with open(os.path.join(test_kernel.OUTPUT_DIR, test_kernel.PDB), "rb") as handle:
         kernel = handle.read()
-    return [Base("testkernel", kernel), Base("class2", pdbwriter.class2_sample())]
+    symbols = [pdbwriter.symbol_record(fmt.S_PUB32, name, 1 + n % 2, 0x40 * n) for n, name in enumerate(SYMBOLS)]
+    types = pdbwriter.TypeRecords()
+    pdbwriter.kernel_types(types, test_kernel.structures())  # the kernel's structures as LF_STRUCTURE2
+    rearranged = pdbwriter.write_pdb(types, symbols, omap=[(0x1000, 0x1000), (0x3000, 0x2400)],
+                                     original_sections=[0x1000, 0x3000])
+    return [Base("testkernel", kernel), Base("class2", pdbwriter.class2_sample()), Base("omap", rearranged)]
 
 
 BASES = _bases()

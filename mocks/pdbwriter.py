@@ -19,7 +19,7 @@ which llvm-pdbutil checks (tests/test_pdb.py).
 from __future__ import annotations
 
 import struct
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 from pykd_ext.symbols import pdb as fmt
 
@@ -187,9 +187,12 @@ def info_stream(guid: bytes, age: int, signature: int = 0x5EED) -> bytes:
     return struct.pack("<III", 20000404, signature, age) + guid + named_streams + struct.pack("<I", 20140508)
 
 
-def dbi_stream(age: int, machine: int, symbol_stream: int, section_stream: int) -> bytes:
+def dbi_stream(age: int, machine: int, symbol_stream: int, section_stream: int,
+               omap_stream: int = fmt.NO_STREAM, original_section_stream: int = fmt.NO_STREAM) -> bytes:
     debug_header = [fmt.NO_STREAM] * 11
     debug_header[fmt.DEBUG_HEADER_SECTION_HEADERS] = section_stream
+    debug_header[fmt.DEBUG_HEADER_OMAP_FROM_SOURCE] = omap_stream
+    debug_header[fmt.DEBUG_HEADER_ORIGINAL_SECTION_HEADERS] = original_section_stream
     optional = struct.pack(f"<{len(debug_header)}H", *debug_header)
     header = fmt.DBI_HEADER.pack(-1, 19990903, age, fmt.NO_STREAM, 0x8E1D, fmt.NO_STREAM, 0, symbol_stream, 0,
                                  0, 0, 0, 0, 0, 0, len(optional), 0, 0, machine, 0)
@@ -229,11 +232,19 @@ def msf(streams: Sequence[bytes], block_size: int = 4096) -> bytes:
 
 
 def write_pdb(types: TypeRecords, symbols: Sequence[bytes] = (), sections: Sequence[int] = (0x1000, 0x2000),
-              guid: bytes = bytes(range(16)), age: int = 1, machine: int = 0x8664, block_size: int = 4096) -> bytes:
-    """A whole PDB: info, TPI, DBI, an empty IPI, section headers and symbol records."""
+              guid: bytes = bytes(range(16)), age: int = 1, machine: int = 0x8664, block_size: int = 4096,
+              info_age: Optional[int] = None, omap: Sequence[Tuple[int, int]] = (),
+              original_sections: Sequence[int] = ()) -> bytes:
+    """A whole PDB: info, TPI, DBI, an empty IPI, section headers and symbol records. ``info_age``:
+    an info stream age other than the DBI's ``age`` (as pdbcopy leaves it). ``omap``: (source RVA,
+    target RVA) pairs of an image rearranged after linking, whose symbols' section:offset refer to
+    ``original_sections`` (streams 7 and 8)."""
     empty_ipi = TypeRecords().stream()
-    streams = [b"", info_stream(guid, age), types.stream(), dbi_stream(age, machine, 6, 5), empty_ipi,
-               section_headers(sections), b"".join(symbols)]
+    omap_streams = [b"".join(struct.pack("<II", *pair) for pair in omap), section_headers(original_sections)] \
+        if omap else []
+    dbi = dbi_stream(age, machine, 6, 5, *((7, 8) if omap else ()))
+    streams = [b"", info_stream(guid, age if info_age is None else info_age), types.stream(), dbi, empty_ipi,
+               section_headers(sections), b"".join(symbols)] + omap_streams
     return msf(streams, block_size)
 
 
@@ -279,3 +290,71 @@ def class2_sample() -> bytes:
                symbol_record(fmt.S_LDATA32, "KiLocal", 2, 0x30, 0x1000)]
     return write_pdb(types, symbols, sections=[0x1000, 0x5000], guid=guid_bytes("00112233445566778899AABBCCDDEEFF"),
                      age=3)
+
+
+# Primitive type indices (cvinfo.h) of the test kernel's base types, and of void * (64-bit).
+PRIMITIVE_INDICES = {"unsigned char": 0x20, "unsigned short": 0x21, "short": 0x11, "unsigned long": 0x22,
+                     "long": 0x12, "unsigned long long": 0x23}
+VOID_POINTER_64 = 0x603
+
+
+def kernel_types(types: TypeRecords, described, kind: int = fmt.LF_STRUCTURE2) -> None:
+    """Add the test kernel's structures (``mocks.test_kernel.structures()``) as Microsoft's compiler
+    writes them: forward references for members' structure types, unnamed members flattened into the
+    enclosing field list, unnamed nested structures as ``<unnamed-tag>`` records, bit fields, arrays,
+    modifiers; every named structure as a ``kind`` record (LF_STRUCTURE2 by default)."""
+    from mocks import test_kernel as model
+
+    forward = {}
+    enums = {}
+
+    def forward_of(tag: str) -> int:
+        if tag not in forward:
+            record_kind = kind if tag not in described or described[tag].kind == "struct" else fmt.LF_UNION
+            if record_kind == fmt.LF_UNION:
+                forward[tag] = types.union(tag, 0, 0, forward=True)
+            else:
+                forward[tag] = types.structure(tag, 0, 0, kind=record_kind, forward=True)
+        return forward[tag]
+
+    def type_index(type_) -> int:
+        if isinstance(type_, model.Base):
+            return PRIMITIVE_INDICES[type_.name]
+        if isinstance(type_, model.Pointer):
+            index = forward_of(type_.target) if type_.target else VOID_POINTER_64
+            for _ in range(type_.depth - (0 if type_.target else 1)):
+                index = types.pointer(index)
+            return index
+        if isinstance(type_, model.Array):
+            return types.array(type_index(type_.element), model.size_of(type_, described))
+        if isinstance(type_, model.Tagged):
+            return forward_of(type_.tag)
+        if isinstance(type_, model.EnumType):
+            if type_.tag not in enums:
+                values = [enumerate_value(name, value) for name, value in model.ENUM_CONSTANTS.items()]
+                enums[type_.tag] = types.enum(type_.tag, 0x74, types.field_list(values), len(values))
+            return enums[type_.tag]
+        return define(type_, "<unnamed-tag>")
+
+    def leaves(aggregate, base: int) -> List[bytes]:
+        out = []
+        for item in aggregate.members:
+            if not item.name:
+                out += leaves(item.type, base + item.offset)
+                continue
+            index = type_index(item.type)
+            if item.bits:
+                index = types.bitfield(index, item.bits[1], item.bits[0])
+            if item.qualifiers:
+                index = types.modifier(index, const="const" in item.qualifiers, volatile="volatile" in item.qualifiers)
+            out.append(member(item.name, index, base + item.offset))
+        return out
+
+    def define(aggregate, name: str) -> int:
+        field_list = types.field_list(leaves(aggregate, 0))
+        if aggregate.kind == "union":
+            return types.union(name, field_list, aggregate.size, len(aggregate.members), kind=fmt.LF_UNION2)
+        return types.structure(name, field_list, aggregate.size, len(aggregate.members), kind=kind)
+
+    for tag, aggregate in described.items():
+        define(aggregate, tag)

@@ -24,6 +24,7 @@ clang: the tests use the committed files and run ``--check`` only where clang is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import lzma
 import os
@@ -34,6 +35,11 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock (the build needs clang and lld-link anyway)
+    fcntl = None
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -58,7 +64,6 @@ POINTER_SIZE = 8
 class Base:
     name: str  # the C spelling, also the ISF base type name
     size: int
-    signed: bool
 
 
 @dataclass(frozen=True)
@@ -102,12 +107,12 @@ class Aggregate:
 
 Type = Union[Base, Pointer, Array, Tagged, EnumType, Aggregate]
 
-UCHAR = Base("unsigned char", 1, False)
-USHORT = Base("unsigned short", 2, False)
-SHORT = Base("short", 2, True)
-ULONG = Base("unsigned long", 4, False)
-LONG = Base("long", 4, True)
-ULONGLONG = Base("unsigned long long", 8, False)
+UCHAR = Base("unsigned char", 1)
+USHORT = Base("unsigned short", 2)
+SHORT = Base("short", 2)
+ULONG = Base("unsigned long", 4)
+LONG = Base("long", 4)
+ULONGLONG = Base("unsigned long long", 8)
 KIND_TYPES = {"u8": UCHAR, "u16": USHORT, "i16": SHORT, "u32": ULONG, "u64": ULONGLONG}
 
 # ---- the description ----
@@ -177,15 +182,17 @@ EXTRA_FIELDS: Dict[str, Dict[str, Tuple[int, str]]] = {
 OPEN_SIZES = {"_FILE_OBJECT": 0xD8, "_KLDR_DATA_TABLE_ENTRY": 0xA0, "_IMAGE_NT_HEADERS": 0x108}
 
 # Structures the tables' fields are made of, that the tables do not describe.
-HELPER_STRUCTURES = {
+MEMBER_STRUCTURES = {
     "_IO_STATUS_BLOCK": (0x10, [("Status", 0x0, LONG), ("Information", 0x8, ULONGLONG)]),
-    "_RTL_RB_TREE": (0x10, [("Root", 0x0, Pointer("_RTL_BALANCED_NODE")), ("Min", 0x8, Pointer("_RTL_BALANCED_NODE"))]),
+    "_RTL_RB_TREE": (0x10, [("Root", 0x0, Pointer("_RTL_BALANCED_NODE")),
+                            ("Min", 0x8, Pointer("_RTL_BALANCED_NODE"))]),
     "_IMAGE_OPTIONAL_HEADER64": (0xF0, [("Magic", 0x0, USHORT), ("SizeOfImage", 0x38, ULONG)]),
 }
 
-WIDE_MEMBERS = 9000  # 8-byte members: a field list of ~200 KB, continued 3 times by LF_INDEX; offsets past 0x8000
+# 8-byte members: a field list of ~200 KB, continued 3 times by LF_INDEX; offsets past 0x8000.
+WIDE_MEMBERS = 9000
 
-# name, C type of the global, ISF type
+# The globals leakhunt reads: name, C type.
 GLOBALS = [
     ("KiBugCheckDriver", "struct _UNICODE_STRING *"),
     ("PsLoadedModuleList", "struct _LIST_ENTRY"),
@@ -312,7 +319,7 @@ def _overlap_union(cluster: List[Member], end: int, described: Dict[str, Aggrega
 def structures() -> Dict[str, Aggregate]:
     """The test kernel's structures by tag, in an order where each is defined before it is embedded."""
     described: Dict[str, Aggregate] = {}
-    for tag, (size, rows) in HELPER_STRUCTURES.items():
+    for tag, (size, rows) in MEMBER_STRUCTURES.items():
         described[tag] = Aggregate("struct", tag, size, [Member(n, o, t) for n, o, t in rows])
     tables = table_rows()
     order = ["_LIST_ENTRY", "_UNICODE_STRING", "_RTL_BALANCED_NODE", "_DISPATCHER_HEADER", "_KLOCK_ENTRY"]
@@ -474,6 +481,19 @@ def build(output_dir: str) -> Dict[str, str]:
     for tool in ("clang", "lld-link"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found: install clang and lld (apt-get install clang lld llvm)")
+    with _build_dir_lock():  # two checkouts testing at once share the fixed build folder
+        return _build_locked(output_dir)
+
+
+@contextlib.contextmanager
+def _build_dir_lock():
+    with open(BUILD_DIR + ".lock", "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _build_locked(output_dir: str) -> Dict[str, str]:
     described = structures()
     shutil.rmtree(BUILD_DIR, ignore_errors=True)
     os.makedirs(BUILD_DIR)

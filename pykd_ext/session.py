@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .kernel.modules import ModuleMap, walk_loaded_modules
 from .layouts import Layouts
-from .symbols.base import SymbolFile
+from .symbols.base import SymbolFile, SymbolFileError
 from .targets.base import MemoryReadError, Module, SymbolNotFound, Target, TargetError
 from .typeinfo import TypeInfo
 
@@ -33,7 +33,7 @@ class KernelSession:
                  notes: Sequence[str] = ()):
         """``symbol_files`` are files already checked to fit this kernel, best first; ``kernel_base``
         is where nt is loaded (the RVAs of the files are relative to it); ``notes`` are what finding
-        them said, for the report."""
+        them said, for the report (with what a damaged file could not give, added as it happens)."""
         self.target = target
         self.arch = target.arch
         self.pointer_size = target.pointer_size
@@ -62,7 +62,11 @@ class KernelSession:
             return info
         bare = name.split("!", 1)[-1]
         for symbol_file in self.symbol_files:
-            info = symbol_file.type_info(bare, field_names)
+            try:
+                info = symbol_file.type_info(bare, field_names)
+            except SymbolFileError as error:
+                self._damaged(symbol_file, f"the type {bare}", error)
+                continue
             if info is not None:
                 labelled = TypeInfo(name, info.size, dict(info.fields), symbol_file.label)
                 self.file_types[name] = labelled
@@ -88,7 +92,11 @@ class KernelSession:
         module, _, bare = name.rpartition("!")
         if module in ("", "nt") and self.kernel_base is not None:
             for symbol_file in self.symbol_files:
-                rva = symbol_file.rva(bare)
+                try:
+                    rva = symbol_file.rva(bare)
+                except SymbolFileError as error:
+                    self._damaged(symbol_file, f"the symbol {bare}", error)
+                    continue
                 if rva is not None:
                     self.symbol_sources[name] = symbol_file.label
                     return self.kernel_base + rva
@@ -96,6 +104,11 @@ class KernelSession:
             self.symbol_sources[name] = USER_GIVEN
             return self.addresses[name]
         return None
+
+    def _damaged(self, symbol_file: SymbolFile, what: str, error: SymbolFileError) -> None:
+        note = f"{symbol_file.label} could not give {what} ({error}); the next source was used"
+        if note not in self.notes:
+            self.notes.append(note)
 
     def resolved_symbols(self) -> Dict[str, int]:
         """The symbols looked up so far that were found: name -> address."""

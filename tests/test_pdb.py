@@ -97,8 +97,7 @@ def _builtin_x64_19045():
     return [(name, size, rows) for name, (size, rows) in tables.items()]
 
 
-@pytest.mark.parametrize("name,size,rows", _builtin_x64_19045(), ids=lambda value: value if isinstance(value, str)
-                         else "")
+@pytest.mark.parametrize("name,size,rows", _builtin_x64_19045(), ids=[row[0] for row in _builtin_x64_19045()])
 def test_the_pdb_gives_leakhunts_builtin_x64_19045_layouts(kernel, name, size, rows):
     info = kernel.type_info(name, layouts.known_field_names(name))
     assert {path: field.offset for path, field in info.fields.items()} == {path: row[0] for path, row in rows.items()}
@@ -239,11 +238,32 @@ def test_lf_structure2_and_lf_union2(tmp_path):
     assert pdb.rva("KiLocal") == 0x5030
 
 
+def test_the_kernel_structures_as_lf_structure2_records(tmp_path):
+    """The same structures written the way recent Microsoft PDBs have them (LF_STRUCTURE2, LF_UNION2,
+    forward references everywhere, unnamed members flattened) read back the same."""
+    types = writer.TypeRecords()
+    writer.kernel_types(types, DESCRIBED)
+    pdb = _open_bytes(tmp_path, writer.write_pdb(types))
+    for name, aggregate in DESCRIBED.items():
+        expected = test_kernel.expected_layout(name, DESCRIBED)
+        info = pdb.type_info(name, list(expected))
+        assert info.size == aggregate.size, name
+        assert {path: (field.offset, field.size) for path, field in info.fields.items()} == expected, name
+
+
 def test_the_guid_is_written_the_way_symbol_stores_spell_it(tmp_path):
     raw = bytes.fromhex("33221100" "5544" "7766" "8899AABBCCDDEEFF")  # Data1..3 little-endian, Data4 bytes
     pdb = _open_bytes(tmp_path, writer.write_pdb(writer.TypeRecords(), guid=raw, age=0x1A))
     assert pdb.identity.guid == "00112233445566778899AABBCCDDEEFF"
     assert pdb.identity.store_key == "00112233445566778899AABBCCDDEEFF1A"
+
+
+def test_the_age_is_the_dbi_streams(tmp_path):
+    """pdbcopy bumps the info stream's age, not the DBI's, and the image names the DBI age."""
+    pdb = _open_bytes(tmp_path, writer.write_pdb(writer.TypeRecords(), age=1, info_age=3))
+    assert pdb.identity.age == 1
+    no_dbi = writer.msf([b"", writer.info_stream(bytes(16), 5)])
+    assert _open_bytes(tmp_path, no_dbi).identity.age == 5
 
 
 def test_an_x86_pdb(tmp_path):
@@ -258,6 +278,14 @@ def test_an_x86_pdb(tmp_path):
     assert pdb.rva("KiBugCheckDriver") == 0x1040  # x86 publics carry the C decoration
     info = pdb.type_info("_MDL", ["Next", "Size"])
     assert (info.size, info.fields["Next"].size, info.fields["Size"].offset) == (0x1C, 4, 4)
+
+
+def test_an_enum_of_the_same_name_is_not_the_structure(tmp_path):
+    types = writer.TypeRecords()
+    types.enum("_SAME", 0x74, types.field_list([writer.enumerate_value("One", 1)]), 1)
+    types.structure("_SAME", types.field_list([writer.member("Field", 0x22, 4)]), 8)
+    info = _open_bytes(tmp_path, writer.write_pdb(types)).type_info("_SAME", ["Field"])
+    assert info.size == 8 and info.fields["Field"].offset == 4
 
 
 def test_a_pdb_without_symbols_or_types(tmp_path):
@@ -310,6 +338,21 @@ def test_a_damaged_superblock_or_directory(tmp_path):
     first_block_entry = directory + 4 + 4 * stream_count
     for value in (0, block_count, 0xFFFFFFFF):
         assert "outside the" in _refused(tmp_path, _patched(raw, first_block_entry + 4, "<I", value))
+        assert "outside the" in _refused(tmp_path, _patched(raw, block_map * block_size, "<I", value))
+
+
+def test_a_stream_that_lists_one_block_again_and_again(tmp_path):
+    """A 6.5 KiB file whose one stream claims 1000 blocks (all the same one): refused, not allocated."""
+    block_size, repeats = 512, 1000
+    data_block = 12
+    directory = struct.pack("<II", 1, repeats * block_size) + struct.pack("<I", data_block) * repeats
+    directory_blocks = list(range(3, 3 + -(-len(directory) // block_size)))  # blocks 3..10
+    block_map = directory_blocks[-1] + 1
+    image = bytearray((data_block + 1) * block_size)
+    image[:56] = fmt.MSF_MAGIC + struct.pack("<6I", block_size, 1, data_block + 1, len(directory), 0, block_map)
+    image[3 * block_size:3 * block_size + len(directory)] = directory
+    struct.pack_into(f"<{len(directory_blocks)}I", image, block_map * block_size, *directory_blocks)
+    assert "claim 1000 blocks" in _refused(tmp_path, bytes(image))
 
 
 def _records_pdb(add_records, symbols=()):
@@ -408,6 +451,22 @@ def test_a_record_length_that_runs_past_its_stream(tmp_path):
     assert "length 0" in _refused(tmp_path, _records_pdb(empty_record))
     symbols = [struct.pack("<HH", 0x40, fmt.S_PUB32) + bytes(4)]
     assert "symbol record stream" in _refused(tmp_path, writer.write_pdb(writer.TypeRecords(), symbols))
+
+
+def test_the_rvas_of_an_image_rearranged_after_linking(tmp_path):
+    """Symbols give section:offset in the original sections; the OMAP table moves them."""
+    symbols = [writer.symbol_record(fmt.S_PUB32, "KiBugCheckDriver", 2, 0x10),  # 0x3010 -> 0x2410
+               writer.symbol_record(fmt.S_PUB32, "PsLoadedModuleList", 1, 0x880),  # 0x1080 -> 0x1080
+               writer.symbol_record(fmt.S_PUB32, "KiDropped", 2, 0x120),  # 0x3120: no place in the image
+               writer.symbol_record(fmt.S_PUB32, "KiBefore", 1, 0)]  # 0x800: before the first entry
+    omap = [(0x1000, 0x1000), (0x3000, 0x2400), (0x3100, 0)]
+    pdb = _open_bytes(tmp_path, writer.write_pdb(writer.TypeRecords(), symbols, sections=[0x1000, 0x2000],
+                                                 omap=omap, original_sections=[0x800, 0x3000]))
+    assert pdb.rva("KiBugCheckDriver") == 0x2410 and pdb.rva("PsLoadedModuleList") == 0x1080
+    assert pdb.rva("KiDropped") is None and pdb.rva("KiBefore") is None
+    unsorted = writer.write_pdb(writer.TypeRecords(), symbols, omap=[(0x3000, 0x1), (0x1000, 0x2)],
+                                original_sections=[0x1000])
+    assert "increasing" in _refused(tmp_path, unsorted)
 
 
 def test_a_symbol_in_a_section_the_pdb_does_not_have(tmp_path):

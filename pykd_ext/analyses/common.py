@@ -55,8 +55,6 @@ class Context:
             bugcheck=self.bugcheck_section(self.bugcheck.code, decoded),
         )
         self.decoded = decoded
-        for note in session.notes:
-            self.report.warn(note)
         modules: List = []
         try:
             modules = session.modules()
@@ -127,6 +125,8 @@ class Context:
                           for name, address in session.resolved_symbols().items()}
         for problem in self.layouts.problems.values():
             report.warn(problem)
+        for note in session.notes:  # what finding and reading the kernel's symbol files said
+            report.warn(note)
         # What the source cannot do travels with it (a replay of a recording says the same).
         for limitation in self.target.limitations():
             report.warn(limitation)

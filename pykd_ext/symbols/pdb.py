@@ -4,11 +4,12 @@ A PDB is an MSF 7.0 container: a superblock, a stream directory, and numbered st
 of fixed-size blocks. leakhunt reads four of them (format as documented by LLVM's "The PDB File
 Format" pages and Microsoft's cvinfo.h):
 
-- the PDB info stream (1): version, signature, age, GUID: the identity the image's CodeView (RSDS)
-  record names;
-- the DBI stream (3): the machine (pointer size), the optional debug header that names the section
-  header stream, and the symbol record stream, whose S_PUB32 / S_GDATA32 / S_LDATA32 records give
-  section:offset addresses, turned into RVAs with the section headers;
+- the PDB info stream (1): version, signature, age, GUID; the GUID with the DBI stream's age is the
+  identity the image's CodeView (RSDS) record names;
+- the DBI stream (3): the age, the machine (pointer size), the optional debug header that names the
+  section header stream, and the symbol record stream, whose S_PUB32 / S_GDATA32 / S_LDATA32 records
+  give section:offset addresses, turned into RVAs with the section headers (and the OMAP table of an
+  image rearranged after linking);
 - the TPI stream (2): type records. Only their offsets are indexed when the file is opened; a
   structure is decoded when it is asked for (its record found by name), with the few records its
   field paths go through, and cached.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 from array import array
 from bisect import bisect_right
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -43,8 +45,11 @@ PDB_INFO_VERSIONS = (19941610, 19950623, 19950814, 19960307, 19970604, 20000404,
 TPI_VERSIONS = (19951122, 20040203)  # V70, V80
 DBI_HEADER = struct.Struct("<iIIHHHHHHiiiiiIiiHHI")  # DbiStreamHeader, 64 bytes
 TPI_HEADER = struct.Struct("<IIIII")  # version, header size, first and end type index, record bytes
-# Optional debug header slot of the section header stream (after FPO, exception, fixup, OMAP to/from).
+# Optional debug header slots (u16 stream numbers: FPO, exception, fixup, OMAP to source, OMAP from
+# source, section headers, token/RID map, xdata, pdata, new FPO, original section headers).
+DEBUG_HEADER_OMAP_FROM_SOURCE = 4
 DEBUG_HEADER_SECTION_HEADERS = 5
+DEBUG_HEADER_ORIGINAL_SECTION_HEADERS = 10
 SECTION_HEADER_SIZE = 40  # IMAGE_SECTION_HEADER; VirtualAddress at +12
 
 MACHINE_POINTER_SIZES = {0x14C: 4, 0x1C4: 4, 0x1C0: 4, 0x8664: 8, 0xAA64: 8, 0x200: 8}
@@ -143,17 +148,18 @@ class PdbFile(SymbolFile):
         try:
             with open(path, "rb") as handle:
                 msf = _Msf(handle, name)
-                identity = _read_identity(msf, name)
-                pointer_size, sections, symbol_records = _read_dbi(msf)
+                dbi = _read_dbi(msf)
+                identity = _read_identity(msf, name, dbi.age)
                 types = _TypeStream(msf.stream(STREAM_TPI), name) if msf.stream_size(STREAM_TPI) else None
-                symbols = _SymbolStream(symbol_records, sections, name) if symbol_records is not None else None
+                symbols = None if dbi.symbol_records is None else \
+                    _SymbolStream(dbi.symbol_records, dbi.addresses, name)
         except SymbolFileError:
             raise
         except OSError as error:
             raise SymbolFileError(f"{name}: cannot read the PDB: {error.strerror or error}") from None
         except (struct.error, IndexError, ValueError, OverflowError, MemoryError) as error:
             raise SymbolFileError(f"{name}: malformed PDB ({type(error).__name__}: {error})") from None
-        return cls(path, identity, pointer_size, types, symbols)
+        return cls(path, identity, dbi.pointer_size, types, symbols)
 
     def rva(self, name: str) -> Optional[int]:
         if self._symbols is None:
@@ -210,6 +216,8 @@ class _Msf:
         self._check_block(block_map_block, "the block map")
         block_map = struct.unpack_from(f"<{directory_blocks}I", self._read_at(block_map_block * block_size,
                                                                             4 * directory_blocks))
+        for block in block_map:
+            self._check_block(block, "the stream directory")
         directory = self._read_blocks(block_map, directory_bytes, "the stream directory")
         self._parse_directory(directory)
 
@@ -237,6 +245,8 @@ class _Msf:
         position = 4 + 4 * stream_count
         if position + 4 * sum(block_counts) > len(directory):
             raise self.error("the stream directory lists more blocks than it holds")
+        if sum(block_counts) > self.block_count:  # each block belongs to one stream at most
+            raise self.error(f"the streams claim {sum(block_counts)} blocks of the file's {self.block_count}")
         self.sizes = sizes
         self._block_lists: List[Tuple[int, ...]] = []
         for index, count in enumerate(block_counts):
@@ -273,45 +283,108 @@ class _Msf:
         return data
 
 
-def _read_identity(msf: _Msf, name: str) -> PdbIdentity:
-    """PDB info stream: Version, Signature, Age, then the GUID (Data1..3 little-endian, Data4 bytes)."""
+def _read_identity(msf: _Msf, name: str, dbi_age: Optional[int]) -> PdbIdentity:
+    """PDB info stream: Version, Signature, Age, then the GUID (Data1..3 little-endian, Data4 bytes).
+
+    The age is the DBI stream's when there is one: tools that rewrite a PDB (pdbcopy, which makes
+    Microsoft's public PDBs) bump the info stream's age but not the DBI's, and the image's CodeView
+    record and the symbol store name the DBI age (LLVM issue 57300: an ntdll.pdb with info age 3,
+    DBI age 1, stored under age 1)."""
     if msf.stream_size(STREAM_PDB_INFO) < 28:
         raise msf.error("the PDB info stream is missing or too short")
     info = msf.stream(STREAM_PDB_INFO)
-    version, _, age = struct.unpack_from("<III", info, 0)
+    version, _, info_age = struct.unpack_from("<III", info, 0)
     if version not in PDB_INFO_VERSIONS:
         raise msf.error(f"unknown PDB info stream version {version}")
     data1, data2, data3 = struct.unpack_from("<IHH", info, 12)
     guid = f"{data1:08X}{data2:04X}{data3:04X}{bytes(info[20:28]).hex().upper()}"
-    return PdbIdentity(name, guid, age)
+    return PdbIdentity(name, guid, info_age if dbi_age is None else dbi_age)
 
 
-def _read_dbi(msf: _Msf) -> Tuple[Optional[int], List[int], Optional[bytearray]]:
-    """DBI stream: pointer size from the machine, section VirtualAddresses, the symbol record stream."""
+class _Dbi:
+    """What the DBI stream gives: its age, the pointer size of its machine, and the symbol record
+    stream with the section VirtualAddresses (and OMAP) that turn its section:offset into RVAs."""
+
+    def __init__(self, age: Optional[int] = None, pointer_size: Optional[int] = None,
+                 symbol_records: Optional[bytearray] = None, addresses: Optional["_Addresses"] = None):
+        self.age = age
+        self.pointer_size = pointer_size
+        self.symbol_records = symbol_records
+        self.addresses = addresses or _Addresses([], None)
+
+
+class _Addresses:
+    """section:offset -> RVA: the section's VirtualAddress plus the offset, then, for an image
+    rearranged after linking (BBT), through the OMAP-from-source table: the entry with the greatest
+    source RVA not above it moves it (a target of 0: the address has no place in the final image)."""
+
+    def __init__(self, sections: List[int], omap: Optional[Tuple[array, array]]):
+        self.sections = sections
+        self.omap = omap
+
+    def rva(self, segment: int, offset: int) -> Optional[int]:
+        if not 1 <= segment <= len(self.sections):
+            return None
+        rva = self.sections[segment - 1] + offset
+        if self.omap is None:
+            return rva
+        sources, targets = self.omap
+        at = bisect_right(sources, rva) - 1
+        if at < 0 or targets[at] == 0:
+            return None
+        return targets[at] + rva - sources[at]
+
+
+def _read_dbi(msf: _Msf) -> _Dbi:
+    """DBI stream: header, substream sizes, the optional debug header's section header (and OMAP)
+    streams."""
     size = msf.stream_size(STREAM_DBI)
     if size == 0:
-        return None, [], None
+        return _Dbi()
     if size < DBI_HEADER.size:
         raise msf.error(f"the DBI stream is {size} bytes, shorter than its header")
     dbi = msf.stream(STREAM_DBI)
     fields = DBI_HEADER.unpack_from(dbi, 0)
-    signature, symbol_stream = fields[0], fields[7]
+    signature, age, symbol_stream = fields[0], fields[2], fields[7]
     substreams = fields[9:14] + (fields[16], fields[15])  # modules .. type server map, EC, debug header
     machine = fields[18]
     if signature != -1:
         raise msf.error("the DBI stream has no version signature (-1)")
     if any(length < 0 for length in substreams) or DBI_HEADER.size + sum(substreams) > size:
         raise msf.error("the DBI substreams run past the DBI stream")
-    debug_header_at = DBI_HEADER.size + sum(substreams[:-1])
-    debug_header = struct.unpack_from(f"<{substreams[-1] // 2}H", dbi, debug_header_at)
+    debug_header = struct.unpack_from(f"<{substreams[-1] // 2}H", dbi, DBI_HEADER.size + sum(substreams[:-1]))
+
+    def named(slot: int) -> Optional[int]:
+        stream = debug_header[slot] if slot < len(debug_header) else NO_STREAM
+        return None if stream == NO_STREAM or msf.stream_size(stream) == 0 else stream
+
+    omap = None
+    headers_stream = named(DEBUG_HEADER_SECTION_HEADERS)
+    if named(DEBUG_HEADER_OMAP_FROM_SOURCE) is not None:
+        omap = _read_omap(msf, named(DEBUG_HEADER_OMAP_FROM_SOURCE))
+        headers_stream = named(DEBUG_HEADER_ORIGINAL_SECTION_HEADERS) or headers_stream
     sections: List[int] = []
-    if len(debug_header) > DEBUG_HEADER_SECTION_HEADERS and debug_header[DEBUG_HEADER_SECTION_HEADERS] != NO_STREAM:
-        headers = msf.stream(debug_header[DEBUG_HEADER_SECTION_HEADERS])
+    if headers_stream is not None:
+        headers = msf.stream(headers_stream)
         if len(headers) % SECTION_HEADER_SIZE:
             raise msf.error(f"the section header stream is {len(headers)} bytes, not a whole number of headers")
         sections = [struct.unpack_from("<I", headers, at + 12)[0] for at in range(0, len(headers), SECTION_HEADER_SIZE)]
     records = msf.stream(symbol_stream) if symbol_stream != NO_STREAM else None
-    return MACHINE_POINTER_SIZES.get(machine), sections, records
+    return _Dbi(age, MACHINE_POINTER_SIZES.get(machine), records, _Addresses(sections, omap))
+
+
+def _read_omap(msf: _Msf, stream: int) -> Tuple[array, array]:
+    """The OMAP-from-source table: (source RVA, target RVA) pairs in increasing source order."""
+    data = msf.stream(stream)
+    if len(data) % 8:
+        raise msf.error(f"the OMAP stream is {len(data)} bytes, not a whole number of entries")
+    pairs = array("I", bytes(data))
+    if sys.byteorder == "big":
+        pairs.byteswap()
+    sources, targets = pairs[0::2], pairs[1::2]
+    if any(sources[n] > sources[n + 1] for n in range(len(sources) - 1)):
+        raise msf.error("the OMAP table is not in increasing address order")
+    return sources, targets
 
 
 def _index_records(data: bytearray, start: int, end: int, what: str, name: str) -> array:
@@ -343,9 +416,9 @@ def _c_string(data: bytearray, position: int, end: int, name: str) -> Tuple[str,
 class _SymbolStream:
     """The DBI symbol record stream; addresses of S_PUB32 / S_GDATA32 / S_LDATA32 by name."""
 
-    def __init__(self, data: bytearray, sections: List[int], name: str):
+    def __init__(self, data: bytearray, addresses: _Addresses, name: str):
         self.data = data
-        self.sections = sections
+        self.addresses = addresses
         self.name = name
         self.records = _index_records(data, 0, len(data), "the symbol record stream", name)
         self._cache: Dict[str, Optional[int]] = {}
@@ -356,10 +429,15 @@ class _SymbolStream:
         return self._cache[symbol]
 
     def _find(self, symbol: str) -> Optional[int]:
-        """Look for the name's bytes and keep a hit that is the name field of an address record."""
-        needle = symbol.encode("utf-8") + b"\x00"
+        """Look for the name's bytes and keep a hit that is the name field of an address record.
+
+        The bytes are looked for without the name's terminating zero: zero bytes are everywhere in
+        these streams, and a needle ending with one makes ``find`` slow."""
+        name = symbol.encode("utf-8")
+        if not name:
+            return None
         data, records = self.data, self.records
-        position = data.find(needle, SYMBOL_NAME_OFFSET)
+        position = data.find(name, SYMBOL_NAME_OFFSET)
         hits = 0
         while position >= 0:
             hits += 1
@@ -370,11 +448,13 @@ class _SymbolStream:
             at = bisect_right(records, start) - 1
             if at >= 0 and records[at] == start:
                 length, kind = struct.unpack_from("<HH", data, start)
-                if kind in ADDRESS_SYMBOLS and SYMBOL_NAME_OFFSET + len(needle) <= 2 + length:
+                terminator = position + len(name)
+                if kind in ADDRESS_SYMBOLS and terminator < start + 2 + length and data[terminator] == 0:
                     offset, segment = struct.unpack_from("<IH", data, start + 8)
-                    if 1 <= segment <= len(self.sections):
-                        return self.sections[segment - 1] + offset
-            position = data.find(needle, position + 1)
+                    rva = self.addresses.rva(segment, offset)
+                    if rva is not None:
+                        return rva
+            position = data.find(name, position + 1)
         return None
 
 
@@ -493,16 +573,20 @@ class _TypeStream:
 
     # ---- finding definitions ----
 
-    def find_definition(self, name: str, family: Optional[str] = None, unique_name: str = "") -> Optional[_Udt]:
-        """The defining (not forward) UDT record called ``name`` (or with that unique name)."""
-        key = (unique_name or name, family or "")
+    def find_definition(self, name: str, families: Tuple[str, ...], unique_name: str = "") -> Optional[_Udt]:
+        """The first defining (not forward) record of one of ``families`` ("class", "union", "enum")
+        called ``name``, or with that unique name."""
+        key = (unique_name or name, families)
         if key not in self._definitions:
-            self._definitions[key] = self._search(unique_name or name, family, bool(unique_name))
+            self._definitions[key] = self._search(unique_name or name, families, bool(unique_name))
         return self._definitions[key]
 
-    def _search(self, wanted: str, family: Optional[str], by_unique: bool) -> Optional[_Udt]:
-        """Look for the name's bytes in the stream; keep a hit that is the name of a defining record."""
-        needle = wanted.encode("utf-8") + b"\x00"
+    def _search(self, wanted: str, families: Tuple[str, ...], by_unique: bool) -> Optional[_Udt]:
+        """Look for the name's bytes (without the terminating zero, as in ``_SymbolStream._find``);
+        keep a hit that is the name of a defining record."""
+        needle = wanted.encode("utf-8")
+        if not needle:
+            return None
         data, offsets = self.data, self.offsets
         position = data.find(needle, offsets[0] if offsets else len(data))
         hits = 0
@@ -515,7 +599,7 @@ class _TypeStream:
             if kind in UDT_KINDS and start <= position:
                 udt = self.udt(index)
                 matches = (udt.unique_name if by_unique else udt.name) == wanted
-                if matches and not udt.forward and (family is None or udt.family == family):
+                if matches and not udt.forward and udt.family in families:
                     return udt
             position = data.find(needle, max(end, position + 1))  # the next record holding the name
         return None
@@ -525,10 +609,10 @@ class _TypeStream:
         if not udt.forward:
             return udt
         if udt.unique_name:
-            found = self.find_definition(udt.name, udt.family, udt.unique_name)
+            found = self.find_definition(udt.name, (udt.family,), udt.unique_name)
             if found is not None:
                 return found
-        return self.find_definition(udt.name, udt.family)
+        return self.find_definition(udt.name, (udt.family,))
 
     # ---- sizes ----
 
@@ -696,8 +780,8 @@ class _TypeStream:
     # ---- layouts ----
 
     def type_info(self, name: str, field_paths: Sequence[str]) -> Optional[TypeInfo]:
-        udt = self.find_definition(name)
-        if udt is None or udt.kind == LF_ENUM:
+        udt = self.find_definition(name, ("class", "union"))
+        if udt is None:
             return None
         fields: Dict[str, FieldInfo] = {}
         for path in field_paths:

@@ -91,7 +91,8 @@ struct _KLOCK_ENTRY {
     struct _RTL_RB_TREE OwnerTree;
     struct _RTL_RB_TREE WaiterTree;
     unsigned long long EntryLock;
-    unsigned long long BoostBitmap;
+    unsigned long BoostBitmap;
+    unsigned char _Padding3[4];
 };
 _Static_assert(sizeof(struct _KLOCK_ENTRY) == 0x60, "_KLOCK_ENTRY");
 _Static_assert(offsetof(struct _KLOCK_ENTRY, TreeNode) == 0x0, "_KLOCK_ENTRY.TreeNode");
@@ -115,6 +116,7 @@ _Static_assert(offsetof(struct _KLOCK_ENTRY, WaiterTree.Root) == 0x40, "_KLOCK_E
 _Static_assert(offsetof(struct _KLOCK_ENTRY, WaiterTree.Min) == 0x48, "_KLOCK_ENTRY.WaiterTree.Min");
 _Static_assert(offsetof(struct _KLOCK_ENTRY, EntryLock) == 0x50, "_KLOCK_ENTRY.EntryLock");
 _Static_assert(offsetof(struct _KLOCK_ENTRY, BoostBitmap) == 0x58, "_KLOCK_ENTRY.BoostBitmap");
+_Static_assert(offsetof(struct _KLOCK_ENTRY, _Padding3) == 0x5c, "_KLOCK_ENTRY._Padding3");
 
 struct _MDL {
     struct _MDL *Next;
@@ -565,9 +567,9 @@ struct _ETHREAD {
     struct _LIST_ENTRY ThreadListEntry;
     unsigned char _Padding6[344];
     struct _KLOCK_ENTRY LockEntries[6];
-    unsigned char _Padding7[16];
+    unsigned char _Padding7[8];
 };
-_Static_assert(sizeof(struct _ETHREAD) == 0x8a0, "_ETHREAD");
+_Static_assert(sizeof(struct _ETHREAD) == 0x898, "_ETHREAD");
 _Static_assert(offsetof(struct _ETHREAD, Tcb) == 0x0, "_ETHREAD.Tcb");
 _Static_assert(offsetof(struct _ETHREAD, Tcb._Padding1) == 0x0, "_ETHREAD.Tcb._Padding1");
 _Static_assert(offsetof(struct _ETHREAD, Tcb.ApcState) == 0x98, "_ETHREAD.Tcb.ApcState");
