@@ -187,6 +187,8 @@ HOSTILE_TYPES = {
     "fields-not-object": (lambda d: d["user_types"]["_OUTER"].update(fields=[1]), "user type '_OUTER'"),
     "size-negative": (lambda d: d["user_types"]["_OUTER"].update(size=-8), "valid size"),
     "offset-text": (lambda d: d["user_types"]["_OUTER"]["fields"]["First"].update(offset="0"), "field 'First'"),
+    "kind-not-text": (lambda d: d["user_types"]["_OUTER"]["fields"]["First"]["type"].update(kind={"a": 1}),
+                      "has no kind"),
     "unknown-kind": (lambda d: d["user_types"]["_OUTER"]["fields"]["First"]["type"].update(kind="quux"),
                      "unknown type kind"),
     "undefined-base-type": (lambda d: d["user_types"]["_OUTER"]["fields"]["First"]["type"].update(name="nope"),

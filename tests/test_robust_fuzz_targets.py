@@ -10,7 +10,7 @@ from fuzz import runner
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("target", ["fuzz_snapshot.py", "fuzz_dump_header.py", "fuzz_pdb.py"])
+@pytest.mark.parametrize("target", ["fuzz_snapshot.py", "fuzz_dump_header.py", "fuzz_pdb.py", "fuzz_isf.py"])
 def test_a_fuzz_target_runs_clean(tmp_path, target):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "fuzz", target), "--runs", "40", "--seed", "3",
                              "--crashes", str(tmp_path)], capture_output=True, text=True)

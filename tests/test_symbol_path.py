@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import re
 import shutil
 import signal
 import sys
@@ -20,6 +21,7 @@ KERNEL = PdbIdentity("ntkrnlmp.pdb", "5278AFF86C341677D7D7835C85B7B844", 1)
 REAL_SYMBOLS = Path(__file__).parent / "data" / "symbols"
 REAL_ISF = REAL_SYMBOLS / "windows" / "ntkrnlmp.pdb" / "5278AFF86C341677D7D7835C85B7B844-1.json.xz"
 PDB_BYTES = MSF_7_MAGIC + bytes(range(256)) * 64  # what a server answers: an MSF 7.0 file
+TRICKLED_BYTES = 200  # a trickling server sends these one by one, 50 ms apart, then hangs up
 
 
 def store_file(root: Path, identity=KERNEL, content=PDB_BYTES, name=None) -> Path:
@@ -132,6 +134,22 @@ def test_candidates_when_the_identity_is_unknown(tmp_path):
     assert found == sorted([str(other), str(stored)]) + real  # each file once, in element order, no hal.pdb
 
 
+def test_candidates_skip_other_json_files(tmp_path):
+    (tmp_path / "notes.json").write_text("{}")
+    named = tmp_path / f"{KERNEL.guid}-1.json.gz"
+    named.write_bytes(b"")
+    assert list(SymbolPath.parse(str(tmp_path)).candidates("ntkrnlmp.pdb")) == [str(named)]
+
+
+@pytest.mark.parametrize("name", ["..", "..\\..\\evil.pdb", "../evil.pdb", "c:evil.pdb", ""])
+def test_a_pdb_name_that_is_a_path_is_never_looked_up(tmp_path, name):
+    store_file(tmp_path / "store")
+    path = SymbolPath.parse(f"{tmp_path / 'store'};srv*{tmp_path / 'cache'}*http://127.0.0.1:9/sym")
+    lookup = path.find(PdbIdentity(name, KERNEL.guid, 1))
+    assert not lookup.found and "not a plain file name" in lookup.warning()
+    assert list(path.candidates(name)) == [] and not (tmp_path / "cache").exists()
+
+
 def test_the_warning_names_the_file_and_every_place(tmp_path):
     lookup = SymbolPath.parse(f"{tmp_path};{tmp_path / 'absent'};srv*{tmp_path / 'cache'}*https://h/s").find(
         KERNEL, offline=True)
@@ -169,6 +187,12 @@ class _Server:
                     self.wfile.write(body[:100])
                     self.wfile.flush()
                     owner.release.wait(10)
+                elif owner.behaviour == "trickle":
+                    for byte in body[:TRICKLED_BYTES]:
+                        if owner.release.wait(0.05):
+                            break
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
                 elif owner.behaviour == "drop":
                     self.wfile.write(body[:100])
                     self.wfile.flush()
@@ -244,6 +268,18 @@ def test_a_stalling_or_dropping_server_leaves_no_partial_file(tmp_path, server, 
     path.timeout = 0.5
     lookup = path.find(KERNEL)
     assert not lookup.found and why in lookup.warning()
+    assert files_under(cache) == []
+
+
+def test_a_server_that_trickles_is_stopped_at_the_deadline(tmp_path, server):
+    running = server("trickle")
+    cache = tmp_path / "cache"
+    path = SymbolPath.parse(f"srv*{cache}*{running.url}")
+    path.deadline = 0.5  # each byte comes well within the per-read timeout, the whole never does
+    lookup = path.find(KERNEL)
+    received = re.search(r"not complete after 0\.5 s \((\d+) bytes received\)", lookup.warning())
+    assert not lookup.found and received
+    assert int(received.group(1)) < TRICKLED_BYTES  # stopped while bytes were still coming, not at their end
     assert files_under(cache) == []
 
 

@@ -49,8 +49,8 @@ def address_map(document: Any, path: str) -> Dict[str, int]:
     for index, (name, value) in enumerate(document.items(), 1):
         address = _address(value)
         if not name.strip() or address is None:
-            raise SymbolFileError(f"symbol file {path} has a bad symbol (entry {index}: not a name and an address "
-                                  f"below 2**64); {ACCEPTED}")
+            what = "has no name" if not name.strip() else "is not an address below 2**64"
+            raise SymbolFileError(f"symbol file {path} has a bad symbol (entry {index} {what}); {ACCEPTED}")
         symbols[name.strip()] = address
     return symbols
 

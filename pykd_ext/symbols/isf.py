@@ -302,6 +302,8 @@ class IsfFile(SymbolFile):
         if depth > _MAX_NESTING:
             raise SymbolFileError(f"{self._error}: types in {type_name[:80]!r} nest too deeply")
         kind = descriptor.get("kind")
+        if not isinstance(kind, str):
+            raise SymbolFileError(f"{self._error}: a type in {type_name[:80]!r} has no kind")
         if kind == "pointer":
             return self.pointer_size
         if kind == "array":

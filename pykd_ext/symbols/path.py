@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import http.client
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -49,6 +50,8 @@ DOWNLOAD_DEADLINE_SECONDS = 600.0  # for the whole transfer
 MAX_DOWNLOAD_BYTES = 512 << 20
 CAB_MAGIC = b"MSCF"
 ISF_SUFFIXES = (".json", ".json.xz", ".json.gz")
+# How volatility3 names a table: <GUID>-<AGE in decimal>.json[.xz|.gz].
+_VOLATILITY3_NAME = re.compile(r"^[0-9A-Fa-f]{32}-\d+\.json(\.xz|\.gz)?$")
 _CHUNK = 1 << 16
 # file.ptr is a one-line text file; anything longer is not one.
 _MAX_FILE_PTR_BYTES = 4096
@@ -94,8 +97,8 @@ class Lookup:
     def warning(self) -> str:
         """One line naming the file (name, GUID, age) and every place it was looked for."""
         where = "; ".join(str(place) for place in self.places) or "the symbol path is empty"
-        return f"no symbol file for {self.identity.label} (PDB {self.identity.name}, GUID {self.identity.guid}, " \
-               f"age {self.identity.age}): looked in {where}"
+        return (f"no symbol file for {self.identity.name} (GUID {self.identity.guid}, age {self.identity.age}): "
+                f"looked in {where}")
 
 
 # ---- elements -----------------------------------------------------------------------------------
@@ -149,7 +152,7 @@ class LocalFolder:
                     yield found
             for folder in (os.path.join(self.folder, "windows", name), store, self.folder):
                 for entry in _sorted_entries(folder):
-                    if entry.lower().endswith(ISF_SUFFIXES):
+                    if _VOLATILITY3_NAME.match(entry):
                         found = _existing_file(os.path.join(folder, entry))
                         if found:
                             yield found
@@ -193,9 +196,8 @@ def server_file_url(server: str, identity: PdbIdentity) -> str:
 class SymbolPath:
     """A parsed symbol path: its elements in search order."""
 
-    def __init__(self, elements: Sequence[object], text: str = ""):
+    def __init__(self, elements: Sequence[object]):
         self.elements = list(elements)
-        self.text = text
         # Download limits, per path: each network wait, the whole transfer, the body size.
         self.timeout = DOWNLOAD_TIMEOUT_SECONDS
         self.deadline = DOWNLOAD_DEADLINE_SECONDS
@@ -220,11 +222,14 @@ class SymbolPath:
                 elements.append(_server(rest, downstream))
             else:
                 elements.append(LocalFolder(element))
-        return cls(elements, text or "")
+        return cls(elements)
 
     def find(self, identity: PdbIdentity, offline: bool = False) -> Lookup:
         """The first file for ``identity`` in element order (downloading from servers unless ``offline``)."""
         lookup = Lookup(identity)
+        if not _is_plain_file_name(identity.name):  # the name comes from the dump: never a path
+            lookup.places.append(Place(repr(identity.name)[:80], "not a plain file name, not looked up"))
+            return lookup
         fetch = None if offline else self._fetch
         for element in self.elements:
             if isinstance(element, SymbolServer):
@@ -241,6 +246,8 @@ class SymbolPath:
     def candidates(self, pdb_name: str) -> Iterator[str]:
         """Local files that may describe ``pdb_name`` whatever their GUID and age, in element order
         (for a dump whose image identity is unknown: each must then be checked against the dump)."""
+        if not _is_plain_file_name(pdb_name):
+            return
         seen = set()
         for element in self.elements:
             folders = element.stores if isinstance(element, (SymbolServer, SymbolServerStores)) else (element.folder,)
@@ -290,6 +297,10 @@ def _is_url(text: str) -> bool:
 
 
 # ---- local files --------------------------------------------------------------------------------
+
+def _is_plain_file_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and not any(character in name for character in '/\\:\0')
+
 
 def _name_spellings(name: str) -> List[str]:
     """The name as given and lower-cased (stores on case-sensitive file systems are often lower-case)."""
@@ -384,7 +395,7 @@ def _copy_body(response, out, expected: Optional[int], max_bytes: int, deadline:
         if time.monotonic() > deadline:
             return False, f"not complete after {deadline_seconds:g} s ({total} bytes received)"
         try:
-            chunk = response.read(_CHUNK)
+            chunk = response.read1(_CHUNK)  # what has arrived (read() would wait for a whole chunk)
         except http.client.IncompleteRead as error:
             return False, f"connection dropped after {total + len(error.partial)} bytes"
         except (socket.timeout, TimeoutError):
