@@ -24,7 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(ROOT, "..", "shared")
 TRIAGE_X64 = os.path.join(SHARED, "samples", "triage_x64.dmp")
 TRIAGE_ARM64 = os.path.join(SHARED, "samples", "triage_arm64.dmp")
-ISF_19041 = os.path.join(SHARED, "symbols", "windows", "ntkrnlmp.pdb", "5278AFF86C341677D7D7835C85B7B844-1.json.xz")
+# The real symbol table of the x64 sample's kernel (10.0.19041.804), as the checkout ships it.
+ISF_19041 = os.path.join(ROOT, "tests", "data", "symbols", "windows", "ntkrnlmp.pdb",
+                         "5278AFF86C341677D7D7835C85B7B844-1.json.xz")
 needs_samples = pytest.mark.skipif(not os.path.exists(TRIAGE_X64), reason="the real sample dumps are not here")
 
 
