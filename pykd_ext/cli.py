@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect_parser = commands.add_parser("inspect", help="say what a snapshot file holds")
     inspect_parser.add_argument("snapshot", help="snapshot file")
+
+    from .fleet.command import add_parser as add_triage_parser
+    add_triage_parser(commands)
     return parser
 
 
@@ -250,7 +253,13 @@ def command_inspect(args) -> int:
     return 0
 
 
-COMMANDS = {"analyze": command_analyze, "replay": command_replay, "inspect": command_inspect}
+def command_triage(args) -> int:
+    from .fleet.command import command_triage as triage
+    return triage(args)
+
+
+COMMANDS = {"analyze": command_analyze, "replay": command_replay, "inspect": command_inspect,
+            "triage": command_triage}
 # What the analyze command adds to replay's options, with its defaults.
 ANALYZE_ONLY = {"record": None, "force": False, "symbol": [], "symbols": [], "symbol_path": None}
 
@@ -303,7 +312,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args is None or not args.command:
             raise UsageError("no command given: leakhunt analyze MEMORY.DMP, leakhunt replay case.snap or "
                              "leakhunt inspect case.snap (leakhunt --help says more)")
-        command_for_the_file(args)
+        if args.command != "triage":  # triage takes many files, each looked at by itself
+            command_for_the_file(args)
         load_command_modules()
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -473,12 +473,8 @@ def _credit_chains(holders: Holders, wanted: List[int], direct: Dict[int, List[i
 
 
 def _irp_at(context: Context, address: int, mdl_address: int) -> Optional[Irp]:
-    problems = context.io.irp_header_problems(address)
-    if problems:
-        return None
-    try:
-        irp = context.io.read_irp(address)
-    except MemoryReadError:
+    irp = context.io.plausible_irp(address)
+    if irp is None:
         return None
     if irp.problems:
         context.report.rejected.append(Rejected(address, "IRP", irp.problems))
@@ -501,6 +497,8 @@ def _chain_parent_at(context: Context, address: int, mdl_address: int) -> Option
 
 def _chain_reaches(context: Context, first: int, wanted: int) -> bool:
     """Follow MDL.Next from ``first`` (bounded, cycle-safe) looking for ``wanted``."""
+    if first == wanted:  # the usual case: the IRP's own MdlAddress
+        return True
     next_offset = context.layouts.get("_MDL").offset("Next")
     seen: Set[int] = set()
     current = first

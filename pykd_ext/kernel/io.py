@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from ..layouts import Layouts, LayoutError
+from ..layouts import Layouts, LayoutError, StructView
 from ..targets.base import MemoryReadError, Module, Target, TargetError
 from .modules import ModuleMap
 from .threads import read_cid
@@ -159,7 +159,7 @@ class Irp:
 
 
 class IoReader:
-    """Reads I/O objects with validation; device and driver objects are cached per address."""
+    """Reads I/O objects with validation; device, driver and file objects are cached per address."""
 
     def __init__(self, target: Target, layouts: Layouts, modules: ModuleMap):
         self.target = target
@@ -167,6 +167,7 @@ class IoReader:
         self.modules = modules
         self._devices: Dict[int, DeviceObject] = {}
         self._drivers: Dict[int, DriverObject] = {}
+        self._file_objects: Dict[int, FileObject] = {}
 
     # ---- IRP ---------------------------------------------------------------------------------
 
@@ -204,6 +205,20 @@ class IoReader:
     def read_irp(self, address: int) -> Irp:
         """Read the IRP at ``address`` with its whole stack. Raises MemoryReadError if unreadable."""
         view = self.layouts.view("_IRP", address)
+        return self._irp_from_view(view, self._header_problems(view))
+
+    def plausible_irp(self, address: int) -> Optional[Irp]:
+        """The IRP at ``address`` read as read_irp does, or None when its header is not an IRP's or is
+        unreadable (one read of the header serves both the check and the IRP)."""
+        try:
+            view = self.layouts.view("_IRP", address)
+        except MemoryReadError:
+            return None
+        problems = self._header_problems(view)
+        return None if problems else self._irp_from_view(view, problems)
+
+    def _irp_from_view(self, view, header_problems: List[str]) -> Irp:
+        address = view.address
         irp = Irp(
             address=address,
             size=view["Size"],
@@ -217,7 +232,7 @@ class IoReader:
             cancel=view["Cancel"],
             cancel_routine=view["CancelRoutine"],
         )
-        irp.problems = self._header_problems(view)
+        irp.problems = header_problems
         if irp.problems:
             return irp
         stack_layout = self.layouts.get("_IO_STACK_LOCATION")
@@ -227,10 +242,20 @@ class IoReader:
             irp.problems.append(f"Tail.Overlay.CurrentStackLocation {irp.current_stack_pointer:#x} is not the "
                                 f"current location {expected_current:#x}")
             return irp
+        try:  # the whole stack in one read; location by location only where part of it is unreadable
+            stack_bytes: Optional[bytes] = self.target.read(first, irp.stack_count * stack_layout.size)
+        except MemoryReadError:
+            stack_bytes = None
         for number in range(1, irp.stack_count + 1):
             location_address = first + (number - 1) * stack_layout.size
             try:
-                irp.stack.append(self._read_stack_location(number, location_address, irp.current_location))
+                if stack_bytes is None:
+                    location = self.layouts.view("_IO_STACK_LOCATION", location_address)
+                else:
+                    start = (number - 1) * stack_layout.size
+                    location = StructView(stack_layout, location_address,
+                                          stack_bytes[start:start + stack_layout.size], self.target.pointer_size)
+                irp.stack.append(self._stack_location(number, location, irp.current_location))
             except MemoryReadError:
                 irp.problems.append(f"stack location {number} at {location_address:#x} is unreadable")
                 break
@@ -240,14 +265,13 @@ class IoReader:
             irp.thread_cid = read_cid(self.target, self.layouts, irp.thread)
         return irp
 
-    def _read_stack_location(self, number: int, address: int, current_location: int) -> StackLocation:
-        view = self.layouts.view("_IO_STACK_LOCATION", address)
+    def _stack_location(self, number: int, view, current_location: int) -> StackLocation:
         device_address = view["DeviceObject"]
         routine = view["CompletionRoutine"]
         unused = number < current_location
         return StackLocation(
             number=number,
-            address=address,
+            address=view.address,
             major=view["MajorFunction"],
             minor=view["MinorFunction"],
             flags=view["Flags"],
@@ -311,7 +335,10 @@ class IoReader:
         return driver
 
     def read_file_object(self, address: int) -> FileObject:
+        if address in self._file_objects:
+            return self._file_objects[address]
         file_object = FileObject(address)
+        self._file_objects[address] = file_object
         try:
             view = self.layouts.view("_FILE_OBJECT", address)
             if view["Type"] != IO_TYPE_FILE:

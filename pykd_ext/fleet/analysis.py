@@ -1,0 +1,172 @@
+"""One input analysed: the adapter from a path to its report, and the task both engines run per input.
+
+``analyze_file`` is the only place a triage run turns a path into a report: it picks the target by
+the file's magic (a ZIP archive is a snapshot, anything else is read as a crash dump), analyses it
+like ``leakhunt analyze`` / ``leakhunt replay`` and returns the exit code those commands would give.
+``run_task`` wraps it for one input: the checks before opening, the statuses, the one-line errors
+and the result record. It runs inside an isolated process (a forked worker, or a Dask task's child),
+so whatever it does to that process costs this input only.
+
+For the tests only: ``LEAKHUNT_TEST_FAULTS`` (``NAME=ACTION[,NAME=ACTION]``; ``ACTION`` is
+``sleep:SECONDS``, ``crash`` (the process kills itself with SIGSEGV) or ``exit`` (it exits without
+a result)) makes the analysis of the inputs whose file name is ``NAME`` misbehave, so that the
+timeout and crash handling can be tested on real processes. Nothing else sets it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from typing import Any, Dict, Optional, Tuple
+
+from .. import __version__
+from ..analyses import Options
+from ..cli import EXIT_INPUT, EXIT_INTERNAL, exit_code_for
+from ..render.jsonout import render_json
+from ..run import run_analysis
+from ..session import KernelSession, open_session
+from ..sources import ZIP_MAGIC
+from ..targets.base import Target, TargetError
+from ..targets.dumpfile import DumpFileTarget
+from ..targets.snapshot import SnapshotTarget
+from .buckets import bucket_hash, bucket_key, culprit_of
+from .inputs import (STATUS_ANALYSIS_ERROR, STATUS_ANALYZED, STATUS_INPUT_ERROR, InputFile, dump_time,
+                     not_regular_reason)
+
+TEST_FAULTS_VARIABLE = "LEAKHUNT_TEST_FAULTS"
+MAX_ERROR_CHARS = 300
+
+
+class InputProblem(Exception):
+    """The input cannot be analysed (a one-line reason): status input_error, exit code 3."""
+
+
+def one_line(text: str) -> str:
+    """An error message as one printable line of bounded length."""
+    line = " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())
+    return line if len(line) <= MAX_ERROR_CHARS else line[:MAX_ERROR_CHARS - 3] + "..."
+
+
+def _magic(path: str) -> bytes:
+    """The first bytes of ``path``, opened without blocking and checked to be a regular file first:
+    a file replaced by a named pipe since it was listed is not waited on."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise InputProblem(f"{path}: no such file (was it removed after it was listed?)") from None
+    except PermissionError:
+        raise InputProblem(f"{path}: permission denied") from None
+    except OSError as error:
+        raise InputProblem(f"cannot open {path}: {error.strerror or error}") from None
+    try:
+        reason = not_regular_reason(os.fstat(descriptor).st_mode)
+        if reason:
+            raise InputProblem(f"{path} {reason}")
+        return os.read(descriptor, len(ZIP_MAGIC))
+    except OSError as error:
+        raise InputProblem(f"cannot read {path}: {error.strerror or error}") from None
+    finally:
+        os.close(descriptor)
+
+
+def _open_target(path: str) -> Target:
+    if _magic(path) == ZIP_MAGIC:
+        return SnapshotTarget.open(path)
+    return DumpFileTarget.open(path)
+
+
+def _session_for_dump(target: Target) -> KernelSession:
+    """As ``leakhunt analyze`` without symbol options: the kernel's symbol files are looked for on
+    _NT_SYMBOL_PATH when it is set."""
+    return open_session(target, os.environ.get("_NT_SYMBOL_PATH") or None)
+
+
+def analyze_file(path: str) -> Tuple[int, Dict[str, Any], str]:
+    """Analyse one dump or snapshot through the run helper ``leakhunt analyze`` and ``leakhunt replay``
+    use: (exit code, ``Report.as_dict()``, the JSON report as they print it with ``--format json``).
+    Raises InputProblem for an input leakhunt cannot read."""
+    try:
+        target = _open_target(path)
+        try:
+            report = run_analysis(target, Options(),
+                                  _session_for_dump if isinstance(target, DumpFileTarget) else None)
+        finally:
+            target.close()
+    except TargetError as error:  # SnapshotError and DumpFileError too: missing, truncated, corrupt
+        raise InputProblem(str(error)) from None
+    text = render_json(report)
+    return exit_code_for(report), json.loads(text), text  # parsing the text back costs less than as_dict()
+
+
+def worker_name(pid: Optional[int] = None) -> str:
+    """How a record names the process that analysed it: host:pid (this process by default)."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
+
+
+def make_record(item: InputFile, status: str, exit_code: Optional[int], report: Optional[Dict[str, Any]],
+                duration_s: float, worker: str, error: str = "", crash_time: Optional[str] = None) -> Dict[str, Any]:
+    """One line of results.jsonl."""
+    key = bucket_key(status, report)
+    bugcheck = None
+    if report is not None:
+        section = report["bugcheck"]
+        bugcheck = {"code": section["code"], "name": section["name"],
+                    "parameters": [parameter["value"] for parameter in section["parameters"]]}
+    return {"path": item.path, "size": item.size, "mtime": item.mtime, "status": status, "exit_code": exit_code,
+            "bucket": key, "bucket_hash": bucket_hash(key), "bugcheck": bugcheck,
+            "culprit": _culprit(report),
+            "dump_time": crash_time, "duration_s": round(duration_s, 4), "worker": worker,
+            "leakhunt_version": __version__, "error": one_line(error) if error else None}
+
+
+def _culprit(report: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The record's culprit: the first suspect, with its image's timestamp and version when the report
+    carries them."""
+    culprit = culprit_of(report) if report is not None else None
+    if culprit is not None:
+        suspect = report["suspects"][0]
+        for field in ("image_timestamp", "image_version"):
+            if suspect.get(field) is not None:
+                culprit[field] = suspect[field]
+    return culprit
+
+
+def _test_fault(path: str) -> None:
+    """The misbehaviour LEAKHUNT_TEST_FAULTS asks for on this input (tests only)."""
+    faults = os.environ.get(TEST_FAULTS_VARIABLE)
+    if not faults:
+        return
+    for entry in faults.split(","):
+        name, _, action = entry.partition("=")
+        if name != os.path.basename(path):
+            continue
+        if action.startswith("sleep:"):
+            time.sleep(float(action.split(":", 1)[1]))
+        elif action == "crash":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        elif action == "exit":
+            os._exit(70)
+
+
+def run_task(item: InputFile) -> Tuple[Dict[str, Any], Optional[str]]:
+    """Analyse one input: (its record, its JSON report or None). Never raises for a bad input."""
+    started = time.perf_counter()
+    worker = worker_name()
+    if item.problem:
+        return make_record(item, STATUS_INPUT_ERROR, EXIT_INPUT, None, 0.0, worker,
+                           f"{item.path} {item.problem}"), None
+    try:
+        _test_fault(item.path)
+        exit_code, report, text = analyze_file(item.path)
+    except InputProblem as problem:
+        return make_record(item, STATUS_INPUT_ERROR, EXIT_INPUT, None, time.perf_counter() - started, worker,
+                           str(problem)), None
+    except Exception as error:  # a bug in leakhunt: this input's status says so, the run goes on
+        return make_record(item, STATUS_ANALYSIS_ERROR, EXIT_INTERNAL, None, time.perf_counter() - started, worker,
+                           f"internal error: {type(error).__name__}: {error}"), None
+    record = make_record(item, STATUS_ANALYZED, exit_code, report, time.perf_counter() - started, worker,
+                         crash_time=dump_time(item.path))
+    return record, text
+

@@ -1,0 +1,194 @@
+"""``leakhunt triage``: analyse every input, bucket the results, write --out, print the top buckets.
+
+Exit codes: 0 every input was analysed, 1 some were not (their status says why), 2 usage (bad
+arguments, an unusable --out folder or cluster), 130 interrupted (what finished is kept; --resume
+carries on).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import List, Optional
+
+from ..cli import EXIT_INTERRUPTED, UsageError, stderr_line, write
+from .inputs import (DEFAULT_GLOBS, STATUS_ANALYZED, TIMEOUT_BASE_S, TIMEOUT_PER_GIB_S, InputFile, read_path_list,
+                     timeout_for_size)
+
+EXIT_ALL_ANALYZED = 0
+EXIT_SOME_FAILED = 1
+SUMMARY_EVERY_S = 2.0  # buckets.csv and summary.json are rewritten at most this often during a run
+TOP_BUCKETS = 10
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
+        "triage", help="analyse many dumps, each in isolation, and sort them into buckets",
+        description="Analyse every dump and snapshot given (files, folders walked recursively, or a list), each "
+                    "in a process of its own, on every core of this machine or on a Dask cluster; write the results "
+                    "to --out as they arrive and sort them into buckets.")
+    parser.add_argument("inputs", nargs="*", metavar="PATH", help="dump or snapshot files, or folders to walk")
+    parser.add_argument("--from", dest="from_list", metavar="FILE", help="read more paths from FILE (one a line; - for stdin)")
+    parser.add_argument("--glob", action="append", metavar="PATTERN",
+                        help=f"file names to take in folders, any case (repeatable; default {' '.join(DEFAULT_GLOBS)})")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="where results.jsonl, reports/, buckets.csv, summary.json and report.html go")
+    parser.add_argument("--jobs", type=positive_int, metavar="N", help="worker processes of the local engine (default: one per core)")
+    parser.add_argument("--timeout", type=positive_float, metavar="SECONDS",
+                        help=f"stop the analysis of one input after this long (default: {TIMEOUT_BASE_S:g} s + "
+                             f"{TIMEOUT_PER_GIB_S:g} s per GiB of the file)")
+    parser.add_argument("--resume", action="store_true",
+                        help="carry on a run in --out: skip inputs already there with the same path, size and mtime")
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", metavar="ADDRESS", help="run on this Dask cluster, e.g. tcp://scheduler:8786")
+    cluster.add_argument("--scheduler-file", metavar="FILE", help="run on the Dask cluster this scheduler file names")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
+
+
+class Progress:
+    """done/total, failures, rate and ETA on one stderr line, when stderr is a terminal."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total = total
+        self.enabled = enabled and total > 0
+        self.done = 0
+        self.failed = 0
+        self.started = time.monotonic()
+        self._last = 0.0
+
+    def update(self, record) -> None:
+        self.done += 1
+        self.failed += record["status"] != STATUS_ANALYZED
+        now = time.monotonic()
+        if not self.enabled or (now - self._last < 0.2 and self.done < self.total):
+            return
+        self._last = now
+        rate = self.done / max(now - self.started, 1e-6)
+        eta = (self.total - self.done) / rate if rate else 0
+        sys.stderr.write(f"\rtriage: {self.done}/{self.total} done, {self.failed} failed, {rate:.1f}/s, "
+                         f"ETA {eta:.0f} s   ")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _paths(args) -> List[str]:
+    paths = list(args.inputs)
+    if args.from_list:
+        try:
+            if args.from_list == "-":
+                paths += read_path_list(sys.stdin)
+            else:
+                with open(args.from_list, "r", encoding="utf-8", errors="surrogateescape") as handle:
+                    paths += read_path_list(handle)
+        except OSError as error:
+            raise UsageError(f"cannot read the list {args.from_list}: {error.strerror or error}") from None
+    if not paths:
+        raise UsageError("nothing to triage: give dump files or folders, or --from FILE")
+    return [os.path.abspath(path) for path in paths]  # as the workers will see them (shared storage)
+
+
+def _engine(args):
+    if args.scheduler or args.scheduler_file:
+        from .dask_engine import DaskEngine, EngineError
+        try:
+            return DaskEngine(args.scheduler, args.scheduler_file)
+        except EngineError as error:
+            raise UsageError(str(error)) from None
+    from .local import LocalEngine
+    return LocalEngine(args.jobs)
+
+
+def _top_table(summary) -> str:
+    """The largest buckets as a plain table, columns padded to their widest cell."""
+    header = ("bucket", "dumps", "share", "culprit", "confidence")
+    rows = [(b["bucket"], str(b["count"]), f"{100 * b['share']:.1f}%",
+             b["culprit_driver"] or b["culprit_image"] or "-", b["confidence_max"] or "-")
+            for b in summary["buckets"][:TOP_BUCKETS]]
+    widths = [max(len(row[column]) for row in [header] + rows) for column in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+             for row in [header, tuple("-" * width for width in widths)] + rows]
+    more = len(summary["buckets"]) - TOP_BUCKETS
+    if more > 0:
+        lines.append(f"... and {more} more bucket(s)")
+    return "\n".join(lines) + "\n"
+
+
+def command_triage(args) -> int:
+    # Loaded by the command only: ``leakhunt --help`` loads none of it (nor numpy below it).
+    from .html import render_html
+    from .output import HTML_NAME, OutputError, ResultsStore, write_atomically
+
+    globs = args.glob or list(DEFAULT_GLOBS)
+    paths = _paths(args)
+    try:
+        store = ResultsStore(args.out, args.resume)
+    except OutputError as error:
+        raise UsageError(str(error)) from None
+    engine = None
+    interrupted = False
+    listed: List[InputFile] = []
+    progress: Optional[Progress] = None
+    try:
+        engine = _engine(args)
+        listed = engine.list_inputs(paths, globs)
+        todo = [item for item in listed if not store.is_done(item)]
+        progress = Progress(len(todo), sys.stderr.isatty())
+        last_summary = time.monotonic()
+
+        def deliver(outcome) -> None:
+            nonlocal last_summary
+            record, report_json = outcome
+            store.add(record, report_json)
+            progress.update(record)
+            if time.monotonic() - last_summary >= SUMMARY_EVERY_S:
+                store.write_summaries()
+                last_summary = time.monotonic()
+
+        def timeout_for(item: InputFile) -> float:
+            return args.timeout or timeout_for_size(item.size)
+
+        engine.run(todo, timeout_for, deliver)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if progress is not None:
+            progress.finish()
+        summary = store.write_summaries()
+        write_atomically(os.path.join(args.out, HTML_NAME), render_html(summary))
+        store.close()
+        if engine is not None:
+            engine.close()
+    write(sys.stdout, _top_table(summary))
+    current = [store.records.get(item.path) for item in listed]
+    failed = sum(1 for record in current if record is None or record["status"] != STATUS_ANALYZED)
+    write(sys.stdout, f"{len(listed)} input(s): {len(listed) - failed} analysed, {failed} not; "
+                      f"results in {args.out}\n")
+    sys.stdout.flush()
+    if interrupted:
+        stderr_line(f"interrupted: the results so far are in {args.out}; run again with --resume to carry on")
+        return EXIT_INTERRUPTED
+    return EXIT_SOME_FAILED if failed else EXIT_ALL_ANALYZED
