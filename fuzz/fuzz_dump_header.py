@@ -6,13 +6,16 @@ range headers, the page tables) and the ``leakhunt analyze`` that follows it.
     python fuzz/fuzz_dump_header.py --replay fuzz/crashes/header-field-seed1-42.dmp
 
 The bases are kernel memory dumps written from the 0x76 scenarios (bitmap, live bitmap, kernel and
-kernel+user range layouts) and the two real small dumps of the test samples when they are present.
-Each input damages one: header fields set to hostile values (signature, dump type, machine, physical
-memory runs, bug check), bitmap/range header fields, flipped bytes in the headers or the pages (page
-tables that point to themselves, to garbage, or loop), truncation anywhere, trailing garbage. An input
-passes when:
+kernel+user range layouts), a small dump written from the 0xCB legacy scenario, and the two real small
+dumps of the test samples when they are present. Each input damages one: header fields set to hostile
+values (signature, dump type, machine, physical memory runs, bug check), bitmap/range header fields,
+triage section fields (every offset, size and count of a small dump's TRIAGE_DUMP), flipped bytes in the
+headers, the triage records (driver list, string pool, unloaded drivers, data block table) or the pages
+(page tables that point to themselves, to garbage, or loop), truncation anywhere, trailing garbage. An
+input passes when:
 
-- opening it gives a target or a DumpFileError with one clear line;
+- opening it gives a target or a DumpFileError with one clear line (a damaged triage section is a
+  warning and the header-only report);
 - the analysis returns a report that renders as text, DML and JSON, and every suspect of a 0x76 report
   is supported by a chain of valid objects (fuzz/oracles.py);
 - ``leakhunt analyze`` exits with a documented code (never 5) and at most one line on stderr;
@@ -34,18 +37,21 @@ from runner import ContractBroken, main, one_line
 
 from fuzz.mutators import flip_bytes, truncate
 from fuzz.oracles import unsupported_suspects
-from mocks.dumpwriter import write_dump
+from mocks.dumpwriter import add_crashing_thread, write_dump, write_small_dump
 from mocks.scenarios import case_0x76
+from mocks.scenarios_family import case_0xcb
 from pykd_ext import cli
 from pykd_ext.analyses import Options, analyze
 from pykd_ext.render.jsonout import render_json
 from pykd_ext.render.text import render_dml, render_text
 from pykd_ext.targets import dumpheader as dh
+from pykd_ext.targets import triage
 from pykd_ext.targets.dumpfile import DumpFileTarget
 from pykd_ext.targets.dumpheader import DumpFileError
 
 SAMPLES = "/work/shared/samples"
-DAMAGE = ("header-field", "layout-field", "header-bytes", "page-bytes", "truncate", "trailing-garbage")
+DAMAGE = ("header-field", "layout-field", "triage-field", "header-bytes", "triage-bytes", "page-bytes", "truncate",
+          "trailing-garbage")
 
 # (offset, width) of the DUMP_HEADER64 fields the reader uses.
 HEADER64_FIELDS = [(0, 4), (4, 4), (dh.H64_MAJOR_VERSION, 4), (dh.H64_MINOR_VERSION, 4),
@@ -63,6 +69,10 @@ LAYOUT_FIELDS = [(dh.HEADER64_SIZE + offset, width) for offset, width in
                   (dh.BMP_BITMAP, 8), (dh.RDMP_MARKER, 4), (dh.RDMP_METADATA_SIZE, 8),
                   (dh.RDMP_FIRST_PAGE_OFFSET, 8), (dh.RDMP_TOTAL_NUMBER_OF_PAGES, 8)]
                  + [(dh.RDMP_RANGES + 8 * n, 8) for n in range(8)]]
+# The TRIAGE_DUMP fields of a 64-bit small dump at 0x2000 (offsets, sizes and counts).
+TRIAGE_FIELDS = [(dh.HEADER64_SIZE + 4 * index, 4) for index in range(len(triage.TRIAGE_FIELDS))] + \
+                [(dh.HEADER64_SIZE + triage.TRIAGE64_TOP_OF_STACK, 8)] + \
+                [(dh.HEADER64_SIZE + triage.TRIAGE64_TAIL + 4 * index, 4) for index in range(4)]
 VALUES = [0, 1, 2, 4, 5, 6, 8, 9, 0xA, 0xB, 0x14C, 0x8664, 0xAA64, 0x1000, 0x2000, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF,
           0x100000000, 0xFFFFFFFFFFFFFFFF, 0x8000000000000000, 0xFFFFF80312003000, 0x50414745]
 
@@ -78,6 +88,16 @@ def _bases() -> List[Tuple[str, bytes]]:
                 write_dump(scenario.data, path, dump_type)
                 with open(path, "rb") as handle:
                     bases.append((f"{scenario.name}-type{dump_type}", handle.read()))
+        scenario = case_0xcb("x64", "legacy", noise_pages=1)
+        data = scenario.data
+        path = os.path.join(directory, "small.dmp")
+        thread = add_crashing_thread(data, scenario.expected["process"], data.modules[0].base + 0x3000)
+        write_small_dump(data, path, thread, scenario.expected["process"],
+                         blocks=[(data.bugcheck.parameters[2], 0x40)],
+                         stack_values=list(data.bugcheck.parameters[:2]), broken_driver="leakyflt.sys",
+                         unloaded=[("olddrv.sys", 0xFFFFF80700000000, 0xFFFFF80700010000)])
+        with open(path, "rb") as handle:
+            bases.append(("0xcb-legacy-small", handle.read()))
     for name in ("triage_x64.dmp", "triage_arm64.dmp"):
         path = os.path.join(SAMPLES, name)
         if os.path.exists(path):
@@ -99,8 +119,8 @@ def make_input(rng: random.Random) -> Tuple[str, bytes]:
     _, base = rng.choice(BASES)
     kind = rng.choice(DAMAGE)
     raw = bytearray(base)
-    if kind in ("header-field", "layout-field"):
-        fields = HEADER64_FIELDS if kind == "header-field" else LAYOUT_FIELDS
+    if kind in ("header-field", "layout-field", "triage-field"):
+        fields = {"header-field": HEADER64_FIELDS, "layout-field": LAYOUT_FIELDS, "triage-field": TRIAGE_FIELDS}[kind]
         for _ in range(rng.randint(1, 3)):
             value = rng.choice(VALUES) if rng.random() < 0.7 else rng.getrandbits(64)
             _set(raw, rng.choice(fields), value)
@@ -109,6 +129,10 @@ def make_input(rng: random.Random) -> Tuple[str, bytes]:
         limit = min(len(raw), 0x3000)
         return kind, flip_bytes(bytes(raw), [(rng.randrange(limit), rng.randrange(1, 256))
                                              for _ in range(rng.randint(1, 16))])
+    if kind == "triage-bytes":  # the triage records: driver list, string pool, unloaded drivers, block table
+        limit = min(len(raw), 0x40000)
+        return kind, flip_bytes(bytes(raw), [(rng.randrange(0x2000, max(0x2001, limit)), rng.randrange(1, 256))
+                                             for _ in range(rng.randint(1, 32))])
     if kind == "page-bytes":  # page tables and kernel objects: words that point anywhere, or at themselves
         for _ in range(rng.randint(1, 24)):
             offset = rng.randrange(0x2000, max(0x2001, len(raw) - 8)) & ~7

@@ -388,3 +388,205 @@ def write_dump(data: SnapshotData, path: str, dump_type: int = DUMP_BITMAP, nois
     image = DumpImage(data, noise_pages=noise_pages, seed=seed)
     image.write(path, dump_type)
     return image
+
+
+# ---- small memory dumps (DumpType 4) ------------------------------------------------------------
+
+# Where a small dump's synthesized kernel stack lies (no scenario page is there), by pointer size.
+SMALL_DUMP_STACK_VA = 0xFFFFF60000010000
+SMALL_DUMP_STACK_VA32 = 0x9F010000
+SMALL_DUMP_PRCB_SIZE = 0x100  # the part of the KPRCB copy a reader uses (CurrentThread at +8)
+MM_STORAGE = struct.pack("<2I", 1, 0x50) + bytes(0x48)  # DUMP_MM_STORAGE64: Version 1, Size 0x50
+
+
+def _scenario_bytes(data: SnapshotData, address: int, size: int) -> bytearray:
+    """``size`` bytes of the scenario's memory at ``address`` (pages it lacks read as zeros)."""
+    out = bytearray()
+    position = address
+    while position < address + size:
+        page = position & ~(PAGE_SIZE - 1)
+        take = min(address + size, page + PAGE_SIZE) - position
+        content = data.pages.get(page, bytes(PAGE_SIZE))
+        out += content[position - page:position - page + take]
+        position += take
+    return out
+
+
+def _object_copy(data: SnapshotData, address: int, size: int) -> bytes:
+    """A thread or process copy as Windows writes it: the object, whose empty DISPATCHER_HEADER.WaitListHead
+    points at itself (the scenario builders leave that list zero)."""
+    from pykd_ext.targets.smalldump import WAIT_LIST_HEAD
+
+    copy = _scenario_bytes(data, address, size)
+    word = "Q" if data.pointer_size == 8 else "I"
+    struct.pack_into(f"<2{word}", copy, WAIT_LIST_HEAD, address + WAIT_LIST_HEAD, address + WAIT_LIST_HEAD)
+    return bytes(copy)
+
+
+def add_crashing_thread(data: SnapshotData, process: int, start: int, thread_id: int = 0x1F4) -> int:
+    """Put an ETHREAD of ``process`` on fresh pages of the scenario's memory, for a small dump whose scenario
+    has no decodable thread; returns its address. x64: the build 19045 layout (started at ``start``, with
+    its ids); x86, which has no built-in thread layout: the process pointer where the scene builders put
+    KTHREAD.Process."""
+    from pykd_ext.layouts import builtin_layout
+
+    address = max(data.pages) + 0x10000
+    content = bytearray(2 * PAGE_SIZE)
+    content[0] = 6  # DISPATCHER_HEADER.Type: ThreadObject
+    if data.pointer_size == 4:
+        struct.pack_into("<I", content, 0x150, process)
+    else:
+        kthread, ethread = builtin_layout("_KTHREAD", 8, 19045), builtin_layout("_ETHREAD", 8, 19045)
+        for layout, field, value in ((kthread, "ApcState.Process", process), (kthread, "Process", process),
+                                     (ethread, "StartAddress", start), (ethread, "Cid.UniqueProcess", 0x9A0),
+                                     (ethread, "Cid.UniqueThread", thread_id)):
+            struct.pack_into("<Q", content, layout.offset(field), value)
+    data.pages[address], data.pages[address + PAGE_SIZE] = bytes(content[:PAGE_SIZE]), bytes(content[PAGE_SIZE:])
+    return address
+
+
+def write_small_dump(data: SnapshotData, path: str, thread: int, process: int, thread_size: int = 0x900,
+                     process_size: int = 0xA40, blocks: Sequence[Tuple[int, int]] = (),
+                     stack_values: Sequence[int] = (), broken_driver: str = "",
+                     unloaded: Sequence[Tuple[str, int, int]] = (), processors: int = 4) -> None:
+    """Write the crash of a scenario as a small memory dump (DumpType 4) with a triage section: a
+    ``DUMP_HEADER64`` and the section at 0x2000 for x64, a ``DUMP_HEADER32`` and the section at 0x1000
+    for x86.
+
+    The dump holds what Windows keeps: the loaded-driver list (``data.modules``, the kernel first), the
+    ``unloaded`` drivers (name, start, end), a KPRCB copy whose CurrentThread is ``thread``, copies of
+    ``thread`` and ``process`` (with a pointer-sized data block at the thread, as Windows writes), a
+    kernel stack of ``stack_values`` at SMALL_DUMP_STACK_VA (SMALL_DUMP_STACK_VA32), the ``broken_driver``
+    name (KiBugCheckDriver) and the scenario memory of each (address, size) in ``blocks``. On x64 the
+    context record's rip is the first stack value and its rsp the stack.
+    """
+    from pykd_ext.targets.dumpheader import DUMP_TRIAGE
+    from pykd_ext.targets.triage import (ENTRY_LAYOUTS, TRIAGE32_SIZE, TRIAGE32_TAIL, TRIAGE32_TOP_OF_STACK,
+                                         TRIAGE64_DATA_PAGE, TRIAGE64_SIZE, TRIAGE64_TAIL, TRIAGE64_TOP_OF_STACK,
+                                         TRIAGE_FIELDS, TRIAGE_TAIL_FIELDS, TRIAGE_VALID, UNLOADED_COUNT_SIZE,
+                                         UNLOADED_NAME_CHARACTERS)
+
+    width = data.pointer_size
+    word = "Q" if width == 8 else "I"
+    layout = ENTRY_LAYOUTS[width]
+    header_size, section_size = (HEADER64_SIZE, TRIAGE64_SIZE) if width == 8 else (HEADER32_SIZE, TRIAGE32_SIZE)
+    stack_va = SMALL_DUMP_STACK_VA if width == 8 else SMALL_DUMP_STACK_VA32
+    body = bytearray()  # everything after the triage section
+    start = header_size + section_size
+
+    def place(content: bytes) -> int:
+        offset = start + len(body)
+        body.extend(content)
+        body.extend(bytes(-len(body) % 8))
+        return offset
+
+    fields: Dict[str, int] = {}
+    fields["MmOffset"] = place(MM_STORAGE)
+    table = bytearray(UNLOADED_COUNT_SIZE + len(unloaded) * layout.unloaded_entry)
+    struct.pack_into("<I", table, 0, len(unloaded))
+    for index, (name, low, high) in enumerate(unloaded):
+        entry = UNLOADED_COUNT_SIZE + index * layout.unloaded_entry
+        kept = name[:UNLOADED_NAME_CHARACTERS].encode("utf-16-le")
+        struct.pack_into("<2H", table, entry, len(kept), len(kept))
+        table[entry + layout.unloaded_name:entry + layout.unloaded_name + len(kept)] = kept
+        struct.pack_into(f"<2{word}", table, entry + layout.unloaded_start, low, high)
+    fields["UnloadedDriversOffset"] = place(bytes(table))
+    prcb = bytearray(SMALL_DUMP_PRCB_SIZE)
+    struct.pack_into(f"<{word}", prcb, width, thread)  # KPRCB.CurrentThread
+    fields["PrcbOffset"] = place(bytes(prcb))
+    fields["ProcessOffset"] = place(_object_copy(data, process, process_size))
+    fields["ThreadOffset"] = place(_object_copy(data, thread, thread_size))
+    stack = struct.pack(f"<{len(stack_values)}{word}", *stack_values)
+    fields["CallStackOffset"] = place(stack)
+    fields["SizeOfCallStack"] = len(stack)
+    # The driver list, then the string pool its names point into.
+    pool_start = start + len(body) + len(data.modules) * layout.driver_entry
+    pool = bytearray()
+
+    def pooled(text: str) -> int:
+        offset = pool_start + len(pool)
+        pool.extend(struct.pack("<I", len(text) + 1) + (text + "\0").encode("utf-16-le"))
+        pool.extend(bytes(-len(pool) % 8))
+        return offset
+
+    drivers = bytearray(len(data.modules) * layout.driver_entry)
+    for index, module in enumerate(data.modules):
+        entry = index * layout.driver_entry
+        folder = "\\SystemRoot\\system32\\" if module.name in ("nt", "hal") else "\\SystemRoot\\System32\\drivers\\"
+        struct.pack_into("<I", drivers, entry, pooled(folder + module.image))
+        ldr = entry + layout.ldr_entry
+        struct.pack_into(f"<{word}", drivers, ldr + layout.dll_base, module.base)
+        struct.pack_into("<I", drivers, ldr + layout.size_of_image, module.size)
+        struct.pack_into("<I", drivers, ldr + layout.time_date_stamp, module.timestamp or 0x5F000000 + index)
+    broken = pooled(broken_driver) if broken_driver else 0
+    fields["DriverListOffset"] = place(bytes(drivers))
+    fields["DriverCount"] = len(data.modules)
+    fields["StringPoolOffset"] = place(bytes(pool))
+    fields["StringPoolSize"] = len(pool)
+    fields["BrokenDriverOffset"] = broken
+    kept = [(thread, width)] + list(blocks)
+    contents = [bytes(_scenario_bytes(data, thread, width))] + [bytes(_scenario_bytes(data, va, size)) for va, size in blocks]
+    block_table_offset = start + len(body)
+    first_content = block_table_offset + len(kept) * layout.data_block
+    block_table = bytearray()
+    position = first_content
+    for (va, size), content in zip(kept, contents):
+        block_table += struct.pack(f"<{word}II", va, position, size)
+        position += len(content)
+    fields["DataBlocksOffset"] = place(bytes(block_table))
+    fields["DataBlocksCount"] = len(kept)
+    for content in contents:
+        body.extend(content)
+    fields["ValidOffset"] = place(TRIAGE_VALID)
+    fields["SizeOfDump"] = start + len(body)
+    section = bytearray(section_size)
+    for index, name in enumerate(TRIAGE_FIELDS):
+        struct.pack_into("<I", section, 4 * index, fields.get(name, 0xFFFFFFFF if name == "TriageOptions" else 0))
+    if width == 8:
+        struct.pack_into("<Q", section, TRIAGE64_TOP_OF_STACK, stack_va)
+        struct.pack_into("<QII", section, TRIAGE64_DATA_PAGE, 0, 0, 0)
+    else:
+        struct.pack_into("<I", section, TRIAGE32_TOP_OF_STACK, stack_va)
+    struct.pack_into("<4I", section, TRIAGE64_TAIL if width == 8 else TRIAGE32_TAIL,
+                     *(fields.get(name, 0) for name in TRIAGE_TAIL_FIELDS))
+    header = bytearray(SIGNATURE * (header_size // 4))
+    if width == 8:
+        _small_dump_header64(header, data, processors, stack_values, stack_va, start + len(body), DUMP_TRIAGE)
+        struct.pack_into("<2I", section, 4 * TRIAGE_FIELDS.index("ContextOffset"), H64_CONTEXT_RECORD, 0xF00)
+    else:
+        header[4:8] = VALID_DUMP32
+        for offset, value in ((H32_MAJOR_VERSION, 0xF), (H32_MINOR_VERSION, data.build or 0),
+                              (H32_PS_LOADED_MODULE_LIST, data.symbols.get("nt!PsLoadedModuleList", 0)),
+                              (H32_MACHINE_IMAGE_TYPE, MACHINE_X86), (H32_NUMBER_PROCESSORS, processors),
+                              (H32_BUGCHECK_CODE, data.bugcheck.code), (H32_DUMP_TYPE, DUMP_TRIAGE)):
+            struct.pack_into("<I", header, offset, value)
+        struct.pack_into("<4I", header, H32_BUGCHECK_PARAMETERS, *data.bugcheck.parameters)
+    with open(path, "wb") as handle:
+        handle.write(bytes(header) + bytes(section) + bytes(body))
+
+
+def _small_dump_header64(header: bytearray, data: SnapshotData, processors: int, stack_values: Sequence[int],
+                         stack_va: int, size: int, dump_type: int) -> None:
+    """The DUMP_HEADER64 of a small dump: the bug check, PsLoadedModuleList and a context record whose rip
+    is the first stack value and rsp the stack."""
+    from pykd_ext.targets.triage import X64_CONTEXT_REGISTERS
+
+    header[4:8] = VALID_DUMP64
+    struct.pack_into("<I", header, H64_MAJOR_VERSION, 0xF)
+    struct.pack_into("<I", header, H64_MINOR_VERSION, data.build or 0)
+    for offset in (H64_DIRECTORY_TABLE_BASE, H64_PFN_DATABASE, H64_PS_ACTIVE_PROCESS_HEAD, H64_KD_DEBUGGER_DATA_BLOCK):
+        struct.pack_into("<Q", header, offset, 0)
+    struct.pack_into("<Q", header, H64_PS_LOADED_MODULE_LIST, data.symbols.get("nt!PsLoadedModuleList", 0))
+    struct.pack_into("<I", header, H64_MACHINE_IMAGE_TYPE, MACHINE_X64)
+    struct.pack_into("<I", header, H64_NUMBER_PROCESSORS, processors)
+    struct.pack_into("<I", header, H64_BUGCHECK_CODE, data.bugcheck.code)
+    struct.pack_into("<4Q", header, H64_BUGCHECK_PARAMETERS, *data.bugcheck.parameters)
+    header[H64_CONTEXT_RECORD:H64_CONTEXT_RECORD + 0x4D0] = bytes(0x4D0)
+    struct.pack_into("<I", header, H64_CONTEXT_RECORD + CONTEXT_FLAGS, CONTEXT_AMD64_FULL)
+    registers = dict(X64_CONTEXT_REGISTERS)
+    struct.pack_into("<Q", header, H64_CONTEXT_RECORD + registers["rip"], stack_values[0] if stack_values else 0)
+    struct.pack_into("<Q", header, H64_CONTEXT_RECORD + registers["rsp"], stack_va)
+    header[0xF00:0xF98] = bytes(0x98)  # the EXCEPTION_RECORD64
+    struct.pack_into("<I", header, H64_DUMP_TYPE, dump_type)
+    struct.pack_into("<Q", header, H64_REQUIRED_DUMP_SPACE, size)
+    struct.pack_into("<Q", header, H64_SYSTEM_TIME, SYSTEM_TIME)

@@ -44,7 +44,9 @@ class BugCheckEntry:
 
     ``selector`` says how a variant is chosen: ``"p1"`` when P1 is a subcode (variant keys are
     ``f"P1={p1:#x}"``), ``"cb_format"`` for 0xCB (keys ``"current"`` / ``"legacy"``), ``""`` when
-    the code has a single form.
+    the code has a single form. ``code_parameter`` (1-4, 0 for none) is the parameter that the
+    documentation says is the address of the faulting code, and ``code_role`` says what it is, as
+    evidence reads it ("the address where the exception occurred").
     """
 
     code: int
@@ -54,6 +56,8 @@ class BugCheckEntry:
     variants: Tuple[Variant, ...] = ()
     selector: str = ""
     next_steps: Tuple[str, ...] = ()
+    code_parameter: int = 0
+    code_role: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,8 @@ class DecodedBugCheck:
     variant: Optional[Variant]
     parameters: Tuple[DecodedParameter, ...]
     next_steps: Tuple[str, ...]
+    code_parameter: int = 0  # see BugCheckEntry
+    code_role: str = ""
 
 
 TRACK_LOCKED_PAGES_STEPS: Tuple[str, ...] = (
@@ -586,6 +592,8 @@ _COMMON_CODES = (
             "points to a NULL dereference.",
             "Run ln on P4 to name the faulting function.",
         ),
+        code_parameter=4,
+        code_role="the instruction pointer at the time of the fault",
     ),
     BugCheckEntry(
         code=0x19,
@@ -614,6 +622,8 @@ _COMMON_CODES = (
             "exception parameter 1 (for an access violation, the address accessed)",
         ),
         next_steps=("Run ln on P2 (the exception address) to find the driver or function.",),
+        code_parameter=2,
+        code_role="the address where the exception occurred",
     ),
     BugCheckEntry(
         code=0x3B,
@@ -627,6 +637,8 @@ _COMMON_CODES = (
             "0",
         ),
         next_steps=("Run .cxr with P3, then kb, to see the stack of the faulting code.",),
+        code_parameter=2,
+        code_role="the address of the instruction that raised the exception",
     ),
     BugCheckEntry(
         code=0x50,
@@ -643,6 +655,8 @@ _COMMON_CODES = (
             "Run !address and u on P3 to find the code that made the reference.",
             "Run dx KiBugCheckDriver to see the responsible driver when it was identified.",
         ),
+        code_parameter=3,
+        code_role="the address of the instruction that referenced the memory",
     ),
     BugCheckEntry(
         code=0x7E,
@@ -657,6 +671,8 @@ _COMMON_CODES = (
         next_steps=(
             "Run .exr on P3 and .cxr on P4, then kb, to see where the exception happened.",
         ),
+        code_parameter=2,
+        code_role="the address where the exception occurred",
     ),
     BugCheckEntry(
         code=0x7F,
@@ -685,6 +701,8 @@ _COMMON_CODES = (
             _RESERVED,
         ),
         next_steps=("Run ln on P2 (the exception address) to find the driver or function.",),
+        code_parameter=2,
+        code_role="the address where the exception occurred",
     ),
     BugCheckEntry(
         code=0x9C,
@@ -746,6 +764,8 @@ _COMMON_CODES = (
             "Enable Driver Verifier's Special Pool option (or special pool by tag) to catch the "
             "driver that corrupts the pool.",
         ),
+        code_parameter=4,
+        code_role="the address of the code that referenced the memory",
     ),
     BugCheckEntry(
         code=0xCE,
@@ -758,6 +778,8 @@ _COMMON_CODES = (
             "address of the code that referenced the memory, if known",
             _RESERVED,
         ),
+        code_parameter=3,
+        code_role="the address of the code that referenced the memory",
     ),
     BugCheckEntry(
         code=0xD1,
@@ -773,6 +795,8 @@ _COMMON_CODES = (
             "Run ln on P4 to name the function, and !pool or !pte on P1 to see what the address "
             "is.",
         ),
+        code_parameter=4,
+        code_role="the address of the code that referenced the memory",
     ),
     BugCheckEntry(
         code=0xD5,
@@ -785,6 +809,22 @@ _COMMON_CODES = (
             "address of the code that referenced the memory, if known",
             _RESERVED,
         ),
+        code_parameter=3,
+        code_role="the address of the code that referenced the memory",
+    ),
+    BugCheckEntry(
+        code=0xD6,
+        name="DRIVER_PAGE_FAULT_BEYOND_END_OF_ALLOCATION",
+        summary="Driver Verifier's special pool caught a driver touching memory past the end of its "
+        "allocation.",
+        parameters=(
+            "memory address referenced",
+            "0 = read, 1 = write",
+            "address of the code that referenced the memory, if known",
+            _RESERVED,
+        ),
+        code_parameter=3,
+        code_role="the address of the code that referenced the memory",
     ),
     BugCheckEntry(
         code=0xD8,
@@ -1026,4 +1066,6 @@ def decode(
             for index, (value, meaning) in enumerate(zip(values, meanings), start=1)
         ),
         next_steps=steps,
+        code_parameter=entry.code_parameter,
+        code_role=entry.code_role,
     )

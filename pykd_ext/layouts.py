@@ -448,6 +448,11 @@ BUILD_LAYOUTS_X64: Dict[str, Dict[int, Tuple[Optional[int], Dict[str, Tuple[int,
     },
 }
 
+# Builds whose kernel has every field of another build's x64 tables at the same offset and size: build
+# 19041 (Windows 10 20H1) and the 19045 tables, checked against the real ntkrnlmp.pdb of 10.0.19041.804
+# (tests/test_smalldump.py). Such a build gets that table as its own, not as a guess.
+SAME_X64_OFFSETS = {19041: 19045}
+
 # x86 tables for builds whose layout the reference gives (§4.10: the later x86 variants), same format.
 BUILD_LAYOUTS_X86: Dict[str, Dict[int, Tuple[Optional[int], Dict[str, Tuple[int, str]]]]] = {
     "_LOCK_HEADER": {
@@ -500,12 +505,14 @@ UNVERIFIED_BUILD_TABLES: Dict[Tuple[str, int, int], str] = {
 IMAGE_FILE_NAME_LENGTH = 15
 
 
-def builtin_layout(name: str, pointer_size: int, build: Optional[int] = None) -> Optional[StructLayout]:
+def builtin_layout(name: str, pointer_size: int, build: Optional[int] = None,
+                   arch_name: str = "") -> Optional[StructLayout]:
     """The built-in layout of ``name`` for an architecture and build, or None if not known.
 
     A structure whose layout moves between builds and has no table for ``build`` gets the table of the
     nearest build that has one, marked ``unverified`` with the build it was made for: its offsets may
-    be wrong, and the report says so (the kernel's own symbols avoid the guess).
+    be wrong, and the report says so (the kernel's own symbols avoid the guess). ``arch_name`` "arm64"
+    gets no per-build table (those are x64's: an ARM64 kernel's structures differ), only symbols.
     """
     arch = "x64" if pointer_size == 8 else "x86"
     stable = STABLE_LAYOUTS.get(name) or OTHER_STABLE_LAYOUTS.get(name)
@@ -517,8 +524,15 @@ def builtin_layout(name: str, pointer_size: int, build: Optional[int] = None) ->
         return StructLayout(name, size64 if pointer_size == 8 else size32, offsets, kinds,
                             f"{SOURCE_BUILTIN} {arch} table")
     per_build = (BUILD_LAYOUTS_X64 if pointer_size == 8 else BUILD_LAYOUTS_X86).get(name)
-    if not per_build:
+    if not per_build or arch_name == "arm64":  # the per-build tables are x64's and x86's: ARM64 differs
         return None
+    shared = SAME_X64_OFFSETS.get(build) if pointer_size == 8 else None
+    if build not in per_build and shared in per_build:
+        size, table = per_build[shared]
+        offsets = {field_name: offset for field_name, (offset, _) in table.items()}
+        kinds = {field_name: kind for field_name, (_, kind) in table.items()}
+        return StructLayout(name, size or 0, offsets, kinds,
+                            f"{SOURCE_BUILTIN} {arch} build {shared} table (the offsets of build {build})")
     table_build = build if build in per_build else nearest_build(per_build, build)
     size, table = per_build[table_build]
     offsets = {field_name: offset for field_name, (offset, _) in table.items()}
@@ -582,7 +596,7 @@ class Layouts:
         return self._cache[name]
 
     def _resolve(self, name: str) -> Optional[StructLayout]:
-        builtin = builtin_layout(name, self.source.pointer_size, self.source.build)
+        builtin = builtin_layout(name, self.source.pointer_size, self.source.build, getattr(self.source, "arch", ""))
         info = self.source.type_info("nt!" + name, known_field_names(name))
         if info is None:
             return builtin

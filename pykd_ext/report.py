@@ -33,9 +33,13 @@ class Parameter:
     index: int
     value: int
     meaning: str
+    module: Optional[str] = None  # the image the value lies in, e.g. "amdppm.sys"
+    symbol: Optional[str] = None  # the value as module+offset, e.g. "amdppm+0x334c"
+    unloaded: bool = False  # True when the image had been unloaded before the crash
 
     def as_dict(self) -> Dict[str, Any]:
-        return {"index": self.index, "value": _hex(self.value), "meaning": self.meaning}
+        return {"index": self.index, "value": _hex(self.value), "meaning": self.meaning, "module": self.module,
+                "symbol": self.symbol, "unloaded": self.unloaded}
 
 
 @dataclass
@@ -262,10 +266,6 @@ class ThreadRecord:
     process: Optional[int] = None
     process_name: Optional[str] = None
     process_id: Optional[int] = None  # EPROCESS.UniqueProcessId, when its layout is known
-    # --pfn-range: the (first, last) page frame numbers the search was limited to, and the source's last.
-    pfn_range: Optional[Tuple[int, int]] = None
-    source_max_pfn: Optional[int] = None
-    process_id: Optional[int] = None
     thread_id: Optional[int] = None
     start_address: Optional[int] = None
     start_symbol: Optional[str] = None
@@ -334,6 +334,75 @@ def step_text(step: Union[str, NextStep]) -> str:
 
 
 @dataclass
+class ModuleRecord:
+    """A loaded image, like a line of ``lm t``."""
+
+    name: str
+    image: str
+    base: int
+    size: int
+    timestamp: Optional[int] = None  # the PE TimeDateStamp, when the source recorded it
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "image": self.image, "base": _hex(self.base), "end": _hex(self.base + self.size),
+                "size": _hex(self.size), "timestamp": _hex(self.timestamp)}
+
+
+@dataclass
+class UnloadedRecord:
+    """An image unloaded before the crash, with the address range it had."""
+
+    image: str
+    start: int
+    end: int
+    truncated: bool = False  # the source kept only the first characters of the name
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"image": self.image, "start": _hex(self.start), "end": _hex(self.end), "truncated": self.truncated}
+
+
+@dataclass
+class StackCandidate:
+    """A stack slot whose value lies inside a loaded image: a possible return address."""
+
+    slot: int  # where on the stack
+    value: int
+    symbol: str  # "amdppm+0x334c"
+    module: str
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"slot": _hex(self.slot), "value": _hex(self.value), "symbol": self.symbol, "module": self.module}
+
+
+@dataclass
+class StackScan:
+    """The crashing thread's stack scanned for values inside loaded images (like ``dps``), not unwound."""
+
+    base: int
+    size: int
+    candidates: List[StackCandidate] = field(default_factory=list)
+    truncated: bool = False  # more candidates than the report keeps
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"method": "scan", "note": "return-address candidates found by scanning the stack for values inside "
+                                          "loaded images, first (innermost) first; not an unwound call stack",
+                "base": _hex(self.base), "size": _hex(self.size),
+                "candidates": [c.as_dict() for c in self.candidates], "truncated": self.truncated}
+
+
+@dataclass
+class RegisterRecord:
+    """A register of the crash's context record, placed in an image when it points into one."""
+
+    name: str
+    value: int
+    symbol: Optional[str] = None
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "value": _hex(self.value), "symbol": self.symbol}
+
+
+@dataclass
 class Report:
     tool_version: str
     source: str
@@ -371,6 +440,11 @@ class Report:
     thread: Optional[ThreadRecord] = None
     lock: Optional[LockRecord] = None
     lock_entries: List[LockEntryRecord] = field(default_factory=list)
+    # What the source says about the crash itself (all sources with modules; the rest from small dumps).
+    modules: List[ModuleRecord] = field(default_factory=list)
+    unloaded_modules: List[UnloadedRecord] = field(default_factory=list)
+    registers: List[RegisterRecord] = field(default_factory=list)
+    stack: Optional[StackScan] = None
 
     def warn(self, text: str) -> None:
         if text not in self.warnings:
@@ -408,4 +482,8 @@ class Report:
             "thread": self.thread.as_dict() if self.thread is not None else None,
             "lock": self.lock.as_dict() if self.lock is not None else None,
             "lock_entries": [e.as_dict() for e in self.lock_entries],
+            "modules": [m.as_dict() for m in self.modules],
+            "unloaded_modules": [m.as_dict() for m in self.unloaded_modules],
+            "registers": [r.as_dict() for r in self.registers],
+            "stack": self.stack.as_dict() if self.stack is not None else None,
         }

@@ -241,11 +241,14 @@ class _KernelSymbolFinder:
             return f"{why}, and none of {', '.join(CHECKED_GLOBALS)} can be checked against it"
         return ""
 
-    def accept(self, symbol_file: SymbolFile, how: str) -> bool:
+    def accept(self, symbol_file: SymbolFile, how: str, quietly: bool = False) -> bool:
+        """Whether ``symbol_file`` fits; one that does not is closed and, unless ``quietly``, named in a
+        note (candidates tried one by one are summed up by the caller instead)."""
         misfit = self.misfit(symbol_file)
         if misfit:
-            self.notes.append(f"the symbol file {symbol_file.path} ({how}) does not fit this dump: {misfit}; "
-                              f"it was not used")
+            if not quietly:
+                self.notes.append(f"the symbol file {symbol_file.path} ({how}) does not fit this dump: {misfit}; "
+                                  f"it was not used")
             symbol_file.close()
         return not misfit
 
@@ -274,11 +277,13 @@ class _KernelSymbolFinder:
                 continue
             if isinstance(opened, dict):
                 continue
-            if self.accept(opened, "found on the symbol path"):
+            if self.accept(opened, "found on the symbol path", quietly=self.identity is None):
                 return opened
         if self.identity is None:
-            self.notes.append(f"{self.why_no_identity}, and no kernel symbol file on the symbol path fits it "
-                              f"({len(candidates)} looked at); the built-in layouts were used")
+            checked = ", ".join(name for name in CHECKED_GLOBALS if name in self.recorded_globals) or "nothing"
+            self.notes.append(f"{self.why_no_identity}, and none of the {len(candidates)} kernel symbol file(s) on "
+                              f"the symbol path fits it (checked by the RVAs of {checked}); the built-in layouts "
+                              f"were used")
         return None
 
 

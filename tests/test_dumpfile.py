@@ -152,19 +152,20 @@ def test_symbols_from_the_command_line_reach_the_hunt(tmp_path, capsys):
 
 
 @needs_samples
-@pytest.mark.parametrize("path, code, name, parameters, arch, build", [
+@pytest.mark.parametrize("path, code, name, parameters, arch, build, exit_code", [
     (TRIAGE_X64, 0x1000007E, "SYSTEM_THREAD_EXCEPTION_NOT_HANDLED_M",
-     ["0xffffffffc0000005", "0xfffff8048b58334c", "0xffff850429891ee8", "0xffff850429891720"], "x64", 19041),
+     ["0xffffffffc0000005", "0xfffff8048b58334c", "0xffff850429891ee8", "0xffff850429891720"], "x64", 19041,
+     EXIT_SUSPECT),  # P2, the faulting code, names its driver
     (TRIAGE_ARM64, 0x1C8, "MANUALLY_INITIATED_POWER_BUTTON_HOLD", ["0x1b58", "0xfffff803f3a20860", "0x0", "0x0"],
-     "arm64", 22000),
+     "arm64", 22000, EXIT_NO_HUNT),
 ])
 def test_real_small_dumps_give_their_bug_check_and_say_what_dump_is_needed(capsys, path, code, name, parameters,
-                                                                           arch, build):
+                                                                           arch, build, exit_code):
     before = digest(path)
     target = DumpFileTarget.open(path)
     assert target.bugcheck().code == code
     target.close()
-    assert main(["analyze", path, "--format", "json"]) == EXIT_NO_HUNT
+    assert main(["analyze", path, "--format", "json"]) == exit_code
     report = json.loads(capsys.readouterr().out)
     assert report["bugcheck"]["name"] == name
     assert [p["value"] for p in report["bugcheck"]["parameters"]] == parameters

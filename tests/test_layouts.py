@@ -104,11 +104,13 @@ def test_eprocess_offsets_match_the_reference():
 
 
 def test_a_build_without_a_table_gets_the_nearest_builds_table_marked_as_a_guess():
-    for build, nearest in ((12345, 19045), (19041, 19045), (22621, 26100), (27000, 26100), (None, 26100)):
+    for build, nearest in ((12345, 19045), (19000, 19045), (22621, 26100), (27000, 26100), (None, 26100)):
         layout = builtin_layout("_EPROCESS", 8, build)
         assert layout.guessed_from == nearest and layout.offsets == builtin_layout("_EPROCESS", 8, nearest).offsets
         assert f"guessed for build {build or 'unknown'}" in layout.source and layout.unverified
     assert builtin_layout("_EPROCESS", 8, 19045).guessed_from is None
+    assert builtin_layout("_EPROCESS", 8, 19041).guessed_from is None  # the 19045 offsets, checked for 19041
+    assert builtin_layout("_EPROCESS", 8, 22000, "arm64") is None  # ARM64 kernels are laid out differently
     assert builtin_layout("_EPROCESS", 4, 19045) is None
     assert builtin_layout("_NO_SUCH_TYPE", 8) is None
 

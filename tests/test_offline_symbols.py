@@ -244,3 +244,21 @@ def test_a_recording_keeps_the_symbols_so_replay_gives_the_same_bytes(tmp_path, 
     code, replayed, err = run("replay", str(snapshot), "--format", "json")
     assert replayed == recorded
     assert set(json.loads(replayed)["layouts"].values()) == {pdb_label()}
+
+
+SAMPLES = os.path.join(HERE, "..", "..", "shared", "samples")
+REAL_SYMBOLS = os.path.join(HERE, "data", "symbols")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(SAMPLES, "triage_x64.dmp")), reason="the real sample dumps are not here")
+def test_a_real_small_dump_takes_the_one_real_symbol_file_that_fits_it():
+    """The x64 sample's nt image header is not in the dump: of the four real kernels' ISF files, only the
+    one whose RVAs of the header's globals agree with the dump is used; the ARM64 sample fits none."""
+    code, report = report_of("analyze", os.path.join(SAMPLES, "triage_x64.dmp"), "--symbol-path", REAL_SYMBOLS)
+    assert set(report["layouts"].values()) == {"isf ntkrnlmp.pdb 5278AFF86C341677D7D7835C85B7B844-1"}
+    assert not any("symbol file" in w for w in report["warnings"])
+    assert report["process"]["name"] == "System"
+    code, report = report_of("analyze", os.path.join(SAMPLES, "triage_arm64.dmp"), "--symbol-path", REAL_SYMBOLS)
+    refused = [w for w in report["warnings"] if "kernel symbol file(s) on the symbol path fits it" in w]
+    assert len(refused) == 1 and "none of the 4" in refused[0]
+    assert not any(source.startswith("isf") for source in report["layouts"].values())

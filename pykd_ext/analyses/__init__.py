@@ -10,7 +10,7 @@ from ..session import KernelSession
 from ..targets.base import Target, TargetError
 from .common import Context, Options
 from .locked_pages import NOBODY_NAMED, analyze_0x76
-from . import lock_entries, pfn, trackers
+from . import generic, lock_entries, pfn, trackers
 
 # bug check code -> (analysis, the verdict when the evidence names nobody)
 ANALYSES: Dict[int, Tuple[Callable[[Context], None], str]] = {
@@ -55,6 +55,8 @@ def analyze(source: Union[Target, KernelSession], options: Optional[Options] = N
     if entry is None:
         context.report.analysis = "parameters only"
         context.report.next_steps.extend(context.decoded.next_steps)
+        generic.describe_crash(context)
+        generic.blame_code_address(context)
         return context.conclude(no_analysis_verdict(context.report.bugcheck))
     analysis, nobody_named = entry
     try:
@@ -69,4 +71,5 @@ def analyze(source: Union[Target, KernelSession], options: Optional[Options] = N
             raise
         context.report.partial = True
         context.report.warn("the hunt was interrupted: this report holds only what was found before the interrupt")
+    generic.describe_crash(context)
     return context.conclude(nobody_named)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import textwrap
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import List, Optional, Sequence, Tuple, Union
 
 from ..report import (FrameRecord, IrpRecord, MdlRecord, NextStep, Report, TrackerRecord, bugcheck_code_text,
@@ -256,12 +257,15 @@ class Renderer:
             of_source = f" of the source's 0-{report.source_max_pfn:x}" if report.source_max_pfn is not None else ""
             self.line(f"Search limited to page frames {first:x}-{last:x}{of_source} (--pfn-range)")
         self._bugcheck()
+        self._parameter_places()
         self._verdict()
         if report.process is not None:
             self.heading("PROCESS")
             cid = f"  Cid {windbg_cid(report.process_id)}" if report.process_id is not None else ""
             self.line("  ", self.process_link(report.process), cid, f"  {report.process_name or '(name unknown)'}")
         self._thread_and_lock()
+        self._crash_context()
+        self._stack_scan()
         self._trackers()
         self._mdls()
         self._irps()
@@ -275,6 +279,7 @@ class Renderer:
             self.heading("FACTS")
             for fact in report.facts:
                 self.line(f"  {fact.label}: {fact.value}" + (f"  ({fact.note})" if fact.note else ""))
+        self._modules()
         if report.warnings:
             self.heading("WARNINGS")
             for warning in report.warnings:
@@ -478,6 +483,59 @@ class Renderer:
                              " ".join(state) or "-", " ".join(boosts) or "-"])
             self.table(["entry", "role", "lock", "state", "boosts"], rows)
 
+    # ---- what the source says about the crash (module places, registers, stack, modules) ------
+
+    # Stack candidates shown without -v.
+    STACK_LINES = 12
+
+    def _parameter_places(self) -> None:
+        for parameter in self.report.bugcheck.parameters:
+            if parameter.symbol:
+                where = f"{parameter.module}, unloaded before the crash" if parameter.unloaded else parameter.module
+                self.line(f"  P{parameter.index} is ", self.code_link(parameter.value, parameter.symbol), f" ({where})")
+
+    def _crash_context(self) -> None:
+        report = self.report
+        if report.registers:
+            parts: List[Cell] = ["  registers:"]
+            for register in report.registers:
+                parts += [f" {register.name} ", self.code_link(register.value, register.symbol)
+                          if register.symbol else self.address(register.value)]
+            self.line(*parts)
+
+    def _stack_scan(self) -> None:
+        scan = self.report.stack
+        if scan is None:
+            return
+        self.heading(f"STACK CANDIDATES (a scan of the crashing thread's stack for values inside loaded images, "
+                     "innermost first; not an unwound stack)")
+        shown = scan.candidates if self.verbose else scan.candidates[:self.STACK_LINES]
+        self.table(["slot", "value"], [[self.address(c.slot), self.code_link(c.value, c.symbol)] for c in shown])
+        hidden = len(scan.candidates) - len(shown)
+        if hidden or scan.truncated:
+            self.line(f"  ... {hidden} more" + (" (-v shows them)" if hidden else "")
+                      + ("; the scan stopped at its cap" if scan.truncated else ""))
+        if not scan.candidates:
+            self.line("  no value on the stack copy lies inside a loaded image")
+
+    def _modules(self) -> None:
+        report = self.report
+        if not report.modules and not report.unloaded_modules:
+            return
+        self.heading("MODULES")
+        if self.verbose:
+            self.table(["start", "end", "module", "timestamp"],
+                       [[self.address(m.base), self.address(m.base + m.size), self.image_link(m.image),
+                         _timestamp(m.timestamp)] for m in report.modules])
+        else:
+            self.line(f"  {len(report.modules)} loaded (-v lists them, like lm t)")
+        if report.unloaded_modules:
+            cut = " (a small dump keeps only 12 characters of a name)" if any(
+                u.truncated for u in report.unloaded_modules) else ""
+            self.line(f"  {len(report.unloaded_modules)} unloaded before the crash{cut}:")
+            self.table(["start", "end", "module"],
+                       [[self.address(u.start), self.address(u.end), u.image] for u in report.unloaded_modules])
+
     def _rejected(self) -> None:
         rejected = self.report.rejected
         if not rejected:
@@ -500,6 +558,13 @@ class Renderer:
         if not self.report.layouts:
             self.line("  (no structure was decoded)")
         self.line(f"  search passes over memory: {self.report.searches}")
+
+
+def _timestamp(value: Optional[int]) -> str:
+    """A PE TimeDateStamp as lm t shows it: the date it encodes (a build hash for reproducible images)."""
+    if value is None:
+        return "-"
+    return f"{value:08x} {datetime.fromtimestamp(value, timezone.utc):%Y-%m-%d %H:%M:%S}"
 
 
 def render_text(report: Report, verbose: bool = False, width: Optional[int] = None) -> str:

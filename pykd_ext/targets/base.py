@@ -63,9 +63,40 @@ class Module:
     image: str  # BaseDllName, e.g. "leakyflt.sys"
     base: int
     size: int
+    timestamp: Optional[int] = None  # the image's PE TimeDateStamp, when the source recorded it
 
     def contains(self, address: int) -> bool:
         return self.base <= address < self.base + self.size
+
+
+@dataclass(frozen=True)
+class UnloadedModule:
+    """An image the kernel had unloaded before the crash (its MmUnloadedDrivers list)."""
+
+    image: str  # as recorded: a small dump keeps only the first 12 characters
+    start: int
+    end: int
+    truncated: bool = False  # the source kept only the start of a longer name
+
+    def contains(self, address: int) -> bool:
+        return self.start <= address < self.end
+
+
+@dataclass(frozen=True)
+class CrashFacts:
+    """What a source recorded about the crash beyond memory: a small dump's triage section.
+
+    ``thread`` and ``process`` are the addresses of the crashing thread and its process, ``stack`` the
+    (address, size) of the copy of that thread's kernel stack, ``registers`` the context record's
+    program counter, stack and frame pointers (and ARM64's link register), by name.
+    """
+
+    unloaded: Tuple[UnloadedModule, ...] = ()
+    broken_driver: Optional[str] = None  # the image the kernel blamed (KiBugCheckDriver), when recorded
+    thread: Optional[int] = None
+    process: Optional[int] = None
+    stack: Optional[Tuple[int, int]] = None
+    registers: Tuple[Tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -175,6 +206,19 @@ class Target:
         ascending address order. Raises SearchUnavailable if the source cannot search.
         """
         raise NotImplementedError
+
+    def readable_ranges(self, address: int, size: int) -> List[Tuple[int, int]]:
+        """The parts (start, end) of ``[address, address + size)`` that ``read`` can give: all of it or
+        nothing for most sources; a small dump holds memory in pieces smaller than a page."""
+        try:
+            self.read(address, size)
+        except MemoryReadError:
+            return []
+        return [(address, address + size)]
+
+    def crash_facts(self) -> Optional[CrashFacts]:
+        """What the source recorded about the crash besides memory (a small dump's triage data), or None."""
+        return None
 
     def close(self) -> None:
         """Release files or sessions held by the target."""

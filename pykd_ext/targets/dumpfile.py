@@ -6,9 +6,10 @@ on each core and searches them with ``ValueSet`` (all values of one hunt level i
 turns the physical hits into kernel virtual addresses with one walk of the kernel page tables for
 just the page frames that hold hits. Memory use stays bounded whatever the size of the dump.
 
-Small (triage) dumps, 32-bit dumps and ARM64 dumps still give the bug check, build and architecture
-from the header; their reads raise MemoryReadError and the search raises SearchUnavailable saying
-what dump the hunt needs.
+A small (triage) dump is opened as a ``SmallDumpTarget`` (smalldump.py), whose memory is what its triage
+section copied. 32-bit and ARM64 kernel dumps still give the bug check, build and architecture from the
+header; their reads raise MemoryReadError and the search raises SearchUnavailable saying what dump the
+hunt needs.
 """
 from __future__ import annotations
 
@@ -59,10 +60,8 @@ CONFIGURE_KERNEL_DUMP = (
 
 
 def hunt_unavailable_reason(header: DumpHeader, name: str) -> str:
-    """One sentence saying why leakhunt cannot read this dump's memory, or "" when it can."""
-    if header.dump_type == DUMP_TRIAGE:
-        return (f"{name} is a small memory dump, which holds no kernel memory to search; the hunt needs a kernel "
-                f"or complete memory dump: {CONFIGURE_KERNEL_DUMP}.")
+    """One sentence saying why leakhunt cannot read this kernel dump's memory, or "" when it can (a small
+    dump says what it holds itself: smalldump.py)."""
     if header.dump_type not in MEMORY_DUMP_TYPES:
         return (f"{name} is a {header.type_name} (DumpType {header.dump_type:#x}) whose memory leakhunt cannot "
                 f"read; the hunt needs a kernel or complete memory dump: {CONFIGURE_KERNEL_DUMP}.")
@@ -129,6 +128,9 @@ class DumpFileTarget(Target):
         try:
             file_size = os.fstat(handle.fileno()).st_size
             header = read_dump_header(handle, path, file_size)
+            if header.dump_type == DUMP_TRIAGE:
+                from .smalldump import SmallDumpTarget  # it builds on this class
+                return SmallDumpTarget(path, handle, header)
             reason = hunt_unavailable_reason(header, os.path.basename(path))
             layout = None if reason else read_physical_layout(handle, header, path)
         except OSError as error:

@@ -14,7 +14,11 @@ Format (version 1) — a ZIP archive with two members:
     addresses that could not be read], ``searches`` [{``values``, ``pfn_range``, ``hits``:
     [{``value``, ``va``, ``pa``}]}], ``failed_searches`` (only when a recorded search was not
     possible) [{``values``, ``pfn_range``, ``reason``}]. Numbers that are addresses are hex strings
-    ("0xfffff803...").
+    ("0xfffff803..."). Written only when the source has them: a module's ``timestamp``,
+    ``partial_pages`` [{``va``, ``ranges``: [[start, end], ...]}] (pages a small dump held only in
+    part: the offsets in the page that were readable), ``crash_facts`` {``thread``, ``process``,
+    ``stack`` [base, size], ``broken_driver``, ``unloaded`` [{``image``, ``start``, ``end``,
+    ``truncated``}], ``registers`` [[name, value]]} (a small dump's triage facts).
 
 ``pages.bin``
     The recorded memory: 4 KiB pages back to back, page *i* described by ``pages[i]``.
@@ -34,8 +38,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 from .. import __version__
 from ..search import ValueSet
 from ..typeinfo import FieldInfo, TypeInfo
-from .base import (PAGE_SIZE, BugCheck, MemoryReadError, Module, PfnRange, ProgressCallback,
-                   SearchHit, SearchUnavailable, SymbolNotFound, Target, TargetError, read_from_pages)
+from .base import (PAGE_SIZE, BugCheck, CrashFacts, MemoryReadError, Module, PfnRange, ProgressCallback,
+                   SearchHit, SearchUnavailable, SymbolNotFound, Target, TargetError, UnloadedModule,
+                   read_from_pages)
 
 FORMAT_NAME = "leakhunt-snapshot"
 FORMAT_VERSION = 1
@@ -89,6 +94,10 @@ class SnapshotData:
     hunt_unavailable: str = ""
     # What finding the kernel's symbols said when the session was recorded (replayed as said).
     symbol_notes: List[str] = field(default_factory=list)
+    # Pages the source held only in part (a small dump): page -> readable (start, end) offsets in it.
+    partial: Dict[int, List[Tuple[int, int]]] = field(default_factory=dict)
+    # What the source recorded about the crash besides memory (Target.crash_facts).
+    crash_facts: Optional[CrashFacts] = None
 
 
 def search_key(values: Iterable[int], pfn_range: Optional[PfnRange]) -> SearchKey:
@@ -148,7 +157,58 @@ def _manifest(data: SnapshotData) -> dict:
         manifest["limitations"] = list(data.limitations)
     if data.hunt_unavailable:
         manifest["hunt_unavailable"] = data.hunt_unavailable
+    if data.partial:
+        manifest["partial_pages"] = [{"va": _hex(va), "ranges": [list(r) for r in ranges]}
+                                     for va, ranges in sorted(data.partial.items())]
+    if data.crash_facts is not None:
+        manifest["crash_facts"] = _crash_facts_entry(data.crash_facts)
     return manifest
+
+
+def _crash_facts_entry(facts: CrashFacts) -> dict:
+    return {"thread": _hex(facts.thread), "process": _hex(facts.process),
+            "stack": None if facts.stack is None else [_hex(facts.stack[0]), facts.stack[1]],
+            "broken_driver": facts.broken_driver,
+            "unloaded": [{"image": u.image, "start": _hex(u.start), "end": _hex(u.end), "truncated": u.truncated}
+                         for u in facts.unloaded],
+            "registers": [[name, _hex(value)] for name, value in facts.registers]}
+
+
+def _load_crash_facts(entry) -> CrashFacts:
+    _expect(entry, dict, "crash_facts")
+    stack = entry.get("stack")
+    if stack is not None and (not isinstance(stack, list) or len(stack) != 2):
+        raise SnapshotError("corrupt snapshot: malformed crash_facts stack")
+    broken = entry.get("broken_driver")
+    unloaded = []
+    for item in _expect(entry.get("unloaded", []), list, "unloaded drivers"):
+        _expect(item, dict, "unloaded driver")
+        unloaded.append(UnloadedModule(_text(item.get("image", ""), "unloaded driver name"),
+                                       _number(item.get("start"), "unloaded driver start"),
+                                       _number(item.get("end"), "unloaded driver end"), bool(item.get("truncated"))))
+    registers = []
+    for pair in _expect(entry.get("registers", []), list, "registers"):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise SnapshotError("corrupt snapshot: malformed register")
+        registers.append((_text(pair[0], "register name"), _number(pair[1], "register value")))
+    return CrashFacts(unloaded=tuple(unloaded), broken_driver=None if broken is None else _text(broken, "broken driver"),
+                      thread=_optional_number(entry.get("thread"), "crash thread"),
+                      process=_optional_number(entry.get("process"), "crash process"),
+                      stack=None if stack is None else (_number(stack[0], "stack base"),
+                                                        _number(stack[1], "stack size", MAX_TYPE_BYTES)),
+                      registers=tuple(registers))
+
+
+def _check_partial(data: SnapshotData, address: int, size: int, reason: str) -> None:
+    """Refuse a read that touches bytes a partly held page did not have when it was recorded."""
+    page = address & ~(PAGE_SIZE - 1)
+    while page < address + size:
+        ranges = data.partial.get(page)
+        if ranges is not None:
+            low, high = max(address, page) - page, min(address + size, page + PAGE_SIZE) - page
+            if not any(start <= low and high <= end for start, end in ranges):
+                raise MemoryReadError(address, size, reason=reason)
+        page += PAGE_SIZE
 
 
 def _type_entry(info: Optional[TypeInfo]) -> Optional[dict]:
@@ -161,7 +221,10 @@ def _type_entry(info: Optional[TypeInfo]) -> Optional[dict]:
 
 
 def _module_entry(module: Module) -> dict:
-    return {"name": module.name, "image": module.image, "base": _hex(module.base), "size": _hex(module.size)}
+    entry = {"name": module.name, "image": module.image, "base": _hex(module.base), "size": _hex(module.size)}
+    if module.timestamp is not None:
+        entry["timestamp"] = _hex(module.timestamp)
+    return entry
 
 
 def save_snapshot(data: SnapshotData, path: str, overwrite: bool = False) -> None:
@@ -342,12 +405,23 @@ def _build(manifest: dict, pages_bytes: bytes, path: str) -> SnapshotData:
     for entry in _expect(modules, list, "modules") if modules is not None else ():
         _expect(entry, dict, "module")
         data.modules.append(Module(str(entry.get("name", "")), str(entry.get("image", "")),
-                                   _number(entry.get("base"), "module base"), _number(entry.get("size"), "module size")))
+                                   _number(entry.get("base"), "module base"), _number(entry.get("size"), "module size"),
+                                   _optional_number(entry.get("timestamp"), "module timestamp")))
     for name, label in _expect(manifest.get("symbol_sources", {}), dict, "symbol_sources").items():
         data.symbol_sources[str(name)] = _text(label, f"source of symbol {name}")
     data.symbol_notes = [_text(n, "symbol note") for n in _expect(manifest.get("symbol_notes", []), list, "symbol_notes")]
     data.limitations = [_text(n, "limitation") for n in _expect(manifest.get("limitations", []), list, "limitations")]
     data.hunt_unavailable = _text(manifest.get("hunt_unavailable", ""), "hunt_unavailable")
+    if manifest.get("crash_facts") is not None:
+        data.crash_facts = _load_crash_facts(manifest["crash_facts"])
+    for entry in _expect(manifest.get("partial_pages", []), list, "partial_pages"):
+        _expect(entry, dict, "partial page")
+        ranges = []
+        for pair in _expect(entry.get("ranges"), list, "partial page ranges"):
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise SnapshotError("corrupt snapshot: malformed partial page range")
+            ranges.append((_number(pair[0], "range start", PAGE_SIZE), _number(pair[1], "range end", PAGE_SIZE + 1)))
+        data.partial[_number(entry.get("va"), "partial page address")] = ranges
     pages = manifest["pages"]
     if len(pages_bytes) != len(pages) * PAGE_SIZE:
         raise SnapshotError(f"{path}: the page store holds {len(pages_bytes)} bytes but the manifest lists "
@@ -417,7 +491,12 @@ class SnapshotTarget(Target):
         return self.data.bugcheck
 
     def read(self, address: int, size: int) -> bytes:
-        return read_from_pages(address, size, self.data.pages.get, "not in the snapshot")
+        content = read_from_pages(address, size, self.data.pages.get, "not in the snapshot")
+        _check_partial(self.data, address, size, "not in the snapshot")
+        return content
+
+    def crash_facts(self) -> Optional[CrashFacts]:
+        return self.data.crash_facts
 
     def symbol(self, name: str) -> int:
         try:
@@ -512,13 +591,27 @@ class RecordingTarget(Target):
         try:
             content = self.inner.read(page, PAGE_SIZE)
         except MemoryReadError:
-            self.data.unreadable.add(page)
-            return None
+            ranges = self.inner.readable_ranges(page, PAGE_SIZE)
+            if not ranges:
+                self.data.unreadable.add(page)
+                return None
+            held = bytearray(PAGE_SIZE)  # a page the source holds in part: the rest is recorded as unreadable
+            for start, end in ranges:
+                held[start - page:end - page] = self.inner.read(start, end - start)
+            content = bytes(held)
+            self.data.partial[page] = [(start - page, end - page) for start, end in ranges]
         self.data.pages[page] = content
         return content
 
     def read(self, address: int, size: int) -> bytes:
-        return read_from_pages(address, size, self._page, "not readable when recorded")
+        content = read_from_pages(address, size, self._page, "not readable when recorded")
+        _check_partial(self.data, address, size, "not readable when recorded")
+        return content
+
+    def crash_facts(self) -> Optional[CrashFacts]:
+        if self.data.crash_facts is None:
+            self.data.crash_facts = self.inner.crash_facts()
+        return self.data.crash_facts
 
     def symbol(self, name: str) -> int:
         if name in self.data.symbols:
