@@ -339,3 +339,22 @@ def test_a_file_name_that_is_not_utf8_is_recorded_and_reported(folder):
     for summary_file in ("summary.json", "buckets.csv", "report.html"):
         with open(os.path.join(out, summary_file), encoding="utf-8") as handle:
             assert "crash-" in handle.read()
+
+
+SAMPLES = os.path.join(ROOT, "..", "shared", "samples")  # the real dumps beside this checkout
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(SAMPLES, "triage_x64.dmp")), reason="the real sample dumps are not here")
+def test_real_small_dumps_are_bucketed_with_their_culprits_image_timestamp(folder):
+    out = os.path.join(folder, "out")
+    result = triage([os.path.join(SAMPLES, "triage_x64.dmp"), os.path.join(SAMPLES, "triage_arm64.dmp"), "--out", out])
+    assert result.returncode == 0, result.stderr
+    records = records_of(out)
+    x64 = records["triage_x64.dmp"]
+    assert x64["bucket"] == "0x7e_amdppm.sys"  # 0x1000007E: the "_M" form of 0x7E
+    assert x64["culprit"]["image"] == "amdppm.sys" and x64["culprit"]["image_timestamp"] == "0xc9c03000"
+    assert x64["dump_time"] == "2021-02-21T01:38:22Z"
+    assert records["triage_arm64.dmp"]["bucket"].endswith("_NO_SUSPECT")
+    with open(os.path.join(out, "buckets.csv"), encoding="utf-8") as handle:
+        rows = {row["bucket"]: row for row in csv.DictReader(handle)}
+    assert rows["0x7e_amdppm.sys"]["image_timestamps"] == "0xc9c03000"

@@ -122,14 +122,18 @@ def make_record(item: InputFile, status: str, exit_code: Optional[int], report: 
 
 
 def _culprit(report: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-    """The record's culprit: the first suspect, with its image's timestamp and version when the report
-    carries them."""
+    """The record's culprit: the first suspect, with its image's timestamp (and version) from the
+    report's module list when the report has one (small dumps list their modules)."""
     culprit = culprit_of(report) if report is not None else None
-    if culprit is not None:
-        suspect = report["suspects"][0]
-        for field in ("image_timestamp", "image_version"):
-            if suspect.get(field) is not None:
-                culprit[field] = suspect[field]
+    if culprit is None or not culprit.get("image"):
+        return culprit
+    base = report["suspects"][0].get("image_base")
+    for module in report.get("modules") or []:
+        if module.get("base") == base or (module.get("image") or "").lower() == culprit["image"].lower():
+            for field, key in (("image_timestamp", "timestamp"), ("image_version", "version")):
+                if module.get(key) is not None:
+                    culprit[field] = module[key]
+            break
     return culprit
 
 
