@@ -358,3 +358,20 @@ def test_real_small_dumps_are_bucketed_with_their_culprits_image_timestamp(folde
     with open(os.path.join(out, "buckets.csv"), encoding="utf-8") as handle:
         rows = {row["bucket"]: row for row in csv.DictReader(handle)}
     assert rows["0x7e_amdppm.sys"]["image_timestamps"] == "0xc9c03000"
+
+
+def test_the_kernels_symbols_come_from_the_symbol_path_as_for_analyze(folder):
+    """--symbol-path (or _NT_SYMBOL_PATH) reaches every worker: the real x64 small dump is decoded with the
+    one real kernel symbol file that fits it, exactly as ``leakhunt analyze --symbol-path`` decodes it."""
+    symbols = os.path.join(ROOT, "tests", "data", "symbols")
+    dump = os.path.join(SAMPLES, "triage_x64.dmp")
+    for arguments, env in (([f"--symbol-path={symbols}"], None), ([], {"_NT_SYMBOL_PATH": symbols})):
+        out = os.path.join(folder, f"out-{len(arguments)}")
+        result = triage([dump, "--out", out] + arguments, env=env)
+        assert result.returncode == 0, result.stderr
+        with open(os.path.join(out, records_of(out)["triage_x64.dmp"]["report"]), encoding="utf-8") as handle:
+            report = json.load(handle)
+        assert set(report["layouts"].values()) == {"isf ntkrnlmp.pdb 5278AFF86C341677D7D7835C85B7B844-1"}
+        analyzed = subprocess.run([sys.executable, "-m", "pykd_ext", "analyze", dump, "--format", "json",
+                                   "--symbol-path", symbols], cwd=ROOT, capture_output=True, text=True)
+        assert json.loads(analyzed.stdout) == report

@@ -77,21 +77,19 @@ def _open_target(path: str) -> Target:
     return DumpFileTarget.open(path)
 
 
-def _session_for_dump(target: Target) -> KernelSession:
-    """As ``leakhunt analyze`` without symbol options: the kernel's symbol files are looked for on
-    _NT_SYMBOL_PATH when it is set."""
-    return open_session(target, os.environ.get("_NT_SYMBOL_PATH") or None)
-
-
-def analyze_file(path: str) -> Tuple[int, Dict[str, Any], str]:
+def analyze_file(path: str, symbol_path: Optional[str] = None) -> Tuple[int, Dict[str, Any], str]:
     """Analyse one dump or snapshot through the run helper ``leakhunt analyze`` and ``leakhunt replay``
-    use: (exit code, ``Report.as_dict()``, the JSON report as they print it with ``--format json``).
-    Raises InputProblem for an input leakhunt cannot read."""
+    use, a dump with its kernel's symbols looked for on ``symbol_path`` as ``leakhunt analyze
+    --symbol-path`` does: (exit code, ``Report.as_dict()``, the JSON report as they print it with
+    ``--format json``). Raises InputProblem for an input leakhunt cannot read."""
+
+    def session_for_dump(target: Target) -> KernelSession:
+        return open_session(target, symbol_path)
+
     try:
         target = _open_target(path)
         try:
-            report = run_analysis(target, Options(),
-                                  _session_for_dump if isinstance(target, DumpFileTarget) else None)
+            report = run_analysis(target, Options(), session_for_dump if isinstance(target, DumpFileTarget) else None)
         finally:
             target.close()
     except TargetError as error:  # SnapshotError and DumpFileError too: missing, truncated, corrupt
@@ -163,7 +161,7 @@ def run_task(item: InputFile) -> Tuple[Dict[str, Any], Optional[str]]:
                            f"{item.path} {item.problem}"), None
     try:
         _test_fault(item.path)
-        exit_code, report, text = analyze_file(item.path)
+        exit_code, report, text = analyze_file(item.path, item.symbol_path)
     except InputProblem as problem:
         return make_record(item, STATUS_INPUT_ERROR, EXIT_INPUT, None, time.perf_counter() - started, worker,
                            str(problem)), None

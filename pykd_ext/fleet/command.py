@@ -7,6 +7,7 @@ carries on).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -38,6 +39,9 @@ def add_parser(commands) -> None:
     parser.add_argument("--timeout", type=positive_float, metavar="SECONDS",
                         help=f"stop the analysis of one input after this long (default: {TIMEOUT_BASE_S:g} s + "
                              f"{TIMEOUT_PER_GIB_S:g} s per GiB of the file)")
+    parser.add_argument("--symbol-path", metavar="PATH",
+                        help="where to find the kernels' symbols, as for leakhunt analyze (default: "
+                             "$_NT_SYMBOL_PATH); on a cluster, paths are the workers'")
     parser.add_argument("--resume", action="store_true",
                         help="carry on a run in --out: skip inputs already there with the same path, size and mtime")
     cluster = parser.add_mutually_exclusive_group()
@@ -154,8 +158,10 @@ def command_triage(args) -> int:
     progress: Optional[Progress] = None
     try:
         engine = _engine(args)
+        symbol_path = args.symbol_path if args.symbol_path is not None else os.environ.get("_NT_SYMBOL_PATH")
         listed = engine.list_inputs(paths, globs)
-        todo = [item for item in listed if not store.is_done(item)]
+        todo = [dataclasses.replace(item, symbol_path=symbol_path or None) for item in listed
+                if not store.is_done(item)]
         progress = Progress(len(todo), sys.stderr.isatty())
         last_summary = time.monotonic()
 

@@ -42,6 +42,9 @@ class InputFile:
     size: Optional[int]
     mtime: Optional[float]
     problem: str = ""  # one line when the input is not a regular file (it is then never opened)
+    # Where the analysis looks for the kernel's symbols (``_NT_SYMBOL_PATH`` syntax), resolved on the
+    # machine that analyses the input: the triage run's --symbol-path or _NT_SYMBOL_PATH.
+    symbol_path: Optional[str] = None
 
     @property
     def key(self) -> Tuple[str, Optional[int], Optional[float]]:
