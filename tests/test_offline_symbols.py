@@ -232,6 +232,9 @@ def test_ki_bugcheck_driver_is_read_from_symbols_for_0xcb_and_shown_in_text(tmp_
     code, out, err = run("analyze", str(dump), "--symbols", PDB)
     assert code == EXIT_SUSPECT and err == ""
     assert "nt!KiBugCheckDriver" in out and "leakyflt.sys" in out
+    verbose = run("analyze", str(dump), "--symbols", PDB, "-v")[1]
+    symbols = verbose[verbose.index("\nSYMBOLS\n"):]
+    assert "nt!KiBugCheckDriver: " in symbols and f"({pdb_label()})" in symbols and "(dump header)" in symbols
     code, report = report_of("analyze", str(dump), "--symbols", PDB)
     assert report["symbols"]["nt!KiBugCheckDriver"]["source"] == pdb_label()
     assert report["suspects"][0]["image"] == scenario.expected["culprit_image"]

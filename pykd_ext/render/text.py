@@ -549,7 +549,7 @@ class Renderer:
                    [[self.address(r.address), r.what, "; ".join(r.reasons)] for r in rejected])
 
     def _layouts(self) -> None:
-        """-v: where each structure layout came from and how many passes the search made."""
+        """-v: where each structure layout and kernel symbol came from and how many passes the search made."""
         if not self.verbose:
             return
         self.heading("LAYOUTS")
@@ -558,6 +558,10 @@ class Renderer:
         if not self.report.layouts:
             self.line("  (no structure was decoded)")
         self.line(f"  search passes over memory: {self.report.searches}")
+        if self.report.symbols:
+            self.heading("SYMBOLS")
+            for name, (address, source) in sorted(self.report.symbols.items()):
+                self.line(f"  {name}: {self.address(address)} ({source})")
 
 
 def _timestamp(value: Optional[int]) -> str:
