@@ -201,6 +201,7 @@ class _Entry:
     driver_object: Optional[int]
     image_base: Optional[int]
     claims: List[_Claim] = field(default_factory=list)
+    claim_texts: Set[str] = field(default_factory=set)  # the texts of ``claims``: each is claimed once
 
     @property
     def label(self) -> str:
@@ -230,7 +231,8 @@ class SuspectBoard:
         entry.image = entry.image or image
         entry.driver_object = entry.driver_object or driver_object
         entry.image_base = entry.image_base or image_base
-        if all(claim.text != evidence for claim in entry.claims):
+        if evidence not in entry.claim_texts:
+            entry.claim_texts.add(evidence)
             entry.claims.append(_Claim(evidence, confidence, weight, tuple(sorted(set(mdls))), strength))
 
     def _key(self, driver: Optional[str], image: Optional[str]) -> str:
