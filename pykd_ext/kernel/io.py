@@ -168,6 +168,8 @@ class IoReader:
         self._devices: Dict[int, DeviceObject] = {}
         self._drivers: Dict[int, DriverObject] = {}
         self._file_objects: Dict[int, FileObject] = {}
+        # Thread -> its Cid (or None): the IRPs one thread pended all name it.
+        self._thread_cids: Dict[int, Optional[Tuple[int, int]]] = {}
 
     # ---- IRP ---------------------------------------------------------------------------------
 
@@ -262,8 +264,13 @@ class IoReader:
         if irp.original_file_object:
             irp.file_object = self.read_file_object(irp.original_file_object)
         if irp.thread and self.target.is_kernel_address(irp.thread):
-            irp.thread_cid = read_cid(self.target, self.layouts, irp.thread)
+            irp.thread_cid = self._thread_cid(irp.thread)
         return irp
+
+    def _thread_cid(self, thread: int) -> Optional[Tuple[int, int]]:
+        if thread not in self._thread_cids:
+            self._thread_cids[thread] = read_cid(self.target, self.layouts, thread)
+        return self._thread_cids[thread]
 
     def _stack_location(self, number: int, view, current_location: int) -> StackLocation:
         device_address = view["DeviceObject"]

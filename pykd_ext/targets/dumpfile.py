@@ -105,6 +105,9 @@ class DumpFileTarget(Target):
         self._handle = handle
         self._pages: "OrderedDict[int, Optional[bytes]]" = OrderedDict()
         self._translations: Dict[int, Optional[int]] = {}
+        # Virtual page -> its 4 KiB, for the pages read so far (the kernel objects' pages): one look-up
+        # per read instead of a translation and a physical page look-up.
+        self._virtual_pages: Dict[int, bytes] = {}
         self._tables: Optional[_KernelMappings] = None
         self._virtual_of_pfn: Dict[int, Optional[int]] = {}
         # Kernel page tables that present entries point to but the dump lacks (see limitations()).
@@ -218,8 +221,15 @@ class DumpFileTarget(Target):
         return read_from_pages(address, size, self._virtual_page, "not mapped, or its page is not in the dump")
 
     def _virtual_page(self, page: int) -> Optional[bytes]:
-        physical = self._translate(page)
-        return None if physical is None else self._page(physical >> 12)
+        content = self._virtual_pages.get(page)
+        if content is None:
+            physical = self._translate(page)
+            content = None if physical is None else self._page(physical >> 12)
+            if content is not None:
+                if len(self._virtual_pages) >= PAGE_CACHE_PAGES:
+                    self._virtual_pages.clear()
+                self._virtual_pages[page] = content
+        return content
 
     def _translate(self, page: int) -> Optional[int]:
         """Physical address of virtual page ``page`` through the kernel page tables, or None."""
