@@ -19,7 +19,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from .typeinfo import TypeInfo
 
@@ -59,16 +59,17 @@ class StructLayout:
         return field_name in self.offsets
 
     @cached_property
-    def _decoders_by_pointer_size(self) -> Dict[int, Dict[str, Tuple[int, Optional[struct.Struct]]]]:
+    def _decoders_by_pointer_size(self) -> Dict[int, Dict[str, "FieldDecoder"]]:
         return {}
 
-    def decoders(self, pointer_size: int) -> Dict[str, Tuple[int, Optional[struct.Struct]]]:
-        """Field -> (offset, the Struct that unpacks it, or None for an embedded structure or array,
-        whose address is its value), for StructView's many reads; built once per pointer size."""
+    def decoders(self, pointer_size: int) -> Dict[str, "FieldDecoder"]:
+        """Field -> (offset, the bytes the field's data must reach, the ``unpack_from`` that decodes it,
+        or None for an embedded structure or array, whose address is its value), for StructView's many
+        reads; built once per pointer size. A negative offset (damaged symbols) can reach no data."""
         table = self._decoders_by_pointer_size.get(pointer_size)
         if table is None:
             table = self._decoders_by_pointer_size[pointer_size] = {
-                field_name: (offset, _unpacker(self.kinds.get(field_name, "struct"), pointer_size))
+                field_name: _field_decoder(offset, _unpacker(self.kinds.get(field_name, "struct"), pointer_size))
                 for field_name, offset in self.offsets.items()}
         return table
 
@@ -681,6 +682,17 @@ def _unpacker(kind: str, pointer_size: int) -> Optional[struct.Struct]:
     return _POINTER_UNPACKERS[pointer_size] if kind == "ptr" else _KIND_UNPACKERS[kind]
 
 
+# A field's decoder: (offset, bytes the data must hold to decode it, unpack_from or None).
+FieldDecoder = Tuple[int, int, Optional[Callable[[bytes, int], Tuple[int]]]]
+_UNREACHABLE = 1 << 62  # the data a field at a negative offset would need: more than any read holds
+
+
+def _field_decoder(offset: int, unpacker: Optional[struct.Struct]) -> FieldDecoder:
+    if unpacker is None:
+        return offset, offset, None
+    return offset, offset + unpacker.size if offset >= 0 else _UNREACHABLE, unpacker.unpack_from
+
+
 class StructView:
     """The bytes of one structure instance, decoded field by field through its layout."""
 
@@ -694,15 +706,15 @@ class StructView:
         self._decoders = layout.decoders(pointer_size)
 
     def __getitem__(self, field_name: str) -> int:
-        try:
-            offset, unpacker = self._decoders[field_name]
-        except KeyError:
-            raise self.layout.missing(field_name) from None
-        if unpacker is None:
+        decoder = self._decoders.get(field_name)
+        if decoder is None:
+            raise self.layout.missing(field_name)
+        offset, end, unpack_from = decoder
+        if unpack_from is None:
             return self.address + offset
-        if offset < 0 or offset + unpacker.size > len(self.data):
+        if end > len(self.data):
             raise LayoutError(f"{self.layout.name}.{field_name} lies past the {len(self.data):#x} bytes read")
-        return unpacker.unpack_from(self.data, offset)[0]
+        return unpack_from(self.data, offset)[0]
 
     def address_of(self, field_name: str) -> int:
         return self.address + self.layout.offset(field_name)
