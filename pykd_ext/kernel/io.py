@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
 from ..layouts import Layouts, LayoutError, StructView
 from ..targets.base import MemoryReadError, Module, Target, TargetError
+from . import FLAG_NAMES_CACHED
 from .modules import ModuleMap
 from .threads import read_cid
 
@@ -33,9 +35,14 @@ IRP_FLAG_NAMES = (
 
 def irp_flag_names(flags: int) -> List[str]:
     """The IRP_* names of the set bits of IRP.Flags; an unnamed bit as its hex value."""
+    return list(_irp_flag_names(flags))
+
+
+@lru_cache(maxsize=FLAG_NAMES_CACHED)
+def _irp_flag_names(flags: int) -> Tuple[str, ...]:
     names = [f"IRP_{name}" for bit, name in IRP_FLAG_NAMES if flags & bit]
     unnamed = flags & ~sum(bit for bit, _ in IRP_FLAG_NAMES)
-    return names + ([f"{unnamed:#x}"] if unnamed else [])
+    return tuple(names + ([f"{unnamed:#x}"] if unnamed else []))
 
 
 # DRIVER_OBJECT.DriverName is an object manager path such as \Driver\leakyflt or \FileSystem\Ntfs.

@@ -9,10 +9,12 @@ PFN array that follows the header holds page frame numbers that exist.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from functools import lru_cache
+from typing import List, Tuple
 
 from ..layouts import Layouts
 from ..targets.base import PAGE_SIZE, MemoryReadError, Target
+from . import FLAG_NAMES_CACHED
 
 # MDL flags (wdm.h).
 MDL_MAPPED_TO_SYSTEM_VA = 0x0001
@@ -63,7 +65,12 @@ NOT_AN_MDL = "not an MDL"
 
 
 def flag_names(flags: int) -> List[str]:
-    return [name for bit, name in sorted(MDL_FLAG_NAMES.items()) if flags & bit]
+    return list(_flag_names(flags))
+
+
+@lru_cache(maxsize=FLAG_NAMES_CACHED)
+def _flag_names(flags: int) -> Tuple[str, ...]:
+    return tuple(name for bit, name in sorted(MDL_FLAG_NAMES.items()) if flags & bit)
 
 
 def spanned_pages(byte_offset: int, byte_count: int) -> int:
