@@ -4,6 +4,7 @@ from __future__ import annotations
 import struct
 from typing import Callable, Dict, Optional, Tuple, Union
 
+from ..collector import collector_paused
 from ..layouts import LayoutError
 from ..report import BugCheckSection, Report, bugcheck_code_text
 from ..session import KernelSession
@@ -50,6 +51,11 @@ def analyze(source: Union[Target, KernelSession], options: Optional[Options] = N
     An interrupted hunt returns what it found so far, marked partial; a hunt stopped by corrupt data
     returns what it found so far with a warning (and ``complete_hunt`` false).
     """
+    with collector_paused():
+        return _analyze(source, options)
+
+
+def _analyze(source: Union[Target, KernelSession], options: Optional[Options]) -> Report:
     context = Context(source, options or Options())
     entry = ANALYSES.get(context.decoded.code)  # the catalog folds "_M" forms into their base code
     if entry is None:

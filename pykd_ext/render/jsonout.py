@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, List
 
+from ..collector import collector_paused
 from ..report import Report
 
 INDENT = "  "
@@ -23,7 +24,8 @@ _record_encoder = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "))
 
 def render_json(report: Report) -> str:
     parts: List[str] = []
-    _write(report.as_dict(), 0, parts)
+    with collector_paused():
+        _write(report.as_dict(), 0, parts)
     parts.append("\n")
     return "".join(parts)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import List, Optional, Sequence, Tuple, Union
 
+from ..collector import collector_paused
 from ..report import (FrameRecord, IrpRecord, MdlRecord, NextStep, Report, TrackerRecord, bugcheck_code_text,
                       step_text)
 from ..targets.base import windbg_address
@@ -572,8 +573,10 @@ def _timestamp(value: Optional[int]) -> str:
 
 
 def render_text(report: Report, verbose: bool = False, width: Optional[int] = None) -> str:
-    return Renderer(report, dml=False, verbose=verbose, width=width).render()
+    with collector_paused():
+        return Renderer(report, dml=False, verbose=verbose, width=width).render()
 
 
 def render_dml(report: Report, verbose: bool = False, width: Optional[int] = None) -> str:
-    return Renderer(report, dml=True, verbose=verbose, width=width).render()
+    with collector_paused():
+        return Renderer(report, dml=True, verbose=verbose, width=width).render()
