@@ -462,10 +462,13 @@ class _KernelMappings:
                 if frame not in found or address < found[frame]:
                     found[frame] = address
 
-        for first, frames, address in self.large:
-            lo, hi = np.searchsorted(wanted, [first, first + frames])
-            if hi > lo:
-                inside = wanted[lo:hi]
+        if self.large:  # where each large page's frames start and end among the wanted, all at once
+            firsts = np.array([first for first, _, _ in self.large], dtype=np.uint64)
+            ends = firsts + np.array([frames for _, frames, _ in self.large], dtype=np.uint64)
+            starts, stops = np.searchsorted(wanted, firsts), np.searchsorted(wanted, ends)
+            for position in np.flatnonzero(stops > starts).tolist():
+                first, _, address = self.large[position]
+                inside = wanted[starts[position]:stops[position]]
                 keep(inside, np.uint64(address) + (inside - np.uint64(first)) * np.uint64(PAGE_SIZE))
         for batch_start in range(0, len(self.leaf_tables), TABLE_BATCH):
             batch = self.leaf_tables[batch_start:batch_start + TABLE_BATCH]
