@@ -170,6 +170,59 @@ def peak_rss_mib(body: str) -> float:
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
+COMPARE_WORKER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from pykd_ext.analyses import analyze
+from pykd_ext.render.jsonout import render_json
+from pykd_ext.targets.dumpfile import DumpFileTarget
+for line in sys.stdin:
+    start = time.perf_counter()
+    target = DumpFileTarget.open(line.strip())
+    try:
+        render_json(analyze(target))
+    finally:
+        target.close()
+    print(time.perf_counter() - start, flush=True)
+"""
+
+
+class CheckoutHunt:
+    """The same hunt as ``hunt()`` run by one checkout's code in a process of its own (started once, so
+    that only the hunt is timed), for before/after ratios measured in one run (--compare)."""
+
+    def __init__(self, root: str):
+        self.name = os.path.basename(os.path.abspath(root))
+        self._process = subprocess.Popen([sys.executable, "-c", COMPARE_WORKER, os.path.abspath(root)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def hunt_seconds(self, path: str) -> float:
+        self._process.stdin.write(path + "\n")
+        self._process.stdin.flush()
+        answer = self._process.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the hunt of the {self.name} checkout failed on {path}")
+        return float(answer)
+
+    def close(self) -> None:
+        self._process.stdin.close()
+        self._process.wait()
+
+
+def hunts_compared(path: str, checkouts, repeat: int):
+    """Median warm hunt/read and hunt seconds of each checkout (each in its own process), every hunt
+    right after a read of its own, the checkouts in turn ``repeat`` times: [(ratio, seconds), ...]."""
+    for checkout in checkouts:
+        checkout.hunt_seconds(path)
+    runs = [[] for _ in checkouts]
+    for _ in range(repeat):
+        for checkout, times in zip(checkouts, runs):
+            read = seconds(stream_read, path)
+            hunt_time = checkout.hunt_seconds(path)
+            times.append((hunt_time / read, hunt_time))
+    return [(statistics.median(r for r, _ in times), statistics.median(t for _, t in times)) for times in runs]
+
+
 def generate(path: str, size: int, leaked: int):
     scenario = case_0x76("x64", "irp", leaked=leaked, noise_pages=16)
     noise = max(0, size // PAGE - len(scenario.data.pages))
@@ -189,6 +242,9 @@ def main() -> int:
     parser.add_argument("--alternative-pages", type=int, default=2048,
                         help="pages the kdmp-parser alternative searches before extrapolating (default 2048)")
     parser.add_argument("--dir", default=None, help="where to write the temporary dumps (default: the temp dir)")
+    parser.add_argument("--compare", default=None, metavar="CHECKOUT",
+                        help="also time the warm hunt with another checkout's code, interleaved (before/after)")
+    parser.add_argument("--hunts-only", action="store_true", help="leave out the searches and the alternative")
     args = parser.parse_args()
     size = parse_size(args.size)
     counts = [int(n) for n in args.leaked.split(",")]
@@ -200,7 +256,8 @@ def main() -> int:
              f"{args.repeat} interleaved runs; the hunt uses the {search_module.preferred_engine} engine on "
              f"{dumpfile_module.SEARCH_THREADS} thread(s)"]
     print("\n".join(lines), flush=True)
-    search_rows, hunt_rows, other_rows = [], [], []
+    search_rows, hunt_rows, other_rows, compare_rows = [], [], [], []
+    compared = [CheckoutHunt(ROOT), CheckoutHunt(args.compare)] if args.compare else []
     try:
         for position, leaked in enumerate(counts):
             path = os.path.join(workdir, f"MEMORY-{leaked}.DMP")
@@ -209,7 +266,7 @@ def main() -> int:
             file_size = os.path.getsize(path)
             print(f"N={leaked}: wrote {file_size / GIB:.2f} GiB in {time.perf_counter() - start:.0f} s", flush=True)
             process = scenario.expected["process"]
-            if position == 0:
+            if position == 0 and not args.hunts_only:
                 many = sorted(set(scenario.expected["locked_mdls"] + scenario.expected["decoy_mdls"]))
                 many += [process + 0x10 * i for i in range(1, 1001 - len(many))]
                 for label, values in (("1 value", [process]), (f"{len(many)} values", many)):
@@ -238,19 +295,27 @@ def main() -> int:
             peak = peak_rss_mib(body)
             hunt_rows.append((leaked, report, cold, warm, peak))
             print(f"  hunt: cold {cold[0]:.2f} reads, warm {warm[0]:.2f} reads, peak RSS {peak:.0f} MiB", flush=True)
+            if compared:
+                compare_rows.append((leaked, hunts_compared(path, compared, args.repeat)))
+                print("  warm hunt, interleaved: " + ", ".join(
+                    f"{checkout.name} {ratio:.2f} reads" for checkout, (ratio, _) in zip(compared, compare_rows[-1][1])),
+                    flush=True)
             os.unlink(path)
     finally:
+        for checkout in compared:
+            checkout.close()
         shutil.rmtree(workdir, ignore_errors=True)
-    print()
-    print("| search | cold: s (GiB/s) | cold read/search (goal >= 0.5) | warm: s (GiB/s) | warm read/search |")
-    print("|---|---|---|---|---|")
-    for label, cold, warm, file_size in search_rows:
-        print(f"| {label} | {cold[1]:.2f} ({file_size / cold[1] / GIB:.1f}) | {1 / cold[0]:.2f} | "
-              f"{warm[1]:.3f} ({file_size / warm[1] / GIB:.1f}) | {1 / warm[0]:.2f} |")
-    read_cold = statistics.median(r[1][2] for r in search_rows)
-    read_warm = statistics.median(r[2][2] for r in search_rows)
-    print(f"| (streaming read) | {read_cold:.2f} ({size / read_cold / GIB:.1f}) | | "
-          f"{read_warm:.3f} ({size / read_warm / GIB:.1f}) | |")
+    if search_rows:
+        print()
+        print("| search | cold: s (GiB/s) | cold read/search (goal >= 0.5) | warm: s (GiB/s) | warm read/search |")
+        print("|---|---|---|---|---|")
+        for label, cold, warm, file_size in search_rows:
+            print(f"| {label} | {cold[1]:.2f} ({file_size / cold[1] / GIB:.1f}) | {1 / cold[0]:.2f} | "
+                  f"{warm[1]:.3f} ({file_size / warm[1] / GIB:.1f}) | {1 / warm[0]:.2f} |")
+        read_cold = statistics.median(r[1][2] for r in search_rows)
+        read_warm = statistics.median(r[2][2] for r in search_rows)
+        print(f"| (streaming read) | {read_cold:.2f} ({size / read_cold / GIB:.1f}) | | "
+              f"{read_warm:.3f} ({size / read_warm / GIB:.1f}) | |")
     print()
     print("| leaked MDLs | passes | MDLs, IRPs reported | cold hunt: s, in reads (goal <= 2.5) | warm hunt: s, in reads "
           "| peak RSS |")
@@ -258,6 +323,14 @@ def main() -> int:
     for leaked, report, cold, warm, peak in hunt_rows:
         print(f"| {leaked} | {report.searches} | {len(report.mdls)}, {len(report.irps)} | {cold[1]:.2f} s, "
               f"{cold[0]:.2f} | {warm[1]:.2f} s, {warm[0]:.2f} | {peak:.0f} MiB |")
+    if compared:
+        this, other = compared
+        print()
+        print(f"| leaked MDLs | warm hunt, {this.name}: reads (s) | warm hunt, {other.name}: reads (s) | "
+              f"{this.name} / {other.name} (time) |")
+        print("|---|---|---|---|")
+        for leaked, ((ours, ours_s), (theirs, theirs_s)) in compare_rows:
+            print(f"| {leaked} | {ours:.2f} ({ours_s:.3f} s) | {theirs:.2f} ({theirs_s:.3f} s) | {ours_s / theirs_s:.2f} |")
     print()
     for label, value in other_rows:
         print(f"- {label}: {value}")
