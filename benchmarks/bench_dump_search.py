@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -177,13 +178,13 @@ from pykd_ext.analyses import analyze
 from pykd_ext.render.jsonout import render_json
 from pykd_ext.targets.dumpfile import DumpFileTarget
 for line in sys.stdin:
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.thread_time()
     target = DumpFileTarget.open(line.strip())
     try:
         render_json(analyze(target))
     finally:
         target.close()
-    print(time.perf_counter() - start, flush=True)
+    print(time.perf_counter() - start, time.thread_time() - start_cpu, flush=True)
 """
 
 
@@ -196,13 +197,14 @@ class CheckoutHunt:
         self._process = subprocess.Popen([sys.executable, "-c", COMPARE_WORKER, os.path.abspath(root)],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    def hunt_seconds(self, path: str) -> float:
+    def hunt_seconds(self, path: str) -> Tuple[float, float]:
+        """Seconds of the hunt, and of its main thread's CPU (the Python work beyond the search threads)."""
         self._process.stdin.write(path + "\n")
         self._process.stdin.flush()
-        answer = self._process.stdout.readline()
-        if not answer:
+        answer = self._process.stdout.readline().split()
+        if len(answer) != 2:
             raise RuntimeError(f"the hunt of the {self.name} checkout failed on {path}")
-        return float(answer)
+        return float(answer[0]), float(answer[1])
 
     def close(self) -> None:
         self._process.stdin.close()
@@ -210,17 +212,17 @@ class CheckoutHunt:
 
 
 def hunts_compared(path: str, checkouts, repeat: int):
-    """Median warm hunt/read and hunt seconds of each checkout (each in its own process), every hunt
-    right after a read of its own, the checkouts in turn ``repeat`` times: [(ratio, seconds), ...]."""
+    """Median warm hunt/read, hunt seconds and main-thread CPU seconds of each checkout (each in its own
+    process), every hunt right after a read of its own, the checkouts in turn ``repeat`` times."""
     for checkout in checkouts:
         checkout.hunt_seconds(path)
     runs = [[] for _ in checkouts]
     for _ in range(repeat):
         for checkout, times in zip(checkouts, runs):
             read = seconds(stream_read, path)
-            hunt_time = checkout.hunt_seconds(path)
-            times.append((hunt_time / read, hunt_time))
-    return [(statistics.median(r for r, _ in times), statistics.median(t for _, t in times)) for times in runs]
+            hunt_time, main_thread_cpu = checkout.hunt_seconds(path)
+            times.append((hunt_time / read, hunt_time, main_thread_cpu))
+    return [tuple(statistics.median(column) for column in zip(*times)) for times in runs]
 
 
 def generate(path: str, size: int, leaked: int):
@@ -298,7 +300,7 @@ def main() -> int:
             if compared:
                 compare_rows.append((leaked, hunts_compared(path, compared, args.repeat)))
                 print("  warm hunt, interleaved: " + ", ".join(
-                    f"{checkout.name} {ratio:.2f} reads" for checkout, (ratio, _) in zip(compared, compare_rows[-1][1])),
+                    f"{checkout.name} {ratio:.2f} reads" for checkout, (ratio, _, _) in zip(compared, compare_rows[-1][1])),
                     flush=True)
             os.unlink(path)
     finally:
@@ -326,11 +328,12 @@ def main() -> int:
     if compared:
         this, other = compared
         print()
-        print(f"| leaked MDLs | warm hunt, {this.name}: reads (s) | warm hunt, {other.name}: reads (s) | "
-              f"{this.name} / {other.name} (time) |")
+        print(f"| leaked MDLs | warm hunt, {this.name}: reads (s; main thread's CPU) | warm hunt, {other.name}: "
+              f"reads (s; main thread's CPU) | {this.name} / {other.name}: time, main thread's CPU |")
         print("|---|---|---|---|")
-        for leaked, ((ours, ours_s), (theirs, theirs_s)) in compare_rows:
-            print(f"| {leaked} | {ours:.2f} ({ours_s:.3f} s) | {theirs:.2f} ({theirs_s:.3f} s) | {ours_s / theirs_s:.2f} |")
+        for leaked, ((ours, ours_s, ours_cpu), (theirs, theirs_s, theirs_cpu)) in compare_rows:
+            print(f"| {leaked} | {ours:.2f} ({ours_s:.3f} s; {ours_cpu:.3f} s) | {theirs:.2f} ({theirs_s:.3f} s; "
+                  f"{theirs_cpu:.3f} s) | {ours_s / theirs_s:.2f}, {ours_cpu / theirs_cpu:.2f} |")
     print()
     for label, value in other_rows:
         print(f"- {label}: {value}")
