@@ -560,6 +560,7 @@ def nearest_build(tables: Mapping[int, object], build: Optional[int]) -> int:
 class TypeSource(Protocol):
     """What Layouts needs from its owner (the kernel session, or in tests a bare Target)."""
 
+    arch: str
     pointer_size: int
     build: Optional[int]
 
@@ -597,7 +598,7 @@ class Layouts:
         return self._cache[name]
 
     def _resolve(self, name: str) -> Optional[StructLayout]:
-        builtin = builtin_layout(name, self.source.pointer_size, self.source.build, getattr(self.source, "arch", ""))
+        builtin = builtin_layout(name, self.source.pointer_size, self.source.build, self.source.arch)
         info = self.source.type_info("nt!" + name, known_field_names(name))
         if info is None:
             return builtin

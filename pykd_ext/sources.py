@@ -6,6 +6,8 @@ library's message such as "File is not a zip file").
 """
 from __future__ import annotations
 
+import os
+import stat
 import zipfile
 from typing import Optional
 
@@ -18,12 +20,39 @@ OTHER = "other"
 ZIP_MAGIC = b"PK\x03\x04"
 
 
+def not_regular_reason(mode: int, what: str = "crash dump file") -> str:
+    """Why a file of this ``st_mode`` is not read, or "" for a regular file: a named pipe, a socket or a
+    device is never opened (opening a FIFO waits for a writer that may never come)."""
+    if stat.S_ISREG(mode):
+        return ""
+    if stat.S_ISDIR(mode):
+        return f"is a directory, not a {what}"
+    if stat.S_ISFIFO(mode):
+        return f"is a named pipe (FIFO), not a {what}; it was not opened"
+    if stat.S_ISSOCK(mode):
+        return f"is a socket, not a {what}; it was not opened"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return f"is a device, not a {what}; it was not opened"
+    return "is not a regular file; it was not opened"
+
+
+def unopenable_reason(path: str, what: str = "crash dump file") -> str:
+    """``not_regular_reason`` of the file at ``path`` (following links); "" when it is a regular file or
+    cannot be looked at, in which case opening it says why."""
+    try:
+        return not_regular_reason(os.stat(path).st_mode, what)
+    except OSError:
+        return ""
+
+
 def kind_of_file(path: str) -> Optional[str]:
     """KERNEL_DUMP, USER_MINIDUMP, SNAPSHOT or OTHER (a damaged ZIP too) from the first bytes of ``path``
     (opened read-only);
     None when it cannot be read (missing, a directory, no permission): the command reading it says why."""
     from .targets.dumpheader import MINIDUMP_SIGNATURE, SIGNATURE, VALID_DUMP32, VALID_DUMP64
 
+    if unopenable_reason(path):
+        return None
     try:
         with open(path, "rb") as handle:
             magic = handle.read(8)

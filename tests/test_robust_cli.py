@@ -348,3 +348,14 @@ def test_a_page_range_that_overflows_prints_nothing_but_the_report(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode in DOCUMENTED
     assert result.stderr == "" or (result.stderr.count("\n") == 1 and result.stderr.startswith("leakhunt: error: "))
+
+
+@pytest.mark.parametrize("command", ["analyze", "replay", "inspect"])
+def test_a_named_pipe_is_refused_without_being_opened(tmp_path, command):
+    """Opening a FIFO waits for a writer: leakhunt looks at the file's type first and never opens it."""
+    fifo = tmp_path / "MEMORY.DMP"
+    os.mkfifo(fifo)
+    result = subprocess.run([sys.executable, "-m", "pykd_ext", command, str(fifo)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == EXIT_INPUT and "named pipe (FIFO)" in result.stderr
+    assert result.stderr.count("\n") == 1

@@ -27,13 +27,12 @@ from ..cli import EXIT_INPUT, EXIT_INTERNAL, exit_code_for
 from ..render.jsonout import render_json
 from ..run import run_analysis
 from ..session import KernelSession, open_session
-from ..sources import ZIP_MAGIC
+from ..sources import ZIP_MAGIC, not_regular_reason
 from ..targets.base import Target, TargetError
 from ..targets.dumpfile import DumpFileTarget
 from ..targets.snapshot import SnapshotTarget
 from .buckets import bucket_hash, bucket_key, culprit_of
-from .inputs import (STATUS_ANALYSIS_ERROR, STATUS_ANALYZED, STATUS_INPUT_ERROR, InputFile, dump_time,
-                     not_regular_reason)
+from .inputs import STATUS_ANALYSIS_ERROR, STATUS_ANALYZED, STATUS_INPUT_ERROR, InputFile, dump_time
 
 TEST_FAULTS_VARIABLE = "LEAKHUNT_TEST_FAULTS"
 MAX_ERROR_CHARS = 300

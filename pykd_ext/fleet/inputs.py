@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import stat
 import struct
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import IO, Iterable, List, Optional, Sequence, Tuple
+
+from ..sources import not_regular_reason
 
 STATUS_ANALYZED = "analyzed"  # the analysis ran to its end (whatever its exit code)
 STATUS_INPUT_ERROR = "input_error"  # missing, unreadable, not a dump, truncated, not a regular file
@@ -55,21 +56,6 @@ class InputFile:
 def timeout_for_size(size: Optional[int]) -> float:
     """The default --timeout of one input, in seconds, from its size."""
     return TIMEOUT_BASE_S + TIMEOUT_PER_GIB_S * (size or 0) / (1 << 30)
-
-
-def not_regular_reason(mode: int) -> str:
-    """Why a file of this ``st_mode`` is not analysed, or "" for a regular file."""
-    if stat.S_ISREG(mode):
-        return ""
-    if stat.S_ISDIR(mode):
-        return "is a directory, not a crash dump file"
-    if stat.S_ISFIFO(mode):
-        return "is a named pipe (FIFO), not a crash dump file; it was not opened"
-    if stat.S_ISSOCK(mode):
-        return "is a socket, not a crash dump file; it was not opened"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "is a device, not a crash dump file; it was not opened"
-    return "is not a regular file; it was not opened"
 
 
 def describe(path: str) -> InputFile:

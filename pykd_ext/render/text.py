@@ -508,7 +508,7 @@ class Renderer:
         scan = self.report.stack
         if scan is None:
             return
-        self.heading(f"STACK CANDIDATES (a scan of the crashing thread's stack for values inside loaded images, "
+        self.heading("STACK CANDIDATES (a scan of the crashing thread's stack for values inside loaded images, "
                      "innermost first; not an unwound stack)")
         shown = scan.candidates if self.verbose else scan.candidates[:self.STACK_LINES]
         self.table(["slot", "value"], [[self.address(c.slot), self.code_link(c.value, c.symbol)] for c in shown])

@@ -24,6 +24,7 @@ from typing import Deque, Dict, Iterable, List, Optional, Tuple
 import numpy as np
 
 from ..search import ValueSet
+from ..sources import unopenable_reason
 from .base import (PAGE_SIZE, BugCheck, MemoryReadError, Module, PfnRange, ProgressCallback, SearchHit,
                    SearchUnavailable, SymbolNotFound, Target, TargetError, read_from_pages)
 from .dumpheader import (DUMP_TRIAGE, MACHINE_X64, MEMORY_DUMP_TYPES, DumpFileError, DumpHeader, PhysicalLayout,
@@ -118,8 +119,9 @@ class DumpFileTarget(Target):
     @classmethod
     def open(cls, path: str) -> "DumpFileTarget":
         """Open ``path`` read-only and parse its header; raise DumpFileError with one clear line."""
-        if os.path.isdir(path):
-            raise DumpFileError(f"{path} is a directory, not a crash dump file")
+        reason = unopenable_reason(path)
+        if reason:
+            raise DumpFileError(f"{path} {reason}")
         try:
             handle = open(path, "rb", buffering=0)
         except FileNotFoundError:

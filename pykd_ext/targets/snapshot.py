@@ -37,6 +37,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .. import __version__
 from ..search import ValueSet
+from ..sources import unopenable_reason
 from ..typeinfo import FieldInfo, TypeInfo
 from .base import (PAGE_SIZE, BugCheck, CrashFacts, MemoryReadError, Module, PfnRange, ProgressCallback,
                    SearchHit, SearchUnavailable, SymbolNotFound, Target, TargetError, UnloadedModule,
@@ -291,8 +292,9 @@ def _expect(value, kind, what: str):
 
 def load_snapshot(path: str) -> SnapshotData:
     """Read a snapshot file (opened read-only) and check every part of it."""
-    if os.path.isdir(path):
-        raise SnapshotError(f"{path} is a directory, not a snapshot file")
+    reason = unopenable_reason(path, "snapshot file")
+    if reason:
+        raise SnapshotError(f"{path} {reason}")
     try:
         with open(path, "rb") as raw:
             with zipfile.ZipFile(raw) as archive:
