@@ -5,8 +5,8 @@ leaked MDLs, each held by an IRP) in a temporary directory, one at a time, and m
 
 * one streaming read of the file (8 MiB ``readinto``): the floor for anything that looks at every page;
 * leakhunt's pointer search for 1 value (the hunt's first level) and for 1000 values (its MDL level),
-  with the compiled engine (when built) and with the numpy engine, and on one thread and on all of
-  them (``SEARCH_THREADS``);
+  with the compiled engine (when built; searching a mapping of the file, and reading it) and with the
+  numpy engine, and on one thread and on all of them (``SEARCH_THREADS``);
 * the whole 0x76 hunt (open the dump, analyze, render JSON) for each N;
 * the obvious alternative a user would write: kdmp-parser's Python API page by page, ``bytes.find`` for
   each value with an alignment check. It is slow, so it runs on ``--alternative-pages`` pages and its
@@ -104,15 +104,16 @@ def hunt(path: str):
         target.close()
 
 
-def search(path: str, values, engine: str, threads: int) -> None:
-    saved = search_module.preferred_engine, dumpfile_module.SEARCH_THREADS
-    search_module.preferred_engine, dumpfile_module.SEARCH_THREADS = engine, threads
+def search(path: str, values, engine: str, threads: int, mapped: bool) -> None:
+    saved = search_module.preferred_engine, dumpfile_module.SEARCH_THREADS, dumpfile_module.MAPPED_SEARCH
+    search_module.preferred_engine, dumpfile_module.SEARCH_THREADS, dumpfile_module.MAPPED_SEARCH = (
+        engine, threads, mapped)
     target = DumpFileTarget.open(path)
     try:
         target.search_pointers(values)
     finally:
         target.close()
-        search_module.preferred_engine, dumpfile_module.SEARCH_THREADS = saved
+        search_module.preferred_engine, dumpfile_module.SEARCH_THREADS, dumpfile_module.MAPPED_SEARCH = saved
 
 
 def compare(path: str, operation, repeat: int, cold: bool):
@@ -250,13 +251,17 @@ def main() -> int:
     args = parser.parse_args()
     size = parse_size(args.size)
     counts = [int(n) for n in args.leaked.split(",")]
-    engines = [e for e in search_module.ENGINES if e == "numpy" or search_module._wordscan is not None]
-    variants = [(engine, threads) for engine in engines
+    # (engine, threads, mapped): the compiled engine both maps the file and reads it, where it can map.
+    accesses = [True, False] if search_module.compiled_reads_files else [False]
+    variants = [(engine, threads, mapped) for engine in search_module.ENGINES
+                if engine == "numpy" or search_module._wordscan is not None
+                for mapped in (accesses if engine == "compiled" else [False])
                 for threads in sorted({1, dumpfile_module.SEARCH_THREADS})]
     workdir = tempfile.mkdtemp(prefix="leakhunt-bench-", dir=args.dir)
     lines = [f"machine: {machine()}", f"dump: bitmap kernel dump with {size / GIB:.2f} GiB of pages; median of "
              f"{args.repeat} interleaved runs; the hunt uses the {search_module.preferred_engine} engine on "
-             f"{dumpfile_module.SEARCH_THREADS} thread(s)"]
+             f"{dumpfile_module.SEARCH_THREADS} thread(s)"
+             f"{', mapping the file' if dumpfile_module.MAPPED_SEARCH and search_module.compiled_reads_files else ''}"]
     print("\n".join(lines), flush=True)
     search_rows, hunt_rows, other_rows, compare_rows = [], [], [], []
     compared = [CheckoutHunt(ROOT), CheckoutHunt(args.compare)] if args.compare else []
@@ -272,13 +277,15 @@ def main() -> int:
                 many = sorted(set(scenario.expected["locked_mdls"] + scenario.expected["decoy_mdls"]))
                 many += [process + 0x10 * i for i in range(1, 1001 - len(many))]
                 for label, values in (("1 value", [process]), (f"{len(many)} values", many)):
-                    for engine, threads in variants:
-                        run = (lambda values=values, engine=engine, threads=threads:
-                               search(path, values, engine, threads))
+                    for engine, threads, mapped in variants:
+                        run = (lambda values=values, engine=engine, threads=threads, mapped=mapped:
+                               search(path, values, engine, threads, mapped))
                         cold = compare(path, run, args.repeat, cold=True)
                         warm = compare(path, run, args.repeat, cold=False)
-                        search_rows.append((f"{label}, {engine}, {threads} thread(s)", cold, warm, file_size))
-                        print(f"  search {label}, {engine} engine, {threads} thread(s): cold read/search "
+                        access = "mapped" if mapped else "read"
+                        search_rows.append((f"{label}, {engine}, {access}, {threads} thread(s)", cold, warm,
+                                            file_size))
+                        print(f"  search {label}, {engine} engine, {access}, {threads} thread(s): cold read/search "
                               f"{1 / cold[0]:.2f}, warm {1 / warm[0]:.2f}", flush=True)
                     alternative = alternative_seconds(path, values, args.alternative_pages if len(values) == 1
                                                       else max(1, args.alternative_pages // 8), file_size // PAGE)

@@ -8,9 +8,17 @@
  * and only the words that pass it are looked up in the sorted values. The build is optional:
  * without a compiler, ValueSet uses numpy instead.
  *
+ * Bus errors: a mapped file's pages are searched where the page cache holds them, without the copy a
+ * read makes. But touching a page the file no longer has (cut short by another program) or cannot
+ * read (an I/O error) raises SIGBUS instead of returning an error. Where the OS has POSIX signals
+ * (GUARDS_BUS_ERRORS is 1), find() runs under a guard: a bus error during its search stops the search
+ * and raises OSError (EIO) instead of killing the process. Any other bus error goes on to the handler
+ * that was there before.
+ *
  *   filter_table(values, word_size) -> bytes     the filter for find(), built once per value set
- *   find(buffer, values, filter, word_size) -> bytes
- *        native int64 word indices of the members of values found in buffer, in order
+ *   find(buffer, values, filter, word_size) -> (bytes, bytes)
+ *        native int64 word indices of the members of values found in buffer, in order, and the
+ *        native uint64 words found; buffer may be a mapped file (see "Bus errors" below)
  *   find_in_file(fd, offset, length, values, filter, word_size) -> (bytes, bytes, int)   (POSIX)
  *        the same for bytes [offset, offset + length) of an open file, read CHUNK_BYTES at a time:
  *        native int64 word indices from offset, the native uint64 words found, and the bytes read
@@ -21,10 +29,15 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#ifndef _WIN32
 #include <errno.h>
+#ifndef _WIN32
 #include <unistd.h>
 #define HAVE_PREAD 1
+#include <setjmp.h>
+#include <signal.h>
+#if defined(SA_SIGINFO)
+#define HAVE_BUS_GUARD 1
+#endif
 #endif
 
 #define FEW_VALUES 4
@@ -66,6 +79,16 @@
 #define PREFETCH(address) ((void)0)
 #endif
 
+/* append() is kept out of line: whatever it stored is in memory when it returns, so a search that a
+ * bus error jumps out of leaves consistent hits behind to free. Hits are rare: it costs nothing. */
+#if defined(__GNUC__)
+#define NOINLINE __attribute__((noinline))
+#elif defined(_MSC_VER)
+#define NOINLINE __declspec(noinline)
+#else
+#define NOINLINE
+#endif
+
 /* The hits of a search: word indices (from ``base``) and, when ``values`` is wanted, the words. */
 typedef struct {
     int64_t *indices;
@@ -76,7 +99,7 @@ typedef struct {
     int out_of_memory;
 } Hits;
 
-static void append(Hits *hits, Py_ssize_t index, uint64_t word)
+NOINLINE static void append(Hits *hits, Py_ssize_t index, uint64_t word)
 {
     if (hits->count == hits->capacity) {
         Py_ssize_t capacity = hits->capacity ? hits->capacity * 2 : 256;
@@ -100,6 +123,15 @@ static void append(Hits *hits, Py_ssize_t index, uint64_t word)
     if (hits->keep_values)
         hits->values[hits->count] = word;
     hits->count++;
+}
+
+/* (indices, words) as two bytes objects of native int64 and uint64. */
+static PyObject *hits_as_bytes(const Hits *hits)
+{
+    Py_ssize_t size = hits->count * (Py_ssize_t)sizeof(int64_t);
+    /* With no hits nothing was allocated: "y#" makes None of a NULL pointer, so point at "". */
+    return Py_BuildValue("(y#y#)", hits->count ? (const char *)hits->indices : "", size,
+                         hits->count ? (const char *)hits->values : "", size);
 }
 
 static void release_hits(Hits *hits)
@@ -302,6 +334,58 @@ static int check_values(const Py_buffer *values, const Py_buffer *filter, int wo
     return 1;
 }
 
+#ifdef HAVE_BUS_GUARD
+/* While set on a thread, a bus error on that thread jumps back to it (see "Bus errors" above). */
+static _Thread_local sigjmp_buf *scan_guard;
+static struct sigaction previous_bus_action;
+
+static void on_bus_error(int signal_number, siginfo_t *info, void *context)
+{
+    (void)context;
+    sigjmp_buf *guard = scan_guard;
+    if (guard != NULL)
+        siglongjmp(*guard, 1);
+    sigaction(SIGBUS, &previous_bus_action, NULL);
+    if (info == NULL || info->si_code <= 0)
+        raise(signal_number);  /* sent by a process: deliver it again, to the previous handler */
+    /* A fault: returning runs the access again, and it faults again under the previous handler. */
+}
+
+/* Make on_bus_error the SIGBUS handler; 0 where it cannot be. Called with the GIL held (so never by two
+ * threads at once) before every search, so that a handler set since (Python's faulthandler, say) is
+ * chained behind it rather than left to take the search's bus errors. */
+static int install_bus_guard(void)
+{
+    struct sigaction current;
+    if (sigaction(SIGBUS, NULL, &current) != 0)
+        return 0;
+    if ((current.sa_flags & SA_SIGINFO) && current.sa_sigaction == on_bus_error)
+        return 1;
+    struct sigaction ours;
+    memset(&ours, 0, sizeof ours);
+    ours.sa_sigaction = on_bus_error;
+    ours.sa_flags = SA_SIGINFO;
+    sigemptyset(&ours.sa_mask);
+    return sigaction(SIGBUS, &ours, &previous_bus_action) == 0;
+}
+
+/* search_words() under the guard: 0 when a bus error stopped it. */
+static int guarded_search_words(const void *words, Py_ssize_t count, const Py_buffer *values,
+                                const Py_buffer *filter, int word_size, Hits *out)
+{
+    sigjmp_buf guard;
+    int completed = 1;
+    if (sigsetjmp(guard, 1) == 0) {
+        scan_guard = &guard;
+        search_words(words, count, values, filter, word_size, out);
+    } else {
+        completed = 0;
+    }
+    scan_guard = NULL;
+    return completed;
+}
+#endif
+
 static PyObject *find(PyObject *module, PyObject *args)
 {
     Py_buffer buffer, values, filter;
@@ -310,16 +394,33 @@ static PyObject *find(PyObject *module, PyObject *args)
         return NULL;
     PyObject *result = NULL;
     Hits out = {0};
+    out.keep_values = 1;
+    int completed = 1;
     if (!check_values(&values, &filter, word_size) || !check_buffer(&buffer, word_size, "buffer"))
         goto done;
+#ifdef HAVE_BUS_GUARD
+    if (!install_bus_guard()) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    completed = guarded_search_words(buffer.buf, buffer.len / word_size, &values, &filter, word_size, &out);
+    Py_END_ALLOW_THREADS
+#else
     Py_BEGIN_ALLOW_THREADS
     search_words(buffer.buf, buffer.len / word_size, &values, &filter, word_size, &out);
     Py_END_ALLOW_THREADS
+#endif
+    if (!completed) {
+        errno = EIO;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
     if (out.out_of_memory) {
         PyErr_NoMemory();
         goto done;
     }
-    result = PyBytes_FromStringAndSize((const char *)out.indices, out.count * (Py_ssize_t)sizeof(int64_t));
+    result = hits_as_bytes(&out);
 done:
     release_hits(&out);
     PyBuffer_Release(&buffer);
@@ -397,10 +498,10 @@ static PyObject *find_in_file(PyObject *module, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
-    Py_ssize_t size = out.count * (Py_ssize_t)sizeof(int64_t);
-    /* With no hits nothing was allocated: "y#" makes None of a NULL pointer, so point at "". */
-    result = Py_BuildValue("(y#y#L)", out.count ? (const char *)out.indices : "", size,
-                           out.count ? (const char *)out.values : "", size, done_bytes);
+    PyObject *hits = hits_as_bytes(&out);
+    if (hits != NULL)
+        result = Py_BuildValue("(OOL)", PyTuple_GET_ITEM(hits, 0), PyTuple_GET_ITEM(hits, 1), done_bytes);
+    Py_XDECREF(hits);
 done:
     free(chunk);
     release_hits(&out);
@@ -414,8 +515,9 @@ static PyMethodDef wordscan_methods[] = {
     {"filter_table", filter_table, METH_VARARGS,
      "filter_table(values, word_size) -> bytes: the filter find() needs for these sorted, unique values."},
     {"find", find, METH_VARARGS,
-     "find(buffer, values, filter, word_size) -> bytes: native int64 indices of the aligned words of\n"
-     "buffer that are in values, in order. Runs without the GIL."},
+     "find(buffer, values, filter, word_size) -> (indices, words): native int64 indices of the aligned\n"
+     "words of buffer that are in values, in order, and the native uint64 words found. Runs without the\n"
+     "GIL; where GUARDS_BUS_ERRORS, a bus error (a mapped file cut short) raises OSError (EIO)."},
 #ifdef HAVE_PREAD
     {"find_in_file", find_in_file, METH_VARARGS,
      "find_in_file(fd, offset, length, values, filter, word_size) -> (indices, words, bytes_read): find()\n"
@@ -437,6 +539,16 @@ PyMODINIT_FUNC PyInit__wordscan(void)
     PyErr_SetString(PyExc_ImportError, "_wordscan supports little-endian hosts only");
     return NULL;
 #else
-    return PyModule_Create(&wordscan_module);
+    PyObject *module = PyModule_Create(&wordscan_module);
+#ifdef HAVE_BUS_GUARD
+    int guards_bus_errors = 1;
+#else
+    int guards_bus_errors = 0;
+#endif
+    if (module != NULL && PyModule_AddIntConstant(module, "GUARDS_BUS_ERRORS", guards_bus_errors) != 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 #endif
 }

@@ -23,6 +23,9 @@ ENGINES = ("compiled", "numpy")
 # Whether the compiled engine reads files itself (ValueSet.find_in_file): where the OS has POSIX
 # positioned reads; elsewhere the caller reads and calls find().
 compiled_reads_files = _wordscan is not None and hasattr(_wordscan, "find_in_file")
+# Whether the compiled engine's find() may be given a view of a mapped file: a page the file no longer
+# has (cut short meanwhile) or cannot read then raises OSError rather than SIGBUS (POSIX signals).
+compiled_searches_mappings = _wordscan is not None and bool(getattr(_wordscan, "GUARDS_BUS_ERRORS", 0))
 # The engine a ValueSet uses unless told otherwise.
 preferred_engine = "compiled" if _wordscan is not None else "numpy"
 
@@ -62,6 +65,8 @@ class ValueSet:
         else:
             self._prepare_numpy()
         self.reads_files = self.engine == "compiled" and compiled_reads_files  # find_in_file() works
+        # find_in_mapping() works (see compiled_searches_mappings).
+        self.searches_mappings = self.engine == "compiled" and compiled_searches_mappings
 
     def _prepare_numpy(self) -> None:
         self.table = None
@@ -103,7 +108,7 @@ class ValueSet:
         """Indices (in words) and values of every aligned word of ``buffer`` that is in the set.
 
         ``buffer`` is any object with the buffer protocol (bytes, mmap, memoryview); its length must
-        be a multiple of the pointer size.
+        be a multiple of the pointer size. (A mapped file goes to find_in_mapping.)
         """
         words = np.frombuffer(buffer, dtype=self.dtype)
         if len(self.values) == 0 or len(words) == 0:
@@ -111,9 +116,7 @@ class ValueSet:
         if self.engine == "compiled":
             if not words.flags.aligned:  # the extension reads words at their natural alignment
                 words = words.copy()
-            indices = np.frombuffer(_wordscan.find(words, self.values, self._filter, self.pointer_size),
-                                    dtype=np.int64)
-            return indices, words[indices]
+            return self._compiled_hits(_wordscan.find(words, self.values, self._filter, self.pointer_size))
         if len(words) <= self._block_words:
             return self._find_block(words)
         indices, found = [], []
@@ -126,6 +129,19 @@ class ValueSet:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=self.dtype)
         return np.concatenate(indices), np.concatenate(found)
 
+    def find_in_mapping(self, view) -> Tuple[np.ndarray, np.ndarray]:
+        """find() over a view of a mapped file (``searches_mappings`` engines only), aligned to the pointer size.
+
+        A page the file no longer has or cannot read raises OSError (EIO) instead of killing the process
+        with SIGBUS. Nothing keeps the view once this returns, so the mapping can be closed.
+        """
+        return self._compiled_hits(_wordscan.find(view, self.values, self._filter, self.pointer_size))
+
+    def _compiled_hits(self, hits: Tuple[bytes, bytes]) -> Tuple[np.ndarray, np.ndarray]:
+        """The compiled engine's (indices, words) bytes as arrays."""
+        indices, found = hits
+        return np.frombuffer(indices, dtype=np.int64), np.frombuffer(found, dtype=np.uint64).astype(self.dtype)
+
     def find_in_file(self, fileno: int, offset: int, length: int) -> Tuple[np.ndarray, np.ndarray, int]:
         """find() over bytes ``[offset, offset + length)`` of an open file (``reads_files`` engines only).
 
@@ -134,8 +150,7 @@ class ValueSet:
         """
         indices, found, done = _wordscan.find_in_file(fileno, offset, length, self.values, self._filter,
                                                       self.pointer_size)
-        return (np.frombuffer(indices, dtype=np.int64),
-                np.frombuffer(found, dtype=np.uint64).astype(self.dtype), done)
+        return (*self._compiled_hits((indices, found)), done)
 
     def _find_block(self, words: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         if self.table is None:

@@ -1,5 +1,6 @@
 """`leakhunt analyze MEMORY.DMP`: dump files written from the scenarios give the findings of replaying the
 scenario itself; the real small dumps give their bug check; bad files give one line and exit code 3."""
+import errno
 import hashlib
 import json
 import os
@@ -9,6 +10,7 @@ import sys
 import pytest
 
 import pykd_ext.search as search
+import pykd_ext.targets.dumpfile as dumpfile_module
 from mocks.dumpwriter import DumpImage, write_dump
 from mocks.scenarios import KINDS_0x76, case_0x76
 from pykd_ext.analyses import analyze
@@ -332,39 +334,47 @@ def test_open_errors_are_target_errors(tmp_path):
 
 
 
-def test_ctrl_c_during_the_search_prints_a_partial_report(tmp_path, capsys, scenarios, monkeypatch):
+@pytest.mark.parametrize("mapped", [True, False], ids=["mapped", "read"])
+def test_ctrl_c_during_the_search_prints_a_partial_report(tmp_path, capsys, scenarios, monkeypatch, mapped):
     path = str(tmp_path / "MEMORY.DMP")
     snap = str(tmp_path / "case.snap")
     write_dump(scenarios["irp"].data, path)
+    monkeypatch.setattr(dumpfile_module, "MAPPED_SEARCH", mapped)
     scans = []
-    original = DumpFileTarget._scan_window
+    read_window, search_mapped_window = DumpFileTarget._scan_window, DumpFileTarget._scan_mapped_window
 
-    def interrupted_second_pass(reader, value_set, start, end):
-        scans.append(len(value_set))
+    def interrupted_second_pass(scan, *arguments):
+        scans.append(scan.__name__)
         if len(scans) > 1:
             raise KeyboardInterrupt
-        return original(reader, value_set, start, end)
+        return scan(*arguments)
 
-    monkeypatch.setattr(DumpFileTarget, "_scan_window", staticmethod(interrupted_second_pass))
+    monkeypatch.setattr(DumpFileTarget, "_scan_window",
+                        staticmethod(lambda *arguments: interrupted_second_pass(read_window, *arguments)))
+    monkeypatch.setattr(DumpFileTarget, "_scan_mapped_window",
+                        lambda *arguments: interrupted_second_pass(search_mapped_window, *arguments))
     assert main(["analyze", path, "--format", "json", "--record", snap]) == EXIT_INTERRUPTED
     report = json.loads(capsys.readouterr().out)
     assert report["partial"] is True and report["search_passes"] == 2
     assert not os.path.exists(snap)  # an interrupted hunt records nothing
+    expected_scan = "_scan_mapped_window" if mapped and search.compiled_searches_mappings else "_scan_window"
+    assert set(scans) == {expected_scan}
 
 
 # ---- the search's threads and engines -----------------------------------------------------------
 
-def test_every_thread_count_and_engine_finds_the_same(tmp_path, monkeypatch):
+def test_every_thread_count_engine_and_file_access_finds_the_same(tmp_path, monkeypatch):
     scenario = case_0x76("x64", "irp", leaked=12, noise_pages=64)
     path = str(tmp_path / "MEMORY.DMP")
     DumpImage(scenario.data, noise_pages=1500, seed=3).write(path, DUMP_BITMAP)
     monkeypatch.setattr("pykd_ext.targets.dumpfile.WINDOW_BYTES", 64 * 1024)  # ~100 windows
     values = [scenario.expected["process"]] + scenario.expected["locked_mdls"] + scenario.expected["decoy_mdls"]
-    engines = [e for e in search.ENGINES if e == "numpy" or search._wordscan is not None]
+    variants = [("numpy", False)] + ([("compiled", True), ("compiled", False)] if search._wordscan else [])
     results = []
-    for engine in engines:
+    for engine, mapped in variants:
         for threads in (1, 3):
             monkeypatch.setattr(search, "preferred_engine", engine)
+            monkeypatch.setattr(dumpfile_module, "MAPPED_SEARCH", mapped)
             monkeypatch.setattr("pykd_ext.targets.dumpfile.SEARCH_THREADS", threads)
             target = DumpFileTarget.open(path)
             try:
@@ -381,21 +391,75 @@ def test_every_thread_count_and_engine_finds_the_same(tmp_path, monkeypatch):
 
 # ---- a file that changes under the search ------------------------------------------------------
 
-@pytest.mark.parametrize("reads_files", [True, False], ids=["engine-reads", "python-reads"])
-def test_a_dump_truncated_after_it_was_opened_stops_the_search_with_a_clear_error(tmp_path, scenarios,
-                                                                                  monkeypatch, reads_files):
+@pytest.mark.parametrize("reads_files,mapped", [(True, True), (True, False), (False, False)],
+                         ids=["engine-maps", "engine-reads", "python-reads"])
+@pytest.mark.parametrize("cut", ["before the first pass", "between the passes"])
+def test_a_dump_truncated_after_it_was_opened_stops_the_search_with_a_clear_error(tmp_path, scenarios, monkeypatch,
+                                                                                  reads_files, mapped, cut):
     if reads_files and not search.compiled_reads_files:
         pytest.skip("the compiled engine's file reads are not built here")
     monkeypatch.setattr(search, "preferred_engine", "compiled" if reads_files else "numpy")
+    monkeypatch.setattr(dumpfile_module, "MAPPED_SEARCH", mapped)
+    path = str(tmp_path / "MEMORY.DMP")
+    write_dump(scenarios["irp"].data, path)
+    process = scenarios["irp"].expected["process"]
+    target = DumpFileTarget.open(path)
+    try:
+        if cut == "between the passes":  # the file is mapped (where it is) while it is cut: the pages gone raise SIGBUS
+            assert target.search_pointers([process])[process]
+        os.truncate(path, target.layout.data_start + 4096)  # another program cut it short meanwhile
+        with pytest.raises(TargetError, match="shorter than when leakhunt opened it"):
+            target.search_pointers([process])
+    finally:
+        target.close()
+
+
+def test_a_mapped_page_that_cannot_be_read_is_an_io_error_not_a_crash(tmp_path, scenarios, monkeypatch):
+    """A bus error on a page the file still has (a failing disk, a network share gone) is an I/O error."""
+    if not search.compiled_searches_mappings:
+        pytest.skip("the compiled engine's bus-error guard is not built here")
+    monkeypatch.setattr(search, "preferred_engine", "compiled")
+
+    def unreadable(self, view):
+        raise OSError(errno.EIO, "Input/output error")  # what the guard raises on a bus error
+
+    monkeypatch.setattr(search.ValueSet, "find_in_mapping", unreadable)
     path = str(tmp_path / "MEMORY.DMP")
     write_dump(scenarios["irp"].data, path)
     target = DumpFileTarget.open(path)
     try:
-        os.truncate(path, target.layout.data_start + 4096)  # another program cut it short meanwhile
-        with pytest.raises(TargetError, match="shorter than when leakhunt opened it"):
+        with pytest.raises(TargetError, match="an I/O error.*copy the dump to a local disk"):
             target.search_pointers([scenarios["irp"].expected["process"]])
     finally:
         target.close()
+
+
+def test_a_file_that_cannot_be_mapped_is_read_instead(tmp_path, scenarios, monkeypatch):
+    if not search.compiled_searches_mappings:
+        pytest.skip("the compiled engine's bus-error guard is not built here")
+    path = str(tmp_path / "MEMORY.DMP")
+    write_dump(scenarios["irp"].data, path)
+    process = scenarios["irp"].expected["process"]
+    target = DumpFileTarget.open(path)
+    try:
+        mapped = target.search_pointers([process])
+    finally:
+        target.close()
+
+    def no_mappings(*arguments, **keywords):
+        raise OSError(errno.ENODEV, "No such device")  # a file system that cannot map files
+
+    monkeypatch.setattr(dumpfile_module.mmap, "mmap", no_mappings)
+    read_scans = []
+    read_window = DumpFileTarget._scan_window
+    monkeypatch.setattr(DumpFileTarget, "_scan_window",
+                        staticmethod(lambda *arguments: read_scans.append(1) or read_window(*arguments)))
+    target = DumpFileTarget.open(path)
+    try:
+        assert target.search_pointers([process]) == mapped and mapped[process]
+    finally:
+        target.close()
+    assert read_scans
 
 
 def test_a_hunt_on_a_dump_truncated_after_it_was_opened_keeps_a_warning(tmp_path, scenarios):

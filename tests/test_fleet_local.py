@@ -235,10 +235,13 @@ def test_ctrl_c_keeps_what_finished_and_resume_carries_on(folder):
         copy_snapshot("0x76-irp-x64.snap", inputs, name)
     out = os.path.join(folder, "out")
     environment = dict(os.environ, LEAKHUNT_TEST_FAULTS="m-slow.snap=sleep:60")
-    # A session of its own, so that the interrupt goes to the whole process group as a terminal's Ctrl+C does.
+    # A session of its own, so that the interrupt goes to the whole process group as a terminal's Ctrl+C does,
+    # with Ctrl+C handled as in a terminal even where the tests run in the background (a shell's `&` makes
+    # its commands ignore SIGINT, and Python then leaves it ignored).
     process = subprocess.Popen([sys.executable, "-m", "pykd_ext", "triage", inputs, "--out", out, "--jobs", "1"],
                                cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     results = os.path.join(out, "results.jsonl")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -1,7 +1,11 @@
 """ValueSet, the batched pointer search, through both engines: the compiled extension and numpy."""
+import errno
 import mmap
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import sysconfig
 
 import numpy as np
@@ -143,8 +147,9 @@ def test_the_compiled_engine_checks_what_it_is_given():
         wordscan.find(b"\x00" * 12, values, filter_table, 8)
     with pytest.raises(ValueError, match="filter does not belong"):
         wordscan.find(b"\x00" * 16, np.arange(1, 5000, dtype="<u8"), filter_table, 8)
-    hits = np.frombuffer(wordscan.find(np.array([9, 3, 0, 5], dtype="<u8"), values, filter_table, 8), dtype=np.int64)
-    assert hits.tolist() == [1, 3]
+    indices, words = wordscan.find(np.array([9, 3, 0, 5], dtype="<u8"), values, filter_table, 8)
+    assert np.frombuffer(indices, dtype=np.int64).tolist() == [1, 3]
+    assert np.frombuffer(words, dtype=np.uint64).tolist() == [3, 5]
 
 
 # ---- the compiled engine reading a file itself ------------------------------------------------------
@@ -195,3 +200,108 @@ def test_find_in_file_checks_what_it_is_given(tmp_path):
             value_set.find_in_file(directory, 0, 8)
     finally:
         os.close(directory)
+
+
+# ---- a mapped file cut short: a bus error stops the search with OSError, not the process --------------
+
+PAGE = 4096
+MARKER = 0xFFFFC58000001230
+
+
+def mappings_searched():
+    if not search.compiled_searches_mappings:
+        pytest.skip("the compiled engine's bus-error guard (POSIX signals) is not built here")
+
+
+def file_with_markers(path, pages: int) -> None:
+    """``pages`` pages of zeros with MARKER in the first and the middle word of every page."""
+    words = np.zeros(pages * PAGE // 8, dtype="<u8")
+    words[0::PAGE // 8] = MARKER
+    words[PAGE // 16::PAGE // 8] = MARKER
+    path.write_bytes(words.tobytes())
+
+
+@pytest.mark.parametrize("cut_at", [10 * PAGE, 10 * PAGE + PAGE // 2 + 8, 0], ids=["page", "mid-page", "empty"])
+def test_a_mapped_file_cut_short_under_the_search_raises_oserror(tmp_path, cut_at):
+    mappings_searched()
+    path = tmp_path / "cut.bin"
+    file_with_markers(path, 64)
+    value_set = ValueSet([MARKER], 8, "compiled")
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapping:
+        with memoryview(mapping) as view:
+            indices, found = value_set.find_in_mapping(view)
+            assert len(indices) == 128 and found.tolist() == [MARKER] * 128  # whole, it is searched in place
+            os.truncate(path, cut_at)  # another program cuts it short: the pages past the cut raise SIGBUS
+            with pytest.raises(OSError) as raised:
+                value_set.find_in_mapping(view)
+            assert raised.value.errno == errno.EIO
+            whole_pages = cut_at // PAGE
+            if whole_pages:  # what the file still holds is searched as before
+                indices, _ = value_set.find_in_mapping(view[:whole_pages * PAGE])
+                assert len(indices) == 2 * whole_pages
+
+
+def test_bus_errors_on_several_threads_at_once_each_stop_their_own_search(tmp_path):
+    mappings_searched()
+    from concurrent.futures import ThreadPoolExecutor
+    files, mappings = [], []
+    for number in range(8):
+        path = tmp_path / f"cut-{number}.bin"
+        file_with_markers(path, 256)
+        files.append(open(path, "rb"))
+        mappings.append(mmap.mmap(files[-1].fileno(), 0, access=mmap.ACCESS_READ))
+        if number % 2:
+            os.truncate(path, number * 16 * PAGE)
+    value_set = ValueSet([MARKER, MARKER + 0x10, MARKER + 0x20, MARKER + 0x30, MARKER + 0x40], 8, "compiled")
+
+    def outcome(mapping):
+        try:
+            return len(value_set.find_in_mapping(mapping)[0])
+        except OSError as error:
+            return error.errno
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            outcomes = list(pool.map(outcome, mappings * 4))
+    finally:
+        for mapping, handle in zip(mappings, files):
+            mapping.close()
+            handle.close()
+    assert outcomes == [512, errno.EIO] * 16
+
+
+BUS_ERROR_ELSEWHERE = """
+import faulthandler, mmap, os, signal, sys
+sys.path.insert(0, {root!r})
+from pykd_ext.search import ValueSet
+if {faulthandler_on}:
+    faulthandler.enable()
+with open({path!r}, "rb") as handle:
+    mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)  # two pages
+    os.truncate({path!r}, 4096)
+    try:  # a guarded search meets a bus error first: leakhunt's handler is installed and used
+        ValueSet([5, 6, 7, 8, 9], 8, "compiled").find_in_mapping(mapping)
+    except OSError:
+        print("search stopped", flush=True)
+    if {send}:
+        os.kill(os.getpid(), signal.SIGBUS)  # sent by a process
+    else:
+        mapping[4096]  # a real bus error outside leakhunt's search: CPython reads the page past the end
+print("survived", flush=True)
+"""
+
+
+@pytest.mark.parametrize("faulthandler_on,send", [(True, False), (False, False), (False, True)],
+                         ids=["fault-to-faulthandler", "fault-to-default", "sent-signal"])
+def test_a_bus_error_outside_the_search_still_reaches_the_handler_before_it(tmp_path, faulthandler_on, send):
+    """The search's handler must not swallow other bus errors: faulthandler (or the default action) gets them."""
+    mappings_searched()
+    path = tmp_path / "two-pages.bin"
+    path.write_bytes(bytes(2 * PAGE))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = BUS_ERROR_ELSEWHERE.format(root=root, path=str(path), faulthandler_on=faulthandler_on, send=send)
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert child.stdout.splitlines() == ["search stopped"], child.stderr
+    assert child.returncode == -signal.SIGBUS, child.stderr
+    if faulthandler_on:
+        assert "Bus error" in child.stderr

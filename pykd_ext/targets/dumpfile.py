@@ -1,10 +1,11 @@
 """A kernel crash dump file as a Target: ``leakhunt analyze MEMORY.DMP`` on any OS, without a debugger.
 
 Reads go through the kernel's own x64 page tables (PML4 at the header's DirectoryTableBase) to the
-physical pages stored in the file. The pointer search reads the stored pages a bounded window at a time
-on each core and searches them with ``ValueSet`` (all values of one hunt level in one pass), then
-turns the physical hits into kernel virtual addresses with one walk of the kernel page tables for
-just the page frames that hold hits. Memory use stays bounded whatever the size of the dump.
+physical pages stored in the file. The pointer search goes through the stored pages a bounded window at
+a time on each core, searching each with ``ValueSet`` (all values of one hunt level in one pass) where
+the page cache holds it (a read-only mapping of the file) or after reading it, then turns the physical
+hits into kernel virtual addresses with one walk of the kernel page tables for just the page frames
+that hold hits. Leakhunt's own memory stays bounded whatever the size of the dump.
 
 A small (triage) dump is opened as a ``SmallDumpTarget`` (smalldump.py), whose memory is what its triage
 section copied. 32-bit and ARM64 kernel dumps still give the bug check, build and architecture from the
@@ -13,6 +14,7 @@ hunt needs.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import threading
@@ -31,13 +33,20 @@ from .dumpheader import (DUMP_TRIAGE, MACHINE_X64, MEMORY_DUMP_TYPES, DumpFileEr
                          format_size, read_dump_header, read_physical_layout)
 
 # Bytes of the file each search thread searches at a time (the unit of progress and of interrupts)
-# when the compiled engine reads the file itself (through its own 256 KiB buffer), and the most read
-# into a buffer first for the other engines (numpy's temporaries leave the cache beyond that). Peak
-# memory does not grow with the dump.
+# when the compiled engine searches the file's mapping or reads the file itself (through its own
+# 256 KiB buffer), and the most read into a buffer first for the numpy engine (its temporaries leave
+# the cache beyond that). Leakhunt's own memory does not grow with the dump.
 WINDOW_BYTES = 32 << 20
 BUFFERED_WINDOW_BYTES = 8 << 20
 # Windows searched at once (one per core, up to 4: beyond that a streaming read is the limit).
 SEARCH_THREADS = min(4, os.cpu_count() or 1)
+# Whether the compiled engine searches a read-only mapping of the file (where its bus-error guard
+# exists: search.compiled_searches_mappings) rather than reading it. The words are then searched where
+# the page cache holds them, not copied out first, and the file is mapped once for every pass of the
+# hunt, so that the second pass costs no page faults (benchmarks/bench_dump_search.py compares the
+# two). The mapped pages count in the process's resident set while it is mapped; they are the page
+# cache's, shared with every reader of the file, not leakhunt's own memory.
+MAPPED_SEARCH = True
 # Physical pages kept in memory for reads (page tables and kernel objects): 16 MiB.
 PAGE_CACHE_PAGES = 4096
 # Virtual page -> physical page translations remembered for reads.
@@ -104,6 +113,10 @@ class DumpFileTarget(Target):
         self.description = (f"{os.path.basename(path)}: {header.type_name}, {format_size(header.file_size)}, "
                             f"{header.arch}, build {header.build}, {header.processors} processor(s)")
         self._handle = handle
+        # The whole file mapped read-only for the search (MAPPED_SEARCH), made at the first search,
+        # unless mapping it failed (the search then reads the file).
+        self._mapping: Optional[mmap.mmap] = None
+        self._mapping_failed = False
         self._pages: "OrderedDict[int, Optional[bytes]]" = OrderedDict()
         self._translations: Dict[int, Optional[int]] = {}
         # Virtual page -> its 4 KiB, for the pages read so far (the kernel objects' pages): one look-up
@@ -147,6 +160,8 @@ class DumpFileTarget(Target):
         return cls(path, handle, header, layout, reason)
 
     def close(self) -> None:
+        if self._mapping is not None:
+            self._mapping.close()
         self._handle.close()
 
     # ---- facts from the header ------------------------------------------------------------------
@@ -273,13 +288,15 @@ class DumpFileTarget(Target):
         value_set = ValueSet(values, self.pointer_size)
         found_values: List[np.ndarray] = []
         found_physical: List[np.ndarray] = []
-        window_bytes = WINDOW_BYTES if value_set.reads_files else min(WINDOW_BYTES, BUFFERED_WINDOW_BYTES)
+        mapping = self._mapped_file() if MAPPED_SEARCH and value_set.searches_mappings else None
+        window_bytes = (WINDOW_BYTES if mapping is not None or value_set.reads_files
+                        else min(WINDOW_BYTES, BUFFERED_WINDOW_BYTES))
         windows = [(window_start, min(end, window_start + window_bytes))
                    for start, end in self.layout.file_ranges(pfn_range)
                    for window_start in range(start, end, window_bytes)]
         total = sum(end - start for start, end in windows)
         done = 0
-        with closing(self._scan_windows(value_set, windows)) as scans:  # stops the threads on any exit
+        with closing(self._scan_windows(value_set, windows, mapping)) as scans:  # stops the threads on any exit
             for (start, end), (indices, found) in scans:
                 if len(indices):
                     offsets = np.uint64(start) + indices.astype(np.uint64) * np.uint64(self.pointer_size)
@@ -290,18 +307,30 @@ class DumpFileTarget(Target):
                     progress(done, total)
         return self._hits(values, found_values, found_physical)
 
-    def _scan_windows(self, value_set: ValueSet, windows: List[Tuple[int, int]]):
+    def _mapped_file(self) -> Optional[mmap.mmap]:
+        """The whole file mapped read-only (once per target), or None where it cannot be mapped."""
+        if self._mapping is None and not self._mapping_failed:
+            try:
+                self._mapping = mmap.mmap(self._handle.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError, OverflowError):  # no mappings on this file system, no address space
+                self._mapping_failed = True
+        return self._mapping
+
+    def _scan_windows(self, value_set: ValueSet, windows: List[Tuple[int, int]], mapping: Optional[mmap.mmap]):
         """Yield (window, search result) in file order, searching up to SEARCH_THREADS windows at once.
 
-        Each thread reads the windows it is given through its own read-only handle (see _scan_window).
-        The compiled engine releases the GIL, so the windows really are searched in parallel. At most
-        two windows per thread are queued; on an interrupt the queued ones are cancelled and the
-        running ones (a few milliseconds each) finish before it propagates.
+        Each thread searches the windows it is given in the file's mapping or, without one, reads them
+        through its own read-only handle (see _scan_window). The compiled engine releases the GIL, so
+        the windows really are searched in parallel. At most two windows per thread are queued; on an
+        interrupt the queued ones are cancelled and the running ones (a few milliseconds each) finish
+        before it propagates.
         """
         readers: List[_WindowReader] = []
         per_thread = threading.local()
 
         def scan(window: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+            if mapping is not None:
+                return self._scan_mapped_window(mapping, value_set, *window)
             reader = getattr(per_thread, "reader", None)
             if reader is None:
                 reader = per_thread.reader = _WindowReader(self.path)
@@ -330,10 +359,25 @@ class DumpFileTarget(Target):
             for reader in readers:
                 reader.close()
 
+    def _scan_mapped_window(self, mapping: mmap.mmap, value_set: ValueSet, start: int,
+                            end: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Search bytes ``[start, end)`` of the file in its mapping (compiled engine, guarded against bus errors)."""
+        with memoryview(mapping) as whole, whole[start:end] as window:
+            if len(window) < end - start:  # the file was already shorter when it was mapped
+                raise file_shrank(f"bytes {start:#x}-{end:#x} are not in the file")
+            try:
+                return value_set.find_in_mapping(window)
+            except OSError:  # a page of the window could not be read: the file was cut short, or an I/O error
+                if os.fstat(self._handle.fileno()).st_size < end:
+                    raise file_shrank(f"bytes {start:#x}-{end:#x} could not be read") from None
+                raise TargetError(f"reading bytes {start:#x}-{end:#x} of the dump file failed (an I/O error: a "
+                                  f"failing disk, or a network share that went away?); copy the dump to a local "
+                                  f"disk and run leakhunt again") from None
+
     @staticmethod
     def _scan_window(reader: "_WindowReader", value_set: ValueSet, start: int,
                      end: int) -> Tuple[np.ndarray, np.ndarray]:
-        """Search bytes ``[start, end)`` of the file.
+        """Search bytes ``[start, end)`` of the file, reading them.
 
         The compiled engine reads them itself, a cache-sized chunk at a time, so that the words are
         searched in the cache the read has just written them to (ValueSet.find_in_file); otherwise
