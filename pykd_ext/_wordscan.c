@@ -11,14 +11,15 @@
  * Bus errors: a mapped file's pages are searched where the page cache holds them, without the copy a
  * read makes. But touching a page the file no longer has (cut short by another program) or cannot
  * read (an I/O error) raises SIGBUS instead of returning an error. Where the OS has POSIX signals
- * (GUARDS_BUS_ERRORS is 1), find() runs under a guard: a bus error during its search stops the search
- * and raises OSError (EIO) instead of killing the process. Any other bus error goes on to the handler
- * that was there before.
+ * (GUARDS_BUS_ERRORS is 1), find(..., mapped=True) runs under a guard: a bus error during its search
+ * stops the search and raises OSError (EIO) instead of killing the process. Any other bus error goes on
+ * to the handler that was there before. The guard's handler is installed at the first mapped search,
+ * not before: a process that never searches a mapping keeps its signal handlers as they were.
  *
  *   filter_table(values, word_size) -> bytes     the filter for find(), built once per value set
- *   find(buffer, values, filter, word_size) -> (bytes, bytes)
+ *   find(buffer, values, filter, word_size, mapped=False) -> (bytes, bytes)
  *        native int64 word indices of the members of values found in buffer, in order, and the
- *        native uint64 words found; buffer may be a mapped file (see "Bus errors" below)
+ *        native uint64 words found; mapped=True for a mapped file (see "Bus errors" below)
  *   find_in_file(fd, offset, length, values, filter, word_size) -> (bytes, bytes, int)   (POSIX)
  *        the same for bytes [offset, offset + length) of an open file, read CHUNK_BYTES at a time:
  *        native int64 word indices from offset, the native uint64 words found, and the bytes read
@@ -389,8 +390,8 @@ static int guarded_search_words(const void *words, Py_ssize_t count, const Py_bu
 static PyObject *find(PyObject *module, PyObject *args)
 {
     Py_buffer buffer, values, filter;
-    int word_size;
-    if (!PyArg_ParseTuple(args, "y*y*y*i:find", &buffer, &values, &filter, &word_size))
+    int word_size, mapped = 0;
+    if (!PyArg_ParseTuple(args, "y*y*y*i|p:find", &buffer, &values, &filter, &word_size, &mapped))
         return NULL;
     PyObject *result = NULL;
     Hits out = {0};
@@ -398,19 +399,24 @@ static PyObject *find(PyObject *module, PyObject *args)
     int completed = 1;
     if (!check_values(&values, &filter, word_size) || !check_buffer(&buffer, word_size, "buffer"))
         goto done;
+    if (mapped) {
 #ifdef HAVE_BUS_GUARD
-    if (!install_bus_guard()) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        goto done;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    completed = guarded_search_words(buffer.buf, buffer.len / word_size, &values, &filter, word_size, &out);
-    Py_END_ALLOW_THREADS
+        if (!install_bus_guard()) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            goto done;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        completed = guarded_search_words(buffer.buf, buffer.len / word_size, &values, &filter, word_size, &out);
+        Py_END_ALLOW_THREADS
 #else
-    Py_BEGIN_ALLOW_THREADS
-    search_words(buffer.buf, buffer.len / word_size, &values, &filter, word_size, &out);
-    Py_END_ALLOW_THREADS
+        PyErr_SetString(PyExc_ValueError, "this build cannot search a mapped file safely (GUARDS_BUS_ERRORS is 0)");
+        goto done;
 #endif
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        search_words(buffer.buf, buffer.len / word_size, &values, &filter, word_size, &out);
+        Py_END_ALLOW_THREADS
+    }
     if (!completed) {
         errno = EIO;
         PyErr_SetFromErrno(PyExc_OSError);
@@ -515,9 +521,10 @@ static PyMethodDef wordscan_methods[] = {
     {"filter_table", filter_table, METH_VARARGS,
      "filter_table(values, word_size) -> bytes: the filter find() needs for these sorted, unique values."},
     {"find", find, METH_VARARGS,
-     "find(buffer, values, filter, word_size) -> (indices, words): native int64 indices of the aligned\n"
-     "words of buffer that are in values, in order, and the native uint64 words found. Runs without the\n"
-     "GIL; where GUARDS_BUS_ERRORS, a bus error (a mapped file cut short) raises OSError (EIO)."},
+     "find(buffer, values, filter, word_size, mapped=False) -> (indices, words): native int64 indices of\n"
+     "the aligned words of buffer that are in values, in order, and the native uint64 words found. Runs\n"
+     "without the GIL. mapped=True (where GUARDS_BUS_ERRORS) for a mapped file: a bus error (the file cut\n"
+     "short, or unreadable) raises OSError (EIO)."},
 #ifdef HAVE_PREAD
     {"find_in_file", find_in_file, METH_VARARGS,
      "find_in_file(fd, offset, length, values, filter, word_size) -> (indices, words, bytes_read): find()\n"

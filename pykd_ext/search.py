@@ -135,7 +135,7 @@ class ValueSet:
         A page the file no longer has or cannot read raises OSError (EIO) instead of killing the process
         with SIGBUS. Nothing keeps the view once this returns, so the mapping can be closed.
         """
-        return self._compiled_hits(_wordscan.find(view, self.values, self._filter, self.pointer_size))
+        return self._compiled_hits(_wordscan.find(view, self.values, self._filter, self.pointer_size, True))
 
     def _compiled_hits(self, hits: Tuple[bytes, bytes]) -> Tuple[np.ndarray, np.ndarray]:
         """The compiled engine's (indices, words) bytes as arrays."""

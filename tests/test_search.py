@@ -305,3 +305,23 @@ def test_a_bus_error_outside_the_search_still_reaches_the_handler_before_it(tmp_
     assert child.returncode == -signal.SIGBUS, child.stderr
     if faulthandler_on:
         assert "Bus error" in child.stderr
+
+
+def test_only_a_mapped_search_installs_the_bus_error_handler():
+    """A process that never searches a mapping (inside WinDbg, a snapshot) keeps its signal handlers."""
+    mappings_searched()
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("the kernel's list of caught signals (/proc/self/status SigCgt) is Linux's")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = (f"import mmap, signal, sys; sys.path.insert(0, {root!r})\n"
+              "from pykd_ext.search import ValueSet\n"
+              "def bus_error_caught():\n"
+              "    caught = [line.split()[1] for line in open('/proc/self/status') if line.startswith('SigCgt')][0]\n"
+              "    return bool(int(caught, 16) >> (signal.SIGBUS - 1) & 1)\n"
+              "values = ValueSet([5, 6, 7, 8, 9], 8, 'compiled')\n"
+              "values.find(bytes(4096))\n"
+              "print(bus_error_caught())\n"
+              "values.find_in_mapping(mmap.mmap(-1, 4096))\n"
+              "print(bus_error_caught())\n")
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert child.stdout.split() == ["False", "True"], child.stderr
