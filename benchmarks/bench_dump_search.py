@@ -7,11 +7,13 @@ leaked MDLs, each held by an IRP) in a temporary directory, one at a time, and m
 * leakhunt's pointer search for 1 value (the hunt's first level) and for 1000 values (its MDL level),
   with the compiled engine (when built; searching a mapping of the file, and reading it) and with the
   numpy engine, and on one thread and on all of them (``SEARCH_THREADS``);
-* the whole 0x76 hunt (open the dump, analyze, render JSON) for each N;
+* the whole 0x76 hunt (open the dump, analyze, render JSON) for each N, as installed (the compiled
+  engine searching a mapping of the file, where it can) and, warm, with the search reading the file;
 * the obvious alternative a user would write: kdmp-parser's Python API page by page, ``bytes.find`` for
   each value with an alignment check. It is slow, so it runs on ``--alternative-pages`` pages and its
   time is extrapolated to the whole dump (the output says so);
-* peak resident memory of the hunt, and of kdmp-parser's ``Parse`` alone, each in a fresh process.
+* peak resident memory of the hunt (mapping the file, whose cached pages then count in it, and reading
+  it), and of kdmp-parser's ``Parse`` alone, each in a fresh process.
 
 "cold": the file is evicted from the page cache first (``posix_fadvise(DONTNEED)``, Linux; on a VM the
 host may still cache it). "warm": the file is in the page cache. Each measurement is repeated
@@ -94,7 +96,10 @@ def seconds(function, *args) -> float:
     return time.perf_counter() - start
 
 
-def hunt(path: str):
+def hunt(path: str, mapped: bool = True):
+    """The whole hunt as ``leakhunt analyze`` runs it; ``mapped=False`` has the search read the file."""
+    saved = dumpfile_module.MAPPED_SEARCH
+    dumpfile_module.MAPPED_SEARCH = mapped
     target = DumpFileTarget.open(path)
     try:
         report = analyze(target)
@@ -102,6 +107,7 @@ def hunt(path: str):
         return report
     finally:
         target.close()
+        dumpfile_module.MAPPED_SEARCH = saved
 
 
 def search(path: str, values, engine: str, threads: int, mapped: bool) -> None:
@@ -299,11 +305,15 @@ def main() -> int:
             assert report.locked_pages_accounted == scenario.expected["locked_pages"]
             cold = compare(path, lambda: hunt(path), args.repeat, cold=True)
             warm = compare(path, lambda: hunt(path), args.repeat, cold=False)
-            body = ("from pykd_ext.targets.dumpfile import DumpFileTarget\nfrom pykd_ext.analyses import analyze\n"
-                    f"analyze(DumpFileTarget.open({path!r}))")
-            peak = peak_rss_mib(body)
-            hunt_rows.append((leaked, report, cold, warm, peak))
-            print(f"  hunt: cold {cold[0]:.2f} reads, warm {warm[0]:.2f} reads, peak RSS {peak:.0f} MiB", flush=True)
+            warm_read = compare(path, lambda: hunt(path, mapped=False), args.repeat, cold=False)
+            peaks = []
+            for mapped in (True, False):  # mapped: the dump's page-cache pages count in the resident set
+                body = ("import pykd_ext.targets.dumpfile as dumpfile\nfrom pykd_ext.analyses import analyze\n"
+                        f"dumpfile.MAPPED_SEARCH = {mapped}\nanalyze(dumpfile.DumpFileTarget.open({path!r}))")
+                peaks.append(peak_rss_mib(body))
+            hunt_rows.append((leaked, report, cold, warm, warm_read, peaks))
+            print(f"  hunt: cold {cold[0]:.2f} reads, warm {warm[0]:.2f} reads (reading the file: {warm_read[0]:.2f}), "
+                  f"peak RSS {peaks[0]:.0f} MiB (reading the file: {peaks[1]:.0f} MiB)", flush=True)
             if compared:
                 compare_rows.append((leaked, hunts_compared(path, compared, args.repeat)))
                 print("  warm hunt, interleaved: " + ", ".join(
@@ -326,12 +336,15 @@ def main() -> int:
         print(f"| (streaming read) | {read_cold:.2f} ({size / read_cold / GIB:.1f}) | | "
               f"{read_warm:.3f} ({size / read_warm / GIB:.1f}) | |")
     print()
+    mapping = search_module.compiled_searches_mappings and dumpfile_module.MAPPED_SEARCH
     print("| leaked MDLs | passes | MDLs, IRPs reported | cold hunt: s, in reads (goal <= 2.5) | warm hunt: s, in reads "
-          "| peak RSS |")
-    print("|---|---|---|---|---|---|")
-    for leaked, report, cold, warm, peak in hunt_rows:
+          "| warm hunt reading the file | peak RSS" + (" (the mapped dump's pages included); reading the file |"
+                                                     if mapping else " |"))
+    print("|---|---|---|---|---|---|---|")
+    for leaked, report, cold, warm, warm_read, peaks in hunt_rows:
         print(f"| {leaked} | {report.searches} | {len(report.mdls)}, {len(report.irps)} | {cold[1]:.2f} s, "
-              f"{cold[0]:.2f} | {warm[1]:.2f} s, {warm[0]:.2f} | {peak:.0f} MiB |")
+              f"{cold[0]:.2f} | {warm[1]:.2f} s, {warm[0]:.2f} | {warm_read[1]:.2f} s, {warm_read[0]:.2f} | "
+              f"{peaks[0]:.0f} MiB{f'; {peaks[1]:.0f} MiB' if mapping else ''} |")
     if compared:
         this, other = compared
         print()

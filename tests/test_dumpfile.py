@@ -414,21 +414,25 @@ def test_a_dump_truncated_after_it_was_opened_stops_the_search_with_a_clear_erro
         target.close()
 
 
-def test_a_mapped_page_that_cannot_be_read_is_an_io_error_not_a_crash(tmp_path, scenarios, monkeypatch):
-    """A bus error on a page the file still has (a failing disk, a network share gone) is an I/O error."""
-    if not search.compiled_searches_mappings:
-        pytest.skip("the compiled engine's bus-error guard is not built here")
-    monkeypatch.setattr(search, "preferred_engine", "compiled")
+@pytest.mark.parametrize("access", ["mapped", "read by the engine", "read by python"])
+def test_a_page_that_cannot_be_read_is_an_io_error_not_a_crash(tmp_path, scenarios, monkeypatch, access):
+    """A page the file still has but cannot give (a failing disk, a network share gone) is an I/O error."""
+    if access != "read by python" and not (search.compiled_searches_mappings and search.compiled_reads_files):
+        pytest.skip("the compiled engine's file access is not built here")
+    monkeypatch.setattr(search, "preferred_engine", "numpy" if access == "read by python" else "compiled")
+    monkeypatch.setattr(dumpfile_module, "MAPPED_SEARCH", access == "mapped")
 
-    def unreadable(self, view):
-        raise OSError(errno.EIO, "Input/output error")  # what the guard raises on a bus error
+    def unreadable(*arguments):
+        raise OSError(errno.EIO, "Input/output error")  # what the bus-error guard and a failing read raise
 
     monkeypatch.setattr(search.ValueSet, "find_in_mapping", unreadable)
+    monkeypatch.setattr(search.ValueSet, "find_in_file", unreadable)
+    monkeypatch.setattr(dumpfile_module._WindowReader, "read", unreadable)
     path = str(tmp_path / "MEMORY.DMP")
     write_dump(scenarios["irp"].data, path)
     target = DumpFileTarget.open(path)
     try:
-        with pytest.raises(TargetError, match="an I/O error.*copy the dump to a local disk"):
+        with pytest.raises(TargetError, match="Input/output error: a failing disk.*copy the dump to a local disk"):
             target.search_pointers([scenarios["irp"].expected["process"]])
     finally:
         target.close()

@@ -88,6 +88,13 @@ def file_shrank(detail: str) -> TargetError:
                        f"read it?): {detail}")
 
 
+def search_read_failed(start: int, end: int, error: OSError) -> TargetError:
+    """The error for bytes of the dump that the search could not read although the file still has them."""
+    return TargetError(f"reading bytes {start:#x}-{end:#x} of the dump file failed ({error.strerror or error}: a "
+                       f"failing disk, or a network share that went away?); copy the dump to a local disk and "
+                       f"run leakhunt again")
+
+
 def canonical(address: int) -> int:
     """Sign-extend a 48-bit x64 virtual address."""
     return address | 0xFFFF000000000000 if address & (1 << 47) else address
@@ -367,12 +374,10 @@ class DumpFileTarget(Target):
                 raise file_shrank(f"bytes {start:#x}-{end:#x} are not in the file")
             try:
                 return value_set.find_in_mapping(window)
-            except OSError:  # a page of the window could not be read: the file was cut short, or an I/O error
+            except OSError as error:  # a page of the window could not be read: the file was cut short, or an I/O error
                 if os.fstat(self._handle.fileno()).st_size < end:
                     raise file_shrank(f"bytes {start:#x}-{end:#x} could not be read") from None
-                raise TargetError(f"reading bytes {start:#x}-{end:#x} of the dump file failed (an I/O error: a "
-                                  f"failing disk, or a network share that went away?); copy the dump to a local "
-                                  f"disk and run leakhunt again") from None
+                raise search_read_failed(start, end, error) from None
 
     @staticmethod
     def _scan_window(reader: "_WindowReader", value_set: ValueSet, start: int,
@@ -383,12 +388,15 @@ class DumpFileTarget(Target):
         searched in the cache the read has just written them to (ValueSet.find_in_file); otherwise
         the window is read into the thread's buffer and searched there.
         """
-        if value_set.reads_files:
-            indices, found, done = value_set.find_in_file(reader.fileno(), start, end - start)
-        else:
-            data = reader.read(start, end)
-            done = len(data)
-            indices, found = value_set.find(data[:done - done % value_set.pointer_size])
+        try:
+            if value_set.reads_files:
+                indices, found, done = value_set.find_in_file(reader.fileno(), start, end - start)
+            else:
+                data = reader.read(start, end)
+                done = len(data)
+                indices, found = value_set.find(data[:done - done % value_set.pointer_size])
+        except OSError as error:
+            raise search_read_failed(start, end, error) from None
         if done < end - start:
             raise file_shrank(f"bytes {start:#x}-{end:#x} could not be read")
         return indices, found
