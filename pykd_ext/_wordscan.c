@@ -340,15 +340,23 @@ static int check_values(const Py_buffer *values, const Py_buffer *filter, int wo
 static _Thread_local sigjmp_buf *scan_guard;
 static struct sigaction previous_bus_action;
 
+/* Whether a signal was sent by a process (kill, sigqueue, tgkill) rather than raised by a fault. */
+static int sent_by_a_process(const siginfo_t *info)
+{
+    if (info == NULL || info->si_code == SI_USER || info->si_code == SI_QUEUE)
+        return 1;
+    return info->si_code <= 0;  /* Linux gives every code of a sent signal a value <= 0 (SI_TKILL...) */
+}
+
 static void on_bus_error(int signal_number, siginfo_t *info, void *context)
 {
     (void)context;
     sigjmp_buf *guard = scan_guard;
-    if (guard != NULL)
+    if (guard != NULL && !sent_by_a_process(info))  /* a fault of the guarded search */
         siglongjmp(*guard, 1);
     sigaction(SIGBUS, &previous_bus_action, NULL);
-    if (info == NULL || info->si_code <= 0)
-        raise(signal_number);  /* sent by a process: deliver it again, to the previous handler */
+    if (sent_by_a_process(info))
+        raise(signal_number);  /* deliver it again, to the previous handler */
     /* A fault: returning runs the access again, and it faults again under the previous handler. */
 }
 
