@@ -36,11 +36,6 @@ def open_symbol_file(path: str) -> Union[SymbolFile, Dict[str, int]]:
     return address_map(document, path)
 
 
-def read_address_map(path: str) -> Dict[str, int]:
-    """The address map ``{"nt!Name": "0x..."}`` in the JSON file at ``path``."""
-    return address_map(load_json_document(path), path)
-
-
 def address_map(document: Any, path: str) -> Dict[str, int]:
     """Check a parsed address map: names to addresses (``"0x..."`` text or a number) below 2**64."""
     if not isinstance(document, dict) or not document:
