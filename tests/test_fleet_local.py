@@ -347,7 +347,11 @@ def test_a_file_name_that_is_not_utf8_is_recorded_and_reported(folder):
 SAMPLES = os.path.join(ROOT, "..", "shared", "samples")  # the real dumps beside this checkout
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(SAMPLES, "triage_x64.dmp")), reason="the real sample dumps are not here")
+needs_samples = pytest.mark.skipif(not os.path.exists(os.path.join(SAMPLES, "triage_x64.dmp")),
+                                   reason="the real sample dumps are not here")
+
+
+@needs_samples
 def test_real_small_dumps_are_bucketed_with_their_culprits_image_timestamp(folder):
     out = os.path.join(folder, "out")
     result = triage([os.path.join(SAMPLES, "triage_x64.dmp"), os.path.join(SAMPLES, "triage_arm64.dmp"), "--out", out])
@@ -363,6 +367,7 @@ def test_real_small_dumps_are_bucketed_with_their_culprits_image_timestamp(folde
     assert rows["0x7e_amdppm.sys"]["image_timestamps"] == "0xc9c03000"
 
 
+@needs_samples
 def test_the_kernels_symbols_come_from_the_symbol_path_as_for_analyze(folder):
     """--symbol-path (or _NT_SYMBOL_PATH) reaches every worker: the real x64 small dump is decoded with the
     one real kernel symbol file that fits it, exactly as ``leakhunt analyze --symbol-path`` decodes it."""
