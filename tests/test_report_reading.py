@@ -228,6 +228,28 @@ def test_a_narrower_width_wraps_under_the_text():
     assert evidence and lines[evidence[0] + 1].startswith("         ") and not lines[evidence[0] + 1][9] == " "
 
 
+
+@pytest.mark.parametrize("width", [100, 80, 60])
+def test_a_wrapped_fact_continues_under_its_value(width):
+    """A FACTS line reads as a label column: what wraps starts under the value, never under the label."""
+    report = bundled("tracked-0x76-x64.snap")
+    text = render_text(report, width=width)
+    facts = text[text.index("FACTS\n"):].split("\n\n")[0].splitlines()[1:]
+    labels = {fact.label for fact in report.facts}
+    value_column = None
+    wrapped = 0
+    for line in facts:
+        assert len(line) <= width
+        label = line[2:].split(": ", 1)[0]
+        if line.startswith("  ") and not line.startswith("   ") and label in labels:
+            value_column = 2 + len(label) + 2
+            continue
+        wrapped += 1
+        expected = value_column if value_column <= width // 3 else 6
+        assert len(line) - len(line.lstrip(" ")) == expected, line
+    assert wrapped
+
+
 # ---- next steps ------------------------------------------------------------------------------------------
 
 def test_sub_steps_are_sub_steps_and_json_keeps_them_whole():

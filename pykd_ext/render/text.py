@@ -29,6 +29,8 @@ MIN_WIDTH = 40
 # A wrapped table column never gets narrower than this (the line overflows instead).
 MIN_WRAPPED_COLUMN = 14
 COLUMN_GAP = "  "
+# Where a wrapped fact continues when its label is too long to continue under its value.
+FACT_HANG = 6
 # Where a continuation line starts: under the text after the indentation and a list marker.
 _HANGING_MARKER = re.compile(r"^( *)(?:- |\d+\. |[a-z]\. )?")
 # An address in a sentence, as the analyses write it: 0x and at least 9 digits on x64 (values below
@@ -98,8 +100,9 @@ class Renderer:
         text = self.plain(cell)
         return escape_dml(text) if self.dml else text
 
-    def line(self, *parts: Cell) -> None:
-        """One line of output, wrapped at the width (links and words are never split)."""
+    def line(self, *parts: Cell, hang: Optional[int] = None) -> None:
+        """One line of output, wrapped at the width (links and words are never split); continuation lines
+        start ``hang`` columns in (default: under the text after the indentation and a list marker)."""
         # (plain text, rendered pieces): a word (text from adjacent parts joins into one), or a gap
         # (plain "", the run of spaces)
         words: List[Tuple[str, List[str]]] = []
@@ -120,7 +123,7 @@ class Renderer:
         if len(full) <= self.width:
             self.lines.append("".join("".join(pieces) for _, pieces in words))
             return
-        hang = " " * _HANGING_MARKER.match(full).end()
+        hang = " " * (_HANGING_MARKER.match(full).end() if hang is None else hang)
         out, length, has_word, gap = [], 0, False, ""
         for plain, pieces in words:
             if not plain:  # a run of spaces: kept at the start of the line, else only between words
@@ -279,7 +282,10 @@ class Renderer:
         if report.facts:
             self.heading("FACTS")
             for fact in report.facts:
-                self.line(f"  {fact.label}: {fact.value}" + (f"  ({fact.note})" if fact.note else ""))
+                label = f"  {fact.label}: "
+                # Continuation lines under the value, as a label column reads; a long label hangs less.
+                self.line(label + fact.value + (f"  ({fact.note})" if fact.note else ""),
+                          hang=len(label) if len(label) <= self.width // 3 else FACT_HANG)
         self._modules()
         if report.warnings:
             self.heading("WARNINGS")
