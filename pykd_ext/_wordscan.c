@@ -19,7 +19,7 @@
  *   filter_table(values, word_size) -> bytes     the filter for find(), built once per value set
  *   find(buffer, values, filter, word_size, mapped=False) -> (bytes, bytes)
  *        native int64 word indices of the members of values found in buffer, in order, and the
- *        native uint64 words found; mapped=True for a mapped file (see "Bus errors" below)
+ *        native uint64 words found; mapped=True for a mapped file (see "Bus errors" above)
  *   find_in_file(fd, offset, length, values, filter, word_size) -> (bytes, bytes, int)   (POSIX)
  *        the same for bytes [offset, offset + length) of an open file, read CHUNK_BYTES at a time:
  *        native int64 word indices from offset, the native uint64 words found, and the bytes read

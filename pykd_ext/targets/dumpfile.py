@@ -5,7 +5,7 @@ physical pages stored in the file. The pointer search goes through the stored pa
 a time on each core, searching each with ``ValueSet`` (all values of one hunt level in one pass) where
 the page cache holds it (a read-only mapping of the file) or after reading it, then turns the physical
 hits into kernel virtual addresses with one walk of the kernel page tables for just the page frames
-that hold hits. Leakhunt's own memory stays bounded whatever the size of the dump.
+that hold hits. leakhunt's own memory stays bounded whatever the size of the dump.
 
 A small (triage) dump is opened as a ``SmallDumpTarget`` (smalldump.py), whose memory is what its triage
 section copied. 32-bit and ARM64 kernel dumps still give the bug check, build and architecture from the
@@ -35,7 +35,7 @@ from .dumpheader import (DUMP_TRIAGE, MACHINE_X64, MEMORY_DUMP_TYPES, DumpFileEr
 # Bytes of the file each search thread searches at a time (the unit of progress and of interrupts)
 # when the compiled engine searches the file's mapping or reads the file itself (through its own
 # 256 KiB buffer), and the most read into a buffer first for the numpy engine (its temporaries leave
-# the cache beyond that). Leakhunt's own memory does not grow with the dump.
+# the cache beyond that). leakhunt's own memory does not grow with the dump.
 WINDOW_BYTES = 32 << 20
 BUFFERED_WINDOW_BYTES = 8 << 20
 # Windows searched at once (one per core, up to 4: beyond that a streaming read is the limit).
