@@ -258,7 +258,7 @@ def main() -> int:
     size = parse_size(args.size)
     counts = [int(n) for n in args.leaked.split(",")]
     # (engine, threads, mapped): the compiled engine both maps the file and reads it, where it can map.
-    accesses = [True, False] if search_module.compiled_reads_files else [False]
+    accesses = [True, False] if search_module.compiled_searches_mappings else [False]
     variants = [(engine, threads, mapped) for engine in search_module.ENGINES
                 if engine == "numpy" or search_module._wordscan is not None
                 for mapped in (accesses if engine == "compiled" else [False])
@@ -267,7 +267,7 @@ def main() -> int:
     lines = [f"machine: {machine()}", f"dump: bitmap kernel dump with {size / GIB:.2f} GiB of pages; median of "
              f"{args.repeat} interleaved runs; the hunt uses the {search_module.preferred_engine} engine on "
              f"{dumpfile_module.SEARCH_THREADS} thread(s)"
-             f"{', mapping the file' if dumpfile_module.MAPPED_SEARCH and search_module.compiled_reads_files else ''}"]
+             f"{', mapping the file' if dumpfile_module.MAPPED_SEARCH and search_module.compiled_searches_mappings else ''}"]
     print("\n".join(lines), flush=True)
     search_rows, hunt_rows, other_rows, compare_rows = [], [], [], []
     compared = [CheckoutHunt(ROOT), CheckoutHunt(args.compare)] if args.compare else []

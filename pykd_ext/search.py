@@ -24,8 +24,9 @@ ENGINES = ("compiled", "numpy")
 # positioned reads; elsewhere the caller reads and calls find().
 compiled_reads_files = _wordscan is not None and hasattr(_wordscan, "find_in_file")
 # Whether the compiled engine's find() may be given a view of a mapped file: a page the file no longer
-# has (cut short meanwhile) or cannot read then raises OSError rather than SIGBUS (POSIX signals).
-compiled_searches_mappings = _wordscan is not None and bool(getattr(_wordscan, "GUARDS_BUS_ERRORS", 0))
+# has (cut short meanwhile) or cannot read then raises OSError rather than SIGBUS (POSIX signals; where
+# they exist, so do positioned reads, and the engine falls back on them for a file it cannot map).
+compiled_searches_mappings = compiled_reads_files and bool(getattr(_wordscan, "GUARDS_BUS_ERRORS", 0))
 # The engine a ValueSet uses unless told otherwise.
 preferred_engine = "compiled" if _wordscan is not None else "numpy"
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import pykd_ext.search as search
 from pykd_ext.search import ValueSet
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout, for child processes
 COMPILED_MISSING = "the compiled engine is not built here (python3 -m pip install -e . with a C compiler builds it)"
 
 
@@ -298,8 +299,7 @@ def test_a_bus_error_outside_the_search_still_reaches_the_handler_before_it(tmp_
     mappings_searched()
     path = tmp_path / "two-pages.bin"
     path.write_bytes(bytes(2 * PAGE))
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    script = BUS_ERROR_ELSEWHERE.format(root=root, path=str(path), faulthandler_on=faulthandler_on, send=send)
+    script = BUS_ERROR_ELSEWHERE.format(root=ROOT, path=str(path), faulthandler_on=faulthandler_on, send=send)
     child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert child.stdout.splitlines() == ["search stopped"], child.stderr
     assert child.returncode == -signal.SIGBUS, child.stderr
@@ -312,8 +312,7 @@ def test_only_a_mapped_search_installs_the_bus_error_handler():
     mappings_searched()
     if not os.path.exists("/proc/self/status"):
         pytest.skip("the kernel's list of caught signals (/proc/self/status SigCgt) is Linux's")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    script = (f"import mmap, signal, sys; sys.path.insert(0, {root!r})\n"
+    script = (f"import mmap, signal, sys; sys.path.insert(0, {ROOT!r})\n"
               "from pykd_ext.search import ValueSet\n"
               "def bus_error_caught():\n"
               "    caught = [line.split()[1] for line in open('/proc/self/status') if line.startswith('SigCgt')][0]\n"

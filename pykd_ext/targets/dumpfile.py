@@ -296,8 +296,7 @@ class DumpFileTarget(Target):
         found_values: List[np.ndarray] = []
         found_physical: List[np.ndarray] = []
         mapping = self._mapped_file() if MAPPED_SEARCH and value_set.searches_mappings else None
-        window_bytes = (WINDOW_BYTES if mapping is not None or value_set.reads_files
-                        else min(WINDOW_BYTES, BUFFERED_WINDOW_BYTES))
+        window_bytes = WINDOW_BYTES if value_set.reads_files else min(WINDOW_BYTES, BUFFERED_WINDOW_BYTES)
         windows = [(window_start, min(end, window_start + window_bytes))
                    for start, end in self.layout.file_ranges(pfn_range)
                    for window_start in range(start, end, window_bytes)]
