@@ -42,9 +42,9 @@ from mocks.dumpwriter import DumpImage  # noqa: E402
 from mocks.scenarios import case_0x76  # noqa: E402
 import pykd_ext.search as search_module  # noqa: E402
 import pykd_ext.targets.dumpfile as dumpfile_module  # noqa: E402
+from pykd_ext.sources import open_dump
 from pykd_ext.analyses import analyze  # noqa: E402
 from pykd_ext.render.jsonout import render_json  # noqa: E402
-from pykd_ext.targets.dumpfile import DumpFileTarget  # noqa: E402
 from pykd_ext.targets.dumpheader import DUMP_BITMAP  # noqa: E402
 
 PAGE = 4096
@@ -100,7 +100,7 @@ def hunt(path: str, mapped: bool = True):
     """The whole hunt as ``leakhunt analyze`` runs it; ``mapped=False`` has the search read the file."""
     saved = dumpfile_module.MAPPED_SEARCH
     dumpfile_module.MAPPED_SEARCH = mapped
-    target = DumpFileTarget.open(path)
+    target = open_dump(path)
     try:
         report = analyze(target)
         render_json(report)
@@ -114,7 +114,7 @@ def search(path: str, values, engine: str, threads: int, mapped: bool) -> None:
     saved = search_module.preferred_engine, dumpfile_module.SEARCH_THREADS, dumpfile_module.MAPPED_SEARCH
     search_module.preferred_engine, dumpfile_module.SEARCH_THREADS, dumpfile_module.MAPPED_SEARCH = (
         engine, threads, mapped)
-    target = DumpFileTarget.open(path)
+    target = open_dump(path)
     try:
         target.search_pointers(values)
     finally:
@@ -183,10 +183,14 @@ import sys, time
 sys.path.insert(0, sys.argv[1])
 from pykd_ext.analyses import analyze
 from pykd_ext.render.jsonout import render_json
-from pykd_ext.targets.dumpfile import DumpFileTarget
+try:
+    from pykd_ext.sources import open_dump
+except ImportError:  # a checkout from before open_dump
+    from pykd_ext.targets.dumpfile import DumpFileTarget
+    open_dump = DumpFileTarget.open
 for line in sys.stdin:
     start, start_cpu = time.perf_counter(), time.thread_time()
-    target = DumpFileTarget.open(line.strip())
+    target = open_dump(line.strip())
     try:
         render_json(analyze(target))
     finally:
@@ -309,7 +313,7 @@ def main() -> int:
             peaks = []
             for mapped in (True, False):  # mapped: the dump's page-cache pages count in the resident set
                 body = ("import pykd_ext.targets.dumpfile as dumpfile\nfrom pykd_ext.analyses import analyze\n"
-                        f"dumpfile.MAPPED_SEARCH = {mapped}\nanalyze(dumpfile.DumpFileTarget.open({path!r}))")
+                        f"dumpfile.MAPPED_SEARCH = {mapped}\nanalyze(dumpfile.open_dump({path!r}))")
                 peaks.append(peak_rss_mib(body))
             hunt_rows.append((leaked, report, cold, warm, warm_read, peaks))
             print(f"  hunt: cold {cold[0]:.2f} reads, warm {warm[0]:.2f} reads (reading the file: {warm_read[0]:.2f}), "

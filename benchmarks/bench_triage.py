@@ -13,7 +13,7 @@ measures, side by side and interleaved (``--repeat`` rounds, medians):
   the number of dumps is the local engine's cost per dump beyond the analysis (goal: at most 10 ms);
 * the same on a Dask ``LocalCluster`` of one worker process with one thread, on 127.0.0.1 (when
   dask.distributed is installed): the Dask engine's cost per dump beyond the analysis;
-* with ``--big SIZE`` (e.g. 770M), one dump of that size analysed inside a triage run, in streaming
+* with ``--big SIZE`` (e.g. 770M), one dump of that size analyzed inside a triage run, in streaming
   reads of the same file with the file in the page cache (goal: at most 3).
 
 Not a test: ``python3 benchmarks/bench_triage.py``; the dumps are removed afterwards.

@@ -40,13 +40,13 @@ from fuzz.oracles import unsupported_suspects
 from mocks.dumpwriter import add_crashing_thread, write_dump, write_small_dump
 from mocks.scenarios import case_0x76
 from mocks.scenarios_family import case_0xcb
-from pykd_ext import cli
+from pykd_ext.sources import open_dump
+from pykd_ext import cli, console
 from pykd_ext.analyses import Options, analyze
 from pykd_ext.render.jsonout import render_json
 from pykd_ext.render.text import render_dml, render_text
 from pykd_ext.targets import dumpheader as dh
 from pykd_ext.targets import triage
-from pykd_ext.targets.dumpfile import DumpFileTarget
 from pykd_ext.targets.dumpheader import DumpFileError
 
 SAMPLES = "/work/shared/samples"
@@ -154,7 +154,7 @@ def _digest(path: str) -> str:
 def check(path: str) -> str:
     before = _digest(path)
     try:
-        target = DumpFileTarget.open(path)
+        target = open_dump(path)
     except DumpFileError as error:
         one_line(str(error))
         outcome, opened = "refused: one line, exit 3", False
@@ -176,7 +176,7 @@ def check(path: str) -> str:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main(["analyze", path])
-    allowed = {cli.EXIT_SUSPECT, cli.EXIT_NO_SUSPECT, cli.EXIT_NO_HUNT} if opened else {cli.EXIT_INPUT}
+    allowed = {console.EXIT_SUSPECT, console.EXIT_NO_SUSPECT, console.EXIT_NO_HUNT} if opened else {console.EXIT_INPUT}
     err = err.getvalue()
     if code not in allowed or err.count("\n") > 1 or "Traceback" in err:
         raise ContractBroken(f"leakhunt analyze exited {code} (allowed {sorted(allowed)}) with {err!r}")

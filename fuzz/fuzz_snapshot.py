@@ -36,7 +36,7 @@ from fuzz.mutators import (DELETE, HOSTILE_VALUES, ZIP_FIELD_VALUES, apply_damag
 from fuzz.oracles import unsupported_suspects, unsupported_thread_starts
 from mocks import scenarios_family as family
 from mocks.scenarios import case_0x76
-from pykd_ext import cli
+from pykd_ext import cli, console
 from pykd_ext.analyses import analyze
 from pykd_ext.render.jsonout import render_json
 from pykd_ext.render.text import render_dml, render_text
@@ -141,9 +141,9 @@ def check(path: str) -> str:
         if unsupported:
             raise ContractBroken(f"suspects nothing valid supports: {unsupported}")
         outcome, loaded = ("report naming a suspect" if report.suspects else "report, nobody named"), True
-    for argv, allowed in ((["inspect", path], {0} if loaded else {cli.EXIT_INPUT}),
-                          (["replay", path, "-v"], {cli.EXIT_SUSPECT, cli.EXIT_NO_SUSPECT, cli.EXIT_NO_HUNT}
-                           if loaded else {cli.EXIT_INPUT})):
+    for argv, allowed in ((["inspect", path], {0} if loaded else {console.EXIT_INPUT}),
+                          (["replay", path, "-v"], {console.EXIT_SUSPECT, console.EXIT_NO_SUSPECT, console.EXIT_NO_HUNT}
+                           if loaded else {console.EXIT_INPUT})):
         code, _, err = _command(argv)
         if code not in allowed or err.count("\n") > 1 or "Traceback" in err:
             raise ContractBroken(f"leakhunt {argv[0]} exited {code} (allowed {sorted(allowed)}) with {err!r}")

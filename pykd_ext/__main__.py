@@ -1,6 +1,6 @@
 """``python -m pykd_ext``: the leakhunt command."""
 import sys
 
-from .cli import main
+from .launch import main
 
 sys.exit(main())

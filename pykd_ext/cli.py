@@ -1,37 +1,20 @@
-"""The ``leakhunt`` command: analyze a dump file, replay or inspect a snapshot.
+"""The ``leakhunt`` command: analyze a dump file, replay or inspect a snapshot (triage: fleet/).
 
-Exit codes (documented in the README):
-  0  the report names at least one suspect driver
-  1  the report names no suspect (the evidence names nobody, or the bug check has no hunt)
-  2  usage error (bad arguments)
-  3  input error: a file that is missing, unreadable, truncated, corrupt or of the wrong kind
-  4  the hunt was not possible or could not finish: the source lacks the memory it needs (e.g. a
-     small dump) or corrupt data stopped it; the bug check and whatever was found are still printed
-  5  internal error in leakhunt (please report it with the input that caused it)
-  130 interrupted (Ctrl+C): the partial report found so far is printed
+Exit codes and the one-line messages are pykd_ext/console.py's, shared with ``leakhunt triage`` and
+``!py leakhunt``.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Dict, List, Optional
 
 from . import __version__
-
-EXIT_SUSPECT = 0
-EXIT_NO_SUSPECT = 1
-EXIT_USAGE = 2
-EXIT_INPUT = 3
-EXIT_NO_HUNT = 4
-EXIT_INTERNAL = 5
-EXIT_INTERRUPTED = 130
-# A reader that stops early (e.g. `| head`) is not an error of the analysis.
-EXIT_SUCCESS_IF_PIPE_CLOSED = 0
-
-
-class UsageError(Exception):
-    pass
+from .console import (EXIT_SUCCESS_IF_PIPE_CLOSED, FileKindError, UsageError, debugging,
+                      exit_code_for, exit_code_for_error, interrupted_line, output_width, pfn_range_argument,
+                      silence_stdout, stderr_line, write_report)
 
 
 def load_command_modules() -> None:
@@ -39,19 +22,18 @@ def load_command_modules() -> None:
 
     Only a command that runs needs them: ``--help``, ``--version`` and a usage error load none of it.
     """
-    global Options, name_of, TerminalProgress, render_json, printable, render_text, Report, run_analysis
-    global KernelSession, load_symbol_files, open_session, Target, TargetError, SnapshotError, SnapshotTarget
-    global load_snapshot
+    global Options, name_of, TerminalProgress, render_json, render_text, run_analysis
+    global KernelSession, load_symbol_files, open_session, Target, load_snapshot, open_dump, open_source
     from .analyses import Options
     from .bugchecks import name_of
     from .progress import TerminalProgress
     from .render.jsonout import render_json
-    from .render.text import printable, render_text
-    from .report import Report
+    from .render.text import render_text
     from .run import run_analysis
     from .session import KernelSession, load_symbol_files, open_session
-    from .targets.base import Target, TargetError
-    from .targets.snapshot import SnapshotError, SnapshotTarget, load_snapshot
+    from .sources import open_dump, open_source
+    from .targets.base import Target
+    from .targets.snapshot import load_snapshot
 
 
 def search_engine_name() -> str:
@@ -75,8 +57,20 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with leakhunt's errors: one line, ``leakhunt: error: ...`` (raised as UsageError, so the
+    command says it like every other error), naming the --help that lists the options."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} ({self.prog} --help lists the options)")
+
+
+COMMANDS_TEXT = ("leakhunt analyze MEMORY.DMP, leakhunt replay case.snap, leakhunt inspect case.snap or "
+                 "leakhunt triage --out DIR DUMPS...")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="leakhunt",
         description="Find the driver that leaked locked pages or lock entries in a Windows kernel crash "
                     "(bug checks 0x76, 0xCB, 0xD9, 0x4E, 0x153, 0x162, 0x192).")
@@ -111,20 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect_parser = commands.add_parser("inspect", help="say what a snapshot file holds")
     inspect_parser.add_argument("snapshot", help="snapshot file")
+    inspect_parser.add_argument("--format", choices=("text", "json"), default="text",
+                                help="summary format (default: text)")
 
     from .fleet.command import add_parser as add_triage_parser
     add_triage_parser(commands)
     return parser
-
-
-def pfn_range_argument(text: str):
-    """argparse type for --pfn-range (shared with the WinDbg entry point)."""
-    from .targets.base import pfn_range_from_text
-
-    try:
-        return pfn_range_from_text(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse_symbols(pairs: List[str]) -> Dict[str, int]:
@@ -143,56 +129,18 @@ def parse_symbols(pairs: List[str]) -> Dict[str, int]:
     return symbols
 
 
-def exit_code_for(report: "Report") -> int:
-    if report.partial:
-        return EXIT_INTERRUPTED
-    if report.suspects:
-        return EXIT_SUSPECT
-    if not report.complete_hunt:
-        return EXIT_NO_HUNT
-    return EXIT_NO_SUSPECT
-
-
-def _options(args) -> Options:
+def _options(args) -> "Options":
     progress = None
     if args.format == "text" and sys.stderr.isatty():
         progress = TerminalProgress(sys.stderr)
     return Options(verbose=args.verbose, pfn_range=args.pfn_range, progress=progress)
 
 
-def write(stream, text: str) -> None:
-    """Write ``text``, escaping what the stream's encoding cannot hold (a cp1252 console, a C locale,
-    a lone surrogate from a hostile file name) instead of failing halfway through a report."""
-    encoding = getattr(stream, "encoding", None) or "utf-8"
-    stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
-
-
-def stderr_line(text: str) -> None:
-    """One line on stderr, whatever the message holds (paths and names come from the user's input)."""
-    from .render.text import printable
-
-    write(sys.stderr, "leakhunt: " + printable(text) + "\n")
-
-
-def output_width(stream) -> int:
-    """Columns of the text report: the terminal's when ``stream`` is one, else DEFAULT_WIDTH."""
-    from .render.text import DEFAULT_WIDTH
-
-    try:
-        if stream.isatty():
-            import shutil
-
-            return shutil.get_terminal_size((DEFAULT_WIDTH, 24)).columns
-    except (AttributeError, ValueError, OSError):
-        pass
-    return DEFAULT_WIDTH
-
-
-def _emit(report: "Report", args) -> int:
+def _emit(report, args) -> int:
+    """Print the report; its exit code. Raises OutputError when stdout cannot take it."""
     output = render_json(report) if args.format == "json" else \
         render_text(report, verbose=args.verbose, width=output_width(sys.stdout))
-    write(sys.stdout, output)
-    sys.stdout.flush()
+    write_report(output)
     return exit_code_for(report)
 
 
@@ -211,45 +159,70 @@ def _run(target: "Target", args, make_session=None) -> int:
 
 
 def command_replay(args) -> int:
-    return _run(SnapshotTarget.open(args.snapshot), args)
+    return _run(open_source(args.snapshot), args)
 
 
 def command_analyze(args) -> int:
+    from .outfiles import refuse_unless_replaceable
+    from .console import OutputError
+
     pairs = parse_symbols(args.symbol)
     symbol_path = args.symbol_path if args.symbol_path is not None else os.environ.get("_NT_SYMBOL_PATH")
-    if args.record and os.path.exists(args.record) and not args.force:
-        raise UsageError(f"{args.record} already exists; choose another name or pass --force to overwrite it")
+    if args.record:
+        try:  # before the hunt: a path that cannot be written is said at once, not after minutes
+            refuse_unless_replaceable(args.record, args.force, "snapshot")
+        except OutputError as error:
+            raise UsageError(f"--record {error}") from None
     symbol_files, addresses = load_symbol_files(args.symbols)
     addresses.update(pairs)  # --symbol NAME=ADDRESS wins over a file's map
-    from .targets.dumpfile import DumpFileTarget
 
-    def make_session(target: Target) -> KernelSession:
+    def make_session(target: "Target") -> "KernelSession":
         return open_session(target, symbol_path or None, symbol_files, addresses)
 
-    return _run(DumpFileTarget.open(args.dump), args, make_session)
+    return _run(open_dump(args.dump), args, make_session)
 
 
 def command_inspect(args) -> int:
     data = load_snapshot(args.snapshot)
     bugcheck = data.bugcheck
+    summary = {
+        "file": args.snapshot,
+        "created_by": data.created_by or None,
+        "target": {"arch": data.arch, "pointer_size": data.pointer_size, "build": data.build},
+        "source": data.description or None,
+        "bugcheck": {"code": f"{bugcheck.code:#x}", "name": name_of(bugcheck.code),
+                     "parameters": [f"{p:#x}" for p in bugcheck.parameters]},
+        "complete": data.complete,
+        "pages": len(data.pages),
+        "unreadable_pages": len(data.unreadable),
+        "searches": len(data.searches),
+        "symbols": sorted(data.symbols),
+        "missing_symbols": sorted(data.missing_symbols),
+        "types": sorted(n for n, t in data.types.items() if t is not None),
+        "modules": [m.image for m in data.modules],
+    }
+    if args.format == "json":
+        write_report(json.dumps(summary, indent=1) + "\n")
+        return 0
     page_bytes = len(data.pages) * 4096
+    modules = summary["modules"]
     lines = [
         f"{args.snapshot}: leakhunt snapshot ({data.created_by or 'unknown writer'})",
         f"  target:     {data.arch}, pointer size {data.pointer_size}, build {data.build or 'unknown'}",
         f"  source:     {data.description or '-'}",
-        f"  bug check:  0x{bugcheck.code:X} {name_of(bugcheck.code)} "
-        f"({', '.join(f'{p:#x}' for p in bugcheck.parameters)})",
+        f"  bug check:  0x{bugcheck.code:X} {summary['bugcheck']['name']} "
+        f"({', '.join(summary['bugcheck']['parameters'])})",
         f"  memory:     {len(data.pages)} page(s), {page_bytes / 1024:.0f} KiB"
         + (" (all of memory: searches run over it)" if data.complete else " (pages read during the recording)"),
         f"  unreadable: {len(data.unreadable)} page(s) recorded as not readable",
         f"  searches:   {len(data.searches)} recorded",
-        f"  symbols:    {', '.join(sorted(data.symbols)) or 'none'}"
-        + (f"; not found: {', '.join(sorted(data.missing_symbols))}" if data.missing_symbols else ""),
-        f"  types:      {', '.join(n for n, t in sorted(data.types.items()) if t is not None) or 'none (built-in layouts)'}",
-        f"  modules:    {len(data.modules)}" + (f" ({', '.join(m.image for m in data.modules[:8])}"
-                                                 f"{', ...' if len(data.modules) > 8 else ''})" if data.modules else ""),
+        f"  symbols:    {', '.join(summary['symbols']) or 'none'}"
+        + (f"; not found: {', '.join(summary['missing_symbols'])}" if data.missing_symbols else ""),
+        f"  types:      {', '.join(summary['types']) or 'none (built-in layouts)'}",
+        f"  modules:    {len(modules)}" + (f" ({', '.join(modules[:8])}{', ...' if len(modules) > 8 else ''})"
+                                           if modules else ""),
     ]
-    write(sys.stdout, "\n".join(lines) + "\n")
+    write_report("\n".join(lines) + "\n")
     return 0
 
 
@@ -299,55 +272,25 @@ def command_for_the_file(args) -> None:
                             f"dump (PAGEDU64 or PAGEDUMP), or it is truncated")
 
 
-class FileKindError(Exception):
-    """A file of the wrong kind for every command (exit 3)."""
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    debug = os.environ.get("LEAKHUNT_DEBUG") == "1"
+    """The ``leakhunt`` command; returns the exit code (no traceback reaches the user)."""
     try:
         parser = build_parser()
         argv = sys.argv[1:] if argv is None else list(argv)
         args = parser.parse_args(argv) if argv else None
         if args is None or not args.command:
-            raise UsageError("no command given: leakhunt analyze MEMORY.DMP, leakhunt replay case.snap or "
-                             "leakhunt inspect case.snap (leakhunt --help says more)")
+            raise UsageError(f"no command given: {COMMANDS_TEXT} (leakhunt --help says more)")
         if args.command != "triage":  # triage takes many files, each looked at by itself
             command_for_the_file(args)
         load_command_modules()
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        stderr_line("interrupted")
-        return EXIT_INTERRUPTED
+        return interrupted_line()
     except BrokenPipeError:
+        silence_stdout()
         return EXIT_SUCCESS_IF_PIPE_CLOSED
-    except UsageError as error:
-        stderr_line(f"error: {error}")
-        return EXIT_USAGE
-    except FileKindError as error:
-        stderr_line(f"error: {error}")
-        return EXIT_INPUT
     except Exception as error:  # no traceback reaches a user; LEAKHUNT_DEBUG=1 shows it
-        return exit_code_for_error(error, debug)
-
-
-def exit_code_for_error(error: Exception, debug: bool) -> int:
-    """The exit code (and the one line) for an error a command raised."""
-    from .analyses.common import PfnRangeOutsideSource
-    from .targets.base import TargetError
-    from .targets.snapshot import SnapshotError
-
-    if isinstance(error, PfnRangeOutsideSource):
-        stderr_line(f"error: {error}")
-        return EXIT_USAGE
-    if isinstance(error, (SnapshotError, TargetError)):
-        stderr_line(f"error: {error}")
-        return EXIT_INPUT
-    if debug:
-        raise error
-    stderr_line(f"internal error: {type(error).__name__}: {error}. This is a bug in leakhunt: please report it "
-                f"with the input file (LEAKHUNT_DEBUG=1 shows the traceback)")
-    return EXIT_INTERNAL
+        return exit_code_for_error(error, debugging())
 
 
 if __name__ == "__main__":

@@ -410,6 +410,7 @@ class Report:
     pointer_size: int
     build: Optional[int]
     bugcheck: BugCheckSection
+    crash_time: Optional[str] = None  # ISO 8601 UTC, when the source recorded it (a dump header's SystemTime)
     analysis: str = ""  # which analysis ran, e.g. "0x76 locked-pages hunt"
     verdict: str = ""  # one or two sentences
     suspects: List[Suspect] = field(default_factory=list)
@@ -456,6 +457,7 @@ class Report:
             "tool": {"name": "leakhunt", "version": self.tool_version},
             "source": self.source,
             "target": {"arch": self.arch, "pointer_size": self.pointer_size, "build": self.build},
+            "crash_time": self.crash_time,
             "bugcheck": self.bugcheck.as_dict(),
             "analysis": self.analysis,
             "partial": self.partial,

@@ -8,7 +8,7 @@ plain text. Also runnable as ``!py -m pykd_ext.windbg [options]``.
 Nothing escapes to the debugger: a bad argument, a target that is not a crashed kernel, a missing
 pykd or an internal error is one line; Ctrl+Break (pykd raises ``SystemExit("CTRL+BREAK")``) during
 the hunt prints the report found so far, marked partial. Exit codes (standalone only) are the
-``leakhunt`` command's (pykd_ext/cli.py).
+``leakhunt`` command's (pykd_ext/console.py).
 """
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ from typing import Callable, List, Optional
 
 from . import __version__
 from .analyses import Options, is_interrupt
-from .analyses.common import PfnRangeOutsideSource
-from .cli import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, exit_code_for, pfn_range_argument, write
+from .console import (EXIT_INPUT, EXIT_INTERRUPTED, EXIT_USAGE, UsageError, debugging, exit_code_for,
+                      exit_code_for_error, OutputError, pfn_range_argument, stderr_line, write_report)
 from .render.jsonout import render_json
-from .render.text import printable, render_dml, render_text
+from .render.text import render_dml, render_text
+from .outfiles import refuse_unless_replaceable
 from .run import run_analysis
-from .targets.base import Target, TargetError
-from .targets.snapshot import SnapshotError
+from .targets.base import Target
 
 # Seconds between two progress lines of a long search (the output window has no carriage return).
 PROGRESS_INTERVAL = 5.0
@@ -97,55 +97,42 @@ class LineProgress:
                    f"prints what was found so far)\n")
 
 
-def _say(text: str) -> None:
-    """A one-line message (control characters escaped): inside WinDbg sys.stderr is the output window too."""
-    sys.stderr.write(f"leakhunt: {printable(text)}\n")
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """Run leakhunt against the debugger's target; return the exit code (never raises)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         from .targets import pykd_target
     except ImportError as error:
-        _say(f"error: pykd is not available in this Python ({error}); install it with `pip install pykd` "
-             f"(or `!pip install pykd` inside WinDbg)")
+        stderr_line(f"error: pykd is not available in this Python ({error}): without a debugger, `leakhunt analyze "
+                    f"MEMORY.DMP` reads the dump offline on any OS; to run this script, install pykd with `pip install "
+                    f"pykd` in a Windows Python (or `!pip install pykd` inside WinDbg)")
         return EXIT_INPUT
-    debug = os.environ.get("LEAKHUNT_DEBUG") == "1"
     try:
         in_windbg = pykd_target.in_windbg()
         try:
             args = build_parser(in_windbg).parse_args(argv)
         except _ArgumentsDone as done:
             if done.message:
-                _say(done.message.strip())
+                stderr_line(done.message.strip())
             return done.status
         return _run(args, pykd_target, in_windbg)
     except BaseException as error:  # noqa: B902 - nothing may escape into the debugger
         if is_interrupt(error):
-            _say("interrupted (Ctrl+Break) before the hunt started: nothing to report")
+            stderr_line("interrupted (Ctrl+Break) before the hunt started: nothing to report")
             return EXIT_INTERRUPTED
-        if isinstance(error, (TargetError, SnapshotError)):
-            _say(f"error: {error}")
-            return EXIT_INPUT
-        if isinstance(error, PfnRangeOutsideSource):
-            _say(f"error: {error}")
-            return EXIT_USAGE
-        if isinstance(error, SystemExit):
+        if isinstance(error, SystemExit) or not isinstance(error, Exception):
             raise
-        if debug or not isinstance(error, Exception):
-            raise
-        _say(f"internal error: {type(error).__name__}: {error}. This is a bug in leakhunt: please report it "
-             f"(LEAKHUNT_DEBUG=1 shows the traceback)")
-        return EXIT_INTERNAL
+        return exit_code_for_error(error, debugging())
 
 
 def _run(args, pykd_target, in_windbg: bool) -> int:
     if not in_windbg:
         pykd_target.load_dump(args.dump)
-    if args.record and os.path.exists(args.record) and not args.force:
-        _say(f"error: {args.record} already exists; choose another name or pass --force to overwrite it")
-        return EXIT_USAGE
+    if args.record:
+        try:  # before the hunt: a path that cannot be written is said at once
+            refuse_unless_replaceable(args.record, args.force, "snapshot")
+        except OutputError as error:
+            raise UsageError(f"--record {error}") from None
     target: Target = pykd_target.PykdTarget(args.search)
     if target.bugcheck().code == 0:
         raise pykd_target.NotKernelTarget("the target has not crashed (bug check code 0): leakhunt analyzes a "
@@ -153,7 +140,7 @@ def _run(args, pykd_target, in_windbg: bool) -> int:
     progress = LineProgress(sys.stderr.write) if args.format == "text" else None
     report = run_analysis(target, Options(verbose=args.verbose, pfn_range=args.pfn_range, progress=progress),
                           record_path=args.record, overwrite=args.force,
-                          say=lambda path: _say(f"recorded this session to {os.path.abspath(path)} (replay it "
+                          say=lambda path: stderr_line(f"recorded this session to {os.path.abspath(path)} (replay it "
                                                 f"anywhere with `leakhunt replay {os.path.basename(path)}`)"))
     if args.format == "json":
         text, dml = render_json(report), False
@@ -164,7 +151,7 @@ def _run(args, pykd_target, in_windbg: bool) -> int:
     if in_windbg:
         pykd_target.write(text, dml)
     else:  # a console that cannot encode a name gets an escape, not a failure halfway through
-        write(sys.stdout, text)
+        write_report(text)
     return exit_code_for(report)
 
 

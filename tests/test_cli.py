@@ -8,7 +8,8 @@ import pytest
 
 import pykd_ext.search
 from pykd_ext import __version__
-from pykd_ext.cli import EXIT_INPUT, EXIT_NO_SUSPECT, EXIT_SUSPECT, EXIT_USAGE, main
+from pykd_ext.cli import main
+from pykd_ext.console import EXIT_INPUT, EXIT_NO_SUSPECT, EXIT_SUSPECT, EXIT_USAGE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SNAPSHOTS = os.path.join(ROOT, "mocks", "snapshots")

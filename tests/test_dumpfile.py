@@ -13,9 +13,11 @@ import pykd_ext.search as search
 import pykd_ext.targets.dumpfile as dumpfile_module
 from mocks.dumpwriter import DumpImage, write_dump
 from mocks.scenarios import KINDS_0x76, case_0x76
+from pykd_ext.sources import open_dump
 from pykd_ext.analyses import analyze
 from pykd_ext.session import KernelSession
-from pykd_ext.cli import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_NO_HUNT, EXIT_NO_SUSPECT, EXIT_SUSPECT, main
+from pykd_ext.cli import main
+from pykd_ext.console import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_NO_HUNT, EXIT_NO_SUSPECT, EXIT_SUSPECT
 from pykd_ext.targets.base import TargetError
 from pykd_ext.targets.dumpfile import DumpFileTarget
 from pykd_ext.targets.dumpheader import (DUMP_BITMAP, DUMP_COMPLETE, DUMP_FULL, DUMP_KERNEL_MEMORY, DUMP_TRIAGE,
@@ -35,9 +37,10 @@ def digest(path):
 
 
 def findings(report):
-    """The report minus what names the source (its description, where layouts and symbols came from)."""
+    """The report minus what names the source (its description, its crash time, where layouts and symbols
+    came from)."""
     result = report.as_dict()
-    del result["source"], result["layouts"], result["symbols"]
+    del result["source"], result["layouts"], result["symbols"], result["crash_time"]
     return result
 
 
@@ -48,7 +51,7 @@ def ki_bugcheck_driver(scenario):
 
 def analyze_dump(path, addresses=None):
     """Analyze the dump with ``addresses`` given as the user gives them (--symbol NAME=ADDRESS)."""
-    target = DumpFileTarget.open(path)
+    target = open_dump(path)
     try:
         return analyze(KernelSession(target, addresses=addresses))
     finally:
@@ -164,7 +167,7 @@ def test_symbols_from_the_command_line_reach_the_hunt(tmp_path, capsys):
 def test_real_small_dumps_give_their_bug_check_and_say_what_dump_is_needed(capsys, path, code, name, parameters,
                                                                            arch, build, exit_code):
     before = digest(path)
-    target = DumpFileTarget.open(path)
+    target = open_dump(path)
     assert target.bugcheck().code == code
     target.close()
     assert main(["analyze", path, "--format", "json"]) == exit_code
@@ -181,7 +184,7 @@ def test_real_small_dumps_give_their_bug_check_and_say_what_dump_is_needed(capsy
 
 @needs_samples
 def test_the_small_dump_header_facts():
-    target = DumpFileTarget.open(TRIAGE_X64)
+    target = open_dump(TRIAGE_X64)
     header = target.header
     assert (header.dump_type, header.build, header.processors) == (DUMP_TRIAGE, 19041, 16)
     assert header.ps_loaded_module_list == target.symbol("nt!PsLoadedModuleList") == 0xFFFFF8047C62A390
@@ -207,7 +210,7 @@ def test_a_32_bit_dump_gives_its_bug_check(tmp_path, capsys):
     scenario = case_0x76("x86", "irp")
     path = str(tmp_path / "MEMORY.DMP")
     write_dump(scenario.data, path, DUMP_FULL)
-    target = DumpFileTarget.open(path)
+    target = open_dump(path)
     assert (target.arch, target.pointer_size, target.build) == ("x86", 4, 19045)
     assert target.bugcheck() == scenario.data.bugcheck
     target.close()
@@ -330,7 +333,7 @@ def test_open_errors_are_target_errors(tmp_path):
     path = tmp_path / "x.dmp"
     path.write_bytes(b"PAGEDU64" + bytes(100))
     with pytest.raises(DumpFileError, match="truncated"):
-        DumpFileTarget.open(str(path))
+        open_dump(str(path))
 
 
 
@@ -376,7 +379,7 @@ def test_every_thread_count_engine_and_file_access_finds_the_same(tmp_path, monk
             monkeypatch.setattr(search, "preferred_engine", engine)
             monkeypatch.setattr(dumpfile_module, "MAPPED_SEARCH", mapped)
             monkeypatch.setattr("pykd_ext.targets.dumpfile.SEARCH_THREADS", threads)
-            target = DumpFileTarget.open(path)
+            target = open_dump(path)
             try:
                 progress = []
                 hits = target.search_pointers(values, progress=lambda done, total: progress.append(done))
@@ -403,7 +406,7 @@ def test_a_dump_truncated_after_it_was_opened_stops_the_search_with_a_clear_erro
     path = str(tmp_path / "MEMORY.DMP")
     write_dump(scenarios["irp"].data, path)
     process = scenarios["irp"].expected["process"]
-    target = DumpFileTarget.open(path)
+    target = open_dump(path)
     try:
         if cut == "between the passes":  # the file is mapped (where it is) while it is cut: the pages gone raise SIGBUS
             assert target.search_pointers([process])[process]
@@ -430,7 +433,7 @@ def test_a_page_that_cannot_be_read_is_an_io_error_not_a_crash(tmp_path, scenari
     monkeypatch.setattr(dumpfile_module._WindowReader, "read", unreadable)
     path = str(tmp_path / "MEMORY.DMP")
     write_dump(scenarios["irp"].data, path)
-    target = DumpFileTarget.open(path)
+    target = open_dump(path)
     try:
         with pytest.raises(TargetError, match="Input/output error: a failing disk.*copy the dump to a local disk"):
             target.search_pointers([scenarios["irp"].expected["process"]])
@@ -444,7 +447,7 @@ def test_a_file_that_cannot_be_mapped_is_read_instead(tmp_path, scenarios, monke
     path = str(tmp_path / "MEMORY.DMP")
     write_dump(scenarios["irp"].data, path)
     process = scenarios["irp"].expected["process"]
-    target = DumpFileTarget.open(path)
+    target = open_dump(path)
     try:
         mapped = target.search_pointers([process])
     finally:
@@ -458,7 +461,7 @@ def test_a_file_that_cannot_be_mapped_is_read_instead(tmp_path, scenarios, monke
     read_window = DumpFileTarget._scan_window
     monkeypatch.setattr(DumpFileTarget, "_scan_window",
                         staticmethod(lambda *arguments: read_scans.append(1) or read_window(*arguments)))
-    target = DumpFileTarget.open(path)
+    target = open_dump(path)
     try:
         assert target.search_pointers([process]) == mapped and mapped[process]
     finally:
@@ -469,7 +472,7 @@ def test_a_file_that_cannot_be_mapped_is_read_instead(tmp_path, scenarios, monke
 def test_a_hunt_on_a_dump_truncated_after_it_was_opened_keeps_a_warning(tmp_path, scenarios):
     path = str(tmp_path / "MEMORY.DMP")
     write_dump(scenarios["irp"].data, path)
-    target = DumpFileTarget.open(path)
+    target = open_dump(path)
     try:
         os.truncate(path, target.layout.data_start + 4096)
         report = analyze(target)

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 import pykd_ext.targets.dumpheader as dumpheader
 from mocks.dumpwriter import DATA_FLAGS, DumpImage
 from mocks.scenarios import case_0x76
+from pykd_ext import sources
 from pykd_ext.session import KernelSession
 from pykd_ext.targets.base import PAGE_SIZE, MemoryReadError, PfnRange, SearchUnavailable, SymbolNotFound
-from pykd_ext.targets.dumpfile import DumpFileTarget
 from pykd_ext.targets.dumpheader import (DUMP_BITMAP, DUMP_COMPLETE, DUMP_FULL, DUMP_KERNEL_AND_USER,
                                          DUMP_KERNEL_MEMORY, DUMP_KERNEL_BITMAP, H64_MACHINE_IMAGE_TYPE,
                                          MACHINE_ARM64, runs_of_set_bits)
@@ -40,7 +40,7 @@ def open_dump(tmp_path):
         image = image_or_data if isinstance(image_or_data, DumpImage) else DumpImage(image_or_data)
         path = str(tmp_path / f"dump{len(opened)}.dmp")
         image.write(path, dump_type, complete)
-        target = DumpFileTarget.open(path)
+        target = sources.open_dump(path)
         opened.append(target)
         return target, path
 
@@ -200,7 +200,7 @@ def test_an_arm64_dump_gives_its_header_only(open_dump, scenario):
         handle.write(struct.pack("<I", MACHINE_ARM64))
     # kdmp-parser does not look at the machine type: it would walk ARM64 tables as if they were x64 ones.
     assert kdmp_parser.KernelDumpParser(path).type == kdmp_parser.DumpType.BMPDump
-    target = DumpFileTarget.open(path)
+    target = sources.open_dump(path)
     try:
         assert target.arch == "arm64" and target.bugcheck().code == 0x76
         assert "ARM64 dump" in target.hunt_unavailable and target.hunt_unavailable.count(". ") == 0
@@ -247,7 +247,7 @@ def test_noise_pages_are_streamed_and_mapped(tmp_path, scenario):
     image.write(path)
     assert image.noise.pages == 1024 and image.noise.first_pfn % 512 == 0
     assert os.path.getsize(path) > 1024 * PAGE_SIZE
-    target = DumpFileTarget.open(path)
+    target = sources.open_dump(path)
     try:
         first = image.noise.first_pfn
         assert target.read_physical(first << 12, PAGE_SIZE) == image.noise.content(first, 1)

@@ -7,9 +7,11 @@ import pytest
 
 from mocks import make_snapshots
 from mocks.scenarios_family import case_0x153, case_0xcb
+from pykd_ext.sources import open_dump
 from pykd_ext.analyses import analyze
 from pykd_ext.session import KernelSession
-from pykd_ext.cli import EXIT_NO_SUSPECT, EXIT_SUSPECT, main
+from pykd_ext.cli import main
+from pykd_ext.console import EXIT_NO_SUSPECT, EXIT_SUSPECT
 from pykd_ext.render.jsonout import render_json
 from pykd_ext.targets.snapshot import SnapshotTarget
 
@@ -84,11 +86,10 @@ def findings(report):
                          ids=["0xcb-current", "0x153-image-lock"])
 def test_a_dump_file_gives_the_findings_of_the_replay(tmp_path, build):
     dumpwriter = pytest.importorskip("mocks.dumpwriter")
-    dumpfile = pytest.importorskip("pykd_ext.targets.dumpfile")
     scenario = build()
     path = str(tmp_path / "MEMORY.DMP")
     dumpwriter.write_dump(scenario.data, path)
-    target = dumpfile.DumpFileTarget.open(path)
+    target = open_dump(path)
     try:
         symbols = {"nt!KiBugCheckDriver": scenario.data.symbols["nt!KiBugCheckDriver"]}
         from_dump = analyze(KernelSession(target, addresses=symbols))

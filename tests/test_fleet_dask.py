@@ -87,7 +87,7 @@ def test_paths_are_listed_on_the_workers(folder, cluster):
     assert [os.path.basename(item.path) for item in listed] == ["MEMORY.DMP"]
     (record, report_json), = delivered
     assert record["status"] == "analyzed" and json.loads(report_json)["suspects"][0]["image"] == "leakyflt.sys"
-    assert record["worker"].split(":")[1] != str(os.getpid())  # analysed in a helper of the worker
+    assert record["worker"].split(":")[1] != str(os.getpid())  # analyzed in a helper of the worker
 
 
 def test_an_unreachable_scheduler_is_one_line(folder, monkeypatch, capsys):

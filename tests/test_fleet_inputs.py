@@ -13,9 +13,9 @@ import pytest
 
 from mocks.dumpwriter import write_dump
 from mocks.scenarios import case_0x76
-from pykd_ext.fleet.inputs import (DEFAULT_GLOBS, collect_inputs, describe, dump_time, read_path_list,
-                                   timeout_for_size)
-from pykd_ext.targets.dumpheader import H64_SYSTEM_TIME
+from pykd_ext.fleet.inputs import DEFAULT_GLOBS, collect_inputs, describe, read_path_list, timeout_for_size
+from pykd_ext.sources import open_dump
+from pykd_ext.targets.dumpheader import H64_SYSTEM_TIME, read_dump_header
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SNAPSHOTS = os.path.join(ROOT, "mocks", "snapshots")
@@ -100,12 +100,17 @@ def test_path_lists_skip_blank_lines_and_keep_spaces():
 
 def test_the_crash_time_comes_from_the_dump_header(folder):
     when = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
-    assert dump_time(write_case(os.path.join(folder, "a.dmp"), when=when)) == "2026-03-04T05:06:07Z"
-    assert dump_time(copy_snapshot("0x76-irp-x64.snap", folder)) is None  # a snapshot has no crash time
-    garbage = os.path.join(folder, "garbage.dmp")
-    with open(garbage, "wb") as handle:
-        handle.write(b"PAGEDU64" + b"\xff" * 0x2000)  # an absurd FILETIME
-    assert dump_time(garbage) is None
+    target = open_dump(write_case(os.path.join(folder, "a.dmp"), when=when))
+    try:
+        assert target.crash_time == "2026-03-04T05:06:07Z"
+    finally:
+        target.close()
+    absurd = write_case(os.path.join(folder, "absurd.dmp"))
+    with open(absurd, "r+b") as handle:
+        handle.seek(H64_SYSTEM_TIME)
+        handle.write(b"\xff" * 8)  # a FILETIME past any date Python can hold
+    with open(absurd, "rb") as handle:
+        assert read_dump_header(handle, absurd, os.path.getsize(absurd)).crash_time is None
 
 
 def test_default_timeout_grows_with_the_size():

@@ -94,7 +94,7 @@ def test_every_record_says_what_happened_and_each_report_is_what_analyze_prints(
     with open(os.path.join(out, records["0xcb-current-x64.snap"]["report"]), encoding="utf-8") as handle:
         assert handle.read() == capsys.readouterr().out
     # The table of top buckets on stdout, and the bucket files.
-    assert "0x76_0_leakyflt.sys" in result.stdout and "3 input(s): 3 analysed, 0 not" in result.stdout
+    assert "0x76_0_leakyflt.sys" in result.stdout and "3 input(s): 3 analyzed, 0 not" in result.stdout
     with open(os.path.join(out, "buckets.csv"), encoding="utf-8") as handle:
         rows = {row["bucket"]: row for row in csv.DictReader(handle)}
     assert set(rows) == {"0x76_0_leakyflt.sys", "0x76_0_NO_SUSPECT", "0xcb_current_leakyflt.sys"}
@@ -145,14 +145,14 @@ def test_a_folder_of_faults_gives_each_its_status_and_loses_nothing_else(folder)
     assert "Traceback" not in result.stderr + result.stdout
     records = records_of(out)
     expected = {"good.dmp": ("analyzed", "0x76_0_leakyflt.sys"), "good-too.dmp": ("analyzed", "0x76_0_NO_SUSPECT"),
-                "truncated.dmp": ("input_error", "INPUT_ERROR"), "random.dmp": ("input_error", "INPUT_ERROR"),
+                "truncated.dmp": ("damaged", "DAMAGED_DUMP"), "random.dmp": ("input_error", "INPUT_ERROR"),
                 "x.dmp": ("input_error", "INPUT_ERROR"), "y.dmp": ("input_error", "INPUT_ERROR"),
                 "unreadable.dmp": ("input_error", "INPUT_ERROR"), "slow.dmp": ("timeout", "TIMEOUT"),
                 "boom.dmp": ("crashed", "CRASHED"), "locked": ("input_error", "INPUT_ERROR")}
     assert {name: (r["status"], r["bucket"]) for name, r in records.items()} == expected
     errors = {name: r["error"] for name, r in records.items()}
     assert "truncated" in errors["truncated.dmp"]
-    assert "not a Windows kernel crash dump" in errors["random.dmp"]
+    assert "nor a Windows kernel crash dump" in errors["random.dmp"]
     assert "directory" in errors["x.dmp"] and "named pipe" in errors["y.dmp"]
     assert "permission denied" in errors["unreadable.dmp"]
     assert "--timeout" in errors["slow.dmp"] and "SIGSEGV" in errors["boom.dmp"]

@@ -23,7 +23,8 @@ from mocks.dumpwriter import write_dump
 from mocks.memory import SymbolFit
 from mocks.scenarios import case_0x76
 from mocks.scenarios_family import case_0xcb
-from pykd_ext.cli import EXIT_SUSPECT, main
+from pykd_ext.cli import main
+from pykd_ext.console import EXIT_SUSPECT
 from pykd_ext.symbols.isf import IsfFile
 from pykd_ext.symbols.pdb import PdbFile
 
@@ -101,7 +102,7 @@ def report_of(*args, env=None):
 def findings(report):
     """What the hunt found, without what names the source, the build, or where layouts came from."""
     result = copy.deepcopy(report)
-    for key in ("source", "target", "layouts", "symbols", "warnings"):
+    for key in ("source", "target", "crash_time", "layouts", "symbols", "warnings"):
         del result[key]
     return result
 
@@ -117,7 +118,7 @@ def dumps(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def with_table(dumps):
-    """The same kernel on the build leakhunt has tables for, analysed without symbols: the reference."""
+    """The same kernel on the build leakhunt has tables for, analyzed without symbols: the reference."""
     code, report = report_of("analyze", dumps[1], "--symbol", "nt!KiBugCheckDriver=0x0")
     return report
 

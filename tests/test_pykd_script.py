@@ -24,7 +24,7 @@ from pykd import _control  # noqa: E402
 
 from mocks.scenarios import KINDS_0x76, case_0x76  # noqa: E402
 from pykd_ext import windbg  # noqa: E402
-from pykd_ext.cli import EXIT_INPUT, EXIT_NO_SUSPECT, EXIT_SUSPECT, EXIT_USAGE  # noqa: E402
+from pykd_ext.console import EXIT_INPUT, EXIT_NO_SUSPECT, EXIT_SUSPECT, EXIT_USAGE  # noqa: E402
 from pykd_ext.cli import main as leakhunt  # noqa: E402
 from pykd_ext.targets.base import BugCheck  # noqa: E402
 from pykd_ext.targets.snapshot import load_snapshot, save_snapshot  # noqa: E402

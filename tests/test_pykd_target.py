@@ -29,9 +29,10 @@ def no_target():
 
 
 def findings(report):
-    """The report minus what names the source (its description, where layouts and symbols came from)."""
+    """The report minus what names the source (its description, its crash time, where layouts and symbols
+    came from)."""
     result = report.as_dict()
-    del result["source"], result["layouts"], result["symbols"]
+    del result["source"], result["layouts"], result["symbols"], result["crash_time"]
     return result
 
 

@@ -11,13 +11,13 @@ from mocks.dumpwriter import write_dump
 from mocks.make_snapshots import BUNDLED
 from mocks.scenarios import IRP_MJ_READ, KernelScene
 from mocks.scenarios_family import case_0x76_tracked, case_0xcb
+from pykd_ext.sources import open_dump
 from pykd_ext.analyses import analyze
 from pykd_ext.analyses.common import IRP_CURRENT_LOCATION, LOCKER_STACK, SuspectBoard
 from pykd_ext.render.jsonout import render_json
 from pykd_ext.render.text import DEFAULT_WIDTH, render_dml, render_text
 from pykd_ext.report import HIGH, LOW, MEDIUM, NextStep, bugcheck_code_text, step_text
 from pykd_ext.targets.base import BugCheck
-from pykd_ext.targets.dumpfile import DumpFileTarget
 from pykd_ext.targets.snapshot import SnapshotTarget
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +32,7 @@ def bundled(name):
 def from_dump(data, tmp_path, name="MEMORY.DMP"):
     path = str(tmp_path / name)
     write_dump(data, path)
-    target = DumpFileTarget.open(path)
+    target = open_dump(path)
     try:
         return analyze(target)
     finally:

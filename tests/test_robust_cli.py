@@ -20,14 +20,15 @@ from fuzz.mutators import (DELETE, HOSTILE_VALUES, clone, edit_manifest, field_a
                            manifest_paths, poke, scenario_objects, snapshot_bytes, snapshot_members, truncate)
 from mocks.dumpwriter import write_dump
 from mocks.scenarios import case_0x76
-from pykd_ext.cli import (EXIT_INPUT, EXIT_NO_HUNT, EXIT_NO_SUSPECT, EXIT_SUSPECT, EXIT_USAGE, main,
-                          parse_symbols, UsageError)
+from pykd_ext.sources import open_dump
+from pykd_ext.cli import main, parse_symbols
+from pykd_ext.console import (EXIT_INPUT, EXIT_NO_HUNT, EXIT_NO_SUSPECT, EXIT_SUSPECT, EXIT_USAGE, OutputError,
+                              UsageError)
 from pykd_ext.layouts import IMAGE_FILE_NAME_LENGTH, builtin_layout
 from pykd_ext.render.text import render_dml, render_text
 from pykd_ext.analyses import analyze
 from pykd_ext.targets.base import Module
-from pykd_ext.targets.dumpfile import DumpFileTarget
-from pykd_ext.targets.snapshot import SnapshotError, SnapshotTarget, load_snapshot, save_snapshot
+from pykd_ext.targets.snapshot import SnapshotTarget, load_snapshot, save_snapshot
 from pykd_ext.symbols.base import SymbolFileError
 from pykd_ext.symbols.files import open_symbol_file
 
@@ -279,8 +280,8 @@ def test_record_refuses_an_existing_file_before_reading_the_dump(tmp_path):
     assert code == EXIT_SUSPECT and load_snapshot(str(snap)).bugcheck.code == 0x76
 
 
-def test_saving_into_a_missing_directory_is_a_snapshot_error(tmp_path):
-    with pytest.raises(SnapshotError, match="cannot write"):
+def test_saving_into_a_missing_directory_is_an_output_error(tmp_path):
+    with pytest.raises(OutputError, match="cannot write"):
         save_snapshot(SCENARIO.data, str(tmp_path / "no-such-dir" / "case.snap"))
 
 
@@ -307,7 +308,7 @@ def test_a_recording_cut_off_half_way_leaves_no_file_behind(tmp_path, error, exi
         path.write_bytes(b"the previous recording")
     data = clone(SCENARIO.data)
     data.pages = _FailingPages(data.pages, good=len(data.pages) // 2, error=error)
-    with pytest.raises((SnapshotError, KeyboardInterrupt, RuntimeError)):
+    with pytest.raises((OutputError, KeyboardInterrupt, RuntimeError)):
         save_snapshot(data, str(path), overwrite=True)
     assert os.listdir(tmp_path) == (["case.snap"] if existing else [])
     if existing:
@@ -319,16 +320,14 @@ def test_a_pfn_range_past_any_physical_page_is_a_usage_error(tmp_path, pfn_range
     dump = str(tmp_path / "MEMORY.DMP")
     write_dump(SCENARIO.data, dump)
     for argv in (["analyze", dump], ["replay", os.path.join(ROOT, "mocks", "snapshots", "0x76-irp-x64.snap")]):
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
-            main(argv + ["--pfn-range", pfn_range])
-        assert exit_.value.code == EXIT_USAGE and "highest page frame number" in err.getvalue()
+        code, _, err = run(argv + ["--pfn-range", pfn_range])
+        assert code == EXIT_USAGE and "highest page frame number" in err and err.count("\n") == 1
 
 
 def test_a_pfn_range_up_to_the_last_frame_searches_everything(tmp_path):
     dump = str(tmp_path / "MEMORY.DMP")
     write_dump(SCENARIO.data, dump)
-    source = DumpFileTarget.open(dump)
+    source = open_dump(dump)
     last = source.max_pfn
     source.close()
     code, out, err = run(["analyze", dump, "--pfn-range", f"0-{last:x}"])

@@ -184,7 +184,7 @@ bases = st.sampled_from(sorted(BASES))
 
 @FUZZ
 @given(base=bases, fraction=st.floats(0, 1, exclude_max=True))
-def test_a_truncated_snapshot_is_refused_or_analysed(tmp_path_factory, base, fraction):
+def test_a_truncated_snapshot_is_refused_or_analyzed(tmp_path_factory, base, fraction):
     raw = snapshot_bytes(*BASES[base])
     path = _write(tmp_path_factory.mktemp("t"), truncate(raw, int(len(raw) * fraction)))
     assert _load_or_refuse(path) is None  # a truncated ZIP loses its central directory
@@ -192,14 +192,14 @@ def test_a_truncated_snapshot_is_refused_or_analysed(tmp_path_factory, base, fra
 
 @FUZZ
 @given(base=bases, flips=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(1, 255)), min_size=1, max_size=8))
-def test_flipped_bytes_are_refused_or_analysed(tmp_path_factory, base, flips):
+def test_flipped_bytes_are_refused_or_analyzed(tmp_path_factory, base, flips):
     raw = snapshot_bytes(*BASES[base])
     _load_or_refuse(_write(tmp_path_factory.mktemp("f"), flip_bytes(raw, flips)))
 
 
 @FUZZ
 @given(base=bases, data=st.data())
-def test_damaged_zip_headers_are_refused_or_analysed(tmp_path_factory, base, data):
+def test_damaged_zip_headers_are_refused_or_analyzed(tmp_path_factory, base, data):
     raw = snapshot_bytes(*BASES[base])
     fields = zip_fields(raw)
     for _ in range(data.draw(st.integers(1, 3), label="fields damaged")):
@@ -212,7 +212,7 @@ def test_damaged_zip_headers_are_refused_or_analysed(tmp_path_factory, base, dat
 
 @FUZZ
 @given(base=bases, data=st.data())
-def test_hostile_manifest_values_are_refused_or_analysed(tmp_path_factory, base, data):
+def test_hostile_manifest_values_are_refused_or_analyzed(tmp_path_factory, base, data):
     manifest, pages = BASES[base]
     for _ in range(data.draw(st.integers(1, 3), label="edits")):
         paths = manifest_paths(manifest)

@@ -10,6 +10,7 @@ from mocks.scenarios import case_0x76
 from pykd_ext.analyses import analyze
 from pykd_ext.render.jsonout import render_json
 from pykd_ext.targets.base import MemoryReadError, PfnRange, SearchUnavailable, SymbolNotFound
+from pykd_ext.console import OutputError
 from pykd_ext.targets.snapshot import (FORMAT_VERSION, MANIFEST_NAME, RecordingTarget, SnapshotError, SnapshotTarget,
                                        load_snapshot, save_snapshot)
 
@@ -50,7 +51,7 @@ def test_writing_is_deterministic(tmp_path, scenario):
 def test_an_existing_file_is_not_overwritten_without_being_told(tmp_path, scenario):
     path = tmp_path / "case.snap"
     path.write_bytes(b"precious")
-    with pytest.raises(SnapshotError, match="already exists"):
+    with pytest.raises(OutputError, match="already exists"):
         save_snapshot(scenario.data, str(path))
     assert path.read_bytes() == b"precious"
     save_snapshot(scenario.data, str(path), overwrite=True)

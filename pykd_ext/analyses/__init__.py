@@ -45,7 +45,7 @@ def is_interrupt(error: BaseException) -> bool:
 
 
 def analyze(source: Union[Target, KernelSession], options: Optional[Options] = None) -> Report:
-    """Run the analysis for the bug check of ``source`` (a kernel session, or a bare target analysed
+    """Run the analysis for the bug check of ``source`` (a kernel session, or a bare target analyzed
     with its own symbols and the built-in tables) and return its report (never prints).
 
     An interrupted hunt returns what it found so far, marked partial; a hunt stopped by corrupt data

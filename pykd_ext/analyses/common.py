@@ -66,6 +66,7 @@ class Context:
             pointer_size=target.pointer_size,
             build=target.build,
             bugcheck=self.bugcheck_section(self.bugcheck.code, decoded),
+            crash_time=target.crash_time,
         )
         self.decoded = decoded
         modules: List = []
@@ -78,6 +79,9 @@ class Context:
             self.report.warn("no loaded modules are known: driver images cannot be mapped")
         self.io = IoReader(target, self.layouts, self.modules)
         self.suspects = SuspectBoard()
+        # Passes over memory begun and finished: where an interrupted hunt stopped.
+        self.passes_begun = 0
+        self.passes_finished = 0
 
     @staticmethod
     def bugcheck_section(code: int, decoded) -> BugCheckSection:
@@ -115,7 +119,20 @@ class Context:
             return {}
         check_pfn_range(self.target, self.options.pfn_range)
         self.report.searches += 1
-        return self.target.search_pointers(values, self.options.pfn_range, self.options.progress)
+        self.passes_begun += 1
+        hits = self.target.search_pointers(values, self.options.pfn_range, self.options.progress)
+        self.passes_finished += 1
+        return hits
+
+    def interrupted_where(self) -> str:
+        """How far an interrupted hunt got, in words: before, during or after which pass over memory."""
+        if not self.passes_begun:
+            return "before its first pass over memory"
+        if self.passes_begun > self.passes_finished:
+            done = f", after {self.passes_finished} had finished" if self.passes_finished else ""
+            return f"during its pass {self.passes_begun} over memory{done}"
+        return (f"after its pass {self.passes_finished} over memory had finished, while it read the objects that "
+                f"pass found")
 
     # ---- conclusion --------------------------------------------------------------------------
 
@@ -130,7 +147,9 @@ class Context:
         if blaming:
             cap_confidence(report.suspects, MEDIUM, f"capped at {MEDIUM} confidence: {', '.join(blaming)} "
                                                     f"decoded with another build's layout (see the warnings)")
-        if report.suspects:
+        if report.partial:
+            self._interrupted_verdict()
+        elif report.suspects:
             top = report.suspects[0]
             report.verdict = f"Most likely culprit: {top.label} ({top.confidence} confidence)."
         else:
@@ -151,6 +170,19 @@ class Context:
             if not any(self.target.hunt_unavailable in warning for warning in report.warnings):
                 report.warn(self.target.hunt_unavailable)
         return report
+
+
+    def _interrupted_verdict(self) -> None:
+        """The verdict and next step of an interrupted hunt: how far it got, and that the rest of memory
+        was not looked at (so "nobody named" is not a finding, and no reboot procedure applies)."""
+        report = self.report
+        where = self.interrupted_where()
+        found = (f"so far the evidence names {report.suspects[0].label} ({report.suspects[0].confidence} "
+                 f"confidence)" if report.suspects else "no driver was named before it stopped")
+        report.verdict = (f"The hunt was interrupted {where}: {found}, and what it had not reached was not looked "
+                          f"at, so this report is not a finding. Run leakhunt again and let the hunt finish.")
+        report.next_steps = [f"Run leakhunt again on the same source and let the hunt finish: it was interrupted "
+                             f"{where}, so MDLs, IRPs and drivers beyond that point were not looked for."]
 
 
 def cap_confidence(suspects: List[Suspect], highest: str, why: str) -> None:

@@ -1,8 +1,8 @@
-"""``leakhunt triage``: analyse many dumps in isolation, bucket them, and write the results.
+"""``leakhunt triage``: analyze many dumps in isolation, bucket them, and write the results.
 
 Pieces, in the order a run uses them:
 
-- ``inputs``: what to analyse (files, folders, ``--from``), each with its size, time and file type;
+- ``inputs``: what to analyze (files, folders, ``--from``), each with its size, time and file type;
 - ``analysis``: the one adapter from a path to a report (``analyze_file``) and the isolated task
   around it (``run_task``), shared by both engines;
 - ``buckets``: the bucket key of a result (rules in the README, "Fleet triage");

@@ -1,8 +1,8 @@
-"""One input analysed: the adapter from a path to its report, and the task both engines run per input.
+"""One input analyzed: the adapter from a path to its report, and the task both engines run per input.
 
-``analyze_file`` is the only place a triage run turns a path into a report: it picks the target by
-the file's magic (a ZIP archive is a snapshot, anything else is read as a crash dump), analyses it
-like ``leakhunt analyze`` / ``leakhunt replay`` and returns the exit code those commands would give.
+``analyze_file`` is the only place a triage run turns a path into a report: it opens the input as
+``leakhunt analyze`` / ``leakhunt replay`` do (``pykd_ext.sources.open_source``: a snapshot or a crash
+dump by its first bytes), analyzes it and returns the exit code those commands would give.
 ``run_task`` wraps it for one input: the checks before opening, the statuses, the one-line errors
 and the result record. It runs inside an isolated process (a forked worker, or a Dask task's child),
 so whatever it does to that process costs this input only.
@@ -23,23 +23,27 @@ from typing import Any, Dict, Optional, Tuple
 
 from .. import __version__
 from ..analyses import Options
-from ..cli import EXIT_INPUT, EXIT_INTERNAL, exit_code_for
+from ..console import EXIT_INPUT, EXIT_INTERNAL, exit_code_for
 from ..render.jsonout import render_json
 from ..run import run_analysis
 from ..session import KernelSession, open_session
-from ..sources import ZIP_MAGIC, not_regular_reason
+from ..sources import open_source
 from ..targets.base import Target, TargetError
 from ..targets.dumpfile import DumpFileTarget
-from ..targets.snapshot import SnapshotTarget
+from ..targets.dumpheader import DamagedDumpError
 from .buckets import bucket_hash, bucket_key, culprit_of
-from .inputs import STATUS_ANALYSIS_ERROR, STATUS_ANALYZED, STATUS_INPUT_ERROR, InputFile, dump_time
+from .inputs import STATUS_ANALYSIS_ERROR, STATUS_ANALYZED, STATUS_DAMAGED, STATUS_INPUT_ERROR, InputFile
 
 TEST_FAULTS_VARIABLE = "LEAKHUNT_TEST_FAULTS"
 MAX_ERROR_CHARS = 300
 
 
 class InputProblem(Exception):
-    """The input cannot be analysed (a one-line reason): status input_error, exit code 3."""
+    """The input cannot be analyzed (a one-line reason): exit code 3, status ``status``."""
+
+    def __init__(self, reason: str, status: str = STATUS_INPUT_ERROR):
+        super().__init__(reason)
+        self.status = status
 
 
 def one_line(text: str) -> str:
@@ -48,36 +52,8 @@ def one_line(text: str) -> str:
     return line if len(line) <= MAX_ERROR_CHARS else line[:MAX_ERROR_CHARS - 3] + "..."
 
 
-def _magic(path: str) -> bytes:
-    """The first bytes of ``path``, opened without blocking and checked to be a regular file first:
-    a file replaced by a named pipe since it was listed is not waited on."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except FileNotFoundError:
-        raise InputProblem(f"{path}: no such file (was it removed after it was listed?)") from None
-    except PermissionError:
-        raise InputProblem(f"{path}: permission denied") from None
-    except OSError as error:
-        raise InputProblem(f"cannot open {path}: {error.strerror or error}") from None
-    try:
-        reason = not_regular_reason(os.fstat(descriptor).st_mode)
-        if reason:
-            raise InputProblem(f"{path} {reason}")
-        return os.read(descriptor, len(ZIP_MAGIC))
-    except OSError as error:
-        raise InputProblem(f"cannot read {path}: {error.strerror or error}") from None
-    finally:
-        os.close(descriptor)
-
-
-def _open_target(path: str) -> Target:
-    if _magic(path) == ZIP_MAGIC:
-        return SnapshotTarget.open(path)
-    return DumpFileTarget.open(path)
-
-
 def analyze_file(path: str, symbol_path: Optional[str] = None) -> Tuple[int, Dict[str, Any], str]:
-    """Analyse one dump or snapshot through the run helper ``leakhunt analyze`` and ``leakhunt replay``
+    """Analyze one dump or snapshot through the run helper ``leakhunt analyze`` and ``leakhunt replay``
     use, a dump with its kernel's symbols looked for on ``symbol_path`` as ``leakhunt analyze
     --symbol-path`` does: (exit code, ``Report.as_dict()``, the JSON report as they print it with
     ``--format json``). Raises InputProblem for an input leakhunt cannot read."""
@@ -86,19 +62,21 @@ def analyze_file(path: str, symbol_path: Optional[str] = None) -> Tuple[int, Dic
         return open_session(target, symbol_path)
 
     try:
-        target = _open_target(path)
+        target = open_source(path)
         try:
             report = run_analysis(target, Options(), session_for_dump if isinstance(target, DumpFileTarget) else None)
         finally:
             target.close()
-    except TargetError as error:  # SnapshotError and DumpFileError too: missing, truncated, corrupt
+    except DamagedDumpError as error:  # truncated or corrupt: refused, with a status of its own
+        raise InputProblem(str(error), STATUS_DAMAGED) from None
+    except TargetError as error:  # SnapshotError and DumpFileError too: missing, not a dump, unreadable
         raise InputProblem(str(error)) from None
     text = render_json(report)
     return exit_code_for(report), json.loads(text), text  # parsing the text back costs less than as_dict()
 
 
 def worker_name(pid: Optional[int] = None) -> str:
-    """How a record names the process that analysed it: host:pid (this process by default)."""
+    """How a record names the process that analyzed it: host:pid (this process by default)."""
     return f"{socket.gethostname()}:{pid or os.getpid()}"
 
 
@@ -152,7 +130,7 @@ def _test_fault(path: str) -> None:
 
 
 def run_task(item: InputFile) -> Tuple[Dict[str, Any], Optional[str]]:
-    """Analyse one input: (its record, its JSON report or None). Never raises for a bad input."""
+    """Analyze one input: (its record, its JSON report or None). Never raises for a bad input."""
     started = time.perf_counter()
     worker = worker_name()
     if item.problem:
@@ -162,12 +140,12 @@ def run_task(item: InputFile) -> Tuple[Dict[str, Any], Optional[str]]:
         _test_fault(item.path)
         exit_code, report, text = analyze_file(item.path, item.symbol_path)
     except InputProblem as problem:
-        return make_record(item, STATUS_INPUT_ERROR, EXIT_INPUT, None, time.perf_counter() - started, worker,
+        return make_record(item, problem.status, EXIT_INPUT, None, time.perf_counter() - started, worker,
                            str(problem)), None
     except Exception as error:  # a bug in leakhunt: this input's status says so, the run goes on
         return make_record(item, STATUS_ANALYSIS_ERROR, EXIT_INTERNAL, None, time.perf_counter() - started, worker,
                            f"internal error: {type(error).__name__}: {error}"), None
     record = make_record(item, STATUS_ANALYZED, exit_code, report, time.perf_counter() - started, worker,
-                         crash_time=dump_time(item.path))
+                         crash_time=report.get("crash_time"))
     return record, text
 

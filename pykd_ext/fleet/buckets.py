@@ -5,7 +5,7 @@ two crashes of the same bug (no addresses, counts, paths or times):
 
     <code>[_<variant>]_<culprit image>      e.g. 0x76_0_leakyflt.sys, 0xcb_current_leakyflt.sys
     <code>[_<variant>]_NO_SUSPECT           the report names nobody (or the hunt was not possible)
-    INPUT_ERROR, ANALYSIS_ERROR, TIMEOUT, CRASHED   the input was not analysed
+    DAMAGED_DUMP, INPUT_ERROR, ANALYSIS_ERROR, TIMEOUT, CRASHED   the input was not analyzed
 
 - ``code``: the bug check code in lower-case hex; the "_M" form (0x10000000 added) of a code in
   leakhunt's catalog is folded into its base code, as the catalog does.
@@ -26,12 +26,13 @@ import re
 from typing import Any, Dict, Optional
 
 from ..bugchecks import lookup
-from .inputs import STATUS_ANALYSIS_ERROR, STATUS_ANALYZED, STATUS_CRASHED, STATUS_INPUT_ERROR, STATUS_TIMEOUT
+from .inputs import (STATUS_ANALYSIS_ERROR, STATUS_ANALYZED, STATUS_CRASHED, STATUS_DAMAGED, STATUS_INPUT_ERROR,
+                     STATUS_TIMEOUT)
 
 BUCKET_VERSION = 1
 
 NO_SUSPECT = "NO_SUSPECT"
-FAILURE_BUCKETS = {STATUS_INPUT_ERROR: "INPUT_ERROR", STATUS_ANALYSIS_ERROR: "ANALYSIS_ERROR",
+FAILURE_BUCKETS = {STATUS_DAMAGED: "DAMAGED_DUMP", STATUS_INPUT_ERROR: "INPUT_ERROR", STATUS_ANALYSIS_ERROR: "ANALYSIS_ERROR",
                    STATUS_TIMEOUT: "TIMEOUT", STATUS_CRASHED: "CRASHED"}
 
 _UNSAFE = re.compile(r"[^a-z0-9._-]+")
@@ -76,7 +77,7 @@ def _culprit_label(culprit: Dict[str, Any]) -> str:
 
 
 def bucket_key(status: str, report: Optional[Dict[str, Any]]) -> str:
-    """The bucket of one result: its status's bucket when it was not analysed, else from its report."""
+    """The bucket of one result: its status's bucket when it was not analyzed, else from its report."""
     if status != STATUS_ANALYZED or report is None:
         return FAILURE_BUCKETS.get(status, FAILURE_BUCKETS[STATUS_ANALYSIS_ERROR])
     code = int(report["bugcheck"]["code"], 16)

@@ -1,7 +1,9 @@
-"""``leakhunt triage``: analyse every input, bucket the results, write --out, print the top buckets.
+"""``leakhunt triage``: analyze every input, bucket the results, write --out, print the top buckets.
 
-Exit codes: 0 every input was analysed, 1 some were not (their status says why), 2 usage (bad
-arguments, an unusable --out folder or cluster), 130 interrupted (what finished is kept; --resume
+Exit codes (pykd_ext/console.py): 0 every input was analyzed, 1 some were not (their status says why,
+and the summary lists them), 2 usage (bad arguments, a path given on the command line that does not
+exist, an unusable --out folder or cluster), 3 the inputs named hold no dump or snapshot, 6 the
+results could not be written (a full disk...), 130 interrupted (what finished is kept; --resume
 carries on).
 """
 from __future__ import annotations
@@ -13,20 +15,23 @@ import sys
 import time
 from typing import List, Optional
 
-from ..cli import EXIT_INTERRUPTED, UsageError, stderr_line, write
+from ..console import (EXIT_INPUT, EXIT_INTERRUPTED, EXIT_NO_SUSPECT, EXIT_SUSPECT, OutputError, UsageError,
+                       printable, stderr_line, write_report)
 from .inputs import (DEFAULT_GLOBS, STATUS_ANALYZED, TIMEOUT_BASE_S, TIMEOUT_PER_GIB_S, InputFile, read_path_list,
                      timeout_for_size)
 
-EXIT_ALL_ANALYZED = 0
-EXIT_SOME_FAILED = 1
+EXIT_ALL_ANALYZED = EXIT_SUSPECT
+EXIT_SOME_FAILED = EXIT_NO_SUSPECT
+EXIT_NOTHING_FOUND = EXIT_INPUT
 SUMMARY_EVERY_S = 2.0  # buckets.csv and summary.json are rewritten at most this often during a run
 TOP_BUCKETS = 10
+FAILURES_LISTED = 10  # failed inputs named in the summary printed at the end (all are in results.jsonl)
 
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
-        "triage", help="analyse many dumps, each in isolation, and sort them into buckets",
-        description="Analyse every dump and snapshot given (files, folders walked recursively, or a list), each "
+        "triage", help="analyze many dumps, each in isolation, and sort them into buckets",
+        description="Analyze every dump and snapshot given (files, folders walked recursively, or a list), each "
                     "in a process of its own, on every core of this machine or on a Dask cluster; write the results "
                     "to --out as they arrive and sort them into buckets.")
     parser.add_argument("inputs", nargs="*", metavar="PATH", help="dump or snapshot files, or folders to walk")
@@ -112,6 +117,10 @@ def _paths(args) -> List[str]:
             raise UsageError(f"cannot read the list {args.from_list}: {error.strerror or error}") from None
     if not paths:
         raise UsageError("nothing to triage: give dump files or folders, or --from FILE")
+    if not (args.scheduler or args.scheduler_file):  # on a cluster, paths are the workers' to look at
+        missing = [path for path in args.inputs if not os.path.lexists(path)]
+        if missing:
+            raise UsageError(f"no such file or folder: {', '.join(missing)}")
     return [os.path.abspath(path) for path in paths]  # as the workers will see them (shared storage)
 
 
@@ -141,10 +150,19 @@ def _top_table(summary) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _failures_text(failed: List[dict]) -> str:
+    """One line per input that was not analyzed (status and reason), up to FAILURES_LISTED."""
+    lines = [f"  {record['status']}: {printable(record.get('error') or record['path'])}"
+             for record in failed[:FAILURES_LISTED]]
+    if len(failed) > FAILURES_LISTED:
+        lines.append(f"  ... and {len(failed) - FAILURES_LISTED} more (every one, with its reason, in results.jsonl)")
+    return "".join(line + "\n" for line in lines)
+
+
 def command_triage(args) -> int:
     # Loaded by the command only: ``leakhunt --help`` loads none of it (nor numpy below it).
     from .html import render_html
-    from .output import HTML_NAME, OutputError, ResultsStore, write_atomically
+    from .output import HTML_NAME, ResultsStore
 
     globs = args.glob or list(DEFAULT_GLOBS)
     paths = _paths(args)
@@ -155,6 +173,7 @@ def command_triage(args) -> int:
     engine = None
     interrupted = False
     listed: List[InputFile] = []
+    todo: List[InputFile] = []
     progress: Optional[Progress] = None
     try:
         engine = _engine(args)
@@ -183,18 +202,38 @@ def command_triage(args) -> int:
     finally:
         if progress is not None:
             progress.finish()
-        summary = store.write_summaries()
-        write_atomically(os.path.join(args.out, HTML_NAME), render_html(summary))
-        store.close()
         if engine is not None:
             engine.close()
-    write(sys.stdout, _top_table(summary))
+        summary = _close_store(store, render_html, HTML_NAME)
+    if not listed:
+        stderr_line(f"warning: no dump or snapshot found in {', '.join(paths)} (file names matching "
+                    f"{' '.join(globs)}, any case); --glob takes other names")
+        return EXIT_NOTHING_FOUND
     current = [store.records.get(item.path) for item in listed]
-    failed = sum(1 for record in current if record is None or record["status"] != STATUS_ANALYZED)
-    write(sys.stdout, f"{len(listed)} input(s): {len(listed) - failed} analysed, {failed} not; "
-                      f"results in {args.out}\n")
-    sys.stdout.flush()
+    failed = [record for record in current if record is not None and record["status"] != STATUS_ANALYZED]
+    not_done = sum(1 for record in current if record is None)
+    text = _top_table(summary) + _failures_text(failed)
     if interrupted:
-        stderr_line(f"interrupted: the results so far are in {args.out}; run again with --resume to carry on")
+        done = len(todo) - not_done
+        text += (f"{len(listed)} input(s): interrupted after {done} of the {len(todo)} this run had to do; "
+                 f"{len(listed) - len(failed) - not_done} analyzed, {len(failed)} not, {not_done} not yet; "
+                 f"results in {args.out}\n")
+    else:
+        text += (f"{len(listed)} input(s): {len(listed) - len(failed)} analyzed, {len(failed)} not; "
+                 f"results in {args.out}\n")
+    write_report(text)
+    if interrupted:
+        stderr_line(f"interrupted: the results so far are in {args.out}; run the same command again with --resume "
+                    f"to carry on where it stopped")
         return EXIT_INTERRUPTED
-    return EXIT_SOME_FAILED if failed else EXIT_ALL_ANALYZED
+    return EXIT_SOME_FAILED if failed or not_done else EXIT_ALL_ANALYZED
+
+
+def _close_store(store, render_html, html_name: str):
+    """The summaries and report.html written one last time, and results.jsonl closed; the summary."""
+    try:
+        summary = store.write_summaries()
+        store.write_text(html_name, render_html(summary))
+    finally:
+        store.close()
+    return summary

@@ -2,12 +2,14 @@
 
 It shows the run's counts by status, a bar chart of dumps per bucket, a stacked chart of dumps per
 day and bucket when the dumps span more than one day, and the bucket table (culprit, confidence,
-first and last seen, examples). Every value from the input (paths, driver names) is escaped.
+first and last seen, examples, each linked to its JSON report under ``reports/``: the page lives in
+the --out folder beside them). Every value from the input (paths, driver names) is escaped.
 """
 from __future__ import annotations
 
 from html import escape
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
+from urllib.parse import quote
 
 from .inputs import STATUSES
 
@@ -55,7 +57,7 @@ def _day_chart(days: Dict[str, Dict[str, int]], buckets: List[Dict[str, Any]]) -
         return ""
     named = [b["bucket"] for b in buckets[:DAY_BUCKETS]]
     colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(named)}
-    column, gap, chart_height, top = 34, 10, 220, 22
+    column, gap, chart_height, top = 66, 10, 220, 22
     largest = max(sum(counts.values()) for counts in days.values())
     width = (column + gap) * len(days) + 60
     parts = [f'<svg id="day-chart" role="img" aria-label="dumps per day and bucket" width="{width}" '
@@ -73,7 +75,7 @@ def _day_chart(days: Dict[str, Dict[str, int]], buckets: List[Dict[str, Any]]) -
             parts.append(f'<rect class="day-bar" data-day="{day}" data-bucket="{escape(name)}" data-count="{count}" '
                          f'x="{x}" y="{y:.1f}" width="{column}" height="{height:.1f}" '
                          f'fill="{colours.get(name, OTHER_COLOUR)}"><title>{day} {escape(name)}: {count}</title></rect>')
-        parts.append(f'<text x="{x + column / 2}" y="{top + chart_height + 14}" text-anchor="middle">{day[5:]}</text>'
+        parts.append(f'<text x="{x + column / 2}" y="{top + chart_height + 14}" text-anchor="middle">{day}</text>'
                      f'<text x="{x + column / 2}" y="{top + chart_height - 4 - chart_height * sum(counts.values()) / largest:.1f}"'
                      f' text-anchor="middle">{sum(counts.values())}</text>')
     parts.append("</svg>")
@@ -90,13 +92,22 @@ def _table(buckets: List[Dict[str, Any]]) -> str:
         if b["confidence_max"] and b["confidence_max"] != b["confidence_min"]:
             confidence += f"&ndash;{escape(b['confidence_max'])}"
         culprit = " ".join(escape(v) for v in (b["culprit_driver"], b["culprit_image"]) if v) or "&mdash;"
-        examples = "<br>".join(f"<code>{escape(path)}</code>" for path in b["examples"])
+        reports = b.get("example_reports") or [None] * len(b["examples"])
+        examples = "<br>".join(_example(path, report) for path, report in zip(b["examples"], reports))
         rows.append(f'<tr class="bucket" data-bucket="{escape(b["bucket"])}"><td><b>{escape(b["bucket"])}</b><br>'
                     f'<span class="muted">{b["bucket_hash"]}</span></td><td class="n">{b["count"]}</td>'
                     f'<td class="n">{100 * b["share"]:.1f}%</td><td>{culprit}</td><td>{confidence}</td>'
                     f'<td>{escape(b["first_seen"] or "")}</td><td>{escape(b["last_seen"] or "")}</td>'
                     f'<td>{examples}</td></tr>')
     return f'<table id="buckets">{"".join(rows)}</table>'
+
+
+def _example(path: str, report: Optional[str]) -> str:
+    """An input of a bucket, linked to its JSON report (a relative link into reports/) when it has one."""
+    shown = f"<code>{escape(path)}</code>"
+    if not report:
+        return shown
+    return f'<a class="report" href="{escape(quote(report, safe="/"))}">{shown}</a>'
 
 
 def render_html(summary: Dict[str, Any]) -> str:

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import struct
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from typing import IO, Iterable, List, Optional, Sequence, Tuple
 
 from ..sources import not_regular_reason
 
 STATUS_ANALYZED = "analyzed"  # the analysis ran to its end (whatever its exit code)
-STATUS_INPUT_ERROR = "input_error"  # missing, unreadable, not a dump, truncated, not a regular file
+STATUS_INPUT_ERROR = "input_error"  # missing, unreadable, not a dump or snapshot, not a regular file
+STATUS_DAMAGED = "damaged"  # a crash dump shorter than its header says, or corrupt: refused, never analyzed
 STATUS_ANALYSIS_ERROR = "analysis_error"  # leakhunt failed on it (an internal error, exit code 5)
 STATUS_TIMEOUT = "timeout"  # still running at --timeout: the analysis was killed
-STATUS_CRASHED = "crashed"  # the process analysing it died (a signal, or an exit without a result)
-STATUSES = (STATUS_ANALYZED, STATUS_INPUT_ERROR, STATUS_ANALYSIS_ERROR, STATUS_TIMEOUT, STATUS_CRASHED)
+STATUS_CRASHED = "crashed"  # the process analyzing it died (a signal, or an exit without a result)
+STATUSES = (STATUS_ANALYZED, STATUS_DAMAGED, STATUS_INPUT_ERROR, STATUS_ANALYSIS_ERROR, STATUS_TIMEOUT,
+            STATUS_CRASHED)
 
 DEFAULT_GLOBS = ("*.dmp", "*.snap")
 
@@ -31,8 +31,6 @@ DEFAULT_GLOBS = ("*.dmp", "*.snap")
 TIMEOUT_BASE_S = 120.0
 TIMEOUT_PER_GIB_S = 60.0
 
-# FILETIME counts 100 ns intervals since 1601-01-01 UTC.
-_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -43,8 +41,9 @@ class InputFile:
     size: Optional[int]
     mtime: Optional[float]
     problem: str = ""  # one line when the input is not a regular file (it is then never opened)
+    missing: bool = False  # the path does not exist (a problem too)
     # Where the analysis looks for the kernel's symbols (``_NT_SYMBOL_PATH`` syntax), resolved on the
-    # machine that analyses the input: the triage run's --symbol-path or _NT_SYMBOL_PATH.
+    # machine that analyzes the input: the triage run's --symbol-path or _NT_SYMBOL_PATH.
     symbol_path: Optional[str] = None
 
     @property
@@ -58,12 +57,13 @@ def timeout_for_size(size: Optional[int]) -> float:
     return TIMEOUT_BASE_S + TIMEOUT_PER_GIB_S * (size or 0) / (1 << 30)
 
 
-def describe(path: str) -> InputFile:
-    """Stat ``path`` (following a symbolic link, never opening it)."""
+def describe(path: str, listed: bool = False) -> InputFile:
+    """Stat ``path`` (following a symbolic link, never opening it); ``listed``: found by walking a folder."""
     try:
         info = os.stat(path)
     except FileNotFoundError:
-        return InputFile(path, None, None, "no such file (was it removed after it was listed?)")
+        return InputFile(path, None, None, "no such file" + (" (was it removed after it was listed?)" if listed else ""),
+                         missing=True)
     except OSError as error:
         return InputFile(path, None, None, f"cannot look at it: {error.strerror or error}")
     reason = not_regular_reason(info.st_mode)
@@ -82,7 +82,7 @@ def _walk(folder: str, globs: Sequence[str]) -> Iterable[InputFile]:
         # A folder whose name matches (a directory called x.dmp) is listed too, to get its status.
         for name in sorted(files) + subdirectories:
             if matches(name, globs):
-                yield describe(os.path.join(directory, name))
+                yield describe(os.path.join(directory, name), listed=True)
     for error in errors:
         yield InputFile(os.path.abspath(error.filename or folder), None, None,
                         f"cannot list this folder: {error.strerror or error}")
@@ -108,27 +108,3 @@ def collect_inputs(paths: Iterable[str], globs: Sequence[str] = DEFAULT_GLOBS) -
 def read_path_list(stream: IO[str]) -> List[str]:
     """The paths of a --from list: one a line; blank lines are skipped."""
     return [line.rstrip("\r\n") for line in stream if line.strip()]
-
-
-def dump_time(path: str) -> Optional[str]:
-    """The crash time a 64-bit dump header records (DUMP_HEADER64.SystemTime, a FILETIME), as ISO 8601
-    UTC; None for other files (snapshots, 32-bit dumps) or when the field is not filled in."""
-    from ..targets.dumpheader import H64_SYSTEM_TIME, SIGNATURE, VALID_DUMP64  # numpy below it: loaded when used
-
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(8)
-            handle.seek(H64_SYSTEM_TIME)
-            raw = handle.read(8)
-    except OSError:
-        return None
-    if head != SIGNATURE + VALID_DUMP64 or len(raw) != 8:
-        return None
-    ticks = struct.unpack("<Q", raw)[0]
-    if raw == SIGNATURE * 2 or not ticks:  # unused header space holds "PAGE"
-        return None
-    try:
-        moment = _FILETIME_EPOCH + timedelta(microseconds=ticks // 10)
-    except OverflowError:
-        return None
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -20,6 +20,8 @@ from datetime import datetime, timezone
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 from .. import __version__
+from ..console import OutputError, why_not_written
+from ..outfiles import make_folder, open_for_append, refuse_unless_replaceable, write_text_atomically
 from .buckets import BUCKET_VERSION
 from .inputs import STATUS_ANALYZED, STATUSES, InputFile
 
@@ -40,19 +42,6 @@ REQUIRED_KEYS = {"path", "size", "mtime", "status", "bucket", "bucket_hash", "cu
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class OutputError(Exception):
-    """The --out folder cannot be used (one line)."""
-
-
-def write_atomically(path: str, text: str) -> None:
-    """Replace ``path`` with ``text`` in one step (a reader never sees half a file). A file name that is
-    not UTF-8 (it reaches the text through a path) is written escaped, as leakhunt prints it."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8", errors="backslashreplace", newline="") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
-
-
 def seen_time(record: Dict[str, Any]) -> Optional[str]:
     """When a dump was written: the crash time from its header, else the file's modification time."""
     if record.get("dump_time"):
@@ -63,7 +52,11 @@ def seen_time(record: Dict[str, Any]) -> Optional[str]:
 
 
 class ResultsStore:
-    """The records of a run (and, with resume, of the runs before it), and the files that hold them."""
+    """The records of a run (and, with resume, of the runs before it), and the files that hold them.
+
+    Every file goes through pykd_ext/outfiles.py: the --out folder may be a link the user named, but
+    nothing inside it is written through a link or over anything but a regular file. Errors are
+    OutputError (one line)."""
 
     def __init__(self, folder: str, resume: bool):
         self.folder = folder
@@ -71,16 +64,22 @@ class ResultsStore:
         self.reports_path = os.path.join(folder, REPORTS_DIR)
         self.records: Dict[str, Dict[str, Any]] = {}
         self.done: Set[Tuple[str, Optional[int], Optional[float]]] = set()
+        make_folder(folder, "the --out folder", named=True)
+        make_folder(self.reports_path, "the reports folder")
+        refuse_unless_replaceable(self.results_path, overwrite=True, what="results file")
         try:
-            os.makedirs(self.reports_path, exist_ok=True)
             if os.path.exists(self.results_path) and os.path.getsize(self.results_path):
                 if not resume:
                     raise OutputError(f"{folder} already holds the results of a run: pass --resume to carry it "
                                       f"on, or choose another --out")
                 self._load()
-            self._results = open(self.results_path, "a", encoding="utf-8")
         except OSError as error:
-            raise OutputError(f"cannot write to {folder}: {error.strerror or error}") from None
+            raise OutputError(f"cannot read {self.results_path}: {error.strerror or error}") from None
+        self._results = open_for_append(self.results_path, "results file")
+
+    def write_text(self, name: str, text: str) -> None:
+        """Replace the file ``name`` of the --out folder with ``text``, whole or not at all."""
+        write_text_atomically(os.path.join(self.folder, name), text, "results file")
 
     def _load(self) -> None:
         with open(self.results_path, "rb") as handle:
@@ -114,14 +113,20 @@ class ResultsStore:
         record["report"] = None
         if report_json is not None:
             name = self.report_name(record["path"])
-            write_atomically(os.path.join(self.folder, name), report_json)
+            self.write_text(name, report_json)
             record["report"] = name
-        self._results.write(json.dumps(record) + "\n")  # ASCII: any file name survives, as \uXXXX escapes
-        self._results.flush()
+        try:
+            self._results.write(json.dumps(record) + "\n")  # ASCII: any file name survives, as \uXXXX escapes
+            self._results.flush()
+        except OSError as error:
+            raise OutputError(f"cannot write {self.results_path}: {why_not_written(error)}") from None
         self._remember(record)
 
     def close(self) -> None:
-        self._results.close()
+        try:
+            self._results.close()
+        except OSError:
+            pass  # what could not be written was said when it was written
 
     # ---- summaries ------------------------------------------------------------------------------
 
@@ -132,9 +137,8 @@ class ResultsStore:
     def write_summaries(self) -> Dict[str, Any]:
         buckets = self.buckets()
         summary = summary_of(self.records.values(), buckets)
-        write_atomically(os.path.join(self.folder, SUMMARY_NAME), json.dumps(summary, indent=2, ensure_ascii=False)
-                         + "\n")
-        write_atomically(os.path.join(self.folder, BUCKETS_NAME), buckets_csv(buckets))
+        self.write_text(SUMMARY_NAME, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        self.write_text(BUCKETS_NAME, buckets_csv(buckets))
         return summary
 
 
@@ -167,6 +171,8 @@ def summarize_buckets(records: Iterable[Dict[str, Any]]) -> List[Dict[str, Any]]
             "image_versions": sorted({str(c["image_version"]) for c in culprits if c.get("image_version")}),
             "statuses": dict(Counter(r["status"] for r in members)),
             "examples": [r["path"] for r in members[:EXAMPLES_PER_BUCKET]],
+            # Each example's JSON report under reports/ (null when it has none), for report.html's links.
+            "example_reports": [r.get("report") for r in members[:EXAMPLES_PER_BUCKET]],
         })
     buckets.sort(key=lambda b: (-b["count"], b["bucket"]))
     return buckets

@@ -1,4 +1,4 @@
-"""Processes that analyse one input at a time, so that a bad input costs nothing but itself.
+"""Processes that analyze one input at a time, so that a bad input costs nothing but itself.
 
 A worker receives an input, runs ``run_task`` on it and sends back (record, JSON report), then waits
 for the next one. Whoever drives it keeps a deadline per input: a worker still busy at the deadline
@@ -77,7 +77,7 @@ def death_description(exit_code: Optional[int]) -> str:
             name = signal.Signals(-exit_code).name
         except ValueError:
             name = f"signal {-exit_code}"
-        return f"the analysis process died of {name} while analysing it"
+        return f"the analysis process died of {name} while analyzing it"
     return f"the analysis process exited (status {exit_code}) without a result"
 
 
@@ -95,7 +95,7 @@ def _start_method() -> str:
 
 
 class ForkedWorker:
-    """A worker process of the local engine and the inputs handed to it, analysed in order.
+    """A worker process of the local engine and the inputs handed to it, analyzed in order.
 
     The input after the current one is handed over in advance (``QUEUE_DEPTH``), so that the worker
     starts it without waiting for the triage process to take the previous result. Only the current
@@ -119,7 +119,7 @@ class ForkedWorker:
 
     @property
     def item(self) -> Optional[InputFile]:
-        """The input being analysed, or None when the worker is idle."""
+        """The input being analyzed, or None when the worker is idle."""
         return self.queue[0][0] if self.queue else None
 
     @property

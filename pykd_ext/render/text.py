@@ -19,11 +19,11 @@ from datetime import datetime, timezone
 from typing import List, Optional, Sequence, Tuple, Union
 
 from ..collector import collector_paused
+from ..console import DEFAULT_WIDTH, printable
 from ..report import (FrameRecord, IrpRecord, MdlRecord, NextStep, Report, TrackerRecord, bugcheck_code_text,
                       step_text)
 from ..targets.base import windbg_address
 
-DEFAULT_WIDTH = 100
 # Below this a terminal's width is not honoured: every line would be a word or two.
 MIN_WIDTH = 40
 # A wrapped table column never gets narrower than this (the line overflows instead).
@@ -45,15 +45,6 @@ class Link:
 
 
 Cell = Union[str, int, Link, None]
-
-
-def printable(text: str) -> str:
-    """``text`` with every character a terminal could act on (control and format characters, line
-    breaks, lone surrogates) written as an escape such as ``\\x1b``: names read from a crashed machine's
-    memory or a hostile snapshot must not move the cursor, recolour the terminal or break a table."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def escape_dml(text: str) -> str:
@@ -256,6 +247,8 @@ class Renderer:
             title += " (PARTIAL: interrupted)"
         self.line(title)
         self.line(f"Source: {self._source()}")
+        if report.crash_time:
+            self.line(f"Crash time: {report.crash_time.replace('T', ' ').rstrip('Z')} UTC")
         if report.pfn_range is not None:
             first, last = report.pfn_range
             of_source = f" of the source's 0-{report.source_max_pfn:x}" if report.source_max_pfn is not None else ""
@@ -277,8 +270,10 @@ class Renderer:
             self.heading("LOCKED PAGES")
             accounted = report.locked_pages_accounted
             counted_by = "P4" if report.bugcheck.code == 0xCB else "P3"  # 0xCB: P3 is the MDL, P4 its pages
+            found = accounted if accounted is not None else \
+                "not counted (the hunt was interrupted)" if report.partial else "-"
             self.line(f"  expected ({counted_by}): {report.locked_pages_expected}   accounted for by locked MDLs found: "
-                      f"{'-' if accounted is None else accounted}")
+                      f"{found}")
         if report.facts:
             self.heading("FACTS")
             for fact in report.facts:

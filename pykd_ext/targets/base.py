@@ -150,6 +150,9 @@ class Target:
     build: Optional[int] = None  # Windows build number (19045, 26100...) when known
     description: str = ""  # what the target is, for the report header
     max_pfn: Optional[int] = None  # highest physical page frame number, when known
+    # When the machine crashed, ISO 8601 UTC ("2021-02-21T01:38:22Z"), when the source recorded it (a dump
+    # header's SystemTime).
+    crash_time: Optional[str] = None
     has_type_info: bool = False  # True when type_info() can answer from debugger symbols
     # One sentence when no hunt of any kind is possible on this source (a small dump holds no memory
     # to search), else "". The report then says so and its hunt is incomplete.

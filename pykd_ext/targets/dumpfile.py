@@ -26,11 +26,11 @@ from typing import Deque, Dict, Iterable, List, Optional, Tuple
 import numpy as np
 
 from ..search import ValueSet
-from ..sources import unopenable_reason
+from ..sources import not_regular_reason, open_error
 from .base import (PAGE_SIZE, BugCheck, MemoryReadError, Module, PfnRange, ProgressCallback, SearchHit,
                    SearchUnavailable, SymbolNotFound, Target, TargetError, read_from_pages)
-from .dumpheader import (DUMP_TRIAGE, MACHINE_X64, MEMORY_DUMP_TYPES, DumpFileError, DumpHeader, PhysicalLayout,
-                         format_size, read_dump_header, read_physical_layout)
+from .dumpheader import (DUMP_FULL, MACHINE_X64, MEMORY_DUMP_TYPES, DumpFileError, DumpHeader, PhysicalLayout,
+                         format_size, read_physical_layout, truncated_dump)
 
 # Bytes of the file each search thread searches at a time (the unit of progress and of interrupts)
 # when the compiled engine searches the file's mapping or reads the file itself (through its own
@@ -82,6 +82,25 @@ def hunt_unavailable_reason(header: DumpHeader, name: str) -> str:
     return ""
 
 
+def open_read_only(path: str):
+    """``path`` opened read-only, unbuffered; a named pipe, a socket or a device is refused unopened.
+    Raises DumpFileError with one line."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as error:
+        raise DumpFileError(open_error(path, error)) from None
+    try:
+        reason = not_regular_reason(os.fstat(descriptor).st_mode)
+        if reason:
+            raise DumpFileError(f"{path} {reason}")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb", buffering=0)
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
 def file_shrank(detail: str) -> TargetError:
     """The error for a dump file cut short by another program after leakhunt opened and checked it."""
     return TargetError(f"the dump file is shorter than when leakhunt opened it (was it truncated while leakhunt "
@@ -114,6 +133,7 @@ class DumpFileTarget(Target):
         self.arch = header.arch
         self.pointer_size = header.pointer_size
         self.build = header.build
+        self.crash_time = header.crash_time
         self.max_pfn = header.highest_machine_pfn
         if self.max_pfn is None and layout is not None:
             self.max_pfn = layout.highest_pfn
@@ -137,33 +157,16 @@ class DumpFileTarget(Target):
     # ---- opening --------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str) -> "DumpFileTarget":
-        """Open ``path`` read-only and parse its header; raise DumpFileError with one clear line."""
-        reason = unopenable_reason(path)
-        if reason:
-            raise DumpFileError(f"{path} {reason}")
-        try:
-            handle = open(path, "rb", buffering=0)
-        except FileNotFoundError:
-            raise DumpFileError(f"{path}: no such file") from None
-        except PermissionError:
-            raise DumpFileError(f"{path}: permission denied") from None
-        except OSError as error:
-            raise DumpFileError(f"cannot open {path}: {error.strerror or error}") from None
-        try:
-            file_size = os.fstat(handle.fileno()).st_size
-            header = read_dump_header(handle, path, file_size)
-            if header.dump_type == DUMP_TRIAGE:
-                from .smalldump import SmallDumpTarget  # it builds on this class
-                return SmallDumpTarget(path, handle, header)
-            reason = hunt_unavailable_reason(header, os.path.basename(path))
-            layout = None if reason else read_physical_layout(handle, header, path)
-        except OSError as error:
-            handle.close()
-            raise DumpFileError(f"cannot read {path}: {error.strerror or error}") from None
-        except BaseException:
-            handle.close()
-            raise
+    def from_header(cls, path: str, handle, header: DumpHeader) -> "DumpFileTarget":
+        """The target of a dump whose header was read from ``handle`` (pykd_ext.sources.open_dump opens
+        dumps: a small dump is a SmallDumpTarget); reads where its pages are. Raises DumpFileError."""
+        reason = hunt_unavailable_reason(header, os.path.basename(path))
+        layout = None if reason else read_physical_layout(handle, header, path)
+        if reason and header.dump_type == DUMP_FULL and header.physical_runs:
+            # A dump whose memory leakhunt does not read is still refused when it is cut short.
+            needed = header.header_size + PAGE_SIZE * sum(pages for _, pages in header.physical_runs)
+            if needed > header.file_size:
+                raise truncated_dump(path, needed, header.file_size, "its header describes pages up to", header)
         return cls(path, handle, header, layout, reason)
 
     def close(self) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import BinaryIO, List, Optional, Tuple
 
 import numpy as np
@@ -137,12 +138,28 @@ ARCHES = {MACHINE_X64: "x64", MACHINE_X86: "x86", MACHINE_ARM64: "arm64"}
 MAX_METADATA_BYTES = 256 * 1024 * 1024
 # x64 physical addresses have at most 52 bits: no page frame number reaches this.
 PFN_LIMIT = 1 << 40
+FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=timezone.utc)
 # Bits of a bitmap turned into runs at a time (keeps the unpacked bits small).
 _BITMAP_CHUNK_BYTES = 1 << 20
 
 
 class DumpFileError(TargetError):
     """The file is not a kernel crash dump, or it is truncated or corrupt."""
+
+
+class DamagedDumpError(DumpFileError):
+    """The file is a kernel crash dump, but shorter than its header says or corrupt: it is refused, never
+    analysed as if it were whole (``leakhunt triage`` gives it the status ``damaged``)."""
+
+
+def truncated_dump(path: str, needed: int, file_size: int, what: str, header: "DumpHeader") -> DamagedDumpError:
+    """The refusal of a dump shorter than its header says: the sizes, and the bug check the header
+    records (what is left worth showing)."""
+    code, parameters = header.bugcheck.code, header.bugcheck.parameters
+    return DamagedDumpError(
+        f"{path} is truncated: {what} {format_size(needed)} but the file ends after {format_size(file_size)}, "
+        f"{format_size(needed - file_size)} short (an interrupted copy, or the disk filled while Windows wrote it); "
+        f"the header records bug check {code:#x} ({', '.join(f'{p:#x}' for p in parameters)})")
 
 
 @dataclass(frozen=True)
@@ -163,6 +180,12 @@ class DumpHeader:
     dump_type: int
     physical_runs: Optional[Tuple[Tuple[int, int], ...]]  # (BasePage, PageCount); None when not filled in
     file_size: int
+    system_time: Optional[int] = None  # SystemTime, a FILETIME (64-bit headers), None when not filled in
+
+    @property
+    def crash_time(self) -> Optional[str]:
+        """SystemTime as ISO 8601 UTC, or None."""
+        return filetime_text(self.system_time) if self.system_time else None
 
     @property
     def arch(self) -> str:
@@ -198,10 +221,10 @@ def read_dump_header(handle: BinaryIO, path: str, file_size: int) -> DumpHeader:
     pointer_size = 8 if raw[4:8] == VALID_DUMP64 else 4
     needed = HEADER64_SIZE if pointer_size == 8 else HEADER32_SIZE
     if len(raw) < needed:
-        raise DumpFileError(f"{path} is truncated: {len(raw)} bytes, but the crash dump header alone is {needed}")
+        raise DamagedDumpError(f"{path} is truncated: {len(raw)} bytes, but the crash dump header alone is {needed}")
     header = _parse64(raw, file_size) if pointer_size == 8 else _parse32(raw, file_size)
     if header.machine not in ARCHES:
-        raise DumpFileError(f"{path} is corrupt: unknown machine type {header.machine:#x} in its header")
+        raise DamagedDumpError(f"{path} is corrupt: unknown machine type {header.machine:#x} in its header")
     return header
 
 
@@ -229,7 +252,25 @@ def _parse64(raw: bytes, file_size: int) -> DumpHeader:
         dump_type=_u32(raw, H64_DUMP_TYPE),
         physical_runs=_physical_runs(raw, H64_PHYSICAL_MEMORY_BLOCK, 8),
         file_size=file_size,
+        system_time=system_time_of(raw[H64_SYSTEM_TIME:H64_SYSTEM_TIME + 8]),
     )
+
+
+def system_time_of(raw: bytes) -> Optional[int]:
+    """The FILETIME of a header's SystemTime, or None when it is not filled in (0, or the "PAGE" bytes
+    Windows fills unused header space with)."""
+    if len(raw) != 8 or raw == SIGNATURE * 2:
+        return None
+    return struct.unpack("<Q", raw)[0] or None
+
+
+def filetime_text(ticks: int) -> Optional[str]:
+    """A FILETIME (100 ns intervals since 1601-01-01 UTC) as ISO 8601 UTC, or None when out of range."""
+    try:
+        moment = FILETIME_EPOCH + timedelta(microseconds=ticks // 10)
+    except OverflowError:
+        return None
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse32(raw: bytes, file_size: int) -> DumpHeader:
@@ -330,7 +371,7 @@ def read_physical_layout(handle: BinaryIO, header: DumpHeader, path: str) -> Phy
     """Where the pages of a 64-bit full, bitmap or range dump are. Raises DumpFileError."""
     if header.dump_type == DUMP_FULL:
         if not header.physical_runs:
-            raise DumpFileError(f"{path} is corrupt: its PhysicalMemoryBlock, which says where the pages are, is "
+            raise DamagedDumpError(f"{path} is corrupt: its PhysicalMemoryBlock, which says where the pages are, is "
                                 f"not filled in")
         runs = np.array(header.physical_runs, dtype=np.uint64).reshape(-1, 2)
         layout = _layout(runs[:, 0], runs[:, 1], HEADER64_SIZE, path)
@@ -339,11 +380,7 @@ def read_physical_layout(handle: BinaryIO, header: DumpHeader, path: str) -> Phy
     else:
         layout = _range_layout(handle, header, path)
     if layout.data_end > header.file_size:
-        code, parameters = header.bugcheck.code, header.bugcheck.parameters
-        raise DumpFileError(
-            f"{path} is truncated: its header describes {format_size(layout.data_end)} of pages but the file ends after "
-            f"{format_size(header.file_size)} (an interrupted copy, or the disk filled while Windows wrote it); the header "
-            f"records bug check {code:#x} ({', '.join(f'{p:#x}' for p in parameters)})")
+        raise truncated_dump(path, layout.data_end, header.file_size, "its header describes pages up to", header)
     return layout
 
 
@@ -351,7 +388,7 @@ def _layout(first_pfn: np.ndarray, count: np.ndarray, data_start: int, path: str
     try:
         return PhysicalLayout(first_pfn, count, data_start)
     except ValueError as error:
-        raise DumpFileError(f"{path} is corrupt: {error}") from None
+        raise DamagedDumpError(f"{path} is corrupt: {error}") from None
 
 
 def _read_at(handle: BinaryIO, offset: int, size: int) -> bytes:
@@ -362,20 +399,20 @@ def _read_at(handle: BinaryIO, offset: int, size: int) -> bytes:
 def _bitmap_layout(handle: BinaryIO, header: DumpHeader, path: str) -> PhysicalLayout:
     raw = _read_at(handle, HEADER64_SIZE, BMP_BITMAP)
     if len(raw) < BMP_BITMAP:
-        raise DumpFileError(f"{path} is truncated inside its bitmap header")
+        raise DamagedDumpError(f"{path} is truncated inside its bitmap header")
     if raw[:4] not in (BMP_SUMMARY_SIGNATURE, BMP_FULL_SIGNATURE) or raw[4:8] != BMP_VALID_DUMP:
-        raise DumpFileError(f"{path} is corrupt: its bitmap header (SDMP/FDMP) is missing")
+        raise DamagedDumpError(f"{path} is corrupt: its bitmap header (SDMP/FDMP) is missing")
     first_page, present, bits = struct.unpack_from("<3Q", raw, BMP_FIRST_PAGE)
     bitmap_bytes = (bits + 7) // 8
     if bitmap_bytes > MAX_METADATA_BYTES or first_page < HEADER64_SIZE + BMP_BITMAP + bitmap_bytes:
-        raise DumpFileError(f"{path} is corrupt: its bitmap of {bits} pages does not fit before the first page "
+        raise DamagedDumpError(f"{path} is corrupt: its bitmap of {bits} pages does not fit before the first page "
                             f"at {first_page:#x}")
     bitmap = _read_at(handle, HEADER64_SIZE + BMP_BITMAP, bitmap_bytes)
     if len(bitmap) < bitmap_bytes:
-        raise DumpFileError(f"{path} is truncated inside its page bitmap")
+        raise DamagedDumpError(f"{path} is truncated inside its page bitmap")
     starts, lengths = runs_of_set_bits(bitmap, bits)
     if int(lengths.sum()) != present:
-        raise DumpFileError(f"{path} is corrupt: its bitmap marks {int(lengths.sum())} pages present but the "
+        raise DamagedDumpError(f"{path} is corrupt: its bitmap marks {int(lengths.sum())} pages present but the "
                             f"header counts {present}")
     return _layout(starts, lengths, first_page, path)
 
@@ -409,14 +446,14 @@ def runs_of_set_bits(bitmap: bytes, bits: int) -> Tuple[np.ndarray, np.ndarray]:
 def _range_layout(handle: BinaryIO, header: DumpHeader, path: str) -> PhysicalLayout:
     raw = _read_at(handle, HEADER64_SIZE, RDMP_RANGES)
     if len(raw) < RDMP_RANGES:
-        raise DumpFileError(f"{path} is truncated inside its RDMP header")
+        raise DamagedDumpError(f"{path} is truncated inside its RDMP header")
     marker = _u32(raw, 0)
     metadata_size, first_page_offset = struct.unpack_from("<2Q", raw, RDMP_METADATA_SIZE)
     if marker != RDMP_MARKER or raw[4:8] != RDMP_SIGNATURE or raw[8:12] != RDMP_VALID_DUMP:
-        raise DumpFileError(f"{path} is corrupt: its page range header (RDMP) is missing")
+        raise DamagedDumpError(f"{path} is corrupt: its page range header (RDMP) is missing")
     if (metadata_size % 16 or metadata_size > MAX_METADATA_BYTES
             or first_page_offset != HEADER64_SIZE + RDMP_HEADER_SIZE + metadata_size):
-        raise DumpFileError(f"{path} is corrupt: its RDMP header sizes do not agree")
+        raise DamagedDumpError(f"{path} is corrupt: its RDMP header sizes do not agree")
     table = _read_at(handle, HEADER64_SIZE + RDMP_RANGES, first_page_offset - HEADER64_SIZE - RDMP_RANGES)
     pairs = np.frombuffer(table[:len(table) // 16 * 16], dtype="<u8").reshape(-1, 2)
     if header.dump_type == DUMP_COMPLETE:
@@ -424,7 +461,7 @@ def _range_layout(handle: BinaryIO, header: DumpHeader, path: str) -> PhysicalLa
         pages = np.cumsum(pairs[:, 1], dtype=np.uint64)
         used = int(np.searchsorted(pages, np.uint64(total), side="left")) + 1 if total else 0
         if used > len(pairs) or (used and int(pages[used - 1]) != total):
-            raise DumpFileError(f"{path} is corrupt: its page ranges do not add up to the {total} pages it "
+            raise DamagedDumpError(f"{path} is corrupt: its page ranges do not add up to the {total} pages it "
                                 f"announces")
         pairs = pairs[:used]
     else:
@@ -435,10 +472,10 @@ def _range_layout(handle: BinaryIO, header: DumpHeader, path: str) -> PhysicalLa
 
 
 def format_size(count: int) -> str:
-    """Sizes in messages and descriptions: ``1.0 GiB``, ``12.5 MiB``, ``8192 bytes``."""
-    if count >= 1 << 30:
-        return f"{count / (1 << 30):.1f} GiB"
-    if count >= 1 << 20:
-        return f"{count / (1 << 20):.1f} MiB"
+    """Sizes in messages and descriptions, one style everywhere: ``1.0 GiB``, ``12.5 MiB``, ``563.1 KiB``,
+    ``700 bytes``."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if count >= 1 << shift:
+            return f"{count / (1 << shift):.1f} {unit}"
     return f"{count} bytes"
 

@@ -32,8 +32,8 @@ from ..kernel.modules import MAX_IMAGE_SIZE, module_name, plausible_image_name
 from .base import (CrashFacts, MemoryReadError, Module, PfnRange, ProgressCallback, SearchHit, SearchUnavailable,
                    UnloadedModule)
 from .dumpfile import CONFIGURE_KERNEL_DUMP, DumpFileTarget, file_shrank
-from .dumpheader import DumpHeader, format_size
-from .triage import TriageDump, TriageError, read_triage
+from .dumpheader import DumpHeader, format_size, truncated_dump
+from .triage import TriageDump, TriageError, TriageTruncated, read_triage
 
 # DISPATCHER_HEADER.WaitListHead, the first LIST_ENTRY of a thread or process object.
 WAIT_LIST_HEAD = 0x8
@@ -53,6 +53,8 @@ class SmallDumpTarget(DumpFileTarget):
         self.triage: Optional[TriageDump] = None
         try:
             self.triage = read_triage(handle, header)
+        except TriageTruncated as error:  # never analysed as if it were whole
+            raise truncated_dump(path, error.needed, header.file_size, error.what, header) from None
         except TriageError as error:
             self._notes.append(f"the triage section of {name} is damaged ({error}): only its header is read")
         except OSError as error:

@@ -28,14 +28,14 @@ Format (version 1) — a ZIP archive with two members:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import re
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .. import __version__
+from ..outfiles import write_atomically
 from ..search import ValueSet
 from ..sources import unopenable_reason
 from ..typeinfo import FieldInfo, TypeInfo
@@ -58,6 +58,9 @@ MAX_TYPE_BYTES = 1 << 20
 ARCH_POINTER_SIZES = {"x64": 8, "x86": 4, "arm64": 8}
 
 
+CRASH_TIME_FORM = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
 class SnapshotError(TargetError):
     """The snapshot file is missing, unreadable, truncated, corrupt or of an unknown version."""
 
@@ -75,6 +78,7 @@ class SnapshotData:
     build: Optional[int] = None
     description: str = ""
     max_pfn: Optional[int] = None
+    crash_time: Optional[str] = None  # Target.crash_time
     symbols: Dict[str, int] = field(default_factory=dict)
     missing_symbols: Set[str] = field(default_factory=set)
     types: Dict[str, Optional[TypeInfo]] = field(default_factory=dict)
@@ -123,6 +127,7 @@ def _manifest(data: SnapshotData) -> dict:
             "build": data.build,
             "description": data.description,
             "max_pfn": _hex(data.max_pfn),
+            **({"crash_time": data.crash_time} if data.crash_time else {}),
         },
         "bugcheck": {"code": _hex(data.bugcheck.code), "parameters": [_hex(p) for p in data.bugcheck.parameters]},
         "symbols": {name: _hex(address) for name, address in sorted(data.symbols.items())},
@@ -229,32 +234,24 @@ def _module_entry(module: Module) -> dict:
 
 
 def save_snapshot(data: SnapshotData, path: str, overwrite: bool = False) -> None:
-    """Write ``data`` to ``path`` atomically: a half-written recording never replaces anything.
+    """Write ``data`` to ``path`` atomically: a half-written recording never replaces anything, and
+    nothing but a regular file (with ``overwrite``) is ever replaced (pykd_ext/outfiles.py).
 
-    Raises SnapshotError if ``path`` exists and ``overwrite`` is false, or if it cannot be written.
+    Raises OutputError if ``path`` exists and ``overwrite`` is false, is not a regular file, or if the
+    snapshot cannot be written.
     """
-    if os.path.exists(path) and not overwrite:
-        raise SnapshotError(f"{path} already exists; choose another name or pass --force to overwrite it")
-    directory = os.path.dirname(os.path.abspath(path))
     manifest = json.dumps(_manifest(data), indent=1, sort_keys=False).encode("utf-8")
-    try:
-        handle, temporary = tempfile.mkstemp(prefix=".leakhunt-", suffix=".snap.tmp", dir=directory)
-    except OSError as error:
-        raise SnapshotError(f"cannot write snapshot {path}: {error.strerror or error}") from None
-    try:
-        with os.fdopen(handle, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as archive:
+
+    def produce(raw) -> None:
+        with zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as archive:
             archive.writestr(zipfile.ZipInfo(MANIFEST_NAME, _ZIP_DATE), manifest, zipfile.ZIP_DEFLATED)
             info = zipfile.ZipInfo(PAGES_NAME, _ZIP_DATE)
             info.compress_type = zipfile.ZIP_DEFLATED
             with archive.open(info, "w", force_zip64=True) as pages:
                 for va in sorted(data.pages):
                     pages.write(data.pages[va])
-        os.replace(temporary, path)
-    except OSError as error:
-        raise SnapshotError(f"cannot write snapshot {path}: {error.strerror or error}") from None
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+
+    write_atomically(path, produce, overwrite, what="snapshot")
 
 
 # ---- reading -----------------------------------------------------------------------------------
@@ -278,6 +275,15 @@ def _number(value, what: str, limit: int = 1 << 64) -> int:
 
 def _optional_number(value, what: str) -> Optional[int]:
     return None if value is None else _number(value, what)
+
+
+def _optional_crash_time(value) -> Optional[str]:
+    """``target.crash_time``: absent, or ISO 8601 UTC as Target.crash_time writes it."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not CRASH_TIME_FORM.fullmatch(value):
+        raise SnapshotError("corrupt snapshot: crash_time is not a time like 2021-02-21T01:38:22Z")
+    return value
 
 
 def _text(value, what: str) -> str:
@@ -382,6 +388,7 @@ def _build(manifest: dict, pages_bytes: bytes, path: str) -> SnapshotData:
         build=build,
         description=str(target.get("description") or ""),
         max_pfn=_optional_number(target.get("max_pfn"), "max_pfn"),
+        crash_time=_optional_crash_time(target.get("crash_time")),
         complete=bool(manifest.get("complete", False)),
         created_by=str(manifest.get("created_by") or ""),
     )
@@ -480,6 +487,7 @@ class SnapshotTarget(Target):
         self.pointer_size = data.pointer_size
         self.build = data.build
         self.max_pfn = data.max_pfn
+        self.crash_time = data.crash_time
         # The recorded description, unchanged: a replay's JSON is byte-identical to the recorded session's.
         self.description = data.description or "recorded snapshot"
         self.has_type_info = any(info is not None for info in data.types.values())
@@ -572,10 +580,12 @@ class RecordingTarget(Target):
         self.build = inner.build
         self.max_pfn = inner.max_pfn
         self.description = inner.description
+        self.crash_time = inner.crash_time
         self.has_type_info = inner.has_type_info
         self.hunt_unavailable = inner.hunt_unavailable
         self.data = SnapshotData(arch=inner.arch, pointer_size=inner.pointer_size, bugcheck=BugCheck(0, (0, 0, 0, 0)),
-                                 build=inner.build, description=inner.description, max_pfn=inner.max_pfn)
+                                 build=inner.build, description=inner.description, max_pfn=inner.max_pfn,
+                                 crash_time=inner.crash_time)
         self._bugcheck: Optional[BugCheck] = None
         self._modules_asked = False
 

@@ -112,6 +112,16 @@ class TriageError(DumpFileError):
     """The triage section of a small dump is missing or damaged."""
 
 
+class TriageTruncated(TriageError):
+    """The file ends before the triage section does: ``needed`` bytes are what its header says the
+    section holds (SizeOfDump, or the section's own header)."""
+
+    def __init__(self, needed: int, what: str):
+        super().__init__(what)
+        self.needed = needed
+        self.what = what
+
+
 @dataclass(frozen=True)
 class DriverEntry:
     """One loaded image of the triage driver list."""
@@ -216,6 +226,9 @@ def read_triage(handle: BinaryIO, header: DumpHeader) -> TriageDump:
     width = header.pointer_size
     fields = _section_fields(source, header)
     valid = fields["ValidOffset"]
+    if fields["SizeOfDump"] > header.file_size and valid + 4 > header.file_size:
+        # The section's own size and its completion marker both lie past the end: the file was cut short.
+        raise TriageTruncated(fields["SizeOfDump"], "its triage section (SizeOfDump) holds")
     if source.read(valid, 4, "TRGD marker") != TRIAGE_VALID:
         raise TriageError(f"the dword at its ValidOffset {valid:#x} is not TRGD (an incomplete triage section)")
     for name in COPIES:
@@ -239,7 +252,7 @@ def _section_fields(source: _File, header: DumpHeader) -> Dict[str, int]:
     start = HEADER64_SIZE if header.pointer_size == 8 else HEADER32_SIZE
     size = TRIAGE64_SIZE if header.pointer_size == 8 else TRIAGE32_SIZE
     if header.file_size < start + size:
-        raise TriageError(f"the file ends ({header.file_size:#x} bytes) before its triage section is complete")
+        raise TriageTruncated(start + size, "a small dump's header and triage section header take")
     raw = source.read(start, size, "triage section")
     fields = dict(zip(TRIAGE_FIELDS, struct.unpack_from(f"<{len(TRIAGE_FIELDS)}I", raw, 0)))
     if header.pointer_size == 8:
