@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 from . import __version__
 from .console import (EXIT_SUCCESS_IF_PIPE_CLOSED, FileKindError, UsageError, debugging,
-                      exit_code_for, exit_code_for_error, interrupted_line, output_width, pfn_range_argument,
+                      exit_code_for, exit_code_for_error, interrupted_line, is_terminal, output_width, pfn_range_argument,
                       silence_stdout, stderr_line, write_report)
 
 
@@ -53,7 +53,7 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        sys.stdout.write(f"leakhunt {__version__} ({search_engine_name()} search engine)\n")
+        write_report(f"leakhunt {__version__} ({search_engine_name()} search engine)\n", what="the version")
         parser.exit()
 
 
@@ -131,7 +131,7 @@ def parse_symbols(pairs: List[str]) -> Dict[str, int]:
 
 def _options(args) -> "Options":
     progress = None
-    if args.format == "text" and sys.stderr.isatty():
+    if args.format == "text" and is_terminal(sys.stderr):
         progress = TerminalProgress(sys.stderr)
     return Options(verbose=args.verbose, pfn_range=args.pfn_range, progress=progress)
 

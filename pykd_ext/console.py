@@ -93,7 +93,7 @@ def why_not_written(error: BaseException) -> str:
     return str(error)
 
 
-def write_report(text: str, stream=None) -> None:
+def write_report(text: str, stream=None, what: str = "the report") -> None:
     """Write a whole report to ``stream`` (stdout by default) and flush it; raise OutputError with one
     line when it cannot be written (BrokenPipeError passes through: ``| head`` is not an error)."""
     try:
@@ -103,7 +103,7 @@ def write_report(text: str, stream=None) -> None:
     except BrokenPipeError:
         raise
     except (AttributeError, OSError, ValueError) as error:
-        raise OutputError(f"cannot write the report to standard output: {why_not_written(error)}") from None
+        raise OutputError(f"cannot write {what} to standard output: {why_not_written(error)}") from None
 
 
 def silence_stdout() -> None:
@@ -117,15 +117,20 @@ def silence_stdout() -> None:
         pass
 
 
+def is_terminal(stream) -> bool:
+    """True when ``stream`` is an open terminal (False for a file, a pipe, a closed or missing stream)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 def output_width(stream) -> int:
     """Columns of the text report: the terminal's when ``stream`` is one, else DEFAULT_WIDTH."""
-    try:
-        if stream.isatty():
-            import shutil
+    if is_terminal(stream):
+        import shutil
 
-            return shutil.get_terminal_size((DEFAULT_WIDTH, 24)).columns
-    except (AttributeError, ValueError, OSError):
-        pass
+        return shutil.get_terminal_size((DEFAULT_WIDTH, 24)).columns
     return DEFAULT_WIDTH
 
 

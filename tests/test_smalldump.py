@@ -14,7 +14,7 @@ from mocks.scenarios_family import case_0x153, case_0xcb
 from pykd_ext.sources import open_dump
 from pykd_ext.analyses import analyze
 from pykd_ext.cli import main
-from pykd_ext.console import EXIT_NO_HUNT, EXIT_SUSPECT
+from pykd_ext.console import EXIT_NO_HUNT, EXIT_NO_SUSPECT, EXIT_SUSPECT
 from pykd_ext.layouts import builtin_layout
 from pykd_ext.render.text import render_text
 from pykd_ext.targets.base import MemoryReadError, SearchUnavailable
@@ -122,14 +122,16 @@ def test_a_real_small_dump_report(capsys, arch):
         assert thread["process_id"] == 4 and thread["thread_id"] == 0x108 and thread["start_module"] == "nt"
         registers = {r["name"]: r for r in report["registers"]}
         assert registers["rip"]["value"] == "0xfffff8048b58334c" and registers["rip"]["symbol"] == "amdppm+0x334c"
-    else:
-        assert code == EXIT_NO_HUNT and report["suspects"] == []
+    else:  # 0x1C8 has no hunt: what a kernel dump would add to a hunt is not said
+        assert code == EXIT_NO_SUSPECT and report["suspects"] == [] and report["hunt_possible"] is True
+        assert not any("MDL" in w or "the hunt reads and searches" in w for w in report["warnings"])
         registers = {r["name"]: r for r in report["registers"]}
         assert list(registers) == ["pc", "sp", "fp", "lr"]
         assert registers["pc"]["symbol"].startswith("nt+")  # KeBugCheckEx's caller chain runs in nt
         assert registers["sp"]["value"] == stack["base"]  # the stack copy starts at the stack pointer
         assert any("_EPROCESS layout is unknown" in w for w in report["warnings"])
-    assert sum("small memory dump" in w for w in report["warnings"]) == 1
+    # Neither bug check has a hunt: what a kernel dump would add to one is not said.
+    assert not any("small memory dump" in w for w in report["warnings"])
 
 
 @needs_samples
@@ -217,6 +219,9 @@ def test_a_small_dump_of_0x76_says_what_it_can_and_exits_4(tmp_path, capsys):
     write_small_dump(data, path, thread, victim, stack_values=[nt.base + 0x1234])
     code, report = json_report(capsys, path)
     assert code == EXIT_NO_HUNT and report["suspects"] == [] and report["hunt_possible"] is False
+    explanation = [w for w in report["warnings"] if "small memory dump" in w]
+    assert len(explanation) == 1 and explanation[0].count(". ") == 0
+    assert "Kernel memory dump" in explanation[0] and "CrashDumpEnabled" in explanation[0]
     assert report["process"] == {"address": hex(victim), "name": "leakapp.exe", "id": 0x3A8}  # the scene's first PID
     facts = {f["label"]: f["value"] for f in report["facts"]}
     assert facts["EPROCESS.NumberOfLockedPages"] == str(scenario.expected["locked_pages"])
@@ -308,11 +313,11 @@ def test_a_damaged_triage_section_is_a_warning_and_the_header_report(tmp_path, c
     else:
         patch(path, triage_field(path, "UnloadedDriversOffset"), 0x10000)
     code, report = json_report(capsys, path)
-    assert code == EXIT_NO_HUNT
+    assert code == EXIT_NO_SUSPECT  # 0x7E has no hunt: nothing was hunted, the damage is said
     assert report["bugcheck"]["code"] == "0x7e" and report["modules"] == []
     damaged = [w for w in report["warnings"] if "triage section of Mini.dmp is damaged" in w]
     assert len(damaged) == 1 and "only its header is read" in damaged[0]
-    assert any("holds only a damaged triage section" in w for w in report["warnings"])
+    assert not any("the hunt reads and searches" in w for w in report["warnings"])
 
 
 def test_the_generated_small_dump_is_intact_before_damage(tmp_path, capsys):
@@ -384,7 +389,8 @@ def test_a_recorded_small_dump_replays_to_the_same_bytes(tmp_path, capsys, outpu
         assert analyzed == replayed_code and recorded == replayed, dump
         if output == "json":
             report = json.loads(replayed)
-            assert report["stack"]["candidates"] and report["unloaded_modules"] and report["hunt_possible"] is False
+            assert report["stack"]["candidates"] and report["unloaded_modules"]
+            assert report["hunt_possible"] is (dump != generated)  # 0xCB has a hunt; the real dumps' codes none
             assert all(m["timestamp"] for m in report["modules"])
 
 

@@ -136,7 +136,9 @@ class Context:
 
     # ---- conclusion --------------------------------------------------------------------------
 
-    def conclude(self, no_suspect_verdict: str) -> Report:
+    def conclude(self, no_suspect_verdict: str, hunted: bool = True) -> Report:
+        """Rank the suspects and state what every report states; ``hunted`` is False for a bug check
+        without a hunt (what the source lacks for a hunt is then not said: nothing was hunted)."""
         report = self.report
         session = self.session
         report.suspects = self.suspects.ranked()
@@ -165,7 +167,7 @@ class Context:
         # What the source cannot do travels with it (a replay of a recording says the same).
         for limitation in self.target.limitations():
             report.warn(limitation)
-        if self.target.hunt_unavailable:
+        if self.target.hunt_unavailable and hunted:
             report.complete_hunt = False
             if not any(self.target.hunt_unavailable in warning for warning in report.warnings):
                 report.warn(self.target.hunt_unavailable)

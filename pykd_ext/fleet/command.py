@@ -16,7 +16,7 @@ import time
 from typing import List, Optional
 
 from ..console import (EXIT_INPUT, EXIT_INTERRUPTED, EXIT_NO_SUSPECT, EXIT_SUSPECT, OutputError, UsageError,
-                       printable, stderr_line, write_report)
+                       is_terminal, printable, stderr_line, write_report)
 from .inputs import (DEFAULT_GLOBS, STATUS_ANALYZED, TIMEOUT_BASE_S, TIMEOUT_PER_GIB_S, InputFile, read_path_list,
                      timeout_for_size)
 
@@ -181,7 +181,7 @@ def command_triage(args) -> int:
         listed = engine.list_inputs(paths, globs)
         todo = [dataclasses.replace(item, symbol_path=symbol_path or None) for item in listed
                 if not store.is_done(item)]
-        progress = Progress(len(todo), sys.stderr.isatty())
+        progress = Progress(len(todo), is_terminal(sys.stderr))
         last_summary = time.monotonic()
 
         def deliver(outcome) -> None:

@@ -29,6 +29,8 @@ MIN_WIDTH = 40
 # A wrapped table column never gets narrower than this (the line overflows instead).
 MIN_WRAPPED_COLUMN = 14
 COLUMN_GAP = "  "
+# No Windows image was linked before Windows NT 3.1 (July 1993): an earlier "link time" is a build hash.
+FIRST_PE_LINK_TIME = "1993-07-27T00:00:00Z"
 # Where a wrapped fact continues when its label is too long to continue under its value.
 FACT_HANG = 6
 # Where a continuation line starts: under the text after the indentation and a list marker.
@@ -447,7 +449,8 @@ class Renderer:
             ids = f"  Cid {windbg_cid(thread.process_id, thread.thread_id)}" \
                 if thread.process_id is not None and thread.thread_id is not None else ""
             self.line("  ", self.thread_link(thread.address),
-                      *(["  process ", self.process_link(thread.process), f" {thread.process_name or ''}"]
+                      *(["  process ", self.process_link(thread.process)]
+                        + ([f" {thread.process_name}"] if thread.process_name else [])
                         if thread.process else ["  process unknown"]), ids)
             if thread.start_address:
                 self.line("  start address ", self.code_link(thread.start_address, thread.start_symbol))
@@ -526,9 +529,10 @@ class Renderer:
             return
         self.heading("MODULES")
         if self.verbose:
-            self.table(["start", "end", "module", "timestamp"],
-                       [[self.address(m.base), self.address(m.base + m.size), self.image_link(m.image),
-                         _timestamp(m.timestamp)] for m in report.modules])
+            # The name last, as lm t has it: a long one runs past the width instead of wrapping a column.
+            self.table(["start", "end", "timestamp", "module"],
+                       [[self.address(m.base), self.address(m.base + m.size), _timestamp(m.timestamp, report.crash_time),
+                         self.image_link(m.image)] for m in report.modules], beyond_width=1)
         else:
             self.line(f"  {len(report.modules)} loaded (-v lists them, like lm t)")
         if report.unloaded_modules:
@@ -566,11 +570,21 @@ class Renderer:
                 self.line(f"  {name}: {self.address(address)} ({source})")
 
 
-def _timestamp(value: Optional[int]) -> str:
-    """A PE TimeDateStamp as lm t shows it: the date it encodes (a build hash for reproducible images)."""
+def _timestamp(value: Optional[int], crash_time: Optional[str]) -> str:
+    """A PE TimeDateStamp as lm t shows it: the date it encodes, or ``(hash)`` where it cannot be a date.
+
+    Images linked reproducibly (Windows 10 and later) hold a hash of the build there, not a time: a
+    "date" before the first Windows NT (1993) or after the crash is one, and is shown as the hex value
+    alone, labelled, as WinDbg does. (A hash that falls between the two still reads as a date: only
+    the image's debug directory could tell.)
+    """
     if value is None:
         return "-"
-    return f"{value:08x} {datetime.fromtimestamp(value, timezone.utc):%Y-%m-%d %H:%M:%S}"
+    moment = datetime.fromtimestamp(value, timezone.utc)
+    when = f"{moment:%Y-%m-%dT%H:%M:%SZ}"
+    if when < FIRST_PE_LINK_TIME or (crash_time and when > crash_time):
+        return f"{value:08x} (hash)"
+    return f"{value:08x} {moment:%Y-%m-%d %H:%M:%S}"
 
 
 def render_text(report: Report, verbose: bool = False, width: Optional[int] = None) -> str:

@@ -28,6 +28,9 @@ def open_symbol_file(path: str) -> Union[SymbolFile, Dict[str, int]]:
         return PdbFile.open(path)
     if head.startswith(MSF_2_MAGIC):
         raise SymbolFileError(f"symbol file {path} is a PDB 2.00 (before Visual C++ 7.0): not supported; {ACCEPTED}")
+    if path.lower().endswith(".pdb"):  # named as a PDB, but without a PDB's first bytes
+        raise SymbolFileError(f"symbol file {path} is named as a PDB but is not a PDB (MSF 7.0) file: its first bytes "
+                              f"are not the MSF 7.0 signature (a damaged or unfinished download?); {ACCEPTED}")
     if compression_of(head):
         return IsfFile.open(path)
     document = load_json_document(path)

@@ -73,9 +73,8 @@ class SmallDumpTarget(DumpFileTarget):
             held = sum(end - start for start, end, _ in self._segments)
             what = (f"the driver lists, the crashing thread and its stack and {len(self.triage.blocks)} memory "
                     f"blocks ({format_size(held)})")
-        return (f"{name} is a small memory dump, which holds {what} but not the kernel memory the hunt searches "
-                f"(its locked MDLs, the IRPs that hold them, the lock trackers); a kernel or complete memory dump "
-                f"has it: {CONFIGURE_KERNEL_DUMP}.")
+        return (f"{name} is a small memory dump, which holds {what} but not the rest of kernel memory, which the "
+                f"hunt reads and searches; a kernel or complete memory dump has it: {CONFIGURE_KERNEL_DUMP}.")
 
     # ---- the memory the dump holds ---------------------------------------------------------------
 
