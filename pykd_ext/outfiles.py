@@ -115,7 +115,7 @@ def make_folder(path: str, what: str = "folder", named: bool = False) -> None:
     place is refused, and so is a symbolic link unless the user ``named`` the path itself (``--out``)."""
     try:
         info = os.stat(path) if named else os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as error:

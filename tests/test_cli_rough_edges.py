@@ -186,6 +186,7 @@ def test_the_windbg_script_explains_itself_without_pykd(tmp_path):
     result = subprocess.run([sys.executable, SCRIPT, "MEMORY.DMP"], cwd=str(tmp_path), env=environment,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == EXIT_INPUT and one_error_line(result.stderr) and "pip install pykd" in result.stderr
+    assert "`leakhunt analyze MEMORY.DMP` reads the dump offline" in result.stderr  # what to do instead
 
 
 def test_with_pykd_the_script_prints_its_own_options(tmp_path):
@@ -227,3 +228,72 @@ def test_the_sdist_carries_what_the_test_command_needs(tmp_path):
     assert data and not set(data) - names  # every test data file
     with zipfile.ZipFile(SNAPSHOT) as bundled:  # the snapshots are archives of their own, carried as they are
         assert "snapshot.json" in bundled.namelist()
+
+
+# ---- one-line usage errors, one spelling, every command listed ------------------------------------------
+
+@pytest.mark.parametrize("arguments", [["analyze"], ["bogus"], ["analyze", "--frob", "x.dmp"],
+                                       ["replay", SNAPSHOT, "--pfn-range", "zz"], ["replay", SNAPSHOT, "--format", "xml"],
+                                       ["triage", SNAPSHOT, "--out", "o", "--jobs", "0"], ["inspect"]])
+def test_every_usage_error_is_one_line_naming_the_help(arguments):
+    result = leakhunt(*arguments)
+    assert result.returncode == EXIT_USAGE and one_error_line(result.stderr), result.stderr
+    assert "--help lists the options" in result.stderr and result.stdout == ""
+
+
+def test_bare_leakhunt_names_every_command():
+    result = leakhunt()
+    for command in ("analyze", "replay", "inspect", "triage"):
+        assert f"leakhunt {command}" in result.stderr
+
+
+def test_inspect_gives_json_too(capsys):
+    assert main(["inspect", SNAPSHOT, "--format", "json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["bugcheck"]["code"] == "0x76" and summary["target"]["arch"] == "x64"
+    assert summary["pages"] == len(load_snapshot(SNAPSHOT).pages) and summary["complete"] is True
+
+
+def test_the_command_spells_analyze_one_way(dump, tmp_path):
+    outputs = [leakhunt("--help").stdout, leakhunt("triage", "--help").stdout, leakhunt("analyze", "--help").stdout,
+               leakhunt("replay", SNAPSHOT, "-v").stdout, leakhunt("analyze", dump, "-v").stdout,
+               leakhunt("triage", SNAPSHOT, str(tmp_path / "nothing.txt"), "--out", str(tmp_path / "out")).stderr]
+    triaged = leakhunt("triage", SNAPSHOT, "--out", str(tmp_path / "out2"))
+    outputs += [triaged.stdout, triaged.stderr]
+    for text in outputs:
+        assert "analyse" not in text.lower()
+
+
+def test_no_report_line_ends_in_a_space(dump):
+    for arguments in (["replay", SNAPSHOT, "-v"], ["analyze", dump, "-v"]):
+        lines = leakhunt(*arguments).stdout.splitlines()
+        assert lines and [line for line in lines if line != line.rstrip()] == []
+
+
+def test_piped_modules_keep_one_line_per_module(dump):
+    text = leakhunt("analyze", dump, "-v").stdout
+    table = text.split("\nMODULES\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    header, rule, rows = table[0], table[1], table[2:]
+    assert header.split() == ["start", "end", "timestamp", "module"]
+    assert all(len(row.split()) >= 4 and row.split()[-1].lower().endswith((".sys", ".exe", ".dll")) for row in rows)
+
+
+def test_sizes_have_one_style():
+    from pykd_ext.targets.dumpheader import format_size
+
+    assert [format_size(n) for n in (700, 576597, 1444532, 3 << 30)] == ["700 bytes", "563.1 KiB", "1.4 MiB",
+                                                                          "3.0 GiB"]
+
+
+def test_front_ends_share_the_console_module_not_the_command():
+    """The fleet and the WinDbg entry point take exit codes and writers from pykd_ext.console; only the
+    command imports the fleet (no import cycle through cli.py)."""
+    import ast
+
+    for relative in ("pykd_ext/windbg.py", *(f"pykd_ext/fleet/{n}" for n in os.listdir(os.path.join(ROOT, "pykd_ext",
+                                                                                                       "fleet"))
+                                             if n.endswith(".py"))):
+        with open(os.path.join(ROOT, relative), encoding="utf-8") as handle:
+            tree = ast.parse(handle.read())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        assert "cli" not in imported and not any(m.endswith(".cli") for m in imported), relative

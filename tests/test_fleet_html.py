@@ -74,6 +74,23 @@ def test_the_page_needs_nothing_from_the_network(triaged):
     assert "<script>alert" not in html  # the input's bytes never reach the page unescaped
 
 
+def test_each_bucket_links_its_inputs_reports_and_days_carry_the_year(triaged):
+    with open(os.path.join(triaged, "report.html"), encoding="utf-8") as handle:
+        html = handle.read()
+    with open(os.path.join(triaged, "summary.json"), encoding="utf-8") as handle:
+        summary = json.load(handle)
+    links = [attrs["href"] for tag, attrs in elements(html) if tag == "a"]
+    analyzed = [b for b in summary["buckets"] if b["bucket"].startswith("0x76")]
+    expected = [report for bucket in analyzed for report in bucket["example_reports"]]
+    assert expected and sorted(links) == sorted(expected)  # every analyzed example, to its own report
+    for bucket in analyzed:
+        for path, report in zip(bucket["examples"], bucket["example_reports"]):
+            with open(os.path.join(triaged, report), encoding="utf-8") as handle:
+                assert json.load(handle)["source"].startswith(os.path.basename(path))
+    days = re.findall(r">(\d{4}-\d\d-\d\d)</text>", html)  # the day chart's labels, year included
+    assert days == sorted(summary["per_day"]) and days[:3] == ["2026-11-01", "2026-11-02", "2026-11-03"]
+
+
 def test_the_day_chart_is_left_out_when_the_dumps_are_of_one_day():
     summary = {"inputs": 1, "by_status": {"analyzed": 1}, "leakhunt_version": "0", "bucket_version": 1,
                "written": "now", "per_day": {"2026-11-01": {"B": 1}},

@@ -159,6 +159,11 @@ def test_a_folder_of_faults_gives_each_its_status_and_loses_nothing_else(folder)
     assert "cannot list this folder" in errors["locked"]
     assert all("\n" not in (error or "") for error in errors.values())
     assert errors["good.dmp"] is None and records["good.dmp"]["report"]
+    # The summary names every input that was not analyzed, with its status and reason.
+    for name, (status, _) in expected.items():
+        if status != "analyzed":
+            assert any(line.startswith(f"  {status}: ") and name in line for line in result.stdout.splitlines()), name
+    assert "10 input(s): 2 analyzed, 8 not" in result.stdout
     assert elapsed < 40, "the slow dump was not stopped at its timeout"
     assert fingerprints(inputs) == before  # no input was modified
     os.chmod(locked, 0o755)
@@ -253,6 +258,7 @@ def test_ctrl_c_keeps_what_finished_and_resume_carries_on(folder):
     stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 130, stderr
     assert "--resume" in stderr and "Traceback" not in stderr
+    assert "4 input(s): interrupted after 2 of the 4 this run had to do; 2 analyzed, 0 not, 2 not yet" in stdout
     assert sorted(records_of(out)) == ["a.snap", "b.snap"]
     with open(os.path.join(out, "summary.json")) as handle:
         assert json.load(handle)["inputs"] == 2
@@ -261,6 +267,39 @@ def test_ctrl_c_keeps_what_finished_and_resume_carries_on(folder):
     with open(results) as handle:
         names = [os.path.basename(json.loads(line)["path"]) for line in handle]
     assert names[:2] == ["a.snap", "b.snap"] and sorted(names[2:]) == ["m-slow.snap", "z.snap"]
+
+
+def test_a_mistyped_path_is_a_usage_error_naming_it(folder):
+    copy_snapshot("0x76-irp-x64.snap", folder, "real.snap")
+    out = os.path.join(folder, "out")
+    result = triage([os.path.join(folder, "real.snap"), os.path.join(folder, "typo.snap"), "--out", out])
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "no such file or folder" in result.stderr and "typo.snap" in result.stderr
+    assert not os.path.exists(out)  # refused before anything was written
+
+
+def test_a_folder_without_dumps_is_said_and_exits_3(folder):
+    empty = os.path.join(folder, "empty")
+    os.mkdir(empty)
+    with open(os.path.join(empty, "notes.txt"), "w") as handle:
+        handle.write("no dumps here")
+    for arguments in ([empty], [empty, "--glob", "*.nothing"]):
+        result = triage(arguments + ["--out", os.path.join(folder, "out")])
+        assert result.returncode == 3 and "no dump or snapshot found" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_snapshot_recorded_from_a_dump_keeps_its_crash_time(folder):
+    dump = write_case(os.path.join(folder, "crash.dmp"), when=datetime(2021, 2, 21, 1, 38, 22, tzinfo=timezone.utc))
+    recorded = os.path.join(folder, "recorded", "crash.snap")
+    os.mkdir(os.path.dirname(recorded))
+    assert cli.main(["analyze", dump, "--record", recorded, "--format", "json"]) == 0
+    os.utime(recorded, (0, 0))  # the file's own time says nothing of the crash
+    out = os.path.join(folder, "out")
+    assert triage([os.path.dirname(recorded), "--out", out]).returncode == 0
+    assert records_of(out)["crash.snap"]["dump_time"] == "2021-02-21T01:38:22Z"
+    with open(os.path.join(out, "summary.json")) as handle:
+        assert json.load(handle)["buckets"][0]["first_seen"] == "2021-02-21T01:38:22Z"
 
 
 def test_usage_errors_exit_2(folder):

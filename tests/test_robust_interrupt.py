@@ -143,3 +143,25 @@ def test_an_interrupt_while_loading_exits_130_with_one_line(tmp_path, monkeypatc
     monkeypatch.setattr("pykd_ext.targets.snapshot._build", interrupted)
     code, out, err = _run(["replay", path])
     assert code == EXIT_INTERRUPTED and out == "" and err == "leakhunt: interrupted\n"
+
+
+@pytest.mark.parametrize("search_at, where", [(1, "during its pass 1 over memory"),
+                                              (2, "during its pass 2 over memory, after 1 had finished")])
+def test_a_partial_report_says_how_far_the_hunt_got_and_to_run_it_again(search_at, where):
+    report = analyze(Interrupting(SCENARIO.data, search_at=search_at))
+    assert report.partial and report.verdict.startswith(f"The hunt was interrupted {where}:")
+    assert "not looked at" in report.verdict and "not a finding" in report.verdict
+    assert "No driver is named by the evidence" not in report.verdict
+    steps = " ".join(str(step) for step in report.next_steps)
+    assert "Run leakhunt again" in steps and "TrackLockedPages" not in steps and "Reboot" not in steps
+    text = render_text(report)
+    assert "accounted for by locked MDLs found: not counted (the hunt was interrupted)" in text
+    assert "REG_DWORD value TrackLockedPages" not in text  # the reboot procedure is not given
+    document = json.loads(render_json(report))
+    assert document["partial"] is True and document["verdict"] == report.verdict
+
+
+def test_an_interrupt_after_the_last_pass_says_so():
+    """Interrupted while reading what the last pass found (the last read of the hunt)."""
+    report = analyze(Interrupting(SCENARIO.data, read_at=READS))
+    assert report.partial and f"after its pass {SEARCHES} over memory had finished" in report.verdict

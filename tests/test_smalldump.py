@@ -14,7 +14,7 @@ from mocks.scenarios_family import case_0x153, case_0xcb
 from pykd_ext.sources import open_dump
 from pykd_ext.analyses import analyze
 from pykd_ext.cli import main
-from pykd_ext.console import EXIT_NO_HUNT, EXIT_NO_SUSPECT, EXIT_SUSPECT
+from pykd_ext.console import EXIT_INPUT, EXIT_NO_HUNT, EXIT_NO_SUSPECT, EXIT_SUSPECT
 from pykd_ext.layouts import builtin_layout
 from pykd_ext.render.text import render_text
 from pykd_ext.targets.base import MemoryReadError, SearchUnavailable
@@ -475,3 +475,40 @@ def test_a_32_bit_small_dump_gives_its_triage_section(tmp_path, capsys):
     assert report["unloaded_modules"][0]["image"] == "olddrv.sys"
     assert report["process"]["address"] == hex(victim) and report["registers"] == []
     assert not any("damaged" in w for w in report["warnings"])
+
+
+# ---- a small dump cut short is refused, never analyzed as if it were whole ------------------------------
+
+def size_of_dump(path):
+    """TRIAGE_DUMP.SizeOfDump, the second dword of the triage section at 0x2000 (rizin's dmp_specs.h)."""
+    with open(path, "rb") as handle:
+        handle.seek(0x2000 + 4)
+        return struct.unpack("<I", handle.read(4))[0]
+
+
+@needs_samples
+@pytest.mark.parametrize("sample", [TRIAGE_X64, TRIAGE_ARM64], ids=["x64", "arm64"])
+@pytest.mark.parametrize("keep", [20000, 700000, "SizeOfDump-1", 0x2010])
+def test_a_real_small_dump_cut_short_is_refused_as_truncated(tmp_path, capsys, sample, keep):
+    with open(sample, "rb") as handle:
+        whole = handle.read()
+    keep = size_of_dump(sample) - 1 if keep == "SizeOfDump-1" else keep
+    path = tmp_path / "cut.dmp"
+    path.write_bytes(whole[:keep])
+    assert main(["analyze", str(path)]) == EXIT_INPUT
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert "is truncated" in captured.err and "short" in captured.err
+    code = struct.unpack_from("<I", whole, 0x38)[0]  # DUMP_HEADER64.BugCheckCode: still said
+    assert f"bug check {code:#x}" in captured.err
+
+
+@needs_samples
+def test_a_small_dump_without_its_secondary_data_is_still_whole(tmp_path, capsys):
+    """The triage section ends at SizeOfDump; what follows (secondary data) is not needed."""
+    with open(TRIAGE_X64, "rb") as handle:
+        whole = handle.read()
+    path = tmp_path / "triage-only.dmp"
+    path.write_bytes(whole[:size_of_dump(TRIAGE_X64)])
+    code, report = json_report(capsys, str(path))
+    assert code == EXIT_SUSPECT and report["suspects"][0]["image"] == "amdppm.sys"

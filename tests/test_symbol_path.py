@@ -326,5 +326,5 @@ def test_a_download_into_a_folder_that_cannot_be_written(tmp_path, server):
     blocker = tmp_path / "file-not-folder"
     blocker.write_bytes(b"x")
     lookup = SymbolPath.parse(f"srv*{blocker}*{running.url}").find(KERNEL)
-    assert not lookup.found and "cannot write" in lookup.warning()
+    assert not lookup.found and "cannot create the symbol cache folder" in lookup.warning()
     assert os.path.isfile(blocker)

@@ -152,8 +152,11 @@ def _top_table(summary) -> str:
 
 def _failures_text(failed: List[dict]) -> str:
     """One line per input that was not analyzed (status and reason), up to FAILURES_LISTED."""
-    lines = [f"  {record['status']}: {printable(record.get('error') or record['path'])}"
-             for record in failed[:FAILURES_LISTED]]
+    lines = []
+    for record in failed[:FAILURES_LISTED]:
+        path, error = record["path"], record.get("error") or ""
+        said = error if error.startswith(path) else f"{path}: {error}" if error else path
+        lines.append(f"  {record['status']}: {printable(said)}")
     if len(failed) > FAILURES_LISTED:
         lines.append(f"  ... and {len(failed) - FAILURES_LISTED} more (every one, with its reason, in results.jsonl)")
     return "".join(line + "\n" for line in lines)

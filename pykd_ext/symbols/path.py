@@ -29,7 +29,6 @@ import os
 import re
 import socket
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -37,6 +36,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
+from ..console import OutputError
+from ..outfiles import make_folder, refuse_unless_replaceable, write_atomically
 from .base import PdbIdentity
 from .files import MSF_7_MAGIC
 
@@ -368,23 +369,27 @@ def download(url: str, destination: str, timeout: float = DOWNLOAD_TIMEOUT_SECON
         if expected is not None and expected > max_bytes:
             return False, f"{expected} bytes, more than the {max_bytes >> 20} MiB cap: refused"
         try:
-            os.makedirs(folder, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=folder, prefix=".leakhunt-", suffix=".partial")
-        except OSError as error:
-            return False, f"cannot write to {folder}: {error.strerror or error}"
-        complete = False
+            make_folder(folder, "the symbol cache folder")
+            refuse_unless_replaceable(destination, overwrite=True, what="symbol file")
+        except OutputError as error:
+            return False, str(error)
+
+        def fetch(out) -> None:
+            ok, why = _copy_body(response, out, expected, max_bytes, deadline, deadline_seconds, timeout)
+            if not ok:
+                raise _TransferFailed(why)
+
         try:
-            with os.fdopen(handle, "wb") as out:
-                ok, why = _copy_body(response, out, expected, max_bytes, deadline, deadline_seconds, timeout)
-            if ok:
-                os.replace(temporary, destination)
-                complete = True
-            return ok, why
-        except OSError as error:
-            return False, f"cannot write {destination}: {error.strerror or error}"
-        finally:
-            if not complete:
-                _remove_quietly(temporary)
+            write_atomically(destination, fetch, overwrite=True, what="symbol file")
+        except _TransferFailed as failed:
+            return False, str(failed)
+        except OutputError as error:
+            return False, str(error)
+        return True, ""
+
+
+class _TransferFailed(Exception):
+    """The download stopped or its content is not a PDB: nothing is written (the reason in words)."""
 
 
 def _copy_body(response, out, expected: Optional[int], max_bytes: int, deadline: float,
@@ -429,10 +434,3 @@ def _network_reason(error: BaseException, timeout: float) -> str:
         return "host not found"
     text = getattr(reason, "strerror", None) or str(reason)
     return f"connection failed: {text}"
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
