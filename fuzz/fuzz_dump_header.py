@@ -15,7 +15,8 @@ headers, the triage records (driver list, string pool, unloaded drivers, data bl
 input passes when:
 
 - opening it gives a target or a DumpFileError with one clear line (a damaged triage section is a
-  warning and the header-only report);
+  warning and the header-only report); a file cut short of what its header says it holds (the pages
+  of a memory dump of every type, a small dump's SizeOfDump) is refused as truncated, never analyzed;
 - the analysis returns a report that renders as text, DML and JSON, and every suspect of a 0x76 report
   is supported by a chain of valid objects (fuzz/oracles.py);
 - ``leakhunt analyze`` exits with a documented code (never 5) and at most one line on stderr;
@@ -29,6 +30,7 @@ import io
 import json
 import os
 import random
+import struct
 import sys
 import tempfile
 from typing import List, Tuple
@@ -75,6 +77,15 @@ TRIAGE_FIELDS = [(dh.HEADER64_SIZE + 4 * index, 4) for index in range(len(triage
                 [(dh.HEADER64_SIZE + triage.TRIAGE64_TAIL + 4 * index, 4) for index in range(4)]
 VALUES = [0, 1, 2, 4, 5, 6, 8, 9, 0xA, 0xB, 0x14C, 0x8664, 0xAA64, 0x1000, 0x2000, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF,
           0x100000000, 0xFFFFFFFFFFFFFFFF, 0x8000000000000000, 0xFFFFF80312003000, 0x50414745]
+
+
+def needed_bytes(raw: bytes) -> int:
+    """How long a base must be to be whole, read independently of leakhunt's reader: a small dump's
+    triage section says it (TRIAGE_DUMP.SizeOfDump, the second dword at 0x2000: the documented layout
+    of the public dump parsers); a memory dump written by the test writer ends with its last page."""
+    if struct.unpack_from("<I", raw, 0xF98)[0] == 4:  # DUMP_HEADER64.DumpType: a small (triage) dump
+        return struct.unpack_from("<I", raw, 0x2004)[0]
+    return len(raw)
 
 
 def _bases() -> List[Tuple[str, bytes]]:
@@ -142,7 +153,8 @@ def make_input(rng: random.Random) -> Tuple[str, bytes]:
         return kind, bytes(raw)
     if kind == "truncate":
         cut = rng.randrange(0x4000) if rng.random() < 0.5 else rng.randrange(len(raw))
-        return kind, truncate(bytes(raw), cut)
+        short = cut < needed_bytes(base)
+        return kind, truncate(bytes(raw), cut), REFUSED_AS_TRUNCATED if short else None
     return kind, bytes(raw) + bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 0x3000)))
 
 
@@ -151,14 +163,22 @@ def _digest(path: str) -> str:
         return hashlib.sha256(handle.read()).hexdigest()
 
 
-def check(path: str) -> str:
+REFUSED_AS_TRUNCATED = "refused as truncated"
+
+
+def check(path: str, expected: str = "") -> str:
     before = _digest(path)
     try:
         target = open_dump(path)
     except DumpFileError as error:
         one_line(str(error))
+        if expected == REFUSED_AS_TRUNCATED and not any(word in str(error) for word in ("truncated", "empty")):
+            raise ContractBroken(f"a file cut short was refused for another reason: {error}")
         outcome, opened = "refused: one line, exit 3", False
     else:
+        if expected == REFUSED_AS_TRUNCATED:
+            target.close()
+            raise ContractBroken("a file cut short of what its header says it holds was opened as if it were whole")
         try:
             report = analyze(target, Options())
             render_text(report, verbose=True)

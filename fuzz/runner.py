@@ -2,7 +2,9 @@
 saved failures.
 
 A target gives ``make_input(rng) -> (kind, bytes)`` and ``check(path) -> outcome``; ``check`` raises
-``ContractBroken`` (or anything else) when leakhunt misbehaves. Input *i* of seed *s* is drawn from
+``ContractBroken`` (or anything else) when leakhunt misbehaves. ``make_input`` may also return
+``(kind, bytes, expected)``: what the input must give (e.g. a refusal), passed on as
+``check(path, expected)``. Input *i* of seed *s* is drawn from
 ``random.Random(f"{s}:{i}")``, so ``--seed s --only i`` reproduces it; ``--replay FILE`` re-checks a
 saved input.
 """
@@ -18,7 +20,7 @@ import time
 import traceback
 import warnings
 from collections import Counter
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -47,8 +49,8 @@ def one_line(message: str) -> None:
         raise ContractBroken(f"the refusal is not one clear line: {message!r}")
 
 
-def main(name: str, description: str, make_input: Callable[[random.Random], Tuple[str, bytes]],
-         check: Callable[[str], str], suffix: str, argv: Optional[list] = None) -> int:
+def main(name: str, description: str, make_input: Callable[[random.Random], tuple],
+         check: Callable[..., str], suffix: str, argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(prog=name, description=description)
     parser.add_argument("--runs", type=int, default=2000, help="inputs to try (default 2000)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the run (default 1)")
@@ -71,7 +73,9 @@ def main(name: str, description: str, make_input: Callable[[random.Random], Tupl
     with tempfile.TemporaryDirectory(prefix="leakhunt-fuzz-") as scratch:
         path = os.path.join(scratch, "input" + suffix)
         for number in numbers:
-            kind, raw = make_input(random.Random(f"{args.seed}:{number}"))
+            made = make_input(random.Random(f"{args.seed}:{number}"))
+            kind, raw = made[0], made[1]
+            expected = made[2] if len(made) > 2 else None
             with open(path, "wb") as handle:
                 handle.write(raw)
             try:
@@ -79,7 +83,7 @@ def main(name: str, description: str, make_input: Callable[[random.Random], Tupl
                     signal.setitimer(signal.ITIMER_REAL, args.timeout)
                 with warnings.catch_warnings():
                     warnings.simplefilter("error")  # a warning printed to a user's terminal is a finding too
-                    outcome = check(path)
+                    outcome = check(path) if expected is None else check(path, expected)
             except TimeLimit:
                 outcome, detail = FAILED, f"no answer within {args.timeout} s"
             except Exception:  # noqa: BLE001 - any exception is a finding

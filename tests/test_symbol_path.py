@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import sys
 import threading
 from pathlib import Path
@@ -328,3 +329,23 @@ def test_a_download_into_a_folder_that_cannot_be_written(tmp_path, server):
     lookup = SymbolPath.parse(f"srv*{blocker}*{running.url}").find(KERNEL)
     assert not lookup.found and "cannot create the symbol cache folder" in lookup.warning()
     assert os.path.isfile(blocker)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link"])
+def test_a_download_never_replaces_a_pipe_or_a_link_in_the_cache(tmp_path, server, kind):
+    running = server()
+    cache = tmp_path / "cache"
+    destination = cache / KERNEL.name / KERNEL.store_key / KERNEL.name
+    destination.parent.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("not the cache's")
+    if kind == "fifo":
+        os.mkfifo(destination)
+    else:
+        os.symlink(tmp_path / "missing-target", destination)  # a dangling link: no file to use, so a download
+    lookup = SymbolPath.parse(f"srv*{cache}*{running.url}").find(KERNEL)
+    assert not lookup.found and str(destination) in lookup.warning()
+    assert ("named pipe" if kind == "fifo" else "symbolic link") in lookup.warning()
+    assert stat.S_ISFIFO(os.lstat(destination).st_mode) if kind == "fifo" else os.path.islink(destination)
+    assert sorted(os.listdir(destination.parent)) == [KERNEL.name]  # no temporary file left
+    assert elsewhere.read_text() == "not the cache's"
