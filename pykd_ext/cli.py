@@ -12,9 +12,9 @@ import sys
 from typing import Dict, List, Optional
 
 from . import __version__
-from .console import (EXIT_SUCCESS_IF_PIPE_CLOSED, FileKindError, UsageError, debugging,
+from .console import (EXIT_SUCCESS_IF_PIPE_CLOSED, FileKindError, OutputError, UsageError, debugging,
                       exit_code_for, exit_code_for_error, interrupted_line, is_terminal, output_width, pfn_range_argument,
-                      silence_stdout, stderr_line, write_report)
+                      reader_stopped_early, silence_stdout, stderr_line, write_report)
 
 
 def load_command_modules() -> None:
@@ -287,8 +287,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         return interrupted_line()
     except BrokenPipeError:
+        quiet = reader_stopped_early()
         silence_stdout()
-        return EXIT_SUCCESS_IF_PIPE_CLOSED
+        if quiet:
+            return EXIT_SUCCESS_IF_PIPE_CLOSED
+        return exit_code_for_error(OutputError("cannot write the report to standard output: the reader of the "
+                                               "output went away (broken pipe)"))
     except Exception as error:  # no traceback reaches a user; LEAKHUNT_DEBUG=1 shows it
         return exit_code_for_error(error, debugging())
 

@@ -106,6 +106,18 @@ def write_report(text: str, stream=None, what: str = "the report") -> None:
         raise OutputError(f"cannot write {what} to standard output: {why_not_written(error)}") from None
 
 
+def reader_stopped_early() -> bool:
+    """After a broken pipe on stdout: True when stdout is a pipe (a reader such as ``| head`` that has
+    read what it wanted, which is not an error), False for a socket or anything else whose reader went
+    away before the end."""
+    import stat
+
+    try:
+        return stat.S_ISFIFO(os.fstat(sys.stdout.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def silence_stdout() -> None:
     """After a broken pipe: point stdout at the null device, so that the interpreter's last flush at
     exit does not report the same broken pipe again."""

@@ -247,3 +247,15 @@ def test_the_installed_command_starts_at_the_interrupt_safe_entry():
     config = configparser.ConfigParser()
     config.read(os.path.join(ROOT, "setup.cfg"))
     assert config["options.entry_points"]["console_scripts"].strip() == "leakhunt = pykd_ext.launch:main"
+
+
+def test_a_socket_whose_reader_went_away_is_an_output_error():
+    """A broken pipe on a socket is a reader that went away before the end (a pipe's is `| head`)."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    theirs.close()
+    with ours:
+        result = leakhunt("replay", SNAPSHOT, "-v", stdout=ours.fileno())
+    assert result.returncode == EXIT_OUTPUT and one_error_line(result.stderr), result.stderr
+    assert "went away" in result.stderr
