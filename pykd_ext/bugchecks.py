@@ -46,7 +46,10 @@ class BugCheckEntry:
     ``f"P1={p1:#x}"``), ``"cb_format"`` for 0xCB (keys ``"current"`` / ``"legacy"``), ``""`` when
     the code has a single form. ``code_parameter`` (1-4, 0 for none) is the parameter that the
     documentation says is the address of the faulting code, and ``code_role`` says what it is, as
-    evidence reads it ("the address where the exception occurred").
+    evidence reads it ("the address where the exception occurred"). ``status_parameters`` are the
+    parameters the documentation says are NTSTATUS values (named through pykd_ext/ntstatus.py);
+    ``exception_record`` and ``context_record`` the parameters that point at an EXCEPTION_RECORD and
+    a CONTEXT (what ``.exr`` and ``.cxr`` take), 0 for none.
     """
 
     code: int
@@ -58,6 +61,9 @@ class BugCheckEntry:
     next_steps: Tuple[str, ...] = ()
     code_parameter: int = 0
     code_role: str = ""
+    status_parameters: Tuple[int, ...] = ()
+    exception_record: int = 0
+    context_record: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,9 @@ class DecodedBugCheck:
     next_steps: Tuple[str, ...]
     code_parameter: int = 0  # see BugCheckEntry
     code_role: str = ""
+    status_parameters: Tuple[int, ...] = ()
+    exception_record: int = 0
+    context_record: int = 0
 
 
 TRACK_LOCKED_PAGES_STEPS: Tuple[str, ...] = (
@@ -624,6 +633,7 @@ _COMMON_CODES = (
         next_steps=("Run ln on P2 (the exception address) to find the driver or function.",),
         code_parameter=2,
         code_role="the address where the exception occurred",
+        status_parameters=(1,),
     ),
     BugCheckEntry(
         code=0x3B,
@@ -639,6 +649,8 @@ _COMMON_CODES = (
         next_steps=("Run .cxr with P3, then kb, to see the stack of the faulting code.",),
         code_parameter=2,
         code_role="the address of the instruction that raised the exception",
+        status_parameters=(1,),
+        context_record=3,
     ),
     BugCheckEntry(
         code=0x50,
@@ -673,6 +685,9 @@ _COMMON_CODES = (
         ),
         code_parameter=2,
         code_role="the address where the exception occurred",
+        status_parameters=(1,),
+        exception_record=3,
+        context_record=4,
     ),
     BugCheckEntry(
         code=0x7F,
@@ -703,6 +718,7 @@ _COMMON_CODES = (
         next_steps=("Run ln on P2 (the exception address) to find the driver or function.",),
         code_parameter=2,
         code_role="the address where the exception occurred",
+        status_parameters=(1,),
     ),
     BugCheckEntry(
         code=0x9C,
@@ -1068,4 +1084,7 @@ def decode(
         next_steps=steps,
         code_parameter=entry.code_parameter,
         code_role=entry.code_role,
+        status_parameters=entry.status_parameters,
+        exception_record=entry.exception_record,
+        context_record=entry.context_record,
     )

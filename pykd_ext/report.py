@@ -36,10 +36,11 @@ class Parameter:
     module: Optional[str] = None  # the image the value lies in, e.g. "amdppm.sys"
     symbol: Optional[str] = None  # the value as module+offset, e.g. "amdppm+0x334c"
     unloaded: bool = False  # True when the image had been unloaded before the crash
+    status: Optional[str] = None  # an NTSTATUS parameter named: "c0000005 STATUS_ACCESS_VIOLATION"
 
     def as_dict(self) -> Dict[str, Any]:
         return {"index": self.index, "value": _hex(self.value), "meaning": self.meaning, "module": self.module,
-                "symbol": self.symbol, "unloaded": self.unloaded}
+                "symbol": self.symbol, "unloaded": self.unloaded, "status": self.status}
 
 
 @dataclass
@@ -391,6 +392,30 @@ class StackScan:
 
 
 @dataclass
+class ExceptionRecord:
+    """The exception a bug check names (0x7E P3...), as ``.exr`` decodes it."""
+
+    address: int  # where the EXCEPTION_RECORD is
+    code: int
+    code_text: str  # "c0000005 (Access violation) STATUS_ACCESS_VIOLATION"
+    flags: int
+    exception_address: int
+    exception_symbol: Optional[str]  # the faulting address placed in its image
+    parameters: List[int]
+    access: Optional[str] = None  # "read", "write", "execute" (access violations, in-page errors)
+    accessed_address: Optional[int] = None
+    io_status: Optional[str] = None  # an in-page error's failed I/O, named
+    problems: List[str] = field(default_factory=list)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"address": _hex(self.address), "code": f"{self.code:#010x}", "code_text": self.code_text,
+                "flags": f"{self.flags:#x}", "exception_address": _hex(self.exception_address),
+                "exception_symbol": self.exception_symbol, "parameters": [_hex(p) for p in self.parameters],
+                "access": self.access, "accessed_address": _hex(self.accessed_address), "io_status": self.io_status,
+                "problems": list(self.problems)}
+
+
+@dataclass
 class RegisterRecord:
     """A register of the crash's context record, placed in an image when it points into one."""
 
@@ -446,6 +471,7 @@ class Report:
     unloaded_modules: List[UnloadedRecord] = field(default_factory=list)
     registers: List[RegisterRecord] = field(default_factory=list)
     stack: Optional[StackScan] = None
+    exception: Optional[ExceptionRecord] = None
 
     def warn(self, text: str) -> None:
         if text not in self.warnings:
@@ -488,4 +514,5 @@ class Report:
             "unloaded_modules": [m.as_dict() for m in self.unloaded_modules],
             "registers": [r.as_dict() for r in self.registers],
             "stack": self.stack.as_dict() if self.stack is not None else None,
+            "exception": self.exception.as_dict() if self.exception is not None else None,
         }

@@ -512,3 +512,30 @@ def test_a_small_dump_without_its_secondary_data_is_still_whole(tmp_path, capsys
     path.write_bytes(whole[:size_of_dump(TRIAGE_X64)])
     code, report = json_report(capsys, str(path))
     assert code == EXIT_SUSPECT and report["suspects"][0]["image"] == "amdppm.sys"
+
+
+@needs_samples
+def test_the_exception_of_the_real_x64_dump_is_decoded_as_exr_does(capsys):
+    """0x1000007E P3 points at the EXCEPTION_RECORD64 in the stack copy. Expected values: the bug check
+    parameters (the header's) and winnt.h's record layout read here with struct, not leakhunt's reader."""
+    target = open_dump(TRIAGE_X64)
+    try:
+        p1, p2, p3, _ = target.bugcheck().parameters
+        raw = target.read(p3, 0x98)
+    finally:
+        target.close()
+    code, _, _, address, count = struct.unpack_from("<IIQQI", raw)
+    access, accessed = struct.unpack_from("<2Q", raw, 0x20)
+    assert (code, address, count, access) == (p1 & 0xFFFFFFFF, p2, 2, 1)  # a write
+    _, report = json_report(capsys, TRIAGE_X64)
+    exception = report["exception"]
+    assert exception["address"] == hex(p3) and exception["code"] == "0xc0000005"
+    assert exception["code_text"] == "c0000005 (Access violation) STATUS_ACCESS_VIOLATION"
+    assert exception["exception_address"] == hex(p2) and exception["exception_symbol"] == "amdppm+0x334c"
+    assert exception["access"] == "write" and exception["accessed_address"] == hex(accessed)
+    assert exception["problems"] == []
+    assert report["bugcheck"]["parameters"][0]["status"] == "c0000005 STATUS_ACCESS_VIOLATION"
+    main(["analyze", TRIAGE_X64])
+    text = capsys.readouterr().out
+    assert "ExceptionCode: c0000005 (Access violation) STATUS_ACCESS_VIOLATION" in text
+    assert f"Attempt to write to address {accessed >> 32:08x}`{accessed & 0xFFFFFFFF:08x}" in text

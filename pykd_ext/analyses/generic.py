@@ -17,11 +17,13 @@ from __future__ import annotations
 import struct
 from typing import List, Optional
 
+from ..kernel.exception import read_exception_record
 from ..kernel.modules import ModuleMap
 from ..kernel.threads import read_process_info, read_thread
 from ..layouts import LayoutError
-from ..report import (HIGH, LOW, MEDIUM, Fact, ModuleRecord, RegisterRecord, StackCandidate, StackScan,
-                      ThreadRecord, UnloadedRecord)
+from ..ntstatus import status_text
+from ..report import (HIGH, LOW, MEDIUM, ExceptionRecord, Fact, ModuleRecord, RegisterRecord, StackCandidate,
+                      StackScan, ThreadRecord, UnloadedRecord)
 from ..targets.base import PAGE_SIZE, CrashFacts, TargetError, UnloadedModule
 from .common import Context
 
@@ -44,6 +46,9 @@ def describe_crash(context: Context) -> None:
     report.modules = [ModuleRecord(m.name, m.image, m.base, m.size, m.timestamp) for m in context.modules.modules]
     report.unloaded_modules = [UnloadedRecord(u.image, u.start, u.end, u.truncated) for u in unloaded]
     for parameter in report.bugcheck.parameters:
+        if parameter.index in context.decoded.status_parameters:
+            parameter.status = status_text(parameter.value)
+            continue
         module = context.modules.find(parameter.value)
         if module is not None:
             parameter.module, parameter.symbol = module.image, context.modules.symbolize(parameter.value)
@@ -52,6 +57,7 @@ def describe_crash(context: Context) -> None:
         if gone is not None:
             parameter.module, parameter.unloaded = gone.image, True
             parameter.symbol = f"{gone.image.rsplit('.', 1)[0]}+{parameter.value - gone.start:#x}"
+    _exception(context)
     if facts is None:
         return
     _broken_driver(context, facts)
@@ -106,6 +112,34 @@ def _unloaded_at(unloaded: List[UnloadedModule], address: int) -> Optional[Unloa
 
 def _symbol(context: Context, value: int) -> Optional[str]:
     return context.modules.symbolize(value) if context.modules.find(value) is not None else None
+
+
+def _exception(context: Context) -> None:
+    """The EXCEPTION_RECORD the bug check points at (0x7E P3), decoded when memory holds it, checked
+    against the parameters that repeat its code and address."""
+    index = context.decoded.exception_record
+    if not index:
+        return
+    address = context.bugcheck.parameters[index - 1]
+    if not context.target.is_kernel_object_address(address):
+        return
+    try:
+        info = read_exception_record(context.target, address)
+    except READ_ERRORS as error:
+        context.report.warn(f"the exception record P{index} {context.address(address)} is not readable here ({error})")
+        return
+    for status_index in context.decoded.status_parameters:
+        stated = context.bugcheck.parameters[status_index - 1] & 0xFFFFFFFF
+        if stated != info.code:
+            info.problems.append(f"its code {info.code:08x} is not P{status_index}'s {stated:08x}")
+    code_index = context.decoded.code_parameter
+    if code_index and context.bugcheck.parameters[code_index - 1] != info.exception_address:
+        info.problems.append(f"its ExceptionAddress is not P{code_index}")
+    context.report.exception = ExceptionRecord(
+        address=address, code=info.code, code_text=info.code_text, flags=info.flags,
+        exception_address=info.exception_address, exception_symbol=_symbol(context, info.exception_address),
+        parameters=info.parameters, access=info.access, accessed_address=info.accessed_address,
+        io_status=status_text(info.io_status) if info.io_status is not None else None, problems=info.problems)
 
 
 def _broken_driver(context: Context, facts: CrashFacts) -> None:

@@ -264,6 +264,7 @@ class Renderer:
             self.line("  ", self.process_link(report.process), cid, f"  {report.process_name or '(name unknown)'}")
         self._thread_and_lock()
         self._crash_context()
+        self._exception()
         self._stack_scan()
         self._trackers()
         self._mdls()
@@ -495,9 +496,34 @@ class Renderer:
 
     def _parameter_places(self) -> None:
         for parameter in self.report.bugcheck.parameters:
+            if parameter.status:
+                self.line(f"  P{parameter.index} is {parameter.status}")
             if parameter.symbol:
                 where = f"{parameter.module}, unloaded before the crash" if parameter.unloaded else parameter.module
                 self.line(f"  P{parameter.index} is ", self.code_link(parameter.value, parameter.symbol), f" ({where})")
+
+    def _exception(self) -> None:
+        """The exception record, laid out as .exr prints it."""
+        exception = self.report.exception
+        if exception is None:
+            return
+        self.heading("EXCEPTION RECORD")
+        self.line("  ", Link(self.address(exception.address), f".exr {exception.address:#x}"), "  (.exr)")
+        self.line(f"  ExceptionAddress: {self.address(exception.exception_address)}",
+                  *([" (", self.code_link(exception.exception_address, exception.exception_symbol), ")"]
+                    if exception.exception_symbol else []))
+        self.line(f"  ExceptionCode: {exception.code_text}")
+        self.line(f"  ExceptionFlags: {exception.flags:08x}")
+        self.line(f"  NumberParameters: {len(exception.parameters)}")
+        for index, value in enumerate(exception.parameters):
+            self.line(f"  Parameter[{index}]: {self.address(value)}")
+        if exception.access is not None:
+            verb = {"read": "read from", "write": "write to", "execute": "execute"}[exception.access]
+            self.line(f"  Attempt to {verb} address {self.address(exception.accessed_address)}")
+        if exception.io_status:
+            self.line(f"  The I/O that failed: {exception.io_status}")
+        for problem in exception.problems:
+            self.line(f"  - {problem}")
 
     def _crash_context(self) -> None:
         report = self.report
