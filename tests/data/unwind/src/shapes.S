@@ -3,7 +3,7 @@
 # info, UWOP_PUSH_MACHFRAME with and without an error code, an in-function jmp right after a 0x58
 # byte, a tail jmp through memory, and a call as the last instruction of a function.
 #
-# asm_chain: fp_saves -> far_saves -> chained_func -> loop_with_jump -> tail_indirect => deepest,
+# asm_chain: home_save -> fp_saves -> far_saves -> chained_func -> loop_with_jump -> tail_indirect => deepest,
 # then calls_at_end -> finish (the test stops the emulator at finish).
 # trap_entry -> trap_victim, interrupted by the test (which pushes the machine frame as the CPU
 # does) into trap_handler or trap_handler_code -> deepest; the test stops at trap_done.
@@ -34,10 +34,33 @@ asm_chain:
     .seh_stackalloc 0x20
     .seh_endprologue
     mov %rcx, %rbx
-    call fp_saves
+    call home_save
     mov %rbx, %rcx
     call calls_at_end
     int3
+    .seh_endproc
+
+# A save before the allocation, as MSVC saves to the caller's home area: the offset of
+# UWOP_SAVE_NONVOL counts from the bottom of the fixed allocation, which is not yet made when the
+# save runs.
+    .def home_save; .scl 3; .type 32; .endef
+    .seh_proc home_save
+home_save:
+    mov %rbx, 0x10(%rsp)
+    .seh_savereg %rbx, 0x40
+    push %rdi
+    .seh_pushreg %rdi
+    sub $0x28, %rsp
+    .seh_stackalloc 0x28
+    .seh_endprologue
+    mov %rcx, %rbx
+    lea 5(%rcx), %rdi
+    call fp_saves
+    mov %rdi, %rax
+    mov 0x40(%rsp), %rbx
+    add $0x28, %rsp
+    pop %rdi
+    ret
     .seh_endproc
 
 # A frame register with an offset (RBP = RSP + 0x40), saves relative to the frame base, then a
