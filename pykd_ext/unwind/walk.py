@@ -78,11 +78,11 @@ def unwind(architecture: str, registers: Mapping[str, int], read_stack: StackRea
             notes.append(f"frame {number}: {step.note}")
         caller = step.registers
         caller_ip, caller_sp = caller[arch.ip], caller[arch.sp]
+        if caller_sp <= sp:  # checked first: what was read for the caller is not to be trusted
+            return stop(SP_NOT_GROWING, f"the caller's stack pointer {caller_sp:#x} is not above this "
+                                        f"frame's {sp:#x}")
         if caller_ip == 0:
             return stop(END_OF_STACK, "the return address is 0: the thread's first frame", 0)
-        if caller_sp <= sp:
-            return stop(SP_NOT_GROWING, f"the caller's stack pointer {caller_sp:#x} is not above this "
-                                        f"frame's {sp:#x}", caller_ip)
         frames.append(Frame(number, sp, ip, caller_ip, current, method, name))
         current, method, exact = caller, step.method, step.exact
 
