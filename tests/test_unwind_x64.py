@@ -314,7 +314,8 @@ def test_epilogue_forms():
     outside = lambda address: False  # noqa: E731
     assert x64.decode_epilogue(bytes.fromhex("4883c428415f5bc3"), 0, 0, outside) == [
         ("add", 0x28), ("pop", 15), ("pop", 3), ("ret", 0)]
-    assert x64.decode_epilogue(bytes.fromhex("488d65405dc3"), 0, 5, outside) == [("lea", 5, 0x40), ("pop", 5), ("ret", 0)]
+    assert x64.decode_epilogue(bytes.fromhex("488d65405dc3"), 0, 5, outside) == [
+        ("lea", 5, 0x40), ("pop", 5), ("ret", 0)]
     # lea rsp from a register that is not the frame register, or without a frame register: not an epilogue
     assert x64.decode_epilogue(bytes.fromhex("488d65405dc3"), 0, 3, outside) is None
     assert x64.decode_epilogue(bytes.fromhex("488d65405dc3"), 0, 0, outside) is None

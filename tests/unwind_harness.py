@@ -4,7 +4,7 @@ call, the return address and the caller's non-volatile registers: the truth an u
 against. Nothing here uses the unwinder's own tables or logic.
 
 PE layout (Microsoft PE format): e_lfanew at 0x3C; the COFF header's NumberOfSections at +6 and
-SizeOfOptionalHeader at +20 after the signature; PE32+ optional header SizeOfImage at 56,
+SizeOfOptionalHeader at +20 after the signature; PE32+ optional header ImageBase at 24, SizeOfImage at 56,
 SizeOfHeaders at 60, NumberOfRvaAndSizes at 108, data directories from 112 (8 bytes each; entry 3 is
 the exception directory); section headers of 40 bytes: VirtualSize at 8, VirtualAddress at 12,
 SizeOfRawData at 16, PointerToRawData at 20.
@@ -38,6 +38,7 @@ class MappedPe:
         self.machine, sections = struct.unpack_from("<HH", raw, nt + 4)
         optional_size = struct.unpack_from("<H", raw, nt + 20)[0]
         optional = nt + 24
+        self.image_base = struct.unpack_from("<Q", raw, optional + 24)[0]
         self.size, headers = struct.unpack_from("<II", raw, optional + 56)
         directories = struct.unpack_from("<I", raw, optional + 108)[0]
         self.exception_directory = struct.unpack_from("<II", raw, optional + 112 + 3 * 8) if directories > 3 else (0, 0)

@@ -36,8 +36,8 @@ Adapters (each a few lines):
 from __future__ import annotations
 
 from .model import (BAD_UNWIND_DATA, CONTEXT, CORRUPT_SP, END_OF_STACK, EPILOGUE, FRAME_CAP, FRAME_POINTER,
-                    IMAGE_UNAVAILABLE, LEAF, MACHINE_FRAME, NO_IMAGE, OUTSIDE_STACK_LIMITS, SCAN,
-                    SP_NOT_GROWING, STACK_UNAVAILABLE, UNWIND_DATA, UNWIND_DATA_UNAVAILABLE, Frame, ImageProvider,
+                    IMAGE_UNAVAILABLE, LEAF, MACHINE_FRAME, NO_IMAGE, OUTSIDE_STACK_LIMITS, SCAN, SP_NOT_GROWING,
+                    STACK_UNAVAILABLE, UNSUPPORTED, UNWIND_DATA, UNWIND_DATA_UNAVAILABLE, Frame, ImageProvider,
                     ImageView, ScanEntry, Stop, Unwind)
 from .walk import scan_below, unwind
 
@@ -45,5 +45,5 @@ __all__ = [
     "unwind", "scan_below", "Frame", "ImageView", "ImageProvider", "ScanEntry", "Stop", "Unwind",
     "CONTEXT", "UNWIND_DATA", "EPILOGUE", "LEAF", "MACHINE_FRAME", "FRAME_POINTER", "SCAN",
     "END_OF_STACK", "NO_IMAGE", "IMAGE_UNAVAILABLE", "UNWIND_DATA_UNAVAILABLE", "BAD_UNWIND_DATA",
-    "STACK_UNAVAILABLE", "CORRUPT_SP", "SP_NOT_GROWING", "OUTSIDE_STACK_LIMITS", "FRAME_CAP",
+    "STACK_UNAVAILABLE", "UNSUPPORTED", "CORRUPT_SP", "SP_NOT_GROWING", "OUTSIDE_STACK_LIMITS", "FRAME_CAP",
 ]

@@ -24,6 +24,7 @@ NO_IMAGE = "no image"  # the address lies in no loaded image
 IMAGE_UNAVAILABLE = "image not at hand"  # the image is known, its bytes (unwind data) are not
 UNWIND_DATA_UNAVAILABLE = "unwind data not available"  # a page of the image's unwind data is missing
 BAD_UNWIND_DATA = "bad unwind data"  # unwind data that cannot be right (unknown code, a cycle, out of bounds)
+UNSUPPORTED = "unsupported unwind data"  # valid unwind data this unwinder does not handle (ARM64 custom stacks, SVE)
 STACK_UNAVAILABLE = "stack not available"  # a page of the stack that the unwind must read is missing
 CORRUPT_SP = "corrupt stack pointer"  # misaligned or non-canonical
 SP_NOT_GROWING = "stack pointer not growing"
@@ -42,6 +43,18 @@ class UnwindStop(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+@dataclass
+class Step:
+    """One frame unwound: the caller's registers, how they were found, and whether the caller's ip is
+    exact (an interrupted instruction, not a return address: it is looked up as it is, and may be in
+    a prologue or an epilogue)."""
+
+    registers: Dict[str, int]
+    method: str
+    exact: bool = False
+    note: str = ""
 
 
 @dataclass(frozen=True)

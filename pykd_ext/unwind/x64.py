@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ..targets.base import MemoryReadError
 from .model import (BAD_UNWIND_DATA, EPILOGUE, LEAF, MACHINE_FRAME, STACK_UNAVAILABLE, UNWIND_DATA,
-                    UNWIND_DATA_UNAVAILABLE, ImageView, StackReader, UnwindStop, read_exact)
+                    UNWIND_DATA_UNAVAILABLE, ImageView, StackReader, Step, UnwindStop, read_exact)
 
 GPR_NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
              "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
@@ -252,17 +252,6 @@ def unwind_chain(image: ImageView, entry: RuntimeFunction) -> List[Tuple[Runtime
 
 
 # ---- one frame ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Step:
-    """The caller's registers, how they were found, and whether its ip is exact (an interrupted
-    instruction, not a return address)."""
-
-    registers: Dict[str, int]
-    method: str
-    exact: bool = False
-    note: str = ""
 
 
 def unwind_frame(image: ImageView, registers: Dict[str, int], exact: bool, read_stack: StackReader) -> Step:
