@@ -190,3 +190,41 @@ def test_version_2_epilogue_lists_of_a_real_msvc_image_match_llvms_disassembly()
             assert run[-1].startswith("ret") and all(mnemonic.startswith("pop") for mnemonic in run[:-1]), (start, run)
             checked += 1
     assert checked > 400
+
+
+ARM64_DUMP = os.path.join(SHARED, "samples", "triage_arm64.dmp")
+# ARM64_NT_CONTEXT (winnt.h): X0..X28 from 0x8, Fp 0xF0, Lr 0xF8, Sp 0x100, Pc 0x108; the dump header's
+# ContextRecord is at 0x348 (../shared/reference/arm64-kernel.md).
+ARM64_CONTEXT_AT = 0x348
+
+
+@pytest.mark.skipif(not os.path.exists(ARM64_DUMP), reason="the real ARM64 small dump is not beside the checkout")
+def test_the_arm64_small_dump_unwinds_by_its_frame_records():
+    """No ARM64 image is at hand: the walk follows the frame records of the dump's stack copy. What is
+    checked is what the dump itself shows: every record lies in the stack copy, above the one before,
+    every return address lies in a loaded image, and the chain ends at a frame pointer of 0."""
+    target = DumpFileTarget.open(ARM64_DUMP)
+    try:
+        with open(ARM64_DUMP, "rb") as handle:
+            handle.seek(ARM64_CONTEXT_AT)
+            context = handle.read(0x110)
+        registers = {f"x{n}": struct.unpack_from("<Q", context, 8 + 8 * n)[0] for n in range(19, 29)}
+        registers.update(fp=struct.unpack_from("<Q", context, 0xF0)[0], lr=struct.unpack_from("<Q", context, 0xF8)[0],
+                         sp=struct.unpack_from("<Q", context, 0x100)[0], pc=struct.unpack_from("<Q", context, 0x108)[0])
+        assert dict(target.crash_facts().registers)["pc"] == registers["pc"]
+        views = [ImageView(module.name, module.base, module.size, unavailable="no ARM64 image on the symbol path")
+                 for module in target.modules()]
+
+        def images(address):
+            return next((view for view in views if view.contains(address)), None)
+
+        stack_top, stack_size = target.crash_facts().stack
+        result = unwind("arm64", registers, target.read, images, stack_limits=(stack_top, stack_top + stack_size))
+    finally:
+        target.close()
+    assert result.complete and result.stop.message == "the frame pointer is 0: the end of the frame chain"
+    assert len(result.frames) >= 3
+    assert all(frame.method == "frame pointer chain" for frame in result.frames[1:])
+    assert all(images(frame.ip) is not None for frame in result.frames)
+    records = [frame.child_sp - 16 for frame in result.frames[1:]]
+    assert records == sorted(records) and all(stack_top <= record < stack_top + stack_size for record in records)

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from ..targets.base import MemoryReadError
-from .model import (BAD_UNWIND_DATA, EPILOGUE, FRAME_POINTER, IMAGE_UNAVAILABLE, LEAF, NO_IMAGE,
+from .model import (BAD_UNWIND_DATA, END_OF_STACK, EPILOGUE, FRAME_POINTER, IMAGE_UNAVAILABLE, LEAF, NO_IMAGE,
                     STACK_UNAVAILABLE, UNSUPPORTED, UNWIND_DATA, UNWIND_DATA_UNAVAILABLE, ImageView, StackReader,
                     Step, UnwindStop, read_exact)
 
@@ -320,11 +320,15 @@ def find_function(image: ImageView, rva: int) -> Optional[FunctionUnwind]:
 # ---- one frame ---------------------------------------------------------------------------------------
 
 
-def unwind_frame(image: Optional[ImageView], registers: Dict[str, int], exact: bool, read_stack: StackReader) -> Step:
+def unwind_frame(image: Optional[ImageView], registers: Dict[str, int], exact: bool, read_stack: StackReader,
+                 sp_exact: bool = True) -> Step:
+    """Unwind one ARM64 frame: by the image's unwind data when it is at hand and the stack pointer is
+    exact; by the frame record at fp otherwise (once a frame came from a frame record, the stack
+    pointer is only a lower bound, so the chain goes on by frame records). Raises UnwindStop."""
     pc = registers["pc"]
     if image is None:
         raise UnwindStop(NO_IMAGE, f"{pc:#x} lies in no loaded image")
-    if image.read is None:
+    if image.read is None or not sp_exact:
         return frame_record_step(image, registers, read_stack)
     control = (pc if exact else pc - 4) - image.base
     function = find_function(image, control)
@@ -469,10 +473,11 @@ def frame_record_step(image: Optional[ImageView], registers: Dict[str, int], rea
         raise UnwindStop(IMAGE_UNAVAILABLE, f"the image of {image.name if image else '?'} is not at hand and fp "
                                             f"is not known")
     fp = registers["fp"]
+    if fp == 0:
+        raise UnwindStop(END_OF_STACK, "the frame pointer is 0: the end of the frame chain")
     data = read_exact(read_stack, fp, 16)
     if data is None:
         raise UnwindStop(STACK_UNAVAILABLE, f"the frame record at fp {fp:#x} is not available")
     saved_fp, saved_lr = struct.unpack("<QQ", data)
-    caller = _callee_saved(registers)
-    caller.update(fp=saved_fp, pc=_strip_pac(saved_lr), sp=fp + 16)
-    return Step(caller, FRAME_POINTER)
+    # x19-x28 and d8-d15 are not known in the caller: only unwind data says where they were saved
+    return Step({"fp": saved_fp, "pc": _strip_pac(saved_lr), "sp": fp + 16}, FRAME_POINTER, sp_exact=False)

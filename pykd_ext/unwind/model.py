@@ -55,6 +55,7 @@ class Step:
     method: str
     exact: bool = False
     note: str = ""
+    sp_exact: bool = True  # False after a frame record: the caller's stack pointer is a lower bound
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,9 @@ class Frame:
     ``child_sp`` is the stack pointer while the frame's function ran at ``ip``; ``return_address``
     is where it returns to (the next frame's ip), None where the unwind stopped at this frame.
     ``registers`` are the registers known in this frame (volatile registers only in the first frame),
-    by lower-case name; ``method`` says how the frame was found (CONTEXT for the first frame).
+    by lower-case name; ``method`` says how the frame was found (CONTEXT for the first frame). A frame
+    found by FRAME_POINTER has no recorded stack pointer: its child_sp is the address just above the
+    frame record it came from, the lowest its stack pointer can be.
     """
 
     number: int

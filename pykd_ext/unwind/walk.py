@@ -18,11 +18,11 @@ class Architecture:
     sp: str
     alignment: int  # a stack pointer that is not a multiple of it is corrupt
     pointer_size: int
-    # (image or None, registers, exact, read_stack) -> Step; raises UnwindStop
+    # (image or None, registers, exact, read_stack, sp_exact) -> Step; raises UnwindStop
     step: Callable
 
 
-def _x64_step(image: Optional[ImageView], registers, exact: bool, read_stack: StackReader):
+def _x64_step(image: Optional[ImageView], registers, exact: bool, read_stack: StackReader, sp_exact: bool):
     if image is None or image.read is None:
         raise _no_image_stop(image, registers["rip"])
     return x64.unwind_frame(image, registers, exact, read_stack)
@@ -51,7 +51,7 @@ def unwind(architecture: str, registers: Mapping[str, int], read_stack: StackRea
     """
     arch = ARCHITECTURES[architecture]
     current: Dict[str, int] = dict(registers)
-    method, exact = CONTEXT, True
+    method, exact, sp_exact = CONTEXT, True, True
     frames: List[Frame] = []
     notes: List[str] = []
     while True:
@@ -71,7 +71,7 @@ def unwind(architecture: str, registers: Mapping[str, int], read_stack: StackRea
         if number + 1 >= max_frames:
             return stop(FRAME_CAP, f"the unwind stopped at its cap of {max_frames} frames")
         try:
-            step = arch.step(image, current, exact, read_stack)
+            step = arch.step(image, current, exact, read_stack, sp_exact)
         except UnwindStop as error:
             return stop(error.reason, error.message)
         if step.note:
@@ -84,7 +84,7 @@ def unwind(architecture: str, registers: Mapping[str, int], read_stack: StackRea
         if caller_ip == 0:
             return stop(END_OF_STACK, "the return address is 0: the thread's first frame", 0)
         frames.append(Frame(number, sp, ip, caller_ip, current, method, name))
-        current, method, exact = caller, step.method, step.exact
+        current, method, exact, sp_exact = caller, step.method, step.exact, sp_exact and step.sp_exact
 
 
 def _bad_stack_pointer(arch: Architecture, sp: int, limits: Optional[Tuple[int, int]]) -> Optional[Tuple[str, str]]:
