@@ -460,3 +460,27 @@ def test_unknown_unwind_codes_and_versions_are_bad_data():
         x64.decode_unwind_info(bytes([1, 4, 2, 0, 4, 0x06, 0, 0]), 0)  # op 6 exists in version 2 only
     with pytest.raises(x64.UnwindStop):
         x64.decode_unwind_info(bytes([1, 4, 1, 0, 4, 0x04]), 0)  # SAVE_NONVOL needs 2 slots
+
+
+@pytest.mark.skipif(not all(shutil.which(tool) for tool in ("clang", "lld-link", "llvm-readobj")),
+                    reason="clang, lld-link or llvm-readobj is not installed")
+def test_the_committed_images_are_what_the_committed_sources_build(tmp_path):
+    """build.sh, run on a copy of src/, gives the committed code, unwind data and link map (the debug
+    data differs with the build folder, so only those are compared; the linker puts .xdata in .rdata,
+    so each UNWIND_INFO is compared where .pdata points)."""
+    shutil.copytree(os.path.join(harness.DATA, "src"), tmp_path / "src")
+    shutil.copy(os.path.join(harness.DATA, "build.sh"), tmp_path)
+    subprocess.run(["sh", str(tmp_path / "build.sh")], check=True, capture_output=True)
+    for name in ("unwind_x64.exe", "unwind_x64_v2.exe"):
+        built, committed = harness.MappedPe(str(tmp_path / name)), harness.MappedPe(os.path.join(harness.DATA, name))
+        for section in (".text", ".pdata"):
+            rva, size = next((rva, size) for title, rva, size in built.sections if title == section)
+            assert built.read(rva, size) == committed.read(rva, size), (name, section)
+        table, size = built.exception_directory
+        for offset in range(0, size, 12):
+            info = struct.unpack_from("<I", built.mapped, table + offset + 8)[0]
+            length = 4 + 2 * ((built.mapped[info + 2] + 1) & ~1) + 12
+            assert built.read(info, length) == committed.read(info, length), (name, hex(info))
+        mapped = name.replace(".exe", ".map")
+        assert harness.read_link_map(str(tmp_path / mapped)) == harness.read_link_map(os.path.join(harness.DATA, mapped))
+    assert (tmp_path / "unwind_x64.readobj.txt").read_text() == open(harness.TEST_READOBJ).read()
