@@ -352,5 +352,6 @@ def test_packed_unwind_data_expands_as_the_documented_prologues():
     only_r19 = arm64.packed_codes({"RegI": 1, "RegF": 0, "H": 0, "CR": 1, "FrameSize": 2})  # 32 bytes
     assert [(code.name, code.registers, code.offset) for code in only_r19] == [
         ("alloc_s", (), 16), ("save_lrpair", ("x19", "lr"), 0), ("alloc_s", (), 16), ("end", (), 0)]
+    assert [code.name for code in arm64.decode_codes(bytes([0xC8, 0x02, 0xE4, 0xC8]))] == ["save_regp", "end"]
     with pytest.raises(UnwindStop):
-        arm64.decode_codes(bytes([0xC8]))  # a two-byte code cut short
+        arm64.decode_codes(bytes([0xC8, 0x02, 0xE3, 0xE3]))  # no end

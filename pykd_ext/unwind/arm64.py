@@ -97,13 +97,19 @@ def _x(number: int) -> str:
 
 
 def decode_codes(data: bytes) -> List[Code]:
-    """Decode unwind code bytes up to their end (the caller keeps the whole run, ``end`` included)."""
+    """Decode the unwind code bytes of a record (its code words). The words are padded after the last
+    ``end``: a code cut short by the end of the words is padding, and is dropped."""
     codes: List[Code] = []
     position = 0
     while position < len(data):
-        code = _decode_one(data, position)
+        try:
+            code = _decode_one(data, position)
+        except UnwindStop:
+            break
         codes.append(code)
         position += code.size
+    if not any(code.name == "end" for code in codes):
+        raise UnwindStop(BAD_UNWIND_DATA, "the unwind codes have no end")
     return codes
 
 
