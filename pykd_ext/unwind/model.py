@@ -1,0 +1,153 @@
+"""What the unwinder takes (images, stack reads) and gives (frames, the reason it stopped)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+from ..targets.base import MemoryReadError
+
+# How a frame was found: its registers come from the starting context, from the unwind data of the
+# function below it (its prologue's codes or its epilogue's instructions), from the return address at
+# [rsp] of a leaf function below it, from a machine frame (an interrupt or trap) below it, or from an
+# ARM64 frame record (fp, lr) below it.
+CONTEXT = "context"
+UNWIND_DATA = "unwind data"
+EPILOGUE = "epilogue"
+LEAF = "leaf function"
+MACHINE_FRAME = "machine frame"
+FRAME_POINTER = "frame pointer chain"
+SCAN = "scan"
+
+# Why an unwind ended.
+END_OF_STACK = "end of stack"  # a return address of 0: the thread's first frame
+NO_IMAGE = "no image"  # the address lies in no loaded image
+IMAGE_UNAVAILABLE = "image not at hand"  # the image is known, its bytes (unwind data) are not
+UNWIND_DATA_UNAVAILABLE = "unwind data not available"  # a page of the image's unwind data is missing
+BAD_UNWIND_DATA = "bad unwind data"  # unwind data that cannot be right (unknown code, a cycle, out of bounds)
+UNSUPPORTED = "unsupported unwind data"  # valid unwind data this unwinder does not handle (ARM64 custom stacks, SVE)
+STACK_UNAVAILABLE = "stack not available"  # a page of the stack that the unwind must read is missing
+CORRUPT_SP = "corrupt stack pointer"  # misaligned or non-canonical
+SP_NOT_GROWING = "stack pointer not growing"
+OUTSIDE_STACK_LIMITS = "outside the stack limits"
+FRAME_CAP = "frame cap"
+
+DEFAULT_MAX_FRAMES = 256
+
+StackReader = Callable[[int, int], bytes]
+
+
+class UnwindStop(Exception):
+    """Raised inside one step: the frame cannot be unwound, for ``reason`` (one of the reasons above)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass
+class Step:
+    """One frame unwound: the caller's registers, how they were found, and whether the caller's ip is
+    exact (an interrupted instruction, not a return address: it is looked up as it is, and may be in
+    a prologue or an epilogue)."""
+
+    registers: Dict[str, int]
+    method: str
+    exact: bool = False
+    note: str = ""
+    sp_exact: bool = True  # False after a frame record: the caller's stack pointer is a lower bound
+
+
+@dataclass(frozen=True)
+class ImageView:
+    """One loaded image as the unwinder needs it.
+
+    ``read(rva, size)`` returns the bytes of the image as loaded (by RVA, not by file offset) and raises
+    MemoryReadError for bytes the source lacks; it is None when the image's bytes are not at hand, and
+    ``unavailable`` then says why. ``exception_directory`` is the (RVA, size) of its exception directory
+    (``.pdata``: data directory entry 3 of the PE optional header); (0, 0) when it has none.
+    """
+
+    name: str
+    base: int
+    size: int
+    read: Optional[Callable[[int, int], bytes]] = None
+    exception_directory: Tuple[int, int] = (0, 0)
+    unavailable: str = ""
+
+    def contains(self, address: int) -> bool:
+        return self.base <= address < self.base + self.size
+
+
+# For an address, the image it lies in, or None when it lies in none.
+ImageProvider = Callable[[int], Optional[ImageView]]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame of an unwound stack, as ``k`` shows it.
+
+    ``child_sp`` is the stack pointer while the frame's function ran at ``ip``; ``return_address``
+    is where it returns to (the next frame's ip), None where the unwind stopped at this frame.
+    ``registers`` are the registers known in this frame (volatile registers only in the first frame),
+    by lower-case name; ``method`` says how the frame was found (CONTEXT for the first frame). A frame
+    found by FRAME_POINTER has no recorded stack pointer: its child_sp is the address just above the
+    frame record it came from, the lowest its stack pointer can be.
+    """
+
+    number: int
+    child_sp: int
+    ip: int
+    return_address: Optional[int]
+    registers: Dict[str, int]
+    method: str
+    image: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why the unwind ended, at which frame, in one line."""
+
+    reason: str
+    message: str
+    frame: int
+
+
+@dataclass
+class Unwind:
+    """The unwound frames, innermost first, and why the unwind ended."""
+
+    frames: List[Frame]
+    stop: Stop
+    architecture: str = ""
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """True when the unwind reached the thread's first frame (a return address of 0)."""
+        return self.stop.reason == END_OF_STACK
+
+    @property
+    def last_sp(self) -> int:
+        """The stack pointer of the last frame: where a scan of the rest of the stack starts."""
+        return self.frames[-1].child_sp
+
+
+@dataclass(frozen=True)
+class ScanEntry:
+    """A value on the stack, below the unwound frames, that lies in a loaded image: a candidate
+    return address found by scanning, not by unwinding (it may be stale)."""
+
+    stack_address: int
+    value: int
+    image: str
+    method: str = SCAN
+
+
+def read_exact(read: StackReader, address: int, size: int) -> Optional[bytes]:
+    """``size`` bytes at ``address``, or None when the source does not hold all of them."""
+    try:
+        data = read(address, size)
+    except MemoryReadError:
+        return None
+    return bytes(data) if len(data) >= size else None
