@@ -22,7 +22,7 @@ import subprocess
 import pytest
 
 import unwind_harness as harness
-from pykd_ext.targets.dumpfile import DumpFileTarget
+from pykd_ext.sources import open_dump
 from pykd_ext.unwind import IMAGE_UNAVAILABLE, UNWIND_DATA, ImageView, scan_below, unwind
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,7 +66,7 @@ AMDPPM_FUNCTIONS = ["WriteIoMemRawEx", "WriteGenAddrEx", "WriteGenAddrMaybeHidde
 
 @pytest.fixture(scope="module")
 def crash():
-    target = DumpFileTarget.open(DUMP)
+    target = open_dump(DUMP)
     mapped = {name: harness.MappedPe(path) for name, path in STORE_IMAGES.items()}
     views = []
     for module in target.modules():
@@ -203,7 +203,7 @@ def test_the_arm64_small_dump_unwinds_by_its_frame_records():
     """No ARM64 image is at hand: the walk follows the frame records of the dump's stack copy. What is
     checked is what the dump itself shows: every record lies in the stack copy, above the one before,
     every return address lies in a loaded image, and the chain ends at a frame pointer of 0."""
-    target = DumpFileTarget.open(ARM64_DUMP)
+    target = open_dump(ARM64_DUMP)
     try:
         with open(ARM64_DUMP, "rb") as handle:
             handle.seek(ARM64_CONTEXT_AT)
