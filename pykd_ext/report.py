@@ -436,6 +436,8 @@ class Report:
     build: Optional[int]
     bugcheck: BugCheckSection
     crash_time: Optional[str] = None  # ISO 8601 UTC, when the source recorded it (a dump header's SystemTime)
+    build_lab: Optional[str] = None  # the kernel's NtBuildLab, vertarget's "Built by"
+    uptime_seconds: Optional[float] = None  # boot to crash (KUSER_SHARED_DATA.InterruptTime)
     analysis: str = ""  # which analysis ran, e.g. "0x76 locked-pages hunt"
     verdict: str = ""  # one or two sentences
     suspects: List[Suspect] = field(default_factory=list)
@@ -484,6 +486,7 @@ class Report:
             "source": self.source,
             "target": {"arch": self.arch, "pointer_size": self.pointer_size, "build": self.build},
             "crash_time": self.crash_time,
+            "system": {"build_lab": self.build_lab, "uptime_seconds": self.uptime_seconds},
             "bugcheck": self.bugcheck.as_dict(),
             "analysis": self.analysis,
             "partial": self.partial,

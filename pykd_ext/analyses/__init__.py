@@ -61,7 +61,7 @@ def _analyze(source: Union[Target, KernelSession], options: Optional[Options]) -
     if entry is None:
         context.report.analysis = "parameters only"
         context.report.next_steps.extend(context.decoded.next_steps)
-        generic.describe_crash(context)
+        _interruptible(context, generic.describe_crash)
         generic.blame_code_address(context)
         return context.conclude(no_analysis_verdict(context.report.bugcheck), hunted=False)
     analysis, nobody_named = entry
@@ -73,9 +73,22 @@ def _analyze(source: Union[Target, KernelSession], options: Optional[Options]) -
         context.report.warn(f"the hunt stopped early on corrupt or inconsistent data ({type(error).__name__}"
                             f"{': ' + detail if detail else ''}): this report holds only what was found before")
     except BaseException as error:  # noqa: B902 - interrupts are turned into a partial report
-        if not is_interrupt(error):
-            raise
-        context.report.partial = True
-        context.report.warn("the hunt was interrupted: this report holds only what was found before the interrupt")
-    generic.describe_crash(context)
+        _mark_interrupted(context, error)
+    _interruptible(context, generic.describe_crash)
     return context.conclude(nobody_named)
+
+
+def _interruptible(context: Context, step: Callable[[Context], None]) -> None:
+    """Run ``step``; an interrupt during it makes the report partial (it keeps what it has)."""
+    try:
+        step(context)
+    except BaseException as error:  # noqa: B902 - interrupts are turned into a partial report
+        _mark_interrupted(context, error)
+
+
+def _mark_interrupted(context: Context, error: BaseException) -> None:
+    """Raise ``error`` again unless it is an interrupt; else mark the report partial."""
+    if not is_interrupt(error):
+        raise error
+    context.report.partial = True
+    context.report.warn("the hunt was interrupted: this report holds only what was found before the interrupt")

@@ -19,6 +19,7 @@ from typing import List, Optional
 
 from ..kernel.exception import read_exception_record
 from ..kernel.modules import ModuleMap
+from ..kernel.system import build_lab, uptime_seconds
 from ..kernel.threads import read_process_info, read_thread
 from ..layouts import LayoutError
 from ..ntstatus import status_text
@@ -57,6 +58,11 @@ def describe_crash(context: Context) -> None:
         if gone is not None:
             parameter.module, parameter.unloaded = gone.image, True
             parameter.symbol = f"{gone.image.rsplit('.', 1)[0]}+{parameter.value - gone.start:#x}"
+    if report.partial:  # an interrupted hunt reads nothing more
+        return
+    report.build_lab = build_lab(context.target, context.symbol("nt!NtBuildLab"),
+                                 context.symbol("nt!KdDebuggerDataBlock"))
+    report.uptime_seconds = uptime_seconds(context.target)
     _exception(context)
     if facts is None:
         return

@@ -251,6 +251,10 @@ class Renderer:
         self.line(f"Source: {self._source()}")
         if report.crash_time:
             self.line(f"Crash time: {report.crash_time.replace('T', ' ').rstrip('Z')} UTC")
+        if report.uptime_seconds is not None:
+            self.line(f"System uptime: {_duration(report.uptime_seconds)}")
+        if report.build_lab:
+            self.line(f"Built by: {printable(report.build_lab)}")
         if report.pfn_range is not None:
             first, last = report.pfn_range
             of_source = f" of the source's 0-{report.source_max_pfn:x}" if report.source_max_pfn is not None else ""
@@ -611,6 +615,14 @@ def _timestamp(value: Optional[int], crash_time: Optional[str]) -> str:
     if when < FIRST_PE_LINK_TIME or (crash_time and when > crash_time):
         return f"{value:08x} (hash)"
     return f"{value:08x} {moment:%Y-%m-%d %H:%M:%S}"
+
+
+def _duration(seconds: float) -> str:
+    """An uptime as vertarget writes it: ``2 days 3:04:05.678``."""
+    minutes, second = divmod(seconds, 60)
+    hours, minute = divmod(int(minutes), 60)
+    days, hour = divmod(hours, 24)
+    return f"{days} days {hour}:{minute:02d}:{second:06.3f}"
 
 
 def render_text(report: Report, verbose: bool = False, width: Optional[int] = None) -> str:
