@@ -72,8 +72,10 @@ MAX_SECTIONS = 96
 MAX_RESOURCE_ENTRIES = 4096
 MAX_VERSION_RESOURCE = 0x10000
 MAX_VERSION_BLOCKS = 256
-# An image file bigger than this is not read (the largest kernel images are a few hundred MiB).
-MAX_IMAGE_FILE_BYTES = 1 << 30
+# An image file's first bytes, kept when it is opened: its headers (SizeOfHeaders is 0x400-0x1000).
+FILE_HEAD_BYTES = 0x2000
+# One read of an image file: a directory, a resource, a function table; never a whole large image.
+MAX_FILE_READ = 64 << 20
 
 
 class NotAPeImage(TargetError):
@@ -142,6 +144,7 @@ class PeImage:
     def __init__(self, read: Reader, where: str):
         self._read = read
         self.where = where
+        self.path: Optional[str] = None  # the image file's, for an image read from disk
         dos = self._bytes(0, DOS_HEADER_SIZE, "IMAGE_DOS_HEADER")
         if dos[:2] != b"MZ":
             raise NotAPeImage(f"no PE image {where}: it does not start with MZ")
@@ -185,14 +188,12 @@ class PeImage:
     @classmethod
     def from_file(cls, path: str) -> "PeImage":
         """The image file at ``path`` (read-only): headers at their file offsets, the rest through the
-        section table. OSError passes through; what is not a PE image raises NotAPeImage."""
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_IMAGE_FILE_BYTES + 1)
-        where = f"in {os.path.basename(path)}"
-        if len(data) > MAX_IMAGE_FILE_BYTES:
-            raise NotAPeImage(f"the PE image {where} is larger than {MAX_IMAGE_FILE_BYTES >> 20} MiB: refused")
-        image = cls(lambda rva, size: bytes(data[rva:rva + size]), where)  # the headers lie at offset 0
-        image._read = _FileLayout(data, image.sections, image.size_of_headers, where)
+        section table, read when asked for. OSError passes through; what is not a PE image raises
+        NotAPeImage."""
+        layout = _FileLayout(path)
+        image = cls(layout, f"in {os.path.basename(path)}")
+        layout.map_sections(image.sections, image.size_of_headers)
+        image.path = path
         return image
 
     # ---- what the directories give ----
@@ -302,6 +303,11 @@ class PeImage:
 
     # ---- reading ----
 
+    def read(self, rva: int, size: int) -> bytes:
+        """``size`` bytes of the image at ``rva``: from memory, or from the file through its sections
+        (for an exception directory's function table, say)."""
+        return self._bytes(rva, size, f"{size:#x} bytes")
+
     def _bytes(self, rva: int, size: int, what: str) -> bytes:
         data = self._read(rva, size)
         if len(data) < size:
@@ -335,16 +341,27 @@ def _section(table: bytes, at: int) -> Section:
 
 
 class _FileLayout:
-    """read(rva, size) over an image file: the headers as they are, a section's bytes from its raw
-    data (zeros past SizeOfRawData, as the loader fills them)."""
+    """read(rva, size) over an image file: until ``map_sections``, RVA = file offset (the headers);
+    then the headers as they are and a section's bytes from its raw data (zeros past SizeOfRawData,
+    as the loader fills them). The first bytes are kept; the rest is read from the file when asked
+    for, and the file must not have changed meanwhile."""
 
-    def __init__(self, data: bytes, sections: List[Section], size_of_headers: int, where: str):
-        self.data = data
+    def __init__(self, path: str):
+        self.path = path
+        self.where = f"in {os.path.basename(path)}"
+        with open(path, "rb") as handle:
+            self.stamp = _file_stamp(os.fstat(handle.fileno()))
+            self.head = handle.read(FILE_HEAD_BYTES)
+        self.sections: Optional[List[Section]] = None
+        self.size_of_headers = 0
+
+    def map_sections(self, sections: List[Section], size_of_headers: int) -> None:
         self.sections = sorted(sections, key=lambda section: section.virtual_address)
         self.size_of_headers = size_of_headers
-        self.where = where
 
     def __call__(self, rva: int, size: int) -> bytes:
+        if self.sections is None:
+            return self._file_bytes(rva, size)
         pieces = []
         while size > 0:
             piece = self._piece(rva, size)
@@ -355,18 +372,32 @@ class _FileLayout:
 
     def _piece(self, rva: int, size: int) -> bytes:
         if rva < self.size_of_headers:
-            return bytes(self.data[rva:rva + min(size, self.size_of_headers - rva)]).ljust(
-                min(size, self.size_of_headers - rva), b"\x00")
-        for section in self.sections:
+            length = min(size, self.size_of_headers - rva)
+            return self._file_bytes(rva, length).ljust(length, b"\x00")
+        for section in self.sections or ():
             if section.contains(rva):
                 inside = rva - section.virtual_address
                 length = min(size, section.mapped_size - inside)
                 raw = b""
                 if inside < section.raw_size:
-                    start = section.raw_pointer + inside
-                    raw = bytes(self.data[start:start + min(length, section.raw_size - inside)])
+                    raw = self._file_bytes(section.raw_pointer + inside, min(length, section.raw_size - inside))
                 return raw.ljust(length, b"\x00")
         raise NotAPeImage(f"RVA {rva:#x} of the image {self.where} lies in no section")
+
+    def _file_bytes(self, offset: int, size: int) -> bytes:
+        if offset + size <= len(self.head):
+            return self.head[offset:offset + size]
+        if size > MAX_FILE_READ:
+            raise NotAPeImage(f"a read of {size:#x} bytes of the image {self.where} is more than it can hold")
+        with open(self.path, "rb") as handle:
+            if _file_stamp(os.fstat(handle.fileno())) != self.stamp:
+                raise NotAPeImage(f"the image file {self.path} changed after it was opened")
+            handle.seek(offset)
+            return handle.read(size)
+
+
+def _file_stamp(status: os.stat_result) -> Tuple[int, int]:
+    return status.st_size, status.st_mtime_ns
 
 
 def _version_info(data: bytes, where: str) -> Optional[ImageVersion]:
