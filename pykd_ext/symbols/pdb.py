@@ -32,7 +32,7 @@ import os
 import struct
 import sys
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..typeinfo import FieldInfo, TypeInfo
@@ -612,30 +612,37 @@ class _ModuleInfo:
 
 
 class _ModuleSymbols:
-    """What one module stream gives: its procedures (start RVA, length, name), data symbols (start
-    RVA, type, name) and line entries (start, end, line, file checksum offset), each sorted by RVA,
+    """What one module stream gives: its procedures (start RVA, length, name) and data symbols (start
+    RVA, type, name), each sorted by RVA; its line tables, one per DEBUG_S_LINES subsection (code
+    start and end RVA, order in the stream, the lines (start, end, line, file checksum offset) and
+    their starts);
     and its file checksums (offset -> offset of the file name in /names)."""
 
     def __init__(self):
         self.procedures: List[Tuple[int, int, str]] = []
         self.data: List[Tuple[int, int, str]] = []
-        self.lines: List[Tuple[int, int, int, int]] = []
+        self.line_tables: List[Tuple[int, int, int, List[Tuple[int, int, int, int]], List[int]]] = []
         self.files: Dict[int, int] = {}
         self.procedure_starts: List[int] = []
         self.data_starts: List[int] = []
-        self.line_starts: List[int] = []
+        self.line_table_starts: List[int] = []
 
     def sort(self) -> None:
-        self.procedures.sort()
-        self.data.sort()
-        self.lines.sort()
+        self.procedures.sort(key=lambda entry: entry[0])  # stable: folded functions stay in stream order
+        self.data.sort(key=lambda entry: entry[0])
+        self.line_tables.sort(key=lambda table: (table[0], table[2]))
         self.procedure_starts = [entry[0] for entry in self.procedures]
         self.data_starts = [entry[0] for entry in self.data]
-        self.line_starts = [entry[0] for entry in self.lines]
+        self.line_table_starts = [table[0] for table in self.line_tables]
 
     def procedure(self, rva: int) -> Optional[Tuple[int, int, str]]:
+        """The procedure whose code holds ``rva``; of functions the linker folded into one body (one
+        start), the first in the stream."""
         at = bisect_right(self.procedure_starts, rva) - 1
-        if at >= 0 and rva < self.procedures[at][0] + max(self.procedures[at][1], 1):
+        if at < 0:
+            return None
+        at = bisect_left(self.procedure_starts, self.procedure_starts[at])
+        if rva < self.procedures[at][0] + max(self.procedures[at][1], 1):
             return self.procedures[at]
         return None
 
@@ -644,10 +651,22 @@ class _ModuleSymbols:
         return self.data[at] if at >= 0 else None
 
     def line(self, rva: int) -> Optional[Tuple[int, int]]:
-        """(line, file checksum offset) of the line entry that covers ``rva``."""
-        at = bisect_right(self.line_starts, rva) - 1
-        if at >= 0 and rva < self.lines[at][1] and self.lines[at][2] not in HIDDEN_LINES:
-            return self.lines[at][2], self.lines[at][3]
+        """(line, file checksum offset) of the line that covers ``rva``: the first line that starts
+        at it, else the last that starts before it (several lines can start at one address: the
+        earlier ones hold no code of their own). Code folded by the linker has several line tables
+        from one start: the first in the stream counts. Both as LLVM's PDB reader decides."""
+        at = bisect_right(self.line_table_starts, rva) - 1
+        if at < 0:
+            return None
+        first = bisect_left(self.line_table_starts, self.line_table_starts[at])
+        for _, end, _, lines, line_starts in self.line_tables[first:at + 1]:
+            if rva < end:
+                found = bisect_left(line_starts, rva)  # at a line's own address, the first line there
+                if found == len(line_starts) or line_starts[found] != rva:
+                    found -= 1  # inside: the last line that starts before it
+                if found >= 0 and rva < lines[found][1] and lines[found][2] not in HIDDEN_LINES:
+                    return lines[found][2], lines[found][3]
+                return None
         return None
 
 
@@ -714,10 +733,11 @@ class _AddressIndex:
         at = bisect_right(starts, rva) - 1
         if at < 0:
             return None
+        at = bisect_left(starts, starts[at])  # of several names for one address, the first recorded
         start = starts[at]
         section = self._section_of(rva)
-        if section is not None and not section[0] <= start < section[1]:
-            return None
+        if self.debug.sections and (section is None or not section[0] <= start < section[1]):
+            return None  # the address is in no section, or in another than the public
         data = self.symbols.data
         length = data[records[at]] | data[records[at] + 1] << 8
         name = _c_string(data, records[at] + SYMBOL_NAME_OFFSET, records[at] + 2 + length, self.name)[0]
@@ -898,13 +918,20 @@ class _AddressIndex:
                 offset, packed = struct.unpack_from("<II", data, position + 12 + 8 * number)
                 entries.append((offset, packed & 0xFFFFFF, checksum))
             position += block_size
-        entries.sort()
+        entries.sort(key=lambda entry: entry[0])  # stable: lines at one offset stay in their order
         rva_of = self.debug.addresses.rva
-        for number, (offset, line, checksum) in enumerate(entries):
-            following = entries[number + 1][0] if number + 1 < len(entries) else code_size
+        offsets = sorted({offset for offset, _, _ in entries}) + [code_size]
+        following = {offset: offsets[number + 1] for number, offset in enumerate(offsets[:-1])}
+        lines = []
+        for offset, line, checksum in entries:  # each line runs to the next line's offset or the code's end
             rva = rva_of(segment, code_offset + offset)
-            if rva is not None and following > offset:
-                module.lines.append((rva, rva + following - offset, line, checksum))
+            if rva is not None and following[offset] > offset:
+                lines.append((rva, rva + following[offset] - offset, line, checksum))
+        start = rva_of(segment, code_offset)
+        if start is not None and lines:
+            lines.sort(key=lambda entry: entry[0])
+            module.line_tables.append((start, start + code_size, len(module.line_tables), lines,
+                                       [line[0] for line in lines]))
 
     def _read_checksums(self, data: bytearray, position: int, end: int, module: _ModuleSymbols,
                         what: str) -> None:
