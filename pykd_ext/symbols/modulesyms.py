@@ -161,7 +161,7 @@ class ModuleSymbols:
         for given in self._given:
             if given.identity is not None and _same_build(given.identity, identity):
                 return _Found(given, f"{module.name}: symbols from {given.label} ({given.path}, given with "
-                                     f"--symbols)")
+                                     f"--symbols; the identity {whence})")
         if self._path is None:
             return _Found(None, f"{module.name}: no symbols: {identity.label} ({whence}) was not given and no "
                                 f"symbol path is set; its addresses are shown as {module.name}+offset")
