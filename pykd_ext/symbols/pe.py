@@ -46,6 +46,7 @@ PE32_PLUS_MAGIC = 0x20B
 # Optional header offsets (PE32, PE32+).
 SIZE_OF_IMAGE_OFFSET = 56
 SIZE_OF_HEADERS_OFFSET = 60
+SECTION_ALIGNMENT_OFFSET = 32
 IMAGE_BASE_OFFSET = {PE32_MAGIC: (28, "<I"), PE32_PLUS_MAGIC: (24, "<Q")}
 NUMBER_OF_RVA_AND_SIZES_OFFSET = {PE32_MAGIC: 92, PE32_PLUS_MAGIC: 108}
 MAX_DATA_DIRECTORIES = 16
@@ -168,6 +169,7 @@ class PeImage:
         optional = self._bytes(optional_at, min(size_of_optional_header,
                                                 directories_at + 8 * MAX_DATA_DIRECTORIES), "IMAGE_OPTIONAL_HEADER")
         self.size_of_image, self.size_of_headers = struct.unpack_from("<II", optional, SIZE_OF_IMAGE_OFFSET)
+        self.section_alignment = struct.unpack_from("<I", optional, SECTION_ALIGNMENT_OFFSET)[0]
         base_offset, base_format = IMAGE_BASE_OFFSET[magic]
         self.image_base = struct.unpack_from(base_format, optional, base_offset)[0]
         headers_end = optional_at + size_of_optional_header
@@ -192,7 +194,7 @@ class PeImage:
         NotAPeImage."""
         layout = _FileLayout(path)
         image = cls(layout, f"in {os.path.basename(path)}")
-        layout.map_sections(image.sections, image.size_of_headers)
+        layout.map_sections(image.sections, image.size_of_headers, image.section_alignment)
         image.path = path
         return image
 
@@ -354,10 +356,14 @@ class _FileLayout:
             self.head = handle.read(FILE_HEAD_BYTES)
         self.sections: Optional[List[Section]] = None
         self.size_of_headers = 0
+        self.alignment = 1
 
-    def map_sections(self, sections: List[Section], size_of_headers: int) -> None:
+    def map_sections(self, sections: List[Section], size_of_headers: int, alignment: int) -> None:
+        """From now on, RVAs through the sections, each spanning its size rounded up to the section
+        alignment (the loader maps whole pages)."""
         self.sections = sorted(sections, key=lambda section: section.virtual_address)
         self.size_of_headers = size_of_headers
+        self.alignment = alignment if alignment and not alignment & (alignment - 1) else 1
 
     def __call__(self, rva: int, size: int) -> bytes:
         if self.sections is None:
@@ -375,9 +381,10 @@ class _FileLayout:
             length = min(size, self.size_of_headers - rva)
             return self._file_bytes(rva, length).ljust(length, b"\x00")
         for section in self.sections or ():
-            if section.contains(rva):
-                inside = rva - section.virtual_address
-                length = min(size, section.mapped_size - inside)
+            extent = -(-section.mapped_size // self.alignment) * self.alignment
+            inside = rva - section.virtual_address
+            if 0 <= inside < extent:
+                length = min(size, extent - inside)
                 raw = b""
                 if inside < section.raw_size:
                     raw = self._file_bytes(section.raw_pointer + inside, min(length, section.raw_size - inside))
