@@ -100,11 +100,6 @@ class ImageKey:
     def store_key(self) -> str:
         return image_store_key(self.time_date_stamp, self.size_of_image)
 
-    @property
-    def label(self) -> str:
-        """``amdppm.sys C9C030003b000``, as a note names an image file."""
-        return f"{self.name} {self.store_key}"
-
 
 # What a lookup is for: an image's symbol file (by PDB identity) or the image file itself.
 StoreEntry = Union[PdbIdentity, ImageKey]

@@ -85,7 +85,6 @@ SECTION_CONTRIBUTION_SIZES = {0xF12EBA2D: 28, 0xF13151E4: 32}
 CV_SIGNATURE_C13 = 4
 DEBUG_S_LINES = 0xF2
 DEBUG_S_FILECHKSMS = 0xF4
-DEBUG_S_IGNORE = 0x80000000
 CV_LINES_HAVE_COLUMNS = 1
 # Line numbers that mark compiler-made code rather than a line of the source (cvinfo.h).
 HIDDEN_LINES = (0xFEEFEE, 0xF00F00)

@@ -99,9 +99,6 @@ class Section:
         """The bytes the section spans in the loaded image (a VirtualSize of 0: its raw size)."""
         return self.virtual_size or self.raw_size
 
-    def contains(self, rva: int) -> bool:
-        return self.virtual_address <= rva < self.virtual_address + self.mapped_size
-
 
 @dataclass(frozen=True)
 class DebugEntry:
@@ -168,7 +165,8 @@ class PeImage:
                               f"too short for its own fields")
         optional = self._bytes(optional_at, min(size_of_optional_header,
                                                 directories_at + 8 * MAX_DATA_DIRECTORIES), "IMAGE_OPTIONAL_HEADER")
-        self.size_of_image, self.size_of_headers = struct.unpack_from("<II", optional, SIZE_OF_IMAGE_OFFSET)
+        self.size_of_image = struct.unpack_from("<I", optional, SIZE_OF_IMAGE_OFFSET)[0]
+        self.size_of_headers = struct.unpack_from("<I", optional, SIZE_OF_HEADERS_OFFSET)[0]
         self.section_alignment = struct.unpack_from("<I", optional, SECTION_ALIGNMENT_OFFSET)[0]
         base_offset, base_format = IMAGE_BASE_OFFSET[magic]
         self.image_base = struct.unpack_from(base_format, optional, base_offset)[0]
@@ -211,9 +209,6 @@ class PeImage:
     def exception_directory(self) -> Optional[Tuple[int, int]]:
         """(RVA, size) of the exception directory (the ``.pdata`` function table), or None."""
         return self.directory(IMAGE_DIRECTORY_ENTRY_EXCEPTION)
-
-    def section_of(self, rva: int) -> Optional[Section]:
-        return next((section for section in self.sections if section.contains(rva)), None)
 
     def debug_entries(self) -> List[DebugEntry]:
         """The debug directory's entries (at most MAX_DEBUG_ENTRIES)."""
