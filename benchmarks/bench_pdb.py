@@ -13,6 +13,9 @@ place for a reader that looks for names. Then measures side by side, interleaved
   ``OTHER_STABLE_LAYOUTS`` and ``BUILD_LAYOUTS_X64`` with ``layouts.known_field_names`` + ``rva`` of
   the five globals leakhunt reads: what a kernel session asks of a PDB;
 
+* ``PdbFile.open`` + the first ``locate`` (the publics sorted by RVA: what naming the first address
+  of a module costs), and 10,000 ``locate`` calls after it (bisect over the sorted starts);
+
 and, in a separate pass, the peak memory of the whole job (tracemalloc: Python allocations) beside the
 file size, and the peak resident set of a fresh process doing it. Every resolved layout is checked against
 the test kernel's description first. Not a test: ``python3 benchmarks/bench_pdb.py``.
@@ -40,6 +43,8 @@ from pykd_ext.symbols import pdb as fmt  # noqa: E402
 from pykd_ext.symbols.pdb import PdbFile  # noqa: E402
 
 MIB = 1 << 20
+PUBLICS_SECTION_SIZE = 0x200000  # room for the filler publics, 16 bytes apart in two sections
+LOCATES = 10_000
 SYMBOLS = [name for name, _ in test_kernel.GLOBALS]
 NAMES = sorted(set(layouts.STABLE_LAYOUTS) | set(layouts.OTHER_STABLE_LAYOUTS) | set(layouts.BUILD_LAYOUTS_X64))
 
@@ -79,7 +84,7 @@ def synthesize(path: str, size: int, seed: int = 1) -> dict:
     symbols = [writer.symbol_record(fmt.S_PUB32, f"FillerPublicSymbol{n:06d}", 1 + n % 2, 16 * n)
                for n in range(max(1, (size // 4) // 44))]
     symbols += [writer.symbol_record(fmt.S_GDATA32, name, 2, 0x100 + 16 * n, 0x1000) for n, name in enumerate(SYMBOLS)]
-    image = writer.write_pdb(types, symbols, sections=[0x1000, 0x400000])
+    image = writer.write_pdb(types, symbols, sections=[0x1000, 0x400000], section_size=PUBLICS_SECTION_SIZE)
     with open(path, "wb") as handle:
         handle.write(image)
     return {"bytes": len(image), "types": len(types.records), "tpi": len(types.stream()), "fillers": fillers,
@@ -104,6 +109,22 @@ def session_work(path: str) -> dict:
     found.update({name: pdb.rva(name) for name in SYMBOLS})
     pdb.close()
     return found
+
+
+def first_locate(path: str) -> None:
+    """Open the PDB and name one address: the publics are read and sorted by RVA."""
+    pdb = PdbFile.open(path)
+    if pdb.locate(0x1000 + 16 * 1000 + 5).name != "FillerPublicSymbol001000":
+        raise SystemExit("the synthesized PDB names 0x4e85 wrongly")
+    pdb.close()
+
+
+def locates_after_the_first(pdb: PdbFile, rvas: list) -> float:
+    """Seconds for ``locate`` of every RVA of ``rvas``, the index already built."""
+    started = time.perf_counter()
+    for rva in rvas:
+        pdb.locate(rva)
+    return time.perf_counter() - started
 
 
 def check(path: str, described: dict) -> None:
@@ -161,11 +182,18 @@ def main(argv=None) -> int:
         path = os.path.join(scratch, "ntkrnlmp.pdb")
         made = synthesize(path, int(args.size * MIB))
         check(path, made["described"])
-        times = {"read": [], "open": [], "session": []}
+        times = {"read": [], "open": [], "session": [], "locate": [], "locates": []}
+        rng = random.Random(2)
+        rvas = [rng.randrange(0x1000, 0x1000 + 16 * made["symbols"] // 2) for _ in range(LOCATES)]
+        opened = PdbFile.open(path)
+        opened.locate(0x1000)
         for _ in range(args.repeat):
             times["read"].append(timed(streaming_read, path))
             times["open"].append(timed(open_only, path))
             times["session"].append(timed(session_work, path))
+            times["locate"].append(timed(first_locate, path))
+            times["locates"].append(locates_after_the_first(opened, rvas))
+        opened.close()
         median = {name: statistics.median(values) for name, values in times.items()}
         peak = peak_python_memory(path)
         rss_idle, rss_job = fresh_process_peak_rss(path) if os.path.exists("/proc/self/status") else (0, 0)
@@ -175,8 +203,11 @@ def main(argv=None) -> int:
           f"{len(NAMES)} layouts and {len(SYMBOLS)} RVAs resolved (checked against the description)")
     print(f"median of {args.repeat}, file in the page cache:")
     print(f"  streaming read (1 MiB readinto)         {median['read'] * 1000:8.1f} ms   1.0x")
-    for name, label in (("open", "PdbFile.open"), ("session", "open + every layout + RVAs")):
+    for name, label in (("open", "PdbFile.open"), ("session", "open + every layout + RVAs"),
+                        ("locate", "open + the first locate")):
         print(f"  {label:<40}{median[name] * 1000:8.1f} ms  {median[name] / median['read']:5.1f}x")
+    print(f"  {f'{LOCATES} locates after the first':<40}{median['locates'] * 1000:8.1f} ms  "
+          f"({median['locates'] / LOCATES * 1e6:.1f} us each)")
     print(f"peak Python memory of open + lookups: {peak / MIB:.1f} MiB ({peak / made['bytes']:.2f}x the file)")
     if rss_job:
         print(f"fresh process peak RSS: {rss_idle / 1024:.1f} MiB after the imports, {rss_job / 1024:.1f} MiB "

@@ -1,4 +1,4 @@
-"""Fuzz target: the crash dump reader (``DumpFileTarget.open``: the DUMP_HEADER64/32, the bitmap and
+"""Fuzz target: the crash dump reader (``pykd_ext.sources.open_dump``: the DUMP_HEADER64/32, the bitmap and
 range headers, the page tables) and the ``leakhunt analyze`` that follows it.
 
     python fuzz/fuzz_dump_header.py --runs 2000             # the CI run

@@ -1,21 +1,27 @@
-"""Fuzz target: the PDB reader (``PdbFile.open``, then ``rva`` and ``type_info``).
+"""Fuzz target: the PDB reader (``PdbFile.open``, then ``rva``, ``type_info``, ``locate`` and ``locate_data``).
 
     python fuzz/fuzz_pdb.py --runs 2000             # the CI run
     python fuzz/fuzz_pdb.py --runs 50000 --seed 7   # longer, on demand
     python fuzz/fuzz_pdb.py --replay fuzz/crashes/type-words-seed1-42.pdb
 
-The bases are the generated test kernel's PDB (clang and lld-link, tests/data/testkernel/), the
-LF_STRUCTURE2 sample of mocks/pdbwriter.py, and a pdbwriter PDB of the same kernel's structures as
-LF_STRUCTURE2 records for a rearranged image (OMAP). Each input damages one: truncation anywhere, flipped
-bytes anywhere, superblock fields and stream directory entries (stream sizes, block numbers) set to
-hostile values, bytes flipped inside one stream (PDB info, TPI, DBI, section headers, symbol
-records, OMAP), 16- and 32-bit words inside the type records set to record kinds, leaf kinds, type
-indices and lengths (cycles, runaway chains, absurd counts), trailing garbage. An input passes when:
+The bases are the generated test kernel's PDB (clang and lld-link, tests/data/testkernel/), the test
+driver's PDB (clang and lld-link, tests/data/testdriver/: module streams with procedures, data
+symbols and C13 line tables, section contributions, publics, /names), the LF_STRUCTURE2 sample of
+mocks/pdbwriter.py, and a pdbwriter PDB of the same kernel's structures as LF_STRUCTURE2 records for a
+rearranged image (OMAP). Each input damages one: truncation anywhere, flipped bytes anywhere,
+superblock fields and stream directory entries (stream sizes, block numbers) set to hostile values,
+bytes flipped inside one stream (PDB info, TPI, DBI, section headers, symbol records, OMAP, module
+streams, /names), 16- and 32-bit words inside the type records set to record kinds, leaf kinds, type
+indices and lengths (cycles, runaway chains, absurd counts), 16- and 32-bit words inside a module
+stream (record lengths and kinds, procedure lengths and addresses, subsection kinds and lengths, line
+counts, block sizes, file checksum offsets) and inside the DBI's module info and section
+contributions set to hostile values, trailing garbage. An input passes when:
 
 - ``PdbFile.open`` returns a PdbFile or raises SymbolFileError with one clear line;
-- ``rva`` of the kernel's globals and ``type_info`` of every structure leakhunt knows (with every
-  field path it knows) and of the test shapes answer None, an int, or a TypeInfo of ints, or raise
-  SymbolFileError with one clear line;
+- ``rva`` of the kernel's and the driver's globals, ``type_info`` of every structure leakhunt knows
+  (with every field path it knows) and of the test shapes, ``locate`` and ``locate_data`` of RVAs all
+  over the test images answer None, an int, a TypeInfo of ints or a CodeLocation of the right types,
+  or raise SymbolFileError with one clear line;
 - the file is byte-identical afterwards; all within the time limit.
 """
 from __future__ import annotations
@@ -34,11 +40,12 @@ from fuzz.mutators import flip_bytes, truncate
 from mocks import pdbwriter, test_kernel
 from pykd_ext import layouts
 from pykd_ext.symbols import pdb as fmt
-from pykd_ext.symbols.base import SymbolFileError
+from pykd_ext.symbols.base import CodeLocation, SymbolFileError
 from pykd_ext.symbols.pdb import PdbFile
 from pykd_ext.typeinfo import TypeInfo
 
-DAMAGE = ("truncate", "flip", "superblock", "directory", "stream-bytes", "type-words", "trailing-garbage")
+DAMAGE = ("truncate", "flip", "superblock", "directory", "stream-bytes", "type-words", "module-words", "dbi-words",
+          "trailing-garbage")
 WORDS = [0, 1, 2, 3, 0x7FFF, 0x8000, 0x8001, 0x8004, 0x8005, 0x800A, 0xFFFF, 0x1000, 0x1001, 0x1002, 0x1203,
          0x1205, 0x1404, 0x1503, 0x1505, 0x1506, 0x1609, 0x160A, 0x150D, 0x1510, 0x1511, 0xF1, 0xF3]
 DWORDS = [0, 1, 0xFFF, 0x1000, 0x1001, 0x1002, 0x10000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0x3FFFFFFF, 4096]
@@ -46,7 +53,12 @@ LOOKUPS = [(name, layouts.known_field_names(name)) for name in sorted(
     set(layouts.STABLE_LAYOUTS) | set(layouts.OTHER_STABLE_LAYOUTS) | set(layouts.BUILD_LAYOUTS_X64))]
 LOOKUPS += [("_LEAKHUNT_SHAPES", ["Locked", "Grid", "State", "Chain"]), ("_HOLDER", ["Node.Far", "Node.Whole"]),
             ("_LEAKHUNT_WIDE", ["Field0000", "Field8999"]), ("_KPROCESS", [])]
-SYMBOLS = [name for name, _ in test_kernel.GLOBALS] + [test_kernel.ENTRY, "KiLocal"]
+SYMBOLS = [name for name, _ in test_kernel.GLOBALS] + [test_kernel.ENTRY, "KiLocal", "g_StateLock", "DriverEntry"]
+DRIVER_PDB = os.path.join(test_kernel.ROOT, "tests", "data", "testdriver", "lockdrv.pdb")
+# RVAs asked of ``locate`` and ``locate_data``: the headers, the driver's code, data and the gaps
+# between, the kernel's sections, and far past every image.
+RVAS = [0, 0x1000, 0x1001, 0x1089, 0x1090, 0x10E0, 0x1100, 0x11C0, 0x2000, 0x2040, 0x3000, 0x3004, 0x3010,
+        0x3020, 0x3030, 0x3070, 0x3074, 0x4000, 0x5000, 0x400000, 0x400100, 0x7FFFFFFF, 0xFFFFFFFF]
 
 
 class Base:
@@ -60,6 +72,22 @@ class Base:
         self.block_count = msf.block_count
         self.streams = [(size, blocks) for size, blocks in zip(msf.sizes, msf._block_lists)]
         self.directory_offsets = self._directory_offsets()
+        self.module_streams = self._module_streams(msf)
+
+    def _module_streams(self, msf) -> List[int]:
+        """The module streams the DBI's module info names (ModuleSymStream, 34 bytes into each entry)."""
+        if not msf.stream_size(fmt.STREAM_DBI):
+            return []
+        dbi = msf.stream(fmt.STREAM_DBI)
+        end = fmt.DBI_HEADER.size + struct.unpack_from("<i", dbi, 24)[0]  # ModInfoSize
+        streams, position = [], fmt.DBI_HEADER.size
+        while position + fmt.MODULE_INFO_SIZE <= end:
+            stream = struct.unpack_from("<H", dbi, position + 34)[0]
+            if stream != fmt.NO_STREAM and msf.stream_size(stream):
+                streams.append(stream)
+            position = dbi.index(b"\x00", dbi.index(b"\x00", position + fmt.MODULE_INFO_SIZE) + 1) + 1
+            position = (position + 3) & ~3
+        return streams
 
     def stream_offset(self, stream: int, position: int) -> int:
         """The file offset of byte ``position`` of a stream."""
@@ -84,7 +112,10 @@ def _bases() -> List[Base]:
     pdbwriter.kernel_types(types, test_kernel.structures())  # the kernel's structures as LF_STRUCTURE2
     rearranged = pdbwriter.write_pdb(types, symbols, omap=[(0x1000, 0x1000), (0x3000, 0x2400)],
                                      original_sections=[0x1000, 0x3000])
-    return [Base("testkernel", kernel), Base("class2", pdbwriter.class2_sample()), Base("omap", rearranged)]
+    with open(DRIVER_PDB, "rb") as handle:
+        driver = handle.read()
+    return [Base("testkernel", kernel), Base("testdriver", driver), Base("class2", pdbwriter.class2_sample()),
+            Base("omap", rearranged)]
 
 
 BASES = _bases()
@@ -96,8 +127,8 @@ def _set(raw: bytearray, offset: int, width: int, value: int) -> None:
 
 
 def make_input(rng: random.Random) -> Tuple[str, bytes]:
-    base = rng.choice(BASES)
     kind = rng.choice(DAMAGE)
+    base = rng.choice([base for base in BASES if base.module_streams] if kind == "module-words" else BASES)
     raw = bytearray(base.raw)
     if kind == "truncate":
         return kind, truncate(base.raw, rng.randrange(len(raw)))
@@ -134,7 +165,28 @@ def make_input(rng: random.Random) -> Tuple[str, bytes]:
                     offset = base.stream_offset(fmt.STREAM_TPI, min(position + byte, size - 1))
                     _set(raw, offset, 1, value >> (8 * byte))
         return kind, bytes(raw)
+    if kind == "module-words":
+        _set_words(raw, base, rng.choice(base.module_streams), rng, 4)
+        return kind, bytes(raw)
+    if kind == "dbi-words" and base.streams[fmt.STREAM_DBI][0] > fmt.DBI_HEADER.size:
+        _set_words(raw, base, fmt.STREAM_DBI, rng, fmt.DBI_HEADER.size)
+        return kind, bytes(raw)
     return kind, base.raw + bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 0x2000)))
+
+
+def _set_words(raw: bytearray, base: Base, stream: int, rng: random.Random, start: int) -> None:
+    """Set a few 16- or 32-bit words of ``stream`` (from byte ``start``) to hostile values."""
+    size = base.streams[stream][0]
+    if size <= start + 4:
+        return
+    for _ in range(rng.randint(1, 4)):
+        position = rng.randrange(start, size - 4) & ~1
+        if rng.random() < 0.4:
+            value, width = rng.choice(WORDS + [0x1110, 0x110F, 0x1147, 0x110C, 0x110D, 0x110E, 0x00F2, 0x00F4]), 2
+        else:
+            value, width = rng.choice(DWORDS + [0xF2, 0xF4, 0xF3, 0x80000000 | 0xF2, rng.randrange(0, 0x200)]), 4
+        for byte in range(width):  # a word may straddle a block boundary
+            _set(raw, base.stream_offset(stream, min(position + byte, size - 1)), 1, value >> (8 * byte))
 
 
 def _digest(path: str) -> str:
@@ -155,6 +207,17 @@ def _lookups(pdb: PdbFile) -> Tuple[int, int]:
         if rva is not None and not isinstance(rva, int):
             raise ContractBroken(f"rva({name}) answered {rva!r}")
         answered += 1
+    for rva in RVAS:
+        for locate in (pdb.locate, pdb.locate_data):
+            try:
+                found = locate(rva)
+            except SymbolFileError as error:
+                one_line(str(error))
+                refused += 1
+                continue
+            if found is not None and not _is_location(found):
+                raise ContractBroken(f"{locate.__name__}({rva:#x}) answered {found!r}")
+            answered += 1
     for name, fields in LOOKUPS:
         try:
             info = pdb.type_info(name, fields)
@@ -169,6 +232,12 @@ def _lookups(pdb: PdbFile) -> Tuple[int, int]:
                 raise ContractBroken(f"type_info({name}) answered {info!r}")
         answered += 1
     return answered, refused
+
+
+def _is_location(found) -> bool:
+    return (isinstance(found, CodeLocation) and isinstance(found.name, str) and isinstance(found.start, int)
+            and isinstance(found.offset, int) and found.offset >= 0 and isinstance(found.file, str)
+            and (found.size is None or isinstance(found.size, int)) and (found.line is None or isinstance(found.line, int)))
 
 
 def check(path: str) -> str:

@@ -173,10 +173,11 @@ def symbol_record(kind: int, name: str, segment: int, offset: int, type_or_flags
     return struct.pack("<H", len(body)) + body
 
 
-def section_headers(virtual_addresses: Sequence[int]) -> bytes:
+def section_headers(virtual_addresses: Sequence[int], virtual_size: int = 0x1000) -> bytes:
     headers = b""
     for number, address in enumerate(virtual_addresses):
-        headers += struct.pack("<8sIIIIIIHHI", f".sec{number}".encode(), 0x1000, address, 0, 0, 0, 0, 0, 0, 0x40000040)
+        headers += struct.pack("<8sIIIIIIHHI", f".sec{number}".encode(), virtual_size, address, 0, 0, 0, 0, 0, 0,
+                               0x40000040)
     return headers
 
 
@@ -234,17 +235,17 @@ def msf(streams: Sequence[bytes], block_size: int = 4096) -> bytes:
 def write_pdb(types: TypeRecords, symbols: Sequence[bytes] = (), sections: Sequence[int] = (0x1000, 0x2000),
               guid: bytes = bytes(range(16)), age: int = 1, machine: int = 0x8664, block_size: int = 4096,
               info_age: Optional[int] = None, omap: Sequence[Tuple[int, int]] = (),
-              original_sections: Sequence[int] = ()) -> bytes:
-    """A whole PDB: info, TPI, DBI, an empty IPI, section headers and symbol records. ``info_age``:
-    an info stream age other than the DBI's ``age`` (as pdbcopy leaves it). ``omap``: (source RVA,
-    target RVA) pairs of an image rearranged after linking, whose symbols' section:offset refer to
-    ``original_sections`` (streams 7 and 8)."""
+              original_sections: Sequence[int] = (), section_size: int = 0x1000) -> bytes:
+    """A whole PDB: info, TPI, DBI, an empty IPI, section headers (each ``section_size`` bytes) and
+    symbol records. ``info_age``: an info stream age other than the DBI's ``age`` (as pdbcopy leaves
+    it). ``omap``: (source RVA, target RVA) pairs of an image rearranged after linking, whose symbols'
+    section:offset refer to ``original_sections`` (streams 7 and 8)."""
     empty_ipi = TypeRecords().stream()
     omap_streams = [b"".join(struct.pack("<II", *pair) for pair in omap), section_headers(original_sections)] \
         if omap else []
     dbi = dbi_stream(age, machine, 6, 5, *((7, 8) if omap else ()))
     streams = [b"", info_stream(guid, age if info_age is None else info_age), types.stream(), dbi, empty_ipi,
-               section_headers(sections), b"".join(symbols)] + omap_streams
+               section_headers(sections, section_size), b"".join(symbols)] + omap_streams
     return msf(streams, block_size)
 
 

@@ -8,7 +8,10 @@ rather than to the source, each in one place:
   dump, then addresses the user gave;
 * structure layouts (``Layouts``): the source's type information, then the symbol files, then the
   built-in tables, each structure labelled with the source that gave it;
-* the module list: the source's own, or nt!PsLoadedModuleList walked through the target.
+* the module list: the source's own, or nt!PsLoadedModuleList walked through the target;
+* names of addresses in every module (``module_symbols()``: ``amdppm!WriteIoMemRawEx+0x70``), from
+  each module's own symbol file found by identity (``pykd_ext.symbols.modulesyms``), nt's being the
+  kernel's symbol file the session already checked.
 
 Every kernel view and analysis reads through a session (``analyses.common.Context`` holds one).
 """
@@ -30,10 +33,13 @@ class KernelSession:
 
     def __init__(self, target: Target, symbol_files: Sequence[SymbolFile] = (),
                  addresses: Optional[Dict[str, int]] = None, kernel_base: Optional[int] = None,
-                 notes: Sequence[str] = ()):
+                 notes: Sequence[str] = (), symbol_path: Optional[str] = None,
+                 module_symbol_files: Sequence[SymbolFile] = ()):
         """``symbol_files`` are files already checked to fit this kernel, best first; ``kernel_base``
         is where nt is loaded (the RVAs of the files are relative to it); ``notes`` are what finding
-        them said, for the report (with what a damaged file could not give, added as it happens)."""
+        them said, for the report (with what a damaged file could not give, added as it happens);
+        ``symbol_path`` and ``module_symbol_files`` (other modules' files given with ``--symbols``)
+        are where the other modules' symbol files are found."""
         self.target = target
         self.arch = target.arch
         self.pointer_size = target.pointer_size
@@ -49,6 +55,9 @@ class KernelSession:
         self.file_types: Dict[str, TypeInfo] = {}
         self.layouts = Layouts(self)
         self._modules: Optional[List[Module]] = None
+        self.symbol_path = symbol_path
+        self.module_symbol_files = list(module_symbol_files)
+        self._module_symbols = None
 
     # ---- what Layouts and the kernel views read through -----------------------------------------
 
@@ -138,6 +147,17 @@ class KernelSession:
     def module_map(self) -> ModuleMap:
         return ModuleMap(self.modules())
 
+    def module_symbols(self):
+        """The names of addresses in this kernel's modules (a ``ModuleSymbols``, made once): nt's from
+        the kernel's symbol file, the others' from their own symbol files (``--symbols`` and the
+        symbol path), the images' identities read through the target."""
+        if self._module_symbols is None:
+            from .symbols.modulesyms import ModuleSymbols
+
+            known = {"nt": self.symbol_files[0]} if self.symbol_files and self.kernel_base is not None else {}
+            self._module_symbols = ModuleSymbols(self.symbol_path, self.module_symbol_files, self.target.read, known)
+        return self._module_symbols
+
 
 def as_session(source) -> KernelSession:
     """A session for ``source``: itself when it is one, else a session over the bare target (no symbol
@@ -155,7 +175,8 @@ KERNEL_PDB_NAMES = ("ntkrnlmp.pdb", "ntoskrnl.pdb", "ntkrnlpa.pdb", "ntkrpamp.pd
 
 
 def load_symbol_files(paths: Sequence[str]) -> Tuple[List[SymbolFile], Dict[str, int]]:
-    """Open the files of ``--symbols``: PDB and ISF files, and address maps merged into one dict.
+    """Open the files of ``--symbols``: PDB and ISF files (the kernel's, other modules'), and address
+    maps merged into one dict.
     Raises SymbolFileError (one line) for a file that cannot be read or has the wrong shape."""
     from .symbols.files import open_symbol_file
 
@@ -176,15 +197,30 @@ def open_session(target: Target, symbol_path: Optional[str] = None, symbol_files
     ``addresses`` (``--symbol`` and address maps). ``symbol_files`` (``--symbols``) are used when they
     fit the dump; otherwise ``symbol_path`` (``--symbol-path`` / ``_NT_SYMBOL_PATH``) is searched for
     the PDB or ISF of the dump's kernel. A file that does not fit the dump is never used, and the
-    report says so."""
+    report says so. Another module's PDB among ``symbol_files`` (``is_module_symbol_file``) is kept,
+    with the symbol path, for naming that module's addresses (``KernelSession.module_symbols``)."""
     if not symbol_files and not symbol_path:
         return KernelSession(target, addresses=addresses)
+    module_files = [f for f in symbol_files if is_module_symbol_file(f)]
     finder = _KernelSymbolFinder(target)
-    files = [f for f in symbol_files if finder.accept(f, "given with --symbols")]
+    files = [f for f in symbol_files if f not in module_files and finder.accept(f, "given with --symbols")]
     if not files and symbol_path:
         found = finder.search(symbol_path)
         files = [found] if found else []
-    return KernelSession(target, files, addresses, finder.base, finder.notes)
+    return KernelSession(target, files, addresses, finder.base, finder.notes, symbol_path, module_files)
+
+
+def is_module_symbol_file(symbol_file: SymbolFile) -> bool:
+    """Whether a file given with ``--symbols`` is another module's (a driver's PDB) rather than the
+    kernel's: it names a PDB that is not a kernel's and has no PsLoadedModuleList. The kernel's
+    files are checked against the dump; the others against each module's image, when it is named."""
+    identity = symbol_file.identity
+    if identity is None or identity.name.lower() in KERNEL_PDB_NAMES:
+        return False
+    try:
+        return symbol_file.rva("PsLoadedModuleList") is None
+    except SymbolFileError:
+        return False
 
 
 class _KernelSymbolFinder:

@@ -1,12 +1,14 @@
-"""The CodeView identity of PE images built here byte by byte (PE32 and PE32+), and of broken ones."""
+"""PE images: the CodeView identity of images built here byte by byte (PE32 and PE32+) and of broken
+ones; image files on disk (sections, directories, version resource) and damaged version resources."""
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
 
 from pykd_ext.symbols.base import PdbIdentity
-from pykd_ext.symbols.pe import NotAPeImage, read_image_identity
+from pykd_ext.symbols.pe import ImageVersion, NotAPeImage, PeImage, read_image_identity
 from pykd_ext.targets.base import MemoryReadError
 
 BASE = 0xFFFFF8047BA00000
@@ -140,3 +142,93 @@ def test_what_is_not_a_pe_image_is_one_line(image, message):
     with pytest.raises(NotAPeImage, match=message) as caught:
         read_image_identity(reader(image), BASE)
     assert "\n" not in str(caught.value)
+
+
+# ---- image files on disk (the test driver built with clang and lld-link, tests/data/testdriver) ----
+
+DRIVER_SYS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "testdriver", "lockdrv.sys")
+AMDPPM_SYS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "symstore", "amdppm.sys",
+                          "c9c030003b000", "amdppm.sys")
+
+
+def test_an_image_file_its_sections_and_directories():
+    # llvm-readobj --file-headers --sections --coff-debug-directory lockdrv.sys
+    image = PeImage.from_file(DRIVER_SYS)
+    assert (image.machine, image.pe32_plus, image.time_date_stamp, image.size_of_image, image.size_of_headers) == \
+        (0x8664, True, 0xBC411168, 0x5000, 0x400)
+    assert [(s.name, s.virtual_address, s.virtual_size, s.raw_size, s.raw_pointer) for s in image.sections] == [
+        (".text", 0x1000, 0x1E9, 0x200, 0x400), (".rdata", 0x2000, 0x74, 0x200, 0x600),
+        (".data", 0x3000, 0x74, 0x200, 0x800), (".pdata", 0x4000, 0x24, 0x200, 0xA00)]
+    assert image.exception_directory == (0x4000, 0x24)
+    assert [(entry.type, entry.size, entry.rva, entry.file_pointer) for entry in image.debug_entries()] == [
+        (2, 0x24, 0x2038, 0x638), (16, 0, 0, 0)]
+    pdb, path, why = image.codeview()
+    assert (pdb.name, pdb.guid, pdb.age, path, why) == ("lockdrv.pdb", "26D1BF035A58F97B4C4C44205044422E", 1,
+                                                        "lockdrv.pdb", "")
+    assert image.read(0x2038, 4) == b"RSDS"  # mapped through .rdata's raw data at 0x600
+    assert image.read(0x3070, 0x20)[4:] == bytes(0x1C)  # past .data's initialised bytes: zeros
+    assert image.version() is None  # no resources
+    with open(DRIVER_SYS, "rb") as handle:
+        assert image.read(0x1000, 0x1E9) == handle.read()[0x400:0x400 + 0x1E9]
+
+
+@pytest.mark.skipif(not os.path.isfile(AMDPPM_SYS), reason="../shared (the real symbol store) is absent")
+def test_the_version_resource_of_a_real_driver():
+    # llvm-readobj --coff-resources amdppm.sys: VERSIONINFO, FileVersionMS 0x000A0000, LS 0x4A610456, and the
+    # FileVersion string "10.0.19041.1110 (WinBuild.160101.0800)".
+    version = PeImage.from_file(AMDPPM_SYS).version()
+    assert version == ImageVersion("10.0.19041.1110", "10.0.19041.1110", "10.0.19041.1110 (WinBuild.160101.0800)")
+
+
+def _with_resources(resources, rva=0x2000, size=None):
+    """A PE32+ image (as make_image) whose resource directory at ``rva`` holds ``resources``."""
+    image = bytearray(make_image())
+    optional = E_LFANEW + 24
+    struct.pack_into("<II", image, optional + 112 + 2 * 8, rva, len(resources) if size is None else size)
+    image[rva:rva + len(resources)] = resources
+    return bytes(image)
+
+
+def _version_tree(version_info, entry_rva=0x2000 + 0x60):
+    """type 16 -> name 1 -> language 1033 -> a data entry whose data is ``version_info`` at 0x2100."""
+    def table(entry_id, offset):
+        return struct.pack("<IIHHHH", 0, 0, 0, 0, 0, 1) + struct.pack("<II", entry_id, offset)
+    tree = table(16, 0x80000018) + table(1, 0x80000030) + table(1033, 0x48)
+    tree += struct.pack("<IIII", 0x2100, len(version_info), 0, 0)
+    return tree.ljust(0x100, b"\x00") + version_info
+
+
+def _block(key, value=b"", children=b"", text=False):
+    head = struct.pack("<HHH", 0, len(value) // 2 if text else len(value), 1 if text else 0) + \
+        (key + "\x00").encode("utf-16-le")
+    head += bytes(-len(head) % 4)
+    body = head + value + bytes(-len(value) % 4) + children
+    return struct.pack("<H", len(body)) + body[2:]
+
+
+def test_a_version_resource_built_by_hand():
+    fixed = struct.pack("<13I", 0xFEEF04BD, 0x10000, 0x000A0000, 0x4A610456, 0x000A0000, 0x4A610001, 0x3F, 0, 4, 3, 0,
+                        0, 0)
+    strings = _block("StringFileInfo", children=_block("040904B0", children=_block(
+        "FileVersion", "10.0.19041.1110 (test)\x00".encode("utf-16-le"), text=True)))
+    info = _block("VS_VERSION_INFO", fixed, strings)
+    version = PeImage(lambda rva, size: _with_resources(_version_tree(info))[rva:rva + size], "here").version()
+    assert version == ImageVersion("10.0.19041.1110", "10.0.19041.1", "10.0.19041.1110 (test)")
+
+
+@pytest.mark.parametrize("resources, message", [
+    (_version_tree(b"\xff\xff" + bytes(10)), "runs past its parent"),
+    (struct.pack("<IIHHHH", 0, 0, 0, 0, 0, 1) + struct.pack("<II", 16, 0x80000F00), "outside the resource data"),
+], ids=["block-too-long", "subdirectory-outside"])
+def test_a_damaged_version_resource_is_one_line(resources, message):
+    image = _with_resources(resources)
+    with pytest.raises(NotAPeImage, match=message) as caught:
+        PeImage(lambda rva, size: image[rva:rva + size], "here").version()
+    assert "\n" not in str(caught.value)
+
+
+def test_a_section_table_the_loader_would_refuse():
+    image = bytearray(make_image())
+    struct.pack_into("<H", image, E_LFANEW + 6, 200)  # NumberOfSections
+    with pytest.raises(NotAPeImage, match="claims 200 sections"):
+        read_image_identity(reader(bytes(image)), BASE)

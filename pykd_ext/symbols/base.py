@@ -1,9 +1,10 @@
-"""What every kernel symbol file gives leakhunt: who it is for, symbol RVAs and structure layouts.
+"""What every symbol file gives leakhunt: who it is for, symbol RVAs, names of addresses, layouts.
 
-A symbol file is the kernel's own PDB (``ntkrnlmp.pdb``) or a volatility3 ISF file made from it. Both
-name the image they describe by the CodeView identity the linker wrote into the image's debug
-directory (PDB name, GUID, age) and give addresses as RVAs from the image base; the kernel session
-(``pykd_ext.session``) adds the base of nt in the dump and checks that the file fits the dump.
+A symbol file is an image's PDB (the kernel's ``ntkrnlmp.pdb``, a driver's ``leakyflt.pdb``) or a
+volatility3 ISF file made from one. Both name the image they describe by the CodeView identity the
+linker wrote into the image's debug directory (PDB name, GUID, age) and give addresses as RVAs from the
+image base; the kernel session (``pykd_ext.session``) adds the base of nt in the dump and checks that
+the file fits the dump, ``pykd_ext.symbols.modulesyms`` does the same for every other module.
 """
 from __future__ import annotations
 
@@ -41,8 +42,35 @@ class PdbIdentity:
         return f"{self.name} {self.guid}-{self.age}"
 
 
+# Where a CodeLocation's name comes from.
+PROCEDURE = "procedure"  # a function of the PDB's module streams: its start and length are known
+PUBLIC = "public"  # the nearest public symbol at or before the address: no length
+DATA = "data"  # a global or static variable, with its type's size when the PDB has types
+NEAREST_SYMBOL = "symbol"  # an ISF file's nearest symbol at or before the address: no length, no kind
+
+
+@dataclass(frozen=True)
+class CodeLocation:
+    """What a symbol file says of one RVA of its image: the symbol that holds it and, where the line
+    tables have it, the source line.
+
+    ``name`` is as WinDbg shows it (undecorated); ``start`` the RVA of the symbol, ``offset`` the
+    distance from it; ``size`` the symbol's length when known (None: a public or an ISF symbol, whose
+    extent the file does not give); ``kind`` one of PROCEDURE, PUBLIC, DATA, NEAREST_SYMBOL; ``file``
+    and ``line`` the source position of the address ("" / None when the file has no line for it).
+    """
+
+    name: str
+    start: int
+    offset: int
+    size: Optional[int]
+    kind: str
+    file: str = ""
+    line: Optional[int] = None
+
+
 class SymbolFile:
-    """A kernel symbol file, opened and checked. Subclasses: PdbFile (pdb.py), IsfFile (isf.py)."""
+    """A symbol file, opened and checked. Subclasses: PdbFile (pdb.py), IsfFile (isf.py)."""
 
     kind: str = ""  # "pdb" or "isf"
     path: str = ""
@@ -64,6 +92,11 @@ class SymbolFile:
         Field paths may go through nested structures and unions, named or anonymous
         (``Tail.Overlay.Thread``, ``Cid.UniqueProcess``); a path the type lacks is left out.
         """
+        raise NotImplementedError
+
+    def locate(self, rva: int) -> Optional[CodeLocation]:
+        """The symbol that holds ``rva`` (a procedure, a data symbol, else the nearest public at or
+        before it in the same section), with its source line where known; None when nothing names it."""
         raise NotImplementedError
 
     def close(self) -> None:

@@ -22,12 +22,14 @@ import os
 import re
 import threading
 import zlib
+from bisect import bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..typeinfo import FieldInfo, TypeInfo
-from .base import PdbIdentity, SymbolFile, SymbolFileError
+from .base import NEAREST_SYMBOL, CodeLocation, PdbIdentity, SymbolFile, SymbolFileError
+from .names import undecorate
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -163,6 +165,7 @@ class IsfFile(SymbolFile):
         self.identity = self._read_identity(document["metadata"])
         self.pointer_size = self._read_pointer_size()
         self._symbols = self._read_symbols(document["symbols"])
+        self._by_address: Optional[Tuple[List[int], List[str]]] = None
 
     @classmethod
     def open(cls, path: str) -> "IsfFile":
@@ -205,6 +208,19 @@ class IsfFile(SymbolFile):
 
     def rva(self, name: str) -> Optional[int]:
         return self._symbols.get(name)
+
+    def locate(self, rva: int) -> Optional[CodeLocation]:
+        """The nearest symbol at or before ``rva`` (kind NEAREST_SYMBOL): an ISF file gives symbols'
+        addresses only, so the result has no size, no source line, and may be a data symbol."""
+        if self._by_address is None:
+            ordered = sorted((address, name) for name, address in self._symbols.items())
+            self._by_address = ([address for address, _ in ordered], [name for _, name in ordered])
+        starts, names = self._by_address
+        at = bisect_right(starts, rva) - 1
+        if at < 0:
+            return None
+        return CodeLocation(undecorate(names[at], self.pointer_size == 4), starts[at], rva - starts[at], None,
+                            NEAREST_SYMBOL)
 
     def type_info(self, name: str, field_names: Sequence[str]) -> Optional[TypeInfo]:
         outer = self._user_type(name)

@@ -1,12 +1,21 @@
-"""The symbol path (``--symbol-path``, ``_NT_SYMBOL_PATH``): where the kernel's symbol file is looked for.
+"""The symbol path (``--symbol-path``, ``_NT_SYMBOL_PATH``): where symbol files and image files are looked for.
+
+Two kinds of file are looked up by identity: an image's symbol file (a PDB by its name, GUID and age,
+or an ISF made from it), and an image file itself (``amdppm.sys`` by its TimeDateStamp and
+SizeOfImage, ``ImageKey``: a small dump holds no image, and the image's CodeView record names its PDB).
+The store key of a PDB is ``<GUID><AGE in hex>``; that of an image ``<TimeDateStamp as 8 upper-case
+hex digits><SizeOfImage in lower-case hex>`` (``C9C030003b000``), as Microsoft's symbol stores and the
+SSQP key conventions write it. Keys are also tried in lower and upper case (a store copied to a
+case-sensitive disk is often lower-case).
 
 Syntax, as the Windows debuggers read it: elements separated by ``;``, searched in order.
 
-- ``DIR``: a folder. It is searched as a plain folder (``DIR/ntkrnlmp.pdb``), as a symbol store
-  (``DIR/ntkrnlmp.pdb/<GUID><AGE hex>/ntkrnlmp.pdb``, or a ``file.ptr`` there holding ``PATH:<file>``
-  or ``MSG:<text>``) and as a volatility3 symbols folder (``DIR/windows/ntkrnlmp.pdb/<GUID>-<AGE>.json``
-  ``[.xz|.gz]``, with DIR the ``symbols`` folder, its ``windows`` folder or the ``ntkrnlmp.pdb`` folder).
-  Within one element a PDB is preferred to an ISF file.
+- ``DIR``: a folder. It is searched as a symbol store (``DIR/ntkrnlmp.pdb/<GUID><AGE hex>/ntkrnlmp.pdb``,
+  or a ``file.ptr`` there holding ``PATH:<file>`` or ``MSG:<text>``), as a plain folder
+  (``DIR/ntkrnlmp.pdb``, a build's output folder) and, for symbol files, as a volatility3 symbols
+  folder (``DIR/windows/ntkrnlmp.pdb/<GUID>-<AGE>.json[.xz|.gz]``, with DIR the ``symbols`` folder, its
+  ``windows`` folder or the ``ntkrnlmp.pdb`` folder). Within one element a PDB is preferred to an ISF
+  file.
 - ``cache*DIR``: a symbol store, and the downstream store of every later ``srv*URL`` that names none
   (``cache*`` alone: the default downstream store).
 - ``srv*DIR*URL`` / ``srv*URL`` / ``symsrv*symsrv.dll*DIR*URL``: a symbol server. DIR (else the
@@ -16,8 +25,13 @@ Syntax, as the Windows debuggers read it: elements separated by ``;``, searched 
   searched in order (the first is the one downloads go to).
 
 Downloads go over HTTP(S) with a timeout and a size cap, into a temporary file beside the final one
-that is renamed into place only when complete (no partial file is left, also on Ctrl+C). A server's
-``file.ptr`` answer and compressed ``.pd_`` (CAB) files are not supported: only the plain file.
+that is renamed into place only when complete and of the right kind (a PDB, a PE image); no partial
+file is left, also on Ctrl+C, and a file already in the store is never replaced. A server's
+``file.ptr`` answer and compressed ``.pd_`` / ``.sy_`` (CAB) files are not supported: only the plain file.
+
+A lookup may be given ``accept(path) -> why not``: a file found at the right place but refused (a PDB
+of another build, an image of another TimeDateStamp) is named among the places looked, and the search
+goes on.
 
 This module finds files; it does not open them (``pykd_ext.symbols.files.open_symbol_file`` does).
 """
@@ -34,15 +48,18 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ..console import OutputError
 from ..outfiles import make_folder, refuse_unless_replaceable, write_atomically
 from .base import PdbIdentity
 from .files import MSF_7_MAGIC
+from .pe import image_store_key
 
 # Downloads a URL to a file: (True, "") or (False, why).
 Fetch = Callable[[str, str], Tuple[bool, str]]
+# Checks a file found for an identity: "" when it is the one, else why not ("of another build ...").
+Accept = Callable[[str], str]
 
 MICROSOFT_SYMBOL_SERVER = "https://msdl.microsoft.com/download/symbols"
 DOWNLOAD_TIMEOUT_SECONDS = 30.0  # for each network wait (connect, each read)
@@ -54,6 +71,7 @@ ISF_SUFFIXES = (".json", ".json.xz", ".json.gz")
 # How volatility3 names a table: <GUID>-<AGE in decimal>.json[.xz|.gz].
 _VOLATILITY3_NAME = re.compile(r"^[0-9A-Fa-f]{32}-\d+\.json(\.xz|\.gz)?$")
 _CHUNK = 1 << 16
+IMAGE_MAGIC = b"MZ"
 # file.ptr is a one-line text file; anything longer is not one.
 _MAX_FILE_PTR_BYTES = 4096
 
@@ -72,6 +90,31 @@ def default_downstream_store() -> str:
 
 
 @dataclass(frozen=True)
+class ImageKey:
+    """An image file as a symbol store files it: name, TimeDateStamp and SizeOfImage."""
+
+    name: str  # e.g. "amdppm.sys"
+    time_date_stamp: int
+    size_of_image: int
+
+    @property
+    def store_key(self) -> str:
+        return image_store_key(self.time_date_stamp, self.size_of_image)
+
+
+# What a lookup is for: an image's symbol file (by PDB identity) or the image file itself.
+StoreEntry = Union[PdbIdentity, ImageKey]
+
+
+def describe(identity: StoreEntry) -> str:
+    """``symbol file for X (GUID G, age A)`` or ``image file for X (TimeDateStamp T, SizeOfImage S)``."""
+    if isinstance(identity, ImageKey):
+        return (f"image file for {identity.name} (TimeDateStamp {identity.time_date_stamp:08X}, SizeOfImage "
+                f"{identity.size_of_image:#x})")
+    return f"symbol file for {identity.name} (GUID {identity.guid}, age {identity.age})"
+
+
+@dataclass(frozen=True)
 class Place:
     """One place a lookup tried, and why it did not give the file."""
 
@@ -86,7 +129,7 @@ class Place:
 class Lookup:
     """The outcome of SymbolPath.find: the first matching file, or every place looked and why."""
 
-    identity: PdbIdentity
+    identity: StoreEntry
     path: Optional[str] = None
     downloaded_from: str = ""  # the URL, when the file was fetched by this lookup
     places: List[Place] = field(default_factory=list)
@@ -98,39 +141,46 @@ class Lookup:
     def warning(self) -> str:
         """One line naming the file (name, GUID, age) and every place it was looked for."""
         where = "; ".join(str(place) for place in self.places) or "the symbol path is empty"
-        return (f"no symbol file for {self.identity.name} (GUID {self.identity.guid}, age {self.identity.age}): "
-                f"looked in {where}")
+        return f"no {describe(self.identity)}: looked in {where}"
 
 
 # ---- elements -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class LocalFolder:
-    """A folder: plain, symbol store and volatility3 symbols folder at once."""
+    """A folder: symbol store, plain folder and volatility3 symbols folder at once."""
 
     folder: str
 
-    def find(self, identity: PdbIdentity) -> Tuple[Optional[str], List[Place]]:
+    def find(self, identity: StoreEntry, accept: Optional[Accept] = None) -> Tuple[Optional[str], List[Place]]:
+        """The first file here for ``identity`` that ``accept`` takes (any, without it), and the
+        places looked: the files refused and why, else the folder and why nothing was there."""
         if not os.path.isdir(self.folder):
             return None, [Place(self.folder, "no such folder")]
-        for candidate in self._pdb_candidates(identity):
-            found = _existing_file(candidate)
-            if found:
-                return found, []
-        found, why = _follow_file_ptr(self.folder, identity)
-        if found:
-            return found, []
-        for candidate in self._isf_candidates(identity):
-            found = _existing_file(candidate)
-            if found:
-                return found, []
-        return None, [Place(self.folder, why or "missing")]
+        candidates, pointer_message = self._candidates(identity)
+        refused: List[Place] = []
+        for candidate in candidates:
+            why = accept(candidate) if accept is not None else ""
+            if not why:
+                return candidate, []
+            refused.append(Place(candidate, why))
+        return None, refused or [Place(self.folder, pointer_message or "missing")]
 
-    def _pdb_candidates(self, identity: PdbIdentity) -> Iterator[str]:
-        for name in _name_spellings(identity.name):
-            yield os.path.join(self.folder, name, identity.store_key, name)
-        for name in _name_spellings(identity.name):
-            yield os.path.join(self.folder, name)
+    def _candidates(self, identity: StoreEntry) -> Tuple[List[str], str]:
+        """The existing files that may be ``identity``, in order (the store's, the plain folder's, the
+        file a store's ``file.ptr`` points to, then the ISF files of a symbol file), and what a
+        ``file.ptr`` says instead of naming a file."""
+        names = _name_spellings(identity.name)
+        candidates = [os.path.join(self.folder, name, key, name) for name in names
+                      for key in _key_spellings(identity.store_key)]
+        candidates += [os.path.join(self.folder, name) for name in names]
+        found = [candidate for candidate in candidates if os.path.isfile(candidate)]
+        pointed, pointer_message = _follow_file_ptr(self.folder, identity)
+        if pointed:
+            found.append(pointed)
+        if isinstance(identity, PdbIdentity):
+            found += [candidate for candidate in self._isf_candidates(identity) if os.path.isfile(candidate)]
+        return found, pointer_message
 
     def _isf_candidates(self, identity: PdbIdentity) -> Iterator[str]:
         stem = f"{identity.guid}-{identity.age}"
@@ -166,28 +216,37 @@ class SymbolServer:
     stores: Tuple[str, ...]
     url: str
 
-    def find(self, identity: PdbIdentity, fetch: Optional[Fetch]) -> Tuple[Optional[str], str, List[Place]]:
-        """(file, the URL it was downloaded from or "", places looked); ``fetch`` None: offline."""
+    def find(self, identity: StoreEntry, fetch: Optional[Fetch],
+             accept: Optional[Accept] = None) -> Tuple[Optional[str], str, List[Place]]:
+        """(file, the URL it was downloaded from or "", places looked); ``fetch`` None: offline. A
+        file already at the download's destination (refused by ``accept``) is never replaced."""
         places: List[Place] = []
         for store in self.stores:
-            found, looked = LocalFolder(store).find(identity)
+            found, looked = LocalFolder(store).find(identity, accept)
             if found:
                 return found, "", []
             places.extend(looked)
         url = server_file_url(self.url, identity)
+        destination = os.path.join(self.stores[0], identity.name, identity.store_key, identity.name)
         if fetch is None:
             places.append(Place(url, "not downloaded: offline"))
             return None, "", places
-        destination = os.path.join(self.stores[0], identity.name, identity.store_key, identity.name)
+        if os.path.exists(destination):
+            places.append(Place(url, f"not downloaded: {destination} is there already"))
+            return None, "", places
         ok, why = fetch(url, destination)
         if ok:
-            return destination, url, []
+            why = accept(destination) if accept is not None else ""
+            if not why:
+                return destination, url, []
+            places.append(Place(destination, f"downloaded from {url}, but {why}"))
+            return None, "", places
         places.append(Place(url, why))
         return None, "", places
 
 
-def server_file_url(server: str, identity: PdbIdentity) -> str:
-    """``URL/<name>/<GUID><AGE>/<name>``, the plain (uncompressed) file on a symbol server."""
+def server_file_url(server: str, identity: StoreEntry) -> str:
+    """``URL/<name>/<key>/<name>``, the plain (uncompressed) file on a symbol server."""
     name = urllib.parse.quote(identity.name)
     return f"{server.rstrip('/')}/{name}/{identity.store_key}/{name}"
 
@@ -225,18 +284,20 @@ class SymbolPath:
                 elements.append(LocalFolder(element))
         return cls(elements)
 
-    def find(self, identity: PdbIdentity, offline: bool = False) -> Lookup:
-        """The first file for ``identity`` in element order (downloading from servers unless ``offline``)."""
+    def find(self, identity: StoreEntry, offline: bool = False, accept: Optional[Accept] = None) -> Lookup:
+        """The first file for ``identity`` in element order (downloading from servers unless
+        ``offline``) that ``accept`` takes; the files it refuses are among the places looked."""
         lookup = Lookup(identity)
         if not _is_plain_file_name(identity.name):  # the name comes from the dump: never a path
             lookup.places.append(Place(repr(identity.name)[:80], "not a plain file name, not looked up"))
             return lookup
-        fetch = None if offline else self._fetch
+        kind = "image" if isinstance(identity, ImageKey) else "pdb"
+        fetch = None if offline else (lambda url, destination: self._fetch(url, destination, kind))
         for element in self.elements:
             if isinstance(element, SymbolServer):
-                found, url, looked = element.find(identity, fetch)
+                found, url, looked = element.find(identity, fetch, accept)
             else:
-                found, looked = element.find(identity)
+                found, looked = element.find(identity, accept)
                 url = ""
             if found:
                 lookup.path, lookup.downloaded_from = found, url
@@ -262,8 +323,8 @@ class SymbolPath:
     def __bool__(self) -> bool:
         return bool(self.elements)
 
-    def _fetch(self, url: str, destination: str) -> Tuple[bool, str]:
-        return download(url, destination, self.timeout, self.max_bytes, self.deadline)
+    def _fetch(self, url: str, destination: str, kind: str) -> Tuple[bool, str]:
+        return download(url, destination, self.timeout, self.max_bytes, self.deadline, kind)
 
 
 def _server(parts: List[str], downstream: Optional[str]) -> object:
@@ -283,10 +344,10 @@ class SymbolServerStores:
 
     stores: Tuple[str, ...]
 
-    def find(self, identity: PdbIdentity) -> Tuple[Optional[str], List[Place]]:
+    def find(self, identity: StoreEntry, accept: Optional[Accept] = None) -> Tuple[Optional[str], List[Place]]:
         places: List[Place] = []
         for store in self.stores:
-            found, looked = LocalFolder(store).find(identity)
+            found, looked = LocalFolder(store).find(identity, accept)
             if found:
                 return found, []
             places.extend(looked)
@@ -308,6 +369,16 @@ def _name_spellings(name: str) -> List[str]:
     return [name] if name == name.lower() else [name, name.lower()]
 
 
+def _key_spellings(key: str) -> List[str]:
+    """The store key as written, then lower-cased and upper-cased (stores copied to case-sensitive
+    disks, or written by tools that spell the key otherwise)."""
+    spellings = [key]
+    for spelling in (key.lower(), key.upper()):
+        if spelling not in spellings:
+            spellings.append(spelling)
+    return spellings
+
+
 def _existing_file(path: str) -> Optional[str]:
     return path if os.path.isfile(path) else None
 
@@ -319,7 +390,7 @@ def _sorted_entries(folder: str) -> List[str]:
         return []
 
 
-def _follow_file_ptr(folder: str, identity: PdbIdentity) -> Tuple[Optional[str], str]:
+def _follow_file_ptr(folder: str, identity: StoreEntry) -> Tuple[Optional[str], str]:
     """A store's ``file.ptr`` (``PATH:<file>`` or ``MSG:<text>``): the file it points to, or why not."""
     for name in _name_spellings(identity.name):
         pointer = os.path.join(folder, name, identity.store_key, "file.ptr")
@@ -345,13 +416,14 @@ def _follow_file_ptr(folder: str, identity: PdbIdentity) -> Tuple[Optional[str],
 # ---- downloads ----------------------------------------------------------------------------------
 
 def download(url: str, destination: str, timeout: float = DOWNLOAD_TIMEOUT_SECONDS,
-             max_bytes: int = MAX_DOWNLOAD_BYTES,
-             deadline_seconds: float = DOWNLOAD_DEADLINE_SECONDS) -> Tuple[bool, str]:
+             max_bytes: int = MAX_DOWNLOAD_BYTES, deadline_seconds: float = DOWNLOAD_DEADLINE_SECONDS,
+             kind: str = "pdb") -> Tuple[bool, str]:
     """Fetch ``url`` into ``destination`` atomically: (True, "") or (False, why).
 
     The body goes to a temporary file in the destination's folder, which replaces ``destination``
-    only once complete and checked to be a PDB (MSF 7.0); on any failure, Ctrl+C included, the
-    temporary file is removed. ``timeout`` bounds each network wait, ``deadline_seconds`` the transfer.
+    only once complete and checked to be of its ``kind`` (``"pdb"``: MSF 7.0, ``"image"``: MZ); on any
+    failure, Ctrl+C included, the temporary file is removed. ``timeout`` bounds each network wait,
+    ``deadline_seconds`` the transfer.
     """
     folder = os.path.dirname(destination)
     deadline = time.monotonic() + deadline_seconds
@@ -375,7 +447,7 @@ def download(url: str, destination: str, timeout: float = DOWNLOAD_TIMEOUT_SECON
             return False, str(error)
 
         def fetch(out) -> None:
-            ok, why = _copy_body(response, out, expected, max_bytes, deadline, deadline_seconds, timeout)
+            ok, why = _copy_body(response, out, expected, max_bytes, deadline, deadline_seconds, timeout, kind)
             if not ok:
                 raise _TransferFailed(why)
 
@@ -389,11 +461,11 @@ def download(url: str, destination: str, timeout: float = DOWNLOAD_TIMEOUT_SECON
 
 
 class _TransferFailed(Exception):
-    """The download stopped or its content is not a PDB: nothing is written (the reason in words)."""
+    """The download stopped or its content is not of its kind: nothing is written (the reason in words)."""
 
 
 def _copy_body(response, out, expected: Optional[int], max_bytes: int, deadline: float,
-               deadline_seconds: float, timeout: float) -> Tuple[bool, str]:
+               deadline_seconds: float, timeout: float, kind: str) -> Tuple[bool, str]:
     total = 0
     head = b""
     while True:
@@ -419,7 +491,9 @@ def _copy_body(response, out, expected: Optional[int], max_bytes: int, deadline:
         return False, f"connection dropped after {total} of {expected} bytes"
     if head.startswith(CAB_MAGIC):
         return False, "the server sent a compressed (CAB) file, which is not supported"
-    if not head.startswith(MSF_7_MAGIC):
+    if kind == "image" and not head.startswith(IMAGE_MAGIC):
+        return False, "the server's answer is not a PE image (no MZ signature)"
+    if kind != "image" and not head.startswith(MSF_7_MAGIC):
         return False, "the server's answer is not a PDB (no MSF 7.0 signature)"
     return True, ""
 

@@ -1,22 +1,30 @@
-"""The kernel's own PDB (``ntkrnlmp.pdb``), read with the standard library only.
+"""An image's PDB (the kernel's ``ntkrnlmp.pdb``, a driver's), read with the standard library only.
 
 A PDB is an MSF 7.0 container: a superblock, a stream directory, and numbered streams stored as lists
-of fixed-size blocks. leakhunt reads four of them (format as documented by LLVM's "The PDB File
-Format" pages and Microsoft's cvinfo.h):
+of fixed-size blocks. leakhunt reads these (format as documented by LLVM's "The PDB File Format" pages
+and Microsoft's cvinfo.h):
 
 - the PDB info stream (1): version, signature, age, GUID; the GUID with the DBI stream's age is the
-  identity the image's CodeView (RSDS) record names;
-- the DBI stream (3): the age, the machine (pointer size), the optional debug header that names the
-  section header stream, and the symbol record stream, whose S_PUB32 / S_GDATA32 / S_LDATA32 records
-  give section:offset addresses, turned into RVAs with the section headers (and the OMAP table of an
-  image rearranged after linking);
+  identity the image's CodeView (RSDS) record names; its named stream map gives the ``/names`` stream
+  (the string table of source file names);
+- the DBI stream (3): the age, the machine (pointer size), the module info substream (one entry per
+  object file: its module stream), the section contributions (which module made which bytes), the
+  optional debug header that names the section header stream (and the OMAP of an image rearranged
+  after linking), and the symbol record stream: S_PUB32 / S_GDATA32 / S_LDATA32 give section:offset
+  addresses, turned into RVAs with the section headers (and OMAP);
+- the module streams, when an address is to be named: S_GPROC32 / S_LPROC32 (and their _ID and DPC
+  variants) give each function's start and length, S_GDATA32 / S_LDATA32 the statics, and the C13
+  DEBUG_S_LINES subsections, with DEBUG_S_FILECHKSMS and ``/names``, the source line of each address;
 - the TPI stream (2): type records. Only their offsets are indexed when the file is opened; a
   structure is decoded when it is asked for (its record found by name), with the few records its
   field paths go through, and cached.
 
-Everything read from the file is checked against the bounds of what holds it; chains of records
-(modifiers, forward references, LF_INDEX continuations, nested members) are capped, so a truncated or
-hostile file gives one SymbolFileError line rather than a traceback, a hang or a huge allocation.
+Opening reads the info, DBI, TPI and symbol record streams and closes the file; what names addresses
+is read at the first ``locate`` (the file is opened again, and must not have changed), one module
+stream at a time, and cached. Everything read from the file is checked against the bounds of what
+holds it; chains of records (modifiers, forward references, LF_INDEX continuations, nested members)
+are capped, so a truncated or hostile file gives one SymbolFileError line rather than a traceback, a
+hang or a huge allocation.
 """
 from __future__ import annotations
 
@@ -24,11 +32,12 @@ import os
 import struct
 import sys
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..typeinfo import FieldInfo, TypeInfo
-from .base import PdbIdentity, SymbolFile, SymbolFileError
+from .base import DATA, PROCEDURE, PUBLIC, CodeLocation, PdbIdentity, SymbolFile, SymbolFileError
+from .names import undecorate
 
 MSF_MAGIC = b"Microsoft C/C++ MSF 7.00\r\n\x1aDS\x00\x00\x00"
 BLOCK_SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768)
@@ -50,15 +59,38 @@ TPI_HEADER = struct.Struct("<IIIII")  # version, header size, first and end type
 DEBUG_HEADER_OMAP_FROM_SOURCE = 4
 DEBUG_HEADER_SECTION_HEADERS = 5
 DEBUG_HEADER_ORIGINAL_SECTION_HEADERS = 10
-SECTION_HEADER_SIZE = 40  # IMAGE_SECTION_HEADER; VirtualAddress at +12
+SECTION_HEADER_SIZE = 40  # IMAGE_SECTION_HEADER; VirtualSize at +8, VirtualAddress at +12
 
-MACHINE_POINTER_SIZES = {0x14C: 4, 0x1C4: 4, 0x1C0: 4, 0x8664: 8, 0xAA64: 8, 0x200: 8}
+MACHINE_X86 = 0x14C
+MACHINE_POINTER_SIZES = {MACHINE_X86: 4, 0x1C4: 4, 0x1C0: 4, 0x8664: 8, 0xAA64: 8, 0x200: 8}
 
 # Symbol records with an address: S_LDATA32, S_GDATA32 (type, offset, segment, name) and S_PUB32
 # (flags, offset, segment, name): the name starts 14 bytes into the record in all three.
 S_LDATA32, S_GDATA32, S_PUB32 = 0x110C, 0x110D, 0x110E
 ADDRESS_SYMBOLS = (S_LDATA32, S_GDATA32, S_PUB32)
+DATA_SYMBOLS = (S_LDATA32, S_GDATA32)
 SYMBOL_NAME_OFFSET = 14
+# Procedures (PROCSYM32: parent, end, next, length at +16, debug start, debug end, type, offset at +32,
+# segment at +36, flags, the name at +39): S_LPROC32, S_GPROC32, their _ID forms and the DPC forms.
+PROCEDURE_SYMBOLS = (0x110F, 0x1110, 0x1146, 0x1147, 0x1155, 0x1156)
+PROCEDURE_NAME_OFFSET = 39
+
+# Module info (DBI substream): a 64-byte fixed part (ModuleSymStream u16 at 34, SymByteSize at 36,
+# C11ByteSize at 40, C13ByteSize at 44), then the module and object names, aligned to 4.
+MODULE_INFO_SIZE = 64
+# Section contributions: a version, then entries (section u16, offset i32 at 4, size i32 at 8, module
+# u16 at 16) of 28 bytes (V60), or 32 (V2, one more field).
+SECTION_CONTRIBUTION_SIZES = {0xF12EBA2D: 28, 0xF13151E4: 32}
+# Module streams: a signature (4: C13 records), symbol records, C11 lines, C13 line subsections.
+CV_SIGNATURE_C13 = 4
+DEBUG_S_LINES = 0xF2
+DEBUG_S_FILECHKSMS = 0xF4
+CV_LINES_HAVE_COLUMNS = 1
+# Line numbers that mark compiler-made code rather than a line of the source (cvinfo.h).
+HIDDEN_LINES = (0xFEEFEE, 0xF00F00)
+# The /names string table.
+STRING_TABLE_SIGNATURE = 0xEFFEEFFE
+NAMES_STREAM = "/names"
 
 # Type record leaves (cvinfo.h LEAF_ENUM_e).
 LF_MODIFIER = 0x1001
@@ -126,20 +158,24 @@ MAX_TYPE_CHAIN = 64  # modifiers, forward references, arrays of arrays, nested m
 MAX_FIELD_LISTS = 4096  # LF_INDEX continuations of one field list
 MAX_NAME_HITS = 1 << 16  # places where a looked-for name's bytes occur
 MAX_ANONYMOUS_VISITS = 4096  # structures searched through unnamed members for one member name
+MAX_NAMED_STREAMS = 4096  # entries of the info stream's named stream map
 
 
 class PdbFile(SymbolFile):
-    """A kernel PDB: identity, machine, public and global symbol RVAs and structure layouts."""
+    """An image's PDB: identity, machine, symbol RVAs by name, names of addresses, structure layouts."""
 
     kind = "pdb"
 
     def __init__(self, path: str, identity: PdbIdentity, pointer_size: Optional[int],
-                 types: Optional["_TypeStream"], symbols: Optional["_SymbolStream"]):
+                 types: Optional["_TypeStream"], symbols: Optional["_SymbolStream"],
+                 debug: Optional["_DebugInfo"] = None):
         self.path = path
         self.identity = identity
         self.pointer_size = pointer_size
         self._types = types
         self._symbols = symbols
+        self._debug = debug
+        self._addresses: Optional[_AddressIndex] = None
 
     @classmethod
     def open(cls, path: str) -> "PdbFile":
@@ -147,19 +183,22 @@ class PdbFile(SymbolFile):
         name = os.path.basename(path)
         try:
             with open(path, "rb") as handle:
+                stamp = _file_stamp(os.fstat(handle.fileno()))
                 msf = _Msf(handle, name)
                 dbi = _read_dbi(msf)
-                identity = _read_identity(msf, name, dbi.age)
+                identity, named_streams = _read_identity(msf, name, dbi.age)
                 types = _TypeStream(msf.stream(STREAM_TPI), name) if msf.stream_size(STREAM_TPI) else None
                 symbols = None if dbi.symbol_records is None else \
                     _SymbolStream(dbi.symbol_records, dbi.addresses, name)
+                msf.handle = None  # streams read later open the file again (_DebugInfo.stream)
         except SymbolFileError:
             raise
         except OSError as error:
             raise SymbolFileError(f"{name}: cannot read the PDB: {error.strerror or error}") from None
         except (struct.error, IndexError, ValueError, OverflowError, MemoryError) as error:
             raise SymbolFileError(f"{name}: malformed PDB ({type(error).__name__}: {error})") from None
-        return cls(path, identity, dbi.pointer_size, types, symbols)
+        debug = _DebugInfo(path, stamp, msf, dbi, named_streams.get(NAMES_STREAM))
+        return cls(path, identity, dbi.pointer_size, types, symbols, debug)
 
     def rva(self, name: str) -> Optional[int]:
         if self._symbols is None:
@@ -174,9 +213,27 @@ class PdbFile(SymbolFile):
             return None
         return self._guarded(self._types.type_info, name, field_names)
 
+    def locate(self, rva: int) -> Optional[CodeLocation]:
+        index = self._address_index()
+        return None if index is None else self._guarded(index.locate, rva)
+
+    def locate_data(self, rva: int) -> Optional[CodeLocation]:
+        """The global or static variable that holds ``rva`` (kind DATA), or None: for a lock or a
+        structure that is a driver global (``lockdrv!g_StateLock``)."""
+        index = self._address_index()
+        return None if index is None else self._guarded(index.data, rva)
+
     def close(self) -> None:
         self._types = None
         self._symbols = None
+        self._debug = None
+        self._addresses = None
+
+    def _address_index(self) -> Optional["_AddressIndex"]:
+        if self._addresses is None and self._debug is not None:
+            x86 = self._debug.machine == MACHINE_X86
+            self._addresses = _AddressIndex(self.identity.name, self._symbols, self._types, self._debug, x86)
+        return self._addresses
 
     def _guarded(self, method, *args):
         """A lookup; what the index checks could not foresee still ends as one SymbolFileError line."""
@@ -184,9 +241,16 @@ class PdbFile(SymbolFile):
             return method(*args)
         except SymbolFileError:
             raise
-        except (struct.error, IndexError, ValueError, OverflowError, RecursionError) as error:
+        except OSError as error:
+            raise SymbolFileError(f"{self.identity.name}: cannot read the PDB again: {error.strerror or error}") \
+                from None
+        except (struct.error, IndexError, ValueError, OverflowError, RecursionError, MemoryError) as error:
             raise SymbolFileError(f"{self.identity.name}: malformed PDB ({type(error).__name__}: {error})") \
                 from None
+
+
+def _file_stamp(status: os.stat_result) -> Tuple[int, int]:
+    return status.st_size, status.st_mtime_ns
 
 
 class _Msf:
@@ -283,8 +347,9 @@ class _Msf:
         return data
 
 
-def _read_identity(msf: _Msf, name: str, dbi_age: Optional[int]) -> PdbIdentity:
-    """PDB info stream: Version, Signature, Age, then the GUID (Data1..3 little-endian, Data4 bytes).
+def _read_identity(msf: _Msf, name: str, dbi_age: Optional[int]) -> Tuple[PdbIdentity, Dict[str, int]]:
+    """PDB info stream: Version, Signature, Age, then the GUID (Data1..3 little-endian, Data4 bytes),
+    then the named stream map (name -> stream number).
 
     The age is the DBI stream's when there is one: tools that rewrite a PDB (pdbcopy, which makes
     Microsoft's public PDBs) bump the info stream's age but not the DBI's, and the image's CodeView
@@ -298,19 +363,53 @@ def _read_identity(msf: _Msf, name: str, dbi_age: Optional[int]) -> PdbIdentity:
         raise msf.error(f"unknown PDB info stream version {version}")
     data1, data2, data3 = struct.unpack_from("<IHH", info, 12)
     guid = f"{data1:08X}{data2:04X}{data3:04X}{bytes(info[20:28]).hex().upper()}"
-    return PdbIdentity(name, guid, info_age if dbi_age is None else dbi_age)
+    return PdbIdentity(name, guid, info_age if dbi_age is None else dbi_age), _named_streams(info, msf)
+
+
+def _named_streams(info: bytearray, msf: _Msf) -> Dict[str, int]:
+    """The info stream's named stream map: the names' buffer (u32 length, bytes), then a hash table
+    (size, capacity, the present and deleted bit vectors as u32 word counts and words, then one
+    (name offset, stream) pair per present bucket). A stream without one (an old writer) gives {}."""
+    if len(info) < 32:
+        return {}
+    (buffer_size,) = struct.unpack_from("<I", info, 28)
+    position = 32 + buffer_size
+    if position + 12 > len(info):
+        raise msf.error("the named stream map of the PDB info stream runs past its end")
+    buffer = info[32:position]
+    size, _, present_words = struct.unpack_from("<III", info, position)
+    position += 12 + 4 * present_words
+    if position + 4 > len(info):
+        raise msf.error("the named stream map of the PDB info stream runs past its end")
+    (deleted_words,) = struct.unpack_from("<I", info, position)
+    position += 4 + 4 * deleted_words
+    if size > MAX_NAMED_STREAMS or position + 8 * size > len(info):
+        raise msf.error(f"the named stream map of the PDB info stream claims {size} streams")
+    streams: Dict[str, int] = {}
+    for number in range(size):
+        offset, stream = struct.unpack_from("<II", info, position + 8 * number)
+        if offset >= len(buffer):
+            raise msf.error("the named stream map of the PDB info stream names a stream outside its names")
+        streams[_c_string(buffer, offset, len(buffer), msf.name)[0]] = stream
+    return streams
 
 
 class _Dbi:
-    """What the DBI stream gives: its age, the pointer size of its machine, and the symbol record
-    stream with the section VirtualAddresses (and OMAP) that turn its section:offset into RVAs."""
+    """What the DBI stream gives: its age, machine and pointer size, the symbol record stream with the
+    section VirtualAddresses (and OMAP) that turn its section:offset into RVAs, the image's sections
+    (name, RVA, size), and the raw module info and section contribution substreams."""
 
-    def __init__(self, age: Optional[int] = None, pointer_size: Optional[int] = None,
-                 symbol_records: Optional[bytearray] = None, addresses: Optional["_Addresses"] = None):
+    def __init__(self, age: Optional[int] = None, machine: int = 0, symbol_records: Optional[bytearray] = None,
+                 addresses: Optional["_Addresses"] = None, sections: Sequence[Tuple[str, int, int]] = (),
+                 module_info: bytes = b"", contributions: bytes = b""):
         self.age = age
-        self.pointer_size = pointer_size
+        self.machine = machine
+        self.pointer_size = MACHINE_POINTER_SIZES.get(machine)
         self.symbol_records = symbol_records
         self.addresses = addresses or _Addresses([], None)
+        self.sections = list(sections)
+        self.module_info = module_info
+        self.contributions = contributions
 
 
 class _Addresses:
@@ -359,18 +458,31 @@ def _read_dbi(msf: _Msf) -> _Dbi:
         return None if stream == NO_STREAM or msf.stream_size(stream) == 0 else stream
 
     omap = None
-    headers_stream = named(DEBUG_HEADER_SECTION_HEADERS)
+    sections = _read_sections(msf, named(DEBUG_HEADER_SECTION_HEADERS))
+    address_sections = sections
     if named(DEBUG_HEADER_OMAP_FROM_SOURCE) is not None:
         omap = _read_omap(msf, named(DEBUG_HEADER_OMAP_FROM_SOURCE))
-        headers_stream = named(DEBUG_HEADER_ORIGINAL_SECTION_HEADERS) or headers_stream
-    sections: List[int] = []
-    if headers_stream is not None:
-        headers = msf.stream(headers_stream)
-        if len(headers) % SECTION_HEADER_SIZE:
-            raise msf.error(f"the section header stream is {len(headers)} bytes, not a whole number of headers")
-        sections = [struct.unpack_from("<I", headers, at + 12)[0] for at in range(0, len(headers), SECTION_HEADER_SIZE)]
+        address_sections = _read_sections(msf, named(DEBUG_HEADER_ORIGINAL_SECTION_HEADERS)) or sections
     records = msf.stream(symbol_stream) if symbol_stream != NO_STREAM else None
-    return _Dbi(age, MACHINE_POINTER_SIZES.get(machine), records, _Addresses(sections, omap))
+    module_info_end = DBI_HEADER.size + substreams[0]
+    return _Dbi(age, machine, records, _Addresses([rva for _, rva, _ in address_sections], omap), sections,
+                bytes(dbi[DBI_HEADER.size:module_info_end]),
+                bytes(dbi[module_info_end:module_info_end + substreams[1]]))
+
+
+def _read_sections(msf: _Msf, stream: Optional[int]) -> List[Tuple[str, int, int]]:
+    """(name, VirtualAddress, VirtualSize) of each IMAGE_SECTION_HEADER of a section header stream."""
+    if stream is None:
+        return []
+    headers = msf.stream(stream)
+    if len(headers) % SECTION_HEADER_SIZE:
+        raise msf.error(f"the section header stream is {len(headers)} bytes, not a whole number of headers")
+    sections = []
+    for at in range(0, len(headers), SECTION_HEADER_SIZE):
+        virtual_size, virtual_address = struct.unpack_from("<II", headers, at + 8)
+        name = bytes(headers[at:at + 8]).split(b"\x00", 1)[0].decode("utf-8", "replace")
+        sections.append((name, virtual_address, virtual_size))
+    return sections
 
 
 def _read_omap(msf: _Msf, stream: int) -> Tuple[array, array]:
@@ -456,6 +568,400 @@ class _SymbolStream:
                         return rva
             position = data.find(name, position + 1)
         return None
+
+
+class _DebugInfo:
+    """What opening keeps for naming addresses later: the file's path and (size, mtime) stamp, the
+    stream directory (the file is opened again to read a module stream, and must not have changed),
+    the DBI's machine, sections, module info and section contributions, and the /names stream."""
+
+    def __init__(self, path: str, stamp: Tuple[int, int], msf: _Msf, dbi: _Dbi, names_stream: Optional[int]):
+        self.path = path
+        self.stamp = stamp
+        self.msf = msf
+        self.machine = dbi.machine
+        self.addresses = dbi.addresses
+        self.sections = dbi.sections
+        self.module_info = dbi.module_info
+        self.contributions = dbi.contributions
+        self.names_stream = names_stream
+
+    def stream(self, index: int) -> bytearray:
+        with open(self.path, "rb") as handle:
+            if _file_stamp(os.fstat(handle.fileno())) != self.stamp:
+                raise self.msf.error("the file changed after it was opened; it is not read again")
+            self.msf.handle = handle
+            try:
+                return self.msf.stream(index)
+            finally:
+                self.msf.handle = None
+
+
+class _ModuleInfo:
+    """One entry of the DBI's module info: the module's stream and the sizes of its three parts."""
+
+    __slots__ = ("name", "stream", "symbol_bytes", "c11_bytes", "c13_bytes")
+
+    def __init__(self, name: str, stream: int, symbol_bytes: int, c11_bytes: int, c13_bytes: int):
+        self.name = name
+        self.stream = stream
+        self.symbol_bytes = symbol_bytes
+        self.c11_bytes = c11_bytes
+        self.c13_bytes = c13_bytes
+
+
+class _ModuleSymbols:
+    """What one module stream gives: its procedures (start RVA, length, name) and data symbols (start
+    RVA, type, name), each sorted by RVA; its line tables, one per DEBUG_S_LINES subsection (code
+    start and end RVA, order in the stream, the lines (start, end, line, file checksum offset) and
+    their starts);
+    and its file checksums (offset -> offset of the file name in /names)."""
+
+    def __init__(self):
+        self.procedures: List[Tuple[int, int, str]] = []
+        self.data: List[Tuple[int, int, str]] = []
+        self.line_tables: List[Tuple[int, int, int, List[Tuple[int, int, int, int]], List[int]]] = []
+        self.files: Dict[int, int] = {}
+        self.procedure_starts: List[int] = []
+        self.data_starts: List[int] = []
+        self.line_table_starts: List[int] = []
+
+    def sort(self) -> None:
+        self.procedures.sort(key=lambda entry: entry[0])  # stable: folded functions stay in stream order
+        self.data.sort(key=lambda entry: entry[0])
+        self.line_tables.sort(key=lambda table: (table[0], table[2]))
+        self.procedure_starts = [entry[0] for entry in self.procedures]
+        self.data_starts = [entry[0] for entry in self.data]
+        self.line_table_starts = [table[0] for table in self.line_tables]
+
+    def procedure(self, rva: int) -> Optional[Tuple[int, int, str]]:
+        """The procedure whose code holds ``rva``; of functions the linker folded into one body (one
+        start), the first in the stream."""
+        at = bisect_right(self.procedure_starts, rva) - 1
+        if at < 0:
+            return None
+        at = bisect_left(self.procedure_starts, self.procedure_starts[at])
+        if rva < self.procedures[at][0] + max(self.procedures[at][1], 1):
+            return self.procedures[at]
+        return None
+
+    def nearest_data(self, rva: int) -> Optional[Tuple[int, int, str]]:
+        at = bisect_right(self.data_starts, rva) - 1
+        return self.data[at] if at >= 0 else None
+
+    def line(self, rva: int) -> Optional[Tuple[int, int]]:
+        """(line, file checksum offset) of the line that covers ``rva``: the first line that starts
+        at it, else the last that starts before it (several lines can start at one address: the
+        earlier ones hold no code of their own). Code folded by the linker has several line tables
+        from one start: the first in the stream counts. Both as LLVM's PDB reader decides."""
+        at = bisect_right(self.line_table_starts, rva) - 1
+        if at < 0:
+            return None
+        first = bisect_left(self.line_table_starts, self.line_table_starts[at])
+        for _, end, _, lines, line_starts in self.line_tables[first:at + 1]:
+            if rva < end:
+                found = bisect_left(line_starts, rva)  # at a line's own address, the first line there
+                if found == len(line_starts) or line_starts[found] != rva:
+                    found -= 1  # inside: the last line that starts before it
+                if found >= 0 and rva < lines[found][1] and lines[found][2] not in HIDDEN_LINES:
+                    return lines[found][2], lines[found][3]
+                return None
+        return None
+
+
+class _AddressIndex:
+    """RVA -> name, built on first use: the publics and global data of the symbol record stream
+    sorted by RVA, the section contributions (which module's stream describes an RVA), and each
+    module stream as it is needed.
+
+    An image rearranged after linking (OMAP) has contributions in its original layout: every module
+    stream is then searched, each symbol and line moved through the OMAP on its own."""
+
+    def __init__(self, name: str, symbols: Optional[_SymbolStream], types: Optional["_TypeStream"],
+                 debug: _DebugInfo, x86: bool):
+        self.name = name
+        self.symbols = symbols
+        self.types = types
+        self.debug = debug
+        self.x86 = x86
+        self._publics: Optional[Tuple[List[int], List[int]]] = None
+        self._globals: Optional[Tuple[List[int], List[int]]] = None
+        self._contributions: Optional[Tuple[List[int], List[int], List[int]]] = None
+        self._module_infos: Optional[List[_ModuleInfo]] = None
+        self._modules: Dict[int, _ModuleSymbols] = {}
+        self._names: Optional[bytearray] = None
+
+    def error(self, what: str) -> SymbolFileError:
+        return SymbolFileError(f"{self.name}: {what}")
+
+    # ---- the answers ----
+
+    def locate(self, rva: int) -> Optional[CodeLocation]:
+        modules = [self._module(number) for number in self._modules_at(rva)]
+        procedure = next((found for found in (module.procedure(rva) for module in modules) if found), None)
+        file, line = self._line(rva, modules)
+        if procedure is not None:
+            start, length, name = procedure
+            return CodeLocation(name, start, rva - start, length, PROCEDURE, file, line)
+        found = self._data(rva, modules) or self._public(rva)
+        if found is None:
+            return None
+        return CodeLocation(found.name, found.start, found.offset, found.size, found.kind, file, line)
+
+    def data(self, rva: int) -> Optional[CodeLocation]:
+        return self._data(rva, [self._module(number) for number in self._modules_at(rva)])
+
+    def _data(self, rva: int, modules: List[_ModuleSymbols]) -> Optional[CodeLocation]:
+        """The data symbol whose bytes (its type's size) hold ``rva``: of the symbol record stream's
+        globals or of the module that made the address."""
+        candidates = [module.nearest_data(rva) for module in modules]
+        starts, records = self._global_data()
+        at = bisect_right(starts, rva) - 1
+        if at >= 0:
+            start, type_index, name = self._data_record(self.symbols.data, records[at], starts[at])
+            candidates.append((start, type_index, name))
+        for start, type_index, name in sorted((found for found in candidates if found), reverse=True):
+            size = self.types.size_of(type_index) if self.types is not None else 0
+            if rva == start or size and rva < start + size:
+                return CodeLocation(name, start, rva - start, size or None, DATA)
+        return None
+
+    def _public(self, rva: int) -> Optional[CodeLocation]:
+        """The nearest public at or before ``rva`` in the same section of the image."""
+        starts, records = self._public_index()
+        at = bisect_right(starts, rva) - 1
+        if at < 0:
+            return None
+        at = bisect_left(starts, starts[at])  # of several names for one address, the first recorded
+        start = starts[at]
+        section = self._section_of(rva)
+        if self.debug.sections and (section is None or not section[0] <= start < section[1]):
+            return None  # the address is in no section, or in another than the public
+        data = self.symbols.data
+        length = data[records[at]] | data[records[at] + 1] << 8
+        name = _c_string(data, records[at] + SYMBOL_NAME_OFFSET, records[at] + 2 + length, self.name)[0]
+        return CodeLocation(undecorate(name, self.x86), start, rva - start, None, PUBLIC)
+
+    def _line(self, rva: int, modules: List[_ModuleSymbols]) -> Tuple[str, Optional[int]]:
+        for module in modules:
+            found = module.line(rva)
+            if found is not None:
+                line, checksum = found
+                return self._file_name(module, checksum), line
+        return "", None
+
+    def _section_of(self, rva: int) -> Optional[Tuple[int, int]]:
+        for _, start, size in self.debug.sections:
+            if start <= rva < start + size:
+                return start, start + size
+        return None
+
+    # ---- the symbol record stream ----
+
+    def _public_index(self) -> Tuple[List[int], List[int]]:
+        if self._publics is None:
+            self._publics = self._sorted_records((S_PUB32,))
+        return self._publics
+
+    def _global_data(self) -> Tuple[List[int], List[int]]:
+        if self._globals is None:
+            self._globals = self._sorted_records(DATA_SYMBOLS)
+        return self._globals
+
+    def _sorted_records(self, kinds: Tuple[int, ...]) -> Tuple[List[int], List[int]]:
+        """(RVAs, record offsets) of the records of ``kinds``, sorted by RVA; those without an RVA
+        (a section the image does not have) are left out."""
+        if self.symbols is None:
+            return [], []
+        data, rva_of = self.symbols.data, self.debug.addresses.rva
+        found = []
+        for start in self.symbols.records:
+            length, kind = struct.unpack_from("<HH", data, start)
+            if kind not in kinds:
+                continue
+            if length + 2 < SYMBOL_NAME_OFFSET + 1:
+                raise self.error(f"the symbol record at {start:#x} is too short for its kind {kind:#x}")
+            offset, segment = struct.unpack_from("<IH", data, start + 8)
+            rva = rva_of(segment, offset)
+            if rva is not None:
+                found.append((rva, start))
+        found.sort()
+        return [rva for rva, _ in found], [start for _, start in found]
+
+    def _data_record(self, data: bytearray, start: int, rva: int) -> Tuple[int, int, str]:
+        length = data[start] | data[start + 1] << 8
+        (type_index,) = struct.unpack_from("<I", data, start + 4)
+        return rva, type_index, _c_string(data, start + SYMBOL_NAME_OFFSET, start + 2 + length, self.name)[0]
+
+    # ---- modules ----
+
+    def _modules_at(self, rva: int) -> List[int]:
+        """The modules whose streams may describe ``rva``: the one whose contribution holds it (all
+        of them for a rearranged image)."""
+        if self.debug.addresses.omap is not None:
+            return [number for number, info in enumerate(self._infos()) if info.stream != NO_STREAM]
+        starts, ends, owners = self._contribution_index()
+        at = bisect_right(starts, rva) - 1
+        if at >= 0 and rva < ends[at] and owners[at] < len(self._infos()) and \
+                self._infos()[owners[at]].stream != NO_STREAM:
+            return [owners[at]]
+        return []
+
+    def _contribution_index(self) -> Tuple[List[int], List[int], List[int]]:
+        if self._contributions is None:
+            data = self.debug.contributions
+            found = []
+            if len(data) >= 4:
+                (version,) = struct.unpack_from("<I", data, 0)
+                entry_size = SECTION_CONTRIBUTION_SIZES.get(version)
+                if entry_size is None:
+                    raise self.error(f"unknown section contribution version {version:#x}")
+                for at in range(4, len(data) - entry_size + 1, entry_size):
+                    section, offset, size = struct.unpack_from("<HxxiI", data, at)
+                    (module,) = struct.unpack_from("<H", data, at + 16)
+                    rva = self.debug.addresses.rva(section, offset)
+                    if rva is not None and size:
+                        found.append((rva, rva + size, module))
+            found.sort()
+            self._contributions = ([start for start, _, _ in found], [end for _, end, _ in found],
+                                   [module for _, _, module in found])
+        return self._contributions
+
+    def _infos(self) -> List[_ModuleInfo]:
+        if self._module_infos is None:
+            data = self.debug.module_info
+            infos = []
+            position = 0
+            while position + MODULE_INFO_SIZE <= len(data):
+                stream, symbol_bytes, c11_bytes, c13_bytes = struct.unpack_from("<HIII", data, position + 34)
+                name, position = _c_string(data, position + MODULE_INFO_SIZE, len(data), self.name)
+                _, position = _c_string(data, position, len(data), self.name)  # the object or library file
+                position = (position + 3) & ~3
+                infos.append(_ModuleInfo(name, stream, symbol_bytes, c11_bytes, c13_bytes))
+            self._module_infos = infos
+        return self._module_infos
+
+    def _module(self, number: int) -> _ModuleSymbols:
+        if number not in self._modules:
+            self._modules[number] = self._read_module(self._infos()[number])
+        return self._modules[number]
+
+    def _read_module(self, info: _ModuleInfo) -> _ModuleSymbols:
+        data = self.debug.stream(info.stream)
+        what = f"the module stream of {info.name!r}"
+        symbols_end = info.symbol_bytes
+        if symbols_end + info.c11_bytes + info.c13_bytes > len(data) or 0 < symbols_end < 4:
+            raise self.error(f"{what} is {len(data)} bytes, shorter than its parts")
+        module = _ModuleSymbols()
+        if symbols_end:
+            (signature,) = struct.unpack_from("<I", data, 0)
+            if signature != CV_SIGNATURE_C13:
+                raise self.error(f"{what} has signature {signature}, not C13 ({CV_SIGNATURE_C13})")
+            self._read_module_symbols(data, symbols_end, module, what)
+        lines_at = symbols_end + info.c11_bytes
+        self._read_subsections(data, lines_at, lines_at + info.c13_bytes, module, what)
+        module.sort()
+        return module
+
+    def _read_module_symbols(self, data: bytearray, end: int, module: _ModuleSymbols, what: str) -> None:
+        rva_of = self.debug.addresses.rva
+        for start in _index_records(data, 4, end, what, self.name):
+            length, kind = struct.unpack_from("<HH", data, start)
+            record_end = start + 2 + length
+            if kind in PROCEDURE_SYMBOLS:
+                if record_end < start + PROCEDURE_NAME_OFFSET + 1:
+                    raise self.error(f"{what} holds a procedure record of {length} bytes")
+                (code_length,) = struct.unpack_from("<I", data, start + 16)
+                offset, segment = struct.unpack_from("<IH", data, start + 32)
+                rva = rva_of(segment, offset)
+                if rva is not None:
+                    name = _c_string(data, start + PROCEDURE_NAME_OFFSET, record_end, self.name)[0]
+                    module.procedures.append((rva, code_length, name))
+            elif kind in DATA_SYMBOLS:
+                if record_end < start + SYMBOL_NAME_OFFSET + 1:
+                    raise self.error(f"{what} holds a data record of {length} bytes")
+                offset, segment = struct.unpack_from("<IH", data, start + 8)
+                rva = rva_of(segment, offset)
+                if rva is not None:
+                    module.data.append(self._data_record(data, start, rva))
+
+    def _read_subsections(self, data: bytearray, position: int, end: int, module: _ModuleSymbols,
+                          what: str) -> None:
+        """The C13 subsections: (kind, length, body) each, 4-byte aligned; the line and checksum ones."""
+        while position + 8 <= end:
+            kind, length = struct.unpack_from("<II", data, position)
+            body = position + 8
+            if body + length > end:
+                raise self.error(f"{what} holds a debug subsection that runs past its end")
+            if kind == DEBUG_S_LINES:
+                self._read_lines(data, body, body + length, module, what)
+            elif kind == DEBUG_S_FILECHKSMS:
+                self._read_checksums(data, body, body + length, module, what)
+            position = (body + length + 3) & ~3
+
+    def _read_lines(self, data: bytearray, position: int, end: int, module: _ModuleSymbols, what: str) -> None:
+        """DEBUG_S_LINES: code offset u32, segment u16, flags u16, code size u32; then blocks of (file
+        checksum offset, line count, block size) and the lines (offset u32, line in bits 0-23), then
+        the columns when the flags say so. Each line runs to the next line's offset or the code's end."""
+        if position + 12 > end:
+            raise self.error(f"{what} holds a line subsection shorter than its header")
+        code_offset, segment, flags, code_size = struct.unpack_from("<IHHI", data, position)
+        entry_size = 12 if flags & CV_LINES_HAVE_COLUMNS else 8
+        entries = []
+        position += 12
+        while position + 12 <= end:
+            checksum, count, block_size = struct.unpack_from("<III", data, position)
+            if block_size < 12 + count * entry_size or position + block_size > end:
+                raise self.error(f"{what} holds a line block of {count} lines in {block_size} bytes")
+            for number in range(count):
+                offset, packed = struct.unpack_from("<II", data, position + 12 + 8 * number)
+                entries.append((offset, packed & 0xFFFFFF, checksum))
+            position += block_size
+        entries.sort(key=lambda entry: entry[0])  # stable: lines at one offset stay in their order
+        rva_of = self.debug.addresses.rva
+        offsets = sorted({offset for offset, _, _ in entries}) + [code_size]
+        following = {offset: offsets[number + 1] for number, offset in enumerate(offsets[:-1])}
+        lines = []
+        for offset, line, checksum in entries:  # each line runs to the next line's offset or the code's end
+            rva = rva_of(segment, code_offset + offset)
+            if rva is not None and following[offset] > offset:
+                lines.append((rva, rva + following[offset] - offset, line, checksum))
+        start = rva_of(segment, code_offset)
+        if start is not None and lines:
+            lines.sort(key=lambda entry: entry[0])
+            module.line_tables.append((start, start + code_size, len(module.line_tables), lines,
+                                       [line[0] for line in lines]))
+
+    def _read_checksums(self, data: bytearray, position: int, end: int, module: _ModuleSymbols,
+                        what: str) -> None:
+        """DEBUG_S_FILECHKSMS: entries of (file name offset in /names u32, checksum size u8, kind u8,
+        the checksum), 4-byte aligned; a line block names its file by its entry's offset here."""
+        start = position
+        while position + 6 <= end:
+            name_offset, size = struct.unpack_from("<IB", data, position)
+            if position + 6 + size > end:
+                raise self.error(f"{what} holds a file checksum entry that runs past its subsection")
+            module.files[position - start] = name_offset
+            position = (position + 6 + size + 3) & ~3
+
+    def _file_name(self, module: _ModuleSymbols, checksum: int) -> str:
+        name_offset = module.files.get(checksum)
+        names = self._name_table()
+        if name_offset is None or names is None or name_offset >= len(names):
+            return ""
+        return _c_string(names, name_offset, len(names), self.name)[0]
+
+    def _name_table(self) -> Optional[bytearray]:
+        """The /names string table's strings (the buffer after its signature, version and size)."""
+        if self._names is None and self.debug.names_stream is not None:
+            data = self.debug.stream(self.debug.names_stream)
+            if len(data) < 12:
+                raise self.error("the /names stream is shorter than its header")
+            signature, _, size = struct.unpack_from("<III", data, 0)
+            if signature != STRING_TABLE_SIGNATURE or 12 + size > len(data):
+                raise self.error("the /names stream is not a string table")
+            self._names = data[12:12 + size]
+        return self._names
 
 
 class _Udt:
@@ -649,8 +1155,9 @@ class _TypeStream:
             udt = self.udt(index)
             if udt is None:
                 return 0  # procedures and other records that have no storage size
-            if udt.kind == LF_ENUM:
-                index = udt.underlying
+            if udt.kind == LF_ENUM:  # its integer type; a forward reference's is its definition's
+                definition = self.definition_of(udt)
+                index = (definition or udt).underlying
                 continue
             definition = self.definition_of(udt)
             return definition.size if definition is not None else 0
