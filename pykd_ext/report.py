@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from .kernel.lock_entries import LockEntry
-from .targets.base import hex_address
+from .targets.base import SymbolicAddress, hex_address
 
 SCHEMA_VERSION = "1.0"
 
@@ -474,6 +474,10 @@ class Report:
     registers: List[RegisterRecord] = field(default_factory=list)
     stack: Optional[StackScan] = None
     exception: Optional[ExceptionRecord] = None
+    # Every address in an image the report names, as WinDbg names it (module, function, offset, line).
+    names: Dict[int, SymbolicAddress] = field(default_factory=dict)
+    # What finding each module's symbol file said (one line per module whose addresses were named).
+    module_symbols: List[str] = field(default_factory=list)
 
     def warn(self, text: str) -> None:
         if text not in self.warnings:
@@ -518,4 +522,7 @@ class Report:
             "registers": [r.as_dict() for r in self.registers],
             "stack": self.stack.as_dict() if self.stack is not None else None,
             "exception": self.exception.as_dict() if self.exception is not None else None,
+            "names": {_hex(address): named.as_json() for address, named in sorted(self.names.items())
+                      if named.module},
+            "module_symbols": list(self.module_symbols),
         }

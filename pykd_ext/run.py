@@ -39,11 +39,15 @@ def run_analysis(target: Target, options: Options, make_session: Optional[Sessio
 
 def recorded_session(data: SnapshotData, session: KernelSession) -> SnapshotData:
     """Add to a recording what the session resolved beyond the target: symbols and their sources,
-    the layouts the symbol files gave, and what finding those files said."""
+    the layouts the symbol files gave, the names the modules' symbol files gave, and what finding all
+    those files said."""
     for name, address in session.resolved_symbols().items():
         data.symbols[name] = address
         data.missing_symbols.discard(name)
     data.symbol_sources.update(session.symbol_sources)
     data.types.update(session.file_types)
     data.symbol_notes = list(session.notes)
+    data.code_names = {address: named for address, named in session.described.items() if named.function}
+    notes = session.module_notes()
+    data.module_notes = notes if notes or data.code_names else None
     return data

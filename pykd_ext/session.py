@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .kernel.modules import ModuleMap, walk_loaded_modules
 from .layouts import Layouts
 from .symbols.base import SymbolFile, SymbolFileError
-from .targets.base import MemoryReadError, Module, SymbolNotFound, Target, TargetError
+from .targets.base import MemoryReadError, Module, SymbolicAddress, SymbolNotFound, Target, TargetError
 from .typeinfo import TypeInfo
 
 USER_GIVEN = "given on the command line"
@@ -58,6 +58,8 @@ class KernelSession:
         self.symbol_path = symbol_path
         self.module_symbol_files = list(module_symbol_files)
         self._module_symbols = None
+        # Every address named so far (describe_address), by address.
+        self.described: Dict[int, SymbolicAddress] = {}
 
     # ---- what Layouts and the kernel views read through -----------------------------------------
 
@@ -145,7 +147,41 @@ class KernelSession:
         return found
 
     def module_map(self) -> ModuleMap:
-        return ModuleMap(self.modules())
+        return ModuleMap(self.modules(), self.describe_address)
+
+    def describe_address(self, module: Optional[Module], address: int) -> SymbolicAddress:
+        """``address`` (in ``module``, or in none) named as WinDbg names it: by the source itself (the
+        debugger, a recording), else from the module's own symbol file when symbols were asked for
+        (a symbol path, files given), else ``module+offset``. Remembered (a recording keeps them)."""
+        named = self.described.get(address)
+        if named is None:
+            named = self.target.name_address(module, address)
+            if named is None and module is not None and self._names_from_files():
+                named = self.module_symbols().describe(module, address)
+            if named is None:
+                named = SymbolicAddress(address, module.name if module else "",
+                                        offset=address - module.base if module else 0)
+            self.described[address] = named
+        return named
+
+    def _names_from_files(self) -> bool:
+        """Whether names come from symbol files: some were given, found or may be found on a path."""
+        return bool(self.symbol_path or self.module_symbol_files or self.symbol_files)
+
+    def note_missing_module_symbols(self) -> None:
+        """Add to the session's notes (the report's warnings) one line per module whose addresses no
+        symbol file named, saying where it was looked for."""
+        if self._module_symbols is not None:
+            for note in self._module_symbols.missing_notes():
+                if note not in self.notes:
+                    self.notes.append(note)
+
+    def module_notes(self) -> List[str]:
+        """What finding the modules' symbol files said, one line per module looked up."""
+        recorded = self.target.recorded_module_notes()
+        if recorded is not None:
+            return recorded
+        return self._module_symbols.notes() if self._module_symbols is not None else []
 
     def module_symbols(self):
         """The names of addresses in this kernel's modules (a ``ModuleSymbols``, made once): nt's from

@@ -18,7 +18,8 @@ from mocks.scenarios import case_0x76
 from pykd_ext.session import is_module_symbol_file, open_session
 from pykd_ext.symbols import modulesyms
 from pykd_ext.symbols.base import DATA, PROCEDURE, PUBLIC, PdbIdentity
-from pykd_ext.symbols.modulesyms import ModuleSymbols, SymbolicAddress
+from pykd_ext.symbols.modulesyms import ModuleSymbols
+from pykd_ext.targets.base import SymbolicAddress
 from pykd_ext.symbols.pdb import PdbFile
 from pykd_ext.symbols.pe import image_store_key
 from pykd_ext.targets.base import MemoryReadError, Module

@@ -74,7 +74,7 @@ class Context:
             modules = session.modules()
         except TargetError as error:
             self.report.warn(f"the loaded module list is unavailable ({error}); drivers are named without images")
-        self.modules = ModuleMap(modules)
+        self.modules = ModuleMap(modules, session.describe_address)
         if not modules:
             self.report.warn("no loaded modules are known: driver images cannot be mapped")
         self.io = IoReader(target, self.layouts, self.modules)
@@ -162,8 +162,11 @@ class Context:
                           for name, address in session.resolved_symbols().items()}
         for problem in self.layouts.problems.values():
             report.warn(problem)
-        for note in session.notes:  # what finding and reading the kernel's symbol files said
+        session.note_missing_module_symbols()
+        for note in session.notes:  # what finding and reading the symbol files said
             report.warn(note)
+        report.names = dict(session.described)
+        report.module_symbols = session.module_notes()
         # What the source cannot do travels with it (a replay of a recording says the same).
         for limitation in self.target.limitations():
             report.warn(limitation)

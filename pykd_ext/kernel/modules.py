@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import bisect
-from typing import Iterable, List, Optional, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple
 
 from ..layouts import LayoutError, Layouts, StructView
-from ..targets.base import MemoryReadError, Module, Target, TargetError
+from ..targets.base import MemoryReadError, Module, SymbolicAddress, Target, TargetError
 
 # A kernel has a few hundred images; a list longer than this is corrupt or cyclic.
 MAX_LOADED_MODULES = 4096
@@ -93,11 +93,17 @@ def _module_at(target: Target, view: StructView) -> Tuple[Optional[Module], str]
 
 
 class ModuleMap:
-    """Address -> module lookups over a list of loaded modules."""
+    """Address -> module lookups over a list of loaded modules, and the names of addresses.
 
-    def __init__(self, modules: Iterable[Module]):
+    ``namer(module, address)`` names an address as WinDbg does (``amdppm!WriteIoMemRawEx+0x70``); the
+    kernel session gives its ``describe_address``. Without one an address is ``module+offset``.
+    """
+
+    def __init__(self, modules: Iterable[Module],
+                 namer: Optional[Callable[[Optional[Module], int], SymbolicAddress]] = None):
         self.modules = sorted(modules, key=lambda m: m.base)
         self._bases = [m.base for m in self.modules]
+        self._namer = namer
 
     def find(self, address: int) -> Optional[Module]:
         index = bisect.bisect_right(self._bases, address) - 1
@@ -112,12 +118,18 @@ class ModuleMap:
                 return module
         return None
 
-    def symbolize(self, address: int) -> str:
-        """``leakyflt+0x1a30`` for an address inside an image, else the bare hex address."""
+    def describe(self, address: int) -> SymbolicAddress:
+        """``address`` named: module, function, offset, source line where known."""
         module = self.find(address)
-        if module is None:
-            return f"{address:#x}"
-        return f"{module.name}+{address - module.base:#x}"
+        if self._namer is not None:
+            return self._namer(module, address)
+        return SymbolicAddress(address, module.name if module else "", offset=address - module.base if module else 0)
+
+    def symbolize(self, address: int) -> str:
+        """The address as WinDbg names it: ``leakyflt!LfLockUserBuffer+0x55 [c:\\src\\lock.c @ 118]``
+        where a symbol file named it, ``leakyflt+0x1a30`` inside an image otherwise, else the bare hex
+        address."""
+        return self.describe(address).text
 
     @staticmethod
     def is_kernel_or_hal(module: Optional[Module]) -> bool:

@@ -598,6 +598,10 @@ class Renderer:
             self.heading("SYMBOLS")
             for name, (address, source) in sorted(self.report.symbols.items()):
                 self.line(f"  {name}: {self.address(address)} ({source})")
+        if self.report.module_symbols:
+            self.heading("MODULE SYMBOLS (what named each module's addresses)")
+            for note in self.report.module_symbols:
+                self.line(f"  - {note}")
 
 
 def _timestamp(value: Optional[int], crash_time: Optional[str]) -> str:

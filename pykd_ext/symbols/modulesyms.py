@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
-from ..targets.base import MemoryReadError, Module, TargetError
+from ..targets.base import MemoryReadError, Module, SymbolicAddress, TargetError
 from .base import PdbIdentity, SymbolFile, SymbolFileError
 from .path import ImageKey, Lookup, SymbolPath
 from .pe import PeImage
@@ -35,44 +34,6 @@ Reader = Callable[[int, int], bytes]
 # Symbol files and image lookups kept per process (a fleet worker meets a few hundred drivers).
 MAX_CACHED_SYMBOL_FILES = 64
 MAX_CACHED_IMAGE_LOOKUPS = 1024
-
-
-@dataclass(frozen=True)
-class SymbolicAddress:
-    """An address as WinDbg names it. ``function`` is the name of the symbol that holds it (a function,
-    a variable, or the nearest public symbol), "" when no symbol file of the module named it;
-    ``offset`` is from that symbol's start, else from the module's base; ``kind`` says where the name
-    comes from (``procedure``, ``public``, ``data``, ``symbol``: see ``base.CodeLocation``)."""
-
-    address: int
-    module: str = ""  # "amdppm"; "" when the address lies in no module
-    function: str = ""
-    offset: int = 0
-    file: str = ""
-    line: Optional[int] = None
-    kind: str = ""
-
-    @property
-    def text(self) -> str:
-        """``module!function+0xoffset [file @ line]``, ``module!function`` at the start,
-        ``module+0xoffset`` without a name, the bare address outside every module."""
-        if not self.module:
-            return f"{self.address:#x}"
-        if not self.function:
-            return f"{self.module}+{self.offset:#x}"
-        text = f"{self.module}!{self.function}" + (f"+{self.offset:#x}" if self.offset else "")
-        return text + (f" [{self.file} @ {self.line}]" if self.file and self.line is not None else "")
-
-    def as_json(self) -> Dict[str, Any]:
-        """``symbol`` (the text) and the parts that are known: module, function, offset, file, line."""
-        found: Dict[str, Any] = {"symbol": self.text}
-        if self.module:
-            found.update(module=self.module, offset=f"{self.offset:#x}")
-        if self.function:
-            found["function"] = self.function
-        if self.file and self.line is not None:
-            found.update(file=self.file, line=self.line)
-        return found
 
 
 class _Found:
@@ -141,6 +102,10 @@ class ModuleSymbols:
     def notes(self) -> List[str]:
         """One line per module looked up: which symbol file named its addresses, or why none did."""
         return [found.note for found in self._modules.values()]
+
+    def missing_notes(self) -> List[str]:
+        """The notes of the modules that no symbol file named (or could no longer name)."""
+        return [found.note for found in self._modules.values() if found.symbol_file is None]
 
     # ---- one module ----
 

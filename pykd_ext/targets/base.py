@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..typeinfo import TypeInfo
 
@@ -67,6 +67,44 @@ class Module:
 
     def contains(self, address: int) -> bool:
         return self.base <= address < self.base + self.size
+
+
+@dataclass(frozen=True)
+class SymbolicAddress:
+    """An address as WinDbg names it. ``function`` is the name of the symbol that holds it (a function,
+    a variable, or the nearest public symbol), "" when no symbol file of the module named it;
+    ``offset`` is from that symbol's start, else from the module's base; ``kind`` says where the name
+    comes from (``procedure``, ``public``, ``data``, ``symbol``: see ``base.CodeLocation``)."""
+
+    address: int
+    module: str = ""  # "amdppm"; "" when the address lies in no module
+    function: str = ""
+    offset: int = 0
+    file: str = ""
+    line: Optional[int] = None
+    kind: str = ""
+
+    @property
+    def text(self) -> str:
+        """``module!function+0xoffset [file @ line]``, ``module!function`` at the start,
+        ``module+0xoffset`` without a name, the bare address outside every module."""
+        if not self.module:
+            return f"{self.address:#x}"
+        if not self.function:
+            return f"{self.module}+{self.offset:#x}"
+        text = f"{self.module}!{self.function}" + (f"+{self.offset:#x}" if self.offset else "")
+        return text + (f" [{self.file} @ {self.line}]" if self.file and self.line is not None else "")
+
+    def as_json(self) -> Dict[str, Any]:
+        """``symbol`` (the text) and the parts that are known: module, function, offset, file, line."""
+        found: Dict[str, Any] = {"symbol": self.text}
+        if self.module:
+            found.update(module=self.module, offset=f"{self.offset:#x}")
+        if self.function:
+            found["function"] = self.function
+        if self.file and self.line is not None:
+            found.update(file=self.file, line=self.line)
+        return found
 
 
 @dataclass(frozen=True)
@@ -200,6 +238,16 @@ class Target:
     def recorded_symbol_notes(self) -> List[str]:
         """What finding the kernel's symbols said when this source was recorded (snapshots only)."""
         return []
+
+    def name_address(self, module: Optional[Module], address: int) -> Optional[SymbolicAddress]:
+        """The source's own name for an address in ``module`` (the debugger's symbols, the names a
+        recording kept), or None: the kernel session then names it from the modules' symbol files."""
+        return None
+
+    def recorded_module_notes(self) -> Optional[List[str]]:
+        """What finding the modules' symbol files said when this source was recorded (snapshots that
+        recorded names only), else None."""
+        return None
 
     def search_pointers(self, values: Iterable[int], pfn_range: Optional[PfnRange] = None,
                         progress: Optional[ProgressCallback] = None) -> Dict[int, List[SearchHit]]:

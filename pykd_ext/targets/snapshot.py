@@ -18,7 +18,11 @@ Format (version 1) — a ZIP archive with two members:
     ``partial_pages`` [{``va``, ``ranges``: [[start, end], ...]}] (pages a small dump held only in
     part: the offsets in the page that were readable), ``crash_facts`` {``thread``, ``process``,
     ``stack`` [base, size], ``broken_driver``, ``unloaded`` [{``image``, ``start``, ``end``,
-    ``truncated``}], ``registers`` [[name, value]]} (a small dump's triage facts).
+    ``truncated``}], ``registers`` [[name, value]]} (a small dump's triage facts), ``target``'s
+    ``crash_time`` (ISO 8601 UTC), ``code_names`` {address: {``module``, ``function``, ``offset``,
+    ``file``, ``line``, ``kind``}} (the names the modules' symbol files gave the addresses the report
+    named, so that a replay names them the same without the files) and ``module_notes`` [lines] (what
+    finding those files said).
 
 ``pages.bin``
     The recorded memory: 4 KiB pages back to back, page *i* described by ``pages[i]``.
@@ -40,7 +44,7 @@ from ..search import ValueSet
 from ..sources import unopenable_reason
 from ..typeinfo import FieldInfo, TypeInfo
 from .base import (PAGE_SIZE, BugCheck, CrashFacts, MemoryReadError, Module, PfnRange, ProgressCallback,
-                   SearchHit, SearchUnavailable, SymbolNotFound, Target, TargetError, UnloadedModule,
+                   SearchHit, SearchUnavailable, SymbolicAddress, SymbolNotFound, Target, TargetError, UnloadedModule,
                    read_from_pages)
 
 FORMAT_NAME = "leakhunt-snapshot"
@@ -103,6 +107,9 @@ class SnapshotData:
     partial: Dict[int, List[Tuple[int, int]]] = field(default_factory=dict)
     # What the source recorded about the crash besides memory (Target.crash_facts).
     crash_facts: Optional[CrashFacts] = None
+    # Names the modules' symbol files gave (address -> name), and what finding those files said.
+    code_names: Dict[int, SymbolicAddress] = field(default_factory=dict)
+    module_notes: Optional[List[str]] = None
 
 
 def search_key(values: Iterable[int], pfn_range: Optional[PfnRange]) -> SearchKey:
@@ -168,7 +175,32 @@ def _manifest(data: SnapshotData) -> dict:
                                      for va, ranges in sorted(data.partial.items())]
     if data.crash_facts is not None:
         manifest["crash_facts"] = _crash_facts_entry(data.crash_facts)
+    if data.code_names:
+        manifest["code_names"] = {_hex(address): _name_entry(named) for address, named in sorted(data.code_names.items())}
+    if data.module_notes is not None:
+        manifest["module_notes"] = list(data.module_notes)
     return manifest
+
+
+def _name_entry(named: SymbolicAddress) -> dict:
+    return {"module": named.module, "function": named.function, "offset": _hex(named.offset), "file": named.file,
+            "line": named.line, "kind": named.kind}
+
+
+def _load_code_names(entries) -> Dict[int, SymbolicAddress]:
+    names: Dict[int, SymbolicAddress] = {}
+    for address, entry in _expect(entries, dict, "code_names").items():
+        _expect(entry, dict, "code name")
+        line = entry.get("line")
+        if line is not None and (type(line) is not int or line < 0):
+            raise SnapshotError("corrupt snapshot: a code name's line is not a number")
+        where = _number(address, "code name address")
+        names[where] = SymbolicAddress(where, _text(entry.get("module", ""), "code name module"),
+                                       _text(entry.get("function", ""), "code name function"),
+                                       _number(entry.get("offset", "0x0"), "code name offset"),
+                                       _text(entry.get("file", ""), "code name file"), line,
+                                       _text(entry.get("kind", ""), "code name kind"))
+    return names
 
 
 def _crash_facts_entry(facts: CrashFacts) -> dict:
@@ -423,6 +455,9 @@ def _build(manifest: dict, pages_bytes: bytes, path: str) -> SnapshotData:
     data.hunt_unavailable = _text(manifest.get("hunt_unavailable", ""), "hunt_unavailable")
     if manifest.get("crash_facts") is not None:
         data.crash_facts = _load_crash_facts(manifest["crash_facts"])
+    data.code_names = _load_code_names(manifest.get("code_names", {}))
+    if manifest.get("module_notes") is not None:
+        data.module_notes = [_text(n, "module note") for n in _expect(manifest["module_notes"], list, "module_notes")]
     for entry in _expect(manifest.get("partial_pages", []), list, "partial_pages"):
         _expect(entry, dict, "partial page")
         ranges = []
@@ -528,6 +563,12 @@ class SnapshotTarget(Target):
 
     def recorded_symbol_notes(self) -> List[str]:
         return list(self.data.symbol_notes)
+
+    def name_address(self, module: Optional[Module], address: int) -> Optional[SymbolicAddress]:
+        return self.data.code_names.get(address)
+
+    def recorded_module_notes(self) -> Optional[List[str]]:
+        return None if self.data.module_notes is None else list(self.data.module_notes)
 
     def search_pointers(self, values: Iterable[int], pfn_range: Optional[PfnRange] = None,
                         progress: Optional[ProgressCallback] = None) -> Dict[int, List[SearchHit]]:
@@ -658,6 +699,12 @@ class RecordingTarget(Target):
 
     def recorded_symbol_notes(self) -> List[str]:
         return self.inner.recorded_symbol_notes()
+
+    def name_address(self, module: Optional[Module], address: int) -> Optional[SymbolicAddress]:
+        return self.inner.name_address(module, address)
+
+    def recorded_module_notes(self) -> Optional[List[str]]:
+        return self.inner.recorded_module_notes()
 
     def search_pointers(self, values: Iterable[int], pfn_range: Optional[PfnRange] = None,
                         progress: Optional[ProgressCallback] = None) -> Dict[int, List[SearchHit]]:
