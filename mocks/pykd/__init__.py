@@ -280,6 +280,25 @@ def getOffset(name) -> int:
     raise SymbolException(f"{name} : symbol not found")
 
 
+@_api
+def findSymbolAndDisp(offset):
+    """(module name, symbol name, displacement) of the nearest symbol at or below ``offset`` in the module
+    holding it; DbgException when no symbol of that module is at or below it (as the real one raises)."""
+    target = _target()
+    address = _offset(offset) & ((1 << (8 * target.pointer_size)) - 1)
+    holder = next((m for m in target.data.modules if m.base <= address < m.base + m.size), None)
+    if holder is None:
+        raise DbgException(f"no module holds {address:#x}")
+    best = None
+    for key, where in target.symbols.items():
+        owner, _, name = key.rpartition("!")
+        if owner == holder.name and where <= address and (best is None or where > best[1]):
+            best = (name, where)
+    if best is None:
+        raise SymbolException(f"no symbol of {holder.name} at or below {address:#x}")
+    return holder.name, best[0], address - best[1]
+
+
 class typeInfo:
     """A type from the symbols: ``typeInfo("nt!_MDL")``."""
 

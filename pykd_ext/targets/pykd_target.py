@@ -21,7 +21,7 @@ from ..search import ValueSet
 from ..search_output import SearchOutputError, SearchRow, parse_search_output
 from ..typeinfo import FieldInfo, TypeInfo
 from .base import (PAGE_SIZE, BugCheck, MemoryReadError, Module, PfnRange, ProgressCallback,
-                   SearchHit, SearchUnavailable, SymbolNotFound, Target, TargetError,
+                   SearchHit, SearchUnavailable, SymbolicAddress, SymbolNotFound, Target, TargetError,
                    sequence_to_bugcheck)
 
 # How search_pointers finds values (see docs/windbg.md "How the search works" and
@@ -190,6 +190,14 @@ class PykdTarget(Target):
             return FieldInfo(offset, int(current.size()))
         except (pykd.DbgException, AttributeError, KeyError, IndexError):
             return None
+
+    def name_address(self, module: Optional[Module], address: int) -> Optional[SymbolicAddress]:
+        """The debugger's own name for ``address`` (its symbols: ``ln``), or None when it has none."""
+        try:
+            module_name, symbol, displacement = pykd.findSymbolAndDisp(self._to_pykd(address))
+        except pykd.DbgException:
+            return None
+        return SymbolicAddress(address, str(module_name), str(symbol), int(displacement), kind="debugger")
 
     def modules(self) -> Optional[List[Module]]:
         """The debugger's module list (``lm``); None when it cannot list them, so that the kernel
