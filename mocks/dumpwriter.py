@@ -34,7 +34,6 @@ from pykd_ext.targets.dumpheader import (
     H64_REQUIRED_DUMP_SPACE, H64_SYSTEM_TIME, HEADER32_SIZE, HEADER64_SIZE, MACHINE_X64,
     MACHINE_X86, RDMP_FIRST_PAGE_OFFSET, RDMP_HEADER_SIZE, RDMP_MARKER, RDMP_METADATA_SIZE, RDMP_RANGES,
     RDMP_SIGNATURE, RDMP_TOTAL_NUMBER_OF_PAGES, RDMP_VALID_DUMP, RUNS_OFFSET, SIGNATURE, VALID_DUMP32, VALID_DUMP64)
-from pykd_ext.targets.dumpfile import PTE_LARGE_PAGE, PTE_PRESENT
 from pykd_ext.targets.snapshot import SnapshotData
 
 from .memory import REGIONS
@@ -43,6 +42,10 @@ from .memory import REGIONS
 TABLE_FIRST_PFN = 0x100
 # The PML4 slot that maps the page tables themselves (Windows 10 before 1607 always used 0x1ED).
 SELF_MAP_INDEX = 0x1ED
+# x64 page-table entry bits (Intel SDM vol. 3 §4.5, tables 4-15 to 4-20), written from the manual rather
+# than from leakhunt's own tables; kdmp-parser reads the result back as the independent check.
+PTE_PRESENT = 0x1
+PTE_LARGE_PAGE = 0x80  # PS in a PDPTE (1 GiB) or a PDE (2 MiB)
 PTE_WRITE = 0x2
 PTE_ACCESSED = 0x20
 PTE_DIRTY = 0x40
@@ -569,8 +572,6 @@ def _small_dump_header64(header: bytearray, data: SnapshotData, processors: int,
                          stack_va: int, size: int, dump_type: int) -> None:
     """The DUMP_HEADER64 of a small dump: the bug check, PsLoadedModuleList and a context record whose rip
     is the first stack value and rsp the stack."""
-    from pykd_ext.targets.triage import X64_CONTEXT_REGISTERS
-
     header[4:8] = VALID_DUMP64
     struct.pack_into("<I", header, H64_MAJOR_VERSION, 0xF)
     struct.pack_into("<I", header, H64_MINOR_VERSION, data.build or 0)
@@ -583,9 +584,8 @@ def _small_dump_header64(header: bytearray, data: SnapshotData, processors: int,
     struct.pack_into("<4Q", header, H64_BUGCHECK_PARAMETERS, *data.bugcheck.parameters)
     header[H64_CONTEXT_RECORD:H64_CONTEXT_RECORD + 0x4D0] = bytes(0x4D0)
     struct.pack_into("<I", header, H64_CONTEXT_RECORD + CONTEXT_FLAGS, CONTEXT_AMD64_FULL)
-    registers = dict(X64_CONTEXT_REGISTERS)
-    struct.pack_into("<Q", header, H64_CONTEXT_RECORD + registers["rip"], stack_values[0] if stack_values else 0)
-    struct.pack_into("<Q", header, H64_CONTEXT_RECORD + registers["rsp"], stack_va)
+    struct.pack_into("<Q", header, H64_CONTEXT_RECORD + CONTEXT_RIP, stack_values[0] if stack_values else 0)
+    struct.pack_into("<Q", header, H64_CONTEXT_RECORD + CONTEXT_RSP, stack_va)
     header[0xF00:0xF98] = bytes(0x98)  # the EXCEPTION_RECORD64
     struct.pack_into("<I", header, H64_DUMP_TYPE, dump_type)
     struct.pack_into("<Q", header, H64_REQUIRED_DUMP_SPACE, size)

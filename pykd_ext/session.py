@@ -302,7 +302,7 @@ def kernel_base(target: Target) -> Optional[int]:
         return kernel.base if kernel else None
     try:
         head = target.symbol("nt!PsLoadedModuleList")
-        layout = builtin_layout("_KLDR_DATA_TABLE_ENTRY", target.pointer_size)
+        layout = builtin_layout("_KLDR_DATA_TABLE_ENTRY", target.pointer_size, arch_name=target.arch)
         first = target.read_pointer(head) - layout.offset("InLoadOrderLinks")
         base = target.read_pointer(first + layout.offset("DllBase"))
     except TargetError:

@@ -54,7 +54,8 @@ def describe_crash(context: Context) -> None:
             parameter.symbol = f"{gone.image.rsplit('.', 1)[0]}+{parameter.value - gone.start:#x}"
     if facts is None:
         return
-    _broken_driver(context, facts)
+    if facts.from_triage:
+        _broken_driver(context, facts)
     _thread_and_process(context, facts)
     report.registers = [RegisterRecord(name, value, _symbol(context, value)) for name, value in facts.registers]
     if facts.stack is not None:
