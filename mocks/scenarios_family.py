@@ -449,8 +449,8 @@ KINDS_0x162 = ("image-lock", "nothing", "unknown-build")
 KINDS_0x192 = ("pool-lock", "nothing")
 
 
-def _lock_scene(arch: str, seed: int, build: Optional[int]):
-    scene = FamilyScene(arch, seed, build)
+def _lock_scene(arch: str, seed: int, build: Optional[int], fit: Optional[SymbolFit] = None):
+    scene = FamilyScene(arch, seed, build, fit=fit)
     system = scene.process("System")
     culprit = scene.driver_with_headers("leakyflt")
     helper = scene.driver_with_headers("helperdrv")
@@ -462,7 +462,7 @@ def _lock_scene(arch: str, seed: int, build: Optional[int]):
 
 
 def case_0x153(arch: str = "x64", kind: str = "image-lock", build: int = 19045, seed: int = 23,
-               noise_pages: int = 8) -> Scenario:
+               noise_pages: int = 8, fit: Optional[SymbolFit] = None) -> Scenario:
     """A thread ends with a lock entry still in use.
 
     image-lock     a kernel worker thread's entry references a global lock of leakyflt (state 1)
@@ -470,10 +470,11 @@ def case_0x153(arch: str = "x64", kind: str = "image-lock", build: int = 19045, 
     boosts         a leakyflt thread's entry has no lock but still carries CPU and I/O boosts (state 4)
     nothing        a kernel worker thread's entry references a lock in a pool block (state 1)
     unknown-build  image-lock on a build leakhunt has no tables for, without symbols
+    ``fit`` makes the kernel the one a symbol file describes.
     """
     if kind not in KINDS_0x153:
         raise ValueError(f"unknown 0x153 case kind {kind!r}")
-    scene, system, culprit, helper, global_lock, pool_lock, other = _lock_scene(arch, seed, build)
+    scene, system, culprit, helper, global_lock, pool_lock, other = _lock_scene(arch, seed, build, fit)
     worker = scene.kernel.base + NT_WORKER
     driver_thread = culprit.module.base + DRIVER_THREAD
     start = worker if kind in ("image-lock", "nothing", "unknown-build") else driver_thread

@@ -521,6 +521,8 @@ CHECKED_FOR_ARM64: Dict[str, str] = {
     **{name: "the PE format, the same for every PE32+ image" for name in ("_IMAGE_DOS_HEADER", "_IMAGE_NT_HEADERS",
                                                                          "_IMAGE_SECTION_HEADER")},
 }
+# What the stable tables were checked against on each architecture that borrows another's column.
+CHECKED_ON: Dict[str, Dict[str, str]] = {"arm64": CHECKED_FOR_ARM64}
 # The architectures a table column belongs to (the callers that name no architecture).
 _COLUMN_ARCHES = {X64.pointer_size: X64, X86.pointer_size: X86}
 
@@ -554,7 +556,7 @@ def builtin_layout(name: str, pointer_size: int, build: Optional[int] = None,
         size = size64 if column is X64 else size32
         if target_arch is column:
             return StructLayout(name, size, offsets, kinds, f"{SOURCE_BUILTIN} {arch} table")
-        checked = CHECKED_FOR_ARM64.get(name)
+        checked = CHECKED_ON.get(target_arch.name, {}).get(name)
         note = f"matches {checked}" if checked else "UNVERIFIED there"
         return StructLayout(name, size, offsets, kinds,
                             f"{SOURCE_BUILTIN} {arch} table (used for {target_arch.label}: {note})",

@@ -63,7 +63,7 @@ def _analyze(source: Union[Target, KernelSession], options: Optional[Options]) -
         context.report.next_steps.extend(context.decoded.next_steps)
         generic.describe_crash(context)
         generic.blame_code_address(context)
-        return context.conclude(no_analysis_verdict(context.report.bugcheck))
+        return context.conclude(no_analysis_verdict(context.report.bugcheck), hunted=False)
     analysis, nobody_named = entry
     try:
         analysis(context)

@@ -100,6 +100,8 @@ def _read_entry(context: Context, address: int, role: str) -> Optional[LockEntry
         context.report.warn(f"the _KLOCK_ENTRY layout is unknown for {context.target.arch} build "
                             f"{context.target.build or 'unknown'} and the target has no symbols for it: the lock "
                             f"entry {context.address(address)} ({role}) is not decoded")
+        context.evidence_unread = (f"the lock entry {context.address(address)} ({role.split(':')[0]}) cannot be "
+                                   f"decoded without the _KLOCK_ENTRY layout, which only this kernel's symbols give")
         return None
     try:
         entry = read_lock_entry(context.target, context.layouts, address)

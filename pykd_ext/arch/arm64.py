@@ -52,7 +52,7 @@ CONTEXT = ContextLayout(
         **registers_at(0x110, tuple(f"v{n}" for n in range(32)), size=16),
         "fpcr": (0x310, 4), "fpsr": (0x314, 4),
     },
-    shown=("pc", "sp", "fp", "lr"),
+    shown=("pc", "sp", "fp", "lr") + GENERAL_REGISTERS,
     program_counter="pc",
     stack_pointer="sp",
     frame_pointer="fp",
@@ -70,5 +70,6 @@ ARM64 = Arch(
     high_level_irql=15,
     layout_column="x64",  # LLP64 like x64: the stable structures have the x64 offsets (layouts.py says which are checked)
     context=CONTEXT,
-    paging=None,
+    paging=PAGING,
+    dump_context_shown=True,
 )

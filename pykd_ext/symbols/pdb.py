@@ -134,10 +134,11 @@ class PdbFile(SymbolFile):
     kind = "pdb"
 
     def __init__(self, path: str, identity: PdbIdentity, pointer_size: Optional[int],
-                 types: Optional["_TypeStream"], symbols: Optional["_SymbolStream"]):
+                 types: Optional["_TypeStream"], symbols: Optional["_SymbolStream"], machine: Optional[int] = None):
         self.path = path
         self.identity = identity
         self.pointer_size = pointer_size
+        self.machine = machine
         self._types = types
         self._symbols = symbols
 
@@ -159,7 +160,7 @@ class PdbFile(SymbolFile):
             raise SymbolFileError(f"{name}: cannot read the PDB: {error.strerror or error}") from None
         except (struct.error, IndexError, ValueError, OverflowError, MemoryError) as error:
             raise SymbolFileError(f"{name}: malformed PDB ({type(error).__name__}: {error})") from None
-        return cls(path, identity, dbi.pointer_size, types, symbols)
+        return cls(path, identity, dbi.pointer_size, types, symbols, dbi.machine)
 
     def rva(self, name: str) -> Optional[int]:
         if self._symbols is None:
@@ -306,9 +307,11 @@ class _Dbi:
     stream with the section VirtualAddresses (and OMAP) that turn its section:offset into RVAs."""
 
     def __init__(self, age: Optional[int] = None, pointer_size: Optional[int] = None,
-                 symbol_records: Optional[bytearray] = None, addresses: Optional["_Addresses"] = None):
+                 symbol_records: Optional[bytearray] = None, addresses: Optional["_Addresses"] = None,
+                 machine: Optional[int] = None):
         self.age = age
         self.pointer_size = pointer_size
+        self.machine = machine
         self.symbol_records = symbol_records
         self.addresses = addresses or _Addresses([], None)
 
@@ -370,7 +373,8 @@ def _read_dbi(msf: _Msf) -> _Dbi:
             raise msf.error(f"the section header stream is {len(headers)} bytes, not a whole number of headers")
         sections = [struct.unpack_from("<I", headers, at + 12)[0] for at in range(0, len(headers), SECTION_HEADER_SIZE)]
     records = msf.stream(symbol_stream) if symbol_stream != NO_STREAM else None
-    return _Dbi(age, MACHINE_POINTER_SIZES.get(machine), records, _Addresses(sections, omap))
+    return _Dbi(age, MACHINE_POINTER_SIZES.get(machine), records, _Addresses(sections, omap),
+                machine if machine in MACHINE_POINTER_SIZES else None)
 
 
 def _read_omap(msf: _Msf, stream: int) -> Tuple[array, array]:
