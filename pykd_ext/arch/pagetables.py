@@ -60,6 +60,10 @@ class PageTables:
         self._translations: Dict[int, Optional[int]] = {}
         self._kernel_mappings: Optional[_KernelMappings] = None
         self._virtual_of_pfn: Dict[int, Optional[int]] = {}
+        # The forward walk's tests per upper level, unpacked once: (shift, block mask and value (a mask of
+        # 0 and a value of 1 where no block exists: never equal), table mask and value).
+        self._upper_levels = [(shift, *(paging.block[level] or (0, 1)), *paging.table[level])
+                              for level, shift in enumerate(LEVEL_SHIFTS[:3])]
 
     # ---- virtual -> physical ---------------------------------------------------------------------
 
@@ -78,26 +82,33 @@ class PageTables:
         paging = self.paging
         if not paging.is_canonical(address):
             return None
-        kernel = address >> (paging.virtual_address_bits - 1) & 1
+        mask = paging.address_mask
         table = self.root_pfn
-        for level, shift in enumerate(LEVEL_SHIFTS):
-            content = self._page(table)
-            if content is None:
-                if kernel:  # a kernel or complete dump holds every kernel page table
-                    self.missing_tables.add(table)
+        for shift, block_mask, block_value, table_mask, table_value in self._upper_levels:
+            entry = self._entry(table, address, shift)
+            if entry is None:
                 return None
-            entry = struct.unpack_from("<Q", content, ((address >> shift) & 0x1FF) * 8)[0]
-            if level == 3:
-                if any(_passes(entry, test) for test in paging.page):
-                    return (entry & paging.address_mask) + (address & (TABLE_BYTES - 1))
-                return None
-            if _passes(entry, paging.block[level]):  # a 1 GiB or 2 MiB block
+            if entry & block_mask == block_value:  # a 1 GiB or 2 MiB block
                 span = 1 << shift
-                return (entry & paging.address_mask & ~(span - 1)) + (address & (span - 1))
-            if not _passes(entry, paging.table[level]):
+                return (entry & mask & ~(span - 1)) + (address & (span - 1))
+            if entry & table_mask != table_value:
                 return None
-            table = (entry & paging.address_mask) >> 12
-        return None  # not reached: level 3 returns
+            table = (entry & mask) >> 12
+        entry = self._entry(table, address, LEVEL_SHIFTS[3])
+        if entry is not None and any(entry & test_mask == value for test_mask, value in paging.page):
+            return (entry & mask) + (address & (TABLE_BYTES - 1))
+        return None
+
+    def _entry(self, table: int, address: int, shift: int) -> Optional[int]:
+        """The entry of ``table`` (a frame) that ``address`` selects at the level of ``shift``, or None when
+        the memory lacks the table (counted when it is a kernel table: a kernel or complete dump holds
+        every one)."""
+        content = self._page(table)
+        if content is None:
+            if address >> (self.paging.virtual_address_bits - 1) & 1:
+                self.missing_tables.add(table)
+            return None
+        return struct.unpack_from("<Q", content, ((address >> shift) & 0x1FF) * 8)[0]
 
     def kernel_half_problem(self) -> str:
         """Why no kernel address can be translated (the top-level table missing, or mapping nothing of
