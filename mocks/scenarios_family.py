@@ -330,12 +330,14 @@ def case_0xcb(arch: str = "x64", kind: str = "current", seed: int = 11, noise_pa
     return Scenario(f"0xcb-{kind}-{arch}", arch, data, expected)
 
 
-def case_0x76_tracked(arch: str = "x64", via: str = "P4", seed: int = 13, noise_pages: int = 8) -> Scenario:
+def case_0x76_tracked(arch: str = "x64", via: str = "P4", seed: int = 13, noise_pages: int = 8,
+                      fit: Optional[SymbolFit] = None) -> Scenario:
     """0x76 with locked-page tracking on: the trackers name leakyflt; the one IRP found is ufilter's.
 
     via: "P4" (the header is P4) or "eprocess" (P4 is 0; EPROCESS.LockedPagesList points to it).
+    ``fit`` makes the kernel the one a symbol file describes.
     """
-    scene, victim, bystander, culprit, upper, innocent = _common(arch, seed)
+    scene, victim, bystander, culprit, upper, innocent = _common(arch, seed, fit=fit)
     thread = scene.thread(victim)
     mdls = [scene.mdl(victim, pages=2), scene.mdl(victim, pages=1), scene.mdl(victim, pages=3)]
     irp = scene.irp(mdls[2], [(culprit.devices[0], IRP_MJ_WRITE, 0),

@@ -83,6 +83,9 @@ class Context:
         # The evidence the analysis could not read (a structure no layout describes), when that is why it
         # names nobody: the verdict then says so instead of clearing the drivers it could not examine.
         self.evidence_unread = ""
+        # Lock trackers, the strongest evidence, that exist but no layout describes: whoever weaker evidence
+        # names could be contradicted by them, so no suspect keeps more than medium confidence.
+        self.strongest_evidence_unread = ""
 
     @staticmethod
     def bugcheck_section(code: int, decoded) -> BugCheckSection:
@@ -144,6 +147,11 @@ class Context:
         if blaming:
             cap_confidence(report.suspects, MEDIUM, f"capped at {MEDIUM} confidence: {', '.join(blaming)} "
                                                     f"decoded with another build's layout (see the warnings)")
+        if self.strongest_evidence_unread:
+            cap_confidence(report.suspects, MEDIUM, f"capped at {MEDIUM} confidence: "
+                                                    f"{self.strongest_evidence_unread}, the saved stacks of the code "
+                                                    f"that locked the pages, could not be decoded (see the warnings) "
+                                                    f"and could name another driver")
         not_run = self.target.hunt_unavailable or self.search_refused
         if report.suspects:
             top = report.suspects[0]
