@@ -285,20 +285,27 @@ def test_a_recording_of_an_arm64_dump_replays_to_the_same_bytes(tmp_path, capsys
     assert capsys.readouterr().out == recorded
 
 
-def test_through_pykd_an_arm64_target_gives_the_findings_of_the_dump(dumps, scenarios):
+@pytest.mark.parametrize("types", [False, True], ids=["no-symbols", "debugger-symbols"])
+def test_through_pykd_an_arm64_target_gives_the_findings_of_the_dump(dumps, scenarios, types):
     mocks = os.path.join(os.path.dirname(HERE), "mocks")
     if mocks not in sys.path:
         sys.path.insert(0, mocks)
     control = pytest.importorskip("pykd._control", reason="the stand-in pykd is not available")
     pykd_target = pytest.importorskip("pykd_ext.targets.pykd_target", reason="the pykd target is not available")
-    control.load(scenarios["irp"], types=False)
+    control.load(scenarios["irp"], types=types)
     try:
         target = pykd_target.PykdTarget()
-        assert (target.arch, target.pointer_size) == ("arm64", 8)
+        assert (target.arch, target.pointer_size) == ("arm64", 8)  # the debugger's processor type
         through_pykd = analyze(target)
     finally:
         control.unload()
-    assert findings(analyze_dump(dumps["irp"], scenarios["irp"])) == findings(through_pykd)
+    if types:  # the debugger's ARM64 type information (the stand-in's covers the I/O and process structures)
+        assert through_pykd.layouts["_EPROCESS"] == through_pykd.layouts["_IRP"] == "debugger symbols"
+        assert through_pykd.process_name == "leakapp.exe"
+        assert not any("unknown for this ARM64 kernel" in w for w in through_pykd.warnings)
+    else:
+        assert findings(analyze_dump(dumps["irp"], scenarios["irp"])) == findings(through_pykd)
+    assert through_pykd.suspects[0].driver == scenarios["irp"].expected["culprit"]
 
 
 # ---- 0x153 --------------------------------------------------------------------------------------------
