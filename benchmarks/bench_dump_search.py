@@ -9,6 +9,9 @@ leaked MDLs, each held by an IRP) in a temporary directory, one at a time, and m
   numpy engine, and on one thread and on all of them (``SEARCH_THREADS``);
 * the whole 0x76 hunt (open the dump, analyze, render JSON) for each N, as installed (the compiled
   engine searching a mapping of the file, where it can) and, warm, with the search reading the file;
+* with ``--arches x64,arm64`` (the default), the same hunt on an ARM64 dump of the same memory (the same
+  scenario and noise, ARM64 translation tables and context), and the warm hunts of the two dumps
+  interleaved: the ARM64/x64 ratio;
 * the obvious alternative a user would write: kdmp-parser's Python API page by page, ``bytes.find`` for
   each value with an alignment check. It is slow, so it runs on ``--alternative-pages`` pages and its
   time is extrapolated to the whole dump (the output says so);
@@ -236,8 +239,22 @@ def hunts_compared(path: str, checkouts, repeat: int):
     return [tuple(statistics.median(column) for column in zip(*times)) for times in runs]
 
 
-def generate(path: str, size: int, leaked: int):
-    scenario = case_0x76("x64", "irp", leaked=leaked, noise_pages=16)
+def hunts_of_dumps_interleaved(dumps, repeat: int):
+    """[(arch, (median warm hunt/read, median hunt seconds))] of the dumps, each hunt right after a read
+    of its own file, the dumps in turn ``repeat`` times (after one warm-up hunt each)."""
+    for _, path in dumps:
+        hunt(path)
+    runs = {arch: [] for arch, _ in dumps}
+    for _ in range(repeat):
+        for arch, path in dumps:
+            read = seconds(stream_read, path)
+            hunt_time = seconds(hunt, path)
+            runs[arch].append((hunt_time / read, hunt_time))
+    return [(arch, tuple(statistics.median(column) for column in zip(*runs[arch]))) for arch, _ in dumps]
+
+
+def generate(path: str, size: int, leaked: int, arch: str = "x64"):
+    scenario = case_0x76(arch, "irp", leaked=leaked, noise_pages=16)
     noise = max(0, size // PAGE - len(scenario.data.pages))
     DumpImage(scenario.data, noise_pages=noise, seed=leaked).write(path, DUMP_BITMAP)
     # On disk before anything is measured: no write-back competes with the runs, and the first cold
@@ -258,9 +275,13 @@ def main() -> int:
     parser.add_argument("--compare", default=None, metavar="CHECKOUT",
                         help="also time the warm hunt with another checkout's code, interleaved (before/after)")
     parser.add_argument("--hunts-only", action="store_true", help="leave out the searches and the alternative")
+    parser.add_argument("--arches", default="x64,arm64",
+                        help="architectures of the dumps (default x64,arm64: an ARM64 dump of the same memory beside "
+                             "each x64 one)")
     args = parser.parse_args()
     size = parse_size(args.size)
     counts = [int(n) for n in args.leaked.split(",")]
+    arches = args.arches.split(",")
     # (engine, threads, mapped): the compiled engine both maps the file and reads it, where it can map.
     accesses = [True, False] if search_module.compiled_searches_mappings else [False]
     variants = [(engine, threads, mapped) for engine in search_module.ENGINES
@@ -273,57 +294,68 @@ def main() -> int:
              f"{dumpfile_module.SEARCH_THREADS} thread(s)"
              f"{', mapping the file' if dumpfile_module.MAPPED_SEARCH and search_module.compiled_searches_mappings else ''}"]
     print("\n".join(lines), flush=True)
-    search_rows, hunt_rows, other_rows, compare_rows = [], [], [], []
+    search_rows, hunt_rows, other_rows, compare_rows, arch_rows = [], [], [], [], []
     compared = [CheckoutHunt(ROOT), CheckoutHunt(args.compare)] if args.compare else []
     try:
         for position, leaked in enumerate(counts):
-            path = os.path.join(workdir, f"MEMORY-{leaked}.DMP")
-            start = time.perf_counter()
-            scenario = generate(path, size, leaked)
-            file_size = os.path.getsize(path)
-            print(f"N={leaked}: wrote {file_size / GIB:.2f} GiB in {time.perf_counter() - start:.0f} s", flush=True)
-            process = scenario.expected["process"]
-            if position == 0 and not args.hunts_only:
-                many = sorted(set(scenario.expected["locked_mdls"] + scenario.expected["decoy_mdls"]))
-                many += [process + 0x10 * i for i in range(1, 1001 - len(many))]
-                for label, values in (("1 value", [process]), (f"{len(many)} values", many)):
-                    for engine, threads, mapped in variants:
-                        run = (lambda values=values, engine=engine, threads=threads, mapped=mapped:
-                               search(path, values, engine, threads, mapped))
-                        cold = compare(path, run, args.repeat, cold=True)
-                        warm = compare(path, run, args.repeat, cold=False)
-                        access = "mapped" if mapped else "read"
-                        search_rows.append((f"{label}, {engine}, {access}, {threads} thread(s)", cold, warm,
-                                            file_size))
-                        print(f"  search {label}, {engine} engine, {access}, {threads} thread(s): cold read/search "
-                              f"{1 / cold[0]:.2f}, warm {1 / warm[0]:.2f}", flush=True)
-                    alternative = alternative_seconds(path, values, args.alternative_pages if len(values) == 1
-                                                      else max(1, args.alternative_pages // 8), file_size // PAGE)
-                    fastest = min(row[2][1] for row in search_rows if row[0].startswith(label + ","))
-                    other_rows.append((f"kdmp-parser page by page + bytes.find, {label} (extrapolated)",
-                                       f"{alternative:.0f} s = {alternative / fastest:.0f}x leakhunt's warm search"))
-                body = f"import kdmp_parser; kdmp_parser.KernelDumpParser({path!r})"
-                other_rows.append(("peak RSS of kdmp-parser's Parse alone", f"{peak_rss_mib(body):.0f} MiB"))
-            report = hunt(path)
-            assert report.suspects and report.suspects[0].driver == "\\Driver\\leakyflt", "the hunt named nobody"
-            assert report.locked_pages_accounted == scenario.expected["locked_pages"]
-            cold = compare(path, lambda: hunt(path), args.repeat, cold=True)
-            warm = compare(path, lambda: hunt(path), args.repeat, cold=False)
-            warm_read = compare(path, lambda: hunt(path, mapped=False), args.repeat, cold=False)
-            peaks = []
-            for mapped in (True, False):  # mapped: the dump's page-cache pages count in the resident set
-                body = ("import pykd_ext.targets.dumpfile as dumpfile\nfrom pykd_ext.analyses import analyze\n"
-                        f"dumpfile.MAPPED_SEARCH = {mapped}\nanalyze(dumpfile.open_dump({path!r}))")
-                peaks.append(peak_rss_mib(body))
-            hunt_rows.append((leaked, report, cold, warm, warm_read, peaks))
-            print(f"  hunt: cold {cold[0]:.2f} reads, warm {warm[0]:.2f} reads (reading the file: {warm_read[0]:.2f}), "
-                  f"peak RSS {peaks[0]:.0f} MiB (reading the file: {peaks[1]:.0f} MiB)", flush=True)
-            if compared:
-                compare_rows.append((leaked, hunts_compared(path, compared, args.repeat)))
-                print("  warm hunt, interleaved: " + ", ".join(
-                    f"{checkout.name} {ratio:.2f} reads" for checkout, (ratio, _, _) in zip(compared, compare_rows[-1][1])),
+            paths = {}
+            for arch in arches:
+                path = paths[arch] = os.path.join(workdir, f"MEMORY-{arch}-{leaked}.DMP")
+                start = time.perf_counter()
+                scenario = generate(path, size, leaked, arch)
+                file_size = os.path.getsize(path)
+                print(f"{arch} N={leaked}: wrote {file_size / GIB:.2f} GiB in {time.perf_counter() - start:.0f} s",
+                      flush=True)
+                process = scenario.expected["process"]
+                if position == 0 and arch == arches[0] and not args.hunts_only:
+                    many = sorted(set(scenario.expected["locked_mdls"] + scenario.expected["decoy_mdls"]))
+                    many += [process + 0x10 * i for i in range(1, 1001 - len(many))]
+                    for label, values in (("1 value", [process]), (f"{len(many)} values", many)):
+                        for engine, threads, mapped in variants:
+                            run = (lambda values=values, engine=engine, threads=threads, mapped=mapped:
+                                   search(path, values, engine, threads, mapped))
+                            cold = compare(path, run, args.repeat, cold=True)
+                            warm = compare(path, run, args.repeat, cold=False)
+                            access = "mapped" if mapped else "read"
+                            search_rows.append((f"{label}, {engine}, {access}, {threads} thread(s)", cold, warm,
+                                                file_size))
+                            print(f"  search {label}, {engine} engine, {access}, {threads} thread(s): cold "
+                                  f"read/search {1 / cold[0]:.2f}, warm {1 / warm[0]:.2f}", flush=True)
+                        alternative = alternative_seconds(path, values, args.alternative_pages if len(values) == 1
+                                                          else max(1, args.alternative_pages // 8), file_size // PAGE)
+                        fastest = min(row[2][1] for row in search_rows if row[0].startswith(label + ","))
+                        other_rows.append((f"kdmp-parser page by page + bytes.find, {label} (extrapolated)",
+                                           f"{alternative:.0f} s = {alternative / fastest:.0f}x leakhunt's warm search"))
+                    body = f"import kdmp_parser; kdmp_parser.KernelDumpParser({path!r})"
+                    other_rows.append(("peak RSS of kdmp-parser's Parse alone", f"{peak_rss_mib(body):.0f} MiB"))
+                report = hunt(path)
+                assert report.suspects and report.suspects[0].driver == "\\Driver\\leakyflt", "the hunt named nobody"
+                assert report.locked_pages_accounted == scenario.expected["locked_pages"]
+                cold = compare(path, lambda: hunt(path), args.repeat, cold=True)
+                warm = compare(path, lambda: hunt(path), args.repeat, cold=False)
+                warm_read = compare(path, lambda: hunt(path, mapped=False), args.repeat, cold=False)
+                peaks = []
+                for mapped in (True, False):  # mapped: the dump's page-cache pages count in the resident set
+                    body = ("import pykd_ext.targets.dumpfile as dumpfile\nfrom pykd_ext.analyses import analyze\n"
+                            "from pykd_ext.sources import open_dump\n"
+                            f"dumpfile.MAPPED_SEARCH = {mapped}\nanalyze(open_dump({path!r}))")
+                    peaks.append(peak_rss_mib(body))
+                hunt_rows.append((arch, leaked, report, cold, warm, warm_read, peaks))
+                print(f"  hunt: cold {cold[0]:.2f} reads, warm {warm[0]:.2f} reads (reading the file: "
+                      f"{warm_read[0]:.2f}), peak RSS {peaks[0]:.0f} MiB (reading the file: {peaks[1]:.0f} MiB)",
+                      flush=True)
+                if compared and arch == "x64":
+                    compare_rows.append((leaked, hunts_compared(path, compared, args.repeat)))
+                    print("  warm hunt, interleaved: " + ", ".join(
+                        f"{checkout.name} {ratio:.2f} reads" for checkout, (ratio, _, _) in zip(compared, compare_rows[-1][1])),
+                        flush=True)
+            if len(paths) > 1:
+                arch_rows.append((leaked, hunts_of_dumps_interleaved(list(paths.items()), args.repeat)))
+                print("  warm hunt, the dumps in turn: " + ", ".join(
+                    f"{arch} {ratio:.2f} reads ({hunt_s:.3f} s)" for arch, (ratio, hunt_s) in arch_rows[-1][1]),
                     flush=True)
-            os.unlink(path)
+            for path in paths.values():
+                os.unlink(path)
     finally:
         for checkout in compared:
             checkout.close()
@@ -341,12 +373,12 @@ def main() -> int:
               f"{read_warm:.3f} ({size / read_warm / GIB:.1f}) | |")
     print()
     mapping = search_module.compiled_searches_mappings and dumpfile_module.MAPPED_SEARCH
-    print("| leaked MDLs | passes | MDLs, IRPs reported | cold hunt: s, in reads (goal <= 2.5) | warm hunt: s, in reads "
-          "| warm hunt reading the file | peak RSS" + (" (the mapped dump's pages included); reading the file |"
-                                                     if mapping else " |"))
-    print("|---|---|---|---|---|---|---|")
-    for leaked, report, cold, warm, warm_read, peaks in hunt_rows:
-        print(f"| {leaked} | {report.searches} | {len(report.mdls)}, {len(report.irps)} | {cold[1]:.2f} s, "
+    print("| dump | leaked MDLs | passes | MDLs, IRPs reported | cold hunt: s, in reads (goal <= 2.5) | warm hunt: s, "
+          "in reads | warm hunt reading the file | peak RSS" + (" (the mapped dump's pages included); reading the "
+                                                               "file |" if mapping else " |"))
+    print("|---|---|---|---|---|---|---|---|")
+    for arch, leaked, report, cold, warm, warm_read, peaks in hunt_rows:
+        print(f"| {arch} | {leaked} | {report.searches} | {len(report.mdls)}, {len(report.irps)} | {cold[1]:.2f} s, "
               f"{cold[0]:.2f} | {warm[1]:.2f} s, {warm[0]:.2f} | {warm_read[1]:.2f} s, {warm_read[0]:.2f} | "
               f"{peaks[0]:.0f} MiB{f'; {peaks[1]:.0f} MiB' if mapping else ''} |")
     if compared:
@@ -358,6 +390,16 @@ def main() -> int:
         for leaked, ((ours, ours_s, ours_cpu), (theirs, theirs_s, theirs_cpu)) in compare_rows:
             print(f"| {leaked} | {ours:.2f} ({ours_s:.3f} s; {ours_cpu:.3f} s) | {theirs:.2f} ({theirs_s:.3f} s; "
                   f"{theirs_cpu:.3f} s) | {ours_s / theirs_s:.2f}, {ours_cpu / theirs_cpu:.2f} |")
+    if arch_rows:
+        first = arch_rows[0][1][0][0]
+        print()
+        print("| leaked MDLs | " + " | ".join(f"warm hunt, {arch} dump: reads (s)" for arch, _ in arch_rows[0][1])
+              + " | " + " | ".join(f"{arch} / {first}: time" for arch, _ in arch_rows[0][1][1:]) + " |")
+        print("|---" * (2 * len(arch_rows[0][1])) + "|")
+        for leaked, measured in arch_rows:
+            base = measured[0][1][1]
+            print(f"| {leaked} | " + " | ".join(f"{ratio:.2f} ({hunt_s:.3f} s)" for _, (ratio, hunt_s) in measured)
+                  + " | " + " | ".join(f"{hunt_s / base:.2f}" for _, (_, hunt_s) in measured[1:]) + " |")
     print()
     for label, value in other_rows:
         print(f"- {label}: {value}")

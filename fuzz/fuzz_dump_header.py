@@ -5,14 +5,15 @@ range headers, the page tables) and the ``leakhunt analyze`` that follows it.
     python fuzz/fuzz_dump_header.py --runs 50000 --seed 7   # longer, on demand
     python fuzz/fuzz_dump_header.py --replay fuzz/crashes/header-field-seed1-42.dmp
 
-The bases are kernel memory dumps written from the 0x76 scenarios (bitmap, live bitmap, kernel and
-kernel+user range layouts), a small dump written from the 0xCB legacy scenario, and the two real small
-dumps of the test samples when they are present. Each input damages one: header fields set to hostile
-values (signature, dump type, machine, physical memory runs, bug check), bitmap/range header fields,
-triage section fields (every offset, size and count of a small dump's TRIAGE_DUMP), flipped bytes in the
-headers, the triage records (driver list, string pool, unloaded drivers, data block table) or the pages
-(page tables that point to themselves, to garbage, or loop), truncation anywhere, trailing garbage. An
-input passes when:
+The bases are kernel memory dumps written from the 0x76 scenarios of x64 and ARM64 (bitmap, live
+bitmap, kernel and kernel+user range layouts), a small dump written from the 0xCB legacy scenario, and
+the two real small dumps of the test samples when they are present. Each input damages one: header
+fields set to hostile values (signature, dump type, machine, physical memory runs, bug check, the
+top-level table), bitmap/range header fields, triage section fields (every offset, size and count of a
+small dump's TRIAGE_DUMP), flipped bytes in the headers, the triage records (driver list, string pool,
+unloaded drivers, data block table) or the pages (x64 entries and ARM64 descriptors that point to their
+own table, to garbage or past memory, blocks, transition entries, loops), truncation anywhere, trailing
+garbage. An input passes when:
 
 - opening it gives a target or a DumpFileError with one clear line (a damaged triage section is a
   warning and the header-only report); a file cut short of what its header says it holds (the pages
@@ -52,8 +53,8 @@ from pykd_ext.targets import triage
 from pykd_ext.targets.dumpheader import DumpFileError
 
 SAMPLES = "/work/shared/samples"
-DAMAGE = ("header-field", "layout-field", "triage-field", "header-bytes", "triage-bytes", "page-bytes", "truncate",
-          "trailing-garbage")
+DAMAGE = ("header-field", "layout-field", "triage-field", "header-bytes", "triage-bytes", "page-bytes", "table-entries",
+          "truncate", "trailing-garbage")
 
 # (offset, width) of the DUMP_HEADER64 fields the reader uses.
 HEADER64_FIELDS = [(0, 4), (4, 4), (dh.H64_MAJOR_VERSION, 4), (dh.H64_MINOR_VERSION, 4),
@@ -91,14 +92,14 @@ def needed_bytes(raw: bytes) -> int:
 def _bases() -> List[Tuple[str, bytes]]:
     bases = []
     with tempfile.TemporaryDirectory() as directory:
-        for kind in ("irp", "unlock"):
-            scenario = case_0x76("x64", kind, noise_pages=1)
+        for arch, kind in (("x64", "irp"), ("x64", "unlock"), ("arm64", "irp"), ("arm64", "unlock")):
+            scenario = case_0x76(arch, kind, noise_pages=1)
             # Every memory dump type but those that store every frame of the machine (tens of MiB each).
             for dump_type in sorted(set(dh.MEMORY_DUMP_TYPES) - {dh.DUMP_FULL, dh.DUMP_COMPLETE}):
                 path = os.path.join(directory, "base.dmp")
-                write_dump(scenario.data, path, dump_type)
+                image = write_dump(scenario.data, path, dump_type)
                 with open(path, "rb") as handle:
-                    bases.append((f"{scenario.name}-type{dump_type}", handle.read()))
+                    bases.append((f"{scenario.name}-type{dump_type}", handle.read(), _table_bytes(path, image)))
         scenario = case_0xcb("x64", "legacy", noise_pages=1)
         data = scenario.data
         path = os.path.join(directory, "small.dmp")
@@ -108,13 +109,23 @@ def _bases() -> List[Tuple[str, bytes]]:
                          stack_values=list(data.bugcheck.parameters[:2]), broken_driver="leakyflt.sys",
                          unloaded=[("olddrv.sys", 0xFFFFF80700000000, 0xFFFFF80700010000)])
         with open(path, "rb") as handle:
-            bases.append(("0xcb-legacy-small", handle.read()))
+            bases.append(("0xcb-legacy-small", handle.read(), None))
     for name in ("triage_x64.dmp", "triage_arm64.dmp"):
         path = os.path.join(SAMPLES, name)
         if os.path.exists(path):
             with open(path, "rb") as handle:
-                bases.append((name, handle.read()))
+                bases.append((name, handle.read(), None))
     return bases
+
+
+def _table_bytes(path: str, image) -> List[Tuple[int, int]]:
+    """(file offset, page frame) of each of the dump's page tables (the writer's table frames)."""
+    target = open_dump(path)
+    try:
+        placed = ((target.layout.file_offset_of(frame), frame) for frame in sorted(image.tables))
+        return [(offset, frame) for offset, frame in placed if offset is not None]
+    finally:
+        target.close()
 
 
 BASES = _bases()
@@ -127,7 +138,7 @@ def _set(raw: bytearray, field: Tuple[int, int], value: int) -> None:
 
 
 def make_input(rng: random.Random) -> Tuple[str, bytes]:
-    _, base = rng.choice(BASES)
+    _, base, tables = rng.choice(BASES)
     kind = rng.choice(DAMAGE)
     raw = bytearray(base)
     if kind in ("header-field", "layout-field", "triage-field"):
@@ -144,11 +155,27 @@ def make_input(rng: random.Random) -> Tuple[str, bytes]:
         limit = min(len(raw), 0x40000)
         return kind, flip_bytes(bytes(raw), [(rng.randrange(0x2000, max(0x2001, limit)), rng.randrange(1, 256))
                                              for _ in range(rng.randint(1, 32))])
-    if kind == "page-bytes":  # page tables and kernel objects: words that point anywhere, or at themselves
+    if kind == "table-entries" and tables:  # the kernel page tables themselves: any level, any entry
+        for _ in range(rng.randint(1, 8)):
+            start, _ = rng.choice(tables)
+            loop = rng.choice(tables)[1] << 12  # another table (or this one): a loop, or a level skipped
+            frame = rng.randrange(0x100, 0x5000) << 12
+            _set(raw, (start + 8 * rng.randrange(512), 8), rng.choice([
+                0, rng.getrandbits(64), frame | 0x0060000000000703, frame | 0x701, frame | 0x800, frame | 0xC00,
+                frame | 0x63, frame | 0xE3, 0xFFFFFFFFF000 | 0x703, 0xFFFFFFFFF000 | 0x63, loop | 0x0060000000000703,
+                loop | 0x63]))
+        return kind, bytes(raw)
+    if kind in ("page-bytes", "table-entries"):  # page tables and kernel objects: words that point anywhere
         for _ in range(rng.randint(1, 24)):
             offset = rng.randrange(0x2000, max(0x2001, len(raw) - 8)) & ~7
+            frame = rng.randrange(0x100, 0x5000) << 12
             word = rng.choice([rng.getrandbits(64), offset, (offset & ~0xFFF) | 0x63, 0x63, 0x80000000000000E3,
-                               rng.randrange(0x1000, 0x5000) << 12 | 0x63])
+                               frame | 0x63,
+                               # ARM64: a table descriptor to its own page or anywhere, a block, a page of a
+                               # level-0 or level-3 slot, a transition entry, a table past the end of memory
+                               (offset & ~0xFFF) | 0x0060000000000703, frame | 0x0060000000000703,
+                               frame | 0x701, frame | 0x0060000000000703 | 0xFFFFF000000, frame | 0x800,
+                               0x0060000000000703])
             _set(raw, (offset, 8), word)
         return kind, bytes(raw)
     if kind == "truncate":

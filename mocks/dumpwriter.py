@@ -1,18 +1,21 @@
 """Write synthesized kernel memory as real-format Windows kernel crash dump files.
 
-A ``DumpImage`` is a machine: the scenario's pages at their physical frames, x64 page tables that map
-each page's virtual address to its frame (built here, at frames the scenario does not use), optional
-2 MiB / 1 GiB mappings, and an optional region of pointer-rich noise pages for benchmarks. ``write``
-streams it to a file as a full (1), bitmap (5, 6), kernel memory (8, 9) or complete (0xA) dump with a
-``DUMP_HEADER64`` the way Windows fills one: "PAGE" filler, the bug check, PsLoadedModuleList, the
-machine's PhysicalMemoryBlock runs and a plausible CONTEXT. Noise pages are generated chunk by chunk
-while writing, so a dump of many GiB never sits in memory.
+A ``DumpImage`` is a machine: the scenario's pages at their physical frames, page tables of the
+scenario's architecture (x64, or ARM64) that map each page's virtual address to its frame (built here, at
+frames the scenario does not use), optional 2 MiB / 1 GiB mappings, and an optional region of
+pointer-rich noise pages for benchmarks. ``write`` streams it to a file as a full (1), bitmap (5, 6),
+kernel memory (8, 9) or complete (0xA) dump with a ``DUMP_HEADER64`` the way Windows fills one: "PAGE"
+filler, the bug check, PsLoadedModuleList, the machine's PhysicalMemoryBlock runs and a plausible
+CONTEXT of the architecture. Noise pages are generated chunk by chunk while writing, so a dump of many
+GiB never sits in memory.
 
 32-bit scenarios are written as a PAGEDUMP full dump (header and pages; no x86 page tables, which
 leakhunt does not read offline).
 
 Every format offset comes from ``pykd_ext.targets.dumpheader``; tests read the files back with
-kdmp-parser as an independent check.
+kdmp-parser as an independent check. The page-table entries and the CONTEXT records are written from
+the processor manuals and the reference notes (the constants below), never with leakhunt's own tables
+(``pykd_ext.arch``), so that a wrong format in either cannot hide behind the other.
 """
 from __future__ import annotations
 
@@ -31,10 +34,9 @@ from pykd_ext.targets.dumpheader import (
     H64_BUGCHECK_PARAMETERS, H64_COMMENT, H64_CONTEXT_RECORD, H64_DIRECTORY_TABLE_BASE, H64_DUMP_TYPE,
     H64_KD_DEBUGGER_DATA_BLOCK, H64_MACHINE_IMAGE_TYPE, H64_MAJOR_VERSION, H64_MINOR_VERSION, H64_NUMBER_PROCESSORS,
     H64_PFN_DATABASE, H64_PHYSICAL_MEMORY_BLOCK, H64_PS_ACTIVE_PROCESS_HEAD, H64_PS_LOADED_MODULE_LIST,
-    H64_REQUIRED_DUMP_SPACE, H64_SYSTEM_TIME, HEADER32_SIZE, HEADER64_SIZE, MACHINE_X64,
+    H64_REQUIRED_DUMP_SPACE, H64_SYSTEM_TIME, HEADER32_SIZE, HEADER64_SIZE, MACHINE_ARM64, MACHINE_X64,
     MACHINE_X86, RDMP_FIRST_PAGE_OFFSET, RDMP_HEADER_SIZE, RDMP_MARKER, RDMP_METADATA_SIZE, RDMP_RANGES,
     RDMP_SIGNATURE, RDMP_TOTAL_NUMBER_OF_PAGES, RDMP_VALID_DUMP, RUNS_OFFSET, SIGNATURE, VALID_DUMP32, VALID_DUMP64)
-from pykd_ext.targets.dumpfile import PTE_LARGE_PAGE, PTE_PRESENT
 from pykd_ext.targets.snapshot import SnapshotData
 
 from .memory import REGIONS
@@ -43,6 +45,10 @@ from .memory import REGIONS
 TABLE_FIRST_PFN = 0x100
 # The PML4 slot that maps the page tables themselves (Windows 10 before 1607 always used 0x1ED).
 SELF_MAP_INDEX = 0x1ED
+# x64 page-table entry bits (Intel SDM vol. 3 §4.5, tables 4-15 to 4-20), written from the manual rather
+# than from leakhunt's own tables; kdmp-parser reads the result back as the independent check.
+PTE_PRESENT = 0x1
+PTE_LARGE_PAGE = 0x80  # PS in a PDPTE (1 GiB) or a PDE (2 MiB)
 PTE_WRITE = 0x2
 PTE_ACCESSED = 0x20
 PTE_DIRTY = 0x40
@@ -50,6 +56,30 @@ PTE_GLOBAL = 0x100
 PTE_NO_EXECUTE = 1 << 63
 TABLE_FLAGS = PTE_PRESENT | PTE_WRITE | PTE_ACCESSED
 DATA_FLAGS = PTE_PRESENT | PTE_WRITE | PTE_ACCESSED | PTE_DIRTY | PTE_GLOBAL | PTE_NO_EXECUTE
+X64_ADDRESS_MASK = 0x000FFFFFFFFFF000  # physical address bits 51:12
+
+# ARM64 translation table descriptors, 4 KiB granule, 48-bit output addresses (ARMv8-A Architecture
+# Reference Manual, ARM DDI 0487, "VMSAv8-64 translation table format descriptors"): bit 0 valid; bit 1
+# set: a table (levels 0-2) or a page (level 3), clear at level 1 or 2: a 1 GiB or 2 MiB block; output
+# address bits 47:12; lower attributes AttrIndx 4:2, SH 9:8, AF 10; upper attributes PXN 53, UXN 54.
+# Windows keeps its Writable flag in software bit 55 and sets PXN and UXN in table descriptors too
+# (reference/arm64-kernel.md: McGarr's walk, MemProcFS's self-map test).
+ARM64_VALID = 1 << 0
+ARM64_TABLE_OR_PAGE = 1 << 1
+ARM64_INNER_SHAREABLE = 0b11 << 8
+ARM64_ACCESSED = 1 << 10
+ARM64_PXN = 1 << 53
+ARM64_UXN = 1 << 54
+ARM64_WRITABLE = 1 << 55
+ARM64_ADDRESS_MASK = 0x0000FFFFFFFFF000
+ARM64_TABLE_FLAGS = ARM64_VALID | ARM64_TABLE_OR_PAGE | ARM64_INNER_SHAREABLE | ARM64_ACCESSED | ARM64_PXN | ARM64_UXN
+ARM64_PAGE_FLAGS = ARM64_TABLE_FLAGS | ARM64_WRITABLE
+ARM64_BLOCK_FLAGS = ARM64_PAGE_FLAGS & ~ARM64_TABLE_OR_PAGE
+# A level-3 entry in transition (paged out, its frame still holding the page): Valid and Prototype (bit 10)
+# clear, Transition (bit 11) set, the frame in the output address bits (MemProcFS, mm_arm64.c).
+ARM64_TRANSITION = 1 << 11
+# The top-level slot that maps the tables themselves: McGarr saw MmPteBase 0xFFFF8600`00000000 (index 0x10C).
+ARM64_SELF_MAP_INDEX = (0xFFFF860000000000 >> 39) & 0x1FF
 # Where noise pages are mapped (2 MiB pages), away from the scenario builder's pool and images.
 NOISE_VA = 0xFFFFC58000000000
 # Where the noise's other kernel pointers point.
@@ -58,6 +88,23 @@ OTHER_KERNEL_REGION = 0xFFFFB50000000000
 CHUNK_PAGES = 2048
 # Noise is generated in blocks of this many frames, each from its own seed.
 NOISE_BLOCK_PAGES = 512
+
+# ARM64 CONTEXT (winnt.h ARM64_NT_CONTEXT; reference/arm64-kernel.md): ContextFlags, Cpsr, X0..X28 from 0x8,
+# Fp 0xF0, Lr 0xF8, Sp 0x100, Pc 0x108; 0x390 bytes. CONTEXT_ARM64 | CONTROL | INTEGER | FLOATING_POINT.
+ARM64_CONTEXT_SIZE = 0x390
+ARM64_CONTEXT_FLAGS = 0x0
+ARM64_CONTEXT_CPSR = 0x4
+ARM64_CONTEXT_X0 = 0x8
+ARM64_CONTEXT_FP = 0xF0
+ARM64_CONTEXT_LR = 0xF8
+ARM64_CONTEXT_SP = 0x100
+ARM64_CONTEXT_PC = 0x108
+ARM64_CONTEXT_FULL = 0x400007
+ARM64_CPSR_EL1H = 0x5  # M[3:0] = EL1 with SP_EL1
+# Where the synthesized ARM64 register state points: KeBugCheckEx's caller and its stack.
+ARM64_PC_OFFSET = 0x1000  # in nt
+ARM64_LR_OFFSET = 0x2468  # in nt
+ARM64_SP = 0xFFFFF8031F7FEDA0
 
 # x64 CONTEXT (winnt.h) offsets used for a plausible register state at KeBugCheckEx.
 CONTEXT_FLAGS = 0x30
@@ -128,10 +175,17 @@ class DumpImage:
             self.pages[pa >> 12] = content
         self.tables: Dict[int, bytearray] = {}  # page-table frame -> its 512 entries
         self._next_table = TABLE_FIRST_PFN
-        self.pml4 = self._new_table()
+        self.pml4 = self._new_table()  # the top-level table (PML4 on x64, level 0 on ARM64)
         self.noise: Optional[NoiseRegion] = None
+        self.arm64 = data.arch == "arm64"
+        if self.arm64:
+            self.address_mask, self.table_flags = ARM64_ADDRESS_MASK, ARM64_TABLE_FLAGS
+            self.self_map_index = ARM64_SELF_MAP_INDEX
+        else:
+            self.address_mask, self.table_flags = X64_ADDRESS_MASK, TABLE_FLAGS
+            self.self_map_index = SELF_MAP_INDEX
         if data.pointer_size == 8:
-            self.set_entry(self.pml4, SELF_MAP_INDEX, (self.pml4 << 12) | TABLE_FLAGS)
+            self.set_entry(self.pml4, self.self_map_index, (self.pml4 << 12) | self.table_flags)
             for va, pa in sorted(data.physical.items()):
                 self.map(va, pa >> 12)
             if noise_pages:
@@ -153,32 +207,49 @@ class DumpImage:
     def set_entry(self, table: int, index: int, value: int) -> None:
         struct.pack_into("<Q", self.tables[table], index * 8, value)
 
+    def _is_table(self, entry: int) -> bool:
+        if self.arm64:
+            return entry & (ARM64_VALID | ARM64_TABLE_OR_PAGE) == ARM64_VALID | ARM64_TABLE_OR_PAGE
+        return bool(entry & PTE_PRESENT) and not entry & PTE_LARGE_PAGE
+
+    def table_frame(self, entry: int) -> int:
+        """The frame an entry points to (the next table, or the page or block it maps)."""
+        return (entry & self.address_mask) >> 12
+
     def _table_for(self, va: int, levels: int) -> int:
-        """The table ``levels`` below the PML4 on the way to ``va``, created as needed."""
+        """The table ``levels`` below the top-level table on the way to ``va``, created as needed."""
         table = self.pml4
         for shift in (39, 30, 21)[:levels]:
             index = (va >> shift) & 0x1FF
             entry = self.entry(table, index)
-            if not entry & PTE_PRESENT:
+            if entry == 0:
                 child = self._new_table()
-                self.set_entry(table, index, (child << 12) | TABLE_FLAGS)
+                self.set_entry(table, index, (child << 12) | self.table_flags)
                 entry = self.entry(table, index)
-            if entry & PTE_LARGE_PAGE:
+            if not self._is_table(entry):
                 raise ValueError(f"{va:#x} is already inside a large page")
-            table = (entry & 0x000FFFFFFFFFF000) >> 12
+            table = self.table_frame(entry)
         return table
 
     def map(self, va: int, pfn: int) -> None:
         """Map the 4 KiB page at ``va`` to frame ``pfn``."""
-        self.set_entry(self._table_for(va, 3), (va >> 12) & 0x1FF, (pfn << 12) | DATA_FLAGS)
+        flags = ARM64_PAGE_FLAGS if self.arm64 else DATA_FLAGS
+        self.set_entry(self._table_for(va, 3), (va >> 12) & 0x1FF, (pfn << 12) | flags)
+
+    def map_transition(self, va: int, pfn: int) -> None:
+        """An ARM64 level-3 entry in transition: ``va`` paged out, frame ``pfn`` still holding its page."""
+        if not self.arm64:
+            raise ValueError("transition entries are written for ARM64 only")
+        self.set_entry(self._table_for(va, 3), (va >> 12) & 0x1FF, (pfn << 12) | ARM64_TRANSITION)
 
     def map_large(self, va: int, first_pfn: int, size: int) -> None:
-        """Map a 2 MiB (PDE) or 1 GiB (PDPTE) page at ``va`` to the frames from ``first_pfn``."""
+        """Map a 2 MiB (PDE, level-2 block) or 1 GiB (PDPTE, level-1 block) page at ``va`` to the frames
+        from ``first_pfn``."""
         levels, shift = {2 << 20: (2, 21), 1 << 30: (1, 30)}[size]
         if va % size or (first_pfn << 12) % size:
             raise ValueError("a large page must be aligned to its size, virtually and physically")
-        self.set_entry(self._table_for(va, levels), (va >> shift) & 0x1FF,
-                       (first_pfn << 12) | DATA_FLAGS | PTE_LARGE_PAGE)
+        flags = ARM64_BLOCK_FLAGS if self.arm64 else DATA_FLAGS | PTE_LARGE_PAGE
+        self.set_entry(self._table_for(va, levels), (va >> shift) & 0x1FF, (first_pfn << 12) | flags)
 
     def add_noise(self, pages: int, seed: int) -> None:
         """Append ``pages`` (rounded up to 2 MiB) of noise frames above everything else, mapped with 2 MiB pages."""
@@ -289,13 +360,16 @@ class DumpImage:
         struct.pack_into("<Q", header, H64_PFN_DATABASE, 0)  # no PFN database is synthesized
         struct.pack_into("<Q", header, H64_PS_LOADED_MODULE_LIST, data.symbols.get("nt!PsLoadedModuleList", 0))
         struct.pack_into("<Q", header, H64_PS_ACTIVE_PROCESS_HEAD, data.symbols.get("nt!PsActiveProcessHead", 0))
-        struct.pack_into("<I", header, H64_MACHINE_IMAGE_TYPE, MACHINE_X64)
+        struct.pack_into("<I", header, H64_MACHINE_IMAGE_TYPE, MACHINE_ARM64 if self.arm64 else MACHINE_X64)
         struct.pack_into("<I", header, H64_NUMBER_PROCESSORS, self.processors)
         struct.pack_into("<Q", header, H64_BUGCHECK_CODE, data.bugcheck.code)  # the code and its padding
         struct.pack_into("<4Q", header, H64_BUGCHECK_PARAMETERS, *data.bugcheck.parameters)
         struct.pack_into("<Q", header, H64_KD_DEBUGGER_DATA_BLOCK, 0)  # no KDDEBUGGER_DATA64 is synthesized
         self._physical_memory_block(header, H64_PHYSICAL_MEMORY_BLOCK, machine, 8)
-        self._context(header)
+        if self.arm64:
+            self._arm64_context(header)
+        else:
+            self._context(header)
         struct.pack_into("<I", header, H64_DUMP_TYPE, dump_type)
         struct.pack_into("<Q", header, H64_SYSTEM_TIME, SYSTEM_TIME)
         header[H64_COMMENT:H64_COMMENT + 128] = b"leakhunt synthesized dump".ljust(128, b"\0")
@@ -327,6 +401,20 @@ class DumpImage:
             struct.pack_into(fmt, header, base + offset, value)
         # SegCs, SegDs, SegEs, SegFs, SegGs, SegSs of kernel mode.
         struct.pack_into("<6H", header, base + CONTEXT_SEGMENTS, 0x10, 0x2B, 0x2B, 0x53, 0x2B, 0x18)
+
+    def _arm64_context(self, header: bytearray) -> None:
+        """Registers as KeBugCheckEx sees them on ARM64: the code in x0, P1..P4 in x1..x4, pc and lr in nt."""
+        base = H64_CONTEXT_RECORD
+        header[base:base + ARM64_CONTEXT_SIZE] = bytes(ARM64_CONTEXT_SIZE)
+        kernel = next((m for m in self.data.modules if m.name == "nt"), None)
+        values = [(ARM64_CONTEXT_FLAGS, "<I", ARM64_CONTEXT_FULL), (ARM64_CONTEXT_CPSR, "<I", ARM64_CPSR_EL1H),
+                  (ARM64_CONTEXT_SP, "<Q", ARM64_SP), (ARM64_CONTEXT_FP, "<Q", ARM64_SP + 0x40),
+                  (ARM64_CONTEXT_PC, "<Q", kernel.base + ARM64_PC_OFFSET if kernel else 0),
+                  (ARM64_CONTEXT_LR, "<Q", kernel.base + ARM64_LR_OFFSET if kernel else 0)]
+        arguments = (self.data.bugcheck.code,) + tuple(self.data.bugcheck.parameters)
+        values += [(ARM64_CONTEXT_X0 + 8 * index, "<Q", value) for index, value in enumerate(arguments)]
+        for offset, fmt, value in values:
+            struct.pack_into(fmt, header, base + offset, value)
 
     def _write_bitmap_header(self, handle: BinaryIO, runs: Sequence[Tuple[int, int]], complete: bool) -> int:
         bits = -(-(self.highest_pfn() + 1) // 8) * 8
@@ -569,8 +657,6 @@ def _small_dump_header64(header: bytearray, data: SnapshotData, processors: int,
                          stack_va: int, size: int, dump_type: int) -> None:
     """The DUMP_HEADER64 of a small dump: the bug check, PsLoadedModuleList and a context record whose rip
     is the first stack value and rsp the stack."""
-    from pykd_ext.targets.triage import X64_CONTEXT_REGISTERS
-
     header[4:8] = VALID_DUMP64
     struct.pack_into("<I", header, H64_MAJOR_VERSION, 0xF)
     struct.pack_into("<I", header, H64_MINOR_VERSION, data.build or 0)
@@ -583,9 +669,8 @@ def _small_dump_header64(header: bytearray, data: SnapshotData, processors: int,
     struct.pack_into("<4Q", header, H64_BUGCHECK_PARAMETERS, *data.bugcheck.parameters)
     header[H64_CONTEXT_RECORD:H64_CONTEXT_RECORD + 0x4D0] = bytes(0x4D0)
     struct.pack_into("<I", header, H64_CONTEXT_RECORD + CONTEXT_FLAGS, CONTEXT_AMD64_FULL)
-    registers = dict(X64_CONTEXT_REGISTERS)
-    struct.pack_into("<Q", header, H64_CONTEXT_RECORD + registers["rip"], stack_values[0] if stack_values else 0)
-    struct.pack_into("<Q", header, H64_CONTEXT_RECORD + registers["rsp"], stack_va)
+    struct.pack_into("<Q", header, H64_CONTEXT_RECORD + CONTEXT_RIP, stack_values[0] if stack_values else 0)
+    struct.pack_into("<Q", header, H64_CONTEXT_RECORD + CONTEXT_RSP, stack_va)
     header[0xF00:0xF98] = bytes(0x98)  # the EXCEPTION_RECORD64
     struct.pack_into("<I", header, H64_DUMP_TYPE, dump_type)
     struct.pack_into("<Q", header, H64_REQUIRED_DUMP_SPACE, size)

@@ -1,5 +1,7 @@
 """Synthesized kernel memory: a page-granular builder that lays out kernel objects the way Windows
-does, using leakhunt's own layout tables (``pykd_ext.layouts``) for every offset.
+does, using leakhunt's own layout tables (``pykd_ext.layouts``) for every offset, and for an ARM64
+kernel's structures that move between builds, which leakhunt has no tables for, the ARM64 headers'
+(``mocks.arm64_layouts``).
 
 The result is a ``SnapshotData`` with ``complete=True``: every page has a virtual and a physical
 address, so the same memory can be replayed, served by the stand-in pykd, or written as a dump file.
@@ -15,6 +17,8 @@ from pykd_ext.kernel.modules import module_name
 from pykd_ext.layouts import IMAGE_FILE_NAME_LENGTH, builtin_layout
 from pykd_ext.targets.base import PAGE_SIZE, BugCheck, Module
 from pykd_ext.targets.snapshot import SnapshotData
+
+from .arm64_layouts import arm64_layout
 
 # Where the builder places things, per pointer size: (pool, images, user buffers, data globals).
 # Where the builder puts the kernel globals leakhunt reads, as offsets (RVAs) into nt; a scene made to
@@ -52,8 +56,9 @@ class KernelMemory:
     """Sparse kernel memory with a bump allocator for pool and image regions."""
 
     def __init__(self, pointer_size: int, seed: int = 1, build: Optional[int] = None,
-                 kernel_globals: Optional[Dict[str, int]] = None):
+                 kernel_globals: Optional[Dict[str, int]] = None, arch: str = ""):
         self.pointer_size = pointer_size
+        self.arch = arch or ("x64" if pointer_size == 8 else "x86")
         self.build = build
         # RVAs in nt of the globals the scene writes (KiBugCheckDriver, PsLoadedModuleList, and, when a
         # symbol file is to fit the scene, PsActiveProcessHead and KdDebuggerDataBlock too).
@@ -133,7 +138,9 @@ class KernelMemory:
     # ---- structures through the layout tables -------------------------------------------------
 
     def layout(self, name: str):
-        layout = builtin_layout(name, self.pointer_size, self.build)
+        layout = builtin_layout(name, self.pointer_size, self.build, self.arch)
+        if layout is None and self.arch == "arm64":
+            layout = arm64_layout(name)
         if layout is None or layout.guessed_from is not None:  # the scene's own build only: no guesses
             raise KeyError(f"no built-in layout for {name} on build {self.build}")
         return layout
@@ -222,7 +229,8 @@ class KernelMemory:
         optional = nt + 0x18
         self.write(module.base, struct.pack("<H", 0x5A4D))  # e_magic "MZ"
         self.write(module.base + 0x3C, struct.pack("<I", nt))  # e_lfanew
-        self.write(module.base + nt, b"PE\0\0" + struct.pack("<H", 0x8664 if wide else 0x14C))
+        machine = {"x64": 0x8664, "arm64": 0xAA64, "x86": 0x14C}[self.arch]  # IMAGE_FILE_MACHINE_* (PE format)
+        self.write(module.base + nt, b"PE\0\0" + struct.pack("<H", machine))
         self.write(module.base + nt + 0x14, struct.pack("<H", 0xF0 if wide else 0xE0))  # SizeOfOptionalHeader
         self.write(module.base + optional, struct.pack("<H", 0x20B if wide else 0x10B))  # Magic: PE32+ / PE32
         self.write(module.base + optional + 0x38, struct.pack("<I", module.size))  # SizeOfImage

@@ -18,7 +18,7 @@ from pykd_ext.targets.snapshot import SnapshotData
 
 from .memory import KernelMemory, SymbolFit, image_file_name
 
-ARCHES = {"x64": (8, 19045), "x86": (4, 19045)}
+ARCHES = {"x64": (8, 19045), "x86": (4, 19045), "arm64": (8, 26100)}
 IRP_MJ_READ = 0x03
 IRP_MJ_WRITE = 0x04
 IRP_MJ_DEVICE_CONTROL = 0x0E
@@ -46,8 +46,7 @@ class KernelScene(KernelMemory):
     def __init__(self, arch: str, seed: int = 1, fit: Optional[SymbolFit] = None):
         """``fit``: make nt the kernel a symbol file describes (its globals' RVAs, its CodeView record)."""
         pointer_size, build = ARCHES[arch]
-        super().__init__(pointer_size, seed, build, fit.rvas if fit else None)
-        self.arch = arch
+        super().__init__(pointer_size, seed, build, fit.rvas if fit else None, arch)
         self.fit = fit
         self.kernel = self.add_image("ntoskrnl.exe", 0x1000000)
         self.hal = self.add_image("hal.dll", 0x100000)
@@ -77,7 +76,10 @@ class KernelScene(KernelMemory):
         """An ETHREAD-sized blob that points at its process, as KTHREAD.ApcState.Process does, with its
         Cid where the build's _ETHREAD layout is known."""
         address = self.alloc(0x500 if self.pointer_size == 8 else 0x300)
-        self.write_pointer(address + (0x220 if self.pointer_size == 8 else 0x150), process)
+        if self.arch == "arm64":  # its KTHREAD is laid out unlike x64's (mocks/arm64_layouts.py)
+            self.write_fields("_KTHREAD", address, Process=process, ApcState__Process=process)
+        else:
+            self.write_pointer(address + (0x220 if self.pointer_size == 8 else 0x150), process)
         self.write_fields("_DISPATCHER_HEADER", address, Type=THREAD_OBJECT)
         try:
             self.layout("_ETHREAD")
@@ -289,7 +291,7 @@ def case_0x76(arch: str = "x64", kind: str = "irp", seed: int = 7, noise_pages: 
     else:
         bugcheck = BugCheck(0x76, (0, victim, 4, 0))
     expected["locked_pages"] = locked_pages
-    eprocess = scene.layout("_EPROCESS") if scene.arch == "x64" else None
+    eprocess = scene.layout("_EPROCESS") if scene.arch in ("x64", "arm64") else None
     if eprocess is not None:
         scene.write(victim + eprocess.offset("NumberOfLockedPages"), struct.pack("<Q", bugcheck.parameters[2]))
     expected["unrelated_irps"] = [innocent_irp, unrelated]

@@ -330,12 +330,14 @@ def case_0xcb(arch: str = "x64", kind: str = "current", seed: int = 11, noise_pa
     return Scenario(f"0xcb-{kind}-{arch}", arch, data, expected)
 
 
-def case_0x76_tracked(arch: str = "x64", via: str = "P4", seed: int = 13, noise_pages: int = 8) -> Scenario:
+def case_0x76_tracked(arch: str = "x64", via: str = "P4", seed: int = 13, noise_pages: int = 8,
+                      fit: Optional[SymbolFit] = None) -> Scenario:
     """0x76 with locked-page tracking on: the trackers name leakyflt; the one IRP found is ufilter's.
 
     via: "P4" (the header is P4) or "eprocess" (P4 is 0; EPROCESS.LockedPagesList points to it).
+    ``fit`` makes the kernel the one a symbol file describes.
     """
-    scene, victim, bystander, culprit, upper, innocent = _common(arch, seed)
+    scene, victim, bystander, culprit, upper, innocent = _common(arch, seed, fit=fit)
     thread = scene.thread(victim)
     mdls = [scene.mdl(victim, pages=2), scene.mdl(victim, pages=1), scene.mdl(victim, pages=3)]
     irp = scene.irp(mdls[2], [(culprit.devices[0], IRP_MJ_WRITE, 0),
@@ -449,8 +451,8 @@ KINDS_0x162 = ("image-lock", "nothing", "unknown-build")
 KINDS_0x192 = ("pool-lock", "nothing")
 
 
-def _lock_scene(arch: str, seed: int, build: Optional[int]):
-    scene = FamilyScene(arch, seed, build)
+def _lock_scene(arch: str, seed: int, build: Optional[int], fit: Optional[SymbolFit] = None):
+    scene = FamilyScene(arch, seed, build, fit=fit)
     system = scene.process("System")
     culprit = scene.driver_with_headers("leakyflt")
     helper = scene.driver_with_headers("helperdrv")
@@ -462,7 +464,7 @@ def _lock_scene(arch: str, seed: int, build: Optional[int]):
 
 
 def case_0x153(arch: str = "x64", kind: str = "image-lock", build: int = 19045, seed: int = 23,
-               noise_pages: int = 8) -> Scenario:
+               noise_pages: int = 8, fit: Optional[SymbolFit] = None) -> Scenario:
     """A thread ends with a lock entry still in use.
 
     image-lock     a kernel worker thread's entry references a global lock of leakyflt (state 1)
@@ -470,10 +472,11 @@ def case_0x153(arch: str = "x64", kind: str = "image-lock", build: int = 19045, 
     boosts         a leakyflt thread's entry has no lock but still carries CPU and I/O boosts (state 4)
     nothing        a kernel worker thread's entry references a lock in a pool block (state 1)
     unknown-build  image-lock on a build leakhunt has no tables for, without symbols
+    ``fit`` makes the kernel the one a symbol file describes.
     """
     if kind not in KINDS_0x153:
         raise ValueError(f"unknown 0x153 case kind {kind!r}")
-    scene, system, culprit, helper, global_lock, pool_lock, other = _lock_scene(arch, seed, build)
+    scene, system, culprit, helper, global_lock, pool_lock, other = _lock_scene(arch, seed, build, fit)
     worker = scene.kernel.base + NT_WORKER
     driver_thread = culprit.module.base + DRIVER_THREAD
     start = worker if kind in ("image-lock", "nothing", "unknown-build") else driver_thread

@@ -1,8 +1,11 @@
 """The test kernel: a fake ``ntoskrnl.exe`` with a real-format ``ntkrnlmp.pdb`` and the ISF of the same
-kernel, whose structures have exactly leakhunt's built-in x64 build 19045 layouts.
+kernel, whose structures have exactly leakhunt's built-in x64 build 19045 layouts; and the ARM64 test
+kernel, an ARM64 image and PDB of build 26100 whose structures are the ARM64 ones of mocks/arm64_layouts.py
+(for the rest, the stable tables, the same on ARM64).
 
-    python3 mocks/test_kernel.py           # rebuild tests/data/testkernel/ (needs clang, lld-link)
-    python3 mocks/test_kernel.py --check   # rebuild in a scratch folder, compare with the committed files
+    python3 mocks/test_kernel.py                      # rebuild tests/data/testkernel/ (needs clang, lld-link)
+    python3 mocks/test_kernel.py --check              # rebuild in a scratch folder, compare with the committed files
+    python3 mocks/test_kernel.py --arch arm64 [--check]   # the same for tests/data/testkernel-arm64/
 
 One description (``structures()``) says what the kernel holds: every structure of
 ``layouts.STABLE_LAYOUTS``, ``OTHER_STABLE_LAYOUTS`` and ``BUILD_LAYOUTS_X64[...][19045]`` with its
@@ -46,6 +49,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from pykd_ext import layouts  # noqa: E402
+from mocks.arm64_layouts import ARM64_BUILD_LAYOUTS  # noqa: E402
 
 BUILD = 19045
 OUTPUT_DIR = os.path.join(ROOT, "tests", "data", "testkernel")
@@ -55,6 +59,7 @@ PDB = "ntkrnlmp.pdb"
 EXE = "ntoskrnl.exe"
 ENTRY = "KiSystemStartup"
 MACHINE_AMD64 = 0x8664
+MACHINE_ARM64 = 0xAA64
 POINTER_SIZE = 8
 
 
@@ -206,16 +211,52 @@ ENUM_TAG = "_LEAKHUNT_STATE"
 ENUM_CONSTANTS = {"StateIdle": 0, "StateBusy": 1, "StateGone": 7}
 
 
-def table_rows() -> Dict[str, Tuple[int, Dict[str, Tuple[int, str]]]]:
-    """Every structure leakhunt knows, as the x64 build 19045 tables give it: name -> (size, rows)."""
+@dataclass(frozen=True)
+class KernelSpec:
+    """Which test kernel: its architecture, build, files, compiler target, and the tables of the structures
+    that move between builds; ``nested`` and ``extra_fields`` override NESTED and EXTRA_FIELDS where its
+    structures are laid out differently; ``reader_shapes``: it also carries the PDB reader's test types."""
+
+    arch: str
+    build: int
+    output_dir: str
+    build_dir: str
+    clang_target: str
+    machine: int
+    build_tables: Dict[str, Tuple[Optional[int], Dict[str, Tuple[int, str]]]]
+    comment: str
+    nested: Dict[Tuple[str, str], Tuple[str, Optional[str], int, Optional[int]]] = field(default_factory=dict)
+    extra_fields: Dict[str, Dict[str, Tuple[int, str]]] = field(default_factory=dict)
+    embedded: Dict[Tuple[str, str], "Type"] = field(default_factory=dict)
+    reader_shapes: bool = True
+
+
+X64_KERNEL = KernelSpec(
+    "x64", BUILD, OUTPUT_DIR, BUILD_DIR, "x86_64-pc-windows-msvc", MACHINE_AMD64,
+    {name: per_build[BUILD] for name, per_build in layouts.BUILD_LAYOUTS_X64.items() if BUILD in per_build},
+    "a fake kernel with leakhunt's x64 build 19045 layouts")
+# KAPC_STATE is at 0x90 in the ARM64 KTHREAD, its KernelApcPending at +0x29 (mocks/arm64_layouts.py's headers);
+# KLOCK_ENTRIES is a header followed by EntryCount entries.
+ARM64_KERNEL = KernelSpec(
+    "arm64", 26100, os.path.join(ROOT, "tests", "data", "testkernel-arm64"), "/tmp/leakhunt-testkernel-arm64-build",
+    "aarch64-pc-windows-msvc", MACHINE_ARM64, dict(ARM64_BUILD_LAYOUTS),
+    "a fake ARM64 kernel with the build 26100 layouts of mocks/arm64_layouts.py",
+    nested={("_KTHREAD", "ApcState"): ("struct", "_KAPC_STATE", 0x30, 0x90)},
+    extra_fields={"_KTHREAD": {"ApcState.KernelApcPending": (0xB9, "u8")}},
+    embedded={("_KLOCK_ENTRIES", "Entries"): Array(Tagged("_KLOCK_ENTRY"), 0)},
+    reader_shapes=False)
+KERNELS = {spec.arch: spec for spec in (X64_KERNEL, ARM64_KERNEL)}
+
+
+def table_rows(spec: KernelSpec = X64_KERNEL) -> Dict[str, Tuple[int, Dict[str, Tuple[int, str]]]]:
+    """Every structure of the kernel: the stable tables' x64 column (the same on ARM64) and the kernel's
+    tables of the structures that move between builds: name -> (size, rows)."""
     tables: Dict[str, Tuple[int, Dict[str, Tuple[int, str]]]] = {}
     for stable in (layouts.STABLE_LAYOUTS, layouts.OTHER_STABLE_LAYOUTS):
         for name, (rows, size64, _) in stable.items():
             tables[name] = (size64, {row[0]: (row[1], row[3]) for row in rows if row[1] is not None})
-    for name, per_build in layouts.BUILD_LAYOUTS_X64.items():
-        if BUILD in per_build:
-            size, rows = per_build[BUILD]
-            tables[name] = (size or 0, dict(rows))
+    for name, (size, rows) in spec.build_tables.items():
+        tables[name] = (size or 0, dict(rows))
     return tables
 
 
@@ -233,7 +274,9 @@ def size_of(type_: Type, described: Dict[str, Aggregate]) -> int:
     return type_.size
 
 
-def _leaf_type(structure: str, path: str, kind: str) -> Type:
+def _leaf_type(structure: str, path: str, kind: str, spec: KernelSpec) -> Type:
+    if (structure, path) in spec.embedded:
+        return spec.embedded[(structure, path)]
     if (structure, path) in EMBEDDED:
         return EMBEDDED[(structure, path)]
     if kind == "ptr":
@@ -248,7 +291,7 @@ def _leaf_type(structure: str, path: str, kind: str) -> Type:
 
 
 def _build(structure: str, prefix: str, base: int, kind: str, tag: Optional[str], size: int,
-           rows: Dict[str, Tuple[int, str]], described: Dict[str, Aggregate]) -> Aggregate:
+           rows: Dict[str, Tuple[int, str]], described: Dict[str, Aggregate], spec: KernelSpec) -> Aggregate:
     """The aggregate at ``prefix`` (absolute offset ``base``) from the rows below it."""
     children: Dict[str, None] = {}
     for path in rows:
@@ -259,9 +302,9 @@ def _build(structure: str, prefix: str, base: int, kind: str, tag: Optional[str]
         path = prefix + child
         deeper = {p: r for p, r in rows.items() if p.startswith(path + ".")}
         if deeper:
-            nested_kind, nested_tag, nested_size, nested_offset = NESTED[(structure, path)]
+            nested_kind, nested_tag, nested_size, nested_offset = {**NESTED, **spec.nested}[(structure, path)]
             offset = rows[path][0] if path in rows else base + nested_offset
-            nested = _build(structure, path + ".", offset, nested_kind, nested_tag, nested_size, rows, described)
+            nested = _build(structure, path + ".", offset, nested_kind, nested_tag, nested_size, rows, described, spec)
             if nested_tag:
                 described[nested_tag] = nested
                 members.append(Member(child, offset - base, Tagged(nested_tag)))
@@ -269,7 +312,7 @@ def _build(structure: str, prefix: str, base: int, kind: str, tag: Optional[str]
                 members.append(Member(child, offset - base, nested))
         else:
             offset, field_kind = rows[path]
-            members.append(Member(child, offset - base, _leaf_type(structure, path, field_kind)))
+            members.append(Member(child, offset - base, _leaf_type(structure, path, field_kind, spec)))
     return Aggregate(kind, tag, size, _arrange(members, kind, size, described))
 
 
@@ -317,22 +360,23 @@ def _overlap_union(cluster: List[Member], end: int, described: Dict[str, Aggrega
     return Member("", start, union)
 
 
-def structures() -> Dict[str, Aggregate]:
+def structures(spec: KernelSpec = X64_KERNEL) -> Dict[str, Aggregate]:
     """The test kernel's structures by tag, in an order where each is defined before it is embedded."""
     described: Dict[str, Aggregate] = {}
     for tag, (size, rows) in MEMBER_STRUCTURES.items():
         described[tag] = Aggregate("struct", tag, size, [Member(n, o, t) for n, o, t in rows])
-    tables = table_rows()
+    tables = table_rows(spec)
     order = ["_LIST_ENTRY", "_UNICODE_STRING", "_RTL_BALANCED_NODE", "_DISPATCHER_HEADER", "_KLOCK_ENTRY"]
     order += [name for name in tables if name not in order]
     for name in order:
         size, rows = tables[name]
         rows = dict(rows)
-        rows.update(EXTRA_FIELDS.get(name, {}))
-        described[name] = _build(name, "", 0, "struct", name, size or OPEN_SIZES[name], rows, described)
-    described["_LEAKHUNT_SHAPES"] = _shapes()
-    described["_LEAKHUNT_WIDE"] = Aggregate("struct", "_LEAKHUNT_WIDE", 8 * WIDE_MEMBERS,
-                                            [Member(f"Field{n:04d}", 8 * n, ULONGLONG) for n in range(WIDE_MEMBERS)])
+        rows.update(spec.extra_fields.get(name, EXTRA_FIELDS.get(name, {})))
+        described[name] = _build(name, "", 0, "struct", name, size or OPEN_SIZES[name], rows, described, spec)
+    if spec.reader_shapes:
+        described["_LEAKHUNT_SHAPES"] = _shapes()
+        described["_LEAKHUNT_WIDE"] = Aggregate("struct", "_LEAKHUNT_WIDE", 8 * WIDE_MEMBERS,
+                                                [Member(f"Field{n:04d}", 8 * n, ULONGLONG) for n in range(WIDE_MEMBERS)])
     return {tag: _padded(aggregate, described, [0]) for tag, aggregate in described.items()}
 
 
@@ -440,8 +484,8 @@ def _body(aggregate: Aggregate, indent: str) -> str:
     return "".join(lines)
 
 
-def c_source(described: Dict[str, Aggregate]) -> str:
-    out = ["/* Generated by mocks/test_kernel.py: a fake kernel with leakhunt's x64 build 19045 layouts. */\n",
+def c_source(described: Dict[str, Aggregate], spec: KernelSpec = X64_KERNEL) -> str:
+    out = [f"/* Generated by mocks/test_kernel.py: {spec.comment}. */\n",
            "#include <stddef.h>\n\n",
            "struct _KPROCESS; /* declared, never defined */\n\n",
            f"enum {ENUM_TAG} {{ " + ", ".join(f"{k} = {v}" for k, v in ENUM_CONSTANTS.items()) + " };\n\n"]
@@ -477,42 +521,43 @@ def _is_bit_field(aggregate: Aggregate, path: str) -> bool:
 
 # ---- building ----
 
-def build(output_dir: str) -> Dict[str, str]:
-    """Compile and link the test kernel in BUILD_DIR, then write its files to ``output_dir``."""
+def build(output_dir: str, spec: KernelSpec = X64_KERNEL) -> Dict[str, str]:
+    """Compile and link the test kernel in its build folder, then write its files to ``output_dir``."""
     for tool in ("clang", "lld-link"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found: install clang and lld (apt-get install clang lld llvm)")
-    with _build_dir_lock():  # two checkouts testing at once share the fixed build folder
-        return _build_locked(output_dir)
+    with _build_dir_lock(spec.build_dir):  # two checkouts testing at once share the fixed build folder
+        return _build_locked(output_dir, spec)
 
 
 @contextlib.contextmanager
-def _build_dir_lock():
-    with open(BUILD_DIR + ".lock", "w") as lock:
+def _build_dir_lock(build_dir: str):
+    with open(build_dir + ".lock", "w") as lock:
         if fcntl is not None:
             fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
 
-def _build_locked(output_dir: str) -> Dict[str, str]:
-    described = structures()
-    shutil.rmtree(BUILD_DIR, ignore_errors=True)
-    os.makedirs(BUILD_DIR)
-    with open(os.path.join(BUILD_DIR, SOURCE), "w", encoding="utf-8") as handle:
-        handle.write(c_source(described))
-    subprocess.run(["clang", "--target=x86_64-pc-windows-msvc", "-fms-extensions", "-g", "-gcodeview", "-O0",
-                    "-c", SOURCE, "-o", "testkernel.obj"], cwd=BUILD_DIR, check=True)
+def _build_locked(output_dir: str, spec: KernelSpec) -> Dict[str, str]:
+    described = structures(spec)
+    build_dir = spec.build_dir
+    shutil.rmtree(build_dir, ignore_errors=True)
+    os.makedirs(build_dir)
+    with open(os.path.join(build_dir, SOURCE), "w", encoding="utf-8") as handle:
+        handle.write(c_source(described, spec))
+    subprocess.run(["clang", f"--target={spec.clang_target}", "-fms-extensions", "-g", "-gcodeview", "-O0",
+                    "-c", SOURCE, "-o", "testkernel.obj"], cwd=build_dir, check=True)
     subprocess.run(["lld-link", "/debug", f"/pdb:{PDB}", f"/out:{EXE}", f"/entry:{ENTRY}", "/subsystem:native",
                     "/nodefaultlib", "/Brepro", f"/pdbaltpath:{PDB}", "/map:testkernel.map", "testkernel.obj"],
-                   cwd=BUILD_DIR, check=True)
-    with open(os.path.join(BUILD_DIR, EXE), "rb") as handle:
+                   cwd=build_dir, check=True)
+    with open(os.path.join(build_dir, EXE), "rb") as handle:
         guid, age, _ = codeview_identity(handle.read())
-    with open(os.path.join(BUILD_DIR, "testkernel.map"), encoding="utf-8") as handle:
+    with open(os.path.join(build_dir, "testkernel.map"), encoding="utf-8") as handle:
         rvas = map_rvas(handle.read())
-    isf = isf_document(described, guid, age, rvas)
+    isf = isf_document(described, guid, age, rvas, spec)
     os.makedirs(output_dir, exist_ok=True)
     for name in (SOURCE, PDB, EXE):
-        shutil.copyfile(os.path.join(BUILD_DIR, name), os.path.join(output_dir, name))
+        shutil.copyfile(os.path.join(build_dir, name), os.path.join(output_dir, name))
     isf_path = os.path.join(output_dir, isf_relative_path(guid, age))
     os.makedirs(os.path.dirname(isf_path), exist_ok=True)
     with open(isf_path, "wb") as handle:
@@ -570,7 +615,8 @@ BASE_TYPES = {
 }
 
 
-def isf_document(described: Dict[str, Aggregate], guid: str, age: int, rvas: Dict[str, int]) -> dict:
+def isf_document(described: Dict[str, Aggregate], guid: str, age: int, rvas: Dict[str, int],
+                 spec: KernelSpec = X64_KERNEL) -> dict:
     """The volatility3 ISF of the test kernel: the same structures, the globals' RVAs, the PDB identity."""
     user_types: Dict[str, dict] = {}
     unnamed: Dict[int, str] = {}
@@ -618,7 +664,7 @@ def isf_document(described: Dict[str, Aggregate], guid: str, age: int, rvas: Dic
     symbols[ENTRY] = {"address": rvas[ENTRY]}
     return {
         "metadata": {"format": "6.1.0", "producer": {"name": "leakhunt mocks/test_kernel.py", "version": "1"},
-                     "windows": {"pdb": {"GUID": guid, "age": age, "database": PDB, "machine_type": MACHINE_AMD64}}},
+                     "windows": {"pdb": {"GUID": guid, "age": age, "database": PDB, "machine_type": spec.machine}}},
         "base_types": {name: {"endian": "little", "kind": kind, "signed": signed, "size": size}
                        for name, (kind, size, signed) in BASE_TYPES.items()},
         "user_types": user_types,
@@ -635,18 +681,19 @@ def committed_files(output_dir: str = OUTPUT_DIR) -> List[str]:
     return sorted(found)
 
 
-def check() -> int:
+def check(spec: KernelSpec = X64_KERNEL) -> int:
     """Rebuild in a scratch folder; 0 when every file equals the committed one, 1 otherwise."""
+    folder = os.path.relpath(spec.output_dir, ROOT)
     with tempfile.TemporaryDirectory(prefix="leakhunt-testkernel-") as scratch:
-        build(scratch)
-        rebuilt, committed = committed_files(scratch), committed_files()
+        build(scratch, spec)
+        rebuilt, committed = committed_files(scratch), committed_files(spec.output_dir)
         differing = [name for name in rebuilt if name not in committed or _read(os.path.join(scratch, name))
-                     != _read(os.path.join(OUTPUT_DIR, name))]
+                     != _read(os.path.join(spec.output_dir, name))]
         differing += [name for name in committed if name not in rebuilt]
     for name in differing:
-        print(f"differs from the rebuilt kernel: tests/data/testkernel/{name}")
+        print(f"differs from the rebuilt kernel: {folder}/{name}")
     if not differing:
-        print("tests/data/testkernel/ is what mocks/test_kernel.py builds")
+        print(f"{folder}/ is what mocks/test_kernel.py builds")
     return 1 if differing else 0
 
 
@@ -658,12 +705,14 @@ def _read(path: str) -> bytes:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="rebuild in a scratch folder and compare")
+    parser.add_argument("--arch", choices=sorted(KERNELS), default="x64", help="which test kernel (default x64)")
     args = parser.parse_args(argv)
+    spec = KERNELS[args.arch]
     if args.check:
-        return check()
-    shutil.rmtree(OUTPUT_DIR, ignore_errors=True)
-    identity = build(OUTPUT_DIR)
-    print(f"wrote tests/data/testkernel/: {PDB} {identity['guid']}-{identity['age']}")
+        return check(spec)
+    shutil.rmtree(spec.output_dir, ignore_errors=True)
+    identity = build(spec.output_dir, spec)
+    print(f"wrote {os.path.relpath(spec.output_dir, ROOT)}/: {PDB} {identity['guid']}-{identity['age']}")
     return 0
 
 

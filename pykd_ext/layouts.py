@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple
 
+from .arch import X64, X86, arch_named
 from .typeinfo import TypeInfo
 
 # The source of a layout from type information that does not name itself (the debugger's typeInfo).
@@ -45,6 +46,8 @@ class StructLayout:
     unverified: str = ""
     # The build whose table was used for another build that has none (no symbols either), else None.
     guessed_from: Optional[int] = None
+    # The architecture ("arm64") a table of another architecture's column was applied to, else "".
+    used_for: str = ""
 
     def offset(self, field_name: str) -> int:
         try:
@@ -502,6 +505,27 @@ UNVERIFIED_BUILD_TABLES: Dict[Tuple[str, int, int], str] = {
     ("_LOCK_TRACKER", 4, 19045): "which build uses x86 tracker variant B is not known",
 }
 
+# The stable tables on an architecture that borrows the x64 column (ARM64: LLP64 like x64, and no
+# architecture-specific fields in these structures), with what each ARM64 layout was checked against.
+# The ARM64 headers of build 26100 are ntdiff/headers Win11_2409_24H2/ARM64 (_MDL in ntdll.dll's
+# _KSWAPPABLE_PAGE.h; _IRP, _IO_STACK_LOCATION, _FILE_OBJECT and _UNICODE_STRING in ndis.sys's; _DEVICE_OBJECT,
+# _DISPATCHER_HEADER and _LIST_ENTRY in ntdll.dll's _DEVICE_OBJECT.h; _RTL_BALANCED_NODE in _KLOCK_ENTRY.h);
+# _DRIVER_OBJECT and _KLDR_DATA_TABLE_ENTRY are identical on ARM64 and x64 build 19569 (the same headers).
+_ARM64_HEADERS_26100 = "the ARM64 headers of build 26100"
+CHECKED_FOR_ARM64: Dict[str, str] = {
+    **{name: _ARM64_HEADERS_26100 for name in ("_MDL", "_IRP", "_IO_STACK_LOCATION", "_DEVICE_OBJECT", "_FILE_OBJECT",
+                                               "_UNICODE_STRING", "_LIST_ENTRY", "_DISPATCHER_HEADER",
+                                               "_RTL_BALANCED_NODE")},
+    "_DRIVER_OBJECT": "the ARM64 headers of build 19569",
+    "_KLDR_DATA_TABLE_ENTRY": "the ARM64 headers of build 19569",
+    **{name: "the PE format, the same for every PE32+ image" for name in ("_IMAGE_DOS_HEADER", "_IMAGE_NT_HEADERS",
+                                                                         "_IMAGE_SECTION_HEADER")},
+}
+# What the stable tables were checked against on each architecture that borrows another's column.
+CHECKED_ON: Dict[str, Dict[str, str]] = {"arm64": CHECKED_FOR_ARM64}
+# The architectures a table column belongs to (the callers that name no architecture).
+_COLUMN_ARCHES = {X64.pointer_size: X64, X86.pointer_size: X86}
+
 # Length of EPROCESS.ImageFileName (UCHAR[15]).
 IMAGE_FILE_NAME_LENGTH = 15
 
@@ -510,24 +534,37 @@ def builtin_layout(name: str, pointer_size: int, build: Optional[int] = None,
                    arch_name: str = "") -> Optional[StructLayout]:
     """The built-in layout of ``name`` for an architecture and build, or None if not known.
 
-    A structure whose layout moves between builds and has no table for ``build`` gets the table of the
-    nearest build that has one, marked ``unverified`` with the build it was made for: its offsets may
-    be wrong, and the report says so (the kernel's own symbols avoid the guess). ``arch_name`` "arm64"
-    gets no per-build table (those are x64's: an ARM64 kernel's structures differ), only symbols.
+    ``arch_name`` names the architecture; without it, the one whose table column ``pointer_size``
+    selects (x64 or x86). An architecture that borrows another's column (ARM64: the x64 one) gets the
+    stable tables of that column, labelled with what they were checked against on it, and no per-build
+    table: the structures that move between builds differ between architectures too, so only its
+    kernel's symbols describe them. A structure whose layout moves between builds and has no table for
+    ``build`` gets the table of the nearest build that has one, marked ``unverified`` with the build it
+    was made for: its offsets may be wrong, and the report says so (the kernel's own symbols avoid the
+    guess).
     """
-    arch = "x64" if pointer_size == 8 else "x86"
+    target_arch = arch_named(arch_name) if arch_name else _COLUMN_ARCHES[pointer_size]
+    column = arch_named(target_arch.layout_column)
+    arch = column.name
+    pointer_size = column.pointer_size
     stable = STABLE_LAYOUTS.get(name) or OTHER_STABLE_LAYOUTS.get(name)
     if stable is not None:
         rows, size64, size32 = stable
         offsets, kinds = _fields(pointer_size, rows)
         if not offsets:
             return None
-        return StructLayout(name, size64 if pointer_size == 8 else size32, offsets, kinds,
-                            f"{SOURCE_BUILTIN} {arch} table")
-    per_build = (BUILD_LAYOUTS_X64 if pointer_size == 8 else BUILD_LAYOUTS_X86).get(name)
-    if not per_build or arch_name == "arm64":  # the per-build tables are x64's and x86's: ARM64 differs
+        size = size64 if column is X64 else size32
+        if target_arch is column:
+            return StructLayout(name, size, offsets, kinds, f"{SOURCE_BUILTIN} {arch} table")
+        checked = CHECKED_ON.get(target_arch.name, {}).get(name)
+        note = f"matches {checked}" if checked else "UNVERIFIED there"
+        return StructLayout(name, size, offsets, kinds,
+                            f"{SOURCE_BUILTIN} {arch} table (used for {target_arch.label}: {note})",
+                            used_for=target_arch.name)
+    per_build = (BUILD_LAYOUTS_X64 if column is X64 else BUILD_LAYOUTS_X86).get(name)
+    if not per_build or target_arch is not column:
         return None
-    shared = SAME_X64_OFFSETS.get(build) if pointer_size == 8 else None
+    shared = SAME_X64_OFFSETS.get(build) if column is X64 else None
     if build not in per_build and shared in per_build:
         size, table = per_build[shared]
         offsets = {field_name: offset for field_name, (offset, _) in table.items()}
@@ -588,7 +625,7 @@ class Layouts:
         if layout is None:
             build = self.source.build
             raise LayoutError(
-                f"the layout of {name} is unknown for {'x64' if self.source.pointer_size == 8 else 'x86'} build "
+                f"the layout of {name} is unknown for {arch_named(self.source.arch).label} build "
                 f"{build or 'unknown'} and there are no symbols for it")
         return layout
 
@@ -623,6 +660,15 @@ class Layouts:
         counting another build's table, which ``guessed()`` lists)."""
         return {name: layout.unverified for name, layout in sorted(self._cache.items())
                 if layout is not None and layout.unverified and layout.guessed_from is None}
+
+    def borrowed(self) -> Dict[str, StructLayout]:
+        """The structures used so far that came from another architecture's built-in column (ARM64's
+        stable structures from the x64 tables)."""
+        return {name: layout for name, layout in sorted(self._cache.items()) if layout is not None and layout.used_for}
+
+    def unknown(self) -> List[str]:
+        """The structures asked for so far that neither symbols nor a built-in table describe."""
+        return sorted(name for name, layout in self._cache.items() if layout is None)
 
     def guessed(self) -> Dict[str, StructLayout]:
         """The structures used so far that came from another build's table (no table, no symbols)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .arch import arch_of_machine
 from .kernel.modules import ModuleMap, walk_loaded_modules
 from .layouts import Layouts
 from .symbols.base import SymbolFile, SymbolFileError
@@ -295,6 +296,12 @@ class _KernelSymbolFinder:
             return self.why_no_identity
         if symbol_file.pointer_size and symbol_file.pointer_size != self.target.pointer_size:
             return f"it is for a {8 * symbol_file.pointer_size}-bit kernel"
+        arch = self.target.architecture
+        if symbol_file.machine is not None and symbol_file.machine != arch.machine:
+            theirs = arch_of_machine(symbol_file.machine)
+            return (f"it is for {'an' if theirs is None or theirs.label[0] in 'AEIOUx' else 'a'} "
+                    f"{theirs.label if theirs else f'machine {symbol_file.machine:#x}'} kernel, the dump's is "
+                    f"{arch.label}")
         identified = self.identity is not None and symbol_file.identity is not None
         if identified and (symbol_file.identity.guid, symbol_file.identity.age) != (self.identity.guid,
                                                                                      self.identity.age):
@@ -374,7 +381,7 @@ def kernel_base(target: Target) -> Optional[int]:
         return kernel.base if kernel else None
     try:
         head = target.symbol("nt!PsLoadedModuleList")
-        layout = builtin_layout("_KLDR_DATA_TABLE_ENTRY", target.pointer_size)
+        layout = builtin_layout("_KLDR_DATA_TABLE_ENTRY", target.pointer_size, arch_name=target.arch)
         first = target.read_pointer(head) - layout.offset("InLoadOrderLinks")
         base = target.read_pointer(first + layout.offset("DllBase"))
     except TargetError:

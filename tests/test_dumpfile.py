@@ -201,7 +201,10 @@ def test_a_small_dump_of_a_0x76_crash_decodes_it_and_exits_4(tmp_path, capsys, s
     assert main(["analyze", path]) == EXIT_NO_HUNT
     out = capsys.readouterr().out
     assert "PROCESS_HAS_LOCKED_PAGES" in out and "Mini.dmp is a small memory dump" in out
-    assert out.count("Mini.dmp is a small memory dump") == 1
+    verdict = out.split("\nVERDICT\n", 1)[1].split("\n\n", 1)[0]
+    assert verdict.startswith("  The hunt did not run") and "No driver is named by the evidence" not in out
+    warnings = out.split("\nWARNINGS\n", 1)[1].split("\n\n", 1)[0]
+    assert warnings.count("Mini.dmp is a small memory dump") == 1 and "CrashDumpEnabled" in warnings
 
 
 def test_a_32_bit_dump_gives_its_bug_check(tmp_path, capsys):

@@ -12,10 +12,9 @@ from mocks.dumpwriter import DATA_FLAGS, DumpImage
 from mocks.scenarios import case_0x76
 from pykd_ext import sources
 from pykd_ext.session import KernelSession
-from pykd_ext.targets.base import PAGE_SIZE, MemoryReadError, PfnRange, SearchUnavailable, SymbolNotFound
+from pykd_ext.targets.base import PAGE_SIZE, MemoryReadError, PfnRange, SymbolNotFound
 from pykd_ext.targets.dumpheader import (DUMP_BITMAP, DUMP_COMPLETE, DUMP_FULL, DUMP_KERNEL_AND_USER,
-                                         DUMP_KERNEL_MEMORY, DUMP_KERNEL_BITMAP, H64_MACHINE_IMAGE_TYPE,
-                                         MACHINE_ARM64, runs_of_set_bits)
+                                         DUMP_KERNEL_MEMORY, DUMP_KERNEL_BITMAP, runs_of_set_bits)
 
 kdmp_parser = pytest.importorskip("kdmp_parser")
 
@@ -191,26 +190,6 @@ def test_an_interrupt_stops_the_search_and_leaves_the_target_usable(open_dump, s
     assert len(calls) == 1
     process = scenario.expected["process"]
     assert target.search_pointers([process])[process]
-
-
-def test_an_arm64_dump_gives_its_header_only(open_dump, scenario):
-    _, path = open_dump(scenario.data)
-    with open(path, "r+b") as handle:
-        handle.seek(H64_MACHINE_IMAGE_TYPE)
-        handle.write(struct.pack("<I", MACHINE_ARM64))
-    # kdmp-parser does not look at the machine type: it would walk ARM64 tables as if they were x64 ones.
-    assert kdmp_parser.KernelDumpParser(path).type == kdmp_parser.DumpType.BMPDump
-    target = sources.open_dump(path)
-    try:
-        assert target.arch == "arm64" and target.bugcheck().code == 0x76
-        assert "ARM64 dump" in target.hunt_unavailable and target.hunt_unavailable.count(". ") == 0
-        with pytest.raises(SearchUnavailable, match="ARM64"):
-            target.search_pointers([1])
-        with pytest.raises(MemoryReadError):
-            target.read(scenario.expected["process"], 8)
-        assert target.modules() == []
-    finally:
-        target.close()
 
 
 # ---- building blocks --------------------------------------------------------------------------------

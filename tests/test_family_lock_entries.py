@@ -6,6 +6,7 @@ from mocks.scenarios_family import (DRIVER_DATA, KINDS_0x153, KINDS_0x162, KINDS
                                     FamilyScene, case_0x153, case_0x162, case_0x192)
 from pykd_ext.analyses import analyze
 from pykd_ext.analyses.lock_entries import NOBODY_NAMED, irql_name
+from pykd_ext.arch import X64, X86
 from pykd_ext.kernel.lock_entries import LEAK_STATES, decode_lock_pointer, pool_block_of
 from pykd_ext.layouts import Layouts
 from pykd_ext.targets.base import BugCheck
@@ -127,8 +128,8 @@ def test_0x192_names_the_irql_and_the_thread_driver():
 
 
 def test_irql_names():
-    assert irql_name(0, 8) == "PASSIVE_LEVEL (0)" and irql_name(15, 8) == "HIGH_LEVEL (15)"
-    assert irql_name(31, 4) == "HIGH_LEVEL (31)" and "device interrupt" in irql_name(5, 8)
+    assert irql_name(0, X64) == "PASSIVE_LEVEL (0)" and irql_name(15, X64) == "HIGH_LEVEL (15)"
+    assert irql_name(31, X86) == "HIGH_LEVEL (31)" and "device interrupt" in irql_name(5, X64)
 
 
 @pytest.mark.parametrize("builder,kinds", [(case_0x153, KINDS_0x153), (case_0x162, KINDS_0x162),

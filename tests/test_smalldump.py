@@ -126,7 +126,10 @@ def test_a_real_small_dump_report(capsys, arch):
         assert code == EXIT_NO_SUSPECT and report["suspects"] == [] and report["hunt_possible"] is True
         assert not any("MDL" in w or "the hunt reads and searches" in w for w in report["warnings"])
         registers = {r["name"]: r for r in report["registers"]}
-        assert list(registers) == ["pc", "sp", "fp", "lr"]
+        assert list(registers) == ["pc", "sp", "fp", "lr"] + [f"x{n}" for n in range(29)]
+        # KeBugCheckEx's caller keeps the bug check's parameters in callee-saved registers: P1 and P2 are in
+        # x25 and x26 of this dump's context record (X0-X28 from 0x8, 8 bytes each).
+        assert (registers["x25"]["value"], registers["x26"]["value"]) == (parameters[0]["value"], parameters[1]["value"])
         assert registers["pc"]["symbol"].startswith("nt+")  # KeBugCheckEx's caller chain runs in nt
         assert registers["sp"]["value"] == stack["base"]  # the stack copy starts at the stack pointer
         assert any("_EPROCESS layout is unknown" in w for w in report["warnings"])

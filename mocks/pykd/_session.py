@@ -75,7 +75,7 @@ class Session:
                 flat = {name.split("!", 1)[-1]: (info.size, {f: (fi.offset, fi.size) for f, fi in info.fields.items()})
                         for name, info in recorded.items()}
             else:
-                flat = flat_from_layouts(self.pointer_size, data.build)
+                flat = flat_from_layouts(self.pointer_size, data.build, data.arch)
             self.types = {name: build_tree(name, description) for name, description in flat.items()}
 
     # ---- physical memory ------------------------------------------------------------------------

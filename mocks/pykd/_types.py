@@ -11,6 +11,8 @@ from typing import Dict, List, Optional, Tuple
 
 from pykd_ext.layouts import BUILD_LAYOUTS_X64, KIND_SIZES, STABLE_LAYOUTS, builtin_layout
 
+from mocks.arm64_layouts import ARM64_BUILD_LAYOUTS, arm64_layout
+
 FlatType = Tuple[int, Dict[str, Tuple[int, int]]]
 
 
@@ -51,11 +53,14 @@ def _base_type_name(size: int) -> str:
     return {1: "UChar", 2: "Uint2B", 4: "Uint4B", 8: "Uint8B"}.get(size, "<struct>")
 
 
-def flat_from_layouts(pointer_size: int, build: Optional[int]) -> Dict[str, FlatType]:
-    """Every structure leakhunt's built-in tables know for this architecture and build, as 'symbols'."""
+def flat_from_layouts(pointer_size: int, build: Optional[int], arch: str = "") -> Dict[str, FlatType]:
+    """Every structure leakhunt's built-in tables know for this architecture and build, as 'symbols' (an
+    ARM64 kernel's structures that move between builds from the test ARM64 kernel's tables)."""
     result: Dict[str, FlatType] = {}
-    for name in list(STABLE_LAYOUTS) + list(BUILD_LAYOUTS_X64):
-        layout = builtin_layout(name, pointer_size, build)
+    for name in list(STABLE_LAYOUTS) + list(BUILD_LAYOUTS_X64) + list(ARM64_BUILD_LAYOUTS):
+        layout = builtin_layout(name, pointer_size, build, arch)
+        if layout is None and arch == "arm64":
+            layout = arm64_layout(name)
         if layout is None:
             continue
         ends = sorted(set(layout.offsets.values()) | {layout.size})

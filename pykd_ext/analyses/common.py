@@ -9,12 +9,12 @@ from ..bugchecks import decode
 from ..kernel.io import IoReader, Irp, completion_conditions, irp_flag_names, major_function_name
 from ..kernel.mdl import Mdl, flag_names, read_mdl
 from ..kernel.modules import ModuleMap, plausible_image_name
-from ..layouts import LayoutError, IMAGE_FILE_NAME_LENGTH
+from ..layouts import CHECKED_ON, LayoutError, IMAGE_FILE_NAME_LENGTH
 from ..report import (CONFIDENCE_RANK, LOW, MEDIUM, BugCheckSection, Fact, FrameRecord, IrpRecord, MdlRecord,
                       Parameter, Rejected, Report, StackRecord, Suspect)
 from ..session import as_session
-from ..targets.base import (MemoryReadError, PfnRange, ProgressCallback, SearchHit, Target, TargetError,
-                            hex_address)
+from ..targets.base import (MemoryReadError, PfnRange, ProgressCallback, SearchHit, SearchUnavailable, Target,
+                            TargetError, hex_address)
 
 # MDL chains (MDL.Next) longer than this are corrupt or cyclic.
 MAX_MDL_CHAIN = 64
@@ -82,6 +82,14 @@ class Context:
         # Passes over memory begun and finished: where an interrupted hunt stopped.
         self.passes_begun = 0
         self.passes_finished = 0
+        # Why the memory search was not possible, once a search was asked for and refused.
+        self.search_refused = ""
+        # The evidence the analysis could not read (a structure no layout describes), when that is why it
+        # names nobody: the verdict then says so instead of clearing the drivers it could not examine.
+        self.evidence_unread = ""
+        # Lock trackers, the strongest evidence, that exist but no layout describes: whoever weaker evidence
+        # names could be contradicted by them, so no suspect keeps more than medium confidence.
+        self.strongest_evidence_unread = ""
 
     @staticmethod
     def bugcheck_section(code: int, decoded) -> BugCheckSection:
@@ -120,7 +128,11 @@ class Context:
         check_pfn_range(self.target, self.options.pfn_range)
         self.report.searches += 1
         self.passes_begun += 1
-        hits = self.target.search_pointers(values, self.options.pfn_range, self.options.progress)
+        try:
+            hits = self.target.search_pointers(values, self.options.pfn_range, self.options.progress)
+        except SearchUnavailable as error:
+            self.search_refused = self.search_refused or str(error)
+            raise
         self.passes_finished += 1
         return hits
 
@@ -137,23 +149,38 @@ class Context:
     # ---- conclusion --------------------------------------------------------------------------
 
     def conclude(self, no_suspect_verdict: str, hunted: bool = True) -> Report:
-        """Rank the suspects and state what every report states; ``hunted`` is False for a bug check
-        without a hunt (what the source lacks for a hunt is then not said: nothing was hunted)."""
+        """Rank the suspects and write the verdict and the report's closing sections. ``hunted``: a hunt
+        ran (or should have), so a source that could not give it the memory it needs gets a verdict
+        saying the hunt did not run, not the verdict of evidence that names nobody; False for a bug
+        check without a hunt (what the source lacks for a hunt is then not said: nothing was hunted)."""
         report = self.report
         session = self.session
         report.suspects = self.suspects.ranked()
         guessed = self.layouts.guessed()
         if guessed:
             report.warn(guessed_layouts_warning(self.target.build, guessed))
+        for warning in borrowed_layouts_warnings(self.target.architecture, self.layouts):
+            report.warn(warning)
         blaming = sorted(BLAMING_STRUCTURES.intersection(guessed))
         if blaming:
             cap_confidence(report.suspects, MEDIUM, f"capped at {MEDIUM} confidence: {', '.join(blaming)} "
                                                     f"decoded with another build's layout (see the warnings)")
+        if self.strongest_evidence_unread:
+            cap_confidence(report.suspects, MEDIUM, f"capped at {MEDIUM} confidence: "
+                                                    f"{self.strongest_evidence_unread}, the saved stacks of the code "
+                                                    f"that locked the pages, could not be decoded (see the warnings) "
+                                                    f"and could name another driver")
+        not_run = self.target.hunt_unavailable or self.search_refused
         if report.partial:
             self._interrupted_verdict()
         elif report.suspects:
             top = report.suspects[0]
             report.verdict = f"Most likely culprit: {top.label} ({top.confidence} confidence)."
+        elif hunted and not_run:
+            report.verdict = hunt_not_run_verdict(not_run)
+        elif self.evidence_unread:
+            report.verdict = (f"No driver is named: {self.evidence_unread}, so the evidence was not examined; "
+                              f"leakhunt does not guess (the warnings say what is missing).")
         else:
             report.verdict = no_suspect_verdict
         settle_report(self)
@@ -176,7 +203,6 @@ class Context:
                 report.warn(self.target.hunt_unavailable)
         return report
 
-
     def _interrupted_verdict(self) -> None:
         """The verdict and next step of an interrupted hunt: how far it got, and that the rest of memory
         was not looked at (so "nobody named" is not a finding, and no reboot procedure applies)."""
@@ -196,6 +222,50 @@ def cap_confidence(suspects: List[Suspect], highest: str, why: str) -> None:
         if CONFIDENCE_RANK[suspect.confidence] > CONFIDENCE_RANK[highest]:
             suspect.confidence = highest
             suspect.evidence.append(why)
+
+
+def hunt_not_run_verdict(reason: str) -> str:
+    """The verdict when the source could not give the hunt the memory it needs: that the hunt did not run
+    and why (the first clause of ``reason``; the rest, what to do, is among the warnings)."""
+    return f"The hunt did not run, so no driver is named or cleared: {reason.split('; ', 1)[0].rstrip('.')}."
+
+
+# What is lost without the layouts of the structures that only an architecture's own symbols describe.
+_UNKNOWN_LAYOUT_EFFECTS = {
+    "_EPROCESS": "process names and ids",
+    "_KTHREAD": "the process of a thread",
+    "_ETHREAD": "thread ids and start addresses",
+    "_KLOCK_ENTRY": "lock entries",
+    "_KLOCK_ENTRIES": "lock entries",
+    "_LOCK_HEADER": "the locked-page trackers",
+    "_LOCK_TRACKER": "the locked-page trackers",
+}
+
+
+def borrowed_layouts_warnings(arch, layouts) -> List[str]:
+    """For an architecture whose stable structures have another's built-in tables (ARM64: the x64 ones),
+    decoded without its symbols: which tables were used and which of them are UNVERIFIED on it, and which
+    structures stay unknown, with what that costs the report and why no table is applied to them."""
+    if arch.layout_column == arch.name:
+        return []
+    warnings = []
+    borrowed = layouts.borrowed()
+    if borrowed:
+        unchecked = [name for name in borrowed if name not in CHECKED_ON.get(arch.name, {})]
+        text = (f"no symbols describe this {arch.label} kernel, so the built-in {arch.layout_column} tables were "
+                f"used for {', '.join(borrowed)} (the same structures on {arch.label}")
+        text += f"; UNVERIFIED there: {', '.join(unchecked)})" if unchecked else ")"
+        warnings.append(text + "; -v says what each was checked against")
+    unknown = layouts.unknown()
+    if unknown:
+        lost = sorted({_UNKNOWN_LAYOUT_EFFECTS[name] for name in unknown if name in _UNKNOWN_LAYOUT_EFFECTS})
+        warnings.append(f"the layouts of {', '.join(unknown)} are unknown for this {arch.label} kernel without its "
+                        f"symbols: they move between builds and differ between architectures ({arch.label}'s _KPROCESS "
+                        f"and _KTHREAD are laid out unlike x64's), and leakhunt has no built-in {arch.label} tables for "
+                        f"them and never applies another architecture's"
+                        + (f", so {', '.join(lost)} were not decoded" if lost else "")
+                        + "; give the kernel's symbols with --symbol-path or --symbols")
+    return warnings
 
 
 def guessed_layouts_warning(build: Optional[int], guessed) -> str:

@@ -66,7 +66,8 @@ def describe_crash(context: Context) -> None:
     _exception(context)
     if facts is None:
         return
-    _broken_driver(context, facts)
+    if facts.from_triage:
+        _broken_driver(context, facts)
     _thread_and_process(context, facts)
     report.registers = [RegisterRecord(name, value, _symbol(context, value)) for name, value in facts.registers]
     if facts.stack is not None:

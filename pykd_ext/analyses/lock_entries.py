@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
+from ..arch import Arch
 from ..kernel.lock_entries import LEAK_STATES, LockEntry, LockLocation, locate, read_lock_entry, \
     thread_lock_entry_addresses
 from ..kernel.modules import ModuleMap
@@ -99,6 +100,8 @@ def _read_entry(context: Context, address: int, role: str) -> Optional[LockEntry
         context.report.warn(f"the _KLOCK_ENTRY layout is unknown for {context.target.arch} build "
                             f"{context.target.build or 'unknown'} and the target has no symbols for it: the lock "
                             f"entry {context.address(address)} ({role}) is not decoded")
+        context.evidence_unread = (f"the lock entry {context.address(address)} ({role.split(':')[0]}) cannot be "
+                                   f"decoded without the _KLOCK_ENTRY layout, which only this kernel's symbols give")
         return None
     try:
         entry = read_lock_entry(context.target, context.layouts, address)
@@ -197,7 +200,7 @@ def analyze_0x192(context: Context) -> None:
     report.analysis = "0x192 AutoBoost lock acquired at raised IRQL"
     try:
         _thread(context, thread)
-        name = irql_name(irql, context.target.pointer_size)
+        name = irql_name(irql, context.target.architecture)
         report.facts.append(Fact("IRQL (P3)", name, "the IRQL at which the lock was acquired"))
         _lock(context, lock, "P2, acquired at raised IRQL")
         report.facts.append(Fact("what went wrong", f"acquired at {name}",
@@ -231,10 +234,10 @@ def _lock_of_leaked_entry(context: Context, entry: LockEntry, thread_entries: Li
         _lock(context, entry.lock, role, confidence=MEDIUM)
 
 
-def irql_name(irql: int, pointer_size: int) -> str:
+def irql_name(irql: int, arch: Arch) -> str:
     if irql in IRQL_NAMES:
         return f"{IRQL_NAMES[irql]} ({irql})"
-    if irql == (15 if pointer_size == 8 else 31):
+    if irql == arch.high_level_irql:
         return f"HIGH_LEVEL ({irql})"
     return f"IRQL {irql} (a device interrupt level or above)"
 

@@ -50,6 +50,7 @@ def _read_tracker(context: Context, address: int, role: str, process: Optional[i
         report.warn(f"the _LOCK_TRACKER layout is unknown for {context.target.arch} build "
                     f"{context.target.build or 'unknown'} and the target has no symbols for it: the tracker "
                     f"{context.address(address)} ({role}) is not decoded (dt nt!_LOCK_TRACKER in WinDbg shows it)")
+        context.strongest_evidence_unread = f"the lock tracker {context.address(address)} ({role.split(':')[0]})"
         return None
     try:
         tracker = read_tracker(context.target, context.layouts, address, process)
@@ -98,6 +99,7 @@ def hunt_tracked_pages(context: Context, header: int, source: str, process: Opti
         report.warn(f"the {' and '.join(missing)} layout is unknown for {context.target.arch} build "
                     f"{context.target.build or 'unknown'} and the target has no symbols for it: the tracked locked "
                     f"pages at {context.address(header)} ({source}) are not walked (run !lockedpages in WinDbg)")
+        context.strongest_evidence_unread = f"the lock trackers at {context.address(header)} ({source})"
         return None
     try:
         lock_header = read_lock_header(context.target, context.layouts, header)

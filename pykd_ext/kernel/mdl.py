@@ -55,9 +55,6 @@ MDL_FLAG_NAMES = {
 
 # The Size field is 16 bits wide, which bounds the PFN array of any real MDL.
 MAX_MDL_SIZE = 0xFFFF
-# Page frame numbers are at most 40 bits on x64 (52-bit physical addresses) and 26 bits on x86 PAE.
-MAX_PFN_X64 = (1 << 40) - 1
-MAX_PFN_X86 = (1 << 26) - 1
 
 LOCKED = "locked"
 UNLOCKED = "unlocked"
@@ -165,7 +162,7 @@ def read_mdl(target: Target, layouts: Layouts, address: int, check_pfns: bool = 
 def _check_pfns(target: Target, mdl: Mdl, array_address: int) -> None:
     limit = target.max_pfn
     if limit is None:
-        limit = MAX_PFN_X64 if target.pointer_size == 8 else MAX_PFN_X86
+        limit = target.architecture.max_pfn
     try:
         mdl.pfns = target.read_pointers(array_address, mdl.pages)
     except MemoryReadError:

@@ -13,7 +13,7 @@ from typing import List, Optional, Set, Tuple
 
 from ..layouts import Layouts
 from ..targets.base import PAGE_SIZE, MemoryReadError, Module, Target
-from .mdl import MAX_MDL_SIZE, MAX_PFN_X64, MAX_PFN_X86
+from .mdl import MAX_MDL_SIZE
 from .modules import ModuleMap
 
 # A process with more tracked MDLs than this is corrupt (or the walk is lost); the walk stops there.
@@ -149,7 +149,7 @@ def read_tracker(target: Target, layouts: Layouts, address: int, process: Option
     limit = max_tracker_pages(target, layouts)
     if not 1 <= tracker.count <= limit:
         problems.append(f"Count {tracker.count:#x} is not a page count an MDL can hold (1..{limit})")
-    max_pfn = target.max_pfn or (MAX_PFN_X64 if target.pointer_size == 8 else MAX_PFN_X86)
+    max_pfn = target.max_pfn or target.architecture.max_pfn
     if not 0 < tracker.page <= max_pfn:
         problems.append(f"Page {tracker.page:#x} is not a page frame number that exists")
     if process is not None and tracker.process != process:

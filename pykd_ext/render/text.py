@@ -529,13 +529,30 @@ class Renderer:
         for problem in exception.problems:
             self.line(f"  - {problem}")
 
+    # Registers shown on one line of the context record.
+    REGISTERS_PER_LINE = 4
+
     def _crash_context(self) -> None:
+        """The context record's registers (under THREAD when there is one); more than fit on one line
+        are laid out four a line, in columns."""
         report = self.report
-        if report.registers:
-            parts: List[Cell] = ["  registers:"]
-            for register in report.registers:
-                parts += [f" {register.name} ", self.code_link(register.value, register.symbol)
-                          if register.symbol else self.address(register.value)]
+        if not report.registers:
+            return
+        if report.thread is None:
+            self.heading("CONTEXT (the crashing processor's registers)")
+        label = "  registers:"
+        grid = len(report.registers) > self.REGISTERS_PER_LINE
+        name_width = max(len(register.name) for register in report.registers) if grid else 0
+        value_width = len(self.address(0))
+        for start in range(0, len(report.registers), self.REGISTERS_PER_LINE):
+            parts: List[Cell] = [label if start == 0 else " " * len(label)]
+            row = report.registers[start:start + self.REGISTERS_PER_LINE]
+            for position, register in enumerate(row):
+                value = self.code_link(register.value, register.symbol) if register.symbol else \
+                    self.address(register.value)
+                parts += [f" {register.name:<{name_width}} ", value]
+                if grid and position < len(row) - 1:
+                    parts.append(" " * max(0, value_width - len(self.plain(value))))
             self.line(*parts)
 
     def _stack_scan(self) -> None:

@@ -76,6 +76,7 @@ class SymbolFile:
     path: str = ""
     identity: Optional[PdbIdentity] = None
     pointer_size: Optional[int] = None  # 8 or 4 when the file says (machine type)
+    machine: Optional[int] = None  # IMAGE_FILE_MACHINE_* of the image it describes, when the file says
 
     @property
     def label(self) -> str:

@@ -163,6 +163,7 @@ class IsfFile(SymbolFile):
         self._user_types: Dict[str, Any] = document["user_types"]
         self._enums: Dict[str, Any] = enums
         self.identity = self._read_identity(document["metadata"])
+        self.machine = self._read_machine(document["metadata"])
         self.pointer_size = self._read_pointer_size()
         self._symbols = self._read_symbols(document["symbols"])
         self._by_address: Optional[Tuple[List[int], List[str]]] = None
@@ -187,6 +188,12 @@ class IsfFile(SymbolFile):
         if not isinstance(database, str) or not database.strip() or len(database) > 260:
             raise SymbolFileError(f"{self._error}: metadata.windows.pdb.database is not a PDB name")
         return PdbIdentity(database.strip(), guid.upper(), age)
+
+    @staticmethod
+    def _read_machine(metadata: Mapping[str, Any]) -> Optional[int]:
+        """metadata.windows.pdb.machine_type (the PDB's IMAGE_FILE_MACHINE_*), or None when absent."""
+        machine = metadata["windows"]["pdb"].get("machine_type")
+        return machine if _is_count(machine) and machine <= 0xFFFF else None
 
     def _read_pointer_size(self) -> int:
         pointer = self._base_types.get("pointer")

@@ -14,7 +14,7 @@ never by name alone:
    another build at the right place is refused and named in the module's note.
 
 A module is looked up the first time one of its addresses is described; what is found (and what is
-not) is kept for the process by identity (``_SYMBOL_FILES``, ``_IMAGE_FILES``), so that a fleet worker analysing many
+not) is kept for the process by identity (``_SYMBOL_FILES``, ``_IMAGE_FILES``), so that a fleet worker analyzing many
 dumps that share drivers opens each PDB once. Each module gets one note saying which file named its
 addresses, or why none did and where it was looked for: for the report's warnings and ``-v``.
 """

@@ -168,10 +168,11 @@ class PdbFile(SymbolFile):
 
     def __init__(self, path: str, identity: PdbIdentity, pointer_size: Optional[int],
                  types: Optional["_TypeStream"], symbols: Optional["_SymbolStream"],
-                 debug: Optional["_DebugInfo"] = None):
+                 debug: Optional["_DebugInfo"] = None, machine: Optional[int] = None):
         self.path = path
         self.identity = identity
         self.pointer_size = pointer_size
+        self.machine = machine
         self._types = types
         self._symbols = symbols
         self._debug = debug
@@ -198,7 +199,8 @@ class PdbFile(SymbolFile):
         except (struct.error, IndexError, ValueError, OverflowError, MemoryError) as error:
             raise SymbolFileError(f"{name}: malformed PDB ({type(error).__name__}: {error})") from None
         debug = _DebugInfo(path, stamp, msf, dbi, named_streams.get(NAMES_STREAM))
-        return cls(path, identity, dbi.pointer_size, types, symbols, debug)
+        machine = dbi.machine if dbi.machine in MACHINE_POINTER_SIZES else None
+        return cls(path, identity, dbi.pointer_size, types, symbols, debug, machine)
 
     def rva(self, name: str) -> Optional[int]:
         if self._symbols is None:

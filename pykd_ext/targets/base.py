@@ -10,6 +10,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from ..arch import Arch, arch_named
 from ..typeinfo import TypeInfo
 
 PAGE_SIZE = 0x1000
@@ -122,11 +123,12 @@ class UnloadedModule:
 
 @dataclass(frozen=True)
 class CrashFacts:
-    """What a source recorded about the crash beyond memory: a small dump's triage section.
+    """What a source recorded about the crash beyond memory: a small dump's triage section, or a kernel
+    dump header's context record (``from_triage`` false: nothing else, and no broken-driver record).
 
     ``thread`` and ``process`` are the addresses of the crashing thread and its process, ``stack`` the
-    (address, size) of the copy of that thread's kernel stack, ``registers`` the context record's
-    program counter, stack and frame pointers (and ARM64's link register), by name.
+    (address, size) of the copy of that thread's kernel stack, ``registers`` the registers of the context
+    record that the architecture's reports show (x64 rip, rsp, rbp; ARM64 pc, sp, fp, lr, x0-x28), by name.
     """
 
     unloaded: Tuple[UnloadedModule, ...] = ()
@@ -135,6 +137,7 @@ class CrashFacts:
     process: Optional[int] = None
     stack: Optional[Tuple[int, int]] = None
     registers: Tuple[Tuple[str, int], ...] = ()
+    from_triage: bool = True
 
 
 @dataclass(frozen=True)
@@ -318,16 +321,17 @@ class Target:
             raise CorruptString("UNICODE_STRING Buffer is NULL with a non-zero Length")
         return self.read(buffer, length).decode("utf-16-le", errors="replace")
 
+    @property
+    def architecture(self) -> Arch:
+        """The architecture object of ``arch``: address ranges, page tables, context record, layout column."""
+        return arch_named(self.arch)
+
     def is_kernel_address(self, address: int) -> bool:
-        if self.pointer_size == 8:
-            return address >= 0xFFFF800000000000
-        return address >= 0x80000000
+        return self.architecture.is_kernel_address(address)
 
     def is_user_address(self, address: int) -> bool:
         """True for addresses below MmHighestUserAddress (x86 allows the /3GB split)."""
-        if self.pointer_size == 8:
-            return 0 < address < 0x00007FFFFFFF0000
-        return 0 < address < 0xC0000000
+        return self.architecture.is_user_address(address)
 
     def is_kernel_object_address(self, address: int) -> bool:
         """True where a kernel object (EPROCESS, MDL, IRP...) can be: a pointer-aligned kernel address

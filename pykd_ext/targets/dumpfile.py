@@ -1,22 +1,23 @@
 """A kernel crash dump file as a Target: ``leakhunt analyze MEMORY.DMP`` on any OS, without a debugger.
 
-Reads go through the kernel's own x64 page tables (PML4 at the header's DirectoryTableBase) to the
-physical pages stored in the file. The pointer search goes through the stored pages a bounded window at
-a time on each core, searching each with ``ValueSet`` (all values of one hunt level in one pass) where
-the page cache holds it (a read-only mapping of the file) or after reading it, then turns the physical
-hits into kernel virtual addresses with one walk of the kernel page tables for just the page frames
-that hold hits. leakhunt's own memory stays bounded whatever the size of the dump.
+The file is a container of physical pages (``PhysicalLayout``: where each page frame is in the file);
+the dump's architecture (``pykd_ext.arch``: x64 or ARM64) provides the translator, its page tables read
+from those pages (top-level table at the header's DirectoryTableBase), through which every virtual
+read goes. The pointer search goes through the stored pages a bounded window at a time on each core,
+searching each with ``ValueSet`` (all values of one hunt level in one pass) where the page cache holds it
+(a read-only mapping of the file) or after reading it, then turns the physical hits into kernel virtual
+addresses with one walk of the kernel half of the page tables for just the page frames that hold hits.
+leakhunt's own memory stays bounded whatever the size of the dump.
 
 A small (triage) dump is opened as a ``SmallDumpTarget`` (smalldump.py), whose memory is what its triage
-section copied. 32-bit and ARM64 kernel dumps still give the bug check, build and architecture from the
-header; their reads raise MemoryReadError and the search raises SearchUnavailable saying what dump the
-hunt needs.
+section copied. 32-bit kernel dumps, and dumps whose kernel page tables cannot be used, still give the
+bug check, build and architecture from the header; their reads raise MemoryReadError and the search
+raises SearchUnavailable saying why.
 """
 from __future__ import annotations
 
 import mmap
 import os
-import struct
 import threading
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -25,12 +26,14 @@ from typing import Deque, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
+from ..arch import ARCHITECTURES, arch_named
+from ..arch.pagetables import PageTables
 from ..search import ValueSet
 from ..sources import not_regular_reason, open_error
-from .base import (PAGE_SIZE, BugCheck, MemoryReadError, Module, PfnRange, ProgressCallback, SearchHit,
-                   SearchUnavailable, SymbolNotFound, Target, TargetError, read_from_pages)
-from .dumpheader import (DUMP_FULL, MACHINE_X64, MEMORY_DUMP_TYPES, DumpFileError, DumpHeader, PhysicalLayout,
-                         format_size, read_physical_layout, truncated_dump)
+from .base import (PAGE_SIZE, BugCheck, CrashFacts, MemoryReadError, Module, PfnRange, ProgressCallback,
+                   SearchHit, SearchUnavailable, SymbolNotFound, Target, TargetError, read_from_pages)
+from .dumpheader import (DUMP_FULL, H64_CONTEXT_RECORD, MEMORY_DUMP_TYPES, DumpFileError, DumpHeader,
+                         PhysicalLayout, format_size, read_physical_layout, truncated_dump)
 
 # Bytes of the file each search thread searches at a time (the unit of progress and of interrupts)
 # when the compiled engine searches the file's mapping or reads the file itself (through its own
@@ -49,19 +52,6 @@ SEARCH_THREADS = min(4, os.cpu_count() or 1)
 MAPPED_SEARCH = True
 # Physical pages kept in memory for reads (page tables and kernel objects): 16 MiB.
 PAGE_CACHE_PAGES = 4096
-# Virtual page -> physical page translations remembered for reads.
-TRANSLATION_CACHE_ENTRIES = 1 << 18
-# The reverse page-table walk reads this many page tables at a time.
-TABLE_BATCH = 1024
-# A page table hierarchy referencing more tables than this is corrupt (4 GiB of page tables).
-MAX_PAGE_TABLES = 1 << 20
-
-# x64 paging (Intel SDM vol. 3 §4.5): entry bits and the physical address bits 12..51.
-PTE_PRESENT = 0x1
-PTE_LARGE_PAGE = 0x80  # PS: the PDPTE maps 1 GiB, the PDE maps 2 MiB
-PTE_ADDRESS_MASK = 0x000FFFFFFFFFF000
-KERNEL_HALF_FIRST_PML4 = 256  # PML4 entries 256..511 map 0xFFFF8000`00000000 and above
-LEVEL_SHIFTS = (39, 30, 21, 12)
 
 CONFIGURE_KERNEL_DUMP = (
     "in Windows set System Properties > Advanced > Startup and Recovery > Write debugging information to "
@@ -75,10 +65,11 @@ def hunt_unavailable_reason(header: DumpHeader, name: str) -> str:
     if header.dump_type not in MEMORY_DUMP_TYPES:
         return (f"{name} is a {header.type_name} (DumpType {header.dump_type:#x}) whose memory leakhunt cannot "
                 f"read; the hunt needs a kernel or complete memory dump: {CONFIGURE_KERNEL_DUMP}.")
-    if header.pointer_size == 4 or header.machine != MACHINE_X64:
-        kind = "a 32-bit x86" if header.pointer_size == 4 else f"an {header.arch.upper()}"
-        return (f"{name} is {kind} dump and leakhunt reads memory offline only from x64 dumps: open it in "
-                f"WinDbg and run !py leakhunt there to hunt.")
+    arch = arch_named(header.arch)
+    if arch.paging is None or header.pointer_size != arch.pointer_size:
+        readable = " and ".join(known.label for known in ARCHITECTURES.values() if known.paging is not None)
+        return (f"{name} is a {8 * header.pointer_size}-bit {arch.label} dump and leakhunt reads memory offline "
+                f"only from {readable} dumps; open it in WinDbg and run !py leakhunt there to hunt.")
     return ""
 
 
@@ -101,6 +92,13 @@ def open_read_only(path: str):
         raise
 
 
+def page_tables_unusable(name: str, header: DumpHeader, problem: str) -> str:
+    """One sentence for a memory dump whose kernel page tables cannot be used (``problem`` says why)."""
+    return (f"the kernel page tables of {name} cannot be used: {problem} (DirectoryTableBase "
+            f"{header.directory_table_base:#x}); no kernel address can be read or found, so the dump is damaged: "
+            f"copy it again from the crashed machine, or open it in WinDbg and run !py leakhunt there")
+
+
 def file_shrank(detail: str) -> TargetError:
     """The error for a dump file cut short by another program after leakhunt opened and checked it."""
     return TargetError(f"the dump file is shorter than when leakhunt opened it (was it truncated while leakhunt "
@@ -114,11 +112,6 @@ def search_read_failed(start: int, end: int, error: OSError) -> TargetError:
                        f"run leakhunt again")
 
 
-def canonical(address: int) -> int:
-    """Sign-extend a 48-bit x64 virtual address."""
-    return address | 0xFFFF000000000000 if address & (1 << 47) else address
-
-
 class DumpFileTarget(Target):
     """A Windows kernel crash dump file, opened read-only."""
 
@@ -127,7 +120,8 @@ class DumpFileTarget(Target):
         self.path = path
         self.header = header
         self.layout = layout
-        # One sentence when the dump's memory cannot be read (small, 32-bit or ARM64 dump), else "".
+        # One sentence when the dump's memory cannot be read (a small or 32-bit dump, page tables that cannot
+        # be used), else "".
         self.hunt_unavailable = hunt_unavailable
         self._unreadable = f"leakhunt reads no memory from this {header.type_name} ({header.arch})"
         self.arch = header.arch
@@ -145,14 +139,23 @@ class DumpFileTarget(Target):
         self._mapping: Optional[mmap.mmap] = None
         self._mapping_failed = False
         self._pages: "OrderedDict[int, Optional[bytes]]" = OrderedDict()
-        self._translations: Dict[int, Optional[int]] = {}
         # Virtual page -> its 4 KiB, for the pages read so far (the kernel objects' pages): one look-up
         # per read instead of a translation and a physical page look-up.
         self._virtual_pages: Dict[int, bytes] = {}
-        self._tables: Optional[_KernelMappings] = None
-        self._virtual_of_pfn: Dict[int, Optional[int]] = {}
-        # Kernel page tables that present entries point to but the dump lacks (see limitations()).
-        self._missing_tables: set = set()
+        # The architecture's translator over the file's pages; None where no virtual address can be read
+        # (no memory leakhunt reads, or kernel page tables that cannot be used).
+        self._page_tables: Optional[PageTables] = None
+        if layout is not None:
+            tables = PageTables(self.architecture.paging, header.directory_table_base, self._page, self._read_page)
+            try:
+                problem = tables.kernel_half_problem()
+            except TargetError as error:  # the file was cut short since its layout was read
+                problem = str(error)
+            if problem:
+                self.hunt_unavailable = page_tables_unusable(os.path.basename(path), header, problem)
+                self._unreadable = f"the kernel page tables of this dump cannot be used ({problem})"
+            else:
+                self._page_tables = tables
 
     # ---- opening --------------------------------------------------------------------------------
 
@@ -195,15 +198,35 @@ class DumpFileTarget(Target):
     def modules(self) -> Optional[List[Module]]:
         """None for a dump whose memory is read (the session walks the header's PsLoadedModuleList);
         no modules where leakhunt reads none of the dump's memory."""
-        return None if self.layout is not None else []
+        return None if self._page_tables is not None else []
+
+    def crash_facts(self) -> Optional[CrashFacts]:
+        """The header's context record of the crashing processor, where the architecture's reports show it."""
+        arch = self.architecture
+        if not arch.dump_context_shown or arch.context is None or self.pointer_size != arch.pointer_size:
+            return None
+        self._handle.seek(H64_CONTEXT_RECORD)
+        raw = self._handle.read(arch.context.size)
+        if len(raw) < arch.context.size:
+            raise file_shrank(f"the context record at offset {H64_CONTEXT_RECORD:#x}")
+        return CrashFacts(registers=tuple(arch.context.read(raw)), from_triage=False)
 
     def limitations(self) -> List[str]:
-        """Kernel page tables that present entries point to but the dump lacks (met so far)."""
-        if not self._missing_tables:
+        """Kernel page tables that present entries point to but the dump lacks, and tables reached more
+        than once (met so far)."""
+        tables = self._page_tables
+        if tables is None:
             return []
-        return [f"{len(self._missing_tables)} kernel page table(s) that present page-table entries point to are "
-                f"not in the dump (it is damaged, or left them out): the memory they map can be neither read nor "
-                f"found by the search"]
+        notes = []
+        if tables.missing_tables:
+            notes.append(f"{len(tables.missing_tables)} kernel page table(s) that present page-table entries point to "
+                         f"are not in the dump (it is damaged, or left them out): the memory they map can be neither "
+                         f"read nor found by the search")
+        if tables.repeated_tables:
+            notes.append(f"{len(tables.repeated_tables)} kernel page table(s) are reached from more than one entry (a "
+                         f"loop in damaged tables, or tables shared by two mappings): each was walked once, so a page "
+                         f"found there is named by its first mapping only")
+        return notes
 
     # ---- physical memory -------------------------------------------------------------------------
 
@@ -238,7 +261,7 @@ class DumpFileTarget(Target):
     # ---- virtual memory --------------------------------------------------------------------------
 
     def read(self, address: int, size: int) -> bytes:
-        if self.layout is None:
+        if self._page_tables is None:
             raise MemoryReadError(address, size, reason=self._unreadable)
         offset = address & (PAGE_SIZE - 1)
         if 0 < size <= PAGE_SIZE - offset:  # the common case: inside one page
@@ -250,7 +273,7 @@ class DumpFileTarget(Target):
     def _virtual_page(self, page: int) -> Optional[bytes]:
         content = self._virtual_pages.get(page)
         if content is None:
-            physical = self._translate(page)
+            physical = self._page_tables.translate(page)
             content = None if physical is None else self._page(physical >> 12)
             if content is not None:
                 if len(self._virtual_pages) >= PAGE_CACHE_PAGES:
@@ -258,41 +281,12 @@ class DumpFileTarget(Target):
                 self._virtual_pages[page] = content
         return content
 
-    def _translate(self, page: int) -> Optional[int]:
-        """Physical address of virtual page ``page`` through the kernel page tables, or None."""
-        if page in self._translations:
-            return self._translations[page]
-        physical = self._walk(page)
-        if len(self._translations) >= TRANSLATION_CACHE_ENTRIES:
-            self._translations.clear()
-        self._translations[page] = physical
-        return physical
-
-    def _walk(self, address: int) -> Optional[int]:
-        if canonical(address & 0xFFFFFFFFFFFF) != address:
-            return None
-        table = self.header.directory_table_base & PTE_ADDRESS_MASK
-        for level, shift in enumerate(LEVEL_SHIFTS):
-            content = self._page(table >> 12)
-            if content is None:
-                if address >> 47:  # kernel space: a kernel or complete dump holds all its page tables
-                    self._missing_tables.add(table >> 12)
-                return None
-            entry = struct.unpack_from("<Q", content, ((address >> shift) & 0x1FF) * 8)[0]
-            if not entry & PTE_PRESENT:
-                return None
-            if level in (1, 2) and entry & PTE_LARGE_PAGE:  # a 1 GiB or 2 MiB page
-                span = 1 << shift
-                return (entry & PTE_ADDRESS_MASK & ~(span - 1)) + (address & (span - 1))
-            table = entry & PTE_ADDRESS_MASK
-        return table
-
     # ---- search ----------------------------------------------------------------------------------
 
     def search_pointers(self, values: Iterable[int], pfn_range: Optional[PfnRange] = None,
                         progress: Optional[ProgressCallback] = None) -> Dict[int, List[SearchHit]]:
         """Scan the dump's physical pages for all ``values`` at once, then name each hit's kernel address."""
-        if self.layout is None:
+        if self._page_tables is None:
             raise SearchUnavailable(self.hunt_unavailable)
         values = [int(v) for v in values]
         value_set = ValueSet(values, self.pointer_size)
@@ -422,14 +416,7 @@ class DumpFileTarget(Target):
 
     def _virtual_addresses(self, pfns: Iterable[int]) -> Dict[int, Optional[int]]:
         """Kernel virtual address of each page frame (the lowest when several map it), or None."""
-        wanted = sorted(set(pfns) - set(self._virtual_of_pfn))
-        if wanted:
-            if self._tables is None:
-                self._tables = _KernelMappings(self)
-            resolved = self._tables.virtual_addresses(np.array(wanted, dtype=np.uint64))
-            for pfn in wanted:
-                self._virtual_of_pfn[pfn] = resolved.get(pfn)
-        return self._virtual_of_pfn
+        return self._page_tables.kernel_addresses(pfns)
 
 
 class _WindowReader:
@@ -458,92 +445,3 @@ class _WindowReader:
 
     def close(self) -> None:
         self._handle.close()
-
-
-class _KernelMappings:
-    """The kernel half of the x64 page tables, walked from the PML4 down, for physical -> virtual.
-
-    The upper levels (PML4, PDPTs, PDs) are walked once and remembered as the list of leaf page
-    tables plus the large (2 MiB) and huge (1 GiB) pages; each lookup then reads the leaf tables in
-    batches and keeps only the frames asked for, so memory stays bounded by the answer. The PML4's
-    self-map entry (the one pointing back at the PML4, through which the kernel sees its own page
-    tables) is skipped. Every table is visited at most once per level, so damaged tables cannot loop.
-    """
-
-    def __init__(self, target: DumpFileTarget):
-        self.target = target
-        self.leaf_tables: List[Tuple[int, int]] = []  # (page table frame, virtual address it starts at)
-        self.large: List[Tuple[int, int, int]] = []  # (first frame, frames, virtual address)
-        pml4 = (target.header.directory_table_base & PTE_ADDRESS_MASK) >> 12
-        seen = {pml4}
-        for index, entry in self._present(pml4, KERNEL_HALF_FIRST_PML4):
-            table = (entry & PTE_ADDRESS_MASK) >> 12
-            if table == pml4:
-                continue  # the self-map entry
-            self._directory(table, canonical(index << 39), 1, seen)
-
-    def _present(self, pfn: int, first_index: int = 0) -> List[Tuple[int, int]]:
-        content = self.target._page(pfn)
-        if content is None:
-            self.target._missing_tables.add(pfn)
-            return []
-        entries = np.frombuffer(content, dtype="<u8")
-        indices = np.flatnonzero(entries[first_index:] & np.uint64(PTE_PRESENT)) + first_index
-        return list(zip(indices.tolist(), entries[indices].tolist()))
-
-    def _directory(self, pfn: int, base: int, level: int, seen: set) -> None:
-        """Walk a PDPT (level 1) or PD (level 2) starting at virtual address ``base``."""
-        if pfn in seen or len(seen) >= MAX_PAGE_TABLES:
-            return
-        seen.add(pfn)
-        shift = LEVEL_SHIFTS[level]
-        for index, entry in self._present(pfn):
-            address = base + (index << shift)
-            frame = (entry & PTE_ADDRESS_MASK) >> 12
-            if entry & PTE_LARGE_PAGE:
-                frames = 1 << (shift - 12)
-                self.large.append((frame & ~(frames - 1), frames, address))
-            elif level == 1:
-                self._directory(frame, address, 2, seen)
-            elif frame not in seen and len(seen) < MAX_PAGE_TABLES:
-                seen.add(frame)
-                self.leaf_tables.append((frame, address))
-
-    def virtual_addresses(self, wanted: np.ndarray) -> Dict[int, int]:
-        """{frame: lowest kernel virtual address mapping it} for the sorted frames ``wanted``."""
-        found: Dict[int, int] = {}
-
-        def keep(frames: np.ndarray, addresses: np.ndarray) -> None:
-            for frame, address in zip(frames.tolist(), addresses.tolist()):
-                if frame not in found or address < found[frame]:
-                    found[frame] = address
-
-        if self.large:  # where each large page's frames start and end among the wanted, all at once
-            firsts = np.array([first for first, _, _ in self.large], dtype=np.uint64)
-            ends = firsts + np.array([frames for _, frames, _ in self.large], dtype=np.uint64)
-            starts, stops = np.searchsorted(wanted, firsts), np.searchsorted(wanted, ends)
-            for position in np.flatnonzero(stops > starts).tolist():
-                first, _, address = self.large[position]
-                inside = wanted[starts[position]:stops[position]]
-                keep(inside, np.uint64(address) + (inside - np.uint64(first)) * np.uint64(PAGE_SIZE))
-        for batch_start in range(0, len(self.leaf_tables), TABLE_BATCH):
-            batch = self.leaf_tables[batch_start:batch_start + TABLE_BATCH]
-            contents = []
-            bases = []
-            for frame, address in batch:
-                content = self.target._read_page(frame)
-                if content is None:
-                    self.target._missing_tables.add(frame)
-                    continue
-                contents.append(content)
-                bases.append(address)
-            if not contents:
-                continue
-            entries = np.frombuffer(b"".join(contents), dtype="<u8")
-            frames_mapped = (entries & np.uint64(PTE_ADDRESS_MASK)) >> np.uint64(12)
-            hit = (entries & np.uint64(PTE_PRESENT)).astype(bool) & np.isin(frames_mapped, wanted)
-            positions = np.flatnonzero(hit)
-            if len(positions):
-                table_base = np.array(bases, dtype=np.uint64)[positions // 512]
-                keep(frames_mapped[positions], table_base + (positions % 512).astype(np.uint64) * np.uint64(PAGE_SIZE))
-        return found

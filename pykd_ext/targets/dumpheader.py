@@ -149,7 +149,7 @@ class DumpFileError(TargetError):
 
 class DamagedDumpError(DumpFileError):
     """The file is a kernel crash dump, but shorter than its header says or corrupt: it is refused, never
-    analysed as if it were whole (``leakhunt triage`` gives it the status ``damaged``)."""
+    analyzed as if it were whole (``leakhunt triage`` gives it the status ``damaged``)."""
 
 
 def truncated_dump(path: str, needed: int, file_size: int, what: str, header: "DumpHeader") -> DamagedDumpError:

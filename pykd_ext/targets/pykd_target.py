@@ -17,6 +17,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import pykd
 
+from ..arch import ARM64, X64, X86
 from ..search import ValueSet
 from ..search_output import SearchOutputError, SearchRow, parse_search_output
 from ..typeinfo import FieldInfo, TypeInfo
@@ -78,10 +79,12 @@ class PykdTarget(Target):
         if not kernel:
             raise NotKernelTarget("the debugger is not looking at a Windows kernel (this is a user-mode target); "
                                   "open a kernel crash dump (MEMORY.DMP) or attach a kernel debugger")
-        arches = {pykd.CPUType.AMD64: ("x64", 8), pykd.CPUType.I386: ("x86", 4), pykd.CPUType.ARM64: ("arm64", 8)}
+        # The target's actual processor (getCPUType: an ARM64 dump opened in x64 WinDbg is ARM64), not the
+        # debugger's effective machine (getCPUMode, which .effmach changes).
+        arches = {pykd.CPUType.AMD64: X64, pykd.CPUType.I386: X86, pykd.CPUType.ARM64: ARM64}
         if cpu not in arches:
             raise TargetError(f"leakhunt does not support this processor type ({cpu})")
-        self.arch, self.pointer_size = arches[cpu]
+        self.arch, self.pointer_size = arches[cpu].name, arches[cpu].pointer_size
         self._mask = (1 << (8 * self.pointer_size)) - 1
         self._dtype = np.dtype("<u8") if self.pointer_size == 8 else np.dtype("<u4")
         try:

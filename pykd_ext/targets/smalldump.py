@@ -53,7 +53,7 @@ class SmallDumpTarget(DumpFileTarget):
         self.triage: Optional[TriageDump] = None
         try:
             self.triage = read_triage(handle, header)
-        except TriageTruncated as error:  # never analysed as if it were whole
+        except TriageTruncated as error:  # never analyzed as if it were whole
             raise truncated_dump(path, error.needed, header.file_size, error.what, header) from None
         except TriageError as error:
             self._notes.append(f"the triage section of {name} is damaged ({error}): only its header is read")

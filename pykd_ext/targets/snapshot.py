@@ -18,11 +18,12 @@ Format (version 1) — a ZIP archive with two members:
     ``partial_pages`` [{``va``, ``ranges``: [[start, end], ...]}] (pages a small dump held only in
     part: the offsets in the page that were readable), ``crash_facts`` {``thread``, ``process``,
     ``stack`` [base, size], ``broken_driver``, ``unloaded`` [{``image``, ``start``, ``end``,
-    ``truncated``}], ``registers`` [[name, value]]} (a small dump's triage facts), ``target``'s
-    ``crash_time`` (ISO 8601 UTC), ``code_names`` {address: {``module``, ``function``, ``offset``,
-    ``file``, ``line``, ``kind``}} (the names the modules' symbol files gave the addresses the report
-    named, so that a replay names them the same without the files) and ``module_notes`` [lines] (what
-    finding those files said).
+    ``truncated``}], ``registers`` [[name, value]], ``from_triage`` (false only for a kernel dump, whose
+    header's context record is all it holds)} (a small dump's triage facts, or a dump header's context),
+    ``target``'s ``crash_time`` (ISO 8601 UTC), ``code_names`` {address: {``module``, ``function``,
+    ``offset``, ``file``, ``line``, ``kind``}} (the names the modules' symbol files gave the addresses the
+    report named, so that a replay names them the same without the files) and ``module_notes`` [lines]
+    (what finding those files said).
 
 ``pages.bin``
     The recorded memory: 4 KiB pages back to back, page *i* described by ``pages[i]``.
@@ -209,7 +210,8 @@ def _crash_facts_entry(facts: CrashFacts) -> dict:
             "broken_driver": facts.broken_driver,
             "unloaded": [{"image": u.image, "start": _hex(u.start), "end": _hex(u.end), "truncated": u.truncated}
                          for u in facts.unloaded],
-            "registers": [[name, _hex(value)] for name, value in facts.registers]}
+            "registers": [[name, _hex(value)] for name, value in facts.registers],
+            **({} if facts.from_triage else {"from_triage": False})}
 
 
 def _load_crash_facts(entry) -> CrashFacts:
@@ -234,7 +236,7 @@ def _load_crash_facts(entry) -> CrashFacts:
                       process=_optional_number(entry.get("process"), "crash process"),
                       stack=None if stack is None else (_number(stack[0], "stack base"),
                                                         _number(stack[1], "stack size", MAX_TYPE_BYTES)),
-                      registers=tuple(registers))
+                      registers=tuple(registers), from_triage=entry.get("from_triage", True) is not False)
 
 
 def _check_partial(data: SnapshotData, address: int, size: int, reason: str) -> None:

@@ -48,7 +48,8 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO, Dict, List, Optional, Tuple
 
-from .dumpheader import DumpFileError, DumpHeader, HEADER32_SIZE, HEADER64_SIZE, MACHINE_ARM64
+from ..arch import arch_named
+from .dumpheader import DumpFileError, DumpHeader, HEADER32_SIZE, HEADER64_SIZE
 
 TRIAGE_VALID = b"TRGD"
 
@@ -100,12 +101,6 @@ MAX_UNLOADED = 64
 MAX_DATA_BLOCKS = 1 << 16
 MAX_STRING_CHARACTERS = 1024
 MAX_COPY_BYTES = 1 << 24
-
-# The CONTEXT of the crashing processor: the registers a report shows (winnt.h CONTEXT for AMD64 and
-# ARM64_NT_CONTEXT; X29 is the frame pointer, X30 the link register).
-X64_CONTEXT_REGISTERS = (("rip", 0xF8), ("rsp", 0x98), ("rbp", 0xA0))
-ARM64_CONTEXT_REGISTERS = (("pc", 0x108), ("sp", 0x100), ("fp", 0xF0), ("lr", 0xF8))
-CONTEXT_BYTES = 0x110  # enough of either record for the registers above
 
 
 class TriageError(DumpFileError):
@@ -357,8 +352,9 @@ def _blocks(source: _File, fields: Dict[str, int], header: DumpHeader, layout: E
 
 
 def _registers(source: _File, fields: Dict[str, int], header: DumpHeader) -> List[Tuple[str, int]]:
-    if header.pointer_size != 8 or not fields["ContextOffset"]:
+    """The registers of the crashing processor's CONTEXT that the architecture's reports show."""
+    context = arch_named(header.arch).context
+    if context is None or header.pointer_size != 8 or not fields["ContextOffset"]:
         return []
-    raw = source.read(fields["ContextOffset"], CONTEXT_BYTES, "context record")
-    table = ARM64_CONTEXT_REGISTERS if header.machine == MACHINE_ARM64 else X64_CONTEXT_REGISTERS
-    return [(name, struct.unpack_from("<Q", raw, offset)[0]) for name, offset in table]
+    extent = max(sum(context.registers[name]) for name in context.shown)  # the record up to the last one shown
+    return context.read(source.read(fields["ContextOffset"], extent, "context record"))
