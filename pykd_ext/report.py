@@ -416,6 +416,45 @@ class ExceptionRecord:
 
 
 @dataclass
+class CallFrame:
+    """One frame of an unwound call stack, as ``k`` shows it."""
+
+    number: int
+    child_sp: int  # the stack pointer while the frame's function ran
+    ip: int  # where it was
+    return_address: Optional[int]  # where it returns to; None where the unwind stopped at this frame
+    symbol: str  # the ip named: "amdppm!WriteIoMemRawEx+0x70"
+    module: Optional[str]
+    method: str  # how the frame was found: "context", "unwind data", "epilogue", "frame pointer chain"...
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"number": self.number, "child_sp": _hex(self.child_sp), "ip": _hex(self.ip),
+                "return_address": _hex(self.return_address), "symbol": self.symbol, "module": self.module,
+                "method": self.method}
+
+
+@dataclass
+class CallStack:
+    """The crashing thread's call stack, unwound from the images' unwind data, and where the unwind
+    stopped; the values in images further up the stack, found by a scan (they may be stale)."""
+
+    start: str  # which context it was unwound from
+    context_address: Optional[int] = None  # the CONTEXT record's address, when it was one (.cxr)
+    frames: List[CallFrame] = field(default_factory=list)
+    stop_reason: str = ""
+    stop: str = ""  # one line: why the unwind ended where it did
+    complete: bool = False  # True when it reached the thread's first frame
+    scan: List[StackCandidate] = field(default_factory=list)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"start": self.start, "context_address": _hex(self.context_address),
+                "frames": [f.as_dict() for f in self.frames],
+                "stop": {"reason": self.stop_reason, "message": self.stop,
+                         "frame": self.frames[-1].number if self.frames else None},
+                "complete": self.complete, "scan_below": [c.as_dict() for c in self.scan]}
+
+
+@dataclass
 class RegisterRecord:
     """A register of the crash's context record, placed in an image when it points into one."""
 
@@ -474,6 +513,10 @@ class Report:
     registers: List[RegisterRecord] = field(default_factory=list)
     stack: Optional[StackScan] = None
     exception: Optional[ExceptionRecord] = None
+    # The CONTEXT record a bug check parameter points at (.cxr), and the unwound call stack.
+    context_record: List[RegisterRecord] = field(default_factory=list)
+    context_record_address: Optional[int] = None
+    call_stack: Optional[CallStack] = None
     # Every address in an image the report names, as WinDbg names it (module, function, offset, line).
     names: Dict[int, SymbolicAddress] = field(default_factory=dict)
     # What finding each module's symbol file said (one line per module whose addresses were named).
@@ -522,6 +565,10 @@ class Report:
             "registers": [r.as_dict() for r in self.registers],
             "stack": self.stack.as_dict() if self.stack is not None else None,
             "exception": self.exception.as_dict() if self.exception is not None else None,
+            "context_record": {"address": _hex(self.context_record_address),
+                               "registers": [r.as_dict() for r in self.context_record]}
+            if self.context_record else None,
+            "call_stack": self.call_stack.as_dict() if self.call_stack is not None else None,
             "names": {_hex(address): named.as_json() for address, named in sorted(self.names.items())
                       if named.module},
             "module_symbols": list(self.module_symbols),

@@ -50,4 +50,5 @@ def recorded_session(data: SnapshotData, session: KernelSession) -> SnapshotData
     data.code_names = {address: named for address, named in session.described.items() if named.function}
     notes = session.module_notes()
     data.module_notes = notes if notes or data.code_names else None
+    data.images = dict(session.file_image_reads)
     return data

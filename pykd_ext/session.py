@@ -23,7 +23,9 @@ from .arch import arch_of_machine
 from .kernel.modules import ModuleMap, walk_loaded_modules
 from .layouts import Layouts
 from .symbols.base import SymbolFile, SymbolFileError
-from .targets.base import MemoryReadError, Module, SymbolicAddress, SymbolNotFound, Target, TargetError
+from .targets.base import (MemoryReadError, Module, RecordedImage, SymbolicAddress, SymbolNotFound, Target,
+                           TargetError, image_reader)
+from .unwind import ImageView
 from .typeinfo import TypeInfo
 
 USER_GIVEN = "given on the command line"
@@ -61,6 +63,10 @@ class KernelSession:
         self._module_symbols = None
         # Every address named so far (describe_address), by address.
         self.described: Dict[int, SymbolicAddress] = {}
+        # What the unwinder read of images that came from files, not from the target's memory (a
+        # recording keeps it, so that a replay unwinds the same): (module name, base) -> RecordedImage.
+        self.file_image_reads: Dict[Tuple[str, int], RecordedImage] = {}
+        self._image_views: Dict[Tuple[str, int], ImageView] = {}
 
     # ---- what Layouts and the kernel views read through -----------------------------------------
 
@@ -183,6 +189,54 @@ class KernelSession:
         if recorded is not None:
             return recorded
         return self._module_symbols.notes() if self._module_symbols is not None else []
+
+    def image_view(self, module: Module) -> ImageView:
+        """The image of ``module`` as the unwinder reads it (by RVA, with its exception directory): the
+        image a recording kept, else the image in the target's memory, else (where symbols were asked
+        for) its image file on the symbol path; without bytes when none is at hand, saying why."""
+        key = (module.name, module.base)
+        if key not in self._image_views:
+            self._image_views[key] = self._image_view(module)
+        return self._image_views[key]
+
+    def _image_view(self, module: Module) -> ImageView:
+        recorded = self.target.recorded_image(module)
+        if recorded is not None:
+            return recorded.view(module)
+        from .symbols.pe import PeImage
+
+        base = module.base
+        try:
+            in_memory: Optional[PeImage] = PeImage(lambda rva, size: self.target.read(base + rva, size), f"at {base:#x}")
+        except MemoryReadError:  # not in memory (a small dump)
+            in_memory, why = None, "its image is not in memory"
+        except TargetError as error:  # damaged there
+            in_memory, why = None, f"its image in memory is damaged ({error})"
+        on_disk = self.module_symbols().image_file(module) if self._names_from_files() else None
+        if in_memory is None and on_disk is None:
+            where = "and no image file of it was found on the symbol path" if self._names_from_files() else \
+                "and no symbol path was given to find its image file"
+            return ImageView(module.name, base, module.size, unavailable=f"{why}, {where}")
+        headers = in_memory or on_disk
+        directory = headers.exception_directory or (0, 0)
+        from_file = None
+        if on_disk is not None:  # what memory lacks comes from the file, and a recording keeps it
+            recording = self.file_image_reads.setdefault((module.name, base), RecordedImage(
+                module.name, base, module.size, directory))
+            from_file = recording.recorder(on_disk.read)
+        if in_memory is None:
+            return ImageView(module.name, base, module.size, from_file, directory)
+        from_memory = image_reader(in_memory.read, base)
+
+        def read(rva: int, size: int) -> bytes:
+            try:
+                return from_memory(rva, size)
+            except MemoryReadError as error:
+                if from_file is None:  # said the same way by a replay, which has no symbol path
+                    raise MemoryReadError(base + rva, size, reason=f"not in memory, and no image file of "
+                                                                    f"{module.image} is at hand") from error
+                return from_file(rva, size)
+        return ImageView(module.name, base, module.size, read, directory)
 
     def module_symbols(self):
         """The names of addresses in this kernel's modules (a ``ModuleSymbols``, made once): nt's from

@@ -66,10 +66,11 @@ def run_json(capsys, *args):
 
 def findings(report):
     """What the hunt found, without what names the source: its crash time, where layouts, symbols and
-    registers came from, and the names of those registers (the warning naming the built-in tables used is
-    the source's too: a dump's module list needs the loader entry's, a snapshot's does not)."""
+    registers came from, the names of those registers and the stack unwound from them (the warning
+    naming the built-in tables used is the source's too: a dump's module list needs the loader entry's,
+    a snapshot's does not)."""
     result = report.as_dict()
-    for key in ("source", "crash_time", "layouts", "symbols", "registers", "names"):
+    for key in ("source", "crash_time", "layouts", "symbols", "registers", "names", "call_stack"):
         del result[key]
     result["warnings"] = [w for w in result["warnings"] if "the built-in x64 tables were used for" not in w]
     return result
@@ -272,10 +273,13 @@ def test_the_context_record_gives_the_arm64_registers_placed_in_modules(capsys, 
     main(["analyze", dumps["irp"]])
     text = capsys.readouterr().out
     context = text.split("\nCONTEXT (the crashing processor's registers)\n", 1)[1].split("\n\n", 1)[0]
-    assert context.splitlines()[0].split() == ["registers:", "pc", f"nt+{dumpwriter.ARM64_PC_OFFSET:#x}", "sp",
-                                               "fffff803`1f7feda0", "fp", "fffff803`1f7fede0", "lr",
-                                               f"nt+{dumpwriter.ARM64_LR_OFFSET:#x}"]
-    assert len(context.splitlines()) == 9  # 33 registers, four a line
+    pc = int(registers["pc"]["value"], 16)
+    assert context.splitlines()[0].split() == ["registers:", "pc", f"{pc >> 32:08x}`{pc & 0xFFFFFFFF:08x}", "sp",
+                                               "fffff803`1f7feda0", "fp", "fffff803`1f7fede0"]
+    lines = context.splitlines()
+    assert len(lines) == 11 + 2  # 33 registers, three a line, then the two that lie in images, named
+    assert lines[-2].split() == ["pc", "is", f"nt+{dumpwriter.ARM64_PC_OFFSET:#x}"]
+    assert lines[-1].split() == ["lr", "is", f"nt+{dumpwriter.ARM64_LR_OFFSET:#x}"]
 
 
 def test_a_recording_of_an_arm64_dump_replays_to_the_same_bytes(tmp_path, capsys, dumps):

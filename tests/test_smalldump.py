@@ -142,11 +142,13 @@ def test_the_text_report_of_a_real_small_dump_stays_short(capsys):
     main(["analyze", TRIAGE_X64])
     text = capsys.readouterr().out
     assert "P2 is amdppm+0x334c (amdppm.sys)" in text
-    assert "not an unwound stack" in text and "151 loaded (-v lists them, like lm t)" in text
+    assert "STACK (k, unwound from the exception's context" in text and "not an unwound stack" not in text
+    assert "151 loaded (-v lists them, like lm t)" in text
     assert "dam.sys" in text and "ntoskrnl.exe" not in text.split("MODULES")[1]
     main(["analyze", TRIAGE_X64, "-v"])
     verbose = capsys.readouterr().out
     assert "ntoskrnl.exe" in verbose.split("MODULES")[1] and "rdpbus.sys" in verbose
+    assert "not an unwound stack" in verbose  # -v adds the scan of the whole stack copy
 
 
 @pytest.mark.skipif(not os.path.exists(ISF_19041), reason="the real 19041 symbol table is not here")

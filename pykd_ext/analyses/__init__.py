@@ -9,7 +9,7 @@ from ..layouts import LayoutError
 from ..report import BugCheckSection, Report, bugcheck_code_text
 from ..session import KernelSession
 from ..targets.base import Target, TargetError
-from .common import Context, Options
+from .common import Context, Options, steps_left_to_do
 from .locked_pages import NOBODY_NAMED, analyze_0x76
 from . import generic, lock_entries, pfn, trackers
 
@@ -60,8 +60,8 @@ def _analyze(source: Union[Target, KernelSession], options: Optional[Options]) -
     entry = ANALYSES.get(context.decoded.code)  # the catalog folds "_M" forms into their base code
     if entry is None:
         context.report.analysis = "parameters only"
-        context.report.next_steps.extend(context.decoded.next_steps)
         _interruptible(context, generic.describe_crash)
+        context.report.next_steps.extend(steps_left_to_do(context.report, context.decoded.next_steps))
         generic.blame_code_address(context)
         return context.conclude(no_analysis_verdict(context.report.bugcheck), hunted=False)
     analysis, nobody_named = entry

@@ -433,6 +433,8 @@ DONE_BY_THE_REPORT = (
     ("Run !search for the MDL address (P3)", lambda report: report.searches > 0),
     ("Run !irp on that IRP", lambda report: bool(report.irps) or report.searches > 0),
     ("Run !lockedpages", lambda report: report.tracked_pages is not None),
+    ("Run .exr on P3 and .cxr on P4", lambda report: report.exception is not None and report.call_stack is not None),
+    ("Run .cxr with P3", lambda report: bool(report.context_record) and report.call_stack is not None),
 )
 
 

@@ -26,6 +26,7 @@ from ..ntstatus import status_text
 from ..report import (HIGH, LOW, MEDIUM, ExceptionRecord, Fact, ModuleRecord, RegisterRecord, StackCandidate,
                       StackScan, ThreadRecord, UnloadedRecord)
 from ..targets.base import PAGE_SIZE, CrashFacts, TargetError, UnloadedModule
+from .callstack import describe_call_stack
 from .common import Context
 
 # Return-address candidates a report keeps (a 24 KiB kernel stack has at most 3072 slots).
@@ -64,14 +65,15 @@ def describe_crash(context: Context) -> None:
                                  context.symbol("nt!KdDebuggerDataBlock"))
     report.uptime_seconds = uptime_seconds(context.target)
     _exception(context)
-    if facts is None:
-        return
-    if facts.from_triage:
-        _broken_driver(context, facts)
-    _thread_and_process(context, facts)
-    report.registers = [RegisterRecord(name, value, _symbol(context, value)) for name, value in facts.registers]
-    if facts.stack is not None:
-        _stack(context, *facts.stack)
+    if facts is not None:
+        if facts.from_triage:
+            _broken_driver(context, facts)
+        _thread_and_process(context, facts)
+        report.registers = [RegisterRecord(name, value, _symbol(context, value)) for name, value in facts.registers]
+        if facts.stack is not None:
+            _stack(context, *facts.stack)
+    describe_call_stack(context, dict(facts.registers) if facts is not None else {},
+                        sum(facts.stack) if facts is not None and facts.stack is not None else None)
 
 
 def blame_code_address(context: Context) -> None:

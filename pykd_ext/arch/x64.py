@@ -34,7 +34,9 @@ CONTEXT = ContextLayout(
                               "r12", "r13", "r14", "r15", "rip")),
         **registers_at(0x1A0, tuple(f"xmm{n}" for n in range(16)), size=16),  # FltSave's XMM registers
     },
-    shown=("rip", "rsp", "rbp"),
+    # What .cxr shows: the general registers, rip first (the unwinder needs the non-volatile ones too).
+    shown=("rip", "rsp", "rbp", "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
+           "r14", "r15", "eflags"),
     program_counter="rip",
     stack_pointer="rsp",
     frame_pointer="rbp",

@@ -269,6 +269,8 @@ class Renderer:
         self._thread_and_lock()
         self._crash_context()
         self._exception()
+        self._context_record()
+        self._call_stack()
         self._stack_scan()
         self._trackers()
         self._mdls()
@@ -530,34 +532,62 @@ class Renderer:
             self.line(f"  - {problem}")
 
     # Registers shown on one line of the context record.
-    REGISTERS_PER_LINE = 4
+    REGISTERS_PER_LINE = 3
 
     def _crash_context(self) -> None:
-        """The context record's registers (under THREAD when there is one); more than fit on one line
-        are laid out four a line, in columns."""
+        """The context record's registers (under THREAD when there is one), three a line in columns as
+        .cxr lays them out, then each register whose value lies in an image, named."""
         report = self.report
         if not report.registers:
             return
         if report.thread is None:
             self.heading("CONTEXT (the crashing processor's registers)")
-        label = "  registers:"
-        grid = len(report.registers) > self.REGISTERS_PER_LINE
-        name_width = max(len(register.name) for register in report.registers) if grid else 0
-        value_width = len(self.address(0))
-        for start in range(0, len(report.registers), self.REGISTERS_PER_LINE):
-            parts: List[Cell] = [label if start == 0 else " " * len(label)]
-            row = report.registers[start:start + self.REGISTERS_PER_LINE]
-            for position, register in enumerate(row):
-                value = self.code_link(register.value, register.symbol) if register.symbol else \
-                    self.address(register.value)
-                parts += [f" {register.name:<{name_width}} ", value]
-                if grid and position < len(row) - 1:
-                    parts.append(" " * max(0, value_width - len(self.plain(value))))
-            self.line(*parts)
+        self._registers(report.registers, "  registers:")
+
+    def _registers(self, registers, label: str) -> None:
+        name_width = max(len(register.name) for register in registers)
+        for start in range(0, len(registers), self.REGISTERS_PER_LINE):
+            row = registers[start:start + self.REGISTERS_PER_LINE]
+            cells = " ".join(f" {register.name:<{name_width}} {self.address(register.value)}" for register in row)
+            self.line((label if start == 0 else " " * len(label)) + cells)
+        for register in registers:
+            if register.symbol:
+                self.line(" " * len(label), f" {register.name} is ", self.code_link(register.value, register.symbol))
+
+    def _context_record(self) -> None:
+        """The registers of the CONTEXT record a bug check parameter points at, as .cxr shows them."""
+        report = self.report
+        if not report.context_record:
+            return
+        address = report.context_record_address
+        self.heading("CONTEXT RECORD")
+        self.line("  ", Link(self.address(address), f".cxr {address:#x}"), "  (.cxr: the registers when the exception "
+                  "happened)")
+        self._registers(report.context_record, "  registers:")
+
+    def _call_stack(self) -> None:
+        """The unwound stack as k shows it, where it stopped and why, then the scan of what lies above."""
+        stack = self.report.call_stack
+        if stack is None:
+            return
+        self.heading(f"STACK (k, unwound from {stack.start})")
+        self.table(["#", "Child-SP", "RetAddr", "Call Site"],
+                   [[f"{frame.number:02x}", self.address(frame.child_sp),
+                     self.address(frame.return_address) if frame.return_address is not None else "-",
+                     self.code_link(frame.ip, frame.symbol)] for frame in stack.frames], beyond_width=1)
+        if stack.complete:
+            return
+        last = stack.frames[-1].number if stack.frames else 0
+        self.line(f"  The unwind stopped at frame {last:02x}: {stack.stop}.")
+        if stack.scan:
+            self.line("  Above it, values on the stack that lie in images (a scan, not unwound frames: they may be "
+                      "stale):")
+            self.table(["slot", "value"], [[self.address(c.slot), self.code_link(c.value, c.symbol)]
+                                           for c in stack.scan])
 
     def _stack_scan(self) -> None:
         scan = self.report.stack
-        if scan is None:
+        if scan is None or (self.report.call_stack is not None and not self.verbose):
             return
         self.heading("STACK CANDIDATES (a scan of the crashing thread's stack for values inside loaded images, "
                      "innermost first; not an unwound stack)")

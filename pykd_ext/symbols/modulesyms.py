@@ -170,6 +170,11 @@ class ModuleSymbols:
         except TargetError as error:
             return None, f"its image header in memory is not a PE image ({error})"
 
+    def image_file(self, module: Module) -> Optional[PeImage]:
+        """The module's image file on the symbol path (checked to have its TimeDateStamp and
+        SizeOfImage), or None."""
+        return self._image_file(module)[0]
+
     def _image_file(self, module: Module) -> Tuple[Optional[PeImage], str]:
         """The module's image file on the symbol path, checked to have its TimeDateStamp and
         SizeOfImage; (None, why not) when there is none."""

@@ -7,7 +7,7 @@ hunt runs on every source.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..arch import Arch, arch_named
@@ -33,6 +33,7 @@ class MemoryReadError(TargetError):
         self.address = address
         self.size = size
         self.physical = physical
+        self.reason = reason
         kind = "physical" if physical else "virtual"
         text = f"cannot read {size:#x} bytes of {kind} memory at {address:#x}"
         if reason:
@@ -106,6 +107,56 @@ class SymbolicAddress:
         if self.file and self.line is not None:
             found.update(file=self.file, line=self.line)
         return found
+
+
+def image_reader(read: Callable[[int, int], bytes], base: int) -> Callable[[int, int], bytes]:
+    """An image's ``read(rva, size)`` (of the image at ``base``) whose failures are all MemoryReadError,
+    as the unwinder expects of bytes a source does not have."""
+    def checked(rva: int, size: int) -> bytes:
+        try:
+            return read(rva, size)
+        except MemoryReadError:
+            raise
+        except TargetError as error:
+            raise MemoryReadError(base + rva, size, reason=str(error)) from None
+    return checked
+
+
+@dataclass
+class RecordedImage:
+    """What the unwinder read of one image that came from a file, not from the target's memory: its
+    exception directory and the bytes it read, by RVA. A recording keeps it so that a replay, which
+    has no image files, reads the same bytes and unwinds the same stack."""
+
+    name: str
+    base: int
+    size: int
+    exception_directory: Tuple[int, int]
+    reads: Dict[int, bytes] = field(default_factory=dict)  # RVA -> the bytes read there
+
+    def recorder(self, read: Callable[[int, int], bytes]) -> Callable[[int, int], bytes]:
+        """``read(rva, size)`` that keeps what it reads; its failures are MemoryReadError."""
+        checked = image_reader(read, self.base)
+
+        def recording(rva: int, size: int) -> bytes:
+            data = bytes(checked(rva, size))
+            if len(data) > len(self.reads.get(rva, b"")):
+                self.reads[rva] = data
+            return data
+        return recording
+
+    def replay(self, rva: int, size: int) -> bytes:
+        """The bytes at ``rva`` from what was recorded; MemoryReadError for bytes never read."""
+        for start, data in self.reads.items():
+            if start <= rva and rva + size <= start + len(data):
+                return data[rva - start:rva - start + size]
+        raise MemoryReadError(self.base + rva, size, reason="not read when this recording was made")
+
+    def view(self, module: "Module"):
+        """The recorded image as the unwinder reads it (an ``unwind.ImageView``)."""
+        from ..unwind import ImageView
+
+        return ImageView(module.name, module.base, module.size, self.replay, self.exception_directory)
 
 
 @dataclass(frozen=True)
@@ -250,6 +301,10 @@ class Target:
     def recorded_module_notes(self) -> Optional[List[str]]:
         """What finding the modules' symbol files said when this source was recorded (snapshots that
         recorded names only), else None."""
+        return None
+
+    def recorded_image(self, module: Module) -> Optional[RecordedImage]:
+        """What a recording kept of ``module``'s image file for the unwinder (snapshots only), or None."""
         return None
 
     def search_pointers(self, values: Iterable[int], pfn_range: Optional[PfnRange] = None,

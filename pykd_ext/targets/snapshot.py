@@ -22,8 +22,10 @@ Format (version 1) — a ZIP archive with two members:
     header's context record is all it holds)} (a small dump's triage facts, or a dump header's context),
     ``target``'s ``crash_time`` (ISO 8601 UTC), ``code_names`` {address: {``module``, ``function``,
     ``offset``, ``file``, ``line``, ``kind``}} (the names the modules' symbol files gave the addresses the
-    report named, so that a replay names them the same without the files) and ``module_notes`` [lines]
-    (what finding those files said).
+    report named, so that a replay names them the same without the files), ``module_notes`` [lines]
+    (what finding those files said) and ``images`` [{``name``, ``base``, ``size``,
+    ``exception_directory`` [rva, size], ``reads`` [{``rva``, ``bytes`` (hex)}]}] (what the unwinder
+    read of image files from the symbol path, so that a replay unwinds the same stack).
 
 ``pages.bin``
     The recorded memory: 4 KiB pages back to back, page *i* described by ``pages[i]``.
@@ -40,13 +42,14 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .. import __version__
+from ..kernel.modules import MAX_IMAGE_SIZE
 from ..outfiles import write_atomically
 from ..search import ValueSet
 from ..sources import unopenable_reason
 from ..typeinfo import FieldInfo, TypeInfo
 from .base import (PAGE_SIZE, BugCheck, CrashFacts, MemoryReadError, Module, PfnRange, ProgressCallback,
-                   SearchHit, SearchUnavailable, SymbolicAddress, SymbolNotFound, Target, TargetError, UnloadedModule,
-                   read_from_pages)
+                   RecordedImage, SearchHit, SearchUnavailable, SymbolicAddress, SymbolNotFound, Target, TargetError,
+                   UnloadedModule, read_from_pages)
 
 FORMAT_NAME = "leakhunt-snapshot"
 FORMAT_VERSION = 1
@@ -111,6 +114,8 @@ class SnapshotData:
     # Names the modules' symbol files gave (address -> name), and what finding those files said.
     code_names: Dict[int, SymbolicAddress] = field(default_factory=dict)
     module_notes: Optional[List[str]] = None
+    # What the unwinder read of image files (not memory), by (module name, base).
+    images: Dict[Tuple[str, int], RecordedImage] = field(default_factory=dict)
 
 
 def search_key(values: Iterable[int], pfn_range: Optional[PfnRange]) -> SearchKey:
@@ -180,7 +185,35 @@ def _manifest(data: SnapshotData) -> dict:
         manifest["code_names"] = {_hex(address): _name_entry(named) for address, named in sorted(data.code_names.items())}
     if data.module_notes is not None:
         manifest["module_notes"] = list(data.module_notes)
+    if data.images:
+        manifest["images"] = [{"name": image.name, "base": _hex(image.base), "size": _hex(image.size),
+                               "exception_directory": [_hex(v) for v in image.exception_directory],
+                               "reads": [{"rva": _hex(rva), "bytes": data_read.hex()}
+                                         for rva, data_read in sorted(image.reads.items())]}
+                              for _, image in sorted(data.images.items())]
     return manifest
+
+
+def _load_images(entries) -> Dict[Tuple[str, int], RecordedImage]:
+    images: Dict[Tuple[str, int], RecordedImage] = {}
+    for entry in _expect(entries, list, "images"):
+        _expect(entry, dict, "image")
+        directory = _expect(entry.get("exception_directory"), list, "image exception directory")
+        if len(directory) != 2:
+            raise SnapshotError("corrupt snapshot: an image's exception directory is not [rva, size]")
+        image = RecordedImage(_text(entry.get("name"), "image name"), _number(entry.get("base"), "image base"),
+                              _number(entry.get("size"), "image size", MAX_IMAGE_SIZE),
+                              (_number(directory[0], "exception directory", MAX_IMAGE_SIZE),
+                               _number(directory[1], "exception directory size", MAX_IMAGE_SIZE)))
+        for read in _expect(entry.get("reads", []), list, "image reads"):
+            _expect(read, dict, "image read")
+            try:
+                content = bytes.fromhex(_text(read.get("bytes"), "image bytes"))
+            except ValueError:
+                raise SnapshotError("corrupt snapshot: image bytes are not hex") from None
+            image.reads[_number(read.get("rva"), "image read RVA", MAX_IMAGE_SIZE)] = content
+        images[(image.name, image.base)] = image
+    return images
 
 
 def _name_entry(named: SymbolicAddress) -> dict:
@@ -458,6 +491,7 @@ def _build(manifest: dict, pages_bytes: bytes, path: str) -> SnapshotData:
     if manifest.get("crash_facts") is not None:
         data.crash_facts = _load_crash_facts(manifest["crash_facts"])
     data.code_names = _load_code_names(manifest.get("code_names", {}))
+    data.images = _load_images(manifest.get("images", []))
     if manifest.get("module_notes") is not None:
         data.module_notes = [_text(n, "module note") for n in _expect(manifest["module_notes"], list, "module_notes")]
     for entry in _expect(manifest.get("partial_pages", []), list, "partial_pages"):
@@ -571,6 +605,9 @@ class SnapshotTarget(Target):
 
     def recorded_module_notes(self) -> Optional[List[str]]:
         return None if self.data.module_notes is None else list(self.data.module_notes)
+
+    def recorded_image(self, module: Module) -> Optional[RecordedImage]:
+        return self.data.images.get((module.name, module.base))
 
     def search_pointers(self, values: Iterable[int], pfn_range: Optional[PfnRange] = None,
                         progress: Optional[ProgressCallback] = None) -> Dict[int, List[SearchHit]]:
@@ -707,6 +744,9 @@ class RecordingTarget(Target):
 
     def recorded_module_notes(self) -> Optional[List[str]]:
         return self.inner.recorded_module_notes()
+
+    def recorded_image(self, module: Module) -> Optional[RecordedImage]:
+        return self.inner.recorded_image(module)
 
     def search_pointers(self, values: Iterable[int], pfn_range: Optional[PfnRange] = None,
                         progress: Optional[ProgressCallback] = None) -> Dict[int, List[SearchHit]]:

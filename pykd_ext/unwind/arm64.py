@@ -43,10 +43,9 @@ import struct
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from ..targets.base import MemoryReadError
 from .model import (BAD_UNWIND_DATA, END_OF_STACK, EPILOGUE, FRAME_POINTER, IMAGE_UNAVAILABLE, LEAF, NO_IMAGE,
-                    STACK_UNAVAILABLE, UNSUPPORTED, UNWIND_DATA, UNWIND_DATA_UNAVAILABLE, ImageView, StackReader,
-                    Step, UnwindStop, read_exact)
+                    STACK_UNAVAILABLE, UNSUPPORTED, UNWIND_DATA, ImageView, StackReader,
+                    Step, UnwindStop, image_bytes, read_exact)
 
 PDATA_ENTRY_SIZE = 8
 FLAG_XDATA, FLAG_PACKED, FLAG_FRAGMENT = 0, 1, 2
@@ -173,14 +172,6 @@ def _decode_one(data: bytes, at: int) -> Code:
 # ---- reading .pdata and .xdata -----------------------------------------------------------------------
 
 
-def _image_bytes(image: ImageView, rva: int, size: int, what: str) -> bytes:
-    try:
-        data = image.read(rva, size)
-    except MemoryReadError:
-        data = b""
-    if len(data) < size:
-        raise UnwindStop(UNWIND_DATA_UNAVAILABLE, f"the {what} of {image.name} at RVA {rva:#x} is not available")
-    return bytes(data)
 
 
 def packed_fields(word: int) -> Dict[str, int]:
@@ -204,23 +195,23 @@ def read_function(image: ImageView, begin: int, word: int) -> FunctionUnwind:
     if flag != FLAG_XDATA:
         raise UnwindStop(BAD_UNWIND_DATA, f"the .pdata entry at RVA {begin:#x} has the reserved flag 3")
     xdata = word & ~3
-    header = struct.unpack("<I", _image_bytes(image, xdata, 4, ".xdata record"))[0]
+    header = struct.unpack("<I", image_bytes(image, xdata, 4, ".xdata record"))[0]
     fields = {"FunctionLength": header & 0x3FFFF, "Vers": (header >> 18) & 3, "X": (header >> 20) & 1,
               "E": (header >> 21) & 1, "EpilogCount": (header >> 22) & 0x1F, "CodeWords": header >> 27}
     if fields["Vers"] != 0:
         raise UnwindStop(BAD_UNWIND_DATA, f"the .xdata record at RVA {xdata:#x} has version {fields['Vers']}")
     at = xdata + 4
     if fields["EpilogCount"] == 0 and fields["CodeWords"] == 0:
-        extension = struct.unpack("<I", _image_bytes(image, at, 4, ".xdata record"))[0]
+        extension = struct.unpack("<I", image_bytes(image, at, 4, ".xdata record"))[0]
         fields["EpilogCount"], fields["CodeWords"] = extension & 0xFFFF, (extension >> 16) & 0xFF
         at += 4
     scopes: List[EpilogScope] = []
     if not fields["E"]:
-        raw = _image_bytes(image, at, 4 * fields["EpilogCount"], "epilogue scopes")
+        raw = image_bytes(image, at, 4 * fields["EpilogCount"], "epilogue scopes")
         for (scope,) in struct.iter_unpack("<I", raw):
             scopes.append(EpilogScope((scope & 0x3FFFF) * 4, scope >> 22))
         at += len(raw)
-    code_bytes = _image_bytes(image, at, 4 * fields["CodeWords"], "unwind codes")
+    code_bytes = image_bytes(image, at, 4 * fields["CodeWords"], "unwind codes")
     codes = decode_codes(code_bytes)
     starts = _starts(codes)
     length = fields["FunctionLength"] * 4
@@ -311,7 +302,7 @@ def find_function(image: ImageView, rva: int) -> Optional[FunctionUnwind]:
     found = None
     while low <= high:
         middle = (low + high) // 2
-        begin, word = struct.unpack("<II", _image_bytes(image, table + middle * PDATA_ENTRY_SIZE, PDATA_ENTRY_SIZE,
+        begin, word = struct.unpack("<II", image_bytes(image, table + middle * PDATA_ENTRY_SIZE, PDATA_ENTRY_SIZE,
                                                         "exception directory"))
         if begin <= rva:
             found, low = (begin, word), middle + 1

@@ -144,6 +144,20 @@ class ScanEntry:
     method: str = SCAN
 
 
+def image_bytes(image: ImageView, rva: int, size: int, what: str) -> bytes:
+    """``size`` bytes of ``image``'s unwind data or code at ``rva`` (``what`` they are); UnwindStop
+    (unwind data not available, with the source's reason) where the image does not have them all."""
+    reason = ""
+    try:
+        data = image.read(rva, size)
+    except MemoryReadError as error:
+        data, reason = b"", error.reason
+    if len(data) < size:
+        raise UnwindStop(UNWIND_DATA_UNAVAILABLE, f"the {what} of {image.name} at RVA {rva:#x} is not available"
+                                                  + (f": {reason}" if reason else ""))
+    return bytes(data)
+
+
 def read_exact(read: StackReader, address: int, size: int) -> Optional[bytes]:
     """``size`` bytes at ``address``, or None when the source does not hold all of them."""
     try:

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ..targets.base import MemoryReadError
 from .model import (BAD_UNWIND_DATA, EPILOGUE, LEAF, MACHINE_FRAME, STACK_UNAVAILABLE, UNWIND_DATA,
-                    UNWIND_DATA_UNAVAILABLE, ImageView, StackReader, Step, UnwindStop, read_exact)
+                    ImageView, StackReader, Step, UnwindStop, image_bytes, read_exact)
 
 GPR_NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
              "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
@@ -200,17 +200,6 @@ def _bad(rva: int, what: str) -> UnwindStop:
 # ---- reading an image's unwind data ------------------------------------------------------------
 
 
-def _image_bytes(image: ImageView, rva: int, size: int, what: str) -> bytes:
-    try:
-        data = image.read(rva, size)
-    except MemoryReadError:
-        data = b""
-    if len(data) < size:
-        raise UnwindStop(UNWIND_DATA_UNAVAILABLE,
-                         f"the {what} of {image.name} at RVA {rva:#x} is not available")
-    return bytes(data)
-
-
 def find_function(image: ImageView, rva: int) -> Optional[RuntimeFunction]:
     """The RUNTIME_FUNCTION of ``.pdata`` that holds ``rva`` (binary search), or None for a leaf."""
     table, table_size = image.exception_directory
@@ -218,7 +207,7 @@ def find_function(image: ImageView, rva: int) -> Optional[RuntimeFunction]:
     found = None
     while low <= high:
         middle = (low + high) // 2
-        entry = RuntimeFunction(*struct.unpack("<III", _image_bytes(
+        entry = RuntimeFunction(*struct.unpack("<III", image_bytes(
             image, table + middle * RUNTIME_FUNCTION_SIZE, RUNTIME_FUNCTION_SIZE, "exception directory")))
         if entry.begin <= rva:
             found, low = entry, middle + 1
@@ -228,10 +217,10 @@ def find_function(image: ImageView, rva: int) -> Optional[RuntimeFunction]:
 
 
 def read_unwind_info(image: ImageView, rva: int) -> UnwindInfo:
-    header = _image_bytes(image, rva, UNWIND_INFO_HEADER, "UNWIND_INFO")
+    header = image_bytes(image, rva, UNWIND_INFO_HEADER, "UNWIND_INFO")
     slots = ((header[2] + 1) & ~1) * 2
     extra = RUNTIME_FUNCTION_SIZE if (header[0] >> 3) & UNW_FLAG_CHAININFO else 0
-    data = header + _image_bytes(image, rva + UNWIND_INFO_HEADER, slots + extra, "UNWIND_INFO") \
+    data = header + image_bytes(image, rva + UNWIND_INFO_HEADER, slots + extra, "UNWIND_INFO") \
         if slots + extra else header
     return decode_unwind_info(data, rva)
 
