@@ -37,12 +37,13 @@ class KernelSession:
     def __init__(self, target: Target, symbol_files: Sequence[SymbolFile] = (),
                  addresses: Optional[Dict[str, int]] = None, kernel_base: Optional[int] = None,
                  notes: Sequence[str] = (), symbol_path: Optional[str] = None,
-                 module_symbol_files: Sequence[SymbolFile] = ()):
+                 module_symbol_files: Sequence[SymbolFile] = (), kernel_looked_for: bool = False):
         """``symbol_files`` are files already checked to fit this kernel, best first; ``kernel_base``
         is where nt is loaded (the RVAs of the files are relative to it); ``notes`` are what finding
         them said, for the report (with what a damaged file could not give, added as it happens);
         ``symbol_path`` and ``module_symbol_files`` (other modules' files given with ``--symbols``)
-        are where the other modules' symbol files are found."""
+        are where the other modules' symbol files are found; ``kernel_looked_for``: the kernel's symbol
+        file was looked for (what was not found is in ``notes``)."""
         self.target = target
         self.arch = target.arch
         self.pointer_size = target.pointer_size
@@ -61,6 +62,7 @@ class KernelSession:
         self.symbol_path = symbol_path
         self.module_symbol_files = list(module_symbol_files)
         self._module_symbols = None
+        self.kernel_looked_for = kernel_looked_for
         # Every address named so far (describe_address), by address.
         self.described: Dict[int, SymbolicAddress] = {}
         # What the unwinder read of images that came from files, not from the target's memory (a
@@ -213,10 +215,9 @@ class KernelSession:
         except TargetError as error:  # damaged there
             in_memory, why = None, f"its image in memory is damaged ({error})"
         on_disk = self.module_symbols().image_file(module) if self._names_from_files() else None
-        if in_memory is None and on_disk is None:
-            where = "and no image file of it was found on the symbol path" if self._names_from_files() else \
-                "and no symbol path was given to find its image file"
-            return ImageView(module.name, base, module.size, unavailable=f"{why}, {where}")
+        if in_memory is None and on_disk is None:  # said the same way by a replay, which has no symbol path
+            return ImageView(module.name, base, module.size,
+                             unavailable=f"{why}, and no image file of {module.image} is at hand")
         headers = in_memory or on_disk
         directory = headers.exception_directory or (0, 0)
         from_file = None
@@ -245,7 +246,11 @@ class KernelSession:
         if self._module_symbols is None:
             from .symbols.modulesyms import ModuleSymbols
 
-            known = {"nt": self.symbol_files[0]} if self.symbol_files and self.kernel_base is not None else {}
+            known: Dict[str, Optional[SymbolFile]] = {}
+            if self.symbol_files and self.kernel_base is not None:
+                known["nt"] = self.symbol_files[0]
+            elif self.kernel_looked_for:  # its absence is one warning already
+                known["nt"] = None
             self._module_symbols = ModuleSymbols(self.symbol_path, self.module_symbol_files, self.target.read, known)
         return self._module_symbols
 
@@ -298,7 +303,8 @@ def open_session(target: Target, symbol_path: Optional[str] = None, symbol_files
     if not files and symbol_path:
         found = finder.search(symbol_path)
         files = [found] if found else []
-    return KernelSession(target, files, addresses, finder.base, finder.notes, symbol_path, module_files)
+    return KernelSession(target, files, addresses, finder.base, finder.notes, symbol_path, module_files,
+                         kernel_looked_for=True)
 
 
 def is_module_symbol_file(symbol_file: SymbolFile) -> bool:

@@ -38,9 +38,10 @@ def digest(path):
 
 def findings(report):
     """The report minus what names the source (its description, its crash time, where layouts and symbols
-    came from)."""
+    came from, the crashing processor's registers, the stack unwound from them and the names of both)."""
     result = report.as_dict()
     del result["source"], result["layouts"], result["symbols"], result["crash_time"]
+    del result["registers"], result["call_stack"], result["names"]
     return result
 
 

@@ -102,7 +102,8 @@ def report_of(*args, env=None):
 def findings(report):
     """What the hunt found, without what names the source, the build, or where layouts came from."""
     result = copy.deepcopy(report)
-    for key in ("source", "target", "crash_time", "layouts", "symbols", "warnings", "module_symbols", "names"):
+    for key in ("source", "target", "crash_time", "layouts", "symbols", "warnings", "module_symbols", "names",
+                "registers", "call_stack"):
         del result[key]
     return result
 

@@ -72,8 +72,11 @@ def describe_crash(context: Context) -> None:
         report.registers = [RegisterRecord(name, value, _symbol(context, value)) for name, value in facts.registers]
         if facts.stack is not None:
             _stack(context, *facts.stack)
-    describe_call_stack(context, dict(facts.registers) if facts is not None else {},
-                        sum(facts.stack) if facts is not None and facts.stack is not None else None)
+    try:
+        describe_call_stack(context, dict(facts.registers) if facts is not None else {},
+                            sum(facts.stack) if facts is not None and facts.stack is not None else None)
+    except READ_ERRORS as error:
+        report.warn(f"the crashing thread's stack could not be unwound ({error})")
 
 
 def blame_code_address(context: Context) -> None:

@@ -71,5 +71,4 @@ ARM64 = Arch(
     layout_column="x64",  # LLP64 like x64: the stable structures have the x64 offsets (layouts.py says which are checked)
     context=CONTEXT,
     paging=PAGING,
-    dump_context_shown=True,
 )

@@ -60,9 +60,6 @@ class Arch:
     layout_column: str  # which column of the built-in layout tables describes its structures
     context: Optional[ContextLayout]  # None where leakhunt decodes no context record
     paging: Optional[PagingFormat]  # None where leakhunt reads no page tables offline
-    # Whether a kernel or complete dump's report shows the header's context record (small dumps always
-    # show theirs). x64 kernel-dump reports have never shown it and stay as they are.
-    dump_context_shown: bool = False
 
     def is_kernel_address(self, address: int) -> bool:
         return address >= self.kernel_start

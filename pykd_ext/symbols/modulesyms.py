@@ -39,9 +39,10 @@ MAX_CACHED_IMAGE_LOOKUPS = 1024
 class _Found:
     """What one module's lookup gave: the symbol file (or None) and the note that says so."""
 
-    def __init__(self, symbol_file: Optional[SymbolFile], note: str):
+    def __init__(self, symbol_file: Optional[SymbolFile], note: str, said: bool = False):
         self.symbol_file = symbol_file
         self.note = note
+        self.said = said  # a missing file the caller has already reported
 
 
 class ModuleSymbols:
@@ -51,11 +52,12 @@ class ModuleSymbols:
     ``symbol_files``: files given directly (``--symbols``), used for the module whose identity they
     have; ``read_memory(address, size)``: the target's memory (raises MemoryReadError where it has
     none), for the images' headers; ``known``: module name -> a symbol file the caller already checked
-    fits it (the kernel session's for ``nt``); ``offline``: no downloads.
+    fits it (the kernel session's for ``nt``; None: the caller looked for it in vain and said so);
+    ``offline``: no downloads.
     """
 
     def __init__(self, symbol_path: Optional[str] = None, symbol_files: Sequence[SymbolFile] = (),
-                 read_memory: Optional[Reader] = None, known: Optional[Dict[str, SymbolFile]] = None,
+                 read_memory: Optional[Reader] = None, known: Optional[Dict[str, Optional[SymbolFile]]] = None,
                  offline: bool = False):
         self.symbol_path_text = symbol_path or ""
         self._path = SymbolPath.parse(symbol_path) if symbol_path else None
@@ -104,8 +106,9 @@ class ModuleSymbols:
         return [found.note for found in self._modules.values()]
 
     def missing_notes(self) -> List[str]:
-        """The notes of the modules that no symbol file named (or could no longer name)."""
-        return [found.note for found in self._modules.values() if found.symbol_file is None]
+        """The notes of the modules that no symbol file named (or could no longer name), but for those
+        the caller had already said so of."""
+        return [found.note for found in self._modules.values() if found.symbol_file is None and not found.said]
 
     # ---- one module ----
 
@@ -118,6 +121,9 @@ class ModuleSymbols:
     def _look_up(self, module: Module) -> _Found:
         if module.name in self._known:
             symbol_file = self._known[module.name]
+            if symbol_file is None:  # the caller looked for it and said so already
+                return _Found(None, f"{module.name}: no symbols (its symbol file was looked for and not found, as "
+                                    f"the warnings say); its addresses are shown as {module.name}+offset", said=True)
             return _Found(symbol_file, f"{module.name}: symbols from {symbol_file.label} ({symbol_file.path})")
         identity, whence, why_not = self._identity(module)
         if identity is None:

@@ -203,7 +203,7 @@ class DumpFileTarget(Target):
     def crash_facts(self) -> Optional[CrashFacts]:
         """The header's context record of the crashing processor, where the architecture's reports show it."""
         arch = self.architecture
-        if not arch.dump_context_shown or arch.context is None or self.pointer_size != arch.pointer_size:
+        if arch.context is None or self.pointer_size != arch.pointer_size:
             return None
         self._handle.seek(H64_CONTEXT_RECORD)
         raw = self._handle.read(arch.context.size)
