@@ -416,6 +416,23 @@ class ExceptionRecord:
 
 
 @dataclass
+class AnalyzeSummary:
+    """What ``!analyze -v``'s summary says (see analyses/summary.py): the followup place and a bucket."""
+
+    failure_bucket: str  # "AV_amdppm!WriteIoMemRawEx", "0x76_leakyflt.sys"
+    followup: str  # how the followup place was chosen, in words
+    symbol_name: Optional[str] = None  # "amdppm!WriteIoMemRawEx+70"
+    module_name: Optional[str] = None
+    image_name: Optional[str] = None
+    image_version: Optional[str] = None
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"symbol_name": self.symbol_name, "module_name": self.module_name, "image_name": self.image_name,
+                "image_version": self.image_version, "failure_bucket": self.failure_bucket,
+                "followup": self.followup}
+
+
+@dataclass
 class CallFrame:
     """One frame of an unwound call stack, as ``k`` shows it."""
 
@@ -517,6 +534,7 @@ class Report:
     context_record: List[RegisterRecord] = field(default_factory=list)
     context_record_address: Optional[int] = None
     call_stack: Optional[CallStack] = None
+    summary: Optional[AnalyzeSummary] = None
     # Every address in an image the report names, as WinDbg names it (module, function, offset, line).
     names: Dict[int, SymbolicAddress] = field(default_factory=dict)
     # What finding each module's symbol file said (one line per module whose addresses were named).
@@ -569,6 +587,7 @@ class Report:
                                "registers": [r.as_dict() for r in self.context_record]}
             if self.context_record else None,
             "call_stack": self.call_stack.as_dict() if self.call_stack is not None else None,
+            "analyze": self.summary.as_dict() if self.summary is not None else None,
             "names": {_hex(address): named.as_json() for address, named in sorted(self.names.items())
                       if named.module},
             "module_symbols": list(self.module_symbols),

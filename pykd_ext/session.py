@@ -201,6 +201,20 @@ class KernelSession:
             self._image_views[key] = self._image_view(module)
         return self._image_views[key]
 
+    def image_version(self, module: Module) -> Optional[str]:
+        """The file version of ``module``'s image (its version resource), read as the unwinder reads the
+        image (so a recording keeps it), or None. Raises TargetError for a damaged resource."""
+        view = self.image_view(module)
+        if view.read is None:
+            return None
+        from .symbols.pe import PeImage
+
+        try:
+            version = PeImage(view.read, f"of {module.image}").version()
+        except MemoryReadError:
+            return None
+        return version.file_version if version is not None else None
+
     def _image_view(self, module: Module) -> ImageView:
         recorded = self.target.recorded_image(module)
         if recorded is not None:

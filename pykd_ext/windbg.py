@@ -19,7 +19,8 @@ import time
 from typing import Callable, List, Optional
 
 from . import __version__
-from .analyses import Options, is_interrupt
+from .analyses import Options
+from .analyses.common import is_interrupt
 from .console import (EXIT_INPUT, EXIT_INTERRUPTED, EXIT_USAGE, UsageError, debugging, exit_code_for,
                       exit_code_for_error, OutputError, pfn_range_argument, stderr_line, write_report)
 from .render.jsonout import render_json

@@ -26,7 +26,8 @@ def folder(tmp_path):
     return str(tmp_path)
 
 
-RECORD_KEYS = {"path", "size", "mtime", "status", "exit_code", "bucket", "bucket_hash", "bugcheck", "culprit",
+RECORD_KEYS = {"path", "size", "mtime", "status", "exit_code", "bucket", "bucket_hash", "bucket_version",
+               "bucket_followup", "bugcheck", "culprit",
                "dump_time", "duration_s", "worker", "leakhunt_version", "error", "report"}
 # Linux capabilities that let root read a file whatever its mode (capability.h), and prctl's
 # PR_CAPBSET_DROP: dropped from the bounding set before exec, a root process no longer has them.

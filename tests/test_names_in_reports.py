@@ -148,3 +148,57 @@ def test_the_text_report_shows_k_and_cxr(tmp_path):
     assert "  00  ffff8504`29892120  fffff804`8b58313f  amdppm!WriteIoMemRawEx+0x70" in text
     assert "CONTEXT RECORD" in text and "rip is amdppm!WriteIoMemRawEx+0x70" in text
     assert "The unwind stopped at frame 10" in text
+
+
+# ---- the fields of !analyze -v and the triage bucket --------------------------------------------------
+
+@needs_shared
+def test_the_real_small_dump_has_the_fields_of_analyze():
+    report = json.loads(run("analyze", SMALL_DUMP, "--symbol-path", SYMBOL_PATH, "--format", "json")[1])
+    # As !analyze writes them: the offset in hex without 0x; FAILURE_BUCKET_ID without it; the version
+    # is the image file's version resource (its FileVersion string reads "10.0.19041.1110 (WinBuild...)").
+    assert report["analyze"] == {"symbol_name": "amdppm!WriteIoMemRawEx+70", "module_name": "amdppm",
+                                 "image_name": "amdppm.sys", "image_version": "10.0.19041.1110",
+                                 "failure_bucket": "AV_amdppm!WriteIoMemRawEx",
+                                 "followup": "P2, the address where the exception occurred"}
+    unnamed = json.loads(run("analyze", SMALL_DUMP, "--format", "json")[1])["analyze"]
+    assert unnamed["failure_bucket"] == "AV_amdppm!unknown_function" and unnamed["symbol_name"] == "amdppm+334c"
+
+
+def test_a_fault_in_nt_follows_up_the_first_driver_frame_of_the_unwound_stack():
+    """The followup is chosen from the report as !analyze chooses it: P2 in nt, the first unwound frame
+    outside nt and hal names the function."""
+    from pykd_ext.analyses.common import Context, Options
+    from pykd_ext.analyses.summary import summarize
+    from pykd_ext.report import CallFrame, CallStack
+    from pykd_ext.targets.base import BugCheck, Module
+    from pykd_ext.targets.snapshot import SnapshotData, SnapshotTarget
+
+    nt = Module("nt", "ntoskrnl.exe", 0xFFFFF80000000000, 0x1000000)
+    driver = Module("drv", "drv.sys", 0xFFFFF80100000000, 0x10000)
+    data = SnapshotData("x64", 8, BugCheck(0x7E, (0xC0000005, nt.base + 0x1234, 0, 0)), modules=[nt, driver])
+    context = Context(SnapshotTarget(data), Options())
+    context.report.call_stack = CallStack("test", frames=[
+        CallFrame(0, 0x1000, nt.base + 0x1234, nt.base + 0x2000, "nt+0x1234", "nt", "context"),
+        CallFrame(1, 0x1100, nt.base + 0x2000, driver.base + 0x1500, "nt+0x2000", "nt", "unwind data"),
+        CallFrame(2, 0x1200, driver.base + 0x1500, None, "drv+0x1500", "drv", "unwind data")])
+    summarize(context)
+    summary = context.report.summary
+    assert summary.failure_bucket == "AV_drv!unknown_function" and summary.module_name == "drv"
+    assert summary.followup.startswith("frame 02 of the unwound stack, the first outside nt and hal")
+
+
+@needs_shared
+def test_triage_buckets_by_the_function_where_a_symbol_file_named_it(tmp_path):
+    from test_fleet_local import records_of, triage
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(SMALL_DUMP, folder / "a.dmp")
+    with_symbols = triage([str(folder), "--out", str(tmp_path / "named"), "--symbol-path", SYMBOL_PATH])
+    assert with_symbols.returncode == 0, with_symbols.stderr
+    record = records_of(str(tmp_path / "named"))["a.dmp"]
+    assert record["bucket"] == "0x7e_AV_amdppm!WriteIoMemRawEx" and record["bucket_version"] == 2
+    assert record["bucket_followup"] == "P2, the address where the exception occurred"
+    without = triage([str(folder), "--out", str(tmp_path / "unnamed")])
+    assert records_of(str(tmp_path / "unnamed"))["a.dmp"]["bucket"] == "0x7e_amdppm.sys"  # no function known

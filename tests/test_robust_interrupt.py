@@ -9,7 +9,8 @@ import pytest
 
 from fuzz.oracles import unsupported_suspects
 from mocks.scenarios import case_0x76
-from pykd_ext.analyses import analyze, is_interrupt
+from pykd_ext.analyses import analyze
+from pykd_ext.analyses.common import is_interrupt
 from pykd_ext.cli import main
 from pykd_ext.console import EXIT_INTERRUPTED
 from pykd_ext.render.jsonout import render_json

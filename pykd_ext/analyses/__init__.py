@@ -9,7 +9,7 @@ from ..layouts import LayoutError
 from ..report import BugCheckSection, Report, bugcheck_code_text
 from ..session import KernelSession
 from ..targets.base import Target, TargetError
-from .common import Context, Options, steps_left_to_do
+from .common import Context, Options, mark_interrupted, steps_left_to_do
 from .locked_pages import NOBODY_NAMED, analyze_0x76
 from . import generic, lock_entries, pfn, trackers
 
@@ -35,13 +35,6 @@ def no_analysis_verdict(bugcheck: BugCheckSection) -> str:
 # What corrupt or inconsistent target data can raise deep inside an analysis (half-written, freed or
 # overwritten structures, impossible layouts): the hunt stops there and the report keeps what it found.
 DATA_ERRORS = (TargetError, LayoutError, struct.error, ValueError, OverflowError, RecursionError, MemoryError)
-
-
-def is_interrupt(error: BaseException) -> bool:
-    """Ctrl+C offline; inside WinDbg, pykd turns Ctrl+Break into SystemExit("CTRL+BREAK")."""
-    if isinstance(error, KeyboardInterrupt):
-        return True
-    return isinstance(error, SystemExit) and "CTRL+BREAK" in str(error.code)
 
 
 def analyze(source: Union[Target, KernelSession], options: Optional[Options] = None) -> Report:
@@ -73,7 +66,7 @@ def _analyze(source: Union[Target, KernelSession], options: Optional[Options]) -
         context.report.warn(f"the hunt stopped early on corrupt or inconsistent data ({type(error).__name__}"
                             f"{': ' + detail if detail else ''}): this report holds only what was found before")
     except BaseException as error:  # noqa: B902 - interrupts are turned into a partial report
-        _mark_interrupted(context, error)
+        mark_interrupted(context, error)
     _interruptible(context, generic.describe_crash)
     return context.conclude(nobody_named)
 
@@ -83,12 +76,4 @@ def _interruptible(context: Context, step: Callable[[Context], None]) -> None:
     try:
         step(context)
     except BaseException as error:  # noqa: B902 - interrupts are turned into a partial report
-        _mark_interrupted(context, error)
-
-
-def _mark_interrupted(context: Context, error: BaseException) -> None:
-    """Raise ``error`` again unless it is an interrupt; else mark the report partial."""
-    if not is_interrupt(error):
-        raise error
-    context.report.partial = True
-    context.report.warn("the hunt was interrupted: this report holds only what was found before the interrupt")
+        mark_interrupted(context, error)

@@ -44,8 +44,19 @@ def check_pfn_range(target: Target, pfn_range: Optional[PfnRange]) -> None:
             f"its memory is PFNs 0-{target.max_pfn:x}")
 
 
-class HuntInterrupted(Exception):
-    """Raised inside an analysis when the user interrupted it (Ctrl+C, or Ctrl+Break in WinDbg)."""
+def is_interrupt(error: BaseException) -> bool:
+    """Ctrl+C offline; inside WinDbg, pykd turns Ctrl+Break into SystemExit("CTRL+BREAK")."""
+    if isinstance(error, KeyboardInterrupt):
+        return True
+    return isinstance(error, SystemExit) and "CTRL+BREAK" in str(error.code)
+
+
+def mark_interrupted(context: "Context", error: BaseException) -> None:
+    """Raise ``error`` again unless it is an interrupt; else mark the report partial."""
+    if not is_interrupt(error):
+        raise error
+    context.report.partial = True
+    context.report.warn("the hunt was interrupted: this report holds only what was found before the interrupt")
 
 
 class Context:
@@ -170,6 +181,13 @@ class Context:
                                                     f"{self.strongest_evidence_unread}, the saved stacks of the code "
                                                     f"that locked the pages, could not be decoded (see the warnings) "
                                                     f"and could name another driver")
+        if not report.partial:
+            from .summary import summarize  # it builds on this module
+
+            try:
+                summarize(self)
+            except BaseException as error:  # noqa: B902 - interrupts are turned into a partial report
+                mark_interrupted(self, error)
         not_run = self.target.hunt_unavailable or self.search_refused
         if report.partial:
             self._interrupted_verdict()

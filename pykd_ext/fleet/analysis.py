@@ -31,7 +31,7 @@ from ..sources import open_source
 from ..targets.base import Target, TargetError
 from ..targets.dumpfile import DumpFileTarget
 from ..targets.dumpheader import DamagedDumpError
-from .buckets import bucket_hash, bucket_key, culprit_of
+from .buckets import BUCKET_VERSION, bucket_hash, bucket_key, culprit_of, named_failure_bucket
 from .inputs import STATUS_ANALYSIS_ERROR, STATUS_ANALYZED, STATUS_DAMAGED, STATUS_INPUT_ERROR, InputFile
 
 TEST_FAULTS_VARIABLE = "LEAKHUNT_TEST_FAULTS"
@@ -89,8 +89,10 @@ def make_record(item: InputFile, status: str, exit_code: Optional[int], report: 
         section = report["bugcheck"]
         bugcheck = {"code": section["code"], "name": section["name"],
                     "parameters": [parameter["value"] for parameter in section["parameters"]]}
+    followup = ((report or {}).get("analyze") or {}).get("followup") if named_failure_bucket(report or {}) else None
     return {"path": item.path, "size": item.size, "mtime": item.mtime, "status": status, "exit_code": exit_code,
-            "bucket": key, "bucket_hash": bucket_hash(key), "bugcheck": bugcheck,
+            "bucket": key, "bucket_hash": bucket_hash(key), "bucket_version": BUCKET_VERSION,
+            "bucket_followup": followup, "bugcheck": bugcheck,
             "culprit": _culprit(report),
             "dump_time": crash_time, "duration_s": round(duration_s, 4), "worker": worker,
             "leakhunt_version": __version__, "error": one_line(error) if error else None}

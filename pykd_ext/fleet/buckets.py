@@ -1,8 +1,10 @@
 """Bucket keys: which dumps are the same failure, in the spirit of ``!analyze``'s FAILURE_BUCKET_ID.
 
 A key is built from the report only, from what identifies the bug and nothing that differs between
-two crashes of the same bug (no addresses, counts, paths or times):
+two crashes of the same bug (no addresses, offsets, counts, paths or times):
 
+    <code>[_<variant>]_<failure bucket>    e.g. 0x7e_AV_amdppm!WriteIoMemRawEx, where a symbol file named the
+                                          followup function (the report's ``analyze.failure_bucket``)
     <code>[_<variant>]_<culprit image>      e.g. 0x76_0_leakyflt.sys, 0xcb_current_leakyflt.sys
     <code>[_<variant>]_NO_SUSPECT           the report names nobody (or the hunt was not possible)
     DAMAGED_DUMP, INPUT_ERROR, ANALYSIS_ERROR, TIMEOUT, CRASHED   the input was not analyzed
@@ -12,12 +14,18 @@ two crashes of the same bug (no addresses, counts, paths or times):
 - ``variant``: only for the bug checks whose variants are different bugs: the P1 subcode (hex, no
   ``0x``) where P1 selects the form (0x76: 0 = pages left locked, 1 = unlock of unlocked pages; 0x4E,
   0xD9, 0xC4 subcodes), and the parameter format for 0xCB (``current`` or ``legacy``).
-- ``culprit``: the image of the most likely suspect (``report["suspects"][0]``), in lower case; the
+- ``failure bucket``: ``!analyze``'s FAILURE_BUCKET_ID as the report gives it, when the followup is a
+  function a symbol file named (the faulting code, or the first frame outside nt and hal of the unwound
+  stack): crashes in different functions of one driver are different bugs. Characters other than
+  letters, digits, ``.``, ``-``, ``_`` and ``!`` become ``_``.
+- ``culprit``: else the image of the most likely suspect (``report["suspects"][0]``), in lower case; the
   driver name's last component when the image is unknown. Characters other than letters, digits,
   ``.``, ``-`` and ``_`` become ``_``.
 
 BUCKET_VERSION changes whenever these rules change, so that keys of different versions are never
-compared as if they were the same.
+compared as if they were the same: each record of results.jsonl carries the version it was bucketed
+with, and a run resumed over an earlier version's records keeps their keys (summary.json counts the
+records of each version). Version 1 had no failure-bucket keys.
 """
 from __future__ import annotations
 
@@ -29,13 +37,14 @@ from ..bugchecks import lookup
 from .inputs import (STATUS_ANALYSIS_ERROR, STATUS_ANALYZED, STATUS_CRASHED, STATUS_DAMAGED, STATUS_INPUT_ERROR,
                      STATUS_TIMEOUT)
 
-BUCKET_VERSION = 1
+BUCKET_VERSION = 2
 
 NO_SUSPECT = "NO_SUSPECT"
 FAILURE_BUCKETS = {STATUS_DAMAGED: "DAMAGED_DUMP", STATUS_INPUT_ERROR: "INPUT_ERROR",
                    STATUS_ANALYSIS_ERROR: "ANALYSIS_ERROR", STATUS_TIMEOUT: "TIMEOUT", STATUS_CRASHED: "CRASHED"}
 
 _UNSAFE = re.compile(r"[^a-z0-9._-]+")
+_UNSAFE_IN_FUNCTION = re.compile(r"[^A-Za-z0-9._!-]+")
 
 
 def _parameter(report: Dict[str, Any], index: int) -> int:
@@ -86,9 +95,19 @@ def bucket_key(status: str, report: Optional[Dict[str, Any]]) -> str:
     variant = variant_of(report)
     if variant is not None:
         parts.append(variant)
+    named = named_failure_bucket(report)
     culprit = culprit_of(report)
-    parts.append(_culprit_label(culprit) if culprit else NO_SUSPECT)
+    parts.append(named or (_culprit_label(culprit) if culprit else NO_SUSPECT))
     return "_".join(parts)
+
+
+def named_failure_bucket(report: Dict[str, Any]) -> Optional[str]:
+    """The report's FAILURE_BUCKET_ID when a symbol file named its followup function, else None."""
+    summary = report.get("analyze") or {}
+    bucket = summary.get("failure_bucket") or ""
+    if "!" not in bucket or bucket.endswith("!unknown_function"):
+        return None
+    return _UNSAFE_IN_FUNCTION.sub("_", bucket)
 
 
 def bucket_hash(key: str) -> str:

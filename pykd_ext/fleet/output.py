@@ -193,6 +193,8 @@ def summary_of(records: Iterable[Dict[str, Any]], buckets: List[Dict[str, Any]])
     statuses = Counter(r["status"] for r in records)
     return {
         "bucket_version": BUCKET_VERSION,
+        # Records bucketed by each version's rules (a resumed run may hold an earlier version's).
+        "bucket_versions": dict(sorted(Counter(str(r.get("bucket_version", 1)) for r in records).items())),
         "leakhunt_version": __version__,
         "written": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "inputs": len(records),

@@ -290,6 +290,7 @@ class Renderer:
                 # Continuation lines under the value, as a label column reads; a long label hangs less.
                 self.line(label + fact.value + (f"  ({fact.note})" if fact.note else ""),
                           hang=len(label) if len(label) <= self.width // 3 else FACT_HANG)
+        self._summary()
         self._modules()
         if report.warnings:
             self.heading("WARNINGS")
@@ -553,6 +554,19 @@ class Renderer:
         for register in registers:
             if register.symbol:
                 self.line(" " * len(label), f" {register.name} is ", self.code_link(register.value, register.symbol))
+
+    def _summary(self) -> None:
+        """The fields of !analyze -v's summary, and where the followup came from."""
+        summary = self.report.summary
+        if summary is None:
+            return
+        self.heading("ANALYZE (the fields of !analyze -v)")
+        for label, value in (("SYMBOL_NAME", summary.symbol_name), ("MODULE_NAME", summary.module_name),
+                             ("IMAGE_NAME", summary.image_name), ("IMAGE_VERSION", summary.image_version),
+                             ("FAILURE_BUCKET_ID", summary.failure_bucket)):
+            if value:
+                self.line(f"  {label}: {printable(value)}")
+        self.line(f"  (followed up: {summary.followup})")
 
     def _context_record(self) -> None:
         """The registers of the CONTEXT record a bug check parameter points at, as .cxr shows them."""
