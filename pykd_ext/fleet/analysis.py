@@ -99,18 +99,20 @@ def make_record(item: InputFile, status: str, exit_code: Optional[int], report: 
 
 
 def _culprit(report: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-    """The record's culprit: the first suspect, with its image's timestamp (and version) from the
-    report's module list when the report has one (small dumps list their modules)."""
+    """The record's culprit: the first suspect, with its image's timestamp from the report's module list
+    (small dumps list their modules) and its version where the report's !analyze fields have it."""
     culprit = culprit_of(report) if report is not None else None
     if culprit is None or not culprit.get("image"):
         return culprit
     base = report["suspects"][0].get("image_base")
     for module in report.get("modules") or []:
         if module.get("base") == base or (module.get("image") or "").lower() == culprit["image"].lower():
-            for field, key in (("image_timestamp", "timestamp"), ("image_version", "version")):
-                if module.get(key) is not None:
-                    culprit[field] = module[key]
+            if module.get("timestamp") is not None:
+                culprit["image_timestamp"] = module["timestamp"]
             break
+    summary = report.get("analyze") or {}
+    if summary.get("image_version") and (summary.get("image_name") or "").lower() == culprit["image"].lower():
+        culprit["image_version"] = summary["image_version"]
     return culprit
 
 
