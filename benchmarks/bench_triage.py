@@ -14,7 +14,11 @@ measures, side by side and interleaved (``--repeat`` rounds, medians):
 * the same on a Dask ``LocalCluster`` of one worker process with one thread, on 127.0.0.1 (when
   dask.distributed is installed): the Dask engine's cost per dump beyond the analysis;
 * with ``--big SIZE`` (e.g. 770M), one dump of that size analyzed inside a triage run, in streaming
-  reads of the same file with the file in the page cache (goal: at most 3).
+  reads of the same file with the file in the page cache (goal: at most 3);
+* with ``--real-small N``, N copies of the real x64 small dump of the tests (../shared/samples) triaged
+  with ``--jobs 2`` with and without ``--symbol-path`` the real symbol store (../shared/symstore and
+  symbols): what naming every address from the modules' own PDBs and unwinding the stack from their
+  images costs (goal: at most 1.5 times the run without symbols). Only these runs are made.
 
 Not a test: ``python3 benchmarks/bench_triage.py``; the dumps are removed afterwards.
 """
@@ -109,7 +113,11 @@ def main() -> int:
     parser.add_argument("--big", default="", help="also one dump of this size inside a triage run, e.g. 770M")
     parser.add_argument("--no-dask", action="store_true", help="leave out the Dask engine")
     parser.add_argument("--dir", default=None, help="where to write the temporary dumps (default: the temp dir)")
+    parser.add_argument("--real-small", type=int, default=0, metavar="N",
+                        help="only time N copies of the real small dump, with and without the real symbol store")
     args = parser.parse_args()
+    if args.real_small:
+        return real_small_dumps(args.real_small, args.repeat, args.dir)
     workdir = tempfile.mkdtemp(prefix="leakhunt-bench-triage-", dir=args.dir)
     inputs = os.path.join(workdir, "dumps")
     os.mkdir(inputs)
@@ -177,6 +185,45 @@ def main() -> int:
             print(f"{gib:.2f} GiB dump, warm: streaming read {big_times['read']:.3f} s; inside a triage run "
                   f"{big_times['triage'] / big_times['read']:.2f} reads ({big_times['triage']:.3f} s; goal <= 3); "
                   f"its analysis alone {big_times['analysis'] / big_times['read']:.2f} reads")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+SHARED = os.path.join(ROOT, "..", "shared")
+REAL_SMALL_DUMP = os.path.join(SHARED, "samples", "triage_x64.dmp")
+REAL_SYMBOL_PATH = f"{os.path.join(SHARED, 'symstore')};{os.path.join(SHARED, 'symbols')}"
+
+
+def real_small_dumps(count: int, repeat: int, directory) -> int:
+    """Triage ``count`` copies of the real small dump with and without the real symbol store, in turns."""
+    if not os.path.exists(REAL_SMALL_DUMP):
+        print("the real small dump (../shared/samples) is not here")
+        return 1
+    workdir = tempfile.mkdtemp(prefix="leakhunt-bench-triage-", dir=directory)
+    try:
+        inputs = os.path.join(workdir, "dumps")
+        os.mkdir(inputs)
+        for number in range(count):
+            shutil.copyfile(REAL_SMALL_DUMP, os.path.join(inputs, f"small-{number:04d}.dmp"))
+        out = os.path.join(workdir, "out")
+
+        def triage(*extra) -> None:
+            shutil.rmtree(out, ignore_errors=True)
+            subprocess.run(leakhunt_command() + ["triage", inputs, "--out", out, "--jobs", "2", *extra],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, env=PROGRAM_ENVIRONMENT)
+
+        triage()  # the bytecode caches
+        print(f"machine: {machine()}; load average at the start {os.getloadavg()[0]:.1f}; {count} copies of the "
+              f"real small dump, triage --jobs 2, median of {repeat} interleaved rounds")
+        times = median_times({"without symbols": triage,
+                              "with the real symbol store": lambda: triage("--symbol-path", REAL_SYMBOL_PATH)},
+                             repeat)
+        without = times["without symbols"]
+        for name, value in times.items():
+            print(f"| {name} | {value:.2f} s | {1000 * value / count:.1f} ms per dump | {value / without:.2f} |")
+        print(f"with symbols / without: {times['with the real symbol store'] / without:.2f} (goal <= 1.5); load "
+              f"average at the end {os.getloadavg()[0]:.1f}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

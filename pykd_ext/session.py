@@ -394,20 +394,22 @@ class _KernelSymbolFinder:
             return f"{why}, and none of {', '.join(CHECKED_GLOBALS)} can be checked against it"
         return ""
 
-    def accept(self, symbol_file: SymbolFile, how: str, quietly: bool = False) -> bool:
-        """Whether ``symbol_file`` fits; one that does not is closed and, unless ``quietly``, named in a
-        note (candidates tried one by one are summed up by the caller instead)."""
+    def accept(self, symbol_file: SymbolFile, how: str, quietly: bool = False, shared: bool = False) -> bool:
+        """Whether ``symbol_file`` fits; one that does not is closed (unless it is ``shared``: the process
+        keeps it for other dumps) and, unless ``quietly``, named in a note (candidates tried one by one are
+        summed up by the caller instead)."""
         misfit = self.misfit(symbol_file)
         if misfit:
             if not quietly:
                 self.notes.append(f"the symbol file {symbol_file.path} ({how}) does not fit this dump: {misfit}; "
                                   f"it was not used")
-            symbol_file.close()
+            if not shared:
+                symbol_file.close()
         return not misfit
 
     def search(self, symbol_path_text: str) -> Optional[SymbolFile]:
         """The first symbol file on the symbol path that fits this dump's kernel, or None (and a note)."""
-        from .symbols.files import open_symbol_file
+        from .symbols.files import open_symbol_file_once
         from .symbols.path import SymbolPath
 
         symbol_path = SymbolPath.parse(symbol_path_text)
@@ -424,13 +426,13 @@ class _KernelSymbolFinder:
             candidates = [path for name in KERNEL_PDB_NAMES for path in symbol_path.candidates(name)]
         for path in candidates:
             try:
-                opened = open_symbol_file(path)
+                opened = open_symbol_file_once(path)
             except TargetError as error:
                 self.notes.append(f"the symbol file {path} is unreadable ({error}); it was not used")
                 continue
             if isinstance(opened, dict):
                 continue
-            if self.accept(opened, "found on the symbol path", quietly=self.identity is None):
+            if self.accept(opened, "found on the symbol path", quietly=self.identity is None, shared=True):
                 return opened
         if self.identity is None:
             checked = ", ".join(name for name in CHECKED_GLOBALS if name in self.recorded_globals) or "nothing"

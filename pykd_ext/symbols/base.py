@@ -8,8 +8,10 @@ the file fits the dump, ``pykd_ext.symbols.modulesyms`` does the same for every 
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Hashable, Optional, Sequence
 
 from ..targets.base import TargetError
 from ..typeinfo import TypeInfo
@@ -102,3 +104,30 @@ class SymbolFile:
 
     def close(self) -> None:
         """Release the file."""
+
+
+class ProcessCache:
+    """What this process found (and did not find) by identity: a few bounded LRU tables behind a lock."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._entries: "OrderedDict[Hashable, Any]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        with self._lock:
+            if key not in self._entries:
+                return None
+            self._entries.move_to_end(key)
+            return self._entries[key]
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()

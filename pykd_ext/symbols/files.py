@@ -8,9 +8,10 @@ Anything else, and a missing or unreadable file, is one SymbolFileError line (ex
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Union
 
-from .base import SymbolFile, SymbolFileError
+from .base import ProcessCache, SymbolFile, SymbolFileError
 from .isf import IsfFile, compression_of, load_json_document
 
 MSF_7_MAGIC = b"Microsoft C/C++ MSF 7.00\r\n\x1aDS\x00\x00\x00"
@@ -37,6 +38,27 @@ def open_symbol_file(path: str) -> Union[SymbolFile, Dict[str, int]]:
     if isinstance(document, dict) and "metadata" in document and "user_types" in document:
         return IsfFile(path, document)
     return address_map(document, path)
+
+
+# Symbol files this process opened, by path, size and modification time: a triage worker checks the same
+# kernel symbol files against every dump it analyzes, and parses each once.
+MAX_OPENED_FILES = 16
+_OPENED = ProcessCache(MAX_OPENED_FILES)
+
+
+def open_symbol_file_once(path: str) -> Union[SymbolFile, Dict[str, int]]:
+    """``open_symbol_file``, kept for the process (a file is parsed once while it is unchanged); what it
+    gives is shared, so it is never closed."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return open_symbol_file(path)  # says why in one line
+    key = (os.path.realpath(path), info.st_size, info.st_mtime_ns)
+    opened = _OPENED.get(key)
+    if opened is None:
+        opened = open_symbol_file(path)
+        _OPENED.put(key, opened)
+    return opened
 
 
 def address_map(document: Any, path: str) -> Dict[str, int]:

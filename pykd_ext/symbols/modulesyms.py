@@ -20,12 +20,10 @@ addresses, or why none did and where it was looked for: for the report's warning
 """
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..targets.base import MemoryReadError, Module, SymbolicAddress, TargetError
-from .base import PdbIdentity, SymbolFile, SymbolFileError
+from .base import PdbIdentity, ProcessCache, SymbolFile, SymbolFileError
 from .path import ImageKey, Lookup, SymbolPath
 from .pe import PeImage
 
@@ -243,33 +241,6 @@ def _same_build(one: PdbIdentity, other: PdbIdentity) -> bool:
     return (one.guid.upper(), one.age) == (other.guid.upper(), other.age)
 
 
-class _ProcessCache:
-    """What this process found (and did not find) by identity: a few bounded LRU tables behind a lock."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self._entries: "OrderedDict[Hashable, Any]" = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable) -> Any:
-        with self._lock:
-            if key not in self._entries:
-                return None
-            self._entries.move_to_end(key)
-            return self._entries[key]
-
-    def put(self, key: Hashable, value: Any) -> None:
-        with self._lock:
-            self._entries[key] = value
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-
 # Symbol path lookups of this process: (kind, symbol path, offline, identity) -> what they found.
-_SYMBOL_FILES = _ProcessCache(MAX_CACHED_SYMBOL_FILES)
-_IMAGE_FILES = _ProcessCache(MAX_CACHED_IMAGE_LOOKUPS)
+_SYMBOL_FILES = ProcessCache(MAX_CACHED_SYMBOL_FILES)
+_IMAGE_FILES = ProcessCache(MAX_CACHED_IMAGE_LOOKUPS)

@@ -29,6 +29,7 @@ import ntpath
 import os
 import struct
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -77,6 +78,10 @@ MAX_VERSION_BLOCKS = 256
 FILE_HEAD_BYTES = 0x2000
 # One read of an image file: a directory, a resource, a function table; never a whole large image.
 MAX_FILE_READ = 64 << 20
+# An image file is read in chunks of this size, the last few kept (its function table is read entry by
+# entry): 1 MiB of a file at most.
+FILE_CHUNK_BYTES = 1 << 16
+MAX_FILE_CHUNKS = 16
 
 
 class NotAPeImage(TargetError):
@@ -352,6 +357,7 @@ class _FileLayout:
         self.sections: Optional[List[Section]] = None
         self.size_of_headers = 0
         self.alignment = 1
+        self._chunks: "OrderedDict[int, bytes]" = OrderedDict()
 
     def map_sections(self, sections: List[Section], size_of_headers: int, alignment: int) -> None:
         """From now on, RVAs through the sections, each spanning its size rounded up to the section
@@ -391,11 +397,26 @@ class _FileLayout:
             return self.head[offset:offset + size]
         if size > MAX_FILE_READ:
             raise NotAPeImage(f"a read of {size:#x} bytes of the image {self.where} is more than it can hold")
-        with open(self.path, "rb") as handle:
-            if _file_stamp(os.fstat(handle.fileno())) != self.stamp:
-                raise NotAPeImage(f"the image file {self.path} changed after it was opened")
-            handle.seek(offset)
-            return handle.read(size)
+        first, last = offset // FILE_CHUNK_BYTES, (offset + size - 1) // FILE_CHUNK_BYTES
+        data = b"".join(self._chunk(number) for number in range(first, last + 1))
+        start = offset - first * FILE_CHUNK_BYTES
+        return data[start:start + size]
+
+    def _chunk(self, number: int) -> bytes:
+        """The file's ``number``-th chunk, read once (the unwinder reads a function table entry by entry)."""
+        chunk = self._chunks.get(number)
+        if chunk is None:
+            with open(self.path, "rb") as handle:
+                if _file_stamp(os.fstat(handle.fileno())) != self.stamp:
+                    raise NotAPeImage(f"the image file {self.path} changed after it was opened")
+                handle.seek(number * FILE_CHUNK_BYTES)
+                chunk = handle.read(FILE_CHUNK_BYTES)
+            self._chunks[number] = chunk
+            while len(self._chunks) > MAX_FILE_CHUNKS:
+                self._chunks.popitem(last=False)
+        else:
+            self._chunks.move_to_end(number)
+        return chunk
 
 
 def _file_stamp(status: os.stat_result) -> Tuple[int, int]:
