@@ -40,7 +40,7 @@ from pykd_ext import cli, console
 from pykd_ext.analyses import analyze
 from pykd_ext.render.jsonout import render_json
 from pykd_ext.render.text import render_dml, render_text
-from pykd_ext.targets.base import BugCheck
+from pykd_ext.targets.base import BugCheck, RecordedImage, SymbolicAddress
 from pykd_ext.targets.snapshot import RecordingTarget, SnapshotError, SnapshotTarget, load_snapshot
 
 DAMAGE = ("truncate", "flip", "zip-field", "manifest", "memory", "random-memory", "bug-check")
@@ -61,6 +61,19 @@ def _recording(data):
     return recorder.snapshot()
 
 
+def _named(data):
+    """A recording that kept names from symbol files and what the unwinder read of an image file (the
+    manifest's code_names, module_notes and images), for a module of the case."""
+    module = next(m for m in data.modules if m.name == "leakyflt")
+    data.code_names = {module.base + 0x1B00: SymbolicAddress(module.base + 0x1B00, "leakyflt", "LfCancelIrp", 0x20,
+                                                              "c:\\src\\leakyflt\\cancel.c", 118, "procedure")}
+    data.module_notes = ["leakyflt: symbols from pdb leakyflt.pdb (a test's)"]
+    image = RecordedImage("leakyflt", module.base, module.size, (0x3000, 0x24))
+    image.reads[0x3000] = bytes(range(0x24))
+    data.images = {("leakyflt", module.base): image}
+    return data
+
+
 def _bases() -> List[Base]:
     bases = []
     for arch in ("x64", "x86"):
@@ -70,6 +83,7 @@ def _bases() -> List[Base]:
             bases.append(Base(scenario.name, scenario.data, scenario.expected))
     irp = case_0x76("x64", "irp", noise_pages=1)
     bases.append(Base("0x76-irp-recording", _recording(irp.data)))
+    bases.append(Base("0x76-irp-recording-named", _named(_recording(irp.data))))
     for build in (family.case_0xcb, family.case_0x76_tracked, family.case_0xd9, family.case_0x4e,
                   family.case_0x153, family.case_0x162, family.case_0x192):
         scenario = build("x64", noise_pages=1)
