@@ -17,7 +17,7 @@ import pytest
 from mocks.dumpwriter import write_dump
 from mocks.scenarios import case_0x76
 from pykd_ext.cli import main
-from pykd_ext.symbols import modulesyms
+import test_module_symbols
 from test_module_symbols import DRIVER_PDB, DRIVER_SYS, loaded_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,21 +26,13 @@ SMALL_DUMP = os.path.join(SHARED, "samples", "triage_x64.dmp")
 SYMBOL_PATH = f"{os.path.join(SHARED, 'symstore')};{os.path.join(SHARED, 'symbols')}"
 AMDPPM_SYS = os.path.join(SHARED, "symstore", "amdppm.sys", "c9c030003b000", "amdppm.sys")
 AMDPPM_PDB = os.path.join(SHARED, "symstore", "amdppm.pdb", "1C19FDDB27BB3399D9B45973EFEAFCF31", "amdppm.pdb")
+fresh_process_cache = test_module_symbols.fresh_process_cache  # each test starts as a new process would
 needs_shared = pytest.mark.skipif(not os.path.exists(SMALL_DUMP), reason="../shared (the real dump and store) is absent")
 IRP_CANCEL_ROUTINE = 0x68  # _IRP.CancelRoutine on x64 (reference/windows-kernel.md §4.2)
 # llvm-symbolizer --obj=tests/data/testdriver/lockdrv.sys 0x140001100: "LdLockUserBuffer" at
 # C:\src\lockdrv\lockwork.c:20 (llvm-pdbutil dump -symbols lockdrv.pdb: LdLockUserBuffer starts at RVA 0x10E0).
 DRIVER_ROUTINE_RVA = 0x1100
 DRIVER_ROUTINE_NAME = "LdLockUserBuffer+0x20 [C:\\src\\lockdrv\\lockwork.c @ 20]"
-
-
-@pytest.fixture(autouse=True)
-def fresh_process_cache():
-    modulesyms._SYMBOL_FILES.clear()
-    modulesyms._IMAGE_FILES.clear()
-    yield
-    modulesyms._SYMBOL_FILES.clear()
-    modulesyms._IMAGE_FILES.clear()
 
 
 def run(*arguments):
@@ -201,4 +193,5 @@ def test_triage_buckets_by_the_function_where_a_symbol_file_named_it(tmp_path):
     assert record["bucket"] == "0x7e_AV_amdppm!WriteIoMemRawEx" and record["bucket_version"] == 2
     assert record["bucket_followup"] == "P2, the address where the exception occurred"
     without = triage([str(folder), "--out", str(tmp_path / "unnamed")])
+    assert without.returncode == 0, without.stderr
     assert records_of(str(tmp_path / "unnamed"))["a.dmp"]["bucket"] == "0x7e_amdppm.sys"  # no function known
