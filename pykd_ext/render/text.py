@@ -19,11 +19,16 @@ from datetime import datetime, timezone
 from typing import List, Optional, Sequence, Tuple, Union
 
 from ..collector import collector_paused
-from ..report import (FrameRecord, IrpRecord, MdlRecord, NextStep, Report, TrackerRecord, bugcheck_code_text,
-                      step_text)
+from ..report import (FrameRecord, HolderRecord, IrpRecord, MdlRecord, NextStep, Report, TrackerRecord,
+                      bugcheck_code_text, step_text)
 from ..targets.base import windbg_address
 
 DEFAULT_WIDTH = 100
+# Without -v, the pieces of evidence shown per suspect, the IRPs shown in full and the MDLs whose holders
+# are listed: a report of a thousand leaked MDLs stays readable (-v and JSON show everything).
+EVIDENCE_SHOWN = 5
+IRPS_SHOWN = 10
+HOLDERS_SHOWN = 20
 # Below this a terminal's width is not honoured: every line would be a word or two.
 MIN_WIDTH = 40
 # A wrapped table column never gets narrower than this (the line overflows instead).
@@ -247,6 +252,20 @@ class Renderer:
     def pool_block_link(self, address: int) -> Link:
         return Link(self.address(address), f"!pool {address:#x} 2")
 
+    def holder_link(self, holder: HolderRecord) -> Cell:
+        """The holder's address, linked to the command that shows what holds it: !pool on a pool block,
+        !devobj on a device, lmvm on an image, !thread on a kernel stack."""
+        text = self.address(holder.address)
+        if holder.kind == "pool_block":
+            return Link(text, f"!pool {holder.address:#x} 2")
+        if holder.kind == "device_extension" and holder.device:
+            return Link(text, f"!devobj {holder.device:#x}")
+        if holder.kind == "image" and holder.module:
+            return Link(text, f"lmvm {holder.module}")
+        if holder.kind == "kernel_stack" and holder.thread:
+            return Link(text, f"!thread {holder.thread:#x}")
+        return text
+
     # ---- the report ---------------------------------------------------------------------------
 
     def render(self) -> str:
@@ -272,6 +291,7 @@ class Renderer:
         self._stack_scan()
         self._trackers()
         self._mdls()
+        self._holders()
         self._irps()
         if report.locked_pages_expected is not None:
             self.heading("LOCKED PAGES")
@@ -337,16 +357,23 @@ class Renderer:
             names = [cell for cell in (self.driver_link(suspect.driver, suspect.driver_object),
                                        self.image_link(suspect.image)) if cell]
             parts = [part for cell in names for part in (cell, "  ")]
-            self.line(f"  {rank}. ", *parts, f"[{suspect.confidence} confidence]")
-            for evidence in suspect.evidence:
+            held = ""
+            if suspect.mdls:
+                held = f"  {len(suspect.mdls)} MDL(s)" + (f", {suspect.pages} page(s)" if suspect.pages is not None else "")
+            self.line(f"  {rank}. ", *parts, f"[{suspect.confidence} confidence]{held}")
+            shown = suspect.evidence if self.verbose else suspect.evidence[:EVIDENCE_SHOWN]
+            for evidence in shown:
                 self.line(f"       - {evidence}")
+            if len(shown) < len(suspect.evidence):
+                self.line(f"       - ... and {len(suspect.evidence) - len(shown)} more piece(s) of evidence like these "
+                          f"(-v shows them; JSON lists them all)")
 
     def _mdls(self) -> None:
         mdls = self.report.mdls
         if not mdls:
             return
         self.heading("MDLs")
-        headers = ["MDL", "state", "pages", "bytes", "StartVa", "flags", "held by IRP"]
+        headers = ["MDL", "state", "pages", "bytes", "StartVa", "flags", "held by"]
         rows = []
         for mdl in mdls:
             rows.append([self.mdl_link(mdl.address), mdl.classification, mdl.pages, f"{mdl.byte_count:#x}",
@@ -363,15 +390,52 @@ class Renderer:
                     self.line(f"    - {problem}")
 
     def _held_by(self, mdl: MdlRecord) -> Cell:
-        if not mdl.irps:
+        """The IRPs holding the MDL, as before; else its other holder (the one naming a driver first)."""
+        if mdl.irps:
+            return self.irp_link(mdl.irps[0]) if len(mdl.irps) == 1 else f"{len(mdl.irps)} IRPs"
+        others = [h for h in mdl.holders if h.kind != "mdl_chain"]
+        if not others:
             return "none found"
-        if len(mdl.irps) == 1:
-            return self.irp_link(mdl.irps[0])
-        return f"{len(mdl.irps)} IRPs"
+        first = next((h for h in others if h.driver or h.image or any(u.driver or u.image for u in h.held_by)),
+                     others[0])
+        return first.summary + (f" +{len(others) - 1} more" if len(others) > 1 else "")
+
+    def _holders(self) -> None:
+        """Where memory holds each MDL's address besides IRPs and MDL chains, and what each place names."""
+        mdls = [m for m in self.report.mdls if any(h.kind not in ("irp", "mdl_chain") for h in m.holders)]
+        if not mdls:
+            return
+        self.heading("HOLDERS (where memory holds each MDL's address, besides IRPs)")
+        shown = mdls if self.verbose else mdls[:HOLDERS_SHOWN]
+        for mdl in shown:
+            self.line("  MDL ", self.mdl_link(mdl.address), f" ({mdl.classification}, {mdl.pages} page(s))")
+            for holder in mdl.holders:
+                if holder.kind in ("irp", "mdl_chain"):
+                    continue
+                self._holder_line(holder, "    - ")
+                for above in holder.held_by:
+                    self._holder_line(above, "        which is held ")
+                if holder.held_by == [] and holder.pool_block is not None and "no single driver" in holder.nobody:
+                    self.line("        and nothing that holds the block's address was found")
+        if len(shown) < len(mdls):
+            self.line(f"  ... and the holders of {len(mdls) - len(shown)} more MDL(s) (-v shows them; JSON lists "
+                      f"them all)")
+
+    def _holder_line(self, holder: HolderRecord, lead: str) -> None:
+        where = "physical " + self.address(holder.physical) if holder.address is None else None
+        names = f"names {holder.driver or holder.image}" + (f" ({holder.image})" if holder.driver and holder.image
+                                                            else "") \
+            if (holder.driver or holder.image) and holder.evidence else f"names nobody: {holder.nobody}"
+        self.line(lead, self.holder_link(holder) if where is None else where,
+                  f" [{holder.kind.replace('_', ' ')}] {holder.description}; {names}")
 
     def _irps(self) -> None:
-        for irp in self.report.irps:
+        irps = self.report.irps if self.verbose else self.report.irps[:IRPS_SHOWN]
+        for irp in irps:
             self._irp(irp)
+        if len(irps) < len(self.report.irps):
+            self.lines.append("")
+            self.line(f"... and {len(self.report.irps) - len(irps)} more IRP(s) (-v shows them; JSON lists them all)")
 
     def _irp(self, irp: IrpRecord) -> None:
         """The IRP the way !irp lays it out: its header, then location 1 first, ">" on the current one."""

@@ -539,8 +539,11 @@ class SnapshotTarget(Target):
         self.description = data.description or "recorded snapshot"
         self.has_type_info = any(info is not None for info in data.types.values())
         self.hunt_unavailable = data.hunt_unavailable
-        # All of memory can be searched for anything; a recording replays the header searches it made.
-        self.finds_object_headers = data.complete or bool(data.header_searches)
+
+    @property
+    def finds_object_headers(self) -> bool:
+        """All of memory can be searched for anything; a recording replays the header searches it made."""
+        return self.data.complete or bool(self.data.header_searches)
 
     @classmethod
     def open(cls, path: str) -> "SnapshotTarget":
