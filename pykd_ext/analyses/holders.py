@@ -140,8 +140,8 @@ class Places:
                 holder.physical = physical
                 return holder
         return Holder(UNKNOWN_HOLDER, address, value, physical, summary="unknown",
-                      description=f"at {hex(address)}, kernel memory that is not a loaded image, a kernel stack of "
-                                  f"the process, a device extension or a pool block leakhunt can place",
+                      description="in kernel memory that is not a loaded image, a kernel stack of the process, a "
+                                  "device extension or a pool block leakhunt can place",
                       nobody="an unknown place names nobody")
 
     def stacks(self) -> List[KernelStack]:
@@ -208,7 +208,7 @@ def _stack_holder(places: Places, address: int, value: int, of_mdl: bool) -> Opt
     for stack in places.stacks():
         if stack.contains(address):
             return Holder(STACK_HOLDER, address, value, summary=f"stack of thread {hex(stack.thread)}",
-                          description=f"at {hex(address)}, on the kernel stack of thread {hex(stack.thread)}",
+                          description=f"on the kernel stack of thread {hex(stack.thread)}",
                           thread=stack.thread,
                           nobody="a kernel stack holds local variables of whatever code runs: it names no driver")
     return None
@@ -269,7 +269,7 @@ def _settle_tag(places: Places, holder: Holder, follow: bool) -> None:
         holder.summary = f"pool '{tag}' ({module.image})"
         unread = len([name for name in places.unread_images if name != module.image])
         holder.description += (f"; the tag '{tag}' is a 32-bit constant in {module.image} only among the loaded "
-                               f"images" + (f" ({unread} of them are not all in memory)" if unread else ""))
+                               f"images" + (f" ({unread} other image(s) could be read only in part)" if unread else ""))
     else:
         where = "in no loaded image" if not drivers else f"in {', '.join(m.image for m in drivers)}"
         holder.nobody = f"the tag '{tag}' is {where}: it names no single driver"
@@ -545,6 +545,11 @@ def follow_blocks(context: Context, holders: Holders, places: Places) -> None:
         for holder in blocks[address]:
             holder.held_by = above
     places.settle_tags(found, follow=False)
+    for followed in blocks.values():
+        for holder in followed:
+            namer = next((above for above in holder.held_by if above.names_driver), None)
+            if namer is not None:
+                holder.summary += f" <- {namer.summary}"
 
 
 # ---- blame ------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import re
 import textwrap
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from ..collector import collector_paused
 from ..report import (FrameRecord, HolderRecord, IrpRecord, MdlRecord, NextStep, Report, TrackerRecord,
@@ -152,21 +152,27 @@ class Renderer:
         self.line(title)
 
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[Cell]], indent: str = "  ",
-              wrap_column: int = -1, right: Sequence[int] = (), beyond_width: int = 0) -> None:
+              wrap_column: Union[int, Sequence[int]] = -1, right: Sequence[int] = (), beyond_width: int = 0) -> None:
         """An aligned table: a header line, a rule of dashes under each column, one line per row
         (columns in ``right`` right-aligned). When it is wider than the width, the text of
-        ``wrap_column`` (the last by default) wraps onto continuation rows. The last ``beyond_width``
-        columns are left out of that reckoning (DML's link-only columns: the text lays out the same)."""
+        ``wrap_column`` (the last by default; several: each in turn while the table is too wide) wraps
+        onto continuation rows. The last ``beyond_width`` columns are left out of that reckoning (DML's
+        link-only columns: the text lays out the same)."""
         plain_rows = [[self.plain(c) if c is not None else "-" for c in row] for row in rows]
-        linked_rows: List[Sequence[Cell]] = list(rows)
-        column = wrap_column % len(headers)
+        columns = [c % len(headers) for c in ([wrap_column] if isinstance(wrap_column, int) else wrap_column)]
         widths = self._widths(headers, plain_rows)
-        budgeted = widths[:len(widths) - beyond_width]
-        if sum(budgeted) + len(COLUMN_GAP) * (len(budgeted) - 1) + len(indent) > self.width:
+        rooms: Dict[int, int] = {}
+        for column in columns:
+            budgeted = widths[:len(widths) - beyond_width]
+            if sum(budgeted) + len(COLUMN_GAP) * (len(budgeted) - 1) + len(indent) <= self.width:
+                break
             room = self.width - len(indent) - sum(w for i, w in enumerate(budgeted) if i != column) \
                 - len(COLUMN_GAP) * (len(budgeted) - 1)
-            plain_rows, linked_rows = self._wrapped_rows(plain_rows, rows, column,
-                                                         max(room, MIN_WRAPPED_COLUMN, len(headers[column])))
+            rooms[column] = max(room, MIN_WRAPPED_COLUMN, len(headers[column]))
+            widths[column] = min(widths[column], rooms[column])
+        linked_rows: List[Sequence[Cell]] = list(rows)
+        if rooms:
+            plain_rows, linked_rows = self._wrapped_rows(plain_rows, rows, rooms)
             widths = self._widths(headers, plain_rows)
 
         def laid_out(cells: Sequence[str]) -> str:
@@ -184,16 +190,19 @@ class Renderer:
         return [max([len(header)] + [len(row[i]) for row in rows]) for i, header in enumerate(headers)]
 
     @staticmethod
-    def _wrapped_rows(plain_rows, rows, column: int, room: int):
-        """Rows whose ``column`` text is wrapped to ``room`` characters, continuing on rows of their own."""
+    def _wrapped_rows(plain_rows, rows, rooms: Dict[int, int]):
+        """Rows whose columns in ``rooms`` are wrapped to that many characters, continuing on rows of their
+        own (a link is never wrapped)."""
         out_plain, out_linked = [], []
         for plain, linked in zip(plain_rows, rows):
-            pieces = [plain[column]] if isinstance(linked[column], Link) else \
-                textwrap.wrap(plain[column], room, break_long_words=False, break_on_hyphens=False) or [""]
-            out_plain.append(plain[:column] + [pieces[0]] + plain[column + 1:])
+            pieces = {column: [plain[column]] if isinstance(linked[column], Link) else
+                      textwrap.wrap(plain[column], room, break_long_words=False, break_on_hyphens=False) or [""]
+                      for column, room in rooms.items()}
+            out_plain.append([pieces[i][0] if i in pieces else cell for i, cell in enumerate(plain)])
             out_linked.append(linked)
-            for piece in pieces[1:]:
-                out_plain.append(["" if i != column else piece for i in range(len(plain))])
+            for line in range(1, max(len(p) for p in pieces.values())):
+                out_plain.append([pieces[i][line] if i in pieces and line < len(pieces[i]) else ""
+                                  for i in range(len(plain))])
                 out_linked.append([])
         return out_plain, out_linked
 
@@ -252,19 +261,21 @@ class Renderer:
     def pool_block_link(self, address: int) -> Link:
         return Link(self.address(address), f"!pool {address:#x} 2")
 
-    def holder_link(self, holder: HolderRecord) -> Cell:
-        """The holder's address, linked to the command that shows what holds it: !pool on a pool block,
-        !devobj on a device, lmvm on an image, !thread on a kernel stack."""
-        text = self.address(holder.address)
-        if holder.kind == "pool_block":
-            return Link(text, f"!pool {holder.address:#x} 2")
+    @staticmethod
+    def _holder_command(holder: HolderRecord) -> Optional[str]:
+        """The debugger command that shows a holder: !pool on a pool block, !devobj on a device, lmvm on an
+        image, !thread on a kernel stack, !irp on an IRP; None for the rest."""
+        if holder.kind == "pool_block" and holder.address is not None:
+            return f"!pool {holder.address:#x} 2"
         if holder.kind == "device_extension" and holder.device:
-            return Link(text, f"!devobj {holder.device:#x}")
+            return f"!devobj {holder.device:#x}"
         if holder.kind == "image" and holder.module:
-            return Link(text, f"lmvm {holder.module}")
+            return f"lmvm {holder.module}"
         if holder.kind == "kernel_stack" and holder.thread:
-            return Link(text, f"!thread {holder.thread:#x}")
-        return text
+            return f"!thread {holder.thread:#x}"
+        if holder.kind == "irp" and holder.irp:
+            return f"!irp {holder.irp:#x} 1"
+        return None
 
     # ---- the report ---------------------------------------------------------------------------
 
@@ -382,7 +393,7 @@ class Renderer:
             if self.dml:
                 rows[-1].append(self.pool_link(mdl.address))
         # DML adds a "pool" column of !pool links: a link only a debugger can follow, a bare word offline.
-        self.table(headers + (["pool"] if self.dml else []), rows, wrap_column=5, beyond_width=int(self.dml))
+        self.table(headers + (["pool"] if self.dml else []), rows, wrap_column=(5, 6), beyond_width=int(self.dml))
         for mdl in mdls:
             if mdl.role or (mdl.problems and mdl.classification != "not an MDL"):
                 self.line("  ", self.mdl_link(mdl.address), f": {mdl.role}" if mdl.role else "")
@@ -396,9 +407,8 @@ class Renderer:
         others = [h for h in mdl.holders if h.kind != "mdl_chain"]
         if not others:
             return "none found"
-        first = next((h for h in others if h.driver or h.image or any(u.driver or u.image for u in h.held_by)),
-                     others[0])
-        return first.summary + (f" +{len(others) - 1} more" if len(others) > 1 else "")
+        first = next((h for h in others if h.evidence or any(u.evidence for u in h.held_by)), others[0])
+        return first.summary + (f" +{len(others) - 1}" if len(others) > 1 else "")
 
     def _holders(self) -> None:
         """Where memory holds each MDL's address besides IRPs and MDL chains, and what each place names."""
@@ -414,19 +424,23 @@ class Renderer:
                     continue
                 self._holder_line(holder, "    - ")
                 for above in holder.held_by:
-                    self._holder_line(above, "        which is held ")
-                if holder.held_by == [] and holder.pool_block is not None and "no single driver" in holder.nobody:
-                    self.line("        and nothing that holds the block's address was found")
+                    self._holder_line(above, "        the block's address is at ")
+                if not holder.held_by and holder.pool_block is not None and "no single driver" in holder.nobody:
+                    self.line("        nothing was found holding the block's address")
         if len(shown) < len(mdls):
             self.line(f"  ... and the holders of {len(mdls) - len(shown)} more MDL(s) (-v shows them; JSON lists "
                       f"them all)")
 
     def _holder_line(self, holder: HolderRecord, lead: str) -> None:
-        where = "physical " + self.address(holder.physical) if holder.address is None else None
-        names = f"names {holder.driver or holder.image}" + (f" ({holder.image})" if holder.driver and holder.image
-                                                            else "") \
-            if (holder.driver or holder.image) and holder.evidence else f"names nobody: {holder.nobody}"
-        self.line(lead, self.holder_link(holder) if where is None else where,
+        if holder.evidence:
+            names = f"names {holder.driver or holder.image}" + (f" ({holder.image})" if holder.driver and holder.image
+                                                                else "")
+        else:
+            names = f"names nobody: {holder.nobody}"
+        where: Cell = self.address(holder.address) if holder.address is not None else \
+            f"physical {self.address(holder.physical)}"
+        command = self._holder_command(holder) if holder.address is not None else None
+        self.line(lead, Link(str(where), command) if command else where,
                   f" [{holder.kind.replace('_', ' ')}] {holder.description}; {names}")
 
     def _irps(self) -> None:
