@@ -112,6 +112,12 @@ def big_pool_entry() -> Tuple[int, Dict[str, int]]:
     return _size("_POOL_TRACKER_BIG_PAGES"), {name: fields[name]["offset"] for name in ("Va", "Key", "NumberOfBytes")}
 
 
+def big_pool_rvas() -> Dict[str, int]:
+    """Where build 19041's kernel keeps PoolBigPageTable and PoolBigPageTableSize (RVAs in nt)."""
+    symbols = _isf()["symbols"]
+    return {name: symbols[name]["address"] for name in ("PoolBigPageTable", "PoolBigPageTableSize")}
+
+
 def big_pool_type_info() -> TypeInfo:
     """_POOL_TRACKER_BIG_PAGES as a debugger's symbols describe it, for a snapshot to carry (x64)."""
     size, offsets = big_pool_entry()

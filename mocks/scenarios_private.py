@@ -25,11 +25,12 @@ with real_layouts (the real kernel's symbols, the reference notes), not with lea
 from __future__ import annotations
 
 import struct
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from pykd_ext.targets.base import PAGE_SIZE, BugCheck, Module
 
 from . import real_layouts
+from .memory import SymbolFit
 from .scenarios import IRP_MJ_READ, Driver, Scenario
 from .scenarios_family import DRIVER_DATA, FamilyScene
 
@@ -39,9 +40,6 @@ IO_TYPE_DEVICE = 3  # windows-kernel.md §4.8
 OBJECT_HEADER_ROOM = {8: 0x30, 4: 0x18}
 DEVOBJ_EXTENSION_ROOM = {8: 0x70, 4: 0x40}
 MDLS_PER_DEVICE = 16
-# Where the kernel keeps the big pool table's pointer and size (RVAs in the synthesized nt).
-BIG_POOL_TABLE_RVA = 0x4000
-BIG_POOL_TABLE_SIZE_RVA = 0x4008
 BIG_POOL_ENTRIES = 64
 CODE = 0x1000  # .text starts here in every image write_pe_headers lays out
 
@@ -50,8 +48,8 @@ class PrivateScene(FamilyScene):
     """FamilyScene plus tagged pool blocks on both architectures, device extensions, the segment heap's VS
     blocks, the big pool table and kernel stacks."""
 
-    def __init__(self, arch: str, seed: int = 1):
-        super().__init__(arch, seed)
+    def __init__(self, arch: str, seed: int = 1, fit: Optional[SymbolFit] = None):
+        super().__init__(arch, seed, fit=fit)
         self.big_pool: List[Tuple[int, int, str]] = []  # (Va, NumberOfBytes, tag)
         self._code_offsets: Dict[int, int] = {}
 
@@ -140,8 +138,9 @@ class PrivateScene(FamilyScene):
                 self.write_pointer(entry + offsets["Va"], va)
                 self.write(entry + offsets["Key"], tag.encode("ascii"))
                 self.write_pointer(entry + offsets["NumberOfBytes"], number_of_bytes)
-            pointer = self.global_variable(self.kernel, BIG_POOL_TABLE_RVA, 8)
-            count = self.global_variable(self.kernel, BIG_POOL_TABLE_SIZE_RVA, 8)
+            rvas = real_layouts.big_pool_rvas()  # where the real 19041 kernel keeps them
+            pointer = self.global_variable(self.kernel, rvas["PoolBigPageTable"], 8)
+            count = self.global_variable(self.kernel, rvas["PoolBigPageTableSize"], 8)
             self.write_pointer(pointer, table)
             self.write_pointer(count, BIG_POOL_ENTRIES)
             symbols = {"nt!PoolBigPageTable": pointer, "nt!PoolBigPageTableSize": count}
@@ -152,9 +151,11 @@ class PrivateScene(FamilyScene):
         return data
 
 
-def case_0x76_private(arch: str = "x64", seed: int = 7, noise_pages: int = 48, leaked: int = 4) -> Scenario:
-    """The private leak described in the module docstring; ``leaked`` locked MDLs (at least 1)."""
-    scene = PrivateScene(arch, seed)
+def case_0x76_private(arch: str = "x64", seed: int = 7, noise_pages: int = 48, leaked: int = 4,
+                      fit: Optional[SymbolFit] = None) -> Scenario:
+    """The private leak described in the module docstring; ``leaked`` locked MDLs (at least 1); ``fit``
+    makes the kernel the one a symbol file describes."""
+    scene = PrivateScene(arch, seed, fit)
     x64 = arch == "x64"
     victim = scene.process("shmapp.exe")
     bystander = scene.process("svchost.exe")

@@ -84,6 +84,8 @@ class Holder:
     section: Optional[str] = None
     block: Optional[PoolBlock] = None
     tag_images: Optional[List[str]] = None  # the loaded images holding the block's tag
+    tag_note: str = ""  # what the images holding the tag say, when it names a driver
+    offset: Optional[int] = None  # from the start of the device extension or pool block holding the copy
     thread: Optional[int] = None
     follow: bool = False  # a pool block whose tag names no single driver: what holds the block is looked for
     held_by: List["Holder"] = field(default_factory=list)  # what holds that block (one level up)
@@ -96,7 +98,8 @@ class Holder:
         block = self.block
         return HolderRecord(
             address=self.address, physical=self.physical, kind=self.kind, summary=self.summary,
-            description=self.description, driver=self.driver, image=self.image,
+            description=self.description + (f"; {self.tag_note}" if self.tag_note else ""), driver=self.driver,
+            image=self.image,
             evidence=self.evidence.name if self.evidence else None, nobody=self.nobody, irp=self.irp,
             parent_mdl=self.parent_mdl, device=self.device, module=self.module, section=self.section,
             pool_block=block.address if block else None, pool_block_size=block.size if block else None,
@@ -158,8 +161,7 @@ class Places:
         tags not searched yet: one image outside nt and hal names that driver; the kernel's, a free
         block or an unreadable tag name nobody; no image or several names nobody here and, when
         ``follow``, marks the block to be followed one level up."""
-        pool_holders = [h for h in holders if h.kind == POOL_HOLDER and h.block is not None and h.block.allocated
-                        and h.block.tag not in KERNEL_POOL_TAGS]
+        pool_holders = [h for h in holders if h.kind == POOL_HOLDER and h.block is not None and not h.nobody]
         new_tags = {h.block.tag for h in pool_holders} - set(self.tags)
         if new_tags:
             found = find_tags_in_images(self.context.target, self.context.modules.modules, new_tags)
@@ -230,7 +232,7 @@ def _device_holder(places: Places, address: int, value: int, of_mdl: bool) -> Op
                               f"{hex(device.address)}",
                   driver=driver.name, image=image, driver_object=driver.address,
                   image_base=driver.image.base if driver.image else None, evidence=DEVICE_EXTENSION,
-                  device=device.address, block=block)
+                  device=device.address, block=block, offset=offset)
 
 
 def _pool_holder(places: Places, address: int, value: int, of_mdl: bool) -> Optional[Holder]:
@@ -243,7 +245,7 @@ def _pool_holder(places: Places, address: int, value: int, of_mdl: bool) -> Opti
                       nobody="a block holding its own address names nobody")
     offset = address - block.address
     found_by = "the big pool table" if block.finder == FOUND_BY_BIG_POOL_TABLE else f"its {block.finder}"
-    holder = Holder(POOL_HOLDER, address, value, block=block, summary=f"pool '{block.tag}'",
+    holder = Holder(POOL_HOLDER, address, value, block=block, summary=f"pool '{block.tag}'", offset=offset,
                     description=f"at +{offset:#x} in pool block {hex(block.address)} ({block.size:#x} bytes, tag "
                                 f"'{block.tag}', found by {found_by})")
     if not block.allocated:
@@ -268,8 +270,8 @@ def _settle_tag(places: Places, holder: Holder, follow: bool) -> None:
         holder.evidence = POOL_TAG
         holder.summary = f"pool '{tag}' ({module.image})"
         unread = len([name for name in places.unread_images if name != module.image])
-        holder.description += (f"; the tag '{tag}' is a 32-bit constant in {module.image} only among the loaded "
-                               f"images" + (f" ({unread} other image(s) could be read only in part)" if unread else ""))
+        holder.tag_note = (f"the tag '{tag}' is a 32-bit constant in {module.image} only among the loaded images"
+                           + (f" ({unread} other image(s) could be read only in part)" if unread else ""))
     else:
         where = "in no loaded image" if not drivers else f"in {', '.join(m.image for m in drivers)}"
         holder.nobody = f"the tag '{tag}' is {where}: it names no single driver"
@@ -616,22 +618,40 @@ def _group_key(namer: Holder, block: Optional[Holder]) -> Tuple:
 
 
 def _where(members: List[Tuple[int, Holder, Optional[Holder]]]) -> str:
-    """Where the holders of one group keep the MDLs, in words (three places named, then how many more)."""
-    descriptions: List[str] = []
+    """Where the holders of one group keep the MDLs, in words: one place as its holder says it; several in
+    one device extension, image section or tag's blocks as a list (three named, then how many more)."""
+    places: List[Tuple[Holder, Optional[Holder]]] = []
     for _, namer, block in members:
-        text = namer.description if block is None else (f"{block.description}, whose address is held "
-                                                        f"{namer.description}")
-        if text not in descriptions:
-            descriptions.append(text)
-    shown = descriptions[:MDLS_NAMED]
-    more = len(descriptions) - len(shown)
-    return "; ".join(shown) + (f"; and {more} more place(s) like these" if more else "")
+        if not any(namer is known and block is above for known, above in places):
+            places.append((namer, block))
+    first, block = places[0]
+    note = f"; {first.tag_note}" if first.tag_note else ""
+    if len(places) == 1:
+        text = first.description if block is None else f"{block.description}, whose address is held {first.description}"
+        return text + note
+    if block is None and first.kind == DEVICE_HOLDER:
+        return (f"in the device extension of {first.driver}'s device {hex(first.device)} (at "
+                f"{_named([f'+{h.offset:#x}' for h, _ in places])})")
+    if block is None and first.kind == IMAGE_HOLDER:
+        return (f"in {first.image}'s {first.section or 'image'} section, globals of the driver (at "
+                f"{_named([h.summary for h, _ in places])})")
+    if block is None and first.kind == POOL_HOLDER:
+        return (f"in {len(places)} pool blocks tagged '{first.block.tag}' (at "
+                f"{_named([f'+{h.offset:#x} of {hex(h.block.address)}' for h, _ in places])}){note}")
+    texts = [f"{above.description}, whose address is held {namer.description}" for namer, above in places]
+    return "; ".join(texts[:MDLS_NAMED]) + (f"; and {len(texts) - MDLS_NAMED} more place(s) like these"
+                                            if len(texts) > MDLS_NAMED else "")
+
+
+def _named(items: List[str]) -> str:
+    """The first MDLS_NAMED items of a list in a sentence, then how many more."""
+    shown = ", ".join(items[:MDLS_NAMED])
+    return shown + (f" and {len(items) - MDLS_NAMED} more" if len(items) > MDLS_NAMED else "")
 
 
 def list_mdls(context: Context, mdls: Sequence[int]) -> str:
     """MDL addresses in a sentence: the first MDLS_NAMED, then how many more."""
-    shown = ", ".join(context.address(m) for m in mdls[:MDLS_NAMED])
-    return shown + (f" and {len(mdls) - MDLS_NAMED} more" if len(mdls) > MDLS_NAMED else "")
+    return _named([context.address(m) for m in mdls])
 
 
 def holder_records(holders: Holders, mdl: int) -> List[HolderRecord]:
