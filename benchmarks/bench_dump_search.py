@@ -1,7 +1,9 @@
 """Benchmark: leakhunt's dump search and 0x76 hunt against a plain read of the same file.
 
 Generates bitmap kernel dumps of ``--size`` bytes (pointer-rich noise pages plus a 0x76 case with N
-leaked MDLs, each held by an IRP) in a temporary directory, one at a time, and measures side by side:
+leaked MDLs, each held by an IRP; and, for ``--private``, a 0x76 case with N MDLs a driver keeps in its
+device extensions, globals and tagged pool blocks) in a temporary directory, one at a time, and
+measures side by side:
 
 * one streaming read of the file (8 MiB ``readinto``): the floor for anything that looks at every page;
 * leakhunt's pointer search for 1 value (the hunt's first level) and for 1000 values (its MDL level),
@@ -9,6 +11,10 @@ leaked MDLs, each held by an IRP) in a temporary directory, one at a time, and m
   numpy engine, and on one thread and on all of them (``SEARCH_THREADS``);
 * the whole 0x76 hunt (open the dump, analyze, render JSON) for each N, as installed (the compiled
   engine searching a mapping of the file, where it can) and, warm, with the search reading the file;
+  the IRP-held MDLs must take one pass (the IRPs are collected in the pass that finds the MDLs); the
+  private ones, kept in device extensions and in tagged pool blocks (segment-heap VS blocks), two (the
+  MDLs, then what holds them), the search of the loaded images for the pool tag included; their kernel
+  is the real 19041 one, whose symbol table is opened once, before the timing;
 * the obvious alternative a user would write: kdmp-parser's Python API page by page, ``bytes.find`` for
   each value with an alignment check. It is slow, so it runs on ``--alternative-pages`` pages and its
   time is extrapolated to the whole dump (the output says so);
@@ -39,17 +45,24 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 from mocks.dumpwriter import DumpImage  # noqa: E402
+from mocks.memory import SymbolFit  # noqa: E402
 from mocks.scenarios import case_0x76  # noqa: E402
+from mocks.scenarios_private import case_0x76_private  # noqa: E402
 import pykd_ext.search as search_module  # noqa: E402
 import pykd_ext.targets.dumpfile as dumpfile_module  # noqa: E402
 from pykd_ext.analyses import analyze  # noqa: E402
 from pykd_ext.render.jsonout import render_json  # noqa: E402
+from pykd_ext.session import open_session  # noqa: E402
+from pykd_ext.symbols.isf import IsfFile  # noqa: E402
 from pykd_ext.targets.dumpfile import DumpFileTarget  # noqa: E402
 from pykd_ext.targets.dumpheader import DUMP_BITMAP  # noqa: E402
 
 PAGE = 4096
 READ_CHUNK = 8 << 20
 GIB = 1 << 30
+# The real kernel symbol table the private cases' kernel is made to fit (its big pool table and type).
+ISF_19041 = os.path.join(ROOT, "tests", "data", "symbols", "windows", "ntkrnlmp.pdb",
+                         "5278AFF86C341677D7D7835C85B7B844-1.json.xz")
 
 
 def parse_size(text: str) -> int:
@@ -96,13 +109,14 @@ def seconds(function, *args) -> float:
     return time.perf_counter() - start
 
 
-def hunt(path: str, mapped: bool = True):
-    """The whole hunt as ``leakhunt analyze`` runs it; ``mapped=False`` has the search read the file."""
+def hunt(path: str, mapped: bool = True, symbols=None):
+    """The whole hunt as ``leakhunt analyze`` runs it (with ``symbols``, an opened symbol file, as
+    ``--symbols`` gives it); ``mapped=False`` has the search read the file."""
     saved = dumpfile_module.MAPPED_SEARCH
     dumpfile_module.MAPPED_SEARCH = mapped
     target = DumpFileTarget.open(path)
     try:
-        report = analyze(target)
+        report = analyze(open_session(target, symbol_files=[symbols]) if symbols is not None else target)
         render_json(report)
         return report
     finally:
@@ -232,8 +246,11 @@ def hunts_compared(path: str, checkouts, repeat: int):
     return [tuple(statistics.median(column) for column in zip(*times)) for times in runs]
 
 
-def generate(path: str, size: int, leaked: int):
-    scenario = case_0x76("x64", "irp", leaked=leaked, noise_pages=16)
+def generate(path: str, size: int, leaked: int, symbols=None):
+    """A dump of the IRP case, or with ``symbols`` the private case whose kernel they describe."""
+    scenario = case_0x76("x64", "irp", leaked=leaked, noise_pages=16) if symbols is None else \
+        case_0x76_private("x64", leaked=leaked, noise_pages=16, fit=SymbolFit.of(symbols),
+                          placements=("device extension", "tagged block"))
     noise = max(0, size // PAGE - len(scenario.data.pages))
     DumpImage(scenario.data, noise_pages=noise, seed=leaked).write(path, DUMP_BITMAP)
     # On disk before anything is measured: no write-back competes with the runs, and the first cold
@@ -246,7 +263,10 @@ def generate(path: str, size: int, leaked: int):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="1G", help="dump size, e.g. 512M, 1G, 4G (default 1G)")
-    parser.add_argument("--leaked", default="1,10,100,1000", help="leaked MDL counts (default 1,10,100,1000)")
+    parser.add_argument("--leaked", default="1,10,100,1000",
+                        help="counts of leaked MDLs held by IRPs (default 1,10,100,1000; none: -)")
+    parser.add_argument("--private", default="1,100,1000",
+                        help="counts of leaked MDLs a driver keeps itself (default 1,100,1000; none: -)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement (default 3)")
     parser.add_argument("--alternative-pages", type=int, default=2048,
                         help="pages the kdmp-parser alternative searches before extrapolating (default 2048)")
@@ -256,7 +276,9 @@ def main() -> int:
     parser.add_argument("--hunts-only", action="store_true", help="leave out the searches and the alternative")
     args = parser.parse_args()
     size = parse_size(args.size)
-    counts = [int(n) for n in args.leaked.split(",")]
+    symbols = IsfFile.open(ISF_19041)
+    counts = [(int(n), None) for n in args.leaked.split(",") if n != "-"] + \
+        [(int(n), symbols) for n in args.private.split(",") if n != "-"]
     # (engine, threads, mapped): the compiled engine both maps the file and reads it, where it can map.
     accesses = [True, False] if search_module.compiled_searches_mappings else [False]
     variants = [(engine, threads, mapped) for engine in search_module.ENGINES
@@ -272,14 +294,16 @@ def main() -> int:
     search_rows, hunt_rows, other_rows, compare_rows = [], [], [], []
     compared = [CheckoutHunt(ROOT), CheckoutHunt(args.compare)] if args.compare else []
     try:
-        for position, leaked in enumerate(counts):
-            path = os.path.join(workdir, f"MEMORY-{leaked}.DMP")
+        for position, (leaked, case_symbols) in enumerate(counts):
+            case = "private" if case_symbols is not None else "irp"
+            path = os.path.join(workdir, f"MEMORY-{case}-{leaked}.DMP")
             start = time.perf_counter()
-            scenario = generate(path, size, leaked)
+            scenario = generate(path, size, leaked, case_symbols)
             file_size = os.path.getsize(path)
-            print(f"N={leaked}: wrote {file_size / GIB:.2f} GiB in {time.perf_counter() - start:.0f} s", flush=True)
+            print(f"{case} N={leaked}: wrote {file_size / GIB:.2f} GiB in {time.perf_counter() - start:.0f} s",
+                  flush=True)
             process = scenario.expected["process"]
-            if position == 0 and not args.hunts_only:
+            if position == 0 and not args.hunts_only and case == "irp":
                 many = sorted(set(scenario.expected["locked_mdls"] + scenario.expected["decoy_mdls"]))
                 many += [process + 0x10 * i for i in range(1, 1001 - len(many))]
                 for label, values in (("1 value", [process]), (f"{len(many)} values", many)):
@@ -300,21 +324,22 @@ def main() -> int:
                                        f"{alternative:.0f} s = {alternative / fastest:.0f}x leakhunt's warm search"))
                 body = f"import kdmp_parser; kdmp_parser.KernelDumpParser({path!r})"
                 other_rows.append(("peak RSS of kdmp-parser's Parse alone", f"{peak_rss_mib(body):.0f} MiB"))
-            report = hunt(path)
-            assert report.suspects and report.suspects[0].driver == "\\Driver\\leakyflt", "the hunt named nobody"
+            report = hunt(path, symbols=case_symbols)
+            assert report.suspects and report.suspects[0].driver == scenario.expected["culprit"], "wrong culprit"
             assert report.locked_pages_accounted == scenario.expected["locked_pages"]
-            cold = compare(path, lambda: hunt(path), args.repeat, cold=True)
-            warm = compare(path, lambda: hunt(path), args.repeat, cold=False)
-            warm_read = compare(path, lambda: hunt(path, mapped=False), args.repeat, cold=False)
+            assert report.searches == (1 if case == "irp" else 2), f"{report.searches} passes"
+            cold = compare(path, lambda: hunt(path, symbols=case_symbols), args.repeat, cold=True)
+            warm = compare(path, lambda: hunt(path, symbols=case_symbols), args.repeat, cold=False)
+            warm_read = compare(path, lambda: hunt(path, mapped=False, symbols=case_symbols), args.repeat, cold=False)
             peaks = []
             for mapped in (True, False):  # mapped: the dump's page-cache pages count in the resident set
                 body = ("import pykd_ext.targets.dumpfile as dumpfile\nfrom pykd_ext.analyses import analyze\n"
                         f"dumpfile.MAPPED_SEARCH = {mapped}\nanalyze(dumpfile.DumpFileTarget.open({path!r}))")
                 peaks.append(peak_rss_mib(body))
-            hunt_rows.append((leaked, report, cold, warm, warm_read, peaks))
+            hunt_rows.append((f"{leaked} {case}", report, cold, warm, warm_read, peaks))
             print(f"  hunt: cold {cold[0]:.2f} reads, warm {warm[0]:.2f} reads (reading the file: {warm_read[0]:.2f}), "
                   f"peak RSS {peaks[0]:.0f} MiB (reading the file: {peaks[1]:.0f} MiB)", flush=True)
-            if compared:
+            if compared and case == "irp":
                 compare_rows.append((leaked, hunts_compared(path, compared, args.repeat)))
                 print("  warm hunt, interleaved: " + ", ".join(
                     f"{checkout.name} {ratio:.2f} reads" for checkout, (ratio, _, _) in zip(compared, compare_rows[-1][1])),

@@ -16,8 +16,9 @@ on the kernel stack of the process's thread (x64: found through the process's th
 thread layouts leakhunt does not have, it is memory leakhunt cannot place); a stale unlocked MDL of the
 process in another driver's tagged block; MDL 2's address also in a block of the kernel's own tag
 'Irp '; and the decoys of every 0x76 case (the process pointer inside other structures, an MDL of
-another process held by an innocent IRP...). ``leaked`` > 4 adds MDLs alternately in device extensions
-(16 per device) and in more 'ShmC' blocks, for the benchmarks.
+another process held by an innocent IRP...). ``placements`` chooses which of the four places the first
+MDLs go to (the benchmarks use device extensions and tagged blocks only); further MDLs (``leaked`` more
+than the placements) go alternately to device extensions (16 per device) and to more 'ShmC' blocks.
 
 Pool headers, device objects, the VS chunk header, the big pool table and the thread list are laid out
 with real_layouts (the real kernel's symbols, the reference notes), not with leakhunt's tables.
@@ -25,7 +26,7 @@ with real_layouts (the real kernel's symbols, the reference notes), not with lea
 from __future__ import annotations
 
 import struct
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from pykd_ext.targets.base import PAGE_SIZE, BugCheck, Module
 
@@ -41,6 +42,7 @@ OBJECT_HEADER_ROOM = {8: 0x30, 4: 0x18}
 DEVOBJ_EXTENSION_ROOM = {8: 0x70, 4: 0x40}
 MDLS_PER_DEVICE = 16
 BIG_POOL_ENTRIES = 64
+PLACEMENTS = ("device extension", "global", "tagged block", "followed block")
 CODE = 0x1000  # .text starts here in every image write_pe_headers lays out
 
 
@@ -152,9 +154,12 @@ class PrivateScene(FamilyScene):
 
 
 def case_0x76_private(arch: str = "x64", seed: int = 7, noise_pages: int = 48, leaked: int = 4,
-                      fit: Optional[SymbolFit] = None) -> Scenario:
-    """The private leak described in the module docstring; ``leaked`` locked MDLs (at least 1); ``fit``
-    makes the kernel the one a symbol file describes."""
+                      fit: Optional[SymbolFit] = None, placements: Sequence[str] = PLACEMENTS) -> Scenario:
+    """The private leak described in the module docstring; ``leaked`` locked MDLs (at least 1), the first
+    ones in ``placements`` (some of PLACEMENTS, the first of them a device extension), in that order;
+    ``fit`` makes the kernel the one a symbol file describes."""
+    if not placements or placements[0] != PLACEMENTS[0] or not set(placements) <= set(PLACEMENTS):
+        raise ValueError(f"placements must be some of {PLACEMENTS}, the device extension first")
     scene = PrivateScene(arch, seed, fit)
     x64 = arch == "x64"
     victim = scene.process("shmapp.exe")
@@ -182,9 +187,11 @@ def case_0x76_private(arch: str = "x64", seed: int = 7, noise_pages: int = 48, l
     mdls = [scene.mdl(victim, pages=1 + index % 3) for index in range(leaked)]
     expected["locked_mdls"] = mdls
     locked_pages = sum(1 + index % 3 for index in range(leaked))
+    placed = dict(zip(placements, mdls))
+    extras = mdls[len(placements):]
 
     # MDL 1 (and every other extra MDL): device extensions of shmdrv, 16 MDLs each.
-    in_devices = [mdls[0]] + [m for index, m in enumerate(mdls[4:]) if index % 2 == 0]
+    in_devices = [mdls[0]] + [m for index, m in enumerate(extras) if index % 2 == 0]
     devices: List[int] = []
     for start in range(0, len(in_devices), MDLS_PER_DEVICE):
         device, extension = scene.device_with_extension(culprit, 0x28 + MDLS_PER_DEVICE * scene.pointer_size)
@@ -198,14 +205,15 @@ def case_0x76_private(arch: str = "x64", seed: int = 7, noise_pages: int = 48, l
     holders[mdls[0]].append("kernel_stack" if x64 else "unknown")
     expected["stack"] = (stack_limit, stack_base)
 
-    extras_in_blocks = [m for index, m in enumerate(mdls[4:]) if index % 2 == 1]
-    if leaked >= 2:  # MDL 2: a global of shmdrv.sys, also in a block of the kernel's own tag
-        scene.write_pointer(scene.global_variable(culprit.module, DRIVER_DATA + 0x40, 8), mdls[1])
-        scene.write_pointer(scene.tagged_block(0x40, "Irp ") + 0x18, mdls[1])
-        holders[mdls[1]] = ["image", "pool_block"]
+    extras_in_blocks = [m for index, m in enumerate(extras) if index % 2 == 1]
+    if "global" in placed:  # a global of shmdrv.sys, also in a block of the kernel's own tag
+        mdl = placed["global"]
+        scene.write_pointer(scene.global_variable(culprit.module, DRIVER_DATA + 0x40, 8), mdl)
+        scene.write_pointer(scene.tagged_block(0x40, "Irp ") + 0x18, mdl)
+        holders[mdl] = ["image", "pool_block"]
         expected["global"] = culprit.module.base + DRIVER_DATA + 0x40
-    if leaked >= 3:  # MDL 3 (and the other extras): blocks tagged 'ShmC'
-        in_shmc = [mdls[2]] + extras_in_blocks
+    if "tagged block" in placed or extras_in_blocks:  # blocks tagged 'ShmC'
+        in_shmc = [placed[p] for p in ("tagged block",) if p in placed] + extras_in_blocks
         if x64:
             blocks = []
             for start in range(0, len(in_shmc), 8):
@@ -218,11 +226,11 @@ def case_0x76_private(arch: str = "x64", seed: int = 7, noise_pages: int = 48, l
             scene.write_pointer(block + 0x18, mdl)
             holders[mdl] = ["pool_block"]
         expected["shmc_blocks"] = blocks
-    if leaked >= 4:  # MDL 4: a block tagged 'ShmQ' that no image holds, held by another global
+    if "followed block" in placed:  # a block tagged 'ShmQ' that no image holds, held by another global
         block = scene.big_allocation(0x2000, "ShmQ") if x64 else scene.tagged_block(0x80, "ShmQ")
-        scene.write_pointer(block + 0x28, mdls[3])
+        scene.write_pointer(block + 0x28, placed["followed block"])
         scene.write_pointer(scene.global_variable(culprit.module, DRIVER_DATA + 0x48, 8), block)
-        holders[mdls[3]] = ["pool_block"]
+        holders[placed["followed block"]] = ["pool_block"]
         expected["followed_block"] = block
 
     # The private decoys.

@@ -27,13 +27,14 @@ only for the pool blocks followed one level up.
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from ..evidence import (DEVICE_EXTENSION, DRIVER_GLOBAL, HOLDING_BLOCK, IRP_CURRENT_LOCATION, POOL_TAG, EvidenceKind,
                         capped)
 from ..kernel.images import find_tags_in_images, image_section
-from ..kernel.io import Irp, irp_headers, major_function_name
+from ..kernel.io import DeviceObject, Irp, irp_headers, major_function_name
 from ..kernel.mdl import Mdl, read_mdl
 from ..kernel.modules import ModuleMap
 from ..kernel.pool import FOUND_BY_BIG_POOL_TABLE, PoolBlock, PoolFinder
@@ -132,6 +133,8 @@ class Places:
         self.process = process
         self.pool = PoolFinder(context.target, context.layouts, context.symbol)
         self._stacks: Optional[List[KernelStack]] = None
+        # The device extensions found so far, by their start: (start, end, device), for the next copies in them.
+        self.extensions: List[Tuple[int, int, DeviceObject]] = []
         self.tags: Dict[str, List[Module]] = {}  # tag -> the loaded images holding it (searched so far)
         self.unread_images: Dict[str, int] = {}
 
@@ -218,11 +221,17 @@ def _stack_holder(places: Places, address: int, value: int, of_mdl: bool) -> Opt
 
 def _device_holder(places: Places, address: int, value: int, of_mdl: bool) -> Optional[Holder]:
     context = places.context
-    block = places.pool.block_of(address)
-    found = context.io.device_with_extension_at(address, block.address if block else 0)
+    position = bisect.bisect_right(places.extensions, (address, 1 << 64)) - 1
+    known = None
+    if position >= 0 and places.extensions[position][0] <= address < places.extensions[position][1]:
+        known = places.extensions[position][2], places.extensions[position][0]
+    block = None if known else places.pool.block_of(address)
+    found = known or context.io.device_with_extension_at(address, block.address if block else 0)
     if found is None:
         return None
     device, extension = found
+    if known is None:
+        bisect.insort(places.extensions, (extension, context.io.extension_end(device), device))
     driver = device.driver
     image = driver.image.image if driver.image else None
     offset = address - extension
@@ -232,7 +241,7 @@ def _device_holder(places: Places, address: int, value: int, of_mdl: bool) -> Op
                               f"{hex(device.address)}",
                   driver=driver.name, image=image, driver_object=driver.address,
                   image_base=driver.image.base if driver.image else None, evidence=DEVICE_EXTENSION,
-                  device=device.address, block=block, offset=offset)
+                  device=device.address, offset=offset)
 
 
 def _pool_holder(places: Places, address: int, value: int, of_mdl: bool) -> Optional[Holder]:
@@ -621,8 +630,10 @@ def _where(members: List[Tuple[int, Holder, Optional[Holder]]]) -> str:
     """Where the holders of one group keep the MDLs, in words: one place as its holder says it; several in
     one device extension, image section or tag's blocks as a list (three named, then how many more)."""
     places: List[Tuple[Holder, Optional[Holder]]] = []
+    seen: Set[Tuple[int, int]] = set()
     for _, namer, block in members:
-        if not any(namer is known and block is above for known, above in places):
+        if (id(namer), id(block)) not in seen:
+            seen.add((id(namer), id(block)))
             places.append((namer, block))
     first, block = places[0]
     note = f"; {first.tag_note}" if first.tag_note else ""

@@ -16,9 +16,11 @@ IMAGE_DOS_SIGNATURE = 0x5A4D  # "MZ"
 IMAGE_NT_SIGNATURE = 0x00004550  # "PE\0\0"
 MAX_SECTIONS = 96
 
-# The tag search reads images this many bytes at a time, and at most this many bytes in all (the
-# kernel and a few hundred drivers are a few hundred MiB at most).
+# The tag search reads images this many bytes at a time (a part that is not all in memory: that many
+# again, then page by page), and at most this many bytes in all (the kernel and a few hundred drivers
+# are a few hundred MiB at most).
 TAG_SEARCH_CHUNK = 1 << 20
+TAG_SEARCH_PART = 1 << 16
 MAX_TAG_SEARCH_BYTES = 1 << 30
 # Tags looked for in one search at most (the blocks of one hunt level share a handful).
 MAX_TAGS_SEARCHED = 256
@@ -116,18 +118,28 @@ def _search_image(target: Target, base: int, size: int, patterns: List[bytes]) -
     position, end = base, base + size
     while position < end and not all(found):
         length = min(TAG_SEARCH_CHUNK, end - position)
-        try:
-            pieces = [target.read(position, length)]
-        except MemoryReadError:  # part of it is missing: what is there, page by page
-            pieces = []
-            for page in range(position, position + length, PAGE_SIZE):
-                try:
-                    pieces.append(target.read(page, min(PAGE_SIZE, position + length - page)))
-                except MemoryReadError:
-                    unread += min(PAGE_SIZE, position + length - page)
-                    pieces.append(b"")
+        pieces, missing = _readable_pieces(target, position, length, TAG_SEARCH_PART)
+        unread += missing
         for piece in pieces:
             look(carry + piece)
             carry = piece[-3:]
         position += length
     return found, unread
+
+
+def _readable_pieces(target: Target, start: int, length: int, part: int) -> Tuple[List[bytes], int]:
+    """``[start, start + length)`` as the pieces that can be read (b"" where one cannot, so that no constant
+    is matched across a gap), in parts of ``part`` bytes and then pages; and the bytes that could not."""
+    try:
+        return [target.read(start, length)], 0
+    except MemoryReadError:
+        if length <= PAGE_SIZE:
+            return [b""], length
+    pieces: List[bytes] = []
+    missing = 0
+    step = part if part < length else PAGE_SIZE
+    for piece_start in range(start, start + length, step):
+        found, gone = _readable_pieces(target, piece_start, min(step, start + length - piece_start), PAGE_SIZE)
+        pieces.extend(found)
+        missing += gone
+    return pieces, missing

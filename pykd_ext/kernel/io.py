@@ -356,15 +356,16 @@ class IoReader:
         data = self._readable_before(start, address)
         if data is None:
             return None
-        start = address - len(data)
-        start += -start % align
+        base = address - len(data)
         type_at = layout.offset("Type")
         extension_at, end_at = layout.offset("DeviceExtension"), layout.offset("DeviceObjectExtension")
         pointer = "<Q" if self.target.pointer_size == 8 else "<I"
-        base = address - len(data)
-        for candidate in range(last - last % align, start - 1, -align):
-            offset = candidate - base
-            if offset < 0 or struct.unpack_from("<h", data, offset + type_at)[0] != IO_TYPE_DEVICE:
+        device_type = struct.pack("<h", IO_TYPE_DEVICE)
+        found = data.rfind(device_type, 0, last - base + type_at + 2)  # nearest first, in C
+        while found >= 0:
+            offset, found = found - type_at, data.rfind(device_type, 0, found + 1)
+            candidate = base + offset
+            if offset < 0 or candidate % align or candidate > last:
                 continue
             extension = struct.unpack_from(pointer, data, offset + extension_at)[0]
             extension_end = struct.unpack_from(pointer, data, offset + end_at)[0]
@@ -374,6 +375,10 @@ class IoReader:
             if not device.problems and device.driver is not None and not device.driver.problems:
                 return device, extension
         return None
+
+    def extension_end(self, device: DeviceObject) -> int:
+        """Where the extension of a device device_with_extension_at found ends: its DeviceObjectExtension."""
+        return self.layouts.view("_DEVICE_OBJECT", device.address)["DeviceObjectExtension"]
 
     def _readable_before(self, start: int, end: int) -> Optional[bytes]:
         """The bytes ``[start, end)``, or the longest readable run of whole pages ending at ``end``."""

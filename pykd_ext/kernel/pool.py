@@ -41,8 +41,9 @@ MAX_BIG_POOL_ENTRIES = 1 << 20
 BIG_POOL_READ_ENTRIES = 4096
 # A free entry of the big pool table has bit 0 of its Va set (WRK pool.c, POOL_BIG_TABLE_ENTRY_FREE).
 BIG_POOL_ENTRY_FREE = 0x1
-# Pages whose headers were decoded, kept for the next address in the same page.
+# Pages whose headers were decoded, and the blocks found, kept for the next address asked about.
 DECODED_PAGES_KEPT = 256
+BLOCKS_KEPT = 4096
 
 
 def tag_text(raw: bytes) -> Optional[str]:
@@ -90,6 +91,7 @@ class PoolFinder:
         self.problems: List[str] = []
         self._big: Optional[_BigPoolTable] = None
         self._pages: Dict[int, Optional[Tuple[np.ndarray, np.ndarray]]] = {}
+        self._blocks: Dict[int, Optional[PoolBlock]] = {}
         self._header: Optional[StructLayout] = None  # the POOL_HEADER layout, looked up at the first block
         self._bits = POOL_HEADER_BITS.get(target.pointer_size)
         build = target.build
@@ -108,10 +110,11 @@ class PoolFinder:
 
     def block_of(self, address: int) -> Optional[PoolBlock]:
         """The pool block holding ``address``, or None when no table or header places it."""
-        big = self._big_block(address)
-        if big is not None:
-            return big
-        return self._small_block(address)
+        if address not in self._blocks:
+            if len(self._blocks) >= BLOCKS_KEPT:
+                self._blocks.clear()
+            self._blocks[address] = self._big_block(address) or self._small_block(address)
+        return self._blocks[address]
 
     # ---- the big pool table --------------------------------------------------------------------
 
