@@ -226,7 +226,7 @@ def _device_holder(places: Places, address: int, value: int, of_mdl: bool) -> Op
     if position >= 0 and places.extensions[position][0] <= address < places.extensions[position][1]:
         known = places.extensions[position][2], places.extensions[position][0]
     block = None if known else places.pool.block_of(address)
-    found = known or context.io.device_with_extension_at(address, block.address if block else 0)
+    found = known or context.io.device_with_extension_at(address, block.address if block else None)
     if found is None:
         return None
     device, extension = found
@@ -431,7 +431,11 @@ def _irp_at(context: Context, address: int, mdl_address: int) -> Optional[Irp]:
 
 
 def _chain_parent_at(context: Context, address: int, mdl_address: int) -> Optional[int]:
+    layout = context.layouts.get("_MDL")
     try:
+        size = context.target.read_u16(address + layout.offset("Size"))
+        if size < layout.size or (size - layout.size) % context.target.pointer_size:
+            return None  # not an MDL's header: most copies are not, and this spares read_mdl's checks
         parent = read_mdl(context.target, context.layouts, address)
     except MemoryReadError:
         return None

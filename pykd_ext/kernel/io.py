@@ -64,7 +64,10 @@ MAX_IRP_STACK_COUNT = 64
 # IoSizeOfIrp(k) = sizeof(IRP) + k * sizeof(IO_STACK_LOCATION) with 1 <= k <= 127 (wdm.h).
 MAX_IRP_ALLOCATED_LOCATIONS = 127
 # DEVICE_OBJECT.Size (a USHORT) covers the object and its extension: an extension ends within 64 KiB.
+# Where no pool block bounds the look, it goes back one page: a copy in kernel memory leakhunt cannot
+# place costs little, and a device object more than a page below it is not found.
 MAX_DEVICE_OBJECT_AND_EXTENSION = 0x10000
+MAX_DEVICE_LOOK_OUTSIDE_BLOCKS = 0x1000
 
 IRP_MJ_NAMES = [
     "CREATE", "CREATE_NAMED_PIPE", "CLOSE", "READ", "WRITE", "QUERY_INFORMATION", "SET_INFORMATION",
@@ -335,20 +338,22 @@ class IoReader:
             device.problems.append(f"unreadable ({error})")
         return device
 
-    def device_with_extension_at(self, address: int, lowest: int) -> Optional[Tuple[DeviceObject, int]]:
+    def device_with_extension_at(self, address: int, lowest: Optional[int]) -> Optional[Tuple[DeviceObject, int]]:
         """The valid device object whose extension holds ``address``, and where its extension starts.
 
         IoCreateDevice lays out one allocation: the DEVICE_OBJECT, its extension right after it
         (DeviceExtension), then the DEVOBJ_EXTENSION (DeviceObjectExtension). A candidate is looked for
-        from ``address`` down to ``lowest`` (the start of the pool block holding it, when known), at most
-        MAX_DEVICE_OBJECT_AND_EXTENSION below: Type IO_TYPE_DEVICE, DeviceExtension right after it and
-        DeviceObjectExtension past ``address``, and a valid driver object. None when there is none.
+        from ``address`` down to ``lowest`` (the start of the pool block holding it; None when unknown),
+        at most MAX_DEVICE_OBJECT_AND_EXTENSION below (MAX_DEVICE_LOOK_OUTSIDE_BLOCKS without a block):
+        Type IO_TYPE_DEVICE, DeviceExtension right after it and DeviceObjectExtension past ``address``,
+        and a valid driver object. None when there is none.
         """
         layout = self.layouts.get("_DEVICE_OBJECT")
         if not layout.size or not (layout.has("DeviceExtension") and layout.has("DeviceObjectExtension")):
             return None
         align = 2 * self.target.pointer_size  # objects from pool are aligned to two pointers
-        start = max(lowest, address - MAX_DEVICE_OBJECT_AND_EXTENSION, 0)
+        start = max(lowest, address - MAX_DEVICE_OBJECT_AND_EXTENSION, 0) if lowest is not None else \
+            max(address - layout.size - MAX_DEVICE_LOOK_OUTSIDE_BLOCKS, 0)
         start += -start % align
         last = address - layout.size  # the object ends at or before the extension, so before ``address``
         if last < start:

@@ -90,7 +90,7 @@ class PoolFinder:
         self.symbol = symbol
         self.problems: List[str] = []
         self._big: Optional[_BigPoolTable] = None
-        self._pages: Dict[int, Optional[Tuple[np.ndarray, np.ndarray]]] = {}
+        self._pages: Dict[int, Optional[_DecodedPage]] = {}
         self._blocks: Dict[int, Optional[PoolBlock]] = {}
         self._header: Optional[StructLayout] = None  # the POOL_HEADER layout, looked up at the first block
         self._bits = POOL_HEADER_BITS.get(target.pointer_size)
@@ -189,27 +189,21 @@ class PoolFinder:
         decoded = self._decoded_page(page)
         if decoded is None:
             return None
-        block_sizes, tags = decoded
-        last_row = (address - page) // unit - 1  # the header ends at or before the address
+        offset = address - page
+        last_row = offset // unit - 1  # the header ends at or before the address
         if last_row < 0:
             return None
-        rows = np.arange(last_row + 1)
-        ends = (rows + block_sizes[:last_row + 1]) * unit
-        plausible = (block_sizes[:last_row + 1] > 0) & (ends > address - page) & (ends <= PAGE_SIZE) \
-            & (tags[:last_row + 1] != 0)
-        for row in np.flatnonzero(plausible)[::-1][:MAX_HEADER_CANDIDATES].tolist():
-            fields = self._fields(page, row)
-            if fields is None:
-                continue
-            previous, block_size, pool_type, tag = fields
-            if previous and (row - previous < 0 or block_sizes[row - previous] != previous):
+        covering = np.flatnonzero(decoded.plausible[:last_row + 1] & (decoded.ends[:last_row + 1] > offset))
+        for row in covering[::-1][:MAX_HEADER_CANDIDATES].tolist():
+            previous, block_size, pool_type, tag = self._fields(decoded, row)
+            if previous and (row - previous < 0 or decoded.block_sizes[row - previous] != previous):
                 continue  # PreviousSize does not lead to a header of that size: not a real header
             header = page + row * unit
-            finder = self._allocator(page, row + block_size, block_sizes, tags)
+            finder = self._allocator(decoded, row + block_size)
             return PoolBlock(header + unit, (block_size - 1) * unit, tag, pool_type != 0, finder, header)
         return None
 
-    def _allocator(self, page: int, next_row: int, block_sizes: np.ndarray, tags: np.ndarray) -> str:
+    def _allocator(self, decoded: "_DecodedPage", next_row: int) -> str:
         """FOUND_BY_VS_HEADER when the next block's header is a VS chunk header after this block's end
         (and not right at it), else FOUND_BY_HEADER."""
         unit = self._header.size
@@ -218,50 +212,50 @@ class PoolFinder:
         vs_row = next_row + self._vs_header // unit
 
         def plausible(row: int) -> bool:
-            return row < len(block_sizes) and bool(block_sizes[row]) and bool(tags[row]) \
-                and (row + int(block_sizes[row])) * unit <= PAGE_SIZE
+            return row < len(decoded.plausible) and bool(decoded.plausible[row])
 
         return FOUND_BY_VS_HEADER if plausible(vs_row) and not plausible(next_row) else FOUND_BY_HEADER
 
-    def _decoded_page(self, page: int) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-        """(BlockSize, 1 where the tag is printable) of every header-sized row of the page, or None."""
-        if page in self._pages:
-            return self._pages[page]
-        try:
-            data = self.target.read(page, PAGE_SIZE)
-        except MemoryReadError:
-            data = None
-        decoded = None
-        if data is not None:
-            unit = self._header.size
-            rows = np.frombuffer(data, dtype=np.uint8).reshape(-1, unit)
-            ulong1 = rows[:, self._header.offset("Ulong1"):][:, :4].copy().view("<u4")[:, 0]
-            first, bits = self._bits["BlockSize"]
-            block_sizes = ((ulong1 >> np.uint32(first)) & np.uint32((1 << bits) - 1)).astype(np.int64)
-            tag_bytes = rows[:, self._header.offset("PoolTag"):][:, :4].copy()
-            tag_bytes[:, 3] &= 0x7F
-            alphanumeric = ((tag_bytes >= 0x30) & (tag_bytes <= 0x39)) | ((tag_bytes >= 0x41) & (tag_bytes <= 0x5A)) \
-                | ((tag_bytes >= 0x61) & (tag_bytes <= 0x7A))
-            tags = (np.all((tag_bytes >= 0x20) & (tag_bytes < 0x7F), axis=1)
-                    & np.any(alphanumeric, axis=1)).astype(np.int8)
-            decoded = (block_sizes, tags)
-        if len(self._pages) >= DECODED_PAGES_KEPT:
-            self._pages.clear()
-        self._pages[page] = decoded
-        return decoded
+    def _decoded_page(self, page: int) -> Optional["_DecodedPage"]:
+        """The page's header-sized rows decoded as headers, or None when it is unreadable."""
+        if page not in self._pages:
+            try:
+                data: Optional[bytes] = self.target.read(page, PAGE_SIZE)
+            except MemoryReadError:
+                data = None
+            if len(self._pages) >= DECODED_PAGES_KEPT:
+                self._pages.clear()
+            self._pages[page] = None if data is None else _DecodedPage(data, self._header, self._bits["BlockSize"])
+        return self._pages[page]
 
-    def _fields(self, page: int, row: int) -> Optional[Tuple[int, int, int, str]]:
-        """(PreviousSize, BlockSize, PoolType, tag) of the header at ``row`` of the page."""
-        try:
-            view = self.layouts.view("_POOL_HEADER", page + row * self._header.size)
-            ulong1 = view["Ulong1"]
-        except (MemoryReadError, LayoutError):
-            return None
-        tag = tag_text(struct.pack("<I", view["PoolTag"]))
-        if tag is None:
-            return None
+    def _fields(self, decoded: "_DecodedPage", row: int) -> Tuple[int, int, int, str]:
+        """(PreviousSize, BlockSize, PoolType, tag) of the header at ``row`` of the page (a plausible one)."""
+        base = row * self._header.size
+        ulong1 = struct.unpack_from("<I", decoded.data, base + self._header.offset("Ulong1"))[0]
+        tag_at = base + self._header.offset("PoolTag")
         values = {name: (ulong1 >> first) & ((1 << bits) - 1) for name, (first, bits) in self._bits.items()}
-        return values["PreviousSize"], values["BlockSize"], values["PoolType"], tag
+        return (values["PreviousSize"], values["BlockSize"], values["PoolType"],
+                tag_text(decoded.data[tag_at:tag_at + 4]) or "")
+
+
+class _DecodedPage:
+    """One page's header-sized rows read as POOL_HEADERs: each row's BlockSize, where its block would end,
+    and whether it is a plausible header (a BlockSize, a printable tag, a block that stays in the page)."""
+
+    def __init__(self, data: bytes, header: StructLayout, block_size_bits: Tuple[int, int]):
+        self.data = data
+        unit = header.size
+        rows = np.frombuffer(data, dtype=np.uint8).reshape(-1, unit)
+        ulong1 = rows[:, header.offset("Ulong1"):][:, :4].copy().view("<u4")[:, 0]
+        first, bits = block_size_bits
+        self.block_sizes = ((ulong1 >> np.uint32(first)) & np.uint32((1 << bits) - 1)).astype(np.int64)
+        self.ends = (np.arange(len(rows)) + self.block_sizes) * unit
+        tag_bytes = rows[:, header.offset("PoolTag"):][:, :4].copy()
+        tag_bytes[:, 3] &= 0x7F
+        alphanumeric = ((tag_bytes >= 0x30) & (tag_bytes <= 0x39)) | ((tag_bytes >= 0x41) & (tag_bytes <= 0x5A)) \
+            | ((tag_bytes >= 0x61) & (tag_bytes <= 0x7A))
+        tags = np.all((tag_bytes >= 0x20) & (tag_bytes < 0x7F), axis=1) & np.any(alphanumeric, axis=1)
+        self.plausible = tags & (self.block_sizes > 0) & (self.ends <= PAGE_SIZE)
 
 
 def tag_before(target: Target, layouts: Layouts, address: int) -> Optional[str]:
