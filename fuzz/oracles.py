@@ -49,7 +49,7 @@ def unsupported_suspects(source: Union[SnapshotData, Target], report: Report,
       suspect's image (the kernel's own record of who locked the pages);
     - or a holder of such an MDL that names the suspect, checked again on the memory: an aligned copy
       of the MDL's address where the holder says, inside the extension of a valid device object of the
-      suspect's driver object, in a section of the suspect's image that is not code, or in a pool block
+      suspect's driver object, in a writable section of the suspect's image, or in a pool block
       whose tag the suspect's image holds; or a pool block holding it whose own address is so held.
     """
     target = SnapshotTarget(source) if isinstance(source, SnapshotData) else source
@@ -171,7 +171,7 @@ def _holds(target, layouts, reader, modules, holder, value, suspect) -> bool:
         return False
     if holder.kind == "image":
         section = image_section(target, layouts, module, holder.address)
-        return section is None or not section.code
+        return section is not None and section.writable
     if holder.pool_block is None or holder.pool_finder == "big pool table":  # big blocks: their table is symbols'
         return holder.pool_block is not None and holder.pool_tag is not None and \
             _image_holds(target, module, holder.pool_tag.encode("ascii"))

@@ -206,14 +206,17 @@ def test_a_writable_data_section_is_a_global_of_its_driver():
     assert holder.summary == "keeper+0x3010"
 
 
-def test_code_and_the_kernel_image_name_nobody():
+def test_code_the_kernel_image_and_an_image_without_headers_name_nobody():
     scene, process, drivers, mdl = scene_with_mdl()
     in_code = drivers["other"].module.base + 0x1800  # .text
     in_kernel = scene.kernel.base + 0x5000
-    scene.write_pointer(in_code, mdl)
-    scene.write_pointer(in_kernel, mdl)
+    headerless = scene.driver("noheaders").module  # its PE headers are not in memory
+    in_headerless = scene.global_variable(headerless, DRIVER_DATA + 0x10, 8)
+    for where in (in_code, in_kernel, in_headerless):
+        scene.write_pointer(where, mdl)
     classify_in = classifier(scene, process)
-    for where, reason in ((in_code, "code holds no variables"), (in_kernel, "inside the kernel")):
+    for where, reason in ((in_code, "a code section holds no variables"), (in_kernel, "inside the kernel"),
+                          (in_headerless, "a global cannot be told from code")):
         holder, _ = classify_in(where, mdl)
         assert holder.kind == IMAGE_HOLDER and holder.evidence is None and reason in holder.nobody
 

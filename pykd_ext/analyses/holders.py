@@ -6,8 +6,9 @@ recognises its place:
 
   IRP               an IRP's MdlAddress, the IRP valid and its MDL chain reaching the MDL
   MDL chain         the Next of another valid MDL (the chain is followed back, one search per level)
-  image             a loaded image: in a writable data section, a global of that driver, which keeps the
-                    MDL; in code, a constant (noted, blames nobody); in nt or hal, the kernel's (nobody)
+  image             a loaded image: in a writable section, a global of that driver, which keeps the MDL;
+                    in code or read-only data, or where the section headers are not in memory, noted,
+                    blaming nobody; in nt or hal, the kernel's (nobody)
   kernel stack      a kernel stack of one of the process's threads: a local variable (nobody)
   device extension  DeviceExtension up to DeviceObjectExtension of a valid device object: its driver
   pool block        the block !pool would show: a free block holds nothing; the kernel's own tag names
@@ -193,19 +194,21 @@ def _image_holder(places: Places, address: int, value: int, of_mdl: bool) -> Opt
         holder.nobody = "a place inside the kernel or HAL names no driver"
         holder.image = None
         return holder
-    if section is not None and section.code:
-        holder.summary = f"{symbol} (code)"
-        holder.description = f"at {symbol}, in {module.image}'s code section {section.name}"
-        holder.nobody = "code holds no variables: a copy there is a coincidence of bytes"
+    if section is None:
+        holder.description = f"at {symbol}, inside {module.image}"
+        holder.nobody = "the image's section headers are not in memory: a global cannot be told from code"
+        holder.image = None
+        return holder
+    if not section.writable:
+        what = "code" if section.code else "read-only"
+        holder.summary = f"{symbol} ({what})"
+        holder.description = f"at {symbol}, in {module.image}'s {what} section {section.name}"
+        holder.nobody = f"a {what} section holds no variables: a copy there is a coincidence of bytes"
         holder.image = None
         return holder
     holder.summary = symbol
     holder.evidence = DRIVER_GLOBAL
-    if section is not None:
-        holder.description = f"at {symbol}, in {module.image}'s {section.name} section (a global of the driver)"
-    else:
-        holder.description = (f"at {symbol}, inside {module.image} (its section headers are unreadable: a global "
-                              f"of the driver, most likely)")
+    holder.description = f"at {symbol}, in {module.image}'s {section.name} section (a global of the driver)"
     return holder
 
 
@@ -616,8 +619,6 @@ def blame_private(context: Context, holders: Holders, mdls: Iterable[int],
         namer = members[0][1]
         held = sorted({mdl for mdl, _, _ in members})
         confidence = capped(kind.confidence, highest)
-        if namer.evidence is DRIVER_GLOBAL and namer.section is None:
-            confidence = capped(confidence, "medium")
         text = f"{describe(held)}: held {_where(members)}"
         context.suspects.add(namer.driver, namer.image, confidence, None, text, namer.driver_object, namer.image_base,
                              mdls=held, kind=kind)
