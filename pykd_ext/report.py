@@ -104,6 +104,7 @@ class HolderRecord:
     pool_finder: Optional[str] = None  # "pool header", "VS chunk header and pool header", "big pool table"
     tag_images: Optional[List[str]] = None  # the loaded images holding the pool tag as a constant
     thread: Optional[int] = None
+    followed: bool = False  # a pool block whose own address was searched for (its tag names no single driver)
     held_by: List["HolderRecord"] = field(default_factory=list)  # what holds the pool block (one level up)
 
     def as_dict(self) -> Dict[str, Any]:
@@ -113,7 +114,7 @@ class HolderRecord:
                 "irp": _hex(self.irp), "parent_mdl": _hex(self.parent_mdl), "device": _hex(self.device),
                 "module": self.module, "section": self.section, "pool_block": _hex(self.pool_block),
                 "pool_block_size": self.pool_block_size, "pool_tag": self.pool_tag, "pool_finder": self.pool_finder,
-                "tag_images": self.tag_images, "thread": _hex(self.thread),
+                "tag_images": self.tag_images, "thread": _hex(self.thread), "followed": self.followed,
                 "held_by": [h.as_dict() for h in self.held_by]}
 
 

@@ -448,7 +448,7 @@ def test_the_json_holders_have_the_documented_keys():
     report = json.loads(render_json(analyze(SnapshotTarget(load_bundled("0x76-private-x64.snap")))))
     keys = {"address", "kind", "summary", "description", "physical", "driver", "image", "evidence", "nobody", "irp",
             "parent_mdl", "device", "module", "section", "pool_block", "pool_block_size", "pool_tag", "pool_finder",
-            "tag_images", "thread", "held_by"}
+            "tag_images", "thread", "followed", "held_by"}
     holders = [h for m in report["mdls"] for h in m["holders"]]
     assert holders and all(set(h) == keys for h in holders)
     assert all("mdls" in s and "pages" in s for s in report["suspects"])

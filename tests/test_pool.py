@@ -142,3 +142,15 @@ def test_the_bit_fields_the_finder_reads_are_the_real_kernels():
                    for name, (first, bits) in POOL_HEADER_BITS[pointer_size].items()}
         assert (decoded["BlockSize"], decoded["PoolType"], decoded["PreviousSize"]) == \
             (0x1AB if pointer_size == 4 else 0xAB, 0x5, 0x17)
+
+
+def test_a_big_pool_table_that_is_not_in_memory_is_said_and_not_used():
+    scene = PrivateScene("x64", 3)
+    big = scene.big_allocation(0x2000, "BigA")
+    target = finish(scene)
+    target.data.pages.pop(target.read_pointer(target.data.symbols["nt!PoolBigPageTable"]) & ~0xFFF)
+    said = []
+    session = KernelSession(target)
+    pool = PoolFinder(target, session.layouts, session.symbol, said.append)
+    assert pool.block_of(big + 0x100) is None
+    assert len(said) == 1 and "entries of the big pool table are not in memory" in said[0]

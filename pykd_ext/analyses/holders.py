@@ -106,7 +106,8 @@ class Holder:
             parent_mdl=self.parent_mdl, device=self.device, module=self.module, section=self.section,
             pool_block=block.address if block else None, pool_block_size=block.size if block else None,
             pool_tag=block.tag if block else None, pool_finder=block.finder if block else None,
-            tag_images=self.tag_images, thread=self.thread, held_by=[h.record() for h in self.held_by])
+            tag_images=self.tag_images, thread=self.thread, followed=self.follow,
+            held_by=[h.record() for h in self.held_by])
 
 
 @dataclass
@@ -132,7 +133,7 @@ class Places:
     def __init__(self, context: Context, process: Optional[int] = None):
         self.context = context
         self.process = process
-        self.pool = PoolFinder(context.target, context.layouts, context.symbol)
+        self.pool = PoolFinder(context.target, context.layouts, context.symbol, context.report.warn)
         self._stacks: Optional[List[KernelStack]] = None
         # The device extensions found so far, by their start: (start, end, device), for the next copies in them.
         self.extensions: List[Tuple[int, int, DeviceObject]] = []

@@ -80,15 +80,16 @@ class _BigPoolTable:
 class PoolFinder:
     """Finds the pool block holding an address (see the module docstring); one per analysis.
 
-    ``symbol`` looks up a kernel symbol (the session's), for the big pool table; ``problems`` collects
-    what the finder could not use, one sentence each, for the report.
+    ``symbol`` looks up a kernel symbol (the session's), for the big pool table; ``warn`` is told what the
+    finder could not use, one sentence each (the report's warnings).
     """
 
-    def __init__(self, target: Target, layouts: Layouts, symbol: Optional[Callable[[str], Optional[int]]] = None):
+    def __init__(self, target: Target, layouts: Layouts, symbol: Optional[Callable[[str], Optional[int]]] = None,
+                 warn: Optional[Callable[[str], None]] = None):
         self.target = target
         self.layouts = layouts
         self.symbol = symbol
-        self.problems: List[str] = []
+        self.warn = warn or (lambda text: None)
         self._big: Optional[_BigPoolTable] = None
         self._pages: Dict[int, Optional[_DecodedPage]] = {}
         self._blocks: Dict[int, Optional[PoolBlock]] = {}
@@ -146,11 +147,11 @@ class PoolFinder:
             count = self.target.read_pointer(count_variable)
             view_fields = [layout.offset(name) for name in ("Va", "Key", "NumberOfBytes")]
         except (MemoryReadError, LayoutError) as error:
-            self.problems.append(f"the big pool table (nt!PoolBigPageTable) is unreadable ({error}): blocks of a "
+            self.warn(f"the big pool table (nt!PoolBigPageTable) is unreadable ({error}): blocks of a "
                                  f"page or more are placed by their headers only")
             return
         if count > MAX_BIG_POOL_ENTRIES:
-            self.problems.append(f"nt!PoolBigPageTableSize says {count} entries; only the first "
+            self.warn(f"nt!PoolBigPageTableSize says {count} entries; only the first "
                                  f"{MAX_BIG_POOL_ENTRIES} were read")
             count = MAX_BIG_POOL_ENTRIES
         found: List[Tuple[int, int, str]] = []
@@ -173,7 +174,7 @@ class PoolFinder:
                     continue
                 found.append((va, size, tag))
         if unreadable:
-            self.problems.append(f"{unreadable} of the {count} entries of the big pool table are not in memory: "
+            self.warn(f"{unreadable} of the {count} entries of the big pool table are not in memory: "
                                  f"the blocks they describe are placed by their headers only")
         found.sort()
         table.starts = [va for va, _, _ in found]

@@ -425,7 +425,7 @@ class Renderer:
                 self._holder_line(holder, "    - ")
                 for above in holder.held_by:
                     self._holder_line(above, "        the block's address is at ")
-                if not holder.held_by and holder.pool_block is not None and "no single driver" in holder.nobody:
+                if holder.followed and not holder.held_by:
                     self.line("        nothing was found holding the block's address")
         if len(shown) < len(mdls):
             self.line(f"  ... and the holders of {len(mdls) - len(shown)} more MDL(s) (-v shows them; JSON lists "
