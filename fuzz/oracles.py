@@ -133,28 +133,31 @@ def _privately_held(target, layouts, reader, modules, report, suspect, p1, p2) -
         if mdl.problems or not ((p1 == 0 and mdl.process == p2 and mdl.locked) or (p1 == 1 and record.address == p2)):
             continue
         for holder in record.holders:
-            if _holds(target, layouts, reader, modules, holder, record.address, suspect):
+            if _holds(target, layouts, reader, modules, holder, record.address, suspect, chained=True):
                 return True
             inside = holder.kind == "pool_block" and holder.pool_block is not None and holder.address is not None \
                 and holder.pool_block <= holder.address < holder.pool_block + (holder.pool_block_size or 0) \
-                and _copy_at(target, holder.address, record.address)
+                and _copy_at(target, holder.address, record.address, layouts)
             if inside and any(_holds(target, layouts, reader, modules, above, holder.pool_block, suspect)
                               for above in holder.held_by):
                 return True
     return False
 
 
-def _copy_at(target, address, value) -> bool:
-    """An exact, aligned copy of ``value`` at ``address``."""
+def _copy_at(target, address, value, layouts=None) -> bool:
+    """An exact, aligned copy of ``value`` at ``address`` (with ``layouts``: or of an MDL whose Next chain
+    reaches ``value``)."""
     try:
-        return address % target.pointer_size == 0 and target.read_pointer(address) == value
+        held = target.read_pointer(address) if address % target.pointer_size == 0 else None
     except MemoryReadError:
         return False
+    return held == value or (held is not None and layouts is not None and _reaches(target, layouts, held, value))
 
 
-def _holds(target, layouts, reader, modules, holder, value, suspect) -> bool:
-    """Whether ``holder`` (a record of the report) really holds ``value`` in a place of the suspect's."""
-    if holder.address is None or not _copy_at(target, holder.address, value):
+def _holds(target, layouts, reader, modules, holder, value, suspect, chained=False) -> bool:
+    """Whether ``holder`` (a record of the report) really holds ``value`` (``chained``: or an MDL whose Next
+    chain reaches it) in a place of the suspect's."""
+    if holder.address is None or not _copy_at(target, holder.address, value, layouts if chained else None):
         return False
     if holder.kind == "device_extension" and holder.device is not None:
         device = reader.read_device(holder.device)

@@ -299,6 +299,20 @@ def test_a_thread_list_that_loops_is_walked_once():
     assert any("loops" in warning for warning in context.report.warnings)
 
 
+def test_a_driver_holding_the_head_of_an_mdl_chain_holds_the_mdls_after_it():
+    scene, process, drivers, mdl = scene_with_mdl()
+    head = scene.mdl(process, pages=1, next_mdl=mdl)
+    device, extension = scene.device_with_extension(drivers["keeper"], 0x40)
+    scene.write_pointer(extension + 0x8, head)
+    report = hunt(scene, process, 2)
+    (holder,) = holders_of(report, mdl)[1:]
+    assert [h.kind for h in holders_of(report, mdl)] == ["mdl_chain", DEVICE_HOLDER]
+    assert f"it holds MDL {head:#x}, whose Next chain reaches this one" in holder.description
+    (top,) = report.suspects
+    assert top.image == "keeper.sys" and sorted(top.mdls) == sorted([head, mdl])
+    assert any("reached through the MDL.Next chain" in e for e in top.evidence)
+
+
 # ---- one level up -------------------------------------------------------------------------------
 
 def hunt(scene, process, pages):

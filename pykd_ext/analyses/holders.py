@@ -620,7 +620,8 @@ def blame_private(context: Context, holders: Holders, mdls: Iterable[int],
         namer = members[0][1]
         held = sorted({mdl for mdl, _, _ in members})
         confidence = capped(kind.confidence, highest)
-        text = f"{describe(held)}: held {_where(members)}"
+        chained = any((block or namer).value != mdl for mdl, namer, block in members)
+        text = f"{describe(held)}: held {_where(members)}" + (", reached through the MDL.Next chain" if chained else "")
         context.suspects.add(namer.driver, namer.image, confidence, None, text, namer.driver_object, namer.image_base,
                              mdls=held, kind=kind)
 
@@ -680,7 +681,11 @@ def holder_records(holders: Holders, mdl: int) -> List[HolderRecord]:
     if parent is not None:
         records.append(HolderRecord(address=parent, kind=CHAIN_HOLDER, summary=f"MDL {hex(parent)}",
                                     description=f"the Next of MDL {hex(parent)}", parent_mdl=parent))
-    records.extend(holder.record() for holder in holders.private.get(mdl, []))
+    for holder in holders.private.get(mdl, []):
+        record = holder.record()
+        if holder.value != mdl:  # a copy of an MDL chained before this one
+            record.description += f"; it holds MDL {hex(holder.value)}, whose Next chain reaches this one"
+        records.append(record)
     return records
 
 
