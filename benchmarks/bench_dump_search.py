@@ -6,7 +6,8 @@ device extensions, globals and tagged pool blocks) in a temporary directory, one
 measures side by side:
 
 * one streaming read of the file (8 MiB ``readinto``): the floor for anything that looks at every page;
-* leakhunt's pointer search for 1 value (the hunt's first level) and for 1000 values (its MDL level),
+* leakhunt's pointer search for 1 value (the hunt's first level; also collecting every IRP header, as the
+  hunt's first pass does) and for 1000 values (its MDL level),
   with the compiled engine (when built; searching a mapping of the file, and reading it) and with the
   numpy engine, and on one thread and on all of them (``SEARCH_THREADS``);
 * the whole 0x76 hunt (open the dump, analyze, render JSON) for each N, as installed (the compiled
@@ -51,6 +52,8 @@ from mocks.scenarios_private import case_0x76_private  # noqa: E402
 import pykd_ext.search as search_module  # noqa: E402
 import pykd_ext.targets.dumpfile as dumpfile_module  # noqa: E402
 from pykd_ext.analyses import analyze  # noqa: E402
+from pykd_ext.kernel.io import irp_headers  # noqa: E402
+from pykd_ext.layouts import Layouts  # noqa: E402
 from pykd_ext.render.jsonout import render_json  # noqa: E402
 from pykd_ext.session import open_session  # noqa: E402
 from pykd_ext.symbols.isf import IsfFile  # noqa: E402
@@ -124,13 +127,17 @@ def hunt(path: str, mapped: bool = True, symbols=None):
         dumpfile_module.MAPPED_SEARCH = saved
 
 
-def search(path: str, values, engine: str, threads: int, mapped: bool) -> None:
+def search(path: str, values, engine: str, threads: int, mapped: bool, irps: bool = False) -> None:
+    """One search pass; ``irps``: collecting every IRP header in it too, as the hunt's first pass does."""
     saved = search_module.preferred_engine, dumpfile_module.SEARCH_THREADS, dumpfile_module.MAPPED_SEARCH
     search_module.preferred_engine, dumpfile_module.SEARCH_THREADS, dumpfile_module.MAPPED_SEARCH = (
         engine, threads, mapped)
     target = DumpFileTarget.open(path)
     try:
-        target.search_pointers(values)
+        if irps:
+            target.search_pointers_and_headers(values, irp_headers(Layouts(target)))
+        else:
+            target.search_pointers(values)
     finally:
         target.close()
         search_module.preferred_engine, dumpfile_module.SEARCH_THREADS, dumpfile_module.MAPPED_SEARCH = saved
@@ -306,10 +313,11 @@ def main() -> int:
             if position == 0 and not args.hunts_only and case == "irp":
                 many = sorted(set(scenario.expected["locked_mdls"] + scenario.expected["decoy_mdls"]))
                 many += [process + 0x10 * i for i in range(1, 1001 - len(many))]
-                for label, values in (("1 value", [process]), (f"{len(many)} values", many)):
+                for label, values, irps in (("1 value", [process], False), ("1 value and the IRP headers", [process], True),
+                                            (f"{len(many)} values", many, False)):
                     for engine, threads, mapped in variants:
-                        run = (lambda values=values, engine=engine, threads=threads, mapped=mapped:
-                               search(path, values, engine, threads, mapped))
+                        run = (lambda values=values, engine=engine, threads=threads, mapped=mapped, irps=irps:
+                               search(path, values, engine, threads, mapped, irps))
                         cold = compare(path, run, args.repeat, cold=True)
                         warm = compare(path, run, args.repeat, cold=False)
                         access = "mapped" if mapped else "read"
@@ -317,6 +325,8 @@ def main() -> int:
                                             file_size))
                         print(f"  search {label}, {engine} engine, {access}, {threads} thread(s): cold read/search "
                               f"{1 / cold[0]:.2f}, warm {1 / warm[0]:.2f}", flush=True)
+                    if irps:  # the alternative has no IRP headers to collect
+                        continue
                     alternative = alternative_seconds(path, values, args.alternative_pages if len(values) == 1
                                                       else max(1, args.alternative_pages // 8), file_size // PAGE)
                     fastest = min(row[2][1] for row in search_rows if row[0].startswith(label + ","))
