@@ -80,12 +80,22 @@ class Suspect:
                 "evidence": list(self.evidence), "mdls": [_hex(a) for a in self.mdls], "pages": self.pages}
 
 
+# The kinds of place that hold an MDL's address (analyses/holders.py), as JSON names them.
+IRP_HOLDER = "irp"
+CHAIN_HOLDER = "mdl_chain"
+IMAGE_HOLDER = "image"
+STACK_HOLDER = "kernel_stack"
+DEVICE_HOLDER = "device_extension"
+POOL_HOLDER = "pool_block"
+UNKNOWN_HOLDER = "unknown"
+
+
 @dataclass
 class HolderRecord:
     """A place holding a copy of an MDL's address (analyses/holders.py), as the report shows it."""
 
     address: Optional[int]  # where the copy is (the IRP, for an IRP; the MDL whose Next it is, for a chain)
-    kind: str  # "irp", "mdl_chain", "image", "kernel_stack", "device_extension", "pool_block", "unknown"
+    kind: str  # one of the *_HOLDER names above
     summary: str  # the MDLs table's "held by" cell
     description: str  # where it is, in words
     physical: Optional[int] = None

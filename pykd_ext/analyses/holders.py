@@ -40,17 +40,10 @@ from ..kernel.mdl import Mdl, read_mdl
 from ..kernel.modules import ModuleMap
 from ..kernel.pool import FOUND_BY_BIG_POOL_TABLE, PoolBlock, PoolFinder
 from ..kernel.threads import KernelStack, kernel_stacks
-from ..report import HolderRecord, Rejected
+from ..report import (CHAIN_HOLDER, DEVICE_HOLDER, IMAGE_HOLDER, IRP_HOLDER, POOL_HOLDER, STACK_HOLDER, UNKNOWN_HOLDER,
+                      HolderRecord, Rejected)
 from ..targets.base import HeaderHit, MemoryReadError, Module, SearchHit
 from .common import MAX_MDL_CHAIN, Context, irp_record, mdl_record
-
-IRP_HOLDER = "irp"
-CHAIN_HOLDER = "mdl_chain"
-IMAGE_HOLDER = "image"
-STACK_HOLDER = "kernel_stack"
-DEVICE_HOLDER = "device_extension"
-POOL_HOLDER = "pool_block"
-UNKNOWN_HOLDER = "unknown"
 
 # Tags the kernel allocates with (the I/O manager's IRPs and MDLs, Mm's lock tracker and its header:
 # pooltag.txt, WRK): a block with one of them is the kernel's whatever the images hold.
@@ -65,7 +58,8 @@ MDLS_NAMED = 3
 
 @dataclass
 class Holder:
-    """One place holding a copy of an MDL's address (or of a pool block's, one level up)."""
+    """One place holding a copy of an MDL's address (or of a pool block's, one level up), other than an IRP
+    or an MDL chain (those are the hunt's own: holder_records gives them)."""
 
     kind: str
     address: Optional[int]  # where the copy is (a kernel virtual address), None when only its physical one is known
@@ -79,8 +73,6 @@ class Holder:
     image_base: Optional[int] = None
     evidence: Optional[EvidenceKind] = None
     nobody: str = ""  # why it names nobody, when it does not
-    irp: Optional[int] = None
-    parent_mdl: Optional[int] = None  # CHAIN_HOLDER: the MDL whose Next it is
     device: Optional[int] = None
     module: Optional[str] = None
     section: Optional[str] = None
@@ -102,8 +94,8 @@ class Holder:
             address=self.address, physical=self.physical, kind=self.kind, summary=self.summary,
             description=self.description + (f"; {self.tag_note}" if self.tag_note else ""), driver=self.driver,
             image=self.image,
-            evidence=self.evidence.name if self.evidence else None, nobody=self.nobody, irp=self.irp,
-            parent_mdl=self.parent_mdl, device=self.device, module=self.module, section=self.section,
+            evidence=self.evidence.name if self.evidence else None, nobody=self.nobody, device=self.device,
+            module=self.module, section=self.section,
             pool_block=block.address if block else None, pool_block_size=block.size if block else None,
             pool_tag=block.tag if block else None, pool_finder=block.finder if block else None,
             tag_images=self.tag_images, thread=self.thread, followed=self.follow,
@@ -196,6 +188,7 @@ def _image_holder(places: Places, address: int, value: int, of_mdl: bool) -> Opt
         holder.image = None
         return holder
     if section is None:
+        holder.summary = f"{symbol} (no headers)"
         holder.description = f"at {symbol}, inside {module.image}"
         holder.nobody = "the image's section headers are not in memory: a global cannot be told from code"
         holder.image = None

@@ -19,8 +19,9 @@ from datetime import datetime, timezone
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from ..collector import collector_paused
-from ..report import (FrameRecord, HolderRecord, IrpRecord, MdlRecord, NextStep, Report, TrackerRecord,
-                      bugcheck_code_text, step_text)
+from ..report import (CHAIN_HOLDER, DEVICE_HOLDER, IMAGE_HOLDER, IRP_HOLDER, POOL_HOLDER, STACK_HOLDER, FrameRecord,
+                      HolderRecord, IrpRecord, MdlRecord, NextStep, Report, TrackerRecord, bugcheck_code_text,
+                      step_text)
 from ..targets.base import windbg_address
 
 DEFAULT_WIDTH = 100
@@ -264,17 +265,15 @@ class Renderer:
     @staticmethod
     def _holder_command(holder: HolderRecord) -> Optional[str]:
         """The debugger command that shows a holder: !pool on a pool block, !devobj on a device, lmvm on an
-        image, !thread on a kernel stack, !irp on an IRP; None for the rest."""
-        if holder.kind == "pool_block" and holder.address is not None:
+        image, !thread on a kernel stack; None for the rest (IRPs have their own sections and links)."""
+        if holder.kind == POOL_HOLDER and holder.address is not None:
             return f"!pool {holder.address:#x} 2"
-        if holder.kind == "device_extension" and holder.device:
+        if holder.kind == DEVICE_HOLDER and holder.device:
             return f"!devobj {holder.device:#x}"
-        if holder.kind == "image" and holder.module:
+        if holder.kind == IMAGE_HOLDER and holder.module:
             return f"lmvm {holder.module}"
-        if holder.kind == "kernel_stack" and holder.thread:
+        if holder.kind == STACK_HOLDER and holder.thread:
             return f"!thread {holder.thread:#x}"
-        if holder.kind == "irp" and holder.irp:
-            return f"!irp {holder.irp:#x} 1"
         return None
 
     # ---- the report ---------------------------------------------------------------------------
@@ -404,7 +403,7 @@ class Renderer:
         """The IRPs holding the MDL, as before; else its other holder (the one naming a driver first)."""
         if mdl.irps:
             return self.irp_link(mdl.irps[0]) if len(mdl.irps) == 1 else f"{len(mdl.irps)} IRPs"
-        others = [h for h in mdl.holders if h.kind != "mdl_chain"]
+        others = [h for h in mdl.holders if h.kind != CHAIN_HOLDER]
         if not others:
             return "none found"
         first = next((h for h in others if h.evidence or any(u.evidence for u in h.held_by)), others[0])
@@ -412,7 +411,7 @@ class Renderer:
 
     def _holders(self) -> None:
         """Where memory holds each MDL's address besides IRPs and MDL chains, and what each place names."""
-        mdls = [m for m in self.report.mdls if any(h.kind not in ("irp", "mdl_chain") for h in m.holders)]
+        mdls = [m for m in self.report.mdls if any(h.kind not in (IRP_HOLDER, CHAIN_HOLDER) for h in m.holders)]
         if not mdls:
             return
         self.heading("HOLDERS (where memory holds each MDL's address, besides IRPs)")
@@ -420,7 +419,7 @@ class Renderer:
         for mdl in shown:
             self.line("  MDL ", self.mdl_link(mdl.address), f" ({mdl.classification}, {mdl.pages} page(s))")
             for holder in mdl.holders:
-                if holder.kind in ("irp", "mdl_chain"):
+                if holder.kind in (IRP_HOLDER, CHAIN_HOLDER):
                     continue
                 self._holder_line(holder, "    - ")
                 for above in holder.held_by:
