@@ -1,22 +1,29 @@
 """Benchmark: leakhunt's dump search and 0x76 hunt against a plain read of the same file.
 
 Generates bitmap kernel dumps of ``--size`` bytes (pointer-rich noise pages plus a 0x76 case with N
-leaked MDLs, each held by an IRP) in a temporary directory, one at a time, and measures side by side:
+leaked MDLs, each held by an IRP; and, for ``--private``, a 0x76 case with N MDLs a driver keeps in its
+device extensions, globals and tagged pool blocks) in a temporary directory, one at a time, and
+measures side by side:
 
 * one streaming read of the file (8 MiB ``readinto``): the floor for anything that looks at every page;
-* leakhunt's pointer search for 1 value (the hunt's first level) and for 1000 values (its MDL level),
+* leakhunt's pointer search for 1 value (the hunt's first level; also collecting every IRP header, as the
+  hunt's first pass does) and for 1000 values (its MDL level),
   with the compiled engine (when built; searching a mapping of the file, and reading it) and with the
   numpy engine, and on one thread and on all of them (``SEARCH_THREADS``);
 * the whole 0x76 hunt (open the dump, analyze, render JSON) for each N, as installed (the compiled
   engine searching a mapping of the file, where it can) and, warm, with the search reading the file;
-* with ``--arches x64,arm64`` (the default), the same hunt on an ARM64 dump of the same memory (the same
-  scenario and noise, ARM64 translation tables and context), and the warm hunts of the two dumps
-  interleaved: the ARM64/x64 ratio;
+  the IRP-held MDLs must take one pass (the IRPs are collected in the pass that finds the MDLs); the
+  private ones, kept in device extensions and in tagged pool blocks (segment-heap VS blocks), two (the
+  MDLs, then what holds them), the search of the loaded images for the pool tag included; their kernel
+  is the real 19041 one, whose symbol table is opened once, before the timing;
 * the obvious alternative a user would write: kdmp-parser's Python API page by page, ``bytes.find`` for
   each value with an alignment check. It is slow, so it runs on ``--alternative-pages`` pages and its
   time is extrapolated to the whole dump (the output says so);
 * peak resident memory of the hunt (mapping the file, whose cached pages then count in it, and reading
-  it), and of kdmp-parser's ``Parse`` alone, each in a fresh process.
+  it), and of kdmp-parser's ``Parse`` alone, each in a fresh process;
+* with ``--arches x64,arm64`` (the default), the IRP case's hunt on an ARM64 dump of the same memory (the
+  same scenario and noise, ARM64 translation tables and context), the warm hunts of the two dumps
+  interleaved: the ARM64/x64 ratio.
 
 "cold": the file is evicted from the page cache first (``posix_fadvise(DONTNEED)``, Linux; on a VM the
 host may still cache it). "warm": the file is in the page cache. Each measurement is repeated
@@ -42,17 +49,26 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 from mocks.dumpwriter import DumpImage  # noqa: E402
+from mocks.memory import SymbolFit  # noqa: E402
 from mocks.scenarios import case_0x76  # noqa: E402
+from mocks.scenarios_private import case_0x76_private  # noqa: E402
 import pykd_ext.search as search_module  # noqa: E402
 import pykd_ext.targets.dumpfile as dumpfile_module  # noqa: E402
-from pykd_ext.sources import open_dump
 from pykd_ext.analyses import analyze  # noqa: E402
+from pykd_ext.kernel.io import irp_headers  # noqa: E402
+from pykd_ext.layouts import Layouts  # noqa: E402
 from pykd_ext.render.jsonout import render_json  # noqa: E402
+from pykd_ext.session import open_session  # noqa: E402
+from pykd_ext.symbols.isf import IsfFile  # noqa: E402
+from pykd_ext.sources import open_dump  # noqa: E402
 from pykd_ext.targets.dumpheader import DUMP_BITMAP  # noqa: E402
 
 PAGE = 4096
 READ_CHUNK = 8 << 20
 GIB = 1 << 30
+# The real kernel symbol table the private cases' kernel is made to fit (its big pool table and type).
+ISF_19041 = os.path.join(ROOT, "tests", "data", "symbols", "windows", "ntkrnlmp.pdb",
+                         "5278AFF86C341677D7D7835C85B7B844-1.json.xz")
 
 
 def parse_size(text: str) -> int:
@@ -99,13 +115,14 @@ def seconds(function, *args) -> float:
     return time.perf_counter() - start
 
 
-def hunt(path: str, mapped: bool = True):
-    """The whole hunt as ``leakhunt analyze`` runs it; ``mapped=False`` has the search read the file."""
+def hunt(path: str, mapped: bool = True, symbols=None):
+    """The whole hunt as ``leakhunt analyze`` runs it (with ``symbols``, an opened symbol file, as
+    ``--symbols`` gives it); ``mapped=False`` has the search read the file."""
     saved = dumpfile_module.MAPPED_SEARCH
     dumpfile_module.MAPPED_SEARCH = mapped
     target = open_dump(path)
     try:
-        report = analyze(target)
+        report = analyze(open_session(target, symbol_files=[symbols]) if symbols is not None else target)
         render_json(report)
         return report
     finally:
@@ -113,13 +130,17 @@ def hunt(path: str, mapped: bool = True):
         dumpfile_module.MAPPED_SEARCH = saved
 
 
-def search(path: str, values, engine: str, threads: int, mapped: bool) -> None:
+def search(path: str, values, engine: str, threads: int, mapped: bool, irps: bool = False) -> None:
+    """One search pass; ``irps``: collecting every IRP header in it too, as the hunt's first pass does."""
     saved = search_module.preferred_engine, dumpfile_module.SEARCH_THREADS, dumpfile_module.MAPPED_SEARCH
     search_module.preferred_engine, dumpfile_module.SEARCH_THREADS, dumpfile_module.MAPPED_SEARCH = (
         engine, threads, mapped)
     target = open_dump(path)
     try:
-        target.search_pointers(values)
+        if irps:
+            target.search_pointers_and_headers(values, irp_headers(Layouts(target)))
+        else:
+            target.search_pointers(values)
     finally:
         target.close()
         search_module.preferred_engine, dumpfile_module.SEARCH_THREADS, dumpfile_module.MAPPED_SEARCH = saved
@@ -253,8 +274,11 @@ def hunts_of_dumps_interleaved(dumps, repeat: int):
     return [(arch, tuple(statistics.median(column) for column in zip(*runs[arch]))) for arch, _ in dumps]
 
 
-def generate(path: str, size: int, leaked: int, arch: str = "x64"):
-    scenario = case_0x76(arch, "irp", leaked=leaked, noise_pages=16)
+def generate(path: str, size: int, leaked: int, symbols=None, arch: str = "x64"):
+    """A dump of the IRP case, or with ``symbols`` the private case whose kernel they describe."""
+    scenario = case_0x76(arch, "irp", leaked=leaked, noise_pages=16) if symbols is None else \
+        case_0x76_private("x64", leaked=leaked, noise_pages=16, fit=SymbolFit.of(symbols),
+                          placements=("device extension", "tagged block"))
     noise = max(0, size // PAGE - len(scenario.data.pages))
     DumpImage(scenario.data, noise_pages=noise, seed=leaked).write(path, DUMP_BITMAP)
     # On disk before anything is measured: no write-back competes with the runs, and the first cold
@@ -267,7 +291,10 @@ def generate(path: str, size: int, leaked: int, arch: str = "x64"):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="1G", help="dump size, e.g. 512M, 1G, 4G (default 1G)")
-    parser.add_argument("--leaked", default="1,10,100,1000", help="leaked MDL counts (default 1,10,100,1000)")
+    parser.add_argument("--leaked", default="1,10,100,1000",
+                        help="counts of leaked MDLs held by IRPs (default 1,10,100,1000; none: -)")
+    parser.add_argument("--private", default="1,100,1000",
+                        help="counts of leaked MDLs a driver keeps itself (default 1,100,1000; none: -)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement (default 3)")
     parser.add_argument("--alternative-pages", type=int, default=2048,
                         help="pages the kdmp-parser alternative searches before extrapolating (default 2048)")
@@ -276,12 +303,13 @@ def main() -> int:
                         help="also time the warm hunt with another checkout's code, interleaved (before/after)")
     parser.add_argument("--hunts-only", action="store_true", help="leave out the searches and the alternative")
     parser.add_argument("--arches", default="x64,arm64",
-                        help="architectures of the dumps (default x64,arm64: an ARM64 dump of the same memory beside "
-                             "each x64 one)")
+                        help="architectures of the IRP case's dumps (default x64,arm64: an ARM64 dump of the same "
+                             "memory beside each x64 one, their warm hunts interleaved)")
     args = parser.parse_args()
     size = parse_size(args.size)
-    counts = [int(n) for n in args.leaked.split(",")]
-    arches = args.arches.split(",")
+    symbols = IsfFile.open(ISF_19041)
+    counts = [(int(n), None) for n in args.leaked.split(",") if n != "-"] + \
+        [(int(n), symbols) for n in args.private.split(",") if n != "-"]
     # (engine, threads, mapped): the compiled engine both maps the file and reads it, where it can map.
     accesses = [True, False] if search_module.compiled_searches_mappings else [False]
     variants = [(engine, threads, mapped) for engine in search_module.ENGINES
@@ -295,67 +323,75 @@ def main() -> int:
              f"{', mapping the file' if dumpfile_module.MAPPED_SEARCH and search_module.compiled_searches_mappings else ''}"]
     print("\n".join(lines), flush=True)
     search_rows, hunt_rows, other_rows, compare_rows, arch_rows = [], [], [], [], []
+    other_arches = [arch for arch in args.arches.split(",") if arch != "x64"]
     compared = [CheckoutHunt(ROOT), CheckoutHunt(args.compare)] if args.compare else []
     try:
-        for position, leaked in enumerate(counts):
-            paths = {}
-            for arch in arches:
-                path = paths[arch] = os.path.join(workdir, f"MEMORY-{arch}-{leaked}.DMP")
-                start = time.perf_counter()
-                scenario = generate(path, size, leaked, arch)
-                file_size = os.path.getsize(path)
-                print(f"{arch} N={leaked}: wrote {file_size / GIB:.2f} GiB in {time.perf_counter() - start:.0f} s",
-                      flush=True)
-                process = scenario.expected["process"]
-                if position == 0 and arch == arches[0] and not args.hunts_only:
-                    many = sorted(set(scenario.expected["locked_mdls"] + scenario.expected["decoy_mdls"]))
-                    many += [process + 0x10 * i for i in range(1, 1001 - len(many))]
-                    for label, values in (("1 value", [process]), (f"{len(many)} values", many)):
-                        for engine, threads, mapped in variants:
-                            run = (lambda values=values, engine=engine, threads=threads, mapped=mapped:
-                                   search(path, values, engine, threads, mapped))
-                            cold = compare(path, run, args.repeat, cold=True)
-                            warm = compare(path, run, args.repeat, cold=False)
-                            access = "mapped" if mapped else "read"
-                            search_rows.append((f"{label}, {engine}, {access}, {threads} thread(s)", cold, warm,
-                                                file_size))
-                            print(f"  search {label}, {engine} engine, {access}, {threads} thread(s): cold "
-                                  f"read/search {1 / cold[0]:.2f}, warm {1 / warm[0]:.2f}", flush=True)
-                        alternative = alternative_seconds(path, values, args.alternative_pages if len(values) == 1
-                                                          else max(1, args.alternative_pages // 8), file_size // PAGE)
-                        fastest = min(row[2][1] for row in search_rows if row[0].startswith(label + ","))
-                        other_rows.append((f"kdmp-parser page by page + bytes.find, {label} (extrapolated)",
-                                           f"{alternative:.0f} s = {alternative / fastest:.0f}x leakhunt's warm search"))
-                    body = f"import kdmp_parser; kdmp_parser.KernelDumpParser({path!r})"
-                    other_rows.append(("peak RSS of kdmp-parser's Parse alone", f"{peak_rss_mib(body):.0f} MiB"))
-                report = hunt(path)
-                assert report.suspects and report.suspects[0].driver == "\\Driver\\leakyflt", "the hunt named nobody"
-                assert report.locked_pages_accounted == scenario.expected["locked_pages"]
-                cold = compare(path, lambda: hunt(path), args.repeat, cold=True)
-                warm = compare(path, lambda: hunt(path), args.repeat, cold=False)
-                warm_read = compare(path, lambda: hunt(path, mapped=False), args.repeat, cold=False)
-                peaks = []
-                for mapped in (True, False):  # mapped: the dump's page-cache pages count in the resident set
-                    body = ("import pykd_ext.targets.dumpfile as dumpfile\nfrom pykd_ext.analyses import analyze\n"
-                            "from pykd_ext.sources import open_dump\n"
-                            f"dumpfile.MAPPED_SEARCH = {mapped}\nanalyze(open_dump({path!r}))")
-                    peaks.append(peak_rss_mib(body))
-                hunt_rows.append((arch, leaked, report, cold, warm, warm_read, peaks))
-                print(f"  hunt: cold {cold[0]:.2f} reads, warm {warm[0]:.2f} reads (reading the file: "
-                      f"{warm_read[0]:.2f}), peak RSS {peaks[0]:.0f} MiB (reading the file: {peaks[1]:.0f} MiB)",
-                      flush=True)
-                if compared and arch == "x64":
-                    compare_rows.append((leaked, hunts_compared(path, compared, args.repeat)))
-                    print("  warm hunt, interleaved: " + ", ".join(
-                        f"{checkout.name} {ratio:.2f} reads" for checkout, (ratio, _, _) in zip(compared, compare_rows[-1][1])),
-                        flush=True)
-            if len(paths) > 1:
-                arch_rows.append((leaked, hunts_of_dumps_interleaved(list(paths.items()), args.repeat)))
+        for position, (leaked, case_symbols) in enumerate(counts):
+            case = "private" if case_symbols is not None else "irp"
+            path = os.path.join(workdir, f"MEMORY-{case}-{leaked}.DMP")
+            start = time.perf_counter()
+            scenario = generate(path, size, leaked, case_symbols)
+            file_size = os.path.getsize(path)
+            print(f"{case} N={leaked}: wrote {file_size / GIB:.2f} GiB in {time.perf_counter() - start:.0f} s",
+                  flush=True)
+            process = scenario.expected["process"]
+            if position == 0 and not args.hunts_only and case == "irp":
+                many = sorted(set(scenario.expected["locked_mdls"] + scenario.expected["decoy_mdls"]))
+                many += [process + 0x10 * i for i in range(1, 1001 - len(many))]
+                for label, values, irps in (("1 value", [process], False), ("1 value and the IRP headers", [process], True),
+                                            (f"{len(many)} values", many, False)):
+                    for engine, threads, mapped in variants:
+                        run = (lambda values=values, engine=engine, threads=threads, mapped=mapped, irps=irps:
+                               search(path, values, engine, threads, mapped, irps))
+                        cold = compare(path, run, args.repeat, cold=True)
+                        warm = compare(path, run, args.repeat, cold=False)
+                        access = "mapped" if mapped else "read"
+                        search_rows.append((f"{label}, {engine}, {access}, {threads} thread(s)", cold, warm,
+                                            file_size))
+                        print(f"  search {label}, {engine} engine, {access}, {threads} thread(s): cold read/search "
+                              f"{1 / cold[0]:.2f}, warm {1 / warm[0]:.2f}", flush=True)
+                    if irps:  # the alternative has no IRP headers to collect
+                        continue
+                    alternative = alternative_seconds(path, values, args.alternative_pages if len(values) == 1
+                                                      else max(1, args.alternative_pages // 8), file_size // PAGE)
+                    fastest = min(row[2][1] for row in search_rows if row[0].startswith(label + ","))
+                    other_rows.append((f"kdmp-parser page by page + bytes.find, {label} (extrapolated)",
+                                       f"{alternative:.0f} s = {alternative / fastest:.0f}x leakhunt's warm search"))
+                body = f"import kdmp_parser; kdmp_parser.KernelDumpParser({path!r})"
+                other_rows.append(("peak RSS of kdmp-parser's Parse alone", f"{peak_rss_mib(body):.0f} MiB"))
+            report = hunt(path, symbols=case_symbols)
+            assert report.suspects and report.suspects[0].driver == scenario.expected["culprit"], "wrong culprit"
+            assert report.locked_pages_accounted == scenario.expected["locked_pages"]
+            assert report.searches == (1 if case == "irp" else 2), f"{report.searches} passes"
+            cold = compare(path, lambda: hunt(path, symbols=case_symbols), args.repeat, cold=True)
+            warm = compare(path, lambda: hunt(path, symbols=case_symbols), args.repeat, cold=False)
+            warm_read = compare(path, lambda: hunt(path, mapped=False, symbols=case_symbols), args.repeat, cold=False)
+            peaks = []
+            for mapped in (True, False):  # mapped: the dump's page-cache pages count in the resident set
+                body = ("import pykd_ext.targets.dumpfile as dumpfile\nfrom pykd_ext.analyses import analyze\n"
+                        "from pykd_ext.sources import open_dump\n"
+                        f"dumpfile.MAPPED_SEARCH = {mapped}\nanalyze(open_dump({path!r}))")
+                peaks.append(peak_rss_mib(body))
+            hunt_rows.append((f"{leaked} {case}", report, cold, warm, warm_read, peaks))
+            print(f"  hunt: cold {cold[0]:.2f} reads, warm {warm[0]:.2f} reads (reading the file: {warm_read[0]:.2f}), "
+                  f"peak RSS {peaks[0]:.0f} MiB (reading the file: {peaks[1]:.0f} MiB)", flush=True)
+            if compared and case == "irp":
+                compare_rows.append((leaked, hunts_compared(path, compared, args.repeat)))
+                print("  warm hunt, interleaved: " + ", ".join(
+                    f"{checkout.name} {ratio:.2f} reads" for checkout, (ratio, _, _) in zip(compared, compare_rows[-1][1])),
+                    flush=True)
+            if other_arches and case == "irp":
+                dumps = [("x64", path)]
+                for arch in other_arches:
+                    dumps.append((arch, os.path.join(workdir, f"MEMORY-{arch}-{leaked}.DMP")))
+                    generate(dumps[-1][1], size, leaked, arch=arch)
+                arch_rows.append((leaked, hunts_of_dumps_interleaved(dumps, args.repeat)))
                 print("  warm hunt, the dumps in turn: " + ", ".join(
                     f"{arch} {ratio:.2f} reads ({hunt_s:.3f} s)" for arch, (ratio, hunt_s) in arch_rows[-1][1]),
                     flush=True)
-            for path in paths.values():
-                os.unlink(path)
+                for _, other in dumps[1:]:
+                    os.unlink(other)
+            os.unlink(path)
     finally:
         for checkout in compared:
             checkout.close()
@@ -373,12 +409,12 @@ def main() -> int:
               f"{read_warm:.3f} ({size / read_warm / GIB:.1f}) | |")
     print()
     mapping = search_module.compiled_searches_mappings and dumpfile_module.MAPPED_SEARCH
-    print("| dump | leaked MDLs | passes | MDLs, IRPs reported | cold hunt: s, in reads (goal <= 2.5) | warm hunt: s, "
-          "in reads | warm hunt reading the file | peak RSS" + (" (the mapped dump's pages included); reading the "
-                                                               "file |" if mapping else " |"))
-    print("|---|---|---|---|---|---|---|---|")
-    for arch, leaked, report, cold, warm, warm_read, peaks in hunt_rows:
-        print(f"| {arch} | {leaked} | {report.searches} | {len(report.mdls)}, {len(report.irps)} | {cold[1]:.2f} s, "
+    print("| leaked MDLs | passes | MDLs, IRPs reported | cold hunt: s, in reads (goal <= 2.5) | warm hunt: s, in reads "
+          "| warm hunt reading the file | peak RSS" + (" (the mapped dump's pages included); reading the file |"
+                                                     if mapping else " |"))
+    print("|---|---|---|---|---|---|---|")
+    for leaked, report, cold, warm, warm_read, peaks in hunt_rows:
+        print(f"| {leaked} | {report.searches} | {len(report.mdls)}, {len(report.irps)} | {cold[1]:.2f} s, "
               f"{cold[0]:.2f} | {warm[1]:.2f} s, {warm[0]:.2f} | {warm_read[1]:.2f} s, {warm_read[0]:.2f} | "
               f"{peaks[0]:.0f} MiB{f'; {peaks[1]:.0f} MiB' if mapping else ''} |")
     if compared:

@@ -36,6 +36,7 @@ from fuzz.mutators import (DELETE, HOSTILE_VALUES, ZIP_FIELD_VALUES, apply_damag
 from fuzz.oracles import unsupported_suspects, unsupported_thread_starts
 from mocks import scenarios_family as family
 from mocks.scenarios import case_0x76
+from mocks.scenarios_private import case_0x76_private
 from pykd_ext import cli, console
 from pykd_ext.analyses import analyze
 from pykd_ext.render.jsonout import render_json
@@ -81,6 +82,8 @@ def _bases() -> List[Base]:
             scenario = case_0x76(arch, kind, noise_pages=1, ki_bugcheck_driver="leakyflt.sys" if kind == "nothing"
                                  else "")
             bases.append(Base(scenario.name, scenario.data, scenario.expected))
+        private = case_0x76_private(arch, noise_pages=1)
+        bases.append(Base(private.name, private.data, private.expected))
     irp = case_0x76("x64", "irp", noise_pages=1)
     bases.append(Base("0x76-irp-recording", _recording(irp.data)))
     bases.append(Base("0x76-irp-recording-named", _named(_recording(irp.data))))

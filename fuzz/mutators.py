@@ -138,6 +138,8 @@ def scenario_objects(data: SnapshotData, expected: Dict[str, object]) -> Dict[st
         for address in expected.get(key, []) or []:
             add("_MDL", address)
     add("_MDL", expected.get("unlock_mdl"))
+    for address in expected.get("devices", []) or []:  # devices a driver keeps MDLs in the extension of
+        add("_DEVICE_OBJECT", address)
     target = SnapshotTarget(data)
     layouts = Layouts(target)
     reader = IoReader(target, layouts, ModuleMap(target.modules()))

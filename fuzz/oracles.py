@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Union
 
 from pykd_ext.analyses.common import MAX_MDL_CHAIN
+from pykd_ext.kernel.images import image_section
 from pykd_ext.kernel.io import IoReader
 from pykd_ext.kernel.mdl import read_mdl
+from pykd_ext.kernel.pool import tag_before
 from pykd_ext.kernel.modules import ModuleMap, plausible_image_name
 from pykd_ext.kernel.threads import THREAD_OBJECT, object_type
 from pykd_ext.kernel.trackers import first_frame_outside_kernel, read_tracker
@@ -44,7 +46,11 @@ def unsupported_suspects(source: Union[SnapshotData, Target], report: Report,
       named DRIVER_OBJECT of that device (the suspect's driver object);
     - or the plausible image name nt!KiBugCheckDriver points to;
     - or a valid lock tracker of the report whose first saved frame outside nt and hal lies in the
-      suspect's image (the kernel's own record of who locked the pages).
+      suspect's image (the kernel's own record of who locked the pages);
+    - or a holder of such an MDL that names the suspect, checked again on the memory: an aligned copy
+      of the MDL's address where the holder says, inside the extension of a valid device object of the
+      suspect's driver object, in a writable section of the suspect's image, or in a pool block
+      whose tag the suspect's image holds; or a pool block holding it whose own address is so held.
     """
     target = SnapshotTarget(source) if isinstance(source, SnapshotData) else source
     session = KernelSession(target)
@@ -63,6 +69,7 @@ def unsupported_suspects(source: Union[SnapshotData, Target], report: Report,
             supported = (_named_by_the_kernel(target, symbols or {}, suspect.image)
                          or any(_tracked(target, layouts, modules, record.address, suspect.image)
                                 for record in _trackers(report)))
+        supported = supported or _privately_held(target, layouts, reader, modules, report, suspect, p1, p2)
         if not supported:
             unsupported.append(suspect.label)
     return unsupported
@@ -114,6 +121,78 @@ def _supports(target, layouts, reader, record, suspect, p1, p2):
                 continue
             if (p1 == 0 and mdl.process == p2 and mdl.locked) or (p1 == 1 and held == p2):
                 return True
+    return False
+
+
+def _privately_held(target, layouts, reader, modules, report, suspect, p1, p2) -> bool:
+    for record in report.mdls:
+        try:
+            mdl = read_mdl(target, layouts, record.address)
+        except MemoryReadError:
+            continue
+        if mdl.problems or not ((p1 == 0 and mdl.process == p2 and mdl.locked) or (p1 == 1 and record.address == p2)):
+            continue
+        for holder in record.holders:
+            if _holds(target, layouts, reader, modules, holder, record.address, suspect, chained=True):
+                return True
+            inside = holder.kind == "pool_block" and holder.pool_block is not None and holder.address is not None \
+                and holder.pool_block <= holder.address < holder.pool_block + (holder.pool_block_size or 0) \
+                and _copy_at(target, holder.address, record.address, layouts)
+            if inside and any(_holds(target, layouts, reader, modules, above, holder.pool_block, suspect)
+                              for above in holder.held_by):
+                return True
+    return False
+
+
+def _copy_at(target, address, value, layouts=None) -> bool:
+    """An exact, aligned copy of ``value`` at ``address`` (with ``layouts``: or of an MDL whose Next chain
+    reaches ``value``)."""
+    try:
+        held = target.read_pointer(address) if address % target.pointer_size == 0 else None
+    except MemoryReadError:
+        return False
+    return held == value or (held is not None and layouts is not None and _reaches(target, layouts, held, value))
+
+
+def _holds(target, layouts, reader, modules, holder, value, suspect, chained=False) -> bool:
+    """Whether ``holder`` (a record of the report) really holds ``value`` (``chained``: or an MDL whose Next
+    chain reaches it) in a place of the suspect's."""
+    if holder.address is None or not _copy_at(target, holder.address, value, layouts if chained else None):
+        return False
+    if holder.kind == "device_extension" and holder.device is not None:
+        device = reader.read_device(holder.device)
+        if device.problems or device.driver is None or device.driver.address != suspect.driver_object:
+            return False
+        try:
+            view = layouts.view("_DEVICE_OBJECT", holder.device)
+            return view["DeviceExtension"] <= holder.address < view["DeviceObjectExtension"]
+        except (MemoryReadError, LayoutError):
+            return False
+    module = modules.find(holder.address) if holder.kind == "image" else \
+        modules.by_image(suspect.image) if holder.kind == "pool_block" and suspect.image else None
+    if module is None or module.image != suspect.image or ModuleMap.is_kernel_or_hal(module):
+        return False
+    if holder.kind == "image":
+        section = image_section(target, layouts, module, holder.address)
+        return section is not None and section.writable
+    if holder.pool_block is None or holder.pool_finder == "big pool table":  # big blocks: their table is symbols'
+        return holder.pool_block is not None and holder.pool_tag is not None and \
+            _image_holds(target, module, holder.pool_tag.encode("ascii"))
+    tag = tag_before(target, layouts, holder.pool_block)
+    return tag is not None and tag == holder.pool_tag and _image_holds(target, module, tag.encode("ascii"))
+
+
+def _image_holds(target, module, pattern: bytes) -> bool:
+    tail = b""
+    for page in range(module.base, module.base + module.size, 0x1000):
+        try:
+            content = target.read(page, 0x1000)
+        except MemoryReadError:
+            tail = b""
+            continue
+        if pattern in tail + content:
+            return True
+        tail = content[-3:]
     return False
 
 

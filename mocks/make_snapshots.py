@@ -18,6 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from mocks.scenarios import KINDS_0x76, Scenario, case_0x76  # noqa: E402
+from mocks.scenarios_private import case_0x76_private  # noqa: E402
 from mocks.scenarios_family import (case_0x4e, case_0x76_tracked, case_0x153, case_0x162, case_0x192,  # noqa: E402
                                     case_0xcb, case_0xd9)
 from pykd_ext.targets.snapshot import save_snapshot  # noqa: E402
@@ -33,7 +34,9 @@ def _case_0x76(arch: str, kind: str) -> Tuple[str, Callable[[], Scenario]]:
 
 # file name -> how to build it
 BUNDLED_0x76: Tuple[Tuple[str, Callable[[], Scenario]], ...] = tuple(
-    _case_0x76(arch, kind) for arch in ("x64", "x86") for kind in KINDS_0x76)
+    _case_0x76(arch, kind) for arch in ("x64", "x86") for kind in KINDS_0x76) + (
+    ("0x76-private-x64.snap", lambda: case_0x76_private("x64")),
+    ("0x76-private-x86.snap", lambda: case_0x76_private("x86")))
 
 BUNDLED_FAMILY: Tuple[Tuple[str, Callable[[], Scenario]], ...] = (
     ("0xcb-current-x64.snap", lambda: case_0xcb("x64", "current", noise_pages=NOISE)),

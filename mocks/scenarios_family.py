@@ -8,16 +8,16 @@ builder returns a ``Scenario`` whose ``expected`` dict is the truth a correct an
 """
 from __future__ import annotations
 
-import struct
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from pykd_ext.kernel.lock_entries import IMAGE_DOS_SIGNATURE, IMAGE_NT_SIGNATURE, IMAGE_SCN_MEM_EXECUTE, \
-    IMAGE_SCN_MEM_WRITE, IN_TREE_BIT, BOOST_BITS
+from pykd_ext.kernel.images import IMAGE_DOS_SIGNATURE, IMAGE_NT_SIGNATURE, IMAGE_SCN_MEM_EXECUTE, IMAGE_SCN_MEM_WRITE
+from pykd_ext.kernel.lock_entries import IN_TREE_BIT, BOOST_BITS
 from pykd_ext.kernel.threads import PROCESS_OBJECT, THREAD_OBJECT
 from pykd_ext.layouts import KIND_SIZES, StructLayout, known_field_kind
 from pykd_ext.targets.base import PAGE_SIZE, BugCheck, Module
 from pykd_ext.typeinfo import FieldInfo, TypeInfo
 
+from . import real_layouts
 from .memory import SymbolFit
 from .scenarios import IRP_MJ_DEVICE_CONTROL, IRP_MJ_READ, IRP_MJ_WRITE, Driver, KernelScene, Scenario
 
@@ -74,18 +74,23 @@ class FamilyScene(KernelScene):
     # ---- pool blocks and images -----------------------------------------------------------------
 
     def pool_block(self, size: int, tag: str) -> int:
-        """A small pool allocation with its POOL_HEADER (x64) in front, never crossing a page."""
-        if not self.has_layout("_POOL_HEADER"):
+        """A small pool allocation with its POOL_HEADER (x64: real_layouts) in front, never crossing a page."""
+        if self.pointer_size != 8:
             return self.alloc(size)
-        header = self.layout("_POOL_HEADER")
+        header = real_layouts.pool_header(self.pointer_size)
         total = header.size + size
         base = self.alloc(total)
         if (base % PAGE_SIZE) + total > PAGE_SIZE:
             base = self.alloc(total, align=PAGE_SIZE)
-        units = (total + header.size - 1) // header.size
-        self.write_fields("_POOL_HEADER", base, BlockSize=units, PoolType=2,
-                          PoolTag=struct.unpack("<I", tag.encode("ascii"))[0])
+        self.write_pool_header(base, (total + header.size - 1) // header.size, tag)
         return base + header.size
+
+    def write_pool_header(self, address: int, block_units: int, tag: str, pool_type: int = 2,
+                          previous_units: int = 0) -> None:
+        """A POOL_HEADER at ``address`` (real_layouts: the real x64 kernel's bit fields, NTDIFF's x86 ones)."""
+        header = real_layouts.pool_header(self.pointer_size)
+        self.write(address, header.pack(block_units, pool_type, previous_units))
+        self.write(address + header.tag, tag.encode("ascii"))
 
     def write_pe_headers(self, module: Module, code: int = 0x2000, data: int = 0x1000) -> None:
         """DOS, NT and section headers: .text at 0x1000 (code bytes), .data after it."""

@@ -16,14 +16,23 @@
  * to the handler that was there before. The guard's handler is installed at the first mapped search,
  * not before: a process that never searches a mapping keeps its signal handlers as they were.
  *
+ * Object headers: in the same pass the search can also collect the I/O manager's object headers (an
+ * IRP's, say: a CSHORT Type and a USHORT Size, the first 32 bits of the object). A word at an even
+ * word index (objects from pool are aligned to two pointers) whose low 16 bits are header_type and
+ * whose next 16 bits are a size set in header_sizes (a bitmap of 65536 bits) is a header; it is
+ * reported with the word after it (an IRP's MdlAddress). A header at the buffer's last word has no
+ * word after it and is not reported.
+ *
  *   filter_table(values, word_size) -> bytes     the filter for find(), built once per value set
- *   find(buffer, values, filter, word_size, mapped=False) -> (bytes, bytes)
+ *   find(buffer, values, filter, word_size, mapped=False, header_type=-1, header_sizes=b"")
+ *        -> (bytes, bytes) or, with a header_type, (bytes, bytes, bytes, bytes)
  *        native int64 word indices of the members of values found in buffer, in order, and the
- *        native uint64 words found; mapped=True for a mapped file (see "Bus errors" above)
- *   find_in_file(fd, offset, length, values, filter, word_size) -> (bytes, bytes, int)   (POSIX)
+ *        native uint64 words found; with a header_type, then the indices of the headers and the
+ *        words after them; mapped=True for a mapped file (see "Bus errors" above)
+ *   find_in_file(fd, offset, length, values, filter, word_size, header_type=-1, header_sizes=b"")
+ *        -> (bytes, bytes, int) or, with a header_type, (bytes, bytes, bytes, bytes, int)   (POSIX)
  *        the same for bytes [offset, offset + length) of an open file, read CHUNK_BYTES at a time:
- *        native int64 word indices from offset, the native uint64 words found, and the bytes read
- *        (fewer than length where the file ends sooner)
+ *        word indices from offset, and last the bytes read (fewer than length where the file ends sooner)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -53,6 +62,10 @@
 #define COMPARE_BLOCK 32
 /* Words looked up in the filter per block before looking at which one passed. */
 #define FILTER_BLOCK 8
+/* Even words checked for an object header per block before looking at which one matched. */
+#define HEADER_BLOCK 32
+/* A header_sizes bitmap: one bit for each 16-bit Size. */
+#define HEADER_SIZES_BYTES (65536 / 8)
 /* How far ahead of the filter loop the words are prefetched (one page). */
 #define PREFETCH_BYTES 4096
 /* find_in_file reads this much at a time into a buffer that stays in the core's L2 cache, so that
@@ -231,6 +244,32 @@ static int filter_bits_for(Py_ssize_t count)
         }                                                                                            \
     }                                                                                                \
                                                                                                      \
+    static inline int is_header_##SUFFIX(WORD word, uint16_t type, const uint8_t *sizes)             \
+    {                                                                                                \
+        unsigned size = (unsigned)(word >> 16) & 0xFFFF;                                             \
+        return (uint16_t)word == type && (sizes[size >> 3] >> (size & 7) & 1);                       \
+    }                                                                                                \
+                                                                                                     \
+    static void headers_##SUFFIX(const WORD *words, Py_ssize_t count, uint16_t type,                 \
+                                 const uint8_t *sizes, Hits *out)                                    \
+    {                                                                                                \
+        /* Even indices only; the word after each header is always inside the block. */             \
+        Py_ssize_t i = 0;                                                                            \
+        for (; i + HEADER_BLOCK <= count; i += HEADER_BLOCK) {                                       \
+            unsigned any = 0;                                                                        \
+            for (int k = 0; k < HEADER_BLOCK; k += 2)                                                \
+                any |= (uint16_t)words[i + k] == type;                                               \
+            if (any) {                                                                               \
+                for (int k = 0; k < HEADER_BLOCK; k += 2)                                            \
+                    if (is_header_##SUFFIX(words[i + k], type, sizes))                               \
+                        append(out, i + k, words[i + k + 1]);                                        \
+            }                                                                                        \
+        }                                                                                            \
+        for (; i + 1 < count; i += 2)                                                                \
+            if (is_header_##SUFFIX(words[i], type, sizes))                                           \
+                append(out, i, words[i + 1]);                                                        \
+    }                                                                                                \
+                                                                                                     \
     static void fill_filter_##SUFFIX(const WORD *values, Py_ssize_t count, uint8_t *filter, int bits) \
     {                                                                                                \
         for (Py_ssize_t j = 0; j < count; j++)                                                       \
@@ -301,29 +340,63 @@ done:
     return result;
 }
 
+/* What one search looks for: the values (with their filter) and, when header_type >= 0, object headers. */
+typedef struct {
+    const void *values;
+    Py_ssize_t value_count;
+    const uint8_t *filter;
+    int bits;
+    int word_size;
+    int header_type;  /* -1: no headers */
+    const uint8_t *header_sizes;
+} Query;
+
 /* Search ``count`` words for the values (called without the GIL). */
-static void search_words(const void *words, Py_ssize_t count, const Py_buffer *values, const Py_buffer *filter,
-                         int word_size, Hits *out)
+static void search_words(const void *words, Py_ssize_t count, const Query *query, Hits *out)
 {
-    Py_ssize_t value_count = values->len / word_size;
-    int bits = filter_bits_for(value_count);
-    if (value_count == 0 || count == 0)
+    if (query->value_count == 0 || count == 0)
         return;
-    if (word_size == 8) {
-        if (value_count <= FEW_VALUES)
-            compare_64(words, count, values->buf, value_count, out);
+    if (query->word_size == 8) {
+        if (query->value_count <= FEW_VALUES)
+            compare_64(words, count, query->values, query->value_count, out);
         else
-            filter_64(words, count, values->buf, value_count, filter->buf, bits, out);
+            filter_64(words, count, query->values, query->value_count, query->filter, query->bits, out);
     } else {
-        if (value_count <= FEW_VALUES)
-            compare_32(words, count, values->buf, value_count, out);
+        if (query->value_count <= FEW_VALUES)
+            compare_32(words, count, query->values, query->value_count, out);
         else
-            filter_32(words, count, values->buf, value_count, filter->buf, bits, out);
+            filter_32(words, count, query->values, query->value_count, query->filter, query->bits, out);
     }
 }
 
-/* The checks both searches make of their values and filter; sets the error and returns 0 if wrong. */
-static int check_values(const Py_buffer *values, const Py_buffer *filter, int word_size)
+/* Search ``count`` words whose first has index ``base`` for the values and, when asked, the object
+ * headers (called without the GIL). With headers the words are taken CHUNK_BYTES at a time, values then
+ * headers, so that the second look at a chunk reads the core's cache, not memory. */
+static void search_region(const char *words, Py_ssize_t count, int64_t base, const Query *query, Hits *out,
+                          Hits *headers)
+{
+    if (query->header_type < 0) {
+        out->base = base;
+        search_words(words, count, query, out);
+        return;
+    }
+    Py_ssize_t step = CHUNK_BYTES / query->word_size;  /* even: header indices stay even */
+    for (Py_ssize_t start = 0; start < count; start += step) {
+        Py_ssize_t part = count - start < step ? count - start : step;
+        const char *first = words + start * query->word_size;
+        out->base = headers->base = base + start;
+        search_words(first, part, query, out);
+        if (query->word_size == 8)
+            headers_64((const uint64_t *)first, part, (uint16_t)query->header_type, query->header_sizes, headers);
+        else
+            headers_32((const uint32_t *)first, part, (uint16_t)query->header_type, query->header_sizes, headers);
+    }
+}
+
+/* Check the values, filter and header arguments of a search and fill ``query``; sets the error and
+ * returns 0 if they are wrong. */
+static int make_query(const Py_buffer *values, const Py_buffer *filter, int word_size, int header_type,
+                      const Py_buffer *header_sizes, Query *query)
 {
     if (!check_word_size(word_size) || !check_buffer(values, word_size, "values"))
         return 0;
@@ -332,7 +405,35 @@ static int check_values(const Py_buffer *values, const Py_buffer *filter, int wo
         PyErr_SetString(PyExc_ValueError, "filter does not belong to these values (use filter_table)");
         return 0;
     }
+    if (header_type > 0xFFFF || (header_type >= 0 && header_sizes->len != HEADER_SIZES_BYTES)) {
+        PyErr_Format(PyExc_ValueError, "header_type must be a 16-bit value and header_sizes %d bytes (a bit per Size)",
+                     HEADER_SIZES_BYTES);
+        return 0;
+    }
+    query->values = values->buf;
+    query->value_count = values->len / word_size;
+    query->filter = filter->buf;
+    query->bits = bits;
+    query->word_size = word_size;
+    query->header_type = header_type < 0 ? -1 : header_type;
+    query->header_sizes = header_sizes->buf;
     return 1;
+}
+
+/* The result of a search as bytes objects: (indices, words) and, with headers, (..., header indices, next words). */
+static PyObject *results_as_bytes(const Hits *out, const Hits *headers, const Query *query)
+{
+    PyObject *found = hits_as_bytes(out);
+    if (found == NULL || query->header_type < 0)
+        return found;
+    PyObject *headers_found = hits_as_bytes(headers);
+    PyObject *result = NULL;
+    if (headers_found != NULL)
+        result = PyTuple_Pack(4, PyTuple_GET_ITEM(found, 0), PyTuple_GET_ITEM(found, 1),
+                              PyTuple_GET_ITEM(headers_found, 0), PyTuple_GET_ITEM(headers_found, 1));
+    Py_DECREF(found);
+    Py_XDECREF(headers_found);
+    return result;
 }
 
 #ifdef HAVE_BUS_GUARD
@@ -378,15 +479,14 @@ static int install_bus_guard(void)
     return sigaction(SIGBUS, &ours, &previous_bus_action) == 0;
 }
 
-/* search_words() under the guard: 0 when a bus error stopped it. */
-static int guarded_search_words(const void *words, Py_ssize_t count, const Py_buffer *values,
-                                const Py_buffer *filter, int word_size, Hits *out)
+/* search_region() under the guard: 0 when a bus error stopped it. */
+static int guarded_search_region(const char *words, Py_ssize_t count, const Query *query, Hits *out, Hits *headers)
 {
     sigjmp_buf guard;
     int completed = 1;
     if (sigsetjmp(guard, 1) == 0) {
         scan_guard = &guard;
-        search_words(words, count, values, filter, word_size, out);
+        search_region(words, count, 0, query, out, headers);
     } else {
         completed = 0;
     }
@@ -397,16 +497,20 @@ static int guarded_search_words(const void *words, Py_ssize_t count, const Py_bu
 
 static PyObject *find(PyObject *module, PyObject *args)
 {
-    Py_buffer buffer, values, filter;
-    int word_size, mapped = 0;
-    if (!PyArg_ParseTuple(args, "y*y*y*i|p:find", &buffer, &values, &filter, &word_size, &mapped))
+    Py_buffer buffer, values, filter, header_sizes = {0};
+    int word_size, mapped = 0, header_type = -1;
+    if (!PyArg_ParseTuple(args, "y*y*y*i|piy*:find", &buffer, &values, &filter, &word_size, &mapped, &header_type,
+                          &header_sizes))
         return NULL;
     PyObject *result = NULL;
-    Hits out = {0};
-    out.keep_values = 1;
+    Hits out = {0}, headers = {0};
+    out.keep_values = headers.keep_values = 1;
+    Query query;
     int completed = 1;
-    if (!check_values(&values, &filter, word_size) || !check_buffer(&buffer, word_size, "buffer"))
+    if (!make_query(&values, &filter, word_size, header_type, &header_sizes, &query)
+        || !check_buffer(&buffer, word_size, "buffer"))
         goto done;
+    Py_ssize_t count = buffer.len / word_size;
     if (mapped) {
 #ifdef HAVE_BUS_GUARD
         if (!install_bus_guard()) {
@@ -414,7 +518,7 @@ static PyObject *find(PyObject *module, PyObject *args)
             goto done;
         }
         Py_BEGIN_ALLOW_THREADS
-        completed = guarded_search_words(buffer.buf, buffer.len / word_size, &values, &filter, word_size, &out);
+        completed = guarded_search_region(buffer.buf, count, &query, &out, &headers);
         Py_END_ALLOW_THREADS
 #else
         PyErr_SetString(PyExc_ValueError, "this build cannot search a mapped file safely (GUARDS_BUS_ERRORS is 0)");
@@ -422,7 +526,7 @@ static PyObject *find(PyObject *module, PyObject *args)
 #endif
     } else {
         Py_BEGIN_ALLOW_THREADS
-        search_words(buffer.buf, buffer.len / word_size, &values, &filter, word_size, &out);
+        search_region(buffer.buf, count, 0, &query, &out, &headers);
         Py_END_ALLOW_THREADS
     }
     if (!completed) {
@@ -430,16 +534,18 @@ static PyObject *find(PyObject *module, PyObject *args)
         PyErr_SetFromErrno(PyExc_OSError);
         goto done;
     }
-    if (out.out_of_memory) {
+    if (out.out_of_memory || headers.out_of_memory) {
         PyErr_NoMemory();
         goto done;
     }
-    result = hits_as_bytes(&out);
+    result = results_as_bytes(&out, &headers, &query);
 done:
     release_hits(&out);
+    release_hits(&headers);
     PyBuffer_Release(&buffer);
     PyBuffer_Release(&values);
     PyBuffer_Release(&filter);
+    PyBuffer_Release(&header_sizes);
     return result;
 }
 
@@ -465,16 +571,18 @@ static Py_ssize_t read_fully(int fd, char *buffer, Py_ssize_t size, long long of
 
 static PyObject *find_in_file(PyObject *module, PyObject *args)
 {
-    int fd, word_size;
+    int fd, word_size, header_type = -1;
     long long offset, length;
-    Py_buffer values, filter;
-    if (!PyArg_ParseTuple(args, "iLLy*y*i:find_in_file", &fd, &offset, &length, &values, &filter, &word_size))
+    Py_buffer values, filter, header_sizes = {0};
+    if (!PyArg_ParseTuple(args, "iLLy*y*i|iy*:find_in_file", &fd, &offset, &length, &values, &filter, &word_size,
+                          &header_type, &header_sizes))
         return NULL;
     PyObject *result = NULL;
-    Hits out = {0};
-    out.keep_values = 1;
+    Hits out = {0}, headers = {0};
+    out.keep_values = headers.keep_values = 1;
+    Query query;
     char *chunk = NULL;
-    if (!check_values(&values, &filter, word_size))
+    if (!make_query(&values, &filter, word_size, header_type, &header_sizes, &query))
         goto done;
     if (offset < 0 || length < 0 || offset % word_size != 0) {
         PyErr_Format(PyExc_ValueError, "offset %lld and length %lld must be positive and the offset aligned to %d",
@@ -489,15 +597,14 @@ static PyObject *find_in_file(PyObject *module, PyObject *args)
     long long done_bytes = 0;
     int read_error = 0;
     Py_BEGIN_ALLOW_THREADS
-    while (done_bytes < length && !out.out_of_memory) {
+    while (done_bytes < length && !out.out_of_memory && !headers.out_of_memory) {
         Py_ssize_t wanted = length - done_bytes < CHUNK_BYTES ? (Py_ssize_t)(length - done_bytes) : CHUNK_BYTES;
         Py_ssize_t got = read_fully(fd, chunk, wanted, offset + done_bytes);
         if (got < 0) {
             read_error = errno;
             break;
         }
-        out.base = done_bytes / word_size;
-        search_words(chunk, got / word_size, &values, &filter, word_size, &out);
+        search_region(chunk, got / word_size, done_bytes / word_size, &query, &out, &headers);
         done_bytes += got;
         if (got < wanted)
             break;  /* the end of the file */
@@ -508,34 +615,53 @@ static PyObject *find_in_file(PyObject *module, PyObject *args)
         PyErr_SetFromErrno(PyExc_OSError);
         goto done;
     }
-    if (out.out_of_memory) {
+    if (out.out_of_memory || headers.out_of_memory) {
         PyErr_NoMemory();
         goto done;
     }
-    PyObject *hits = hits_as_bytes(&out);
-    if (hits != NULL)
-        result = Py_BuildValue("(OOL)", PyTuple_GET_ITEM(hits, 0), PyTuple_GET_ITEM(hits, 1), done_bytes);
-    Py_XDECREF(hits);
+    PyObject *found = results_as_bytes(&out, &headers, &query);
+    if (found != NULL) {
+        Py_ssize_t size = PyTuple_GET_SIZE(found);
+        result = PyTuple_New(size + 1);
+        if (result != NULL) {
+            for (Py_ssize_t i = 0; i < size; i++) {
+                PyObject *item = PyTuple_GET_ITEM(found, i);
+                Py_INCREF(item);
+                PyTuple_SET_ITEM(result, i, item);
+            }
+            PyObject *read = PyLong_FromLongLong(done_bytes);
+            if (read == NULL)
+                Py_CLEAR(result);
+            else
+                PyTuple_SET_ITEM(result, size, read);
+        }
+    }
+    Py_XDECREF(found);
 done:
     free(chunk);
     release_hits(&out);
+    release_hits(&headers);
     PyBuffer_Release(&values);
     PyBuffer_Release(&filter);
+    PyBuffer_Release(&header_sizes);
     return result;
 }
 #endif
+
 
 static PyMethodDef wordscan_methods[] = {
     {"filter_table", filter_table, METH_VARARGS,
      "filter_table(values, word_size) -> bytes: the filter find() needs for these sorted, unique values."},
     {"find", find, METH_VARARGS,
-     "find(buffer, values, filter, word_size, mapped=False) -> (indices, words): native int64 indices of\n"
-     "the aligned words of buffer that are in values, in order, and the native uint64 words found. Runs\n"
-     "without the GIL. mapped=True (where GUARDS_BUS_ERRORS) for a mapped file: a bus error (the file cut\n"
-     "short, or unreadable) raises OSError (EIO)."},
+     "find(buffer, values, filter, word_size, mapped=False, header_type=-1, header_sizes=b'') -> (indices, words):\n"
+     "native int64 indices of the aligned words of buffer that are in values, in order, and the native uint64\n"
+     "words found; with a header_type also (header indices, next words) of the object headers. Runs without\n"
+     "the GIL. mapped=True (where GUARDS_BUS_ERRORS) for a mapped file: a bus error (the file cut short, or\n"
+     "unreadable) raises OSError (EIO)."},
 #ifdef HAVE_PREAD
     {"find_in_file", find_in_file, METH_VARARGS,
-     "find_in_file(fd, offset, length, values, filter, word_size) -> (indices, words, bytes_read): find()\n"
+     "find_in_file(fd, offset, length, values, filter, word_size, header_type=-1, header_sizes=b'') ->\n"
+     "(indices, words[, header indices, next words], bytes_read): find()\n"
      "over bytes [offset, offset + length) of an open file, read without the GIL a cache-sized chunk at a\n"
      "time; native int64 word indices from offset and the native uint64 words found, in order."},
 #endif

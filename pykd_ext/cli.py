@@ -199,7 +199,7 @@ def command_inspect(args) -> int:
         "symbols": sorted(data.symbols),
         "missing_symbols": sorted(data.missing_symbols),
         "types": sorted(n for n, t in data.types.items() if t is not None),
-        "modules": [m.image for m in data.modules],
+        "modules": [m.image for m in data.modules or ()],  # None: the recording walked PsLoadedModuleList
     }
     if args.format == "json":
         write_report(json.dumps(summary, indent=1) + "\n")

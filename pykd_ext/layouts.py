@@ -171,6 +171,7 @@ _DEVICE_OBJECT = [
     ("DeviceExtension", 0x40, 0x28, "ptr"),
     ("DeviceType", 0x48, 0x2C, "u32"),
     ("StackSize", 0x4C, 0x30, "u8"),
+    ("DeviceObjectExtension", 0x138, 0xB0, "ptr"),
 ]
 
 _DRIVER_OBJECT = [
@@ -246,16 +247,26 @@ _RTL_BALANCED_NODE = [
     ("ParentValue", 0x10, 0x8, "ptr"),
 ]
 
-# POOL_HEADER just before a small pool block (x64: 16 bytes, NTDIFF _POOL_HEADER.h). The x86 header is
-# not verified here, so x86 reports no pool tag.
+# POOL_HEADER just before a small pool block (NTDIFF _POOL_HEADER.h: x64 16 bytes, x86 8). Its first 32
+# bits (Ulong1) are the bit fields of POOL_HEADER_BITS.
 _POOL_HEADER = [
-    ("PreviousSize", 0x0, None, "u8"),
-    ("PoolIndex", 0x1, None, "u8"),
-    ("BlockSize", 0x2, None, "u8"),
-    ("PoolType", 0x3, None, "u8"),
-    ("PoolTag", 0x4, None, "u32"),
-    ("ProcessBilled", 0x8, None, "ptr"),
+    ("Ulong1", 0x0, 0x0, "u32"),
+    ("PoolTag", 0x4, 0x4, "u32"),
 ]
+
+# The bit fields in POOL_HEADER.Ulong1, (first bit, bits), per pointer size (NTDIFF x64 and x86 _POOL_HEADER.h:
+# x64 four bytes; x86 9 + 7 bits in each USHORT). Symbols give a bit field's storage unit, not its bits,
+# so these hold whatever the symbols say. BlockSize and PreviousSize count units of sizeof(POOL_HEADER);
+# PoolType is the pool type plus one in an allocated block, 0 in a free one (WRK pool.h).
+POOL_HEADER_BITS = {
+    8: {"PreviousSize": (0, 8), "PoolIndex": (8, 8), "BlockSize": (16, 8), "PoolType": (24, 8)},
+    4: {"PreviousSize": (0, 9), "PoolIndex": (9, 7), "BlockSize": (16, 9), "PoolType": (25, 7)},
+}
+# The kernel pool is the segment heap from Windows 10 19H1 (build 18362) on: a block of its VS allocator has
+# a _HEAP_VS_CHUNK_HEADER (0x10 bytes on x64, in every real x64 kernel PDB of tests/data/symbols) before
+# its POOL_HEADER. Not known for x86.
+SEGMENT_HEAP_FIRST_BUILD = 18362
+VS_CHUNK_HEADER_SIZE = {8: 0x10}
 
 # PE headers of a loaded image (Microsoft PE format; IMAGE_SECTION_HEADER is 0x28 bytes on both).
 _IMAGE_DOS_HEADER = [
@@ -280,10 +291,17 @@ _IMAGE_SECTION_HEADER = [
 OTHER_STABLE_LAYOUTS = {
     "_DISPATCHER_HEADER": (_DISPATCHER_HEADER, 0x18, 0x10),
     "_RTL_BALANCED_NODE": (_RTL_BALANCED_NODE, 0x18, 0xC),
-    "_POOL_HEADER": (_POOL_HEADER, 0x10, 0),
+    "_POOL_HEADER": (_POOL_HEADER, 0x10, 0x8),
     "_IMAGE_DOS_HEADER": (_IMAGE_DOS_HEADER, 0x40, 0x40),
     "_IMAGE_NT_HEADERS": (_IMAGE_NT_HEADERS, 0, 0),
     "_IMAGE_SECTION_HEADER": (_IMAGE_SECTION_HEADER, 0x28, 0x28),
+}
+
+# ---- layouts leakhunt takes from the kernel's symbols only ----
+# name -> [(field, kind)]: the fields asked of the symbols. _POOL_TRACKER_BIG_PAGES (the entries of
+# nt!PoolBigPageTable) grew from 0x18 to 0x20 bytes between builds 19041 and 20348 (real PDBs).
+SYMBOLS_ONLY_LAYOUTS = {
+    "_POOL_TRACKER_BIG_PAGES": [("Va", "ptr"), ("Key", "u32"), ("NumberOfBytes", "ptr")],
 }
 
 # ---- layouts that move between builds (windows-kernel.md §4.9), x64 only ----
@@ -317,6 +335,8 @@ BUILD_LAYOUTS_X64: Dict[str, Dict[int, Tuple[Optional[int], Dict[str, Tuple[int,
     # ApcState.Process is ApcState (0x98) + KAPC_STATE.Process (0x20) in both NTDIFF headers.
     "_KTHREAD": {
         19045: (0x430, {
+            "StackLimit": (0x30, "ptr"),
+            "StackBase": (0x38, "ptr"),
             "ApcState.Process": (0xB8, "ptr"),
             "Process": (0x220, "ptr"),
             "ThreadListEntry": (0x2F8, "struct"),
@@ -634,6 +654,12 @@ class Layouts:
             self._cache[name] = self._resolve(name)
         return self._cache[name]
 
+    def peek_certain(self, name: str) -> Optional[StructLayout]:
+        """find(), but None instead of another build's table, and not recorded among the layouts used: for
+        what only tells places apart and blames nobody (where a thread's kernel stack is)."""
+        layout = self._cache[name] if name in self._cache else self._resolve(name)
+        return None if layout is None or layout.guessed_from is not None else layout
+
     def _resolve(self, name: str) -> Optional[StructLayout]:
         builtin = builtin_layout(name, self.source.pointer_size, self.source.build, self.source.arch)
         info = self.source.type_info("nt!" + name, known_field_names(name))
@@ -698,7 +724,7 @@ def _kind_from_size(size: int) -> str:
 
 def known_field_names(name: str) -> List[str]:
     """Every field leakhunt knows for ``name`` on any architecture or build, in table order."""
-    names: List[str] = []
+    names: List[str] = [field_name for field_name, _ in SYMBOLS_ONLY_LAYOUTS.get(name, [])]
     stable = STABLE_LAYOUTS.get(name) or OTHER_STABLE_LAYOUTS.get(name)
     if stable is not None:
         names = [row[0] for row in stable[0]]
@@ -710,6 +736,9 @@ def known_field_names(name: str) -> List[str]:
 
 def known_field_kind(name: str, field_name: str) -> Optional[str]:
     """How to decode a field (its C type does not change between builds even when it moves)."""
+    for symbols_field, kind in SYMBOLS_ONLY_LAYOUTS.get(name, []):
+        if symbols_field == field_name:
+            return kind
     stable = STABLE_LAYOUTS.get(name) or OTHER_STABLE_LAYOUTS.get(name)
     if stable is not None:
         for row in stable[0]:

@@ -66,6 +66,8 @@ class Suspect:
     driver_object: Optional[int] = None
     image_base: Optional[int] = None
     score: int = 0  # ranking weight: the sum of the evidence weights
+    mdls: List[int] = field(default_factory=list)  # the MDLs the evidence against it is about
+    pages: Optional[int] = None  # the pages of those MDLs, when every one of them was decoded
 
     @property
     def label(self) -> str:
@@ -76,7 +78,55 @@ class Suspect:
     def as_dict(self) -> Dict[str, Any]:
         return {"driver": self.driver, "image": self.image, "confidence": self.confidence,
                 "driver_object": _hex(self.driver_object), "image_base": _hex(self.image_base),
-                "evidence": list(self.evidence)}
+                "evidence": list(self.evidence), "mdls": [_hex(a) for a in self.mdls], "pages": self.pages}
+
+
+# The kinds of place that hold an MDL's address (analyses/holders.py), as JSON names them.
+IRP_HOLDER = "irp"
+CHAIN_HOLDER = "mdl_chain"
+IMAGE_HOLDER = "image"
+STACK_HOLDER = "kernel_stack"
+DEVICE_HOLDER = "device_extension"
+POOL_HOLDER = "pool_block"
+UNKNOWN_HOLDER = "unknown"
+
+
+@dataclass
+class HolderRecord:
+    """A place holding a copy of an MDL's address (analyses/holders.py), as the report shows it."""
+
+    address: Optional[int]  # where the copy is (the IRP, for an IRP; the MDL whose Next it is, for a chain)
+    kind: str  # one of the *_HOLDER names above
+    summary: str  # the MDLs table's "held by" cell
+    description: str  # where it is, in words
+    physical: Optional[int] = None
+    driver: Optional[str] = None  # the driver it names, if any
+    image: Optional[str] = None
+    evidence: Optional[str] = None  # the kind of evidence it is (evidence.py), when it names a driver
+    nobody: str = ""  # why it names nobody, when it does not
+    irp: Optional[int] = None
+    parent_mdl: Optional[int] = None
+    device: Optional[int] = None
+    module: Optional[str] = None
+    section: Optional[str] = None
+    pool_block: Optional[int] = None
+    pool_block_size: Optional[int] = None
+    pool_tag: Optional[str] = None
+    pool_finder: Optional[str] = None  # "pool header", "VS chunk header and pool header", "big pool table"
+    tag_images: Optional[List[str]] = None  # the loaded images holding the pool tag as a constant
+    thread: Optional[int] = None
+    followed: bool = False  # a pool block whose own address was searched for (its tag names no single driver)
+    held_by: List["HolderRecord"] = field(default_factory=list)  # what holds the pool block (one level up)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"address": _hex(self.address), "kind": self.kind, "summary": self.summary,
+                "description": self.description, "physical": _hex(self.physical), "driver": self.driver,
+                "image": self.image, "evidence": self.evidence, "nobody": self.nobody or None,
+                "irp": _hex(self.irp), "parent_mdl": _hex(self.parent_mdl), "device": _hex(self.device),
+                "module": self.module, "section": self.section, "pool_block": _hex(self.pool_block),
+                "pool_block_size": self.pool_block_size, "pool_tag": self.pool_tag, "pool_finder": self.pool_finder,
+                "tag_images": self.tag_images, "thread": _hex(self.thread), "followed": self.followed,
+                "held_by": [h.as_dict() for h in self.held_by]}
 
 
 @dataclass
@@ -94,13 +144,15 @@ class MdlRecord:
     chained_from: Optional[int] = None  # the MDL whose Next points here, when found through a chain
     problems: List[str] = field(default_factory=list)
     role: str = ""  # e.g. "P2 of the bug check"
+    holders: List[HolderRecord] = field(default_factory=list)  # every place found holding it, IRPs first
 
     def as_dict(self) -> Dict[str, Any]:
         return {"address": _hex(self.address), "process": _hex(self.process), "flags": _hex(self.flags),
                 "flag_names": list(self.flag_names), "pages": self.pages, "byte_count": self.byte_count,
                 "start_va": _hex(self.start_va), "locked": self.locked, "classification": self.classification,
                 "irps": [_hex(a) for a in self.irps], "chained_from": _hex(self.chained_from),
-                "problems": list(self.problems), "role": self.role}
+                "problems": list(self.problems), "role": self.role,
+                "holders": [h.as_dict() for h in self.holders]}
 
 
 @dataclass

@@ -4,15 +4,21 @@ This is the engine under every source that holds memory itself (snapshots, dump 
 searches all the addresses of one level of its walk at once, so the number of passes over memory
 depends on the depth of the walk, not on how many objects it finds.
 
+In the same pass a search can collect the headers of one kind of I/O manager object (``ObjectHeaders``:
+the IRPs, whose MdlAddress follows the header), so that the hunt joins IRPs to MDLs without searching
+for each MDL.
+
 Two engines give the same answers: the compiled ``_wordscan`` extension (built by ``pip install``
 where a C compiler is available; it runs without the GIL, so a dump's windows can be searched on
 several cores) and numpy, used where the extension is missing.
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, NamedTuple, Optional, Tuple
 
 import numpy as np
+
+from .targets.base import ObjectHeaders
 
 try:
     from . import _wordscan
@@ -47,15 +53,37 @@ _BLOCK_BYTES = 1 << 21
 _MAX_HIGH_HALVES = 2
 
 
-class ValueSet:
-    """Values to search for, prepared once for many buffers."""
+class Found(NamedTuple):
+    """What a search found in a buffer: the word indices and words of the values and, when the ValueSet
+    collects object headers, the word indices of the headers and the word after each."""
 
-    def __init__(self, values: Iterable[int], pointer_size: int, engine: Optional[str] = None):
+    indices: np.ndarray
+    words: np.ndarray
+    header_indices: np.ndarray
+    header_next: np.ndarray
+
+
+def header_sizes_bitmap(headers: ObjectHeaders) -> bytes:
+    """The sizes of ``headers`` as a bitmap of 65536 bits (bit n of byte n // 8 for Size n), for both engines."""
+    bits = np.zeros(1 << 16, dtype=bool)
+    bits[[size for size in headers.sizes if 0 <= size <= 0xFFFF]] = True
+    return np.packbits(bits, bitorder="little").tobytes()
+
+
+class ValueSet:
+    """Values to search for (and object headers to collect), prepared once for many buffers."""
+
+    def __init__(self, values: Iterable[int], pointer_size: int, engine: Optional[str] = None,
+                 headers: Optional[ObjectHeaders] = None):
         self.pointer_size = pointer_size
         self.dtype = np.dtype("<u8") if pointer_size == 8 else np.dtype("<u4")
         mask = (1 << (8 * pointer_size)) - 1
         unique = sorted({int(v) & mask for v in values})
         self.values = np.array(unique, dtype=self.dtype)
+        self.headers = headers
+        self._header_bitmap = header_sizes_bitmap(headers) if headers is not None else b""
+        if headers is not None and not 0 <= headers.type <= 0xFFFF:
+            raise ValueError(f"an object header type is 16 bits, not {headers.type:#x}")
         self.engine = engine or preferred_engine
         if self.engine not in ENGINES:
             raise ValueError(f"unknown search engine {self.engine!r} (one of {', '.join(ENGINES)})")
@@ -105,19 +133,57 @@ class ValueSet:
         keys &= np.uint32(self._key_mask)
         return keys
 
-    def find(self, buffer) -> Tuple[np.ndarray, np.ndarray]:
-        """Indices (in words) and values of every aligned word of ``buffer`` that is in the set.
+    def find(self, buffer) -> Found:
+        """Every aligned word of ``buffer`` that is in the set (indices in words, and the words) and, when the
+        set collects object headers, every header at an even word index with the word that follows it.
 
         ``buffer`` is any object with the buffer protocol (bytes, mmap, memoryview); its length must
         be a multiple of the pointer size. (A mapped file goes to find_in_mapping.)
         """
         words = np.frombuffer(buffer, dtype=self.dtype)
-        if len(self.values) == 0 or len(words) == 0:
-            return np.empty(0, dtype=np.int64), np.empty(0, dtype=self.dtype)
         if self.engine == "compiled":
             if not words.flags.aligned:  # the extension reads words at their natural alignment
                 words = words.copy()
-            return self._compiled_hits(_wordscan.find(words, self.values, self._filter, self.pointer_size))
+            return self._compiled_hits(_wordscan.find(words, self.values, self._filter, self.pointer_size, False,
+                                                      *self._header_arguments()))
+        indices, found = self._find_values(words)
+        return Found(indices, found, *self._find_headers(words))
+
+    def find_in_mapping(self, view) -> Found:
+        """find() over a view of a mapped file (``searches_mappings`` engines only), aligned to the pointer size.
+
+        A page the file no longer has or cannot read raises OSError (EIO) instead of killing the process
+        with SIGBUS. Nothing keeps the view once this returns, so the mapping can be closed.
+        """
+        return self._compiled_hits(_wordscan.find(view, self.values, self._filter, self.pointer_size, True,
+                                                  *self._header_arguments()))
+
+    def find_in_file(self, fileno: int, offset: int, length: int) -> Tuple[Found, int]:
+        """find() over bytes ``[offset, offset + length)`` of an open file (``reads_files`` engines only).
+
+        Returns what was found (word indices from ``offset``) and the bytes read (fewer than ``length``
+        when the file ends sooner). The read and the search run without the GIL.
+        """
+        *hits, done = _wordscan.find_in_file(fileno, offset, length, self.values, self._filter, self.pointer_size,
+                                             *self._header_arguments())
+        return self._compiled_hits(tuple(hits)), done
+
+    def _header_arguments(self) -> Tuple:
+        """The compiled engine's header_type and header_sizes arguments (none without headers)."""
+        return () if self.headers is None else (self.headers.type, self._header_bitmap)
+
+    def _compiled_hits(self, hits: Tuple[bytes, ...]) -> Found:
+        """The compiled engine's bytes (indices, words[, header indices, next words]) as arrays."""
+        indices, found = hits[:2]
+        header_indices, header_next = hits[2:] if len(hits) == 4 else (b"", b"")
+        return Found(np.frombuffer(indices, dtype=np.int64), np.frombuffer(found, dtype=np.uint64).astype(self.dtype),
+                     np.frombuffer(header_indices, dtype=np.int64),
+                     np.frombuffer(header_next, dtype=np.uint64).astype(self.dtype))
+
+    def _find_values(self, words: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """numpy engine: the indices and words of the members of the set."""
+        if len(self.values) == 0 or len(words) == 0:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=self.dtype)
         if len(words) <= self._block_words:
             return self._find_block(words)
         indices, found = [], []
@@ -130,28 +196,17 @@ class ValueSet:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=self.dtype)
         return np.concatenate(indices), np.concatenate(found)
 
-    def find_in_mapping(self, view) -> Tuple[np.ndarray, np.ndarray]:
-        """find() over a view of a mapped file (``searches_mappings`` engines only), aligned to the pointer size.
-
-        A page the file no longer has or cannot read raises OSError (EIO) instead of killing the process
-        with SIGBUS. Nothing keeps the view once this returns, so the mapping can be closed.
-        """
-        return self._compiled_hits(_wordscan.find(view, self.values, self._filter, self.pointer_size, True))
-
-    def _compiled_hits(self, hits: Tuple[bytes, bytes]) -> Tuple[np.ndarray, np.ndarray]:
-        """The compiled engine's (indices, words) bytes as arrays."""
-        indices, found = hits
-        return np.frombuffer(indices, dtype=np.int64), np.frombuffer(found, dtype=np.uint64).astype(self.dtype)
-
-    def find_in_file(self, fileno: int, offset: int, length: int) -> Tuple[np.ndarray, np.ndarray, int]:
-        """find() over bytes ``[offset, offset + length)`` of an open file (``reads_files`` engines only).
-
-        Returns the word indices from ``offset``, the words found, and the bytes read (fewer than
-        ``length`` when the file ends sooner). The read and the search run without the GIL.
-        """
-        indices, found, done = _wordscan.find_in_file(fileno, offset, length, self.values, self._filter,
-                                                      self.pointer_size)
-        return (*self._compiled_hits((indices, found)), done)
+    def _find_headers(self, words: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """numpy engine: the object headers at even word indices (with a word after them) and those words."""
+        if self.headers is None or len(words) < 2:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=self.dtype)
+        even = words[0:len(words) - 1:2]  # even indices that have a next word
+        candidates = np.flatnonzero((even & self.dtype.type(0xFFFF)) == self.headers.type)
+        sizes = ((even[candidates] >> self.dtype.type(16)) & self.dtype.type(0xFFFF)).astype(np.int64)
+        table = np.frombuffer(self._header_bitmap, dtype=np.uint8)
+        matched = candidates[(table[sizes >> 3] >> (sizes & 7)) & 1 == 1]
+        indices = matched.astype(np.int64) * 2
+        return indices, words[indices + 1]
 
     def _find_block(self, words: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         if self.table is None:
@@ -183,9 +238,3 @@ class ValueSet:
         keys &= np.uint32(self._key_mask)
         return candidates[self.table.take(keys, mode="clip")]
 
-
-def find_in_buffer(buffer, values: Iterable[int], pointer_size: int) -> List[Tuple[int, int]]:
-    """(byte offset, value) of every aligned occurrence; convenience for one-off searches."""
-    value_set = ValueSet(values, pointer_size)
-    indices, found = value_set.find(buffer)
-    return [(int(i) * pointer_size, int(v)) for i, v in zip(indices, found)]

@@ -66,11 +66,12 @@ def run_json(capsys, *args):
 
 def findings(report):
     """What the hunt found, without what names the source: its crash time, where layouts, symbols and
-    registers came from, the names of those registers and the stack unwound from them (the warning
-    naming the built-in tables used is the source's too: a dump's module list needs the loader entry's,
+    registers came from, the names of those registers and the stack unwound from them, how many passes its
+    search took (a dump collects the IRPs in the pass that finds the MDLs, the debugger's !search does
+    not) and the warning naming the built-in tables used (a dump's module list needs the loader entry's,
     a snapshot's does not)."""
     result = report.as_dict()
-    for key in ("source", "crash_time", "layouts", "symbols", "registers", "names", "call_stack"):
+    for key in ("source", "crash_time", "layouts", "symbols", "registers", "names", "call_stack", "search_passes"):
         del result[key]
     result["warnings"] = [w for w in result["warnings"] if "the built-in x64 tables were used for" not in w]
     return result

@@ -297,3 +297,15 @@ def test_front_ends_share_the_console_module_not_the_command():
             tree = ast.parse(handle.read())
         imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
         assert "cli" not in imported and not any(m.endswith(".cli") for m in imported), relative
+
+
+def test_inspect_of_a_recording_without_a_module_list_of_its_own(tmp_path, capsys):
+    """A recording of a source that had no module list keeps "modules": null (its replay walks the list)."""
+    from pykd_ext.targets.snapshot import save_snapshot
+
+    data = load_snapshot(SNAPSHOT)
+    data.modules = None
+    path = str(tmp_path / "walked.snap")
+    save_snapshot(data, path)
+    assert main(["inspect", path]) == 0 and "modules:    0" in capsys.readouterr().out
+    assert main(["inspect", path, "--format", "json"]) == 0 and json.loads(capsys.readouterr().out)["modules"] == []

@@ -8,7 +8,8 @@ import pytest
 
 import pykd_ext.analyses as analyses
 from pykd_ext.analyses import analyze
-from pykd_ext.analyses.common import IRP_CURRENT_LOCATION, SuspectBoard
+from pykd_ext.analyses.common import SuspectBoard
+from pykd_ext.evidence import IRP_CURRENT_LOCATION
 from pykd_ext.collector import collector_paused
 from pykd_ext.render.jsonout import render_json
 from pykd_ext.render.text import render_text
@@ -71,7 +72,7 @@ def test_the_same_evidence_is_claimed_once_however_often_it_is_added():
     for _ in range(3):
         for irp in range(5):
             board.add("\\Driver\\a", "a.sys", HIGH, 10, f"IRP {irp} holds MDL 0x1000", mdls=[0x1000],
-                      strength=IRP_CURRENT_LOCATION)
+                      kind=IRP_CURRENT_LOCATION)
     (suspect,) = board.ranked()
     assert suspect.evidence == [f"IRP {irp} holds MDL 0x1000" for irp in range(5)]
     assert suspect.score == 50

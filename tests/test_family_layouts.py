@@ -22,8 +22,9 @@ FAMILY = ("_KTHREAD", "_ETHREAD", "_KLOCK_ENTRY", "_KLOCK_ENTRIES", "_LOCK_HEADE
 # (structure, pointer size, build) -> {field: offset, "sizeof": size}: facts the notes do not spell out.
 SOURCES = {
     # NTDIFF Win10_21H1_20180 and Win11_2409_24H2 x64 _KTHREAD.h: ApcState at 0x98, KAPC_STATE.Process
-    # at +0x20; KTHREAD.Process at 0x220.
-    ("_KTHREAD", 8, 19045): {"ApcState.Process": 0xB8, "Process": 0x220},
+    # at +0x20; KTHREAD.Process at 0x220. StackLimit and StackBase: the 19041.804 kernel PDB (and 17763,
+    # 20348, 22000: the same offsets), checked by tests/test_layouts_real_symbols.py.
+    ("_KTHREAD", 8, 19045): {"ApcState.Process": 0xB8, "Process": 0x220, "StackLimit": 0x30, "StackBase": 0x38},
     ("_KTHREAD", 8, 26100): {"ApcState.Process": 0xB8, "Process": 0x220},
     # NTDIFF Win10_21H1_20180 x64 _ETHREAD.h; sizeof from the 19041.804 kernel PDB (NTDIFF 20180 says 0x8A0),
     # checked by tests/test_layouts_real_symbols.py.
@@ -44,10 +45,8 @@ OTHER_SOURCES = {
     # NTDIFF _ETHREAD.h RTL_BALANCED_NODE: Left, Right, ParentValue (x86: pointer-sized words).
     "_RTL_BALANCED_NODE": {"Left": (0x0, 0x0), "Right": (0x8, 0x4), "ParentValue": (0x10, 0x8),
                            "sizeof": (0x18, 0xC)},
-    # NTDIFF x64 _POOL_HEADER.h (size 0x10, PoolTag at 4); x86 deliberately absent.
-    "_POOL_HEADER": {"PreviousSize": (0x0, None), "PoolIndex": (0x1, None), "BlockSize": (0x2, None),
-                     "PoolType": (0x3, None), "PoolTag": (0x4, None), "ProcessBilled": (0x8, None),
-                     "sizeof": (0x10, 0)},
+    # NTDIFF x64 and x86 _POOL_HEADER.h: the bit fields in Ulong1 at 0, PoolTag at 4; size 0x10 and 0x8.
+    "_POOL_HEADER": {"Ulong1": (0x0, 0x0), "PoolTag": (0x4, 0x4), "sizeof": (0x10, 0x8)},
     # Microsoft PE format: IMAGE_DOS_HEADER.e_lfanew at 0x3C; IMAGE_NT_HEADERS = Signature + FILE_HEADER
     # (NumberOfSections +2, SizeOfOptionalHeader +0x10) + optional header; IMAGE_SECTION_HEADER 0x28 bytes.
     "_IMAGE_DOS_HEADER": {"e_magic": (0x0, 0x0), "e_lfanew": (0x3C, 0x3C), "sizeof": (0x40, 0x40)},
@@ -187,7 +186,7 @@ def test_other_stable_layouts_match_their_sources(name, pointer_size):
     expected = {f: v[column] for f, v in OTHER_SOURCES[name].items() if v[column] is not None}
     layout = builtin_layout(name, pointer_size)
     if not expected or set(expected) == {"sizeof"} and not expected["sizeof"]:
-        assert layout is None  # e.g. the x86 POOL_HEADER: not verified, so not built in
+        assert layout is None  # a layout not verified for an architecture is not built in
         return
     assert dict(layout.offsets, sizeof=layout.size) == expected
     assert set(OTHER_STABLE_LAYOUTS) == set(OTHER_SOURCES)
@@ -235,3 +234,16 @@ def test_unknown_builds_get_the_nearest_thread_tables_and_unknown_architectures_
         layout = builtin_layout(name, 8, 22621)
         assert layout.guessed_from == 26100 and "guessed for build 22621" in layout.source
     assert builtin_layout("_KTHREAD", 4, 19045) is None and builtin_layout("_KLOCK_ENTRY", 4, 19045) is None
+
+
+# NTDIFF _POOL_HEADER.h, x64 (Win10_1903_19H1_18282) and x86: the bit fields of Ulong1 as (first bit, bits).
+POOL_HEADER_BITS_SOURCE = {
+    8: {"PreviousSize": (0, 8), "PoolIndex": (8, 8), "BlockSize": (16, 8), "PoolType": (24, 8)},
+    4: {"PreviousSize": (0, 9), "PoolIndex": (9, 7), "BlockSize": (16, 9), "PoolType": (25, 7)},
+}
+
+
+def test_the_pool_header_bit_fields_match_their_source():
+    from pykd_ext.layouts import POOL_HEADER_BITS
+
+    assert POOL_HEADER_BITS == POOL_HEADER_BITS_SOURCE

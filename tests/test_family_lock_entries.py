@@ -7,7 +7,8 @@ from mocks.scenarios_family import (DRIVER_DATA, KINDS_0x153, KINDS_0x162, KINDS
 from pykd_ext.analyses import analyze
 from pykd_ext.analyses.lock_entries import NOBODY_NAMED, irql_name
 from pykd_ext.arch import X64, X86
-from pykd_ext.kernel.lock_entries import LEAK_STATES, decode_lock_pointer, pool_block_of
+from pykd_ext.kernel.lock_entries import LEAK_STATES, decode_lock_pointer
+from pykd_ext.kernel.pool import PoolFinder
 from pykd_ext.layouts import Layouts
 from pykd_ext.targets.base import BugCheck
 from pykd_ext.targets.snapshot import SnapshotTarget
@@ -156,11 +157,10 @@ def test_pool_tag_is_read_only_from_a_header_that_covers_the_address():
     after = scene.alloc(0x40)  # right after the block: not covered by its BlockSize
     data = scene.finish_family(BugCheck(0x192, (0, block, 2, 0)), "pool")
     target = SnapshotTarget(data)
-    layouts = Layouts(target)
-    assert pool_block_of(target, layouts, block + 0x58) == (block, "Abcd")
-    assert pool_block_of(target, layouts, after + 0x8) is None
-    x86 = SnapshotTarget(case_0x162("x86", "nothing", noise_pages=0).data)
-    assert pool_block_of(x86, Layouts(x86), x86.data.bugcheck.parameters[1]) is None  # no verified x86 header
+    pool = PoolFinder(target, Layouts(target))
+    found = pool.block_of(block + 0x58)
+    assert (found.address, found.tag, found.allocated) == (block, "Abcd", True)
+    assert pool.block_of(after + 0x8) is None
 
 
 @pytest.mark.parametrize("build", [19045, 26100])

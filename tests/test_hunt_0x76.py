@@ -121,11 +121,24 @@ def test_missing_ki_bugcheck_driver_symbol_can_be_given():
     assert {f.label: f for f in report.facts}["nt!KiBugCheckDriver"].value == "leakyflt.sys"
 
 
+class _NoHeaders(SnapshotTarget):
+    """A source that searches for values only, as the debugger's !search does."""
+
+    finds_object_headers = False
+
+
 def test_search_passes_do_not_grow_with_the_number_of_leaked_mdls():
     few = run(case_0x76("x64", "irp", leaked=1))
     many = run(case_0x76("x64", "irp", leaked=40))
     assert len([m for m in many.mdls if m.locked]) == 41  # the first IRP holds a chain of two
-    assert few.searches == many.searches == 2
+    # The IRPs were collected in the pass that found the MDLs: no search for the MDLs at all.
+    assert few.searches == many.searches == 1
+    # A source that finds values only: one more pass, for all the MDLs at once, and the same findings.
+    classic = analyze(_NoHeaders(case_0x76("x64", "irp", leaked=40).data))
+    assert classic.searches == 2
+    assert [(m.address, m.irps, m.chained_from) for m in classic.mdls] == \
+        [(m.address, m.irps, m.chained_from) for m in many.mdls]
+    assert [s.as_dict() for s in classic.suspects] == [s.as_dict() for s in many.suspects]
 
 
 def test_tracking_on_is_reported_from_p4():
@@ -154,6 +167,9 @@ def test_process_name_comes_from_the_build_layout():
 
 class _NoSearch(SnapshotTarget):
     def search_pointers(self, values, pfn_range=None, progress=None):
+        raise SearchUnavailable("this source holds no physical memory")
+
+    def search_pointers_and_headers(self, values, headers, pfn_range=None, progress=None):
         raise SearchUnavailable("this source holds no physical memory")
 
 

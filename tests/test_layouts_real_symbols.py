@@ -150,3 +150,20 @@ def test_the_boost_bits_leakhunt_decodes_are_the_kernels(build):
     cpu_mask, io_bit, io_qos_bit = BOOST_BITS[width]
     assert (bit["CpuBoostsBitmap"], cpu_mask) == (0, (1 << real["CpuBoostsBitmap"].bit_length) - 1)
     assert (io_bit, io_qos_bit) == (1 << bit["IoBoost"], 1 << bit["IoQoSBoost"])
+
+
+@pytest.mark.parametrize("build", sorted(KERNELS.values()))
+def test_the_pool_header_bits_and_segment_heap_sizes_are_the_kernels(build):
+    """POOL_HEADER_BITS (bits of Ulong1), the VS chunk header's size and the symbols-only big pool fields."""
+    from pykd_ext.layouts import POOL_HEADER_BITS, SYMBOLS_ONLY_LAYOUTS, VS_CHUNK_HEADER_SIZE
+
+    symbols = _kernel(build)
+    for field, (first_bit, bits) in POOL_HEADER_BITS[POINTER_SIZE].items():
+        member = symbols.member("_POOL_HEADER", field)
+        assert member.kind == "bitfield" and (8 * member.offset + member.bit_position, member.bit_length) == (
+            first_bit, bits), field
+    assert symbols.type_info("_HEAP_VS_CHUNK_HEADER", []).size == VS_CHUNK_HEADER_SIZE[POINTER_SIZE]
+    for field, kind in SYMBOLS_ONLY_LAYOUTS["_POOL_TRACKER_BIG_PAGES"]:
+        member = symbols.member("_POOL_TRACKER_BIG_PAGES", field)
+        assert member.kind == "base" and member.size == _kind_size(kind), field
+    assert symbols.rva("PoolBigPageTable") and symbols.rva("PoolBigPageTableSize")

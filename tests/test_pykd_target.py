@@ -30,9 +30,10 @@ def no_target():
 
 def findings(report):
     """The report minus what names the source (its description, its crash time, where layouts and symbols
-    came from, the crashing processor's registers, the stack unwound from them and the names of both)."""
+    came from, the crashing processor's registers, the stack unwound from them and the names of both, how
+    many passes its search took: a snapshot collects the IRPs in the pass that finds the MDLs)."""
     result = report.as_dict()
-    del result["source"], result["layouts"], result["symbols"], result["crash_time"]
+    del result["source"], result["layouts"], result["symbols"], result["crash_time"], result["search_passes"]
     del result["registers"], result["call_stack"], result["names"]
     return result
 
@@ -46,6 +47,9 @@ def test_findings_equal_replaying_the_scenario(arch, kind, types):
     through_pykd = analyze(PykdTarget())
     replayed = analyze(SnapshotTarget(scenario.data))
     assert findings(through_pykd) == findings(replayed)
+    if kind != "unlock":  # P1 = 0: no search for the MDLs that IRPs hold or that are not locked
+        unheld = [m for m in replayed.mdls if m.locked and not m.irps]
+        assert replayed.searches == 1 + bool(unheld) and through_pykd.searches == 1 + bool(replayed.mdls)
     expected_source = "debugger symbols" if types else f"built-in {arch} table"
     assert through_pykd.layouts["_MDL"] == through_pykd.layouts["_IRP"] == expected_source
     if scenario.expected["culprit"]:

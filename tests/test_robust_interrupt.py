@@ -24,8 +24,9 @@ class Interrupting(SnapshotTarget):
     """Raises ``error`` at the n-th read or search; afterwards counts any further call (there must be none:
     stopping promptly means not reading on)."""
 
-    def __init__(self, data, read_at=None, search_at=None, error=KeyboardInterrupt):
+    def __init__(self, data, read_at=None, search_at=None, error=KeyboardInterrupt, headers=True):
         super().__init__(data)
+        self.headers = headers  # False: the IRPs are searched for as the debugger's !search does
         self.read_at, self.search_at, self.error = read_at, search_at, error
         self.reads = self.searches = 0
         self.after_interrupt = 0
@@ -38,6 +39,10 @@ class Interrupting(SnapshotTarget):
             self.interrupted = True
             raise self.error() if isinstance(self.error, type) else self.error
 
+    @property
+    def finds_object_headers(self):
+        return self.headers
+
     def read(self, address, size):
         self.reads += 1
         self._tick(self.reads, self.read_at)
@@ -47,6 +52,11 @@ class Interrupting(SnapshotTarget):
         self.searches += 1
         self._tick(self.searches, self.search_at)
         return super().search_pointers(values, pfn_range, progress)
+
+    def search_pointers_and_headers(self, values, headers, pfn_range=None, progress=None):
+        self.searches += 1
+        self._tick(self.searches, self.search_at)
+        return super().search_pointers_and_headers(values, headers, pfn_range, progress)
 
 
 def _calls():
@@ -69,8 +79,9 @@ def test_an_interrupted_search_gives_a_partial_report_at_once(search_at):
 
 
 def test_the_mdls_found_before_the_interrupt_are_in_the_report():
-    """Interrupted while looking for the holders: the locked MDLs of the first search are shown."""
-    report = analyze(Interrupting(SCENARIO.data, search_at=2))
+    """Interrupted while looking for the holders (in a pass of their own, as inside WinDbg): the locked
+    MDLs of the first search are shown."""
+    report = analyze(Interrupting(SCENARIO.data, search_at=2, headers=False))
     assert set(SCENARIO.expected["locked_mdls"]) <= {record.address for record in report.mdls}
     assert report.suspects == []  # no holder was found yet: nobody is named
 
@@ -118,17 +129,13 @@ def _run(argv):
 
 def test_the_command_prints_the_partial_report_and_exits_130(tmp_path, monkeypatch):
     path = str(tmp_path / "case.snap")
-    save_snapshot(SCENARIO.data, path)
-    calls = {"n": 0}
-    original = SnapshotTarget.search_pointers
+    save_snapshot(case_0x76("x64", "orphan", noise_pages=2, leaked=3).data, path)
 
-    def search_then_interrupt(self, values, pfn_range=None, progress=None):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, values, pfn_range, progress)
+    def interrupted(self, values, pfn_range=None, progress=None):
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(SnapshotTarget, "search_pointers", search_then_interrupt)
+    # The first pass finds the MDLs; the second, for what holds them, is interrupted.
+    monkeypatch.setattr(SnapshotTarget, "search_pointers", interrupted)
     code, out, err = _run(["replay", path])
     assert code == EXIT_INTERRUPTED
     assert "PARTIAL" in out and "MDLs" in out and "Traceback" not in err
@@ -146,10 +153,14 @@ def test_an_interrupt_while_loading_exits_130_with_one_line(tmp_path, monkeypatc
     assert code == EXIT_INTERRUPTED and out == "" and err == "leakhunt: interrupted\n"
 
 
-@pytest.mark.parametrize("search_at, where", [(1, "during its pass 1 over memory"),
-                                              (2, "during its pass 2 over memory, after 1 had finished")])
-def test_a_partial_report_says_how_far_the_hunt_got_and_to_run_it_again(search_at, where):
-    report = analyze(Interrupting(SCENARIO.data, search_at=search_at))
+ORPHANS = case_0x76("x64", "orphan", noise_pages=2)  # MDLs no IRP holds: a second pass looks for their holders
+
+
+@pytest.mark.parametrize("scenario, search_at, where", [(SCENARIO, 1, "during its pass 1 over memory"),
+                                                        (ORPHANS, 2, "during its pass 2 over memory, after 1 had "
+                                                                     "finished")], ids=["irp", "orphan"])
+def test_a_partial_report_says_how_far_the_hunt_got_and_to_run_it_again(scenario, search_at, where):
+    report = analyze(Interrupting(scenario.data, search_at=search_at))
     assert report.partial and report.verdict.startswith(f"The hunt was interrupted {where}:")
     assert "not looked at" in report.verdict and "not a finding" in report.verdict
     assert "No driver is named by the evidence" not in report.verdict

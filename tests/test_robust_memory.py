@@ -21,6 +21,7 @@ from fuzz.mutators import (HOSTILE_FIELDS, HOSTILE_STRINGS, OBJECT_KINDS, STRING
 from fuzz.oracles import unsupported_suspects, unsupported_thread_starts
 from mocks import scenarios_family as family
 from mocks.scenarios import IRP_MJ_WRITE, KernelScene, case_0x76
+from mocks.scenarios_private import case_0x76_private
 from pykd_ext.analyses import ANALYSES, analyze
 from pykd_ext.kernel.io import MAX_IRP_STACK_COUNT
 from pykd_ext.kernel.modules import MAX_LOADED_MODULES, walk_loaded_modules
@@ -38,9 +39,9 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=timedelta(seconds=5),
 
 CASES = {}
 for _arch in ("x64", "x86"):
-    for _kind in ("irp", "orphan", "unlock", "nothing"):
-        _scenario = case_0x76(_arch, _kind, noise_pages=2,
-                              ki_bugcheck_driver="leakyflt.sys" if _kind == "orphan" else "")
+    for _kind in ("irp", "orphan", "unlock", "nothing", "private"):
+        _scenario = case_0x76_private(_arch, noise_pages=2) if _kind == "private" else \
+            case_0x76(_arch, _kind, noise_pages=2, ki_bugcheck_driver="leakyflt.sys" if _kind == "orphan" else "")
         _objects = scenario_objects(_scenario.data, _scenario.expected)
         CASES[(_arch, _kind)] = (_scenario, _objects, pointer_alphabet(_scenario.data, _objects))
 
@@ -440,6 +441,8 @@ def test_an_exception_from_corrupt_data_becomes_a_warning(error):
     calls = {"searches": 0}
 
     class Failing(SnapshotTarget):
+        finds_object_headers = False  # the MDLs' holders in a pass of their own, as inside WinDbg
+
         def search_pointers(self, values, pfn_range=None, progress=None):
             calls["searches"] += 1
             if calls["searches"] == 2:  # the MDLs are found; looking for their holders fails

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import pykd_ext.search as search
 from pykd_ext.search import ValueSet
+from pykd_ext.targets.base import ObjectHeaders
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout, for child processes
 COMPILED_MISSING = "the compiled engine is not built here (python3 -m pip install -e . with a C compiler builds it)"
@@ -63,7 +64,7 @@ def test_value_set_finds_exactly_the_aligned_occurrences(pointer_size, count, no
         value_set = ValueSet(values, pointer_size, engine)
         if engine == "numpy":
             value_set._block_words = block_words  # exercise the blocked path too
-        indices, found = value_set.find(buffer)
+        indices, found, _, _ = value_set.find(buffer)
         assert list(zip(indices.tolist(), found.tolist())) == expected, engine
 
 
@@ -79,7 +80,7 @@ def test_value_set_agrees_with_a_plain_membership_test(engine, regions, value_co
     values = np.unique(pointers[rng.integers(0, len(pointers), value_count)])
     values[0] = words[-1] = pointers[0]  # at least one value occurs
     value_set = ValueSet(values.tolist(), 8, engine)
-    indices, found = value_set.find(words.astype("<u8").tobytes())
+    indices, found, _, _ = value_set.find(words.astype("<u8").tobytes())
     expected = np.flatnonzero(np.isin(words, values))
     assert len(expected) > 0
     assert indices.tolist() == expected.tolist() and found.tolist() == words[expected].tolist()
@@ -104,7 +105,7 @@ def test_a_buffer_at_an_odd_address_is_searched_like_any_other(engine):
     words = np.arange(1000, dtype="<u8") * np.uint64(0x10) + np.uint64(0xFFFFA58A00000000)
     raw = b"\x00" + words.tobytes()
     view = memoryview(raw)[1:]  # the words start one byte into the bytes object
-    indices, found = ValueSet([int(words[7]), int(words[999])], 8, engine).find(view)
+    indices, found, _, _ = ValueSet([int(words[7]), int(words[999])], 8, engine).find(view)
     assert indices.tolist() == [7, 999] and found.tolist() == [int(words[7]), int(words[999])]
 
 
@@ -115,7 +116,7 @@ def test_a_memory_mapped_file_is_searched_in_place(engine, tmp_path):
     path.write_bytes(words.tobytes())
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         with memoryview(mapped) as view:
-            indices, found = ValueSet([0xFFFFA58A12345670], 8, engine).find(view)
+            indices, found, _, _ = ValueSet([0xFFFFA58A12345670], 8, engine).find(view)
     assert indices.tolist() == [5, 40_000, 65_535] and set(found.tolist()) == {0xFFFFA58A12345670}
 
 
@@ -153,6 +154,87 @@ def test_the_compiled_engine_checks_what_it_is_given():
     assert np.frombuffer(words, dtype=np.uint64).tolist() == [3, 5]
 
 
+# ---- object headers collected in the same pass ---------------------------------------------------
+
+# An IRP's header as the hunt asks for it (Type 6, Size sizeof(IRP) + k stack locations), written out
+# here from the reference's x64 numbers (sizeof(IRP) 0xD0, IO_STACK_LOCATION 0x48), not the product's.
+IRP_X64 = ObjectHeaders(6, tuple(0xD0 + k * 0x48 for k in range(1, 128)))
+
+
+def expected_headers(words, headers):
+    """(index, next word) of every header at an even index with a word after it: the contract, by hand."""
+    return [(i, words[i + 1]) for i in range(0, len(words) - 1, 2)
+            if words[i] & 0xFFFF == headers.type and (words[i] >> 16) & 0xFFFF in headers.sizes]
+
+
+HEADER_WORDS = st.one_of(WORDS, st.builds(lambda high, k: high << 32 | (0xD0 + k * 0x48) << 16 | 6,
+                                          st.integers(0, 2 ** 32 - 1), st.integers(0, 130)),
+                         st.builds(lambda size: size << 16 | 6, st.integers(0, 0xFFFF)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([8, 4]), st.lists(HEADER_WORDS, max_size=300), st.integers(1, 40), st.data())
+def test_both_engines_collect_exactly_the_object_headers(pointer_size, noise, block_words, data):
+    mask = (1 << (8 * pointer_size)) - 1
+    words = [w & mask for w in noise]
+    values = data.draw(st.lists(st.sampled_from(words), max_size=6)) if words else []
+    buffer = np.array(words, dtype="<u8" if pointer_size == 8 else "<u4").tobytes()
+    wanted = set(values)
+    for engine in search.ENGINES:
+        if engine == "compiled" and not compiled_available():
+            continue
+        value_set = ValueSet(values, pointer_size, engine, headers=IRP_X64)
+        if engine == "numpy":
+            value_set._block_words = block_words
+        found = value_set.find(buffer)
+        assert list(zip(found.indices.tolist(), found.words.tolist())) == [
+            (i, w) for i, w in enumerate(words) if w in wanted], engine
+        assert list(zip(found.header_indices.tolist(), found.header_next.tolist())) == \
+            expected_headers(words, IRP_X64), engine
+
+
+@pytest.mark.parametrize("pointer_size", [8, 4])
+def test_headers_are_found_in_large_buffers_by_both_engines_alike(pointer_size):
+    if not compiled_available():
+        pytest.skip(COMPILED_MISSING)
+    dtype = "<u8" if pointer_size == 8 else "<u4"
+    rng = np.random.default_rng(pointer_size + 100)
+    words = rng.integers(0, 1 << 32, 1_000_000, dtype=np.uint64).astype(dtype)
+    spots = rng.integers(0, len(words) // 2, 3000) * 2
+    words[spots] = (np.array(IRP_X64.sizes, dtype=np.uint64)[rng.integers(0, 127, 3000)] << np.uint64(16)) | 6
+    words[spots[:500] + 1] = 6  # a header just after a header's word: only the even one counts
+    words[-1] = words[spots[0]]  # the last word has no word after it
+    compiled = ValueSet([int(words[7])], pointer_size, "compiled", headers=IRP_X64).find(words.tobytes())
+    plain = ValueSet([int(words[7])], pointer_size, "numpy", headers=IRP_X64).find(words.tobytes())
+    assert len(compiled.header_indices) >= 2900
+    for field in range(4):
+        assert compiled[field].tolist() == plain[field].tolist()
+    assert compiled.header_indices.tolist() == [i for i, _ in expected_headers(words.tolist(), IRP_X64)]
+
+
+def test_a_set_without_headers_reports_none():
+    words = np.array([IRP_X64.sizes[0] << 16 | 6, 0xFFFFA58A00001000], dtype="<u8")
+    for engine in search.ENGINES:
+        if engine == "compiled" and not compiled_available():
+            continue
+        found = ValueSet([0xFFFFA58A00001000], 8, engine).find(words.tobytes())
+        assert found.indices.tolist() == [1] and found.header_indices.tolist() == []
+
+
+def test_the_compiled_engine_checks_the_header_arguments():
+    if not compiled_available():
+        pytest.skip(COMPILED_MISSING)
+    wordscan = search._wordscan
+    values = np.array([1], dtype="<u8")
+    table = wordscan.filter_table(values, 8)
+    with pytest.raises(ValueError, match="header_sizes 8192 bytes"):
+        wordscan.find(bytes(16), values, table, 8, False, 6, bytes(100))
+    with pytest.raises(ValueError, match="16-bit"):
+        wordscan.find(bytes(16), values, table, 8, False, 0x10000, bytes(8192))
+    with pytest.raises(ValueError, match="16 bits"):
+        ValueSet([1], 8, headers=ObjectHeaders(0x10000, (0xD0,)))
+
+
 # ---- the compiled engine reading a file itself ------------------------------------------------------
 
 def file_reading_engine():
@@ -176,12 +258,35 @@ def test_find_in_file_agrees_with_find_over_the_same_bytes(tmp_path, pointer_siz
     assert value_set.reads_files
     offset = 3 * 4096 + pointer_size  # anywhere, as long as it is word aligned
     with open(path, "rb") as handle:
-        indices, found, done = value_set.find_in_file(handle.fileno(), offset, len(words) * pointer_size)
+        (indices, found, _, _), done = value_set.find_in_file(handle.fileno(), offset, len(words) * pointer_size)
     in_memory = ValueSet(values, pointer_size, "numpy").find(words.tobytes()[offset:])
     assert done == len(words) * pointer_size - offset  # the file ends before offset + length
     assert len(indices) > 2 and chunk_words - 1 - offset // pointer_size in indices.tolist()
     assert indices.tolist() == in_memory[0].tolist() and found.tolist() == in_memory[1].tolist()
     assert found.dtype == np.dtype(dtype)
+
+
+@pytest.mark.parametrize("pointer_size", [8, 4])
+def test_find_in_file_collects_the_same_headers_as_find(tmp_path, pointer_size):
+    file_reading_engine()
+    dtype = "<u8" if pointer_size == 8 else "<u4"
+    rng = np.random.default_rng(pointer_size + 7)
+    words = rng.integers(0, 1 << 14, 400_000).astype(dtype)
+    chunk_words = (256 * 1024) // pointer_size
+    header = IRP_X64.sizes[3] << 16 | 6
+    words[rng.integers(0, len(words) // 2, 200) * 2] = header
+    words[chunk_words - 2] = words[chunk_words] = header  # on both sides of a read chunk's end
+    path = tmp_path / "words.bin"
+    path.write_bytes(words.tobytes())
+    value_set = ValueSet([int(words[9])], pointer_size, "compiled", headers=IRP_X64)
+    offset = 2 * 4096
+    with open(path, "rb") as handle:
+        from_file, done = value_set.find_in_file(handle.fileno(), offset, len(words) * pointer_size)
+    in_memory = ValueSet([int(words[9])], pointer_size, "numpy", headers=IRP_X64).find(words.tobytes()[offset:])
+    assert done == len(words) * pointer_size - offset
+    assert chunk_words - 2 - offset // pointer_size in from_file.header_indices.tolist()
+    for field in range(4):
+        assert from_file[field].tolist() == in_memory[field].tolist()
 
 
 def test_find_in_file_checks_what_it_is_given(tmp_path):
@@ -190,7 +295,7 @@ def test_find_in_file_checks_what_it_is_given(tmp_path):
     path.write_bytes(bytes(64))
     value_set = ValueSet([1, 2], 8, "compiled")
     with open(path, "rb") as handle:
-        assert value_set.find_in_file(handle.fileno(), 64, 4096)[2] == 0  # past the end: nothing read
+        assert value_set.find_in_file(handle.fileno(), 64, 4096)[1] == 0  # past the end: nothing read
         with pytest.raises(ValueError, match="aligned"):
             value_set.find_in_file(handle.fileno(), 3, 8)
         with pytest.raises(ValueError, match="positive"):
@@ -230,15 +335,18 @@ def test_a_mapped_file_cut_short_under_the_search_raises_oserror(tmp_path, cut_a
     value_set = ValueSet([MARKER], 8, "compiled")
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapping:
         with memoryview(mapping) as view:
-            indices, found = value_set.find_in_mapping(view)
+            indices, found, _, _ = value_set.find_in_mapping(view)
             assert len(indices) == 128 and found.tolist() == [MARKER] * 128  # whole, it is searched in place
             os.truncate(path, cut_at)  # another program cuts it short: the pages past the cut raise SIGBUS
             with pytest.raises(OSError) as raised:
                 value_set.find_in_mapping(view)
             assert raised.value.errno == errno.EIO
+            with pytest.raises(OSError) as raised:  # a search that collects object headers too
+                ValueSet([MARKER], 8, "compiled", headers=IRP_X64).find_in_mapping(view)
+            assert raised.value.errno == errno.EIO
             whole_pages = cut_at // PAGE
             if whole_pages:  # what the file still holds is searched as before
-                indices, _ = value_set.find_in_mapping(view[:whole_pages * PAGE])
+                indices = value_set.find_in_mapping(view[:whole_pages * PAGE]).indices
                 assert len(indices) == 2 * whole_pages
 
 

@@ -64,9 +64,29 @@ def test_record_then_replay_gives_the_same_report_byte_for_byte(tmp_path, scenar
     path = str(tmp_path / "recorded.snap")
     save_snapshot(recorder.snapshot(), path)
     recording = load_snapshot(path)
-    assert not recording.complete and recording.searches  # searches replay from the recording
+    # The searches replay from the recording: here one pass that also collected the IRP headers.
+    assert not recording.complete and recording.header_searches
+    ((values, pfn_range), (header_type, sizes)), = recording.header_searches
+    assert values == (scenario.expected["process"],) and pfn_range is None and header_type == 6 and len(sizes) == 127
+    hits, header_hits = recording.header_searches[((values, pfn_range), (header_type, sizes))]
+    assert {h.virtual for h in header_hits} >= set(scenario.expected["irps"])
     assert len(recording.pages) < len(scenario.data.pages)  # only what the hunt read
     assert render_json(analyze(SnapshotTarget(recording))) == live
+
+
+def test_a_recording_of_a_source_that_finds_values_only_replays_its_searches(tmp_path, scenario):
+    class ValuesOnly(SnapshotTarget):
+        finds_object_headers = False  # the debugger's !search
+
+    recorder = RecordingTarget(ValuesOnly(scenario.data))
+    live = render_json(analyze(recorder))
+    path = str(tmp_path / "recorded.snap")
+    save_snapshot(recorder.snapshot(), path)
+    recording = load_snapshot(path)
+    assert recording.searches and not recording.header_searches
+    replay = SnapshotTarget(recording)
+    assert not replay.finds_object_headers
+    assert render_json(analyze(replay)) == live
 
 
 def test_replaying_a_recording_answers_only_what_was_recorded(tmp_path, scenario):

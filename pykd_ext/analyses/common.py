@@ -1,4 +1,4 @@
-"""What every analysis shares: the context it runs in, the suspect board, and the MDL -> IRP hunt."""
+"""What every analysis shares: the context it runs in, the suspect board, the report's records."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,15 +6,16 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from .. import __version__
 from ..bugchecks import decode
+from ..evidence import OTHER_EVIDENCE, EvidenceKind, capped
 from ..kernel.io import IoReader, Irp, completion_conditions, irp_flag_names, major_function_name
-from ..kernel.mdl import Mdl, flag_names, read_mdl
+from ..kernel.mdl import Mdl, flag_names
 from ..kernel.modules import ModuleMap, plausible_image_name
 from ..layouts import CHECKED_ON, LayoutError, IMAGE_FILE_NAME_LENGTH
 from ..report import (CONFIDENCE_RANK, LOW, MEDIUM, BugCheckSection, Fact, FrameRecord, IrpRecord, MdlRecord,
-                      Parameter, Rejected, Report, StackRecord, Suspect)
+                      Parameter, Report, StackRecord, Suspect)
 from ..session import as_session
-from ..targets.base import (MemoryReadError, PfnRange, ProgressCallback, SearchHit, SearchUnavailable, Target,
-                            TargetError, hex_address)
+from ..targets.base import (HeaderHit, MemoryReadError, ObjectHeaders, PfnRange, ProgressCallback, SearchHit,
+                            SearchUnavailable, Target, TargetError, hex_address)
 
 # MDL chains (MDL.Next) longer than this are corrupt or cyclic.
 MAX_MDL_CHAIN = 64
@@ -136,16 +137,28 @@ class Context:
         values = sorted(set(values))
         if not values:
             return {}
+        return self._pass(lambda: self.target.search_pointers(values, self.options.pfn_range, self.options.progress))
+
+    def search_with_headers(self, values: Iterable[int], headers: ObjectHeaders
+                            ) -> Tuple[Dict[int, List[SearchHit]], List[HeaderHit]]:
+        """search() that also collects the object headers ``headers`` describes, in the same pass (only where
+        the target's ``finds_object_headers``). Raises SearchUnavailable."""
+        return self._pass(lambda: self.target.search_pointers_and_headers(
+            sorted(set(values)), headers, self.options.pfn_range, self.options.progress))
+
+    def _pass(self, search):
+        """Run one pass over memory (``search()``), counting it as begun and finished, and keeping why the
+        source refused it."""
         check_pfn_range(self.target, self.options.pfn_range)
         self.report.searches += 1
         self.passes_begun += 1
         try:
-            hits = self.target.search_pointers(values, self.options.pfn_range, self.options.progress)
+            found = search()
         except SearchUnavailable as error:
             self.search_refused = self.search_refused or str(error)
             raise
         self.passes_finished += 1
-        return hits
+        return found
 
     def interrupted_where(self) -> str:
         """How far an interrupted hunt got, in words: before, during or after which pass over memory."""
@@ -167,6 +180,10 @@ class Context:
         report = self.report
         session = self.session
         report.suspects = self.suspects.ranked()
+        pages = {record.address: record.pages for record in report.mdls}
+        for suspect in report.suspects:
+            if suspect.mdls and all(mdl in pages for mdl in suspect.mdls):
+                suspect.pages = sum(pages[mdl] for mdl in suspect.mdls)
         guessed = self.layouts.guessed()
         if guessed:
             report.warn(guessed_layouts_warning(self.target.build, guessed))
@@ -295,17 +312,6 @@ def guessed_layouts_warning(build: Optional[int], guessed) -> str:
             f"them may be wrong: give the kernel's symbols with --symbol-path (or set _NT_SYMBOL_PATH)")
 
 
-# How strongly a piece of evidence ties a driver to a leaked MDL, strongest first: the saved stack of
-# the code that locked it (a lock tracker, or legacy 0xCB's locking call site), then the driver that
-# owns the current stack location of an IRP holding it, then anything else.
-LOCKER_STACK = 3
-IRP_CURRENT_LOCATION = 2
-OTHER_EVIDENCE = 1
-EVIDENCE_KINDS = {LOCKER_STACK: "the saved stack of the code that locked it",
-                  IRP_CURRENT_LOCATION: "the current stack location of an IRP holding it",
-                  OTHER_EVIDENCE: "other evidence"}
-
-
 @dataclass
 class _Claim:
     """One piece of evidence against one suspect, and the MDLs it is about."""
@@ -314,7 +320,7 @@ class _Claim:
     confidence: str
     weight: int
     mdls: Tuple[int, ...]
-    strength: int
+    kind: EvidenceKind
 
 
 @dataclass
@@ -336,18 +342,21 @@ class _Entry:
 class SuspectBoard:
     """Collects evidence against drivers and ranks them; one entry per driver image (or name).
 
-    When the evidence about one MDL names different drivers, the strongest kind wins (LOCKER_STACK >
-    IRP_CURRENT_LOCATION > OTHER_EVIDENCE): a driver named only by weaker evidence about that MDL drops
-    to low confidence, two drivers named by the same kind drop to medium, and every piece of evidence
-    involved says that the evidence disagrees. So no two drivers share the top confidence for one MDL.
+    When the evidence about one MDL names different drivers, the strongest kind wins (the strengths of
+    ``pykd_ext.evidence``): a driver named only by weaker evidence about that MDL drops to low
+    confidence, two drivers named by kinds of the same strength drop to medium, and every piece of
+    evidence involved says that the evidence disagrees. So no two drivers share the top confidence for
+    one MDL.
     """
 
     def __init__(self):
         self._entries: Dict[str, _Entry] = {}
 
-    def add(self, driver: Optional[str], image: Optional[str], confidence: str, weight: int, evidence: str,
-            driver_object: Optional[int] = None, image_base: Optional[int] = None,
-            mdls: Iterable[int] = (), strength: int = OTHER_EVIDENCE) -> None:
+    def add(self, driver: Optional[str], image: Optional[str], confidence: Optional[str], weight: Optional[int],
+            evidence: str, driver_object: Optional[int] = None, image_base: Optional[int] = None,
+            mdls: Iterable[int] = (), kind: EvidenceKind = OTHER_EVIDENCE) -> None:
+        """One piece of ``evidence`` of ``kind`` against a driver; ``confidence`` and ``weight`` default to
+        the kind's (``mdls``: the MDLs it is about, for settling disagreements)."""
         key = self._key(driver, image)
         entry = self._entries.get(key)
         if entry is None:
@@ -358,7 +367,8 @@ class SuspectBoard:
         entry.image_base = entry.image_base or image_base
         if evidence not in entry.claim_texts:
             entry.claim_texts.add(evidence)
-            entry.claims.append(_Claim(evidence, confidence, weight, tuple(sorted(set(mdls))), strength))
+            entry.claims.append(_Claim(evidence, confidence or kind.confidence, kind.weight if weight is None else weight,
+                                       tuple(sorted(set(mdls))), kind))
 
     def _key(self, driver: Optional[str], image: Optional[str]) -> str:
         if image:
@@ -378,43 +388,44 @@ class SuspectBoard:
     def ranked(self) -> List[Suspect]:
         """The suspects, most likely first, with the disagreements between them settled."""
         # MDL -> suspect key -> the strongest kind of evidence naming that suspect for it
-        claimants: Dict[int, Dict[str, int]] = {}
+        claimants: Dict[int, Dict[str, EvidenceKind]] = {}
         for key, entry in self._entries.items():
             for claim in entry.claims:
                 for mdl in claim.mdls:
                     strongest = claimants.setdefault(mdl, {})
-                    strongest[key] = max(strongest.get(key, 0), claim.strength)
+                    if key not in strongest or claim.kind.strength > strongest[key].strength:
+                        strongest[key] = claim.kind
         suspects = [self._settled(key, entry, claimants) for key, entry in self._entries.items()]
         return sorted(suspects, key=lambda s: (-CONFIDENCE_RANK[s.confidence], -s.score,
                                                (s.driver or s.image or "").lower()))
 
-    def _settled(self, key: str, entry: _Entry, claimants: Dict[int, Dict[str, int]]) -> Suspect:
+    def _settled(self, key: str, entry: _Entry, claimants: Dict[int, Dict[str, EvidenceKind]]) -> Suspect:
         suspect = Suspect(entry.driver, entry.image, LOW, driver_object=entry.driver_object,
                           image_base=entry.image_base)
+        suspect.mdls = sorted({mdl for claim in entry.claims for mdl in claim.mdls})
         best = 0
         for claim in entry.claims:
             confidence, weight, notes = claim.confidence, claim.weight, []
             outranked_everywhere = bool(claim.mdls)
             for mdl in claim.mdls:
-                others = {other: strength for other, strength in claimants[mdl].items() if other != key}
+                others = {other: kind for other, kind in claimants[mdl].items() if other != key}
                 if not others:
                     outranked_everywhere = False
                     continue
-                top = max(others.values())
-                rivals = ", ".join(sorted(self._entries[o].label for o, s in others.items() if s == top))
-                if top > claim.strength:
-                    notes.append(f"the evidence disagrees on MDL {hex_address(mdl)}: {EVIDENCE_KINDS[top]} names "
-                                 f"{rivals}, which is stronger evidence")
+                top = max(kind.strength for kind in others.values())
+                rivals = ", ".join(sorted(self._entries[o].label for o, kind in others.items() if kind.strength == top))
+                labels = " or ".join(sorted({kind.label for kind in others.values() if kind.strength == top}))
+                if top > claim.kind.strength:
+                    notes.append(f"the evidence disagrees on MDL {hex_address(mdl)}: {labels} names {rivals}, which "
+                                 f"is stronger evidence")
                     continue
                 outranked_everywhere = False
-                if top == claim.strength:
-                    notes.append(f"the evidence disagrees on MDL {hex_address(mdl)}: {EVIDENCE_KINDS[top]} also "
-                                 f"names {rivals}")
-                    if CONFIDENCE_RANK[confidence] > CONFIDENCE_RANK[MEDIUM]:
-                        confidence = MEDIUM
+                if top == claim.kind.strength:
+                    notes.append(f"the evidence disagrees on MDL {hex_address(mdl)}: {labels} also names {rivals}")
+                    confidence = capped(confidence, MEDIUM)
                 else:
-                    notes.append(f"the evidence disagrees on MDL {hex_address(mdl)}: {EVIDENCE_KINDS[top]} names "
-                                 f"{rivals}, which is weaker evidence")
+                    notes.append(f"the evidence disagrees on MDL {hex_address(mdl)}: {labels} names {rivals}, which "
+                                 f"is weaker evidence")
             if outranked_everywhere:
                 confidence, weight = LOW, min(weight, 1)
             suspect.evidence.append(claim.text + "".join(f" ({note})" for note in notes))
@@ -519,157 +530,6 @@ def irp_record(context: Context, irp: Irp) -> IrpRecord:
     return record
 
 
-# ---- the MDL -> IRP hunt ----------------------------------------------------------------------
-
-@dataclass
-class Holders:
-    """Who references each hunted MDL: IRPs (directly or through an MDL chain)."""
-
-    irps: Dict[int, Irp] = field(default_factory=dict)  # IRP address -> IRP
-    held_by: Dict[int, List[int]] = field(default_factory=dict)  # hunted MDL -> IRP addresses
-    chain_parent: Dict[int, int] = field(default_factory=dict)  # MDL -> the MDL whose Next points to it
-
-
-def find_holders(context: Context, mdl_addresses: Iterable[int], holders: Optional[Holders] = None) -> Holders:
-    """Search for every MDL address in one pass per chain level and explain each hit.
-
-    A hit at address ``h`` is an IRP's MdlAddress when ``h - offsetof(IRP, MdlAddress)`` is a valid
-    IRP whose MDL chain reaches the MDL, or the Next field of another MDL (a chained MDL), in which
-    case that MDL is searched for at the next level. Anything else is reported as unexplained.
-    ``holders`` (when given) is filled level by level, so an interrupted hunt keeps what it found.
-    """
-    holders = Holders() if holders is None else holders
-    irp_mdl_offset = context.layouts.get("_IRP").offset("MdlAddress")
-    next_offset = context.layouts.get("_MDL").offset("Next")
-    wanted = sorted(set(mdl_addresses))
-    # MDL -> the IRPs whose MdlAddress is that MDL itself (the chains are credited after each level).
-    direct: Dict[int, List[int]] = {}
-    frontier = wanted
-    searched: Set[int] = set()
-    depth = 0
-    try:
-        while frontier:
-            if depth >= MAX_MDL_CHAIN:
-                context.report.warn(f"MDL chains deeper than {MAX_MDL_CHAIN} links were not followed further")
-                break
-            searched.update(frontier)
-            hits = context.search(frontier)
-            next_frontier: Set[int] = set()
-            for mdl_address in frontier:
-                for hit in hits.get(mdl_address, []):
-                    if hit.virtual is None:
-                        context.report.rejected.append(Rejected(hit.physical or 0,
-                                                                f"reference to MDL {mdl_address:#x}",
-                                                                ["the hit has no virtual address"]))
-                        continue
-                    irp = _irp_at(context, hit.virtual - irp_mdl_offset, mdl_address)
-                    if irp is not None:
-                        holders.irps.setdefault(irp.address, irp)
-                        if irp.address not in direct.setdefault(mdl_address, []):
-                            direct[mdl_address].append(irp.address)
-                        continue
-                    parent = _chain_parent_at(context, hit.virtual - next_offset, mdl_address)
-                    if parent is not None:
-                        holders.chain_parent.setdefault(mdl_address, parent)
-                        if parent not in searched:
-                            next_frontier.add(parent)
-                        continue
-                    not_irp = context.io.irp_header_problems(hit.virtual - irp_mdl_offset) or ["an invalid IRP"]
-                    context.report.rejected.append(Rejected(hit.virtual, f"holder of MDL {mdl_address:#x}",
-                                                            [f"not an IRP's MdlAddress ({'; '.join(not_irp)})",
-                                                             "not an MDL's Next"]))
-            frontier = sorted(next_frontier)
-            depth += 1
-    finally:
-        # Also when interrupted: the holders found so far are credited to the MDLs they hold.
-        _credit_chains(holders, wanted, direct)
-    return holders
-
-
-def _credit_chains(holders: Holders, wanted: List[int], direct: Dict[int, List[int]]) -> None:
-    """Each hunted MDL is held by the IRPs that hold it or any MDL whose Next chain leads to it, whatever
-    order the search met the links in (bounded and cycle-safe: chain_parent is corrupt memory's too)."""
-    for hunted in wanted:
-        current: Optional[int] = hunted
-        seen: Set[int] = set()
-        while current is not None and current not in seen and len(seen) < MAX_MDL_CHAIN:
-            seen.add(current)
-            for irp_address in direct.get(current, []):
-                held = holders.held_by.setdefault(hunted, [])
-                if irp_address not in held:
-                    held.append(irp_address)
-            current = holders.chain_parent.get(current)
-
-
-def _irp_at(context: Context, address: int, mdl_address: int) -> Optional[Irp]:
-    irp = context.io.plausible_irp(address)
-    if irp is None:
-        return None
-    if irp.problems:
-        context.report.rejected.append(Rejected(address, "IRP", irp.problems))
-        return None
-    if not _chain_reaches(context, irp.mdl_address, mdl_address):
-        context.report.rejected.append(Rejected(address, "IRP", [f"its MDL chain does not reach {mdl_address:#x}"]))
-        return None
-    return irp
-
-
-def _chain_parent_at(context: Context, address: int, mdl_address: int) -> Optional[int]:
-    try:
-        parent = read_mdl(context.target, context.layouts, address)
-    except MemoryReadError:
-        return None
-    if parent.problems or parent.next != mdl_address:
-        return None
-    return address
-
-
-def _chain_reaches(context: Context, first: int, wanted: int) -> bool:
-    """Follow MDL.Next from ``first`` (bounded, cycle-safe) looking for ``wanted``."""
-    if first == wanted:  # the usual case: the IRP's own MdlAddress
-        return True
-    next_offset = context.layouts.get("_MDL").offset("Next")
-    seen: Set[int] = set()
-    current = first
-    while current and current not in seen and len(seen) < MAX_MDL_CHAIN:
-        if current == wanted:
-            return True
-        seen.add(current)
-        try:
-            current = context.target.read_pointer(current + next_offset)
-        except MemoryReadError:
-            return False
-    return False
-
-
-def blame_irp(context: Context, irp: Irp, why: str, confidence: str, mdls: Iterable[int]) -> None:
-    """Put the driver that owns the IRP's current stack location on the suspect board.
-
-    ``why`` says what the IRP holds (``mdls``, the leaked MDLs its chain reaches). Only the current
-    location is evidence of holding the leak: the drivers above it passed the IRP down and the ones
-    below it have not seen it yet; the IRP's stack in the report shows them all.
-    """
-    location = irp.current
-    if location is None:
-        context.report.warn(f"IRP {context.address(irp.address)} is not at any driver's stack location "
-                            f"(CurrentLocation {irp.current_location} of {irp.stack_count}); no driver is blamed "
-                            f"through it")
-        return
-    driver = location.driver
-    if driver is None or driver.problems or not driver.name:
-        reasons = (location.device.problems if location.device else ["no device object"]) + \
-            (driver.problems if driver else [])
-        context.report.warn(f"IRP {context.address(irp.address)} current stack location {location.number} "
-                            f"names no valid driver ({'; '.join(reasons) or 'unnamed driver'})")
-        return
-    image = driver.image.image if driver.image else None
-    step = (f"{why}: held by IRP {context.address(irp.address)}, whose current stack location "
-            f"{location.number} ({major_function_name(location.major)}) is at {driver.name}'s device "
-            f"{context.address(location.device.address)}")
-    context.suspects.add(driver.name, image, confidence, 10, step, driver.address,
-                         driver.image.base if driver.image else None, mdls=mdls, strength=IRP_CURRENT_LOCATION)
-
-
 # ---- facts shared by the locked-pages family --------------------------------------------------
 
 def read_ki_bugcheck_driver(context: Context) -> None:
@@ -748,40 +608,3 @@ def frame_records(context: Context, frames: Iterable[int]) -> List[FrameRecord]:
         module = context.modules.find(frame)
         records.append(FrameRecord(frame, context.modules.symbolize(frame), module.name if module else None))
     return records
-
-
-def hunt_mdls(context: Context, wanted: List[Tuple[int, str]], why: str, confidence: str) -> Holders:
-    """Decode each (MDL address, role) into report.mdls, find what holds them in one batched search and
-    blame the drivers of the IRPs that do. Raises SearchUnavailable when the source cannot search."""
-    report = context.report
-    known = {record.address: record for record in report.mdls}
-    addresses = []
-    for address, role in wanted:
-        if address in known or address in addresses:
-            continue
-        addresses.append(address)
-        try:
-            mdl = read_mdl(context.target, context.layouts, address)
-        except MemoryReadError:
-            report.warn(f"the MDL {context.address(address)} ({role}) is not in memory; what holds it is still "
-                        f"searched for")
-            continue
-        known[address] = record = mdl_record(mdl, role)
-        report.mdls.append(record)
-    holders = find_holders(context, addresses)
-    listed = {record.address for record in report.irps}
-    for address in addresses:
-        irps = holders.held_by.get(address, [])
-        record = known.get(address)
-        if record is not None:
-            record.irps = list(irps)
-            record.chained_from = holders.chain_parent.get(address)
-        for irp_address in irps:
-            if irp_address not in listed:
-                listed.add(irp_address)
-                irp_report = irp_record(context, holders.irps[irp_address])
-                irp_report.holds = sorted(m for m, held in holders.held_by.items() if irp_address in held)
-                report.irps.append(irp_report)
-            blame_irp(context, holders.irps[irp_address], f"MDL {context.address(address)} ({why})", confidence,
-                      [address])
-    return holders

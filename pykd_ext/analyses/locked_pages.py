@@ -1,8 +1,11 @@
 """Bug check 0x76 PROCESS_HAS_LOCKED_PAGES: the documented !search hunt, automated.
 
 P1=0 (P2 = EPROCESS): every pointer-aligned occurrence of P2 is a candidate MDL.Process; real MDLs
-are kept and classified, then all of them are searched for at once to find the IRPs (or chained
-MDLs) that hold them, and each IRP's stack names the driver.
+are kept and classified. Where the source collects IRP headers in the same pass (dump files, complete
+snapshots), IRPs are joined to the MDLs without another search; elsewhere (inside WinDbg) all the MDLs
+are searched for at once. Each IRP's stack names the driver. The locked MDLs that no IRP holds are then
+searched for, and every other place holding them is classified (analyses/holders.py): a device
+extension, a driver's global or a tagged pool block names the driver that keeps them.
 P1=1 (P2 = the MDL a driver tried to unlock): the MDL is decoded and its holders are hunted the same way.
 With locked-page tracking on (P4, or EPROCESS.LockedPagesList), the trackers are walked first
 (analyses/trackers.py): the stacks they saved are the strongest evidence.
@@ -14,13 +17,15 @@ from typing import Dict, List, Optional, Union
 from ..bugchecks import TRACK_LOCKED_PAGES_STEPS
 from ..kernel.mdl import LOCKED, MDL_PAGES_LOCKED, MDL_SOURCE_IS_NONPAGED_POOL, Mdl, read_mdl
 from ..report import HIGH, MEDIUM, Fact, NextStep, Rejected
-from ..targets.base import MemoryReadError, SearchUnavailable
-from .common import (Context, Holders, blame_irp, find_holders, irp_record, mdl_record, read_ki_bugcheck_driver,
-                     read_process)
+from ..targets.base import HeaderHit, MemoryReadError, SearchUnavailable
+from .common import Context, irp_record, mdl_record, read_ki_bugcheck_driver, read_process
+from .holders import (Holders, Places, blame_irp, blame_private, find_holders, follow_blocks, holder_records, join_irps,
+                      list_mdls, search_with_irps)
 from .trackers import tracked_pages_for_0x76
 
-NOBODY_NAMED = ("No driver is named by the evidence: no locked MDL of the process is held by an IRP that "
-                "a driver owns. leakhunt does not guess; the next steps say how to find the driver.")
+NOBODY_NAMED = ("No driver is named by the evidence: no locked MDL of the process is held by an IRP, a device "
+                "extension, a driver's global or a pool block that names a driver. leakhunt does not guess; the "
+                "next steps say how to find the driver.")
 
 
 def analyze_0x76(context: Context) -> None:
@@ -60,9 +65,17 @@ def _hunt_process(context: Context, process: int, expected_pages: int) -> None:
     read_process(context, process)
     kept: Dict[int, Mdl] = {}
     holders = Holders()
+    places = Places(context, process)
     try:
-        _find_process_mdls(context, process, kept)
-        find_holders(context, sorted(kept), holders)
+        irp_headers = _find_process_mdls(context, process, kept)
+        locked = sorted(address for address, mdl in kept.items() if mdl.locked)
+        if irp_headers is not None:  # one pass found the IRPs too: a search only for the MDLs they do not hold
+            join_irps(context, kept, irp_headers, holders)
+            unheld = [address for address in locked if not holders.held_by.get(address)]
+            find_holders(context, unheld, holders, places, classify=unheld)
+        else:
+            find_holders(context, sorted(kept), holders, places, classify=locked)
+        follow_blocks(context, holders, places)
     finally:
         # Also when the hunt is interrupted: what was found so far is reported and blamed (every
         # holder recorded is a whole chain that was validated before it was recorded).
@@ -73,10 +86,15 @@ def _hunt_process(context: Context, process: int, expected_pages: int) -> None:
     report.locked_pages_accounted = accounted
     tracked = report.tracked_pages
     named_by_trackers = {t.mdl for t in tracked.trackers if t.locker} if tracked is not None else set()
-    orphans = [m for m in locked if not holders.held_by.get(m.address) and m.address not in named_by_trackers]
-    if orphans:
-        report.warn(f"{len(orphans)} locked MDL(s) of the process are held by no IRP and named by no lock tracker: "
+    orphans = [m for m in locked if not holders.named_drivers(m.address) and m.address not in named_by_trackers]
+    unplaced = [m for m in orphans if not holders.private.get(m.address)]
+    if unplaced:
+        report.warn(f"{len(unplaced)} locked MDL(s) of the process are held by no IRP and named by no lock tracker: "
                     f"the driver that locked them keeps them privately, so memory alone cannot name it")
+    if len(unplaced) < len(orphans):
+        report.warn(f"{len(orphans) - len(unplaced)} locked MDL(s) of the process are held only in places that name "
+                    f"no driver (a kernel stack, the kernel, a free or kernel-tagged pool block, memory leakhunt "
+                    f"cannot place) and named by no lock tracker: memory alone cannot name the driver that keeps them")
     if not kept:
         report.warn("no MDL pointing at the process was found in memory: the MDLs may have been freed, paged out "
                     "or be missing from this source")
@@ -85,11 +103,13 @@ def _hunt_process(context: Context, process: int, expected_pages: int) -> None:
                     f"(P3): the rest are in MDLs not in this memory image, or were charged without an MDL")
 
 
-def _find_process_mdls(context: Context, process: int, kept: Dict[int, Mdl]) -> None:
-    """Every valid MDL whose Process is ``process``, added to ``kept`` as it is found."""
+def _find_process_mdls(context: Context, process: int, kept: Dict[int, Mdl]) -> Optional[List[HeaderHit]]:
+    """Every valid MDL whose Process is ``process``, added to ``kept`` as it is found; and, when the source
+    collects them in the same pass, every IRP header of memory (else None)."""
     report = context.report
     process_offset = context.layouts.get("_MDL").offset("Process")
-    for hit in context.search([process]).get(process, []):
+    hits, irp_headers = search_with_irps(context, [process])
+    for hit in hits.get(process, []):
         if hit.virtual is None:
             report.rejected.append(Rejected(hit.physical or 0, "MDL", ["the hit has no virtual address"]))
             continue
@@ -105,10 +125,12 @@ def _find_process_mdls(context: Context, process: int, kept: Dict[int, Mdl]) -> 
             report.rejected.append(Rejected(candidate, "MDL", mdl.problems))
             continue
         kept[candidate] = mdl
+    return irp_headers
 
 
 def _blame_holders(context: Context, process: int, kept: Dict[int, Mdl], holders: Holders) -> None:
-    """Blame the driver of each IRP that holds locked MDLs of the process (one piece of evidence per IRP)."""
+    """Blame the driver of each IRP that holds locked MDLs of the process (one piece of evidence per IRP),
+    and the drivers the other holders of locked MDLs name (one piece per driver, kind and place)."""
     locked_by_irp: Dict[int, List[Mdl]] = {}
     for mdl in kept.values():
         if mdl.locked:
@@ -120,6 +142,13 @@ def _blame_holders(context: Context, process: int, kept: Dict[int, Mdl], holders
                f"of process {context.address(process)} ({sum(m.pages for m in mdls)} page(s), MDL_PAGES_LOCKED set"
                f"{', reached through the MDL.Next chain' if chained else ''})")
         blame_irp(context, holders.irps[irp_address], why, HIGH, [m.address for m in mdls])
+
+    def locked_mdls(addresses: List[int]) -> str:
+        pages = sum(kept[a].pages for a in addresses)
+        return (f"locked MDL{'s' if len(addresses) > 1 else ''} {list_mdls(context, addresses)} of process "
+                f"{context.address(process)} ({pages} page(s), MDL_PAGES_LOCKED set)")
+
+    blame_private(context, holders, sorted(a for a, m in kept.items() if m.locked), locked_mdls, HIGH)
 
 
 def _hunt_unlocked_mdl(context: Context, mdl_address: int) -> None:
@@ -140,20 +169,26 @@ def _hunt_unlocked_mdl(context: Context, mdl_address: int) -> None:
         elif mdl.process:
             read_process(context, mdl.process)
     holders = Holders()
+    places = Places(context, mdl.process if mdl is not None and mdl.valid and mdl.process else None)
+    blamed = mdl is not None and mdl.valid
     try:
-        find_holders(context, [mdl_address], holders)
+        find_holders(context, [mdl_address], holders, places, classify=[mdl_address])
+        follow_blocks(context, holders, places)
     finally:
         irps = [holders.irps[a] for a in holders.held_by.get(mdl_address, [])]
         for record in report.mdls:
             record.irps = [irp.address for irp in irps]
             record.chained_from = holders.chain_parent.get(mdl_address)
+            record.holders = holder_records(holders, mdl_address)
+        why = f"MDL {context.address(mdl_address)} (P2), whose pages were not locked when a driver unlocked them"
         for irp in irps:
             irp_report = irp_record(context, irp)
             irp_report.holds = [mdl_address]
             report.irps.append(irp_report)
-            if mdl is not None and mdl.valid:
-                blame_irp(context, irp, f"MDL {context.address(mdl_address)} (P2), whose pages were not locked "
-                                        f"when a driver unlocked them", MEDIUM, [mdl_address])
+            if blamed:
+                blame_irp(context, irp, why, MEDIUM, [mdl_address])
+        if blamed:
+            blame_private(context, holders, [mdl_address], lambda _: why, MEDIUM)
 
 
 def _why_not_locked(context: Context, mdl: Mdl) -> List[str]:
@@ -179,6 +214,7 @@ def _report_mdls_and_irps(context: Context, kept: Dict[int, Mdl], holders) -> No
         record = mdl_record(mdl)
         record.irps = list(holders.held_by.get(mdl.address, []))
         record.chained_from = holders.chain_parent.get(mdl.address)
+        record.holders = holder_records(holders, mdl.address)
         report.mdls.append(record)
     holds: Dict[int, List[int]] = {}
     for mdl_address, irp_addresses in holders.held_by.items():

@@ -16,7 +16,8 @@ import numpy as np
 from ..kernel.mdl import MAX_MDL_SIZE, Mdl, read_mdl
 from ..report import LOW, MEDIUM, Fact, Rejected
 from ..targets.base import PAGE_SIZE, MemoryReadError, SearchUnavailable
-from .common import Context, hunt_mdls
+from .common import Context
+from .holders import hunt_mdls
 
 NOBODY_NAMED = ("No driver is named by the evidence: no MDL still describing the page is held by an IRP. "
                 "leakhunt does not guess; run !analyze -v and look at the stack (k) for the driver that "
@@ -96,9 +97,11 @@ def _hunt_page(context: Context, pfn: int, subcode: int, confidence: str) -> Non
                             f" ({'pages locked' if mdl.locked else 'pages not locked'})") for mdl, slot in found]
     holders = hunt_mdls(context, wanted, f"it still lists page frame {pfn:#x} of bug check 0x4E/{subcode:#x}",
                         confidence)
-    orphans = [mdl for mdl, _ in found if not holders.held_by.get(mdl.address)]
+    orphans = [mdl for mdl, _ in found if not holders.named_drivers(mdl.address)]
     if orphans:
-        report.warn(f"{len(orphans)} MDL(s) listing the page are held by no IRP: whoever keeps them cannot be named "
+        held = "held by nothing that names a driver" if any(holders.private.get(m.address) for m in orphans) \
+            else "held by no IRP"
+        report.warn(f"{len(orphans)} MDL(s) listing the page are {held}: whoever keeps them cannot be named "
                     f"from memory alone")
 
 

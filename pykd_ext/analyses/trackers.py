@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
-from ..kernel.lock_entries import pool_tag_at
+from ..evidence import LOCKER_STACK
+from ..kernel.pool import tag_before
 from ..kernel.mdl import read_mdl
 from ..kernel.modules import ModuleMap
 from ..kernel.trackers import (LockTracker, first_frame_outside_kernel, read_lock_header, read_tracker,
@@ -17,8 +18,9 @@ from ..kernel.trackers import (LockTracker, first_frame_outside_kernel, read_loc
 from ..layouts import LayoutError
 from ..report import HIGH, MEDIUM, Fact, LockerGroup, Rejected, TrackedPages, TrackerRecord
 from ..targets.base import MemoryReadError, SearchUnavailable
-from .common import (LOCKER_STACK, Context, frame_records, hunt_mdls, read_ki_bugcheck_driver, read_process,
-                     steps_left_to_do, warn_unverified_layouts)
+from .common import (Context, frame_records, read_ki_bugcheck_driver, read_process, steps_left_to_do,
+                     warn_unverified_layouts)
+from .holders import hunt_mdls
 
 NOBODY_NAMED_CB = ("No driver is named by the evidence: the lock tracker's saved stack stays in nt and hal, no IRP "
                    "holds the MDL and the kernel recorded no culprit. leakhunt does not guess; run !lockedpages and "
@@ -26,8 +28,8 @@ NOBODY_NAMED_CB = ("No driver is named by the evidence: the lock tracker's saved
 NOBODY_NAMED_D9 = ("No driver is named by the evidence: the trackers' saved stacks stay in nt and hal and no IRP "
                    "holds the MDL. leakhunt does not guess; examine the MDL and the call stack (k) in WinDbg.")
 
-# The kernel's record of who locked an MDL outweighs an IRP that holds it (10 per IRP, common.blame_irp).
-TRACKER_WEIGHT = 25
+# The kernel's record of who locked an MDL outweighs an IRP that holds it (evidence.py).
+TRACKER_WEIGHT = LOCKER_STACK.weight
 LOCKED_PAGES_LIST = "EPROCESS.LockedPagesList"
 
 
@@ -39,7 +41,7 @@ def tracker_record(context: Context, tracker: LockTracker, role: str) -> Tracker
                            first_pfn=tracker.page, who=tracker.who, process=tracker.process,
                            stack=frame_records(context, tracker.stack), locker=module.name if module else None,
                            locker_image=module.image if module else None, problems=list(tracker.problems), role=role)
-    record.pool_tag = pool_tag_at(context.target, context.layouts, tracker.address)
+    record.pool_tag = tag_before(context.target, context.layouts, tracker.address)
     return record
 
 
@@ -75,7 +77,7 @@ def _blame_locker(context: Context, tracker: LockTracker, why: str, confidence: 
         context.suspects.add(None, module.image, confidence, TRACKER_WEIGHT,
                              f"{why}: the first frame outside nt and hal of the stack it saved is "
                              f"{context.modules.symbolize(frame)}", image_base=module.base, mdls=[tracker.mdl],
-                             strength=LOCKER_STACK)
+                             kind=LOCKER_STACK)
     elif frame is not None:
         context.report.warn(f"lock tracker {context.address(tracker.address)}: the first saved frame outside nt and "
                             f"hal, {context.address(frame)}, is in no loaded image (the driver may have been "
@@ -171,7 +173,7 @@ def _blame_groups(context: Context, section: TrackedPages) -> None:
             f"{len(group.trackers)} MDL(s), {group.pages} page(s), still locked in process "
             f"{context.address(section.process) if section.process else '(unknown)'}: saved frames "
             f"{', '.join(frames)}", image_base=module.base if module else None, mdls=group.mdls,
-            strength=LOCKER_STACK)
+            kind=LOCKER_STACK)
 
 
 def tracked_pages_for_0x76(context: Context, p1: int, p2: int, p4: int) -> None:
@@ -288,7 +290,7 @@ def _cb_legacy(context: Context, p1: int, p2: int, p3: int) -> None:
                              f"legacy 0xCB: the I/O manager locked the pages for an IRP sent to {driver.name}'s "
                              f"device {context.address(p2)} (P2), dispatch routine {modules.symbolize(p1)} (P1)",
                              driver.address, driver.image.base if driver.image else None,
-                             mdls=[p3], strength=LOCKER_STACK)
+                             mdls=[p3], kind=LOCKER_STACK)
         return
     report.facts.append(Fact("P2 (caller)", modules.symbolize(p2), "the caller of the locking code"))
     for value, role, confidence in ((p1, "P1, the code that locked the pages", HIGH),
@@ -297,7 +299,7 @@ def _cb_legacy(context: Context, p1: int, p2: int, p3: int) -> None:
         if module is not None and not ModuleMap.is_kernel_or_hal(module):
             context.suspects.add(None, module.image, confidence, TRACKER_WEIGHT,
                                  f"legacy 0xCB: {role}, is {modules.symbolize(value)}", image_base=module.base,
-                                 mdls=[p3], strength=LOCKER_STACK)
+                                 mdls=[p3], kind=LOCKER_STACK)
             return
     report.warn("neither P1 nor P2 is in a driver image outside nt and hal")
 

@@ -3,12 +3,13 @@
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
 from ..layouts import Layouts, LayoutError, StructView
-from ..targets.base import MemoryReadError, Module, Target, TargetError
+from ..targets.base import MemoryReadError, Module, ObjectHeaders, Target, TargetError
 from . import FLAG_NAMES_CACHED
 from .modules import ModuleMap
 from .threads import read_cid
@@ -59,6 +60,14 @@ def plausible_driver_name(name: str) -> bool:
 # An IRP's StackCount comes from DEVICE_OBJECT.StackSize, a handful in practice; anything past this
 # is garbage (and would make the stack walk read kilobytes of noise).
 MAX_IRP_STACK_COUNT = 64
+# IoAllocateIrp's StackSize is a CCHAR, so an IRP has room for at most 127 stack locations: its Size is
+# IoSizeOfIrp(k) = sizeof(IRP) + k * sizeof(IO_STACK_LOCATION) with 1 <= k <= 127 (wdm.h).
+MAX_IRP_ALLOCATED_LOCATIONS = 127
+# DEVICE_OBJECT.Size (a USHORT) covers the object and its extension: an extension ends within 64 KiB.
+# Where no pool block bounds the look, it goes back one page: a copy in kernel memory leakhunt cannot
+# place costs little, and a device object more than a page below it is not found.
+MAX_DEVICE_OBJECT_AND_EXTENSION = 0x10000
+MAX_DEVICE_LOOK_OUTSIDE_BLOCKS = 0x1000
 
 IRP_MJ_NAMES = [
     "CREATE", "CREATE_NAMED_PIPE", "CLOSE", "READ", "WRITE", "QUERY_INFORMATION", "SET_INFORMATION",
@@ -67,6 +76,13 @@ IRP_MJ_NAMES = [
     "LOCK_CONTROL", "CLEANUP", "CREATE_MAILSLOT", "QUERY_SECURITY", "SET_SECURITY", "POWER",
     "SYSTEM_CONTROL", "DEVICE_CHANGE", "QUERY_QUOTA", "SET_QUOTA", "PNP",
 ]
+
+
+def irp_headers(layouts: Layouts) -> ObjectHeaders:
+    """The headers of every IRP there can be (Type 6, Size IoSizeOfIrp(k)), for a search to collect."""
+    irp_size, stack_size = layouts.get("_IRP").size, layouts.get("_IO_STACK_LOCATION").size
+    return ObjectHeaders(IO_TYPE_IRP, tuple(irp_size + k * stack_size
+                                            for k in range(1, MAX_IRP_ALLOCATED_LOCATIONS + 1)))
 
 
 def major_function_name(code: int) -> str:
@@ -206,6 +222,8 @@ class IoReader:
         if size < needed or (size - irp_size) % stack_size:
             problems.append(f"Size {size:#x} is not sizeof(IRP) {irp_size:#x} + k * {stack_size:#x} "
                             f"with k >= StackCount {stack_count}")
+        elif (size - irp_size) // stack_size > MAX_IRP_ALLOCATED_LOCATIONS:
+            problems.append(f"Size {size:#x} has room for more than {MAX_IRP_ALLOCATED_LOCATIONS} stack locations")
         current = view["CurrentLocation"]
         if not 1 <= current <= stack_count + 1:
             problems.append(f"CurrentLocation {current} is outside 1..StackCount+1 ({stack_count + 1})")
@@ -319,6 +337,69 @@ class IoReader:
         except MemoryReadError as error:
             device.problems.append(f"unreadable ({error})")
         return device
+
+    def device_with_extension_at(self, address: int, lowest: Optional[int]) -> Optional[Tuple[DeviceObject, int]]:
+        """The valid device object whose extension holds ``address``, and where its extension starts.
+
+        IoCreateDevice lays out one allocation: the DEVICE_OBJECT, its extension right after it
+        (DeviceExtension), then the DEVOBJ_EXTENSION (DeviceObjectExtension). A candidate is looked for
+        from ``address`` down to ``lowest`` (the start of the pool block holding it; None when unknown),
+        at most MAX_DEVICE_OBJECT_AND_EXTENSION below (MAX_DEVICE_LOOK_OUTSIDE_BLOCKS without a block):
+        Type IO_TYPE_DEVICE, DeviceExtension right after it and DeviceObjectExtension past ``address``,
+        and a valid driver object. None when there is none.
+        """
+        layout = self.layouts.get("_DEVICE_OBJECT")
+        if not layout.size or not (layout.has("DeviceExtension") and layout.has("DeviceObjectExtension")):
+            return None
+        align = 2 * self.target.pointer_size  # objects from pool are aligned to two pointers
+        start = max(lowest, address - MAX_DEVICE_OBJECT_AND_EXTENSION, 0) if lowest is not None else \
+            max(address - layout.size - MAX_DEVICE_LOOK_OUTSIDE_BLOCKS, 0)
+        start += -start % align
+        last = address - layout.size  # the object ends at or before the extension, so before ``address``
+        if last < start:
+            return None
+        data = self._readable_before(start, address)
+        if data is None:
+            return None
+        base = address - len(data)
+        type_at = layout.offset("Type")
+        extension_at, end_at = layout.offset("DeviceExtension"), layout.offset("DeviceObjectExtension")
+        pointer = "<Q" if self.target.pointer_size == 8 else "<I"
+        device_type = struct.pack("<h", IO_TYPE_DEVICE)
+        found = data.rfind(device_type, 0, last - base + type_at + 2)  # nearest first, in C
+        while found >= 0:
+            offset, found = found - type_at, data.rfind(device_type, 0, found + 1)
+            candidate = base + offset
+            if offset < 0 or candidate % align or candidate > last:
+                continue
+            extension = struct.unpack_from(pointer, data, offset + extension_at)[0]
+            extension_end = struct.unpack_from(pointer, data, offset + end_at)[0]
+            if extension != candidate + layout.size or not extension <= address < extension_end:
+                continue
+            device = self.read_device(candidate)
+            if not device.problems and device.driver is not None and not device.driver.problems:
+                return device, extension
+        return None
+
+    def extension_end(self, device: DeviceObject) -> int:
+        """Where the extension of a device device_with_extension_at found ends: its DeviceObjectExtension."""
+        return self.layouts.view("_DEVICE_OBJECT", device.address)["DeviceObjectExtension"]
+
+    def _readable_before(self, start: int, end: int) -> Optional[bytes]:
+        """The bytes ``[start, end)``, or the longest readable run of whole pages ending at ``end``."""
+        try:
+            return self.target.read(start, end - start)
+        except MemoryReadError:
+            pass
+        first = max(start, (end - 1) & ~0xFFF)
+        data = b""
+        while first >= start:
+            try:
+                data = self.target.read(first, end - first)
+            except MemoryReadError:
+                break
+            first -= 0x1000
+        return data or None
 
     def read_driver(self, address: int) -> DriverObject:
         if address in self._drivers:

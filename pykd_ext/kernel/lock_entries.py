@@ -14,11 +14,15 @@ the entries).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from ..layouts import KIND_SIZES, LayoutError, Layouts
-from ..targets.base import PAGE_SIZE, MemoryReadError, Module, Target
+from ..targets.base import MemoryReadError, Module, Target
+from .images import image_section
 from .modules import ModuleMap
+
+if TYPE_CHECKING:  # the report's types import this module, and must load without numpy (pool.py's)
+    from .pool import PoolFinder
 
 LOCK_FLAG_BITS = 0x3  # CrossThreadReleasable | Busy
 IN_TREE_BIT = 1 << 63
@@ -40,15 +44,6 @@ LEAK_STATES = {
     4: ("the entry still carries I/O or CPU boosts: a lock holder was boosted on behalf of waiters and the "
         "boost was never removed, because the lock was not released through the matching API"),
 }
-
-# PE section characteristics.
-IMAGE_SCN_MEM_EXECUTE = 0x20000000
-IMAGE_SCN_MEM_WRITE = 0x80000000
-IMAGE_DOS_SIGNATURE = 0x5A4D  # "MZ"
-IMAGE_NT_SIGNATURE = 0x00004550  # "PE\0\0"
-MAX_SECTIONS = 96
-# Small pool blocks never cross a page; a header is looked for at most this far before the lock.
-MAX_POOL_BACKSCAN = PAGE_SIZE
 
 
 @dataclass
@@ -172,104 +167,28 @@ def _entries_from_header(target: Target, layouts: Layouts, thread: int, entry_si
 
 # ---- where a lock lives ----------------------------------------------------------------------
 
-def locate(target: Target, layouts: Layouts, modules: ModuleMap, address: int) -> LockLocation:
-    """Say whether ``address`` is inside a loaded image (and which section) or in a pool block."""
+def locate(target: Target, layouts: Layouts, modules: ModuleMap, address: int,
+           pool: Optional["PoolFinder"] = None) -> LockLocation:
+    """Say whether ``address`` is inside a loaded image (and which section) or in a pool block
+    (``pool``: the analysis's finder, which knows the kernel's symbols)."""
     module = modules.find(address)
     if module is not None:
         where = LockLocation(address, "image", module=module)
         section = image_section(target, layouts, module, address)
         if section is not None:
-            where.section, where.section_characteristics = section
-            if where.section_characteristics & IMAGE_SCN_MEM_EXECUTE and \
-                    not where.section_characteristics & IMAGE_SCN_MEM_WRITE:
+            where.section, where.section_characteristics = section.name, section.characteristics
+            if section.code:
                 where.problems.append(f"section {where.section} is code, not writable data: an odd place for a lock")
         return where
     if target.is_user_address(address):
         return LockLocation(address, "user memory", problems=["a kernel lock tracked by AutoBoost in user memory "
                                                                "is a corrupted pointer"])
     where = LockLocation(address, "kernel memory")
-    found = pool_block_of(target, layouts, address)
-    if found is not None:
+    if pool is None:
+        from .pool import PoolFinder
+        pool = PoolFinder(target, layouts)
+    block = pool.block_of(address)
+    if block is not None:
         where.location = "pool"
-        where.pool_block, where.pool_tag = found
+        where.pool_block, where.pool_tag = block.address, block.tag
     return where
-
-
-def image_section(target: Target, layouts: Layouts, module: Module, address: int) -> Optional[Tuple[str, int]]:
-    """(section name, characteristics) of the PE section of ``module`` holding ``address``, if readable."""
-    try:
-        dos = layouts.view("_IMAGE_DOS_HEADER", module.base)
-        if dos["e_magic"] != IMAGE_DOS_SIGNATURE or not 0 < dos["e_lfanew"] < PAGE_SIZE:
-            return None
-        nt = layouts.view("_IMAGE_NT_HEADERS", module.base + dos["e_lfanew"])
-        if nt["Signature"] != IMAGE_NT_SIGNATURE:
-            return None
-        count = min(nt["FileHeader.NumberOfSections"], MAX_SECTIONS)
-        table = nt.address_of("OptionalHeader") + nt["FileHeader.SizeOfOptionalHeader"]
-        section_size = layouts.get("_IMAGE_SECTION_HEADER").size
-        rva = address - module.base
-        for index in range(count):
-            section = layouts.view("_IMAGE_SECTION_HEADER", table + index * section_size)
-            start, size = section["VirtualAddress"], section["Misc.VirtualSize"]
-            if start <= rva < start + size:
-                name = section.bytes_of("Name", 8).split(b"\0", 1)[0].decode("ascii", errors="replace")
-                return name, section["Characteristics"]
-    except (MemoryReadError, LayoutError):
-        return None
-    return None
-
-
-def pool_block_of(target: Target, layouts: Layouts, address: int) -> Optional[Tuple[int, str]]:
-    """(block address, pool tag) of the small pool block holding ``address``, from its POOL_HEADER.
-
-    Walks back 16 bytes at a time within the page to the nearest header whose tag is four printable
-    characters and whose BlockSize covers ``address`` without leaving the page. None when there is no
-    such header (big pool pages have none) or the architecture's POOL_HEADER is not known.
-    """
-    layout = layouts.find("_POOL_HEADER")
-    if layout is None or not layout.size:
-        return None
-    unit = layout.size  # BlockSize and PreviousSize count 16-byte units on x64, the header's size
-    page = address & ~(PAGE_SIZE - 1)
-    try:
-        data = target.read(page, PAGE_SIZE)
-        tag_at, size_at, previous_at = (layout.offset(f) for f in ("PoolTag", "BlockSize", "PreviousSize"))
-    except (MemoryReadError, LayoutError):
-        return None
-    candidate = ((address - page) // unit - 1) * unit
-    steps = 0
-    while candidate >= 0 and steps * unit < MAX_POOL_BACKSCAN:
-        steps += 1
-        header = data[candidate:candidate + unit]
-        tag = _tag(header[tag_at:tag_at + 4])
-        block_size = header[size_at] * unit
-        previous = header[previous_at] * unit
-        if tag and block_size > address - page - candidate and candidate + block_size <= PAGE_SIZE \
-                and previous <= candidate:
-            return page + candidate + unit, tag
-        candidate -= unit
-    return None
-
-
-def pool_tag_at(target: Target, layouts: Layouts, block: int) -> Optional[str]:
-    """The tag of the POOL_HEADER just before ``block`` (a block start, like a tracker's address), read
-    with one small read; None when there is no plausible header there."""
-    layout = layouts.find("_POOL_HEADER")
-    if layout is None or not layout.size:
-        return None
-    try:
-        view = layouts.view("_POOL_HEADER", block - layout.size)
-        tag, units = view.bytes_of("PoolTag", 4), view["BlockSize"]
-    except (MemoryReadError, LayoutError):
-        return None
-    return _tag(tag) if units * layout.size > layout.size else None
-
-
-def _tag(raw: bytes) -> Optional[str]:
-    """A pool tag as !pool prints it; the top bit of the last byte marks protected tags."""
-    if len(raw) != 4:
-        return None
-    raw = raw[:3] + bytes([raw[3] & 0x7F])
-    if all(0x20 <= b < 0x7F for b in raw) and any(chr(b).isalnum() for b in raw):
-        return raw.decode("ascii")
-    return None

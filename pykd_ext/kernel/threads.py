@@ -130,3 +130,60 @@ def read_thread(target: Target, layouts: Layouts, address: int) -> ThreadInfo:
     except (MemoryReadError, LayoutError) as error:
         info.problems.append(f"the ETHREAD fields are unreadable ({error})")
     return info
+
+
+# A process with more threads than this, or a thread list that does not come back to its head within
+# it, is corrupt.
+MAX_PROCESS_THREADS = 4096
+# x64 and x86 kernel stacks are a few pages (12-24 KiB; larger while a thread runs on a GUI or an
+# expanded stack): a range beyond this is not a stack.
+MAX_KERNEL_STACK = 1 << 20
+
+
+@dataclass(frozen=True)
+class KernelStack:
+    thread: int
+    limit: int  # KTHREAD.StackLimit: the lowest address of the stack
+    base: int  # KTHREAD.StackBase: one past its highest address
+
+    def contains(self, address: int) -> bool:
+        return self.limit <= address < self.base
+
+
+def kernel_stacks(target: Target, layouts: Layouts, process: int) -> Tuple[List[KernelStack], List[str]]:
+    """The kernel stacks of the process's threads (EPROCESS.ThreadListHead -> ETHREAD.ThreadListEntry,
+    KTHREAD.StackLimit and StackBase), bounded and cycle-safe; and what stopped the walk, if anything.
+
+    None without the layouts of this build (symbols, or a built-in table for the build itself: a stack
+    placed through another build's offsets would be anywhere), nor when the list head is empty (NULL)."""
+    needed = (("_EPROCESS", ("ThreadListHead",)), ("_ETHREAD", ("ThreadListEntry",)),
+              ("_KTHREAD", ("StackLimit", "StackBase")))
+    found = [layouts.peek_certain(name) for name, _ in needed]
+    if any(layout is None or not all(layout.has(f) for f in fields) for layout, (_, fields) in zip(found, needed)):
+        return [], []
+    eprocess, ethread, kthread = found
+    head = process + eprocess.offset("ThreadListHead")
+    link_offset = ethread.offset("ThreadListEntry")
+    stacks: List[KernelStack] = []
+    seen = {head}
+    try:
+        link = target.read_pointer(head)
+        if not link:
+            return [], []
+        while link != head:
+            if not target.is_kernel_object_address(link):
+                return stacks, [f"the thread list of process {process:#x} holds {link:#x}, not a kernel address: "
+                                f"only {len(stacks)} thread(s) were read"]
+            if link in seen or len(seen) > MAX_PROCESS_THREADS:
+                return stacks, [f"the thread list of process {process:#x} loops or is implausibly long; only "
+                                f"{len(stacks)} thread(s) were read"]
+            seen.add(link)
+            thread = link - link_offset
+            limit = target.read_pointer(thread + kthread.offset("StackLimit"))
+            base = target.read_pointer(thread + kthread.offset("StackBase"))
+            if target.is_kernel_address(limit) and limit < base <= limit + MAX_KERNEL_STACK:
+                stacks.append(KernelStack(thread, limit, base))
+            link = target.read_pointer(link)
+    except (MemoryReadError, LayoutError) as error:
+        return stacks, [f"the thread list of process {process:#x} is cut short ({error})"]
+    return stacks, []

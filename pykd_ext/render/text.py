@@ -16,14 +16,20 @@ import re
 import textwrap
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from ..collector import collector_paused
 from ..console import DEFAULT_WIDTH, printable
-from ..report import (FrameRecord, IrpRecord, MdlRecord, NextStep, Report, TrackerRecord, bugcheck_code_text,
+from ..report import (CHAIN_HOLDER, DEVICE_HOLDER, IMAGE_HOLDER, IRP_HOLDER, POOL_HOLDER, STACK_HOLDER, FrameRecord,
+                      HolderRecord, IrpRecord, MdlRecord, NextStep, Report, TrackerRecord, bugcheck_code_text,
                       step_text)
 from ..targets.base import windbg_address
 
+# Without -v, the pieces of evidence shown per suspect, the IRPs shown in full and the MDLs whose holders
+# are listed: a report of a thousand leaked MDLs stays readable (-v and JSON show everything).
+EVIDENCE_SHOWN = 5
+IRPS_SHOWN = 10
+HOLDERS_SHOWN = 20
 # Below this a terminal's width is not honoured: every line would be a word or two.
 MIN_WIDTH = 40
 # A wrapped table column never gets narrower than this (the line overflows instead).
@@ -140,21 +146,27 @@ class Renderer:
         self.line(title)
 
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[Cell]], indent: str = "  ",
-              wrap_column: int = -1, right: Sequence[int] = (), beyond_width: int = 0) -> None:
+              wrap_column: Union[int, Sequence[int]] = -1, right: Sequence[int] = (), beyond_width: int = 0) -> None:
         """An aligned table: a header line, a rule of dashes under each column, one line per row
         (columns in ``right`` right-aligned). When it is wider than the width, the text of
-        ``wrap_column`` (the last by default) wraps onto continuation rows. The last ``beyond_width``
-        columns are left out of that reckoning (DML's link-only columns: the text lays out the same)."""
+        ``wrap_column`` (the last by default; several: each in turn while the table is too wide) wraps
+        onto continuation rows. The last ``beyond_width`` columns are left out of that reckoning (DML's
+        link-only columns: the text lays out the same)."""
         plain_rows = [[self.plain(c) if c is not None else "-" for c in row] for row in rows]
-        linked_rows: List[Sequence[Cell]] = list(rows)
-        column = wrap_column % len(headers)
+        columns = [c % len(headers) for c in ([wrap_column] if isinstance(wrap_column, int) else wrap_column)]
         widths = self._widths(headers, plain_rows)
-        budgeted = widths[:len(widths) - beyond_width]
-        if sum(budgeted) + len(COLUMN_GAP) * (len(budgeted) - 1) + len(indent) > self.width:
+        rooms: Dict[int, int] = {}
+        for column in columns:
+            budgeted = widths[:len(widths) - beyond_width]
+            if sum(budgeted) + len(COLUMN_GAP) * (len(budgeted) - 1) + len(indent) <= self.width:
+                break
             room = self.width - len(indent) - sum(w for i, w in enumerate(budgeted) if i != column) \
                 - len(COLUMN_GAP) * (len(budgeted) - 1)
-            plain_rows, linked_rows = self._wrapped_rows(plain_rows, rows, column,
-                                                         max(room, MIN_WRAPPED_COLUMN, len(headers[column])))
+            rooms[column] = max(room, MIN_WRAPPED_COLUMN, len(headers[column]))
+            widths[column] = min(widths[column], rooms[column])
+        linked_rows: List[Sequence[Cell]] = list(rows)
+        if rooms:
+            plain_rows, linked_rows = self._wrapped_rows(plain_rows, rows, rooms)
             widths = self._widths(headers, plain_rows)
 
         def laid_out(cells: Sequence[str]) -> str:
@@ -172,16 +184,19 @@ class Renderer:
         return [max([len(header)] + [len(row[i]) for row in rows]) for i, header in enumerate(headers)]
 
     @staticmethod
-    def _wrapped_rows(plain_rows, rows, column: int, room: int):
-        """Rows whose ``column`` text is wrapped to ``room`` characters, continuing on rows of their own."""
+    def _wrapped_rows(plain_rows, rows, rooms: Dict[int, int]):
+        """Rows whose columns in ``rooms`` are wrapped to that many characters, continuing on rows of their
+        own (a link is never wrapped)."""
         out_plain, out_linked = [], []
         for plain, linked in zip(plain_rows, rows):
-            pieces = [plain[column]] if isinstance(linked[column], Link) else \
-                textwrap.wrap(plain[column], room, break_long_words=False, break_on_hyphens=False) or [""]
-            out_plain.append(plain[:column] + [pieces[0]] + plain[column + 1:])
+            pieces = {column: [plain[column]] if isinstance(linked[column], Link) else
+                      textwrap.wrap(plain[column], room, break_long_words=False, break_on_hyphens=False) or [""]
+                      for column, room in rooms.items()}
+            out_plain.append([pieces[i][0] if i in pieces else cell for i, cell in enumerate(plain)])
             out_linked.append(linked)
-            for piece in pieces[1:]:
-                out_plain.append(["" if i != column else piece for i in range(len(plain))])
+            for line in range(1, max(len(p) for p in pieces.values())):
+                out_plain.append([pieces[i][line] if i in pieces and line < len(pieces[i]) else ""
+                                  for i in range(len(plain))])
                 out_linked.append([])
         return out_plain, out_linked
 
@@ -240,6 +255,20 @@ class Renderer:
     def pool_block_link(self, address: int) -> Link:
         return Link(self.address(address), f"!pool {address:#x} 2")
 
+    @staticmethod
+    def _holder_command(holder: HolderRecord) -> Optional[str]:
+        """The debugger command that shows a holder: !pool on a pool block, !devobj on a device, lmvm on an
+        image, !thread on a kernel stack; None for the rest (IRPs have their own sections and links)."""
+        if holder.kind == POOL_HOLDER and holder.address is not None:
+            return f"!pool {holder.address:#x} 2"
+        if holder.kind == DEVICE_HOLDER and holder.device:
+            return f"!devobj {holder.device:#x}"
+        if holder.kind == IMAGE_HOLDER and holder.module:
+            return f"lmvm {holder.module}"
+        if holder.kind == STACK_HOLDER and holder.thread:
+            return f"!thread {holder.thread:#x}"
+        return None
+
     # ---- the report ---------------------------------------------------------------------------
 
     def render(self) -> str:
@@ -274,6 +303,7 @@ class Renderer:
         self._stack_scan()
         self._trackers()
         self._mdls()
+        self._holders()
         self._irps()
         if report.locked_pages_expected is not None:
             self.heading("LOCKED PAGES")
@@ -342,16 +372,23 @@ class Renderer:
             names = [cell for cell in (self.driver_link(suspect.driver, suspect.driver_object),
                                        self.image_link(suspect.image)) if cell]
             parts = [part for cell in names for part in (cell, "  ")]
-            self.line(f"  {rank}. ", *parts, f"[{suspect.confidence} confidence]")
-            for evidence in suspect.evidence:
+            held = ""
+            if suspect.mdls:
+                held = f"  {len(suspect.mdls)} MDL(s)" + (f", {suspect.pages} page(s)" if suspect.pages is not None else "")
+            self.line(f"  {rank}. ", *parts, f"[{suspect.confidence} confidence]{held}")
+            shown = suspect.evidence if self.verbose else suspect.evidence[:EVIDENCE_SHOWN]
+            for evidence in shown:
                 self.line(f"       - {evidence}")
+            if len(shown) < len(suspect.evidence):
+                self.line(f"       - ... and {len(suspect.evidence) - len(shown)} more piece(s) of evidence like these "
+                          f"(-v shows them; JSON lists them all)")
 
     def _mdls(self) -> None:
         mdls = self.report.mdls
         if not mdls:
             return
         self.heading("MDLs")
-        headers = ["MDL", "state", "pages", "bytes", "StartVa", "flags", "held by IRP"]
+        headers = ["MDL", "state", "pages", "bytes", "StartVa", "flags", "held by"]
         rows = []
         for mdl in mdls:
             rows.append([self.mdl_link(mdl.address), mdl.classification, mdl.pages, f"{mdl.byte_count:#x}",
@@ -360,7 +397,7 @@ class Renderer:
             if self.dml:
                 rows[-1].append(self.pool_link(mdl.address))
         # DML adds a "pool" column of !pool links: a link only a debugger can follow, a bare word offline.
-        self.table(headers + (["pool"] if self.dml else []), rows, wrap_column=5, beyond_width=int(self.dml))
+        self.table(headers + (["pool"] if self.dml else []), rows, wrap_column=(5, 6), beyond_width=int(self.dml))
         for mdl in mdls:
             if mdl.role or (mdl.problems and mdl.classification != "not an MDL"):
                 self.line("  ", self.mdl_link(mdl.address), f": {mdl.role}" if mdl.role else "")
@@ -368,15 +405,55 @@ class Renderer:
                     self.line(f"    - {problem}")
 
     def _held_by(self, mdl: MdlRecord) -> Cell:
-        if not mdl.irps:
+        """The IRPs holding the MDL, as before; else its other holder (the one naming a driver first)."""
+        if mdl.irps:
+            return self.irp_link(mdl.irps[0]) if len(mdl.irps) == 1 else f"{len(mdl.irps)} IRPs"
+        others = [h for h in mdl.holders if h.kind != CHAIN_HOLDER]
+        if not others:
             return "none found"
-        if len(mdl.irps) == 1:
-            return self.irp_link(mdl.irps[0])
-        return f"{len(mdl.irps)} IRPs"
+        first = next((h for h in others if h.evidence or any(u.evidence for u in h.held_by)), others[0])
+        return first.summary + (f" +{len(others) - 1}" if len(others) > 1 else "")
+
+    def _holders(self) -> None:
+        """Where memory holds each MDL's address besides IRPs and MDL chains, and what each place names."""
+        mdls = [m for m in self.report.mdls if any(h.kind not in (IRP_HOLDER, CHAIN_HOLDER) for h in m.holders)]
+        if not mdls:
+            return
+        self.heading("HOLDERS (where memory holds each MDL's address, besides IRPs)")
+        shown = mdls if self.verbose else mdls[:HOLDERS_SHOWN]
+        for mdl in shown:
+            self.line("  MDL ", self.mdl_link(mdl.address), f" ({mdl.classification}, {mdl.pages} page(s))")
+            for holder in mdl.holders:
+                if holder.kind in (IRP_HOLDER, CHAIN_HOLDER):
+                    continue
+                self._holder_line(holder, "    - ")
+                for above in holder.held_by:
+                    self._holder_line(above, "        the block's address is at ")
+                if holder.followed and not holder.held_by:
+                    self.line("        nothing was found holding the block's address")
+        if len(shown) < len(mdls):
+            self.line(f"  ... and the holders of {len(mdls) - len(shown)} more MDL(s) (-v shows them; JSON lists "
+                      f"them all)")
+
+    def _holder_line(self, holder: HolderRecord, lead: str) -> None:
+        if holder.evidence:
+            names = f"names {holder.driver or holder.image}" + (f" ({holder.image})" if holder.driver and holder.image
+                                                                else "")
+        else:
+            names = f"names nobody: {holder.nobody}"
+        where: Cell = self.address(holder.address) if holder.address is not None else \
+            f"physical {self.address(holder.physical)}"
+        command = self._holder_command(holder) if holder.address is not None else None
+        self.line(lead, Link(str(where), command) if command else where,
+                  f" [{holder.kind.replace('_', ' ')}] {holder.description}; {names}")
 
     def _irps(self) -> None:
-        for irp in self.report.irps:
+        irps = self.report.irps if self.verbose else self.report.irps[:IRPS_SHOWN]
+        for irp in irps:
             self._irp(irp)
+        if len(irps) < len(self.report.irps):
+            self.lines.append("")
+            self.line(f"... and {len(self.report.irps) - len(irps)} more IRP(s) (-v shows them; JSON lists them all)")
 
     def _irp(self, irp: IrpRecord) -> None:
         """The IRP the way !irp lays it out: its header, then location 1 first, ">" on the current one."""

@@ -212,6 +212,27 @@ class SearchHit:
 
 
 @dataclass(frozen=True)
+class ObjectHeaders:
+    """The headers of one kind of I/O manager object for a search to collect as it goes (``Type`` and
+    ``Size``, a CSHORT and a USHORT, are the first 32 bits of an IRP, a device object, a file object):
+    a pointer-sized word at an address aligned to two pointers (objects come from pool) whose low 16
+    bits are ``type`` and next 16 bits one of ``sizes``."""
+
+    type: int
+    sizes: Tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class HeaderHit:
+    """One object header a search collected: where it is, and the pointer-sized word after it (an
+    IRP's MdlAddress)."""
+
+    virtual: Optional[int]
+    physical: Optional[int]
+    next_word: int
+
+
+@dataclass(frozen=True)
 class PfnRange:
     """Inclusive range of page frame numbers to search, like ``!search``'s StartPFN/EndPFN."""
 
@@ -249,6 +270,8 @@ class Target:
     # One sentence when no hunt of any kind is possible on this source (a small dump holds no memory
     # to search), else "". The report then says so and its hunt is incomplete.
     hunt_unavailable: str = ""
+    # True when search_pointers_and_headers() works: the search can collect object headers as it goes.
+    finds_object_headers: bool = False
 
     # ---- primitives -------------------------------------------------------------------------
 
@@ -315,6 +338,14 @@ class Target:
         ascending address order. Raises SearchUnavailable if the source cannot search.
         """
         raise NotImplementedError
+
+    def search_pointers_and_headers(self, values: Iterable[int], headers: ObjectHeaders,
+                                    pfn_range: Optional[PfnRange] = None, progress: Optional[ProgressCallback] = None
+                                    ) -> Tuple[Dict[int, List[SearchHit]], List[HeaderHit]]:
+        """search_pointers() that also collects, in the same pass, every object header that ``headers``
+        describes (in ascending address order). Raises SearchUnavailable where ``finds_object_headers``
+        is False (the debugger's !search finds values only)."""
+        raise SearchUnavailable("this source cannot collect object headers while it searches")
 
     def readable_ranges(self, address: int, size: int) -> List[Tuple[int, int]]:
         """The parts (start, end) of ``[address, address + size)`` that ``read`` can give: all of it or

@@ -28,10 +28,11 @@ import numpy as np
 
 from ..arch import ARCHITECTURES, arch_named
 from ..arch.pagetables import PageTables
-from ..search import ValueSet
+from ..search import Found, ValueSet
 from ..sources import not_regular_reason, open_error
-from .base import (PAGE_SIZE, BugCheck, CrashFacts, MemoryReadError, Module, PfnRange, ProgressCallback,
-                   SearchHit, SearchUnavailable, SymbolNotFound, Target, TargetError, read_from_pages)
+from .base import (PAGE_SIZE, BugCheck, CrashFacts, HeaderHit, MemoryReadError, Module, ObjectHeaders, PfnRange,
+                   ProgressCallback, SearchHit, SearchUnavailable, SymbolNotFound, Target, TargetError,
+                   read_from_pages)
 from .dumpheader import (DUMP_FULL, H64_CONTEXT_RECORD, MEMORY_DUMP_TYPES, DumpFileError, DumpHeader,
                          PhysicalLayout, format_size, read_physical_layout, truncated_dump)
 
@@ -286,12 +287,28 @@ class DumpFileTarget(Target):
     def search_pointers(self, values: Iterable[int], pfn_range: Optional[PfnRange] = None,
                         progress: Optional[ProgressCallback] = None) -> Dict[int, List[SearchHit]]:
         """Scan the dump's physical pages for all ``values`` at once, then name each hit's kernel address."""
+        return self._search(values, None, pfn_range, progress)[0]
+
+    def search_pointers_and_headers(self, values: Iterable[int], headers: ObjectHeaders,
+                                    pfn_range: Optional[PfnRange] = None, progress: Optional[ProgressCallback] = None
+                                    ) -> Tuple[Dict[int, List[SearchHit]], List[HeaderHit]]:
+        """search_pointers(), collecting the object headers ``headers`` describes in the same pass."""
+        return self._search(values, headers, pfn_range, progress)
+
+    @property
+    def finds_object_headers(self) -> bool:
+        return self._page_tables is not None
+
+    def _search(self, values: Iterable[int], headers: Optional[ObjectHeaders], pfn_range: Optional[PfnRange],
+                progress: Optional[ProgressCallback]) -> Tuple[Dict[int, List[SearchHit]], List[HeaderHit]]:
         if self._page_tables is None:
             raise SearchUnavailable(self.hunt_unavailable)
         values = [int(v) for v in values]
-        value_set = ValueSet(values, self.pointer_size)
+        value_set = ValueSet(values, self.pointer_size, headers=headers)
         found_values: List[np.ndarray] = []
         found_physical: List[np.ndarray] = []
+        header_physical: List[np.ndarray] = []
+        header_next: List[np.ndarray] = []
         mapping = self._mapped_file() if MAPPED_SEARCH and value_set.searches_mappings else None
         window_bytes = WINDOW_BYTES if value_set.reads_files else min(WINDOW_BYTES, BUFFERED_WINDOW_BYTES)
         windows = [(window_start, min(end, window_start + window_bytes))
@@ -299,16 +316,21 @@ class DumpFileTarget(Target):
                    for window_start in range(start, end, window_bytes)]
         total = sum(end - start for start, end in windows)
         done = 0
+        word = np.uint64(self.pointer_size)
         with closing(self._scan_windows(value_set, windows, mapping)) as scans:  # stops the threads on any exit
-            for (start, end), (indices, found) in scans:
-                if len(indices):
-                    offsets = np.uint64(start) + indices.astype(np.uint64) * np.uint64(self.pointer_size)
+            for (start, end), found in scans:
+                if len(found.indices):
+                    offsets = np.uint64(start) + found.indices.astype(np.uint64) * word
                     found_physical.append(self.layout.physical_addresses(offsets))
-                    found_values.append(found)
+                    found_values.append(found.words)
+                if len(found.header_indices):
+                    offsets = np.uint64(start) + found.header_indices.astype(np.uint64) * word
+                    header_physical.append(self.layout.physical_addresses(offsets))
+                    header_next.append(found.header_next)
                 done += end - start
                 if progress is not None:
                     progress(done, total)
-        return self._hits(values, found_values, found_physical)
+        return self._hits(values, found_values, found_physical), self._header_hits(header_physical, header_next)
 
     def _mapped_file(self) -> Optional[mmap.mmap]:
         """The whole file mapped read-only (once per target), or None where it cannot be mapped."""
@@ -331,7 +353,7 @@ class DumpFileTarget(Target):
         readers: List[_WindowReader] = []
         per_thread = threading.local()
 
-        def scan(window: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+        def scan(window: Tuple[int, int]) -> Found:
             if mapping is not None:
                 return self._scan_mapped_window(mapping, value_set, *window)
             reader = getattr(per_thread, "reader", None)
@@ -362,8 +384,7 @@ class DumpFileTarget(Target):
             for reader in readers:
                 reader.close()
 
-    def _scan_mapped_window(self, mapping: mmap.mmap, value_set: ValueSet, start: int,
-                            end: int) -> Tuple[np.ndarray, np.ndarray]:
+    def _scan_mapped_window(self, mapping: mmap.mmap, value_set: ValueSet, start: int, end: int) -> Found:
         """Search bytes ``[start, end)`` of the file in its mapping (compiled engine, guarded against bus errors)."""
         with memoryview(mapping) as whole, whole[start:end] as window:
             if len(window) < end - start:  # the file was already shorter when it was mapped
@@ -376,8 +397,7 @@ class DumpFileTarget(Target):
                 raise search_read_failed(start, end, error) from None
 
     @staticmethod
-    def _scan_window(reader: "_WindowReader", value_set: ValueSet, start: int,
-                     end: int) -> Tuple[np.ndarray, np.ndarray]:
+    def _scan_window(reader: "_WindowReader", value_set: ValueSet, start: int, end: int) -> Found:
         """Search bytes ``[start, end)`` of the file, reading them.
 
         The compiled engine reads them itself, a cache-sized chunk at a time, so that the words are
@@ -386,16 +406,16 @@ class DumpFileTarget(Target):
         """
         try:
             if value_set.reads_files:
-                indices, found, done = value_set.find_in_file(reader.fileno(), start, end - start)
+                found, done = value_set.find_in_file(reader.fileno(), start, end - start)
             else:
                 data = reader.read(start, end)
                 done = len(data)
-                indices, found = value_set.find(data[:done - done % value_set.pointer_size])
+                found = value_set.find(data[:done - done % value_set.pointer_size])
         except OSError as error:
             raise search_read_failed(start, end, error) from None
         if done < end - start:
             raise file_shrank(f"bytes {start:#x}-{end:#x} could not be read")
-        return indices, found
+        return found
 
     def _hits(self, values: List[int], found_values: List[np.ndarray],
               found_physical: List[np.ndarray]) -> Dict[int, List[SearchHit]]:
@@ -412,6 +432,20 @@ class DumpFileTarget(Target):
                 hits[value].append(hit)
         for value in hits:
             hits[value].sort(key=lambda h: (h.virtual or 0, h.physical or 0))
+        return hits
+
+    def _header_hits(self, physical: List[np.ndarray], next_words: List[np.ndarray]) -> List[HeaderHit]:
+        """The collected object headers with their kernel addresses, in address order."""
+        if not physical:
+            return []
+        addresses = np.concatenate(physical).tolist()
+        following = np.concatenate(next_words).tolist()
+        virtual_of = self._virtual_addresses({pa >> 12 for pa in addresses})
+        hits = []
+        for pa, next_word in zip(addresses, following):
+            page_va = virtual_of.get(pa >> 12)
+            hits.append(HeaderHit(None if page_va is None else page_va + (pa & (PAGE_SIZE - 1)), pa, next_word))
+        hits.sort(key=lambda h: (h.virtual or 0, h.physical or 0))
         return hits
 
     def _virtual_addresses(self, pfns: Iterable[int]) -> Dict[int, Optional[int]]:

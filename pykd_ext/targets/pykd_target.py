@@ -296,8 +296,8 @@ class PykdTarget(Target):
         while pfn <= last:
             count = min(SCAN_CHUNK_PAGES, last + 1 - pfn)
             for start, words in self._physical_words(pfn, count):
-                indices, matched = value_set.find(words)
-                for index, value in zip(indices.tolist(), matched.tolist()):
+                matched = value_set.find(words)
+                for index, value in zip(matched.indices.tolist(), matched.words.tolist()):
                     found[value].append(start + index * self.pointer_size)
             pfn += count
             if progress is not None:

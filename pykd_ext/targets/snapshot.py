@@ -13,7 +13,10 @@ Format (version 1) — a ZIP archive with two members:
     [{``va``, ``pa``}] in the order of their bytes in ``pages.bin``, ``unreadable`` [virtual page
     addresses that could not be read], ``searches`` [{``values``, ``pfn_range``, ``hits``:
     [{``value``, ``va``, ``pa``}]}], ``failed_searches`` (only when a recorded search was not
-    possible) [{``values``, ``pfn_range``, ``reason``}]. Numbers that are addresses are hex strings
+    possible) [{``values``, ``pfn_range``, ``reason``}], ``header_searches`` (only when a search also
+    collected object headers: ``search_pointers_and_headers``) [{``values``, ``pfn_range``, ``headers``
+    {``type``, ``sizes``}, ``hits``, ``header_hits``: [{``va``, ``pa``, ``next``}]} or, when it was
+    not possible, ``reason`` instead of the hits]. Numbers that are addresses are hex strings
     ("0xfffff803..."). Written only when the source has them: a module's ``timestamp``,
     ``partial_pages`` [{``va``, ``ranges``: [[start, end], ...]}] (pages a small dump held only in
     part: the offsets in the page that were readable), ``crash_facts`` {``thread``, ``process``,
@@ -39,7 +42,7 @@ import re
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from .. import __version__
 from ..kernel.modules import MAX_IMAGE_SIZE
@@ -47,8 +50,9 @@ from ..outfiles import write_atomically
 from ..search import ValueSet
 from ..sources import unopenable_reason
 from ..typeinfo import FieldInfo, TypeInfo
-from .base import (PAGE_SIZE, BugCheck, CrashFacts, MemoryReadError, Module, PfnRange, ProgressCallback,
-                   RecordedImage, SearchHit, SearchUnavailable, SymbolicAddress, SymbolNotFound, Target, TargetError,
+from .base import (PAGE_SIZE, BugCheck, CrashFacts, HeaderHit, MemoryReadError, Module, ObjectHeaders, PfnRange,
+                   ProgressCallback, RecordedImage, SearchHit, SearchUnavailable, SymbolicAddress, SymbolNotFound,
+                   Target, TargetError,
                    UnloadedModule, read_from_pages)
 
 FORMAT_NAME = "leakhunt-snapshot"
@@ -74,6 +78,10 @@ class SnapshotError(TargetError):
 
 
 SearchKey = Tuple[Tuple[int, ...], Optional[Tuple[int, int]]]
+# A search that also collected object headers: the search's key and (header type, sizes).
+HeaderSearchKey = Tuple[SearchKey, Tuple[int, Tuple[int, ...]]]
+# What such a search found, or why it was not possible.
+HeaderSearchResult = Union[Tuple[Dict[int, List[SearchHit]], List[HeaderHit]], str]
 
 
 @dataclass
@@ -101,6 +109,7 @@ class SnapshotData:
     complete: bool = False
     searches: Dict[SearchKey, Dict[int, List[SearchHit]]] = field(default_factory=dict)
     failed_searches: Dict[SearchKey, str] = field(default_factory=dict)  # search -> why it was not possible
+    header_searches: Dict[HeaderSearchKey, HeaderSearchResult] = field(default_factory=dict)
     created_by: str = ""
     # What the recorded source could not do (Target.limitations) and why no hunt was possible at all.
     limitations: List[str] = field(default_factory=list)
@@ -120,6 +129,10 @@ class SnapshotData:
 
 def search_key(values: Iterable[int], pfn_range: Optional[PfnRange]) -> SearchKey:
     return (tuple(sorted(set(values))), (pfn_range.first, pfn_range.last) if pfn_range else None)
+
+
+def header_search_key(values: Iterable[int], headers: ObjectHeaders, pfn_range: Optional[PfnRange]) -> HeaderSearchKey:
+    return search_key(values, pfn_range), (headers.type, tuple(sorted(set(headers.sizes))))
 
 
 # ---- writing -----------------------------------------------------------------------------------
@@ -168,6 +181,10 @@ def _manifest(data: SnapshotData) -> dict:
         ]
     # Keys of what not every source has: written only when there is something to say, so that a
     # recording of a source without them is the same file as before they existed.
+    if data.header_searches:
+        manifest["header_searches"] = [_header_search_entry(key, result) for key, result in
+                                       sorted(data.header_searches.items(), key=lambda item: (
+                                           item[0][0][0], item[0][0][1] or (), item[0][1][0], item[0][1][1]))]
     if data.symbol_sources:
         manifest["symbol_sources"] = dict(sorted(data.symbol_sources.items()))
     if data.symbol_notes:
@@ -235,6 +252,39 @@ def _load_code_names(entries) -> Dict[int, SymbolicAddress]:
                                        _text(entry.get("file", ""), "code name file"), line,
                                        _text(entry.get("kind", ""), "code name kind"))
     return names
+
+
+def _header_search_entry(key: HeaderSearchKey, result: HeaderSearchResult) -> dict:
+    (values, pfn), (header_type, sizes) = key
+    entry = {"values": [_hex(v) for v in values], "pfn_range": None if pfn is None else [_hex(pfn[0]), _hex(pfn[1])],
+             "headers": {"type": header_type, "sizes": list(sizes)}}
+    if isinstance(result, str):
+        entry["reason"] = result
+        return entry
+    hits, header_hits = result
+    entry["hits"] = [{"value": _hex(h.value), "va": _hex(h.virtual), "pa": _hex(h.physical)}
+                     for value in values for h in hits.get(value, [])]
+    entry["header_hits"] = [{"va": _hex(h.virtual), "pa": _hex(h.physical), "next": _hex(h.next_word)}
+                            for h in header_hits]
+    return entry
+
+
+def _load_header_search(entry, data: "SnapshotData") -> None:
+    values, pfn_key = _recorded_search_key(entry)
+    headers = _expect(entry.get("headers"), dict, "searched object headers")
+    header_type = _number(headers.get("type"), "object header type", 1 << 16)
+    sizes = tuple(sorted({_number(size, "object header size", 1 << 16)
+                          for size in _expect(headers.get("sizes"), list, "object header sizes")}))
+    key = ((values, pfn_key), (header_type, sizes))
+    if "reason" in entry:
+        data.header_searches[key] = _text(entry["reason"], "reason")
+        return
+    data.header_searches[key] = (_recorded_hits(entry, values),
+                                 [HeaderHit(_optional_number(hit.get("va"), "header address"),
+                                            _optional_number(hit.get("pa"), "header physical address"),
+                                            _number(hit.get("next"), "word after a header"))
+                                  for hit in (_expect(item, dict, "header hit") for item in
+                                              _expect(entry.get("header_hits", []), list, "header hits"))])
 
 
 def _crash_facts_entry(facts: CrashFacts) -> dict:
@@ -521,18 +571,24 @@ def _build(manifest: dict, pages_bytes: bytes, path: str) -> SnapshotData:
     data.unreadable = {_number(v, "unreadable page") for v in _expect(manifest.get("unreadable", []), list, "unreadable")}
     for entry in _expect(manifest.get("searches", []), list, "searches"):
         values, pfn_key = _recorded_search_key(entry)
-        hits: Dict[int, List[SearchHit]] = {v: [] for v in values}
-        for hit in _expect(entry.get("hits", []), list, "hits"):
-            _expect(hit, dict, "hit")
-            value = _number(hit.get("value"), "hit value")
-            if value not in hits:
-                raise SnapshotError(f"corrupt snapshot: a hit for {value:#x} that was not searched for")
-            hits[value].append(SearchHit(value, _optional_number(hit.get("va"), "hit address"),
-                                         _optional_number(hit.get("pa"), "hit physical address")))
-        data.searches[(values, pfn_key)] = hits
+        data.searches[(values, pfn_key)] = _recorded_hits(entry, values)
     for entry in _expect(manifest.get("failed_searches", []), list, "failed_searches"):
         data.failed_searches[_recorded_search_key(entry)] = str(entry.get("reason") or "the search was not possible")
+    for entry in _expect(manifest.get("header_searches", []), list, "header_searches"):
+        _load_header_search(entry, data)
     return data
+
+
+def _recorded_hits(entry: dict, values: Tuple[int, ...]) -> Dict[int, List[SearchHit]]:
+    hits: Dict[int, List[SearchHit]] = {v: [] for v in values}
+    for hit in _expect(entry.get("hits", []), list, "hits"):
+        _expect(hit, dict, "hit")
+        value = _number(hit.get("value"), "hit value")
+        if value not in hits:
+            raise SnapshotError(f"corrupt snapshot: a hit for {value:#x} that was not searched for")
+        hits[value].append(SearchHit(value, _optional_number(hit.get("va"), "hit address"),
+                                     _optional_number(hit.get("pa"), "hit physical address")))
+    return hits
 
 
 def _recorded_search_key(entry) -> SearchKey:
@@ -563,6 +619,11 @@ class SnapshotTarget(Target):
         self.description = data.description or "recorded snapshot"
         self.has_type_info = any(info is not None for info in data.types.values())
         self.hunt_unavailable = data.hunt_unavailable
+
+    @property
+    def finds_object_headers(self) -> bool:
+        """All of memory can be searched for anything; a recording replays the header searches it made."""
+        return self.data.complete or bool(self.data.header_searches)
 
     @classmethod
     def open(cls, path: str) -> "SnapshotTarget":
@@ -619,13 +680,30 @@ class SnapshotTarget(Target):
             raise SearchUnavailable(self.data.failed_searches[key])
         if not self.data.complete:
             raise SearchUnavailable("this snapshot is a recording and did not record a search for these values")
-        return self._scan(key[0], pfn_range, progress)
+        return self._scan(key[0], None, pfn_range, progress)[0]
 
-    def _scan(self, values: Tuple[int, ...], pfn_range: Optional[PfnRange],
-              progress: Optional[ProgressCallback]) -> Dict[int, List[SearchHit]]:
+    def search_pointers_and_headers(self, values: Iterable[int], headers: ObjectHeaders,
+                                    pfn_range: Optional[PfnRange] = None, progress: Optional[ProgressCallback] = None
+                                    ) -> Tuple[Dict[int, List[SearchHit]], List[HeaderHit]]:
+        key = header_search_key(values, headers, pfn_range)
+        recorded = self.data.header_searches.get(key)
+        if isinstance(recorded, str):
+            raise SearchUnavailable(recorded)
+        if recorded is not None:
+            hits, header_hits = recorded
+            return {v: list(hits.get(v, [])) for v in key[0][0]}, list(header_hits)
+        if not self.data.complete:
+            raise SearchUnavailable("this snapshot is a recording and did not record a search for these values "
+                                    "and object headers")
+        return self._scan(key[0][0], headers, pfn_range, progress)
+
+    def _scan(self, values: Tuple[int, ...], headers: Optional[ObjectHeaders], pfn_range: Optional[PfnRange],
+              progress: Optional[ProgressCallback]) -> Tuple[Dict[int, List[SearchHit]], List[HeaderHit]]:
         # A value wider than a pointer occurs nowhere (ValueSet would search its truncation).
-        value_set = ValueSet([v for v in values if v >> (8 * self.pointer_size) == 0], self.pointer_size)
+        value_set = ValueSet([v for v in values if v >> (8 * self.pointer_size) == 0], self.pointer_size,
+                             headers=headers)
         hits: Dict[int, List[SearchHit]] = {v: [] for v in values}
+        header_hits: List[HeaderHit] = []
         # Scan in physical order, as a search of physical memory would.
         order = sorted(self.data.pages, key=lambda va: (self.data.physical.get(va, va), va))
         total = len(order) * PAGE_SIZE
@@ -633,15 +711,19 @@ class SnapshotTarget(Target):
             pa = self.data.physical.get(va)
             if pfn_range is not None and (pa is None or not pfn_range.contains_address(pa)):
                 continue
-            indices, found = value_set.find(self.data.pages[va])
-            for index, value in zip(indices.tolist(), found.tolist()):
+            found = value_set.find(self.data.pages[va])
+            for index, value in zip(found.indices.tolist(), found.words.tolist()):
                 offset = index * self.pointer_size
                 hits[value].append(SearchHit(value, va + offset, None if pa is None else pa + offset))
+            for index, next_word in zip(found.header_indices.tolist(), found.header_next.tolist()):
+                offset = index * self.pointer_size
+                header_hits.append(HeaderHit(va + offset, None if pa is None else pa + offset, next_word))
             if progress is not None and done % 256 == 0:
                 progress(done * PAGE_SIZE, total)
         for value in hits:
             hits[value].sort(key=lambda h: (h.virtual or 0, h.physical or 0))
-        return hits
+        header_hits.sort(key=lambda h: (h.virtual or 0, h.physical or 0))
+        return hits, header_hits
 
 
 # ---- recording any target ----------------------------------------------------------------------
@@ -663,6 +745,7 @@ class RecordingTarget(Target):
         self.crash_time = inner.crash_time
         self.has_type_info = inner.has_type_info
         self.hunt_unavailable = inner.hunt_unavailable
+        self.finds_object_headers = inner.finds_object_headers
         self.data = SnapshotData(arch=inner.arch, pointer_size=inner.pointer_size, bugcheck=BugCheck(0, (0, 0, 0, 0)),
                                  build=inner.build, description=inner.description, max_pfn=inner.max_pfn,
                                  crash_time=inner.crash_time)
@@ -760,6 +843,22 @@ class RecordingTarget(Target):
                 self.data.failed_searches[key] = str(error)
                 raise
         return {v: list(self.data.searches[key].get(v, [])) for v in key[0]}
+
+    def search_pointers_and_headers(self, values: Iterable[int], headers: ObjectHeaders,
+                                    pfn_range: Optional[PfnRange] = None, progress: Optional[ProgressCallback] = None
+                                    ) -> Tuple[Dict[int, List[SearchHit]], List[HeaderHit]]:
+        key = header_search_key(values, headers, pfn_range)
+        if key not in self.data.header_searches:
+            try:
+                self.data.header_searches[key] = self.inner.search_pointers_and_headers(key[0][0], headers, pfn_range,
+                                                                                        progress)
+            except SearchUnavailable as error:
+                self.data.header_searches[key] = str(error)
+        recorded = self.data.header_searches[key]
+        if isinstance(recorded, str):
+            raise SearchUnavailable(recorded)
+        hits, header_hits = recorded
+        return {v: list(hits.get(v, [])) for v in key[0][0]}, list(header_hits)
 
     def snapshot(self) -> SnapshotData:
         """The recording so far (the bug check and what the source cannot do are always included)."""

@@ -254,7 +254,9 @@ struct _DEVICE_OBJECT {
     void *DeviceExtension;
     unsigned long DeviceType;
     unsigned char StackSize;
-    unsigned char _Padding3[259];
+    unsigned char _Padding3[235];
+    void *DeviceObjectExtension;
+    unsigned char _Padding4[16];
 };
 _Static_assert(sizeof(struct _DEVICE_OBJECT) == 0x150, "_DEVICE_OBJECT");
 _Static_assert(offsetof(struct _DEVICE_OBJECT, Type) == 0x0, "_DEVICE_OBJECT.Type");
@@ -272,6 +274,8 @@ _Static_assert(offsetof(struct _DEVICE_OBJECT, DeviceExtension) == 0x40, "_DEVIC
 _Static_assert(offsetof(struct _DEVICE_OBJECT, DeviceType) == 0x48, "_DEVICE_OBJECT.DeviceType");
 _Static_assert(offsetof(struct _DEVICE_OBJECT, StackSize) == 0x4c, "_DEVICE_OBJECT.StackSize");
 _Static_assert(offsetof(struct _DEVICE_OBJECT, _Padding3) == 0x4d, "_DEVICE_OBJECT._Padding3");
+_Static_assert(offsetof(struct _DEVICE_OBJECT, DeviceObjectExtension) == 0x138, "_DEVICE_OBJECT.DeviceObjectExtension");
+_Static_assert(offsetof(struct _DEVICE_OBJECT, _Padding4) == 0x140, "_DEVICE_OBJECT._Padding4");
 
 struct _DRIVER_OBJECT {
     short Type;
@@ -372,20 +376,14 @@ _Static_assert(offsetof(struct _KLDR_DATA_TABLE_ENTRY, Flags) == 0x68, "_KLDR_DA
 _Static_assert(offsetof(struct _KLDR_DATA_TABLE_ENTRY, _Padding3) == 0x6c, "_KLDR_DATA_TABLE_ENTRY._Padding3");
 
 struct _POOL_HEADER {
-    unsigned char PreviousSize;
-    unsigned char PoolIndex;
-    unsigned char BlockSize;
-    unsigned char PoolType;
+    unsigned long Ulong1;
     unsigned long PoolTag;
-    void *ProcessBilled;
+    unsigned char _Padding1[8];
 };
 _Static_assert(sizeof(struct _POOL_HEADER) == 0x10, "_POOL_HEADER");
-_Static_assert(offsetof(struct _POOL_HEADER, PreviousSize) == 0x0, "_POOL_HEADER.PreviousSize");
-_Static_assert(offsetof(struct _POOL_HEADER, PoolIndex) == 0x1, "_POOL_HEADER.PoolIndex");
-_Static_assert(offsetof(struct _POOL_HEADER, BlockSize) == 0x2, "_POOL_HEADER.BlockSize");
-_Static_assert(offsetof(struct _POOL_HEADER, PoolType) == 0x3, "_POOL_HEADER.PoolType");
+_Static_assert(offsetof(struct _POOL_HEADER, Ulong1) == 0x0, "_POOL_HEADER.Ulong1");
 _Static_assert(offsetof(struct _POOL_HEADER, PoolTag) == 0x4, "_POOL_HEADER.PoolTag");
-_Static_assert(offsetof(struct _POOL_HEADER, ProcessBilled) == 0x8, "_POOL_HEADER.ProcessBilled");
+_Static_assert(offsetof(struct _POOL_HEADER, _Padding1) == 0x8, "_POOL_HEADER._Padding1");
 
 struct _IMAGE_DOS_HEADER {
     unsigned short e_magic;

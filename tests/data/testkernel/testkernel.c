@@ -260,7 +260,9 @@ struct _DEVICE_OBJECT {
     void *DeviceExtension;
     unsigned long DeviceType;
     unsigned char StackSize;
-    unsigned char _Padding3[259];
+    unsigned char _Padding3[235];
+    void *DeviceObjectExtension;
+    unsigned char _Padding4[16];
 };
 _Static_assert(sizeof(struct _DEVICE_OBJECT) == 0x150, "_DEVICE_OBJECT");
 _Static_assert(offsetof(struct _DEVICE_OBJECT, Type) == 0x0, "_DEVICE_OBJECT.Type");
@@ -278,6 +280,8 @@ _Static_assert(offsetof(struct _DEVICE_OBJECT, DeviceExtension) == 0x40, "_DEVIC
 _Static_assert(offsetof(struct _DEVICE_OBJECT, DeviceType) == 0x48, "_DEVICE_OBJECT.DeviceType");
 _Static_assert(offsetof(struct _DEVICE_OBJECT, StackSize) == 0x4c, "_DEVICE_OBJECT.StackSize");
 _Static_assert(offsetof(struct _DEVICE_OBJECT, _Padding3) == 0x4d, "_DEVICE_OBJECT._Padding3");
+_Static_assert(offsetof(struct _DEVICE_OBJECT, DeviceObjectExtension) == 0x138, "_DEVICE_OBJECT.DeviceObjectExtension");
+_Static_assert(offsetof(struct _DEVICE_OBJECT, _Padding4) == 0x140, "_DEVICE_OBJECT._Padding4");
 
 struct _DRIVER_OBJECT {
     short Type;
@@ -378,20 +382,14 @@ _Static_assert(offsetof(struct _KLDR_DATA_TABLE_ENTRY, Flags) == 0x68, "_KLDR_DA
 _Static_assert(offsetof(struct _KLDR_DATA_TABLE_ENTRY, _Padding3) == 0x6c, "_KLDR_DATA_TABLE_ENTRY._Padding3");
 
 struct _POOL_HEADER {
-    unsigned char PreviousSize;
-    unsigned char PoolIndex;
-    unsigned char BlockSize;
-    unsigned char PoolType;
+    unsigned long Ulong1;
     unsigned long PoolTag;
-    void *ProcessBilled;
+    unsigned char _Padding1[8];
 };
 _Static_assert(sizeof(struct _POOL_HEADER) == 0x10, "_POOL_HEADER");
-_Static_assert(offsetof(struct _POOL_HEADER, PreviousSize) == 0x0, "_POOL_HEADER.PreviousSize");
-_Static_assert(offsetof(struct _POOL_HEADER, PoolIndex) == 0x1, "_POOL_HEADER.PoolIndex");
-_Static_assert(offsetof(struct _POOL_HEADER, BlockSize) == 0x2, "_POOL_HEADER.BlockSize");
-_Static_assert(offsetof(struct _POOL_HEADER, PoolType) == 0x3, "_POOL_HEADER.PoolType");
+_Static_assert(offsetof(struct _POOL_HEADER, Ulong1) == 0x0, "_POOL_HEADER.Ulong1");
 _Static_assert(offsetof(struct _POOL_HEADER, PoolTag) == 0x4, "_POOL_HEADER.PoolTag");
-_Static_assert(offsetof(struct _POOL_HEADER, ProcessBilled) == 0x8, "_POOL_HEADER.ProcessBilled");
+_Static_assert(offsetof(struct _POOL_HEADER, _Padding1) == 0x8, "_POOL_HEADER._Padding1");
 
 struct _IMAGE_DOS_HEADER {
     unsigned short e_magic;
@@ -506,33 +504,39 @@ _Static_assert(offsetof(struct _KAPC_STATE, KernelApcPending) == 0x2a, "_KAPC_ST
 _Static_assert(offsetof(struct _KAPC_STATE, _Padding3) == 0x2b, "_KAPC_STATE._Padding3");
 
 struct _KTHREAD {
-    unsigned char _Padding1[152];
+    unsigned char _Padding1[48];
+    void *StackLimit;
+    void *StackBase;
+    unsigned char _Padding2[88];
     struct _KAPC_STATE ApcState;
-    unsigned char _Padding2[344];
+    unsigned char _Padding3[344];
     struct _KPROCESS *Process;
-    unsigned char _Padding3[208];
+    unsigned char _Padding4[208];
     struct _LIST_ENTRY ThreadListEntry;
     struct _LIST_ENTRY MutantListHead;
     unsigned char AbEntrySummary;
     unsigned char AbWaitEntryCount;
-    unsigned char _Padding4[6];
+    unsigned char _Padding5[6];
     void *LockEntries;
-    unsigned char _Padding5[62];
+    unsigned char _Padding6[62];
     unsigned char AbOrphanedEntrySummary;
     unsigned char AbOwnedEntryCount;
-    unsigned char _Padding6[200];
+    unsigned char _Padding7[200];
 };
 _Static_assert(sizeof(struct _KTHREAD) == 0x430, "_KTHREAD");
 _Static_assert(offsetof(struct _KTHREAD, _Padding1) == 0x0, "_KTHREAD._Padding1");
+_Static_assert(offsetof(struct _KTHREAD, StackLimit) == 0x30, "_KTHREAD.StackLimit");
+_Static_assert(offsetof(struct _KTHREAD, StackBase) == 0x38, "_KTHREAD.StackBase");
+_Static_assert(offsetof(struct _KTHREAD, _Padding2) == 0x40, "_KTHREAD._Padding2");
 _Static_assert(offsetof(struct _KTHREAD, ApcState) == 0x98, "_KTHREAD.ApcState");
 _Static_assert(offsetof(struct _KTHREAD, ApcState._Padding1) == 0x98, "_KTHREAD.ApcState._Padding1");
 _Static_assert(offsetof(struct _KTHREAD, ApcState.Process) == 0xb8, "_KTHREAD.ApcState.Process");
 _Static_assert(offsetof(struct _KTHREAD, ApcState._Padding2) == 0xc0, "_KTHREAD.ApcState._Padding2");
 _Static_assert(offsetof(struct _KTHREAD, ApcState.KernelApcPending) == 0xc2, "_KTHREAD.ApcState.KernelApcPending");
 _Static_assert(offsetof(struct _KTHREAD, ApcState._Padding3) == 0xc3, "_KTHREAD.ApcState._Padding3");
-_Static_assert(offsetof(struct _KTHREAD, _Padding2) == 0xc8, "_KTHREAD._Padding2");
+_Static_assert(offsetof(struct _KTHREAD, _Padding3) == 0xc8, "_KTHREAD._Padding3");
 _Static_assert(offsetof(struct _KTHREAD, Process) == 0x220, "_KTHREAD.Process");
-_Static_assert(offsetof(struct _KTHREAD, _Padding3) == 0x228, "_KTHREAD._Padding3");
+_Static_assert(offsetof(struct _KTHREAD, _Padding4) == 0x228, "_KTHREAD._Padding4");
 _Static_assert(offsetof(struct _KTHREAD, ThreadListEntry) == 0x2f8, "_KTHREAD.ThreadListEntry");
 _Static_assert(offsetof(struct _KTHREAD, ThreadListEntry.Flink) == 0x2f8, "_KTHREAD.ThreadListEntry.Flink");
 _Static_assert(offsetof(struct _KTHREAD, ThreadListEntry.Blink) == 0x300, "_KTHREAD.ThreadListEntry.Blink");
@@ -541,12 +545,12 @@ _Static_assert(offsetof(struct _KTHREAD, MutantListHead.Flink) == 0x308, "_KTHRE
 _Static_assert(offsetof(struct _KTHREAD, MutantListHead.Blink) == 0x310, "_KTHREAD.MutantListHead.Blink");
 _Static_assert(offsetof(struct _KTHREAD, AbEntrySummary) == 0x318, "_KTHREAD.AbEntrySummary");
 _Static_assert(offsetof(struct _KTHREAD, AbWaitEntryCount) == 0x319, "_KTHREAD.AbWaitEntryCount");
-_Static_assert(offsetof(struct _KTHREAD, _Padding4) == 0x31a, "_KTHREAD._Padding4");
+_Static_assert(offsetof(struct _KTHREAD, _Padding5) == 0x31a, "_KTHREAD._Padding5");
 _Static_assert(offsetof(struct _KTHREAD, LockEntries) == 0x320, "_KTHREAD.LockEntries");
-_Static_assert(offsetof(struct _KTHREAD, _Padding5) == 0x328, "_KTHREAD._Padding5");
+_Static_assert(offsetof(struct _KTHREAD, _Padding6) == 0x328, "_KTHREAD._Padding6");
 _Static_assert(offsetof(struct _KTHREAD, AbOrphanedEntrySummary) == 0x366, "_KTHREAD.AbOrphanedEntrySummary");
 _Static_assert(offsetof(struct _KTHREAD, AbOwnedEntryCount) == 0x367, "_KTHREAD.AbOwnedEntryCount");
-_Static_assert(offsetof(struct _KTHREAD, _Padding6) == 0x368, "_KTHREAD._Padding6");
+_Static_assert(offsetof(struct _KTHREAD, _Padding7) == 0x368, "_KTHREAD._Padding7");
 
 struct _CLIENT_ID {
     void *UniqueProcess;
@@ -575,15 +579,18 @@ struct _ETHREAD {
 _Static_assert(sizeof(struct _ETHREAD) == 0x898, "_ETHREAD");
 _Static_assert(offsetof(struct _ETHREAD, Tcb) == 0x0, "_ETHREAD.Tcb");
 _Static_assert(offsetof(struct _ETHREAD, Tcb._Padding1) == 0x0, "_ETHREAD.Tcb._Padding1");
+_Static_assert(offsetof(struct _ETHREAD, Tcb.StackLimit) == 0x30, "_ETHREAD.Tcb.StackLimit");
+_Static_assert(offsetof(struct _ETHREAD, Tcb.StackBase) == 0x38, "_ETHREAD.Tcb.StackBase");
+_Static_assert(offsetof(struct _ETHREAD, Tcb._Padding2) == 0x40, "_ETHREAD.Tcb._Padding2");
 _Static_assert(offsetof(struct _ETHREAD, Tcb.ApcState) == 0x98, "_ETHREAD.Tcb.ApcState");
 _Static_assert(offsetof(struct _ETHREAD, Tcb.ApcState._Padding1) == 0x98, "_ETHREAD.Tcb.ApcState._Padding1");
 _Static_assert(offsetof(struct _ETHREAD, Tcb.ApcState.Process) == 0xb8, "_ETHREAD.Tcb.ApcState.Process");
 _Static_assert(offsetof(struct _ETHREAD, Tcb.ApcState._Padding2) == 0xc0, "_ETHREAD.Tcb.ApcState._Padding2");
 _Static_assert(offsetof(struct _ETHREAD, Tcb.ApcState.KernelApcPending) == 0xc2, "_ETHREAD.Tcb.ApcState.KernelApcPending");
 _Static_assert(offsetof(struct _ETHREAD, Tcb.ApcState._Padding3) == 0xc3, "_ETHREAD.Tcb.ApcState._Padding3");
-_Static_assert(offsetof(struct _ETHREAD, Tcb._Padding2) == 0xc8, "_ETHREAD.Tcb._Padding2");
+_Static_assert(offsetof(struct _ETHREAD, Tcb._Padding3) == 0xc8, "_ETHREAD.Tcb._Padding3");
 _Static_assert(offsetof(struct _ETHREAD, Tcb.Process) == 0x220, "_ETHREAD.Tcb.Process");
-_Static_assert(offsetof(struct _ETHREAD, Tcb._Padding3) == 0x228, "_ETHREAD.Tcb._Padding3");
+_Static_assert(offsetof(struct _ETHREAD, Tcb._Padding4) == 0x228, "_ETHREAD.Tcb._Padding4");
 _Static_assert(offsetof(struct _ETHREAD, Tcb.ThreadListEntry) == 0x2f8, "_ETHREAD.Tcb.ThreadListEntry");
 _Static_assert(offsetof(struct _ETHREAD, Tcb.ThreadListEntry.Flink) == 0x2f8, "_ETHREAD.Tcb.ThreadListEntry.Flink");
 _Static_assert(offsetof(struct _ETHREAD, Tcb.ThreadListEntry.Blink) == 0x300, "_ETHREAD.Tcb.ThreadListEntry.Blink");
@@ -592,12 +599,12 @@ _Static_assert(offsetof(struct _ETHREAD, Tcb.MutantListHead.Flink) == 0x308, "_E
 _Static_assert(offsetof(struct _ETHREAD, Tcb.MutantListHead.Blink) == 0x310, "_ETHREAD.Tcb.MutantListHead.Blink");
 _Static_assert(offsetof(struct _ETHREAD, Tcb.AbEntrySummary) == 0x318, "_ETHREAD.Tcb.AbEntrySummary");
 _Static_assert(offsetof(struct _ETHREAD, Tcb.AbWaitEntryCount) == 0x319, "_ETHREAD.Tcb.AbWaitEntryCount");
-_Static_assert(offsetof(struct _ETHREAD, Tcb._Padding4) == 0x31a, "_ETHREAD.Tcb._Padding4");
+_Static_assert(offsetof(struct _ETHREAD, Tcb._Padding5) == 0x31a, "_ETHREAD.Tcb._Padding5");
 _Static_assert(offsetof(struct _ETHREAD, Tcb.LockEntries) == 0x320, "_ETHREAD.Tcb.LockEntries");
-_Static_assert(offsetof(struct _ETHREAD, Tcb._Padding5) == 0x328, "_ETHREAD.Tcb._Padding5");
+_Static_assert(offsetof(struct _ETHREAD, Tcb._Padding6) == 0x328, "_ETHREAD.Tcb._Padding6");
 _Static_assert(offsetof(struct _ETHREAD, Tcb.AbOrphanedEntrySummary) == 0x366, "_ETHREAD.Tcb.AbOrphanedEntrySummary");
 _Static_assert(offsetof(struct _ETHREAD, Tcb.AbOwnedEntryCount) == 0x367, "_ETHREAD.Tcb.AbOwnedEntryCount");
-_Static_assert(offsetof(struct _ETHREAD, Tcb._Padding6) == 0x368, "_ETHREAD.Tcb._Padding6");
+_Static_assert(offsetof(struct _ETHREAD, Tcb._Padding7) == 0x368, "_ETHREAD.Tcb._Padding7");
 _Static_assert(offsetof(struct _ETHREAD, _Padding1) == 0x430, "_ETHREAD._Padding1");
 _Static_assert(offsetof(struct _ETHREAD, StartAddress) == 0x450, "_ETHREAD.StartAddress");
 _Static_assert(offsetof(struct _ETHREAD, _Padding2) == 0x458, "_ETHREAD._Padding2");
