@@ -35,6 +35,8 @@ ARM64_BUILD_LAYOUTS: Dict[str, Tuple[int, Dict[str, Tuple[int, str]]]] = {
     }),
     # ApcState (a _KAPC_STATE) is at 0x90 and its Process at +0x20.
     "_KTHREAD": (0x4A0, {
+        "StackLimit": (0x30, "ptr"),
+        "StackBase": (0x38, "ptr"),
         "ApcState.Process": (0xB0, "ptr"),
         "Process": (0x240, "ptr"),
         "ThreadListEntry": (0x318, "struct"),

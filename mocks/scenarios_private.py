@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from pykd_ext.targets.base import PAGE_SIZE, BugCheck, Module
 
 from . import real_layouts
+from .arm64_layouts import arm64_layout
 from .memory import SymbolFit
 from .scenarios import IRP_MJ_READ, Driver, Scenario
 from .scenarios_family import DRIVER_DATA, FamilyScene
@@ -112,11 +113,18 @@ class PrivateScene(FamilyScene):
 
     def thread_with_stack(self, process: int, thread: int, stack_size: int = 0x6000) -> Tuple[int, int]:
         """Link ``thread`` into the process's thread list and give it a kernel stack (x64: build 19041's
-        offsets from real_layouts); returns the stack's (limit, base). x86: the stack only."""
+        offsets from real_layouts; ARM64: the test kernel's, mocks/arm64_layouts.py); returns the stack's
+        (limit, base). x86: the stack only."""
         limit = self.alloc(stack_size, align=PAGE_SIZE)
         base = limit + stack_size
         if self.pointer_size == 8:
-            offsets = real_layouts.thread_stack_and_list_offsets()
+            if self.arch == "arm64":
+                offsets = {"StackLimit": arm64_layout("_KTHREAD").offset("StackLimit"),
+                           "StackBase": arm64_layout("_KTHREAD").offset("StackBase"),
+                           "ThreadListHead": arm64_layout("_EPROCESS").offset("ThreadListHead"),
+                           "ThreadListEntry": arm64_layout("_ETHREAD").offset("ThreadListEntry")}
+            else:
+                offsets = real_layouts.thread_stack_and_list_offsets()
             head, link = process + offsets["ThreadListHead"], thread + offsets["ThreadListEntry"]
             for entry, following in ((head, link), (link, head)):  # LIST_ENTRY: Flink, then Blink (§4.6)
                 self.write_pointer(entry, following)
@@ -202,7 +210,8 @@ def case_0x76_private(arch: str = "x64", seed: int = 7, noise_pages: int = 48, l
     expected["devices"] = devices
     # ... and on the kernel stack of the process's thread.
     scene.write_pointer(stack_base - 0x2F8, mdls[0])
-    holders[mdls[0]].append("kernel_stack" if x64 else "unknown")
+    # (ARM64's thread and stack fields come from the kernel's symbols only; x86's list is not linked.)
+    holders[mdls[0]].append("kernel_stack" if x64 or (arch == "arm64" and fit) else "unknown")
     expected["stack"] = (stack_limit, stack_base)
 
     extras_in_blocks = [m for index, m in enumerate(extras) if index % 2 == 1]
@@ -241,7 +250,7 @@ def case_0x76_private(arch: str = "x64", seed: int = 7, noise_pages: int = 48, l
     scene.write_pointer(stale_block + 0x10, stale)
     expected["stale_holder"] = stale_block + 0x10
 
-    if x64:
+    if scene.pointer_size == 8:
         scene.write(victim + scene.layout("_EPROCESS").offset("NumberOfLockedPages"), struct.pack("<Q", locked_pages))
     expected["locked_pages"] = locked_pages
     scene.noise(noise_pages)

@@ -23,6 +23,7 @@ from mocks.memory import SymbolFit
 from mocks.scenarios import KINDS_0x76, case_0x76
 from mocks.scenarios_family import (DRIVER_DATA, case_0x4e, case_0x76_tracked, case_0x153, case_0x162, case_0x192,
                                     case_0xcb, case_0xd9)
+from mocks.scenarios_private import case_0x76_private
 from pykd_ext.sources import open_dump
 from pykd_ext.analyses import analyze
 from pykd_ext.arch import ARM64
@@ -253,6 +254,31 @@ def test_with_the_kernels_symbols_every_layout_comes_from_them(capsys, dumps, ho
     assert not any("ARM64" in w for w in report["warnings"])
     irp = report["irps"][0]
     assert (irp["thread_process_id"], irp["thread_id"]) == (0x3A8, 0x61C)  # the thread's Cid, through _ETHREAD
+
+
+@pytest.mark.parametrize("symbols", [False, True], ids=["without symbols", "with symbols"])
+def test_an_arm64_private_leak_names_the_driver_that_keeps_the_mdls(tmp_path, capsys, symbols):
+    """The locked MDLs no IRP holds (mocks/scenarios_private.py): a device extension, a global and tagged
+    pool blocks of shmdrv name it; the copy on the process's kernel stack is placed only where the kernel's
+    symbols give ARM64's _KTHREAD stack fields, and names nobody either way."""
+    scenario = case_0x76_private("arm64", noise_pages=4, fit=fit() if symbols else None)
+    path = str(tmp_path / "MEMORY.DMP")
+    write_dump(scenario.data, path)
+    code, report = run_json(capsys, "analyze", path, *(["--symbols", PDB] if symbols else []))
+    assert code == EXIT_SUSPECT
+    assert [(s["driver"], s["image"], s["confidence"]) for s in report["suspects"]] == \
+        [("\\Driver\\shmdrv", "shmdrv.sys", "high")]  # not innocent.sys nor oldflt.sys of the decoys
+    mdls = {int(m["address"], 16): m for m in report["mdls"]}
+    assert sorted(a for a, m in mdls.items() if m["locked"]) == sorted(scenario.expected["locked_mdls"])
+    for mdl, expected in scenario.expected["holders"].items():
+        found = {h["kind"] for h in mdls[mdl]["holders"]}
+        assert set(expected) <= found and found <= set(expected) | {"unknown"}, (hex(mdl), found)
+    low, high = scenario.expected["stack"]
+    (on_stack,) = [h for h in mdls[scenario.expected["locked_mdls"][0]]["holders"] if low <= int(h["address"], 16) < high]
+    assert on_stack["kind"] == ("kernel_stack" if symbols else "unknown") and on_stack["evidence"] is None
+    everywhere = [h for m in mdls.values() for h in m["holders"]]
+    assert scenario.expected["near_miss"] not in {int(h["address"], 16) for h in everywhere}
+    assert report["locked_pages"]["accounted"] == scenario.expected["locked_pages"]
 
 
 def test_an_x64_symbol_file_is_never_used_for_an_arm64_kernel(capsys, dumps):

@@ -275,6 +275,7 @@ def test_piped_modules_keep_one_line_per_module(dump):
     table = text.split("\nMODULES\n", 1)[1].split("\n\n", 1)[0].splitlines()
     header, rule, rows = table[0], table[1], table[2:]
     assert header.split() == ["start", "end", "timestamp", "module"]
+    assert set(rule.replace(" ", "")) == {"-"} and len(rule.split()) == 4
     assert all(len(row.split()) >= 4 and row.split()[-1].lower().endswith((".sys", ".exe", ".dll")) for row in rows)
 
 

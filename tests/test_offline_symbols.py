@@ -25,7 +25,6 @@ from mocks.scenarios import case_0x76
 from mocks.scenarios_family import case_0xcb
 from pykd_ext.cli import main
 from pykd_ext.console import EXIT_SUSPECT
-from pykd_ext.symbols.isf import IsfFile
 from pykd_ext.symbols.pdb import PdbFile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
