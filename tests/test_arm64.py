@@ -155,6 +155,25 @@ def test_the_arm64_walk_reads_descriptors_as_the_architecture_defines_them(virtu
     assert hand_made_tables().walk(virtual) == physical
 
 
+def test_the_range_walk_gives_each_mapped_page_of_a_range_and_skips_what_maps_nothing_at_once():
+    frames_read = []
+    tables = hand_made_tables()
+    read = tables._page
+    tables._page = lambda frame: frames_read.append(frame) or read(frame)
+    # The last two pages of the 2 MiB block, then the level-3 table: a page, one in transition, a
+    # prototype entry and a reserved encoding (neither maps), then nothing.
+    assert tables.mapped_pages(BASE + 0x401FE000, BASE + 0x40205000) == [
+        (BASE + 0x401FE000, 0x7FE000), (BASE + 0x401FF000, 0x7FF000),
+        (BASE + 0x40200000, 0x50000), (BASE + 0x40201000, 0x51000)]
+    assert tables.mapped_pages(BASE + 0x3FFFF000, BASE + 0x40001000) == [
+        (BASE + 0x3FFFF000, 0x7FFFF000), (BASE + 0x40000000, 0x600000)]  # the 1 GiB block, then the 2 MiB one
+    # 510 GiB that the level-1 table maps nothing of: one read of the top table and one of the level-1 table.
+    frames_read.clear()
+    assert tables.mapped_pages(BASE + 0x80000000, BASE + (0x1FF << 30)) == []
+    assert frames_read == [ROOT, LEVEL1]
+    assert tables.mapped_pages(0x0000800000000000, 0x0000800000002000) == []  # not canonical
+
+
 def test_the_reverse_walk_names_blocks_pages_and_transition_frames_and_skips_the_self_map():
     tables = hand_made_tables()
     found = tables.kernel_addresses([0x40012, 0x601, 0x50, 0x51, 0x52, 0x53, ROOT])

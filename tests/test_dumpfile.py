@@ -18,7 +18,7 @@ from pykd_ext.analyses import analyze
 from pykd_ext.session import KernelSession
 from pykd_ext.cli import main
 from pykd_ext.console import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_NO_HUNT, EXIT_NO_SUSPECT, EXIT_SUSPECT
-from pykd_ext.targets.base import TargetError
+from pykd_ext.targets.base import Target, TargetError
 from pykd_ext.targets.dumpfile import DumpFileTarget
 from pykd_ext.targets.dumpheader import (DUMP_BITMAP, DUMP_COMPLETE, DUMP_FULL, DUMP_KERNEL_MEMORY, DUMP_TRIAGE,
                                          H64_DUMP_TYPE, HEADER64_SIZE, RDMP_RANGES, DumpFileError)
@@ -326,6 +326,47 @@ def test_damaged_page_tables_give_a_partial_report_with_warnings(tmp_path, capsy
     assert any("page table(s)" in w and "not in the dump" in w for w in report["warnings"])
     assert any("no MDL pointing at the process" in w for w in report["warnings"])
     assert digest(path) == before
+
+
+def pages_as_ranges(pages, start, end):
+    ranges = []
+    for page in sorted(p for p in pages if start <= p < end):
+        if ranges and ranges[-1][1] == page:
+            ranges[-1] = (ranges[-1][0], page + 0x1000)
+        else:
+            ranges.append((page, page + 0x1000))
+    return ranges
+
+
+@pytest.mark.parametrize("damaged", [False, True], ids=["whole", "a page table dropped"])
+def test_the_readable_ranges_of_a_dump_are_the_pages_it_holds(tmp_path, scenarios, damaged):
+    """From one walk of the range's tables: the scene's pages (what the writer was given), less those a
+    dropped page table maps; the ranges say the same as reading the range page by page."""
+    scenario = scenarios["irp"]
+    image = DumpImage(scenario.data)
+    pages = dict(scenario.data.pages)
+    pool_page = scenario.expected["process"] & ~0xFFF
+    if damaged:
+        pdpt_frame = (image.entry(image.pml4, (pool_page >> 39) & 0x1FF) >> 12) & 0xFFFFFFFFFF
+        pd_frame = (image.entry(pdpt_frame, (pool_page >> 30) & 0x1FF) >> 12) & 0xFFFFFFFFFF
+        del image.tables[(image.entry(pd_frame, (pool_page >> 21) & 0x1FF) >> 12) & 0xFFFFFFFFFF]
+        table_span = pool_page & ~0x1FFFFF
+        pages = {p: c for p, c in pages.items() if not table_span <= p < table_span + 0x200000}
+    path = str(tmp_path / "MEMORY.DMP")
+    image.write(path)
+    # The pool and the images, each apart from the tables' self-map (0xFFFFF680`00000000, 512 GiB).
+    pool = sorted(p for p in scenario.data.pages if p < 0xFFFFF68000000000)
+    images = sorted(p for p in scenario.data.pages if p >= 0xFFFFF70000000000)
+    target = open_dump(path)
+    try:
+        for start, end in ((pool[0], pool[-1] + 0x1000), (pool[0] + 0x10, pool[-1] + 0xFF0),
+                           (images[0] - 0x5000, images[-1] + 0x3000), (pool_page + 0x18, pool_page + 0x2008)):
+            expected = [(max(a, start), min(b, end)) for a, b in pages_as_ranges(pages, start & ~0xFFF, end)]
+            assert target.readable_ranges(start, end - start) == expected
+            assert Target.readable_ranges(target, start, end - start) == expected  # by reading
+        assert target.readable_ranges(0x00007FFFFFFFF000, 0x2000) == []  # across the non-canonical hole
+    finally:
+        target.close()
 
 
 def test_an_unknown_dump_type_gives_the_bug_check_only(tmp_path, capsys, scenarios):

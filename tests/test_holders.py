@@ -24,8 +24,10 @@ from pykd_ext.analyses.holders import (DEVICE_HOLDER, IMAGE_HOLDER, KERNEL_POOL_
 from pykd_ext.cli import main
 from pykd_ext.evidence import (DEVICE_EXTENSION, DRIVER_GLOBAL, EVIDENCE_KINDS, HOLDING_BLOCK, IRP_CURRENT_LOCATION,
                                LOCKER_STACK, OTHER_EVIDENCE, POOL_TAG)
+from pykd_ext.kernel.images import TAG_SEARCH_CHUNK, find_tags_in_images
 from pykd_ext.render.jsonout import render_json
 from pykd_ext.render.text import render_dml, render_text
+from pykd_ext.sources import open_dump
 from pykd_ext.symbols.isf import IsfFile
 from pykd_ext.targets.base import BugCheck
 from pykd_ext.targets.snapshot import SnapshotTarget, load_snapshot
@@ -365,6 +367,38 @@ def test_a_tag_found_in_hundreds_of_images_names_no_driver():
     report = hunt(scene, process, 1)
     (holder,) = [h for h in holders_of(report, mdl) if h.kind == POOL_HOLDER]
     assert len(holder.tag_images) == 200 and holder.evidence is None and report.suspects == []
+
+
+@pytest.mark.parametrize("source", ["snapshot", "dump file"])
+def test_the_tag_search_reads_what_is_in_memory_and_matches_no_tag_across_a_gap(tmp_path, source):
+    """A tag split over two pages that are both in memory is found, also across two reads of the search;
+    one split over a gap (the page between is not in memory) is not; the bytes not in memory are counted.
+    The snapshot answers by reading, the dump file from one walk of each image's tables."""
+    scene, process, drivers, mdl = scene_with_mdl()
+    keeper = drivers["keeper"].module
+    scene.write(keeper.base + 0x5FFE, b"Sp")  # Spl1 across 0x6000, both pages written
+    scene.write(keeper.base + 0x6000, b"l1")
+    scene.write(keeper.base + 0x8FFE, b"Ga")  # Gap1: 0x9000 is never written, the rest at 0xA000
+    scene.write(keeper.base + 0xA000, b"p1")
+    kernel_chunk = scene.kernel.base + TAG_SEARCH_CHUNK  # Chnk across the search's first read of the kernel
+    scene.write(kernel_chunk - 2, b"Ch")
+    scene.write(kernel_chunk, b"nk")
+    data = scene.finish_private(BugCheck(0x76, (0, process, 1, 0)), "tags")
+    if source == "snapshot":
+        target = SnapshotTarget(data)
+    else:
+        write_dump(data, str(tmp_path / "MEMORY.DMP"))
+        target = open_dump(str(tmp_path / "MEMORY.DMP"))
+    try:
+        modules = [scene.kernel, keeper]
+        found = find_tags_in_images(target, modules, ["Spl1", "Gap1", "Chnk"])
+        assert [m.image for m in found.holders("Spl1")] == ["keeper.sys"]
+        assert [m.image for m in found.holders("Chnk")] == ["ntoskrnl.exe"]
+        assert found.holders("Gap1") == []
+        held = {m.image: sum(1 for page in data.pages if m.base <= page < m.base + m.size) for m in modules}
+        assert found.unread == {m.image: m.size - held[m.image] * 0x1000 for m in modules}
+    finally:
+        target.close()
 
 
 def test_an_address_copied_hundreds_of_times_is_classified_up_to_the_cap():

@@ -99,16 +99,56 @@ class PageTables:
             return (entry & mask) + (address & (TABLE_BYTES - 1))
         return None
 
+    def mapped_pages(self, start: int, end: int) -> List[Tuple[int, int]]:
+        """(virtual page, physical address) of every page of ``[start, end)`` (page aligned) that the
+        tables map, as ``walk`` would find them, in address order. An entry that maps
+        nothing skips its whole span (512 GiB, 1 GiB or 2 MiB) at once, so a large range that is mostly
+        unmapped costs a few table reads rather than a walk per page."""
+        found: List[Tuple[int, int]] = []
+        half = 1 << (self.paging.virtual_address_bits - 1)
+        for low, high in ((start, min(end, half)), (max(start, self.paging.canonical(half)), end)):
+            if low < high:  # the part in one canonical half (nothing between them is an address)
+                self._mapped_in(self.root_pfn, 0, low, high, found)
+        return found
+
+    def _mapped_in(self, table: int, level: int, start: int, end: int, found: List[Tuple[int, int]]) -> None:
+        content = self._table(table, start)
+        if content is None:
+            return
+        shift = LEVEL_SHIFTS[level]
+        span = 1 << shift
+        mask = self.paging.address_mask
+        address = start
+        while address < end:
+            entry = struct.unpack_from("<Q", content, ((address >> shift) & 0x1FF) * 8)[0]
+            following = min(end, (address | (span - 1)) + 1)
+            if level == 3:
+                if any(entry & test_mask == value for test_mask, value in self.paging.page):
+                    found.append((address, entry & mask))
+            else:
+                _, block_mask, block_value, table_mask, table_value = self._upper_levels[level]
+                if entry & block_mask == block_value:
+                    base = entry & mask & ~(span - 1)
+                    found.extend((page, base + (page & (span - 1))) for page in range(address, following, TABLE_BYTES))
+                elif entry & table_mask == table_value:
+                    self._mapped_in((entry & mask) >> 12, level + 1, address, following, found)
+            address = following
+
     def _entry(self, table: int, address: int, shift: int) -> Optional[int]:
         """The entry of ``table`` (a frame) that ``address`` selects at the level of ``shift``, or None when
-        the memory lacks the table (counted when it is a kernel table: a kernel or complete dump holds
-        every one)."""
-        content = self._page(table)
+        the memory lacks the table."""
+        content = self._table(table, address)
         if content is None:
-            if address >> (self.paging.virtual_address_bits - 1) & 1:
-                self.missing_tables.add(table)
             return None
         return struct.unpack_from("<Q", content, ((address >> shift) & 0x1FF) * 8)[0]
+
+    def _table(self, table: int, address: int) -> Optional[bytes]:
+        """The page table ``table`` (a frame) that a walk of ``address`` reads, or None when the memory
+        lacks it (counted when it is a kernel table: a kernel or complete dump holds every one)."""
+        content = self._page(table)
+        if content is None and address >> (self.paging.virtual_address_bits - 1) & 1:
+            self.missing_tables.add(table)
+        return content
 
     def kernel_half_problem(self) -> str:
         """Why no kernel address can be translated (the top-level table missing, or mapping nothing of

@@ -16,11 +16,10 @@ IMAGE_DOS_SIGNATURE = 0x5A4D  # "MZ"
 IMAGE_NT_SIGNATURE = 0x00004550  # "PE\0\0"
 MAX_SECTIONS = 96
 
-# The tag search reads images this many bytes at a time (a part that is not all in memory: that many
-# again, then page by page), and at most this many bytes in all (the kernel and a few hundred drivers
-# are a few hundred MiB at most).
+# The tag search reads the parts of images that are in memory (Target.readable_ranges) this many bytes
+# at a time, and at most this many bytes in all (the kernel and a few hundred drivers are a few hundred
+# MiB at most).
 TAG_SEARCH_CHUNK = 1 << 20
-TAG_SEARCH_PART = 1 << 16
 MAX_TAG_SEARCH_BYTES = 1 << 30
 # Tags looked for in one search at most (the blocks of one hunt level share a handful).
 MAX_TAGS_SEARCHED = 256
@@ -116,30 +115,14 @@ def _search_image(target: Target, base: int, size: int, patterns: List[bytes]) -
                 found[index] = True
 
     position, end = base, base + size
+    read_up_to = base  # where the last piece read ended
     while position < end and not all(found):
         length = min(TAG_SEARCH_CHUNK, end - position)
-        pieces, missing = _readable_pieces(target, position, length, TAG_SEARCH_PART)
-        unread += missing
-        for piece in pieces:
-            look(carry + piece)
-            carry = piece[-3:]
+        unread += length
+        for start, stop in target.readable_ranges(position, length):
+            piece = target.read(start, stop - start)
+            look((carry if start == read_up_to else b"") + piece)  # no constant is matched across a gap
+            carry, read_up_to = piece[-3:], stop
+            unread -= stop - start
         position += length
     return found, unread
-
-
-def _readable_pieces(target: Target, start: int, length: int, part: int) -> Tuple[List[bytes], int]:
-    """``[start, start + length)`` as the pieces that can be read (b"" where one cannot, so that no constant
-    is matched across a gap), in parts of ``part`` bytes and then pages; and the bytes that could not."""
-    try:
-        return [target.read(start, length)], 0
-    except MemoryReadError:
-        if length <= PAGE_SIZE:
-            return [b""], length
-    pieces: List[bytes] = []
-    missing = 0
-    step = part if part < length else PAGE_SIZE
-    for piece_start in range(start, start + length, step):
-        found, gone = _readable_pieces(target, piece_start, min(step, start + length - piece_start), PAGE_SIZE)
-        pieces.extend(found)
-        missing += gone
-    return pieces, missing

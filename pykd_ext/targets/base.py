@@ -14,6 +14,8 @@ from ..arch import Arch, arch_named
 from ..typeinfo import TypeInfo
 
 PAGE_SIZE = 0x1000
+# readable_ranges by reading: a range that cannot be read whole is tried in parts this large, then pages.
+READABLE_PART = 1 << 16
 
 # Physical addresses have at most 52 bits (x64, ARM64), so page frame numbers at most 40.
 MAX_PFN = (1 << 40) - 1
@@ -348,13 +350,17 @@ class Target:
         raise SearchUnavailable("this source cannot collect object headers while it searches")
 
     def readable_ranges(self, address: int, size: int) -> List[Tuple[int, int]]:
-        """The parts (start, end) of ``[address, address + size)`` that ``read`` can give: all of it or
-        nothing for most sources; a small dump holds memory in pieces smaller than a page."""
-        try:
-            self.read(address, size)
-        except MemoryReadError:
-            return []
-        return [(address, address + size)]
+        """The parts (start, end) of ``[address, address + size)`` that ``read`` can give, in address
+        order. Here by reading: the whole, else parts of READABLE_PART bytes, else pages (a page is read
+        whole or not at all); a source that knows what it holds answers without reading (a dump file
+        from its page tables, a small dump from its memory list, which holds pieces smaller than a page)."""
+        ranges: List[Tuple[int, int]] = []
+        for start, end in _readable_parts(self, address, address + size, READABLE_PART):
+            if ranges and ranges[-1][1] == start:
+                ranges[-1] = (ranges[-1][0], end)
+            else:
+                ranges.append((start, end))
+        return ranges
 
     def crash_facts(self) -> Optional[CrashFacts]:
         """What the source recorded about the crash besides memory (a small dump's triage data), or None."""
@@ -424,6 +430,19 @@ class Target:
         that fits in a pointer. Pool allocations are at least pointer aligned."""
         return (address < 1 << (8 * self.pointer_size) and address % self.pointer_size == 0
                 and self.is_kernel_address(address))
+
+
+def _readable_parts(target: Target, start: int, end: int, part: int) -> List[Tuple[int, int]]:
+    try:
+        target.read(start, end - start)
+        return [(start, end)]
+    except MemoryReadError:
+        if end - start <= PAGE_SIZE:
+            return []
+    step = part if part < end - start else PAGE_SIZE
+    first_step = min(end, (start // step + 1) * step)  # later parts aligned, as pages are
+    bounds = [start] + list(range(first_step, end, step)) + [end]
+    return [r for low, high in zip(bounds, bounds[1:]) for r in _readable_parts(target, low, high, PAGE_SIZE)]
 
 
 def read_from_pages(address: int, size: int, page_at: Callable[[int], Optional[bytes]], missing: str,

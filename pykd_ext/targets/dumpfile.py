@@ -282,6 +282,23 @@ class DumpFileTarget(Target):
                 self._virtual_pages[page] = content
         return content
 
+    def readable_ranges(self, address: int, size: int) -> List[Tuple[int, int]]:
+        """The pages of the range that the tables map and the dump holds, from one walk of the range's
+        tables (not a walk per page)."""
+        if self._page_tables is None or size <= 0 or self.layout is None:
+            return []
+        first, end = address & ~(PAGE_SIZE - 1), address + size
+        ranges: List[Tuple[int, int]] = []
+        for page, physical in self._page_tables.mapped_pages(first, (end + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)):
+            if self.layout.file_offset_of(physical >> 12) is None:
+                continue
+            low, high = max(page, address), min(page + PAGE_SIZE, end)
+            if ranges and ranges[-1][1] == low:
+                ranges[-1] = (ranges[-1][0], high)
+            else:
+                ranges.append((low, high))
+        return ranges
+
     # ---- search ----------------------------------------------------------------------------------
 
     def search_pointers(self, values: Iterable[int], pfn_range: Optional[PfnRange] = None,
