@@ -23,7 +23,9 @@ measures side by side:
   it), and of kdmp-parser's ``Parse`` alone, each in a fresh process;
 * with ``--arches x64,arm64`` (the default), the IRP case's hunt on an ARM64 dump of the same memory (the
   same scenario and noise, ARM64 translation tables and context), the warm hunts of the two dumps
-  interleaved: the ARM64/x64 ratio.
+  interleaved: the ARM64/x64 ratio;
+* with ``--compare CHECKOUT``, the warm hunt of every case by that checkout's code beside this one's,
+  each in a process of its own, interleaved: before/after ratios of one run.
 
 "cold": the file is evicted from the page cache first (``posix_fadvise(DONTNEED)``, Linux; on a VM the
 host may still cache it). "warm": the file is in the page cache. Each measurement is repeated
@@ -212,11 +214,18 @@ try:
 except ImportError:  # a checkout from before open_dump
     from pykd_ext.targets.dumpfile import DumpFileTarget
     open_dump = DumpFileTarget.open
+symbol_files = {}
 for line in sys.stdin:
+    path, _, symbol_path = line.rstrip("\\n").partition("\\t")
+    if symbol_path and symbol_path not in symbol_files:  # opened once, as the benchmark's own hunt has it
+        from pykd_ext.session import open_session
+        from pykd_ext.symbols.isf import IsfFile
+        symbol_files[symbol_path] = IsfFile.open(symbol_path)
     start, start_cpu = time.perf_counter(), time.thread_time()
-    target = open_dump(line.strip())
+    target = open_dump(path)
     try:
-        render_json(analyze(target))
+        render_json(analyze(open_session(target, symbol_files=[symbol_files[symbol_path]]) if symbol_path
+                            else target))
     finally:
         target.close()
     print(time.perf_counter() - start, time.thread_time() - start_cpu, flush=True)
@@ -232,9 +241,10 @@ class CheckoutHunt:
         self._process = subprocess.Popen([sys.executable, "-c", COMPARE_WORKER, os.path.abspath(root)],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    def hunt_seconds(self, path: str) -> Tuple[float, float]:
-        """Seconds of the hunt, and of its main thread's CPU (the Python work beyond the search threads)."""
-        self._process.stdin.write(path + "\n")
+    def hunt_seconds(self, path: str, symbol_path: str = "") -> Tuple[float, float]:
+        """Seconds of the hunt (with the ISF file ``symbol_path`` given, as the private cases have it), and
+        of its main thread's CPU (the Python work beyond the search threads)."""
+        self._process.stdin.write(f"{path}\t{symbol_path}\n")
         self._process.stdin.flush()
         answer = self._process.stdout.readline().split()
         if len(answer) != 2:
@@ -246,16 +256,16 @@ class CheckoutHunt:
         self._process.wait()
 
 
-def hunts_compared(path: str, checkouts, repeat: int):
+def hunts_compared(path: str, checkouts, repeat: int, symbol_path: str = ""):
     """Median warm hunt/read, hunt seconds and main-thread CPU seconds of each checkout (each in its own
     process), every hunt right after a read of its own, the checkouts in turn ``repeat`` times."""
     for checkout in checkouts:
-        checkout.hunt_seconds(path)
+        checkout.hunt_seconds(path, symbol_path)
     runs = [[] for _ in checkouts]
     for _ in range(repeat):
         for checkout, times in zip(checkouts, runs):
             read = seconds(stream_read, path)
-            hunt_time, main_thread_cpu = checkout.hunt_seconds(path)
+            hunt_time, main_thread_cpu = checkout.hunt_seconds(path, symbol_path)
             times.append((hunt_time / read, hunt_time, main_thread_cpu))
     return [tuple(statistics.median(column) for column in zip(*times)) for times in runs]
 
@@ -375,8 +385,9 @@ def main() -> int:
             hunt_rows.append((f"{leaked} {case}", report, cold, warm, warm_read, peaks))
             print(f"  hunt: cold {cold[0]:.2f} reads, warm {warm[0]:.2f} reads (reading the file: {warm_read[0]:.2f}), "
                   f"peak RSS {peaks[0]:.0f} MiB (reading the file: {peaks[1]:.0f} MiB)", flush=True)
-            if compared and case == "irp":
-                compare_rows.append((leaked, hunts_compared(path, compared, args.repeat)))
+            if compared:
+                compare_rows.append((f"{leaked} {case}", hunts_compared(path, compared, args.repeat,
+                                                                       ISF_19041 if case_symbols else "")))
                 print("  warm hunt, interleaved: " + ", ".join(
                     f"{checkout.name} {ratio:.2f} reads" for checkout, (ratio, _, _) in zip(compared, compare_rows[-1][1])),
                     flush=True)

@@ -204,9 +204,10 @@ class IsfFile(SymbolFile):
 
     def _read_symbols(self, symbols: Mapping[str, Any]) -> Dict[str, int]:
         addresses: Dict[str, int] = {}
-        for name, entry in symbols.items():
-            address = entry.get("address") if isinstance(entry, dict) else None
-            if not _is_count(address) or address >= 1 << 64:
+        limit = 1 << 64
+        for name, entry in symbols.items():  # tens of thousands: the test is inline (a bool is no address)
+            address = entry.get("address") if type(entry) is dict else None
+            if type(address) is not int or not 0 <= address < limit:
                 raise SymbolFileError(f"{self._error}: symbol {name[:80]!r} has no valid address")
             addresses[name] = address
         return addresses
