@@ -111,12 +111,10 @@ CONTEXT_FLAGS = 0x30
 CONTEXT_MXCSR = 0x34
 CONTEXT_SEGMENTS = 0x38  # SegCs, SegDs, SegEs, SegFs, SegGs, SegSs (u16 each)
 CONTEXT_EFLAGS = 0x44
-CONTEXT_RCX = 0x80
-CONTEXT_RDX = 0x88
-CONTEXT_RSP = 0x98
-CONTEXT_R8 = 0xB8
-CONTEXT_R9 = 0xC0
-CONTEXT_RIP = 0xF8
+# Rax, Rcx, Rdx, Rbx, Rsp, Rbp, Rsi, Rdi, R8-R15 from 0x78, then Rip at 0xF8 (8 bytes each).
+CONTEXT_INTEGER = {name: 0x78 + 8 * index for index, name in enumerate(
+    ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+     "rip"))}
 CONTEXT_FLTSAVE_MXCSR = 0x118  # XMM_SAVE_AREA32.MxCsr inside FltSave at 0x100
 CONTEXT_AMD64_FULL = 0x10000B  # CONTEXT_AMD64 | CONTROL | INTEGER | FLOATING_POINT
 MXCSR_DEFAULT = 0x1F80
@@ -159,6 +157,28 @@ class NoiseRegion:
         out = np.where(roll < 17, pool, np.where(roll < 35, elsewhere, np.where(
             roll < 55, values & np.uint64(0xFFFF), np.where(roll < 80, np.uint64(0), values))))
         return out.astype("<u8").tobytes()
+
+
+def kernel_context(data) -> Dict[str, int]:
+    """The registers a kernel dump of ``data`` records in its header (and that a debugger's ``r`` shows
+    for it), by the debugger's names: KeBugCheckEx's as it is entered (x64: the code in rcx, P1..P3 in
+    rdx, r8, r9, rip in nt; ARM64: the code in x0, P1..P4 in x1..x4, pc and lr in nt), with the registers
+    of ``data.crash_facts`` over them when the scene places the crash in code of its own."""
+    kernel = next((m for m in data.modules if m.name == "nt"), None)
+    code, parameters = data.bugcheck.code, tuple(data.bugcheck.parameters)
+    if data.arch == "arm64":
+        registers = {f"x{index}": 0 for index in range(29)}
+        registers.update({f"x{index}": value for index, value in enumerate((code,) + parameters)})
+        registers.update(sp=ARM64_SP, fp=ARM64_SP + 0x40, pc=kernel.base + ARM64_PC_OFFSET if kernel else 0,
+                         lr=kernel.base + ARM64_LR_OFFSET if kernel else 0)
+    else:
+        registers = dict.fromkeys(CONTEXT_INTEGER, 0)
+        registers.update(rcx=code, rdx=parameters[0], r8=parameters[1], r9=parameters[2], rsp=0xFFFFF8031F7FEE18,
+                         rip=kernel.base + 0x1000 if kernel else 0, efl=0x282)
+    if data.crash_facts is not None:  # leakhunt's names are the debugger's but for x64's flags
+        recorded = {"efl" if name == "eflags" else name: value for name, value in data.crash_facts.registers}
+        registers.update((name, value) for name, value in recorded.items() if name in registers)
+    return registers
 
 
 class DumpImage:
@@ -387,32 +407,27 @@ class DumpImage:
                              base, count)
 
     def _context(self, header: bytearray) -> None:
-        """Registers as KeBugCheckEx sees them: code in rcx, P1..P3 in rdx, r8, r9, rip in the kernel."""
+        """The x64 CONTEXT of kernel_context(): its integer registers and eflags, in kernel mode."""
         base = H64_CONTEXT_RECORD
         header[base:base + 0x4D0] = bytes(0x4D0)
-        code, p1, p2, p3 = (self.data.bugcheck.code,) + tuple(self.data.bugcheck.parameters[:3])
-        kernel = next((m for m in self.data.modules if m.name == "nt"), None)
+        registers = kernel_context(self.data)
         for offset, fmt, value in ((CONTEXT_FLAGS, "<I", CONTEXT_AMD64_FULL), (CONTEXT_MXCSR, "<I", MXCSR_DEFAULT),
-                                   (CONTEXT_EFLAGS, "<I", 0x282), (CONTEXT_RCX, "<Q", code), (CONTEXT_RDX, "<Q", p1),
-                                   (CONTEXT_R8, "<Q", p2), (CONTEXT_R9, "<Q", p3),
-                                   (CONTEXT_RSP, "<Q", 0xFFFFF8031F7FEE18),
-                                   (CONTEXT_RIP, "<Q", kernel.base + 0x1000 if kernel else 0),
-                                   (CONTEXT_FLTSAVE_MXCSR, "<I", MXCSR_DEFAULT)):
+                                   (CONTEXT_EFLAGS, "<I", registers["efl"]), (CONTEXT_FLTSAVE_MXCSR, "<I", MXCSR_DEFAULT)):
             struct.pack_into(fmt, header, base + offset, value)
+        for name, offset in CONTEXT_INTEGER.items():
+            struct.pack_into("<Q", header, base + offset, registers[name])
         # SegCs, SegDs, SegEs, SegFs, SegGs, SegSs of kernel mode.
         struct.pack_into("<6H", header, base + CONTEXT_SEGMENTS, 0x10, 0x2B, 0x2B, 0x53, 0x2B, 0x18)
 
     def _arm64_context(self, header: bytearray) -> None:
-        """Registers as KeBugCheckEx sees them on ARM64: the code in x0, P1..P4 in x1..x4, pc and lr in nt."""
+        """The ARM64 CONTEXT of kernel_context(), at EL1."""
         base = H64_CONTEXT_RECORD
         header[base:base + ARM64_CONTEXT_SIZE] = bytes(ARM64_CONTEXT_SIZE)
-        kernel = next((m for m in self.data.modules if m.name == "nt"), None)
+        registers = kernel_context(self.data)
         values = [(ARM64_CONTEXT_FLAGS, "<I", ARM64_CONTEXT_FULL), (ARM64_CONTEXT_CPSR, "<I", ARM64_CPSR_EL1H),
-                  (ARM64_CONTEXT_SP, "<Q", ARM64_SP), (ARM64_CONTEXT_FP, "<Q", ARM64_SP + 0x40),
-                  (ARM64_CONTEXT_PC, "<Q", kernel.base + ARM64_PC_OFFSET if kernel else 0),
-                  (ARM64_CONTEXT_LR, "<Q", kernel.base + ARM64_LR_OFFSET if kernel else 0)]
-        arguments = (self.data.bugcheck.code,) + tuple(self.data.bugcheck.parameters)
-        values += [(ARM64_CONTEXT_X0 + 8 * index, "<Q", value) for index, value in enumerate(arguments)]
+                  (ARM64_CONTEXT_SP, "<Q", registers["sp"]), (ARM64_CONTEXT_FP, "<Q", registers["fp"]),
+                  (ARM64_CONTEXT_PC, "<Q", registers["pc"]), (ARM64_CONTEXT_LR, "<Q", registers["lr"])]
+        values += [(ARM64_CONTEXT_X0 + 8 * index, "<Q", registers[f"x{index}"]) for index in range(29)]
         for offset, fmt, value in values:
             struct.pack_into(fmt, header, base + offset, value)
 
@@ -669,8 +684,8 @@ def _small_dump_header64(header: bytearray, data: SnapshotData, processors: int,
     struct.pack_into("<4Q", header, H64_BUGCHECK_PARAMETERS, *data.bugcheck.parameters)
     header[H64_CONTEXT_RECORD:H64_CONTEXT_RECORD + 0x4D0] = bytes(0x4D0)
     struct.pack_into("<I", header, H64_CONTEXT_RECORD + CONTEXT_FLAGS, CONTEXT_AMD64_FULL)
-    struct.pack_into("<Q", header, H64_CONTEXT_RECORD + CONTEXT_RIP, stack_values[0] if stack_values else 0)
-    struct.pack_into("<Q", header, H64_CONTEXT_RECORD + CONTEXT_RSP, stack_va)
+    struct.pack_into("<Q", header, H64_CONTEXT_RECORD + CONTEXT_INTEGER["rip"], stack_values[0] if stack_values else 0)
+    struct.pack_into("<Q", header, H64_CONTEXT_RECORD + CONTEXT_INTEGER["rsp"], stack_va)
     header[0xF00:0xF98] = bytes(0x98)  # the EXCEPTION_RECORD64
     struct.pack_into("<I", header, H64_DUMP_TYPE, dump_type)
     struct.pack_into("<Q", header, H64_REQUIRED_DUMP_SPACE, size)

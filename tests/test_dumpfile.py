@@ -107,6 +107,15 @@ def test_a_dump_gives_the_findings_of_the_pykd_session(tmp_path, scenarios, kind
         assert from_dump.searches == 1 + bool(unheld) and through_pykd.searches == 1 + bool(from_dump.mdls)
     del dump_findings["search_passes"], pykd_findings["search_passes"]
     assert dump_findings == pykd_findings
+    # The debugger's current context is the dump header's: the same registers, the same stack from them
+    # (named apart: the debugger knows a symbol at the kernel address the context points to).
+    def unnamed(report):
+        stack = report.as_dict()["call_stack"]
+        for entry in stack["frames"] + stack["scan_below"]:
+            del entry["symbol"]
+        return [(r["name"], r["value"]) for r in report.as_dict()["registers"]], stack
+
+    assert unnamed(through_pykd) == unnamed(from_dump) and through_pykd.registers
 
 
 @pytest.mark.parametrize("dump_type", [DUMP_KERNEL_MEMORY, DUMP_COMPLETE], ids=["kernel-ranges", "complete-ranges"])

@@ -14,12 +14,15 @@ if MOCKS not in sys.path:
 import pykd  # noqa: E402,F401  (the stand-in)
 from pykd import _control  # noqa: E402
 
+import unwind_harness as harness  # noqa: E402
 from mocks.scenarios import KINDS_0x76, case_0x76  # noqa: E402
-from pykd_ext.analyses import analyze  # noqa: E402
+from pykd_ext.analyses import Options, analyze  # noqa: E402
+from pykd_ext.run import run_analysis  # noqa: E402
 from pykd_ext.session import KernelSession  # noqa: E402
-from pykd_ext.targets.base import MemoryReadError, PfnRange, SearchUnavailable, TargetError  # noqa: E402
+from pykd_ext.targets.base import (CrashFacts, MemoryReadError, Module, PfnRange, SearchUnavailable,  # noqa: E402
+                                   TargetError)
 from pykd_ext.targets.pykd_target import SEARCH_NATIVE, SEARCH_SCAN, NotKernelTarget, PykdTarget  # noqa: E402
-from pykd_ext.targets.snapshot import SnapshotTarget  # noqa: E402
+from pykd_ext.targets.snapshot import SnapshotTarget, load_snapshot  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -207,3 +210,38 @@ def test_search_output_that_cannot_be_trusted_is_not_used(monkeypatch, printed, 
     monkeypatch.setattr(pykd, "dbgCommand", lambda command, suppress=True, mask=1: printed)
     with pytest.raises(SearchUnavailable, match=message):
         target.search_pointers([scenario.expected["process"]])
+
+
+# ---- the crashing processor's context and the stack unwound from it ----------------------------------
+
+def test_the_stack_is_unwound_from_the_debuggers_context_through_its_memory(tmp_path):
+    """A crash stopped in the clang-built test image's innermost leaf (run under an x86-64 emulator, which
+    records every live call): through pykd, the registers of the debugger's context (``reg``) and the
+    image and stack in its memory give the frames the emulator recorded, and a recording replays them."""
+    pytest.importorskip("unicorn")
+    pe, symbols = harness.MappedPe(harness.TEST_IMAGE), harness.read_link_map()
+    emulation = harness.Emulation(pe)
+    emulation.stop_at = symbols["deepest_point"]
+    emulation.run(symbols["asm_chain"])
+    scenario = case_0x76("x64", "irp", noise_pages=0)
+    data = scenario.data
+    # The image where the emulator ran it (the debugger's module list has it), the used part of the stack.
+    data.modules.append(Module("unwind_x64", "unwind_x64.exe", harness.IMAGE_BASE, pe.size))
+    for offset in range(0, pe.size, 0x1000):
+        data.pages[harness.IMAGE_BASE + offset] = bytes(pe.mapped[offset:offset + 0x1000])
+    registers = emulation.registers(with_xmm=False)
+    for page in range(registers["rsp"] & ~0xFFF, harness.STACK_TOP, 0x1000):
+        data.pages[page] = emulation.read_stack(page, 0x1000)
+    data.crash_facts = CrashFacts(registers=tuple(registers.items()), from_triage=False)
+    _control.load(scenario)
+    snapshot = str(tmp_path / "case.snap")
+    report = run_analysis(PykdTarget(), Options(), record_path=snapshot)
+    stack = report.call_stack
+    assert stack.start == "the crashing processor's context" and stack.complete
+    assert [frame.return_address for frame in stack.frames] == \
+        [call.return_address for call in emulation.live_calls()] + [0]
+    assert [frame.ip for frame in stack.frames[1:]] == [call.return_address for call in emulation.live_calls()]
+    assert stack.frames[0].symbol == f"unwind_x64+{symbols['deepest_point'] - harness.IMAGE_BASE:#x}"
+    assert {r.name: r.value for r in report.registers}["rip"] == symbols["deepest_point"]
+    _control.unload()
+    assert analyze(SnapshotTarget(load_snapshot(snapshot))).as_dict()["call_stack"] == report.as_dict()["call_stack"]

@@ -194,6 +194,18 @@ def getSystemVersion() -> systemVersion:
 
 
 @_api
+def reg(name):
+    """A register of the current context: for a kernel dump, the context its header records
+    (mocks.dumpwriter.kernel_context), by the names WinDbg's ``r`` uses."""
+    from mocks.dumpwriter import kernel_context
+    registers = kernel_context(_target().data)
+    key = str(name).lower()
+    if key not in registers:
+        raise DbgException(f"Invalid register name {name!r}")
+    return registers[key]
+
+
+@_api
 def bugCheckData():
     target = _target()
     if not target.kernel or not target.bugcheck_data:

@@ -21,7 +21,7 @@ from ..arch import ARM64, X64, X86
 from ..search import ValueSet
 from ..search_output import SearchOutputError, SearchRow, parse_search_output
 from ..typeinfo import FieldInfo, TypeInfo
-from .base import (PAGE_SIZE, BugCheck, MemoryReadError, Module, PfnRange, ProgressCallback,
+from .base import (PAGE_SIZE, BugCheck, CrashFacts, MemoryReadError, Module, PfnRange, ProgressCallback,
                    SearchHit, SearchUnavailable, SymbolicAddress, SymbolNotFound, Target, TargetError,
                    sequence_to_bugcheck)
 
@@ -33,6 +33,8 @@ SEARCH_METHODS = (SEARCH_NATIVE, SEARCH_SCAN)
 DEFAULT_SEARCH = SEARCH_NATIVE
 # Pages per physical read of the scan (1 MiB).
 SCAN_CHUNK_PAGES = 256
+# Registers WinDbg names otherwise than leakhunt's reports do.
+DEBUGGER_REGISTER_NAMES = {"eflags": "efl"}
 
 _BUGCHECK_CODE = re.compile(r"Bugcheck code\s+([0-9A-Fa-f`]+)")
 _BUGCHECK_ARGUMENTS = re.compile(r"Arguments\s+([0-9A-Fa-f`]+(?:\s+[0-9A-Fa-f`]+){3})")
@@ -98,6 +100,7 @@ class PykdTarget(Target):
         self.description = f"WinDbg via pykd {pykd.__version__}: {'kernel crash dump' if dump else 'live kernel'}"
         self.max_pfn = self._highest_physical_page()
         self.has_type_info = self.type_info("nt!_MDL", ["Next"]) is not None
+        self._crash_facts: Optional[CrashFacts] = None
 
     # ---- addresses ------------------------------------------------------------------------------
 
@@ -126,6 +129,27 @@ class PykdTarget(Target):
         except pykd.DbgException as error:
             return self._bugcheck_from_command(_message(error))
         return self._bugcheck(values)
+
+    def crash_facts(self) -> Optional[CrashFacts]:
+        """The registers of the debugger's current context (in a crash dump, those of the processor that
+        crashed, as ``r`` shows them unless the user changed the context): the report shows them and
+        leakhunt unwinds the stack from them through pykd's memory and the images in memory, as it does
+        from a kernel dump's header context. None without a register context (or an architecture
+        leakhunt has no context layout for)."""
+        if self._crash_facts is None:
+            layout = self.architecture.context
+            if layout is None:
+                return None
+            registers = []
+            for name in layout.shown:
+                try:
+                    registers.append((name, int(pykd.reg(DEBUGGER_REGISTER_NAMES.get(name, name))) & self._mask))
+                except pykd.DbgException:
+                    continue
+            if layout.program_counter not in dict(registers):
+                return None
+            self._crash_facts = CrashFacts(registers=tuple(registers), from_triage=False)
+        return self._crash_facts
 
     def _bugcheck(self, values: Sequence[int]) -> BugCheck:
         check = sequence_to_bugcheck(values)
