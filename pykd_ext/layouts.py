@@ -302,6 +302,10 @@ OTHER_STABLE_LAYOUTS = {
 # nt!PoolBigPageTable) grew from 0x18 to 0x20 bytes between builds 19041 and 20348 (real PDBs).
 SYMBOLS_ONLY_LAYOUTS = {
     "_POOL_TRACKER_BIG_PAGES": [("Va", "ptr"), ("Key", "u32"), ("NumberOfBytes", "ptr")],
+    # x64: the volatile registers a trap handler saves, then the machine frame the CPU pushed (Rip..SegSs).
+    "_KTRAP_FRAME": [("Rax", "u64"), ("Rcx", "u64"), ("Rdx", "u64"), ("R8", "u64"), ("R9", "u64"), ("R10", "u64"),
+                     ("R11", "u64"), ("Rbp", "u64"), ("ErrorCode", "u64"), ("Rip", "u64"), ("SegCs", "u16"),
+                     ("EFlags", "u32"), ("Rsp", "u64"), ("SegSs", "u16")],
 }
 
 # ---- layouts that move between builds (windows-kernel.md §4.9), x64 only ----

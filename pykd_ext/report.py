@@ -495,11 +495,12 @@ class CallFrame:
     symbol: str  # the ip named: "amdppm!WriteIoMemRawEx+0x70"
     module: Optional[str]
     method: str  # how the frame was found: "context", "unwind data", "epilogue", "frame pointer chain"...
+    trap_frame: Optional[int] = None  # the KTRAP_FRAME this frame's function (a kernel trap handler) built
 
     def as_dict(self) -> Dict[str, Any]:
         return {"number": self.number, "child_sp": _hex(self.child_sp), "ip": _hex(self.ip),
                 "return_address": _hex(self.return_address), "symbol": self.symbol, "module": self.module,
-                "method": self.method}
+                "method": self.method, "trap_frame": _hex(self.trap_frame)}
 
 
 @dataclass
@@ -586,6 +587,9 @@ class Report:
     context_record: List[RegisterRecord] = field(default_factory=list)
     context_record_address: Optional[int] = None
     call_stack: Optional[CallStack] = None
+    # The first trap frame of the unwound stack (.trap): the registers the trap handler saved.
+    trap_frame: List[RegisterRecord] = field(default_factory=list)
+    trap_frame_address: Optional[int] = None
     summary: Optional[AnalyzeSummary] = None
     # Every address in an image the report names, as WinDbg names it (module, function, offset, line).
     names: Dict[int, SymbolicAddress] = field(default_factory=dict)
@@ -639,6 +643,8 @@ class Report:
                                "registers": [r.as_dict() for r in self.context_record]}
             if self.context_record else None,
             "call_stack": self.call_stack.as_dict() if self.call_stack is not None else None,
+            "trap_frame": {"address": _hex(self.trap_frame_address), "registers": [r.as_dict() for r in self.trap_frame]}
+            if self.trap_frame_address is not None else None,
             "analyze": self.summary.as_dict() if self.summary is not None else None,
             "names": {_hex(address): named.as_json() for address, named in sorted(self.names.items())
                       if named.module},

@@ -7,6 +7,7 @@ address against LLVM's disassembly)."""
 import contextlib
 import io
 import json
+import lzma
 import os
 import shutil
 import struct
@@ -17,7 +18,11 @@ import pytest
 from mocks.dumpwriter import write_dump
 from mocks.scenarios import case_0x76
 from pykd_ext.cli import main
+from pykd_ext.symbols.isf import IsfFile
+from pykd_ext.targets.base import CrashFacts, Module
+from pykd_ext.targets.snapshot import save_snapshot
 import test_module_symbols
+import unwind_harness as harness
 from test_module_symbols import DRIVER_PDB, DRIVER_SYS, loaded_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -195,3 +200,52 @@ def test_triage_buckets_by_the_function_where_a_symbol_file_named_it(tmp_path):
     without = triage([str(folder), "--out", str(tmp_path / "unnamed")])
     assert without.returncode == 0, without.stderr
     assert records_of(str(tmp_path / "unnamed"))["a.dmp"]["bucket"] == "0x7e_amdppm.sys"  # no function known
+
+
+# ---- a trap frame on the unwound stack (.trap) -------------------------------------------------------
+
+def test_a_kernel_trap_handler_on_the_stack_shows_its_trap_frame(tmp_path):
+    """A crash inside a trap handler of hal (the clang-built test image standing in for hal.dll, run under
+    an x86-64 emulator that pushes the machine frame as the CPU does), with _KTRAP_FRAME from the real
+    19041 kernel's symbol table: the handler's frame shows its trap frame (k's "TrapFrame @"), whose
+    Rip and Rsp are the interrupted instruction and stack pointer the emulator recorded."""
+    pytest.importorskip("unicorn")
+    isf_path = os.path.join(ROOT, "tests", "data", "symbols", "windows", "ntkrnlmp.pdb",
+                            "5278AFF86C341677D7D7835C85B7B844-1.json.xz")
+    with lzma.open(isf_path) as handle:  # the offsets as the real symbol table has them, read with json alone
+        trap_fields = json.load(handle)["user_types"]["_KTRAP_FRAME"]["fields"]
+    pe, symbols = harness.MappedPe(harness.TEST_IMAGE), harness.read_link_map()
+    emulation = harness.Emulation(pe)
+    emulation.trap_at, emulation.trap_handler = symbols["trap_in_body"], symbols["trap_handler"]
+    emulation.stop_at = symbols["trap_done"]
+    emulation.run(symbols["trap_entry"])
+    (trap,) = [call for call in emulation.live_calls() if call.trap]
+
+    scenario = case_0x76("x64", "irp", noise_pages=0)
+    data = scenario.data
+    data.modules = [m for m in data.modules if m.name != "hal"] + [
+        Module("hal", "hal.dll", harness.IMAGE_BASE, pe.size)]
+    for offset in range(0, pe.size, 0x1000):
+        data.pages[harness.IMAGE_BASE + offset] = bytes(pe.mapped[offset:offset + 0x1000])
+    registers = emulation.registers(with_xmm=False)
+    for page in range(registers["rsp"] & ~0xFFF, harness.STACK_TOP, 0x1000):
+        data.pages[page] = emulation.read_stack(page, 0x1000)
+    data.crash_facts = CrashFacts(registers=tuple(registers.items()), from_triage=False)
+    isf = IsfFile.open(isf_path)
+    data.types["nt!_KTRAP_FRAME"] = isf.type_info("_KTRAP_FRAME", ["Rip", "Rsp", "Rbp", "Rax", "Rcx", "Rdx", "R8",
+                                                                      "R9", "R10", "R11", "EFlags"])
+    snapshot = str(tmp_path / "trap.snap")
+    save_snapshot(data, snapshot)
+
+    report = json.loads(run("replay", snapshot, "--format", "json")[1])
+    trap_frame = trap.slot - trap_fields["Rip"]["offset"]
+    handler = report["call_stack"]["frames"][0]
+    assert handler["symbol"].startswith("hal+") and handler["trap_frame"] == hex(trap_frame)
+    assert [frame["trap_frame"] for frame in report["call_stack"]["frames"][1:]] == \
+        [None] * (len(report["call_stack"]["frames"]) - 1)
+    assert report["trap_frame"]["address"] == hex(trap_frame)
+    saved = {r["name"]: int(r["value"], 16) for r in report["trap_frame"]["registers"]}
+    assert saved["rip"] == trap.return_address == symbols["trap_in_body"] and saved["rsp"] == trap.caller_sp
+    text = run("replay", snapshot)[1]
+    assert f"(TrapFrame @ {trap_frame >> 32:08x}`{trap_frame & 0xFFFFFFFF:08x})" in text
+    assert "(.trap: the registers the trap handler saved" in text

@@ -484,3 +484,19 @@ def test_the_committed_images_are_what_the_committed_sources_build(tmp_path):
         mapped = name.replace(".exe", ".map")
         assert harness.read_link_map(str(tmp_path / mapped)) == harness.read_link_map(os.path.join(harness.DATA, mapped))
     assert (tmp_path / "unwind_x64.readobj.txt").read_text() == open(harness.TEST_READOBJ).read()
+
+
+def test_a_machine_frame_is_located_where_the_cpu_pushed_it(pe, symbols):
+    """Stopped inside the handler: its frame says where the interrupted rip is on the stack (the slot the
+    emulator pushed it to), and the next frame is the interrupted instruction."""
+    pytest.importorskip("unicorn")
+    emulation = harness.Emulation(pe)
+    emulation.trap_at, emulation.trap_handler = symbols["trap_in_body"], symbols["trap_handler"]
+    emulation.stop_at = symbols["trap_done"]
+    emulation.run(symbols["trap_entry"])
+    result = unwind("x64", emulation.registers(), emulation.read_stack, provider(pe.view("unwind_x64", BASE)))
+    (trap,) = [call for call in emulation.live_calls() if call.trap]
+    handler, interrupted = result.frames[0], result.frames[1]
+    assert handler.machine_frame == trap.slot and interrupted.ip == trap.return_address == symbols["trap_in_body"]
+    assert interrupted.method == MACHINE_FRAME and interrupted.child_sp == trap.caller_sp
+    assert all(frame.machine_frame is None for frame in result.frames[1:])

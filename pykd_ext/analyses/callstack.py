@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Dict, Optional, Tuple
 
 from ..kernel.modules import ModuleMap
+from ..layouts import LayoutError
 from ..report import CallFrame, CallStack, RegisterRecord, StackCandidate
-from ..targets.base import MemoryReadError, TargetError
+from ..targets.base import MemoryReadError, Module, TargetError
 from ..unwind import ImageView, scan_below, unwind
 from .common import Context
 
@@ -77,7 +78,11 @@ def describe_call_stack(context: Context, crash_registers: Dict[str, int],
     for frame in result.frames:
         module = modules.find(frame.ip)
         stack.frames.append(CallFrame(frame.number, frame.child_sp, frame.ip, frame.return_address,
-                                      modules.symbolize(frame.ip), module.name if module else None, frame.method))
+                                      modules.symbolize(frame.ip), module.name if module else None, frame.method,
+                                      _trap_frame(context, module, frame.machine_frame)))
+    first_trap = next((frame.trap_frame for frame in stack.frames if frame.trap_frame is not None), None)
+    if first_trap is not None:
+        _decode_trap_frame(context, first_trap)
     stack.stop_reason, stack.stop = result.stop.reason, result.stop.message
     stack.complete = result.complete
     if not result.complete:
@@ -87,6 +92,38 @@ def describe_call_stack(context: Context, crash_registers: Dict[str, int],
             stack.scan.append(StackCandidate(entry.stack_address, entry.value, modules.symbolize(entry.value),
                                              module.name if module else entry.image))
     report.call_stack = stack
+
+
+def _trap_frame(context: Context, module: Optional[Module], machine_frame: Optional[int]) -> Optional[int]:
+    """The KTRAP_FRAME around the machine frame an x64 kernel trap handler's unwind popped: the machine
+    frame is the trap frame's Rip..SegSs, so the trap frame starts Rip's offset below it. Only for a
+    handler in nt or hal (whose handlers build one) and with the _KTRAP_FRAME layout (the kernel's
+    symbols); else None, and the frame shows the machine frame's return only."""
+    if machine_frame is None or module is None or not ModuleMap.is_kernel_or_hal(module):
+        return None
+    layout = context.layouts.find("_KTRAP_FRAME")
+    if layout is None or not layout.has("Rip"):
+        return None
+    return machine_frame - layout.offset("Rip")
+
+
+# The registers of a trap frame as .trap shows them (x64: the volatile ones and the machine frame).
+TRAP_FRAME_REGISTERS = (("rip", "Rip"), ("rsp", "Rsp"), ("rbp", "Rbp"), ("rax", "Rax"), ("rcx", "Rcx"),
+                        ("rdx", "Rdx"), ("r8", "R8"), ("r9", "R9"), ("r10", "R10"), ("r11", "R11"),
+                        ("eflags", "EFlags"))
+
+
+def _decode_trap_frame(context: Context, address: int) -> None:
+    """The registers a trap frame holds, named where they point into an image (.trap)."""
+    layout = context.layouts.get("_KTRAP_FRAME")
+    try:
+        view = context.layouts.view("_KTRAP_FRAME", address)
+        values = [(name, view[field]) for name, field in TRAP_FRAME_REGISTERS if layout.has(field)]
+    except (MemoryReadError, LayoutError) as error:
+        context.report.warn(f"the trap frame {context.address(address)} is not readable here ({error})")
+        return
+    context.report.trap_frame_address = address
+    context.report.trap_frame = [RegisterRecord(name, value, _symbol(context.modules, value)) for name, value in values]
 
 
 def _symbol(modules: ModuleMap, value: int) -> Optional[str]:

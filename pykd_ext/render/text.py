@@ -665,7 +665,8 @@ class Renderer:
         self.table(["#", "Child-SP", "RetAddr", "Call Site"],
                    [[f"{frame.number:02x}", self.address(frame.child_sp),
                      self.address(frame.return_address) if frame.return_address is not None else "-",
-                     self.code_link(frame.ip, frame.symbol)] for frame in stack.frames], beyond_width=1)
+                     self._call_site(frame)] for frame in stack.frames], beyond_width=1)
+        self._trap_frame()
         if stack.complete:
             return
         last = stack.frames[-1].number if stack.frames else 0
@@ -675,6 +676,23 @@ class Renderer:
                       "stale):")
             self.table(["slot", "value"], [[self.address(c.slot), self.code_link(c.value, c.symbol)]
                                            for c in stack.scan])
+
+    def _call_site(self, frame) -> Link:
+        """The frame's function as k shows it; a trap handler's with its trap frame, linked to .trap."""
+        if frame.trap_frame is None:
+            return self.code_link(frame.ip, frame.symbol)
+        return Link(f"{frame.symbol or self.address(frame.ip)} (TrapFrame @ {self.address(frame.trap_frame)})",
+                    f".trap {frame.trap_frame:#x}")
+
+    def _trap_frame(self) -> None:
+        """The registers of the first trap frame on the stack, as .trap shows them."""
+        report = self.report
+        if report.trap_frame_address is None:
+            return
+        self.line("  ", Link(f"TrapFrame @ {self.address(report.trap_frame_address)}",
+                             f".trap {report.trap_frame_address:#x}"),
+                  "  (.trap: the registers the trap handler saved; a trap frame does not hold every register)")
+        self._registers(report.trap_frame, "  registers:")
 
     def _stack_scan(self) -> None:
         scan = self.report.stack

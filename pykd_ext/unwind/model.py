@@ -56,6 +56,7 @@ class Step:
     exact: bool = False
     note: str = ""
     sp_exact: bool = True  # False after a frame record: the caller's stack pointer is a lower bound
+    machine_frame: Optional[int] = None  # where the interrupted rip was read, when the step popped a machine frame
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,9 @@ class Frame:
     ``registers`` are the registers known in this frame (volatile registers only in the first frame),
     by lower-case name; ``method`` says how the frame was found (CONTEXT for the first frame). A frame
     found by FRAME_POINTER has no recorded stack pointer: its child_sp is the address just above the
-    frame record it came from, the lowest its stack pointer can be.
+    frame record it came from, the lowest its stack pointer can be. ``machine_frame``: where this
+    frame's function (an interrupt or trap handler) has the machine frame the CPU pushed, the address of
+    its interrupted rip, when the unwind popped one here.
     """
 
     number: int
@@ -102,6 +105,7 @@ class Frame:
     registers: Dict[str, int]
     method: str
     image: Optional[str] = None
+    machine_frame: Optional[int] = None
 
 
 @dataclass(frozen=True)

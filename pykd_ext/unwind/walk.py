@@ -83,7 +83,7 @@ def unwind(architecture: str, registers: Mapping[str, int], read_stack: StackRea
                                         f"frame's {sp:#x}")
         if caller_ip == 0:
             return stop(END_OF_STACK, "the return address is 0: the thread's first frame", 0)
-        frames.append(Frame(number, sp, ip, caller_ip, current, method, name))
+        frames.append(Frame(number, sp, ip, caller_ip, current, method, name, step.machine_frame))
         current, method, exact, sp_exact = caller, step.method, step.exact, sp_exact and step.sp_exact
 
 

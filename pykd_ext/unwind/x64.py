@@ -304,7 +304,7 @@ def _undo_prologue(image: ImageView, offset_rva: int, chain: List[Tuple[RuntimeF
             frame = rsp + 8 * code.amount  # past the error code
             caller["rip"] = _read_u64(read_stack, frame + MACHINE_FRAME_RIP, "interrupted rip")
             caller["rsp"] = _read_u64(read_stack, frame + MACHINE_FRAME_RSP, "interrupted rsp")
-            return Step(caller, MACHINE_FRAME, exact=True, note=note)
+            return Step(caller, MACHINE_FRAME, exact=True, note=note, machine_frame=frame + MACHINE_FRAME_RIP)
     caller["rip"], caller["rsp"] = _read_u64(read_stack, rsp, "return address"), rsp + 8
     return Step(caller, UNWIND_DATA, note=note)
 
