@@ -8,6 +8,7 @@ address, so the same memory can be replayed, served by the stand-in pykd, or wri
 """
 from __future__ import annotations
 
+import functools
 import random
 import struct
 from dataclasses import dataclass
@@ -50,6 +51,26 @@ class SymbolFit:
         identity = symbol_file.identity
         return cls({name: rva for name, rva in rvas.items() if rva is not None}, identity.name, identity.guid,
                    identity.age)
+
+
+@functools.lru_cache(maxsize=None)
+def fit_of_pdb(path: str) -> SymbolFit:
+    """The fit for the test kernel whose PDB is at ``path`` (read once per process)."""
+    from pykd_ext.symbols.pdb import PdbFile
+    pdb = PdbFile.open(path)
+    try:
+        return SymbolFit.of(pdb)
+    finally:
+        pdb.close()
+
+
+def add_pages(data: SnapshotData, address: int, content: bytes) -> None:
+    """Put ``content`` (whole pages) at virtual ``address`` of a finished scene, each page in a page
+    frame of its own past the scene's last one: an image or a stack the scene did not build."""
+    next_frame = max(data.physical.values(), default=FIRST_PFN * PAGE_SIZE) // PAGE_SIZE + 1
+    for offset in range(0, len(content), PAGE_SIZE):
+        data.pages[address + offset] = bytes(content[offset:offset + PAGE_SIZE]).ljust(PAGE_SIZE, b"\0")
+        data.physical[address + offset] = (next_frame + offset // PAGE_SIZE) * PAGE_SIZE
 
 
 class KernelMemory:

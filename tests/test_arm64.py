@@ -7,7 +7,6 @@ written out by hand below. The ARM64 test kernel (tests/data/testkernel-arm64: a
 made by clang and lld, and its ISF) has the ARM64 layouts of build 26100's headers (mocks/arm64_layouts.py),
 which differ from leakhunt's x64 tables.
 """
-import functools
 import json
 import os
 import shutil
@@ -19,7 +18,7 @@ import pytest
 
 from mocks import dumpwriter
 from mocks.dumpwriter import DumpImage, write_dump
-from mocks.memory import SymbolFit
+from mocks.memory import SymbolFit, fit_of_pdb
 from mocks.scenarios import KINDS_0x76, case_0x76
 from mocks.scenarios_family import (DRIVER_DATA, case_0x4e, case_0x76_tracked, case_0x153, case_0x162, case_0x192,
                                     case_0xcb, case_0xd9)
@@ -45,13 +44,8 @@ X64_PDB = os.path.join(HERE, "data", "testkernel", "ntkrnlmp.pdb")
 ALL_TYPES = [DUMP_FULL, DUMP_BITMAP, DUMP_KERNEL_BITMAP, DUMP_KERNEL_MEMORY, DUMP_KERNEL_AND_USER, DUMP_COMPLETE]
 
 
-@functools.lru_cache(maxsize=None)
 def fit() -> SymbolFit:
-    pdb = PdbFile.open(PDB)
-    try:
-        return SymbolFit.of(pdb)
-    finally:
-        pdb.close()
+    return fit_of_pdb(PDB)
 
 
 def pdb_label() -> str:

@@ -14,6 +14,7 @@ import threading
 import pytest
 
 from mocks.dumpwriter import write_dump
+from mocks.memory import add_pages
 from mocks.scenarios import case_0x76
 from pykd_ext.session import is_module_symbol_file, open_session
 from pykd_ext.symbols import modulesyms
@@ -308,11 +309,7 @@ def test_a_kernel_dump_and_a_driver_pdb_given_with_symbols(tmp_path):
     scenario = case_0x76("x64", "irp", noise_pages=0)
     data = scenario.data
     module = next(m for m in data.modules if m.name == "innocent")
-    image = loaded_image(DRIVER_SYS)
-    next_frame = max(data.physical.values()) // 0x1000 + 1
-    for offset in range(0, len(image), 0x1000):
-        data.pages[module.base + offset] = image[offset:offset + 0x1000]
-        data.physical[module.base + offset] = (next_frame + offset // 0x1000) * 0x1000
+    add_pages(data, module.base, loaded_image(DRIVER_SYS))
     dump = tmp_path / "MEMORY.DMP"
     write_dump(data, str(dump))
     target = open_dump(str(dump))

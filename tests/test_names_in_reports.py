@@ -16,10 +16,11 @@ import subprocess
 import pytest
 
 from mocks.dumpwriter import write_dump
+from mocks.memory import add_pages
 from mocks.scenarios import case_0x76
 from pykd_ext.cli import main
 from pykd_ext.symbols.isf import IsfFile
-from pykd_ext.targets.base import CrashFacts, Module
+from pykd_ext.targets.base import Module
 from pykd_ext.targets.snapshot import save_snapshot
 import test_module_symbols
 import unwind_harness as harness
@@ -67,11 +68,7 @@ def driver_dump(tmp_path):
     scenario = case_0x76("x64", "irp", noise_pages=0)
     data = scenario.data
     culprit = next(m for m in data.modules if m.name == "leakyflt")
-    image = loaded_image(DRIVER_SYS)
-    next_frame = max(data.physical.values()) // 0x1000 + 1
-    for offset in range(0, len(image), 0x1000):
-        data.pages[culprit.base + offset] = image[offset:offset + 0x1000]
-        data.physical[culprit.base + offset] = (next_frame + offset // 0x1000) * 0x1000
+    add_pages(data, culprit.base, loaded_image(DRIVER_SYS))
     irp = scenario.expected["irps"][0]
     field = irp + IRP_CANCEL_ROUTINE
     page = bytearray(data.pages[field & ~0xFFF])
@@ -223,14 +220,7 @@ def test_a_kernel_trap_handler_on_the_stack_shows_its_trap_frame(tmp_path):
 
     scenario = case_0x76("x64", "irp", noise_pages=0)
     data = scenario.data
-    data.modules = [m for m in data.modules if m.name != "hal"] + [
-        Module("hal", "hal.dll", harness.IMAGE_BASE, pe.size)]
-    for offset in range(0, pe.size, 0x1000):
-        data.pages[harness.IMAGE_BASE + offset] = bytes(pe.mapped[offset:offset + 0x1000])
-    registers = emulation.registers(with_xmm=False)
-    for page in range(registers["rsp"] & ~0xFFF, harness.STACK_TOP, 0x1000):
-        data.pages[page] = emulation.read_stack(page, 0x1000)
-    data.crash_facts = CrashFacts(registers=tuple(registers.items()), from_triage=False)
+    harness.crash_in_scene(data, emulation, Module("hal", "hal.dll", harness.IMAGE_BASE, pe.size))  # in hal's place
     isf = IsfFile.open(isf_path)
     data.types["nt!_KTRAP_FRAME"] = isf.type_info("_KTRAP_FRAME", ["Rip", "Rsp", "Rbp", "Rax", "Rcx", "Rdx", "R8",
                                                                       "R9", "R10", "R11", "EFlags"])

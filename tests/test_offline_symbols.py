@@ -20,12 +20,11 @@ import threading
 import pytest
 
 from mocks.dumpwriter import write_dump
-from mocks.memory import SymbolFit
+from mocks.memory import SymbolFit, fit_of_pdb
 from mocks.scenarios import case_0x76
 from mocks.scenarios_family import case_0xcb
 from pykd_ext.cli import main
 from pykd_ext.console import EXIT_SUSPECT
-from pykd_ext.symbols.pdb import PdbFile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KERNEL = os.path.join(HERE, "data", "testkernel")
@@ -34,13 +33,8 @@ ISF_FOLDER = os.path.join(KERNEL, "isf")
 BUILD_WITHOUT_TABLE = 22631
 
 
-@functools.lru_cache(maxsize=None)
 def fit() -> SymbolFit:
-    pdb = PdbFile.open(PDB)
-    try:
-        return SymbolFit.of(pdb)
-    finally:
-        pdb.close()
+    return fit_of_pdb(PDB)
 
 
 def identity():

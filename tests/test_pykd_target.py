@@ -19,7 +19,7 @@ from mocks.scenarios import KINDS_0x76, case_0x76  # noqa: E402
 from pykd_ext.analyses import Options, analyze  # noqa: E402
 from pykd_ext.run import run_analysis  # noqa: E402
 from pykd_ext.session import KernelSession  # noqa: E402
-from pykd_ext.targets.base import (CrashFacts, MemoryReadError, Module, PfnRange, SearchUnavailable,  # noqa: E402
+from pykd_ext.targets.base import (MemoryReadError, Module, PfnRange, SearchUnavailable,  # noqa: E402
                                    TargetError)
 from pykd_ext.targets.pykd_target import SEARCH_NATIVE, SEARCH_SCAN, NotKernelTarget, PykdTarget  # noqa: E402
 from pykd_ext.targets.snapshot import SnapshotTarget, load_snapshot  # noqa: E402
@@ -224,15 +224,7 @@ def test_the_stack_is_unwound_from_the_debuggers_context_through_its_memory(tmp_
     emulation.stop_at = symbols["deepest_point"]
     emulation.run(symbols["asm_chain"])
     scenario = case_0x76("x64", "irp", noise_pages=0)
-    data = scenario.data
-    # The image where the emulator ran it (the debugger's module list has it), the used part of the stack.
-    data.modules.append(Module("unwind_x64", "unwind_x64.exe", harness.IMAGE_BASE, pe.size))
-    for offset in range(0, pe.size, 0x1000):
-        data.pages[harness.IMAGE_BASE + offset] = bytes(pe.mapped[offset:offset + 0x1000])
-    registers = emulation.registers(with_xmm=False)
-    for page in range(registers["rsp"] & ~0xFFF, harness.STACK_TOP, 0x1000):
-        data.pages[page] = emulation.read_stack(page, 0x1000)
-    data.crash_facts = CrashFacts(registers=tuple(registers.items()), from_triage=False)
+    harness.crash_in_scene(scenario.data, emulation, Module("unwind_x64", "unwind_x64.exe", harness.IMAGE_BASE, pe.size))
     _control.load(scenario)
     snapshot = str(tmp_path / "case.snap")
     report = run_analysis(PykdTarget(), Options(), record_path=snapshot)

@@ -74,6 +74,20 @@ def read_link_map(path: str = TEST_MAP) -> Dict[str, int]:
     return symbols
 
 
+def crash_in_scene(data, emulation: "Emulation", module) -> None:
+    """The emulator's stopped run as a scene's crash: the test image where it ran, as ``module`` of the
+    module list; the used part of its stack; its registers as the crashing processor's context."""
+    from mocks.memory import add_pages
+    from pykd_ext.targets.base import CrashFacts
+
+    data.modules = [m for m in data.modules if m.name != module.name] + [module]
+    add_pages(data, emulation.base, bytes(emulation.pe.mapped))
+    registers = emulation.registers(with_xmm=False)
+    stack = registers["rsp"] & ~0xFFF
+    add_pages(data, stack, emulation.read_stack(stack, STACK_TOP - stack))
+    data.crash_facts = CrashFacts(registers=tuple(registers.items()), from_triage=False)
+
+
 # ---- the emulator ---------------------------------------------------------------------------------
 
 STACK_BOTTOM = 0x20000000

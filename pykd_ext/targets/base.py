@@ -354,13 +354,7 @@ class Target:
         order. Here by reading: the whole, else parts of READABLE_PART bytes, else pages (a page is read
         whole or not at all); a source that knows what it holds answers without reading (a dump file
         from its page tables, a small dump from its memory list, which holds pieces smaller than a page)."""
-        ranges: List[Tuple[int, int]] = []
-        for start, end in _readable_parts(self, address, address + size, READABLE_PART):
-            if ranges and ranges[-1][1] == start:
-                ranges[-1] = (ranges[-1][0], end)
-            else:
-                ranges.append((start, end))
-        return ranges
+        return joined(_readable_parts(self, address, address + size, READABLE_PART))
 
     def crash_facts(self) -> Optional[CrashFacts]:
         """What the source recorded about the crash besides memory (a small dump's triage data), or None."""
@@ -430,6 +424,17 @@ class Target:
         that fits in a pointer. Pool allocations are at least pointer aligned."""
         return (address < 1 << (8 * self.pointer_size) and address % self.pointer_size == 0
                 and self.is_kernel_address(address))
+
+
+def joined(parts: Iterable[Tuple[int, int]]) -> List[Tuple[int, int]]:
+    """(start, end) parts in ascending order, each run of parts that touch joined into one."""
+    ranges: List[Tuple[int, int]] = []
+    for start, end in parts:
+        if ranges and ranges[-1][1] == start:
+            ranges[-1] = (ranges[-1][0], end)
+        else:
+            ranges.append((start, end))
+    return ranges
 
 
 def _readable_parts(target: Target, start: int, end: int, part: int) -> List[Tuple[int, int]]:

@@ -32,7 +32,7 @@ from ..search import Found, ValueSet
 from ..sources import not_regular_reason, open_error
 from .base import (PAGE_SIZE, BugCheck, CrashFacts, HeaderHit, MemoryReadError, Module, ObjectHeaders, PfnRange,
                    ProgressCallback, SearchHit, SearchUnavailable, SymbolNotFound, Target, TargetError,
-                   read_from_pages)
+                   joined, read_from_pages)
 from .dumpheader import (DUMP_FULL, H64_CONTEXT_RECORD, MEMORY_DUMP_TYPES, DumpFileError, DumpHeader,
                          PhysicalLayout, format_size, read_physical_layout, truncated_dump)
 
@@ -288,16 +288,9 @@ class DumpFileTarget(Target):
         if self._page_tables is None or size <= 0 or self.layout is None:
             return []
         first, end = address & ~(PAGE_SIZE - 1), address + size
-        ranges: List[Tuple[int, int]] = []
-        for page, physical in self._page_tables.mapped_pages(first, (end + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)):
-            if self.layout.file_offset_of(physical >> 12) is None:
-                continue
-            low, high = max(page, address), min(page + PAGE_SIZE, end)
-            if ranges and ranges[-1][1] == low:
-                ranges[-1] = (ranges[-1][0], high)
-            else:
-                ranges.append((low, high))
-        return ranges
+        pages = self._page_tables.mapped_pages(first, (end + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
+        return joined((max(page, address), min(page + PAGE_SIZE, end)) for page, physical in pages
+                      if self.layout.file_offset_of(physical >> 12) is not None)
 
     # ---- search ----------------------------------------------------------------------------------
 

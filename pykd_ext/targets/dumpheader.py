@@ -37,7 +37,7 @@ from typing import BinaryIO, List, Optional, Tuple
 
 import numpy as np
 
-from .base import PAGE_SIZE, BugCheck, PfnRange, TargetError
+from .base import PAGE_SIZE, BugCheck, PfnRange, TargetError, joined
 
 SIGNATURE = b"PAGE"
 VALID_DUMP64 = b"DU64"
@@ -359,12 +359,8 @@ class PhysicalLayout:
         hi = np.minimum(self.first_pfn + self.count, np.uint64(min(pfn_range.last + 1, PFN_LIMIT)))
         for index in np.flatnonzero(lo < hi).tolist():
             start = int(self.file_offset[index]) + int(lo[index] - self.first_pfn[index]) * PAGE_SIZE
-            end = start + int(hi[index] - lo[index]) * PAGE_SIZE
-            if ranges and ranges[-1][1] == start:
-                ranges[-1] = (ranges[-1][0], end)
-            else:
-                ranges.append((start, end))
-        return ranges
+            ranges.append((start, start + int(hi[index] - lo[index]) * PAGE_SIZE))
+        return joined(ranges)
 
 
 def read_physical_layout(handle: BinaryIO, header: DumpHeader, path: str) -> PhysicalLayout:

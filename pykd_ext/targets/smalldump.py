@@ -30,7 +30,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 from ..kernel.modules import MAX_IMAGE_SIZE, module_name, plausible_image_name
 from .base import (CrashFacts, MemoryReadError, Module, PfnRange, ProgressCallback, SearchHit, SearchUnavailable,
-                   UnloadedModule)
+                   UnloadedModule, joined)
 from .dumpfile import CONFIGURE_KERNEL_DUMP, DumpFileTarget, file_shrank
 from .dumpheader import DumpHeader, format_size, truncated_dump
 from .triage import TriageDump, TriageError, TriageTruncated, read_triage
@@ -183,13 +183,9 @@ class SmallDumpTarget(DumpFileTarget):
             if start >= end:
                 break
             low, high = max(start, address), min(segment_end, end)
-            if low >= high:
-                continue
-            if ranges and ranges[-1][1] == low:
-                ranges[-1] = (ranges[-1][0], high)
-            else:
+            if low < high:
                 ranges.append((low, high))
-        return ranges
+        return joined(ranges)
 
     def search_pointers(self, values: Iterable[int], pfn_range: Optional[PfnRange] = None,
                         progress: Optional[ProgressCallback] = None) -> Dict[int, List[SearchHit]]:

@@ -45,7 +45,7 @@ from typing import Dict, List, Optional, Tuple
 
 from .model import (BAD_UNWIND_DATA, END_OF_STACK, EPILOGUE, FRAME_POINTER, IMAGE_UNAVAILABLE, LEAF, NO_IMAGE,
                     STACK_UNAVAILABLE, UNSUPPORTED, UNWIND_DATA, ImageView, StackReader,
-                    Step, UnwindStop, image_bytes, read_exact)
+                    Step, UnwindStop, image_bytes, pdata_entry, read_exact)
 
 PDATA_ENTRY_SIZE = 8
 FLAG_XDATA, FLAG_PACKED, FLAG_FRAGMENT = 0, 1, 2
@@ -297,20 +297,10 @@ def _allocations(size: int) -> List[Code]:
 
 def find_function(image: ImageView, rva: int) -> Optional[FunctionUnwind]:
     """The function that holds ``rva`` (binary search of ``.pdata``), or None."""
-    table, table_size = image.exception_directory
-    low, high = 0, table_size // PDATA_ENTRY_SIZE - 1
-    found = None
-    while low <= high:
-        middle = (low + high) // 2
-        begin, word = struct.unpack("<II", image_bytes(image, table + middle * PDATA_ENTRY_SIZE, PDATA_ENTRY_SIZE,
-                                                        "exception directory"))
-        if begin <= rva:
-            found, low = (begin, word), middle + 1
-        else:
-            high = middle - 1
-    if found is None:
+    entry = pdata_entry(image, PDATA_ENTRY_SIZE, rva)
+    if entry is None:
         return None
-    function = read_function(image, *found)
+    function = read_function(image, *struct.unpack("<II", entry))
     return function if function.begin <= rva < function.end else None
 
 

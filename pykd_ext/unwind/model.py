@@ -1,6 +1,7 @@
 """What the unwinder takes (images, stack reads) and gives (frames, the reason it stopped)."""
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -160,6 +161,23 @@ def image_bytes(image: ImageView, rva: int, size: int, what: str) -> bytes:
         raise UnwindStop(UNWIND_DATA_UNAVAILABLE, f"the {what} of {image.name} at RVA {rva:#x} is not available"
                                                   + (f": {reason}" if reason else ""))
     return bytes(data)
+
+
+def pdata_entry(image: ImageView, entry_size: int, rva: int) -> Optional[bytes]:
+    """The ``.pdata`` entry (``entry_size`` bytes, each starting with its function's begin RVA, sorted)
+    with the last begin at or before ``rva``, by binary search of the exception directory; None when
+    every function begins after it. Whether the function covers ``rva`` is for the caller to check."""
+    table, table_size = image.exception_directory
+    low, high = 0, table_size // entry_size - 1
+    found = None
+    while low <= high:
+        middle = (low + high) // 2
+        entry = image_bytes(image, table + middle * entry_size, entry_size, "exception directory")
+        if struct.unpack_from("<I", entry)[0] <= rva:
+            found, low = entry, middle + 1
+        else:
+            high = middle - 1
+    return found
 
 
 def read_exact(read: StackReader, address: int, size: int) -> Optional[bytes]:

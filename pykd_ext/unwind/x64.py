@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ..targets.base import MemoryReadError
 from .model import (BAD_UNWIND_DATA, EPILOGUE, LEAF, MACHINE_FRAME, STACK_UNAVAILABLE, UNWIND_DATA,
-                    ImageView, StackReader, Step, UnwindStop, image_bytes, read_exact)
+                    ImageView, StackReader, Step, UnwindStop, image_bytes, pdata_entry, read_exact)
 
 GPR_NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
              "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
@@ -202,17 +202,8 @@ def _bad(rva: int, what: str) -> UnwindStop:
 
 def find_function(image: ImageView, rva: int) -> Optional[RuntimeFunction]:
     """The RUNTIME_FUNCTION of ``.pdata`` that holds ``rva`` (binary search), or None for a leaf."""
-    table, table_size = image.exception_directory
-    low, high = 0, table_size // RUNTIME_FUNCTION_SIZE - 1
-    found = None
-    while low <= high:
-        middle = (low + high) // 2
-        entry = RuntimeFunction(*struct.unpack("<III", image_bytes(
-            image, table + middle * RUNTIME_FUNCTION_SIZE, RUNTIME_FUNCTION_SIZE, "exception directory")))
-        if entry.begin <= rva:
-            found, low = entry, middle + 1
-        else:
-            high = middle - 1
+    entry = pdata_entry(image, RUNTIME_FUNCTION_SIZE, rva)
+    found = RuntimeFunction(*struct.unpack("<III", entry)) if entry is not None else None
     return found if found is not None and found.contains(rva) else None
 
 
