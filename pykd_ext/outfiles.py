@@ -127,5 +127,4 @@ def make_folder(path: str, what: str = "folder", named: bool = False) -> None:
         raise OutputError(f"{path} is a symbolic link: leakhunt does not write through links into a place that "
                           f"was not named")
     if not stat.S_ISDIR(info.st_mode):
-        raise OutputError(f"{path} {not_regular_reason(info.st_mode, 'folder').split(';')[0] or 'is a file'}, "
-                          f"not a folder")
+        raise OutputError(f"{path} {not_regular_reason(info.st_mode, 'folder').split(';')[0] or 'is a file, not a folder'}")

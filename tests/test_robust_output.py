@@ -154,6 +154,12 @@ def test_a_folder_in_the_way_of_a_file_is_refused(tmp_path):
         refuse_unless_replaceable(str(file_in_the_way), overwrite=False)
 
 
+def test_a_device_in_the_way_of_a_folder_is_named_once():
+    with pytest.raises(OutputError) as raised:
+        make_folder(os.devnull)
+    assert str(raised.value) == f"{os.devnull} is a device, not a folder"
+
+
 # ---- output errors are not bugs --------------------------------------------------------------------------
 
 def test_a_full_disk_on_stdout_is_one_line_and_exit_6():
