@@ -17,7 +17,7 @@ Every kernel view and analysis reads through a session (``analyses.common.Contex
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .arch import arch_of_machine
 from .kernel.modules import ModuleMap, walk_loaded_modules
@@ -380,19 +380,27 @@ class _KernelSymbolFinder:
         if identified and (symbol_file.identity.guid, symbol_file.identity.age) != (self.identity.guid,
                                                                                      self.identity.age):
             return f"it is for {symbol_file.identity.label}, the dump's kernel is {self.identity.label}"
-        checked = 0
-        for name, address in self.recorded_globals.items():
-            rva = symbol_file.rva(name)
-            if rva is None:
-                continue
-            if rva != address - self.base:
-                return (f"{name} is at RVA {rva:#x} in it but at {address - self.base:#x} in the dump "
-                        f"(kernel base {self.base:#x})")
-            checked += 1
+        misplaced, checked = self.misplaced_global(symbol_file.rva)
+        if misplaced:
+            return misplaced
         if not identified and not checked:
             why = self.why_no_identity or "the file names no PDB identity"
             return f"{why}, and none of {', '.join(CHECKED_GLOBALS)} can be checked against it"
         return ""
+
+    def misplaced_global(self, rva_of: Callable[[str], Optional[int]]) -> Tuple[str, int]:
+        """(which checked global a symbol file places elsewhere than the dump does, or ""; how many of
+        them it places where the dump does), given the file's RVA of a name (None where it has none)."""
+        checked = 0
+        for name, address in self.recorded_globals.items():
+            rva = rva_of(name)
+            if rva is None:
+                continue
+            if rva != address - self.base:
+                return (f"{name} is at RVA {rva:#x} in it but at {address - self.base:#x} in the dump "
+                        f"(kernel base {self.base:#x})"), checked
+            checked += 1
+        return "", checked
 
     def accept(self, symbol_file: SymbolFile, how: str, quietly: bool = False, shared: bool = False) -> bool:
         """Whether ``symbol_file`` fits; one that does not is closed (unless it is ``shared``: the process
@@ -409,7 +417,7 @@ class _KernelSymbolFinder:
 
     def search(self, symbol_path_text: str) -> Optional[SymbolFile]:
         """The first symbol file on the symbol path that fits this dump's kernel, or None (and a note)."""
-        from .symbols.files import open_symbol_file_once
+        from .symbols.files import open_candidate_once, open_symbol_file_once
         from .symbols.path import SymbolPath
 
         symbol_path = SymbolPath.parse(symbol_path_text)
@@ -426,11 +434,15 @@ class _KernelSymbolFinder:
             candidates = [path for name in KERNEL_PDB_NAMES for path in symbol_path.candidates(name)]
         for path in candidates:
             try:
-                opened = open_symbol_file_once(path)
+                if self.identity is None:  # any kernel's file may be here: one of another build is given up early
+                    opened = open_candidate_once(path, CHECKED_GLOBALS,
+                                                 lambda rvas: not self.misplaced_global(rvas.get)[0])
+                else:
+                    opened = open_symbol_file_once(path)
             except TargetError as error:
                 self.notes.append(f"the symbol file {path} is unreadable ({error}); it was not used")
                 continue
-            if isinstance(opened, dict):
+            if opened is None or isinstance(opened, dict):
                 continue
             if self.accept(opened, "found on the symbol path", quietly=self.identity is None, shared=True):
                 return opened

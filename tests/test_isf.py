@@ -247,3 +247,61 @@ def test_a_truncated_or_corrupt_stream_is_one_line(tmp_path):
         IsfFile.open(str(corrupt))
     with pytest.raises(SymbolFileError, match="cannot read symbol file"):
         IsfFile.open(str(tmp_path / "missing.json.xz"))
+
+
+# ---- a glance at a kernel's file: the checked globals without parsing the whole -----------------
+
+CHECKED = ("PsLoadedModuleList", "PsActiveProcessHead", "KdDebuggerDataBlock")
+
+
+def _glance(path, names, wanted=lambda found: False):
+    """(what the glance found when it was done, the most text it had seen, whether the file was parsed)."""
+    seen, longest = [], [0]
+    glance = isf.SymbolGlance(names, lambda found: seen.append(dict(found)) or wanted(found))
+    look = glance.look
+
+    def measured(text, last):
+        longest[0] = max(longest[0], len(text))
+        look(text, last)
+    glance.look = measured
+    try:
+        load_json_document(str(path), glance)
+    except isf.NotWanted:
+        return seen, longest[0], False
+    return seen, longest[0], True
+
+
+@pytest.mark.parametrize("path", ISF_FILES, ids=lambda path: path.name[:8])
+def test_a_glance_finds_the_checked_globals_as_the_whole_file_gives_them(path):
+    text = lzma.decompress(path.read_bytes())
+    symbols = json.loads(text)["symbols"]  # the json module's reading of the whole file
+    seen, longest, parsed = _glance(path, CHECKED)
+    assert seen == [{name: symbols[name]["address"] for name in CHECKED}]
+    assert not parsed and longest < 0.6 * len(text)  # given up about 40% of the way in
+    # a name the file lacks: the glance reads on to the end of the symbols, not further
+    seen, longest, _ = _glance(path, CHECKED + ("NoSuchSymbolAnywhere",))
+    assert seen == [{name: symbols[name]["address"] for name in CHECKED}]
+    assert longest < text.index(b'"user_types"') + 2 * isf._GLANCE_PIECE
+
+
+def test_a_wanted_file_is_parsed_as_without_a_glance(tmp_path):
+    copy = tmp_path / KERNEL_19041.name
+    copy.write_bytes(KERNEL_19041.read_bytes())
+    seen, _, parsed = _glance(copy, CHECKED, wanted=lambda found: True)
+    assert parsed and len(seen) == 1
+    assert load_json_document(str(copy)) == json.loads(lzma.decompress(KERNEL_19041.read_bytes()))
+
+
+@pytest.mark.parametrize("piece", [7, 64, 1 << 18])
+def test_a_glance_takes_only_whole_symbol_entries_after_the_symbols_key(tmp_path, monkeypatch, piece):
+    monkeypatch.setattr(isf, "_GLANCE_PIECE", piece)  # entries cut across pieces anywhere
+    document = _minimal(symbols={"KdDebuggerDataBlock": {"type": {"kind": "base", "name": "void"}},  # no address
+                                 "PsActiveProcessHead": {"address": True},  # not a whole number
+                                 "PsLoadedModuleList": {"address": 0xC29A90, "type": {"kind": "struct",
+                                                                                    "name": "_LIST_ENTRY"}}})
+    document["enums"] = {"PsLoadedModuleList": {"address": 1, "base": "int", "constants": {}, "size": 4}}  # a decoy
+    text = "{" + ", ".join(f'"{key}": {json.dumps(document[key])}'
+                           for key in ("base_types", "enums", "metadata", "symbols", "user_types")) + "}"
+    path = tmp_path / "k.json.xz"
+    path.write_bytes(lzma.compress(text.encode()))
+    assert _glance(path, CHECKED)[0] == [{"PsLoadedModuleList": 0xC29A90}]

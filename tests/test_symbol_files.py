@@ -68,3 +68,26 @@ def test_a_pdb_goes_to_the_pdb_reader(tmp_path):
     with pytest.raises(SymbolFileError) as caught:
         open_symbol_file(str(path))
     assert "\n" not in str(caught.value)
+
+
+def test_a_candidate_of_another_build_is_given_up_once_for_the_process(tmp_path, monkeypatch):
+    from pykd_ext.symbols import files
+
+    path = tmp_path / REAL_ISF.name
+    path.write_bytes(REAL_ISF.read_bytes())
+    rvas = json.loads(lzma.decompress(REAL_ISF.read_bytes()))["symbols"]
+    wanted = {"PsLoadedModuleList": rvas["PsLoadedModuleList"]["address"]}
+    asked = []
+
+    def fits(expected):
+        return lambda found: asked.append(dict(found)) or all(found.get(n) == v for n, v in expected.items())
+
+    other_build = {"PsLoadedModuleList": wanted["PsLoadedModuleList"] + 0x1000}
+    assert files.open_candidate_once(str(path), ["PsLoadedModuleList"], fits(other_build)) is None
+    assert asked == [wanted]
+    monkeypatch.setattr(files, "open_symbol_file", lambda *args: pytest.fail("the file was read again"))
+    assert files.open_candidate_once(str(path), ["PsLoadedModuleList"], fits(other_build)) is None  # remembered
+    monkeypatch.undo()
+    opened = files.open_candidate_once(str(path), ["PsLoadedModuleList"], fits(wanted))
+    assert isinstance(opened, IsfFile) and opened.rva("PsLoadedModuleList") == wanted["PsLoadedModuleList"]
+    assert files.open_symbol_file_once(str(path)) is opened  # one parse, shared

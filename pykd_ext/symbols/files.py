@@ -9,10 +9,10 @@ Anything else, and a missing or unreadable file, is one SymbolFileError line (ex
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 from .base import ProcessCache, SymbolFile, SymbolFileError
-from .isf import IsfFile, compression_of, load_json_document
+from .isf import IsfFile, NotWanted, SymbolGlance, compression_of, load_json_document
 
 MSF_7_MAGIC = b"Microsoft C/C++ MSF 7.00\r\n\x1aDS\x00\x00\x00"
 MSF_2_MAGIC = b"Microsoft C/C++ program database 2.00\r\n"
@@ -20,8 +20,9 @@ ACCEPTED = ('accepted are a PDB, a volatility3 ISF file (.json, .json.xz, .json.
             '{"nt!Name": "0x..."}')
 
 
-def open_symbol_file(path: str) -> Union[SymbolFile, Dict[str, int]]:
-    """The symbol file at ``path``: a SymbolFile (PDB, ISF) or an address map {name: address}."""
+def open_symbol_file(path: str, glance: Optional[SymbolGlance] = None) -> Union[SymbolFile, Dict[str, int]]:
+    """The symbol file at ``path``: a SymbolFile (PDB, ISF) or an address map {name: address}. An ISF
+    file is shown to ``glance`` while it is read (NotWanted where the glance gives it up)."""
     head = _head(path)
     if head.startswith(MSF_7_MAGIC):
         from .pdb import PdbFile  # the PDB reader is loaded only when a PDB is given
@@ -33,8 +34,8 @@ def open_symbol_file(path: str) -> Union[SymbolFile, Dict[str, int]]:
         raise SymbolFileError(f"symbol file {path} is named as a PDB but is not a PDB (MSF 7.0) file: its first bytes "
                               f"are not the MSF 7.0 signature (a damaged or unfinished download?); {ACCEPTED}")
     if compression_of(head):
-        return IsfFile.open(path)
-    document = load_json_document(path)
+        return IsfFile.open(path, glance)
+    document = load_json_document(path, glance)
     if isinstance(document, dict) and "metadata" in document and "user_types" in document:
         return IsfFile(path, document)
     return address_map(document, path)
@@ -49,16 +50,52 @@ _OPENED = ProcessCache(MAX_OPENED_FILES)
 def open_symbol_file_once(path: str) -> Union[SymbolFile, Dict[str, int]]:
     """``open_symbol_file``, kept for the process (a file is parsed once while it is unchanged); what it
     gives is shared, so it is never closed."""
-    try:
-        info = os.stat(path)
-    except OSError:
+    key = _file_key(path)
+    if key is None:
         return open_symbol_file(path)  # says why in one line
-    key = (os.path.realpath(path), info.st_size, info.st_mtime_ns)
     opened = _OPENED.get(key)
     if opened is None:
         opened = open_symbol_file(path)
         _OPENED.put(key, opened)
     return opened
+
+
+# What glances at kernel symbol files found (file key -> RVAs by name), for the files given up.
+_GLANCED = ProcessCache(256)
+
+
+def open_candidate_once(path: str, names: Sequence[str],
+                        fits: Callable[[Dict[str, int]], bool]) -> Optional[Union[SymbolFile, Dict[str, int]]]:
+    """``open_symbol_file_once`` for a candidate that may be of any build: None, without parsing it, for
+    an ISF file whose RVAs of ``names`` do not ``fit`` (seen while reading it; remembered for the
+    process, so another dump of another build reads it no more). A symbol path may hold hundreds of
+    kernels' ISF files: most are given up after a third of the work of opening them."""
+    key = _file_key(path)
+    if key is None:
+        return open_symbol_file(path)  # says why in one line
+    opened = _OPENED.get(key)
+    if opened is not None:
+        return opened
+    glanced = _GLANCED.get(key)
+    if glanced is not None and not fits(glanced):
+        return None
+    glance = SymbolGlance(names, fits)
+    try:
+        opened = open_symbol_file(path, glance)
+    except NotWanted:
+        _GLANCED.put(key, glance.found)
+        return None
+    _OPENED.put(key, opened)
+    return opened
+
+
+def _file_key(path: str) -> Optional[Tuple[str, int, int]]:
+    """What identifies a file's contents for the process caches, or None when it cannot be read."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return os.path.realpath(path), info.st_size, info.st_mtime_ns
 
 
 def address_map(document: Any, path: str) -> Dict[str, int]:

@@ -25,7 +25,7 @@ import zlib
 from bisect import bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ..typeinfo import FieldInfo, TypeInfo
 from .base import NEAREST_SYMBOL, CodeLocation, PdbIdentity, SymbolFile, SymbolFileError
@@ -54,8 +54,11 @@ def compression_of(head: bytes) -> str:
     return ""
 
 
-def load_json_document(path: str) -> Any:
+def load_json_document(path: str, glance: Optional["SymbolGlance"] = None) -> Any:
     """The parsed JSON of a plain, xz or gzip file (by magic), read with a size bound and cached.
+
+    With a ``glance``, the text is shown to it as it is read: NotWanted is raised, without parsing the
+    file, as soon as the glance finds the file is not the one wanted.
 
     Raises SymbolFileError (one line) for a missing or unreadable file, a bad compressed stream, text
     that decompresses past MAX_JSON_BYTES, or text that is not JSON.
@@ -69,7 +72,13 @@ def load_json_document(path: str) -> Any:
         if key in _documents:
             _documents.move_to_end(key)
             return _documents[key]
-    text = _read_bounded(path)
+    text = bytearray()
+    for piece, last in _text_pieces(path, _GLANCE_PIECE if glance else MAX_JSON_BYTES + 1):
+        text += piece
+        if glance is not None and not glance.done:
+            glance.look(text, last)
+            if glance.done and not glance.wanted(glance.found):
+                raise NotWanted(path)
     try:
         document = json.loads(text)
     except (ValueError, RecursionError) as error:
@@ -86,8 +95,9 @@ _documents: "OrderedDict[Tuple[str, int, int], Any]" = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def _read_bounded(path: str) -> bytes:
-    """The (decompressed) bytes of ``path``, at most MAX_JSON_BYTES of them."""
+def _text_pieces(path: str, piece_bytes: int) -> Iterator[Tuple[bytes, bool]]:
+    """The (decompressed) text of ``path``, at most MAX_JSON_BYTES of it, in pieces of at most
+    ``piece_bytes``, each with whether it is the last."""
     try:
         with open(path, "rb") as handle:
             kind = compression_of(handle.read(len(XZ_MAGIC)))
@@ -96,15 +106,22 @@ def _read_bounded(path: str) -> bytes:
                 data = handle.read(MAX_JSON_BYTES + 1)
                 if len(data) > MAX_JSON_BYTES:
                     raise SymbolFileError(f"symbol file {path} is larger than {MAX_JSON_BYTES >> 20} MiB: refused")
-                return data
-            return _decompress_bounded(handle, kind, path)
+                yield data, True
+                return
+            previous = None
+            for piece in _decompressed_pieces(handle, kind, path, piece_bytes):
+                if previous is not None:
+                    yield previous, False
+                previous = piece
+            yield previous or b"", True
     except OSError as error:
         raise SymbolFileError(f"cannot read symbol file {path}: {error.strerror or error}") from None
 
 
-def _decompress_bounded(handle, kind: str, path: str) -> bytes:
-    """Decompress an xz or gzip stream, never holding more than MAX_JSON_BYTES + 1 bytes of output."""
-    pieces, total, pending = [], 0, b""
+def _decompressed_pieces(handle, kind: str, path: str, piece_bytes: int) -> Iterator[bytes]:
+    """The decompressed text of an xz or gzip stream, in pieces of at most ``piece_bytes``;
+    SymbolFileError for a truncated or bad stream and for text past MAX_JSON_BYTES."""
+    total, pending = 0, b""
     xz = kind == "xz"
     decompressor = lzma.LZMADecompressor() if xz else zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:
@@ -116,20 +133,76 @@ def _decompress_bounded(handle, kind: str, path: str) -> bytes:
                 pending = handle.read(_READ_CHUNK)
                 if not pending:
                     raise SymbolFileError(f"symbol file {path} is truncated: its {kind} stream ends early")
-            room = MAX_JSON_BYTES + 1 - total
+            room = min(piece_bytes, MAX_JSON_BYTES + 1 - total)
             if xz:
                 piece, pending = decompressor.decompress(pending, max_length=room), b""
             else:
                 piece = decompressor.decompress(pending, room)
                 pending = decompressor.unconsumed_tail
             total += len(piece)
-            pieces.append(piece)
             if total > MAX_JSON_BYTES:
                 raise SymbolFileError(f"symbol file {path} decompresses to more than {MAX_JSON_BYTES >> 20} MiB: "
                                       f"refused")
+            yield piece
     except (lzma.LZMAError, zlib.error, EOFError) as error:
         raise SymbolFileError(f"symbol file {path} is not a valid {kind} stream ({error})") from None
-    return b"".join(pieces)
+
+
+# How much decompressed text is read at a time under a glance, and the most one symbol's entry spans.
+_GLANCE_PIECE = 256 << 10
+_GLANCE_ENTRY = 4096
+
+
+class NotWanted(Exception):
+    """A glance found that the symbol file is not the one wanted; the file was not parsed."""
+
+
+class SymbolGlance:
+    """The RVAs of a few symbols, picked out of an ISF file's text while it is read, and whether that
+    makes it the file wanted (``wanted(found)``, called once the glance is done).
+
+    volatility3 writes the sections in key order, ``symbols`` before ``user_types``: a kernel's
+    PsLoadedModuleList lies about 40% into the text, so a file of another build is given up after a
+    third of the work of opening it. A name counts only where its entry is a JSON object with a
+    whole-number ``address`` (only symbols have one) after the ``symbols`` key; the glance is done when
+    it has every name, or at ``user_types`` after ``symbols``, or at the end of the text."""
+
+    def __init__(self, names: Sequence[str], wanted: Callable[[Dict[str, int]], bool]):
+        self.names = sorted(set(names))
+        self.wanted = wanted
+        self.found: Dict[str, int] = {}
+        self.done = False
+        self._entry = re.compile(rb'"(' + b"|".join(re.escape(name.encode()) for name in self.names)
+                                 + rb')"\s*:\s*\{')
+        self._symbols_at = -1
+        self._searched = -1
+
+    def look(self, text: bytearray, last: bool) -> None:
+        """Look at the text read so far (``last``: all of it)."""
+        if self._symbols_at < 0:
+            self._symbols_at = self._searched = text.find(b'"symbols"')
+            if self._symbols_at < 0:
+                self.done = last
+                return
+        start = max(self._symbols_at, self._searched - _GLANCE_ENTRY)
+        end = len(text) if last else max(self._searched, len(text) - _GLANCE_ENTRY)  # whole entries only
+        for match in self._entry.finditer(text, start, end):
+            address = _entry_address(bytes(text[match.end() - 1:match.end() - 1 + _GLANCE_ENTRY]))
+            if address is not None:
+                self.found.setdefault(match.group(1).decode(), address)
+        types_at = text.find(b'"user_types"', start, end)
+        self._searched = end
+        self.done = last or len(self.found) == len(self.names) or types_at >= 0
+
+
+def _entry_address(text: bytes) -> Optional[int]:
+    """The ``address`` of the JSON object at the start of ``text`` (cut anywhere after it), or None."""
+    try:
+        entry, _ = json.JSONDecoder().raw_decode(text.decode("utf-8", "replace"))
+    except ValueError:
+        return None
+    address = entry.get("address") if type(entry) is dict else None
+    return address if type(address) is int and 0 <= address < 1 << 64 else None
 
 
 @dataclass(frozen=True)
@@ -169,9 +242,10 @@ class IsfFile(SymbolFile):
         self._by_address: Optional[Tuple[List[int], List[str]]] = None
 
     @classmethod
-    def open(cls, path: str) -> "IsfFile":
-        """Open a plain, xz or gzip ISF file; SymbolFileError (one line) if it is not a valid one."""
-        return cls(path, load_json_document(path))
+    def open(cls, path: str, glance: Optional[SymbolGlance] = None) -> "IsfFile":
+        """Open a plain, xz or gzip ISF file; SymbolFileError (one line) if it is not a valid one, NotWanted
+        where the ``glance`` gives it up."""
+        return cls(path, load_json_document(path, glance))
 
     # ---- the checks at open --------------------------------------------------------------------
 
