@@ -17,7 +17,7 @@ Every kernel view and analysis reads through a session (``analyses.common.Contex
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .arch import arch_of_machine
 from .kernel.modules import ModuleMap, walk_loaded_modules
@@ -240,7 +240,12 @@ class KernelSession:
                 module.name, base, module.size, directory))
             from_file = recording.recorder(on_disk.read)
         if in_memory is None:
-            return ImageView(module.name, base, module.size, from_file, directory)
+            def find_entry(entry_size: int, rva: int) -> Optional[int]:
+                try:
+                    return on_disk.function_index(entry_size, rva)
+                except TargetError as error:  # a damaged file: the unwinder says so as of bytes it lacks
+                    raise MemoryReadError(base + directory[0], directory[1], reason=str(error)) from None
+            return ImageView(module.name, base, module.size, from_file, directory, find_entry=find_entry)
         from_memory = image_reader(in_memory.read, base)
 
         def read(rva: int, size: int) -> bytes:
@@ -429,10 +434,12 @@ class _KernelSymbolFinder:
             if lookup.path is None:
                 self.notes.append(f"{lookup.warning()}; the built-in layouts were used")
                 return None
-            candidates = [lookup.path]
-        else:
-            candidates = [path for name in KERNEL_PDB_NAMES for path in symbol_path.candidates(name)]
+            candidates: Iterable[str] = [lookup.path]
+        else:  # listed as they are tried: the folders are not listed past the file that fits
+            candidates = (path for name in KERNEL_PDB_NAMES for path in symbol_path.candidates(name))
+        tried = 0
         for path in candidates:
+            tried += 1
             try:
                 if self.identity is None:  # any kernel's file may be here: one of another build is given up early
                     opened = open_candidate_once(path, CHECKED_GLOBALS,
@@ -448,7 +455,7 @@ class _KernelSymbolFinder:
                 return opened
         if self.identity is None:
             checked = ", ".join(name for name in CHECKED_GLOBALS if name in self.recorded_globals) or "nothing"
-            self.notes.append(f"{self.why_no_identity}, and none of the {len(candidates)} kernel symbol file(s) on "
+            self.notes.append(f"{self.why_no_identity}, and none of the {tried} kernel symbol file(s) on "
                               f"the symbol path fits it (checked by the RVAs of {checked}); the built-in layouts "
                               f"were used")
         return None

@@ -2,14 +2,17 @@
 frames and a stop reason, within the frame cap."""
 from __future__ import annotations
 
+import os
 import struct
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pykd_ext.targets.base import MemoryReadError
+from pykd_ext.symbols.pe import PeImage
+from pykd_ext.targets.base import MemoryReadError, Module, RecordedImage
 from pykd_ext.unwind import Stop, Unwind, unwind
-from pykd_ext.unwind.model import ImageView
+from pykd_ext.unwind.model import UNWIND_DATA_UNAVAILABLE, ImageView, UnwindStop, pdata_entry
 
 IMAGE_BASE = 0xFFFFF80000000000
 STACK_BASE = 0xFFFF800000000000
@@ -61,3 +64,43 @@ def test_random_unwind_data_and_stacks_end_with_a_stop(image, rows, stack, pc, s
     result = unwind(architecture, registers, read_stack, images, max_frames=32)
     assert isinstance(result, Unwind) and isinstance(result.stop, Stop)
     assert 1 <= len(result.frames) <= 32 and result.stop.message
+
+
+# ---- the function table of an image file, read once, and what a recording keeps of it ----------
+
+WDF01000 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "symstore", "Wdf01000.sys", "a9a9d36ed1000",
+                        "Wdf01000.sys")
+
+
+@pytest.mark.skipif(not os.path.isfile(WDF01000), reason="../shared (the real symbol store) is absent")
+def test_a_function_table_read_at_once_finds_what_the_entry_by_entry_search_finds_and_replays():
+    image = PeImage.from_file(WDF01000)
+    table, size = image.exception_directory
+    count = size // 12
+    begins = [struct.unpack_from("<I", image.read(table + 12 * index, 4))[0] for index in range(count)]
+    probes = sorted({begins[index] + delta for index in range(0, count, 37) for delta in (-1, 0, 5)}
+                    | {0, begins[-1] + 0x40})
+    module = Module("Wdf01000", "Wdf01000.sys", IMAGE_BASE, image.size_of_image)
+
+    def view(read, find_entry=None):
+        return ImageView(module.name, module.base, module.size, read, (table, size), find_entry=find_entry)
+
+    entry_by_entry = view(image.read)
+    expected = {rva: pdata_entry(entry_by_entry, 12, rva) for rva in probes}
+    assert expected[0] is None and expected[begins[37]][:4] == struct.pack("<I", begins[37])
+
+    recorded = RecordedImage(module.name, module.base, module.size, (table, size))
+    at_once = view(recorded.recorder(image.read), image.function_index)
+    assert {rva: pdata_entry(at_once, 12, rva) for rva in probes} == expected
+    assert {len(data) for data in recorded.reads.values()} == {12}  # the entries found and the next ones
+    assert len(recorded.reads) <= 2 * len(probes)
+    assert {rva: pdata_entry(recorded.view(module), 12, rva) for rva in probes} == expected
+
+    earlier = RecordedImage(module.name, module.base, module.size, (table, size))  # made entry by entry
+    for rva in probes:
+        pdata_entry(view(earlier.recorder(image.read)), 12, rva)
+    assert {rva: pdata_entry(earlier.view(module), 12, rva) for rva in probes} == expected
+
+    with pytest.raises(UnwindStop) as stopped:  # a function no lookup read is not guessed at
+        pdata_entry(recorded.view(module), 12, begins[18])
+    assert stopped.value.reason == UNWIND_DATA_UNAVAILABLE and "not read when this recording" in stopped.value.message

@@ -51,6 +51,10 @@ DATA = "data"  # a global or static variable, with its type's size when the PDB 
 NEAREST_SYMBOL = "symbol"  # an ISF file's nearest symbol at or before the address: no length, no kind
 
 
+# How many of its addresses' names a symbol file remembers.
+MAX_REMEMBERED_LOCATIONS = 1 << 16
+
+
 @dataclass(frozen=True)
 class CodeLocation:
     """What a symbol file says of one RVA of its image: the symbol that holds it and, where the line
@@ -99,7 +103,18 @@ class SymbolFile:
 
     def locate(self, rva: int) -> Optional[CodeLocation]:
         """The symbol that holds ``rva`` (a procedure, a data symbol, else the nearest public at or
-        before it in the same section), with its source line where known; None when nothing names it."""
+        before it in the same section), with its source line where known; None when nothing names it.
+        Remembered: a file kept for the process names the same addresses for every dump of a fleet."""
+        located = self.__dict__.setdefault("_located", {})
+        if rva in located:
+            return located[rva]
+        found = self._locate(rva)
+        if len(located) < MAX_REMEMBERED_LOCATIONS:
+            located[rva] = found
+        return found
+
+    def _locate(self, rva: int) -> Optional[CodeLocation]:
+        """``locate``, each time."""
         raise NotImplementedError
 
     def close(self) -> None:

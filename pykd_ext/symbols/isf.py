@@ -291,7 +291,7 @@ class IsfFile(SymbolFile):
     def rva(self, name: str) -> Optional[int]:
         return self._symbols.get(name)
 
-    def locate(self, rva: int) -> Optional[CodeLocation]:
+    def _locate(self, rva: int) -> Optional[CodeLocation]:
         """The nearest symbol at or before ``rva`` (kind NEAREST_SYMBOL): an ISF file gives symbols'
         addresses only, so the result has no size, no source line, and may be a data symbol."""
         if self._by_address is None:

@@ -215,7 +215,7 @@ class PdbFile(SymbolFile):
             return None
         return self._guarded(self._types.type_info, name, field_names)
 
-    def locate(self, rva: int) -> Optional[CodeLocation]:
+    def _locate(self, rva: int) -> Optional[CodeLocation]:
         index = self._address_index()
         return None if index is None else self._guarded(index.locate, rva)
 

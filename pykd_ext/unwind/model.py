@@ -68,6 +68,10 @@ class ImageView:
     MemoryReadError for bytes the source lacks; it is None when the image's bytes are not at hand, and
     ``unavailable`` then says why. ``exception_directory`` is the (RVA, size) of its exception directory
     (``.pdata``: data directory entry 3 of the PE optional header); (0, 0) when it has none.
+    ``find_entry(entry_size, rva)``, where the source has a faster way than reading the table entry by
+    entry (an image file's table read once, a recording's entries), gives the index of the entry with
+    the last begin at or before ``rva`` (None: every function begins after it) and raises
+    MemoryReadError when it cannot tell.
     """
 
     name: str
@@ -76,6 +80,7 @@ class ImageView:
     read: Optional[Callable[[int, int], bytes]] = None
     exception_directory: Tuple[int, int] = (0, 0)
     unavailable: str = ""
+    find_entry: Optional[Callable[[int, int], Optional[int]]] = None
 
     def contains(self, address: int) -> bool:
         return self.base <= address < self.base + self.size
@@ -168,6 +173,18 @@ def pdata_entry(image: ImageView, entry_size: int, rva: int) -> Optional[bytes]:
     with the last begin at or before ``rva``, by binary search of the exception directory; None when
     every function begins after it. Whether the function covers ``rva`` is for the caller to check."""
     table, table_size = image.exception_directory
+    if image.find_entry is not None:
+        try:
+            index = image.find_entry(entry_size, rva)
+        except MemoryReadError as error:
+            raise UnwindStop(UNWIND_DATA_UNAVAILABLE, f"the exception directory of {image.name} is not available: "
+                                                      f"{error.reason}") from None
+        if index is None:
+            return None
+        entry = image_bytes(image, table + index * entry_size, entry_size, "exception directory")
+        if index + 1 < table_size // entry_size:  # read too, so that a recording holds what finds the entry again
+            image_bytes(image, table + (index + 1) * entry_size, entry_size, "exception directory")
+        return entry
     low, high = 0, table_size // entry_size - 1
     found = None
     while low <= high:
