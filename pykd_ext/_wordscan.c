@@ -60,8 +60,8 @@
 #define SLOTS_PER_VALUE_LOG2 8
 /* Words compared per block before looking at which one matched (lets the compiler vectorise). */
 #define COMPARE_BLOCK 32
-/* Words looked up in the filter per block before looking at which one passed. */
-#define FILTER_BLOCK 8
+/* Words told in or out of the values' range per block before any is looked up in the filter. */
+#define RANGE_BLOCK 32
 /* Even words checked for an object header per block before looking at which one matched. */
 #define HEADER_BLOCK 32
 /* A header_sizes bitmap: one bit for each 16-bit Size. */
@@ -102,6 +102,21 @@
 #else
 #define NOINLINE
 #endif
+
+/* The index of the lowest bit set in a nonzero mask. */
+static inline int lowest_set_bit(uint32_t mask)
+{
+#if defined(__GNUC__)
+    return __builtin_ctz(mask);
+#else
+    int index = 0;
+    while (!(mask & 1)) {
+        mask >>= 1;
+        index++;
+    }
+    return index;
+#endif
+}
 
 /* The hits of a search: word indices (from ``base``) and, when ``values`` is wanted, the words. */
 typedef struct {
@@ -215,31 +230,38 @@ static int filter_bits_for(Py_ssize_t count)
         return filter[hash_##SUFFIX(word, bits)];                                                    \
     }                                                                                                \
                                                                                                      \
-    static void filter_##SUFFIX(const WORD *words, Py_ssize_t count, const WORD *values,             \
-                                Py_ssize_t value_count, const uint8_t *filter, int bits,             \
-                                Hits *out)                                                        \
+    VECTOR_CLONES static void filter_##SUFFIX(const WORD *words, Py_ssize_t count, const WORD *values, \
+                                              Py_ssize_t value_count, const uint8_t *filter, int bits, \
+                                              Hits *out)                                          \
     {                                                                                                \
-        /* FILTER_BLOCK independent lookups per branch keep the core busy; the prefetch keeps the    \
-         * words of a buffer that is not in the cache coming (the hardware prefetcher stops at page  \
-         * boundaries). Prefetches past the end are harmless: they never fault. */                    \
+        /* A word outside [lowest, highest] of the (sorted) values is no member: RANGE_BLOCK words   \
+         * are told in or out of that range at once (a subtraction and a comparison each, which the  \
+         * compiler vectorises), and only those inside it are looked up in the filter, whose random  \
+         * reads cost most. Zeros, small numbers, code, user addresses and page table entries are    \
+         * outside it; in a kernel dump, so are most pointers. The prefetch keeps the words of a     \
+         * buffer that is not in the cache coming (the hardware prefetcher stops at page             \
+         * boundaries). Prefetches past the end are harmless: they never fault. */                   \
+        const WORD lowest = values[0], span = (WORD)(values[value_count - 1] - values[0]);           \
         Py_ssize_t i = 0;                                                                            \
-        for (; i + FILTER_BLOCK <= count; i += FILTER_BLOCK) {                                       \
-            PREFETCH((uintptr_t)(words + i) + PREFETCH_BYTES);                                       \
-            unsigned any = 0;                                                                        \
-            for (int k = 0; k < FILTER_BLOCK; k++)                                                   \
-                any |= filter_slot_##SUFFIX(filter, bits, words[i + k]);                             \
-            if (any) {                                                                               \
-                for (int k = 0; k < FILTER_BLOCK; k++) {                                             \
-                    WORD word = words[i + k];                                                        \
-                    if (filter_slot_##SUFFIX(filter, bits, word)                                     \
-                        && is_member_##SUFFIX(values, value_count, word))                            \
-                        append(out, i + k, word);                                                    \
-                }                                                                                    \
+        for (; i + RANGE_BLOCK <= count; i += RANGE_BLOCK) {                                         \
+            for (int line = 0; line < RANGE_BLOCK * (int)sizeof(WORD); line += 64)                  \
+                PREFETCH((uintptr_t)(words + i) + PREFETCH_BYTES + line);                            \
+            uint32_t inside = 0;                                                                     \
+            for (int k = 0; k < RANGE_BLOCK; k++)                                                    \
+                inside |= (uint32_t)((WORD)(words[i + k] - lowest) <= span) << k;                    \
+            while (inside) {                                                                         \
+                int k = lowest_set_bit(inside);                                                      \
+                inside &= inside - 1;                                                                \
+                WORD word = words[i + k];                                                            \
+                if (filter_slot_##SUFFIX(filter, bits, word)                                         \
+                    && is_member_##SUFFIX(values, value_count, word))                                \
+                    append(out, i + k, word);                                                        \
             }                                                                                        \
         }                                                                                            \
         for (; i < count; i++) {                                                                     \
             WORD word = words[i];                                                                    \
-            if (filter_slot_##SUFFIX(filter, bits, word) && is_member_##SUFFIX(values, value_count, word)) \
+            if ((WORD)(word - lowest) <= span && filter_slot_##SUFFIX(filter, bits, word)            \
+                && is_member_##SUFFIX(values, value_count, word))                                    \
                 append(out, i, word);                                                                \
         }                                                                                            \
     }                                                                                                \

@@ -539,3 +539,27 @@ def test_a_hunt_on_a_dump_truncated_after_it_was_opened_keeps_a_warning(tmp_path
         target.close()
     assert report.complete_hunt is False and not report.suspects
     assert any("truncated while leakhunt read it" in warning for warning in report.warnings)
+
+
+def test_the_mapping_is_let_go_in_the_background_when_the_analysis_is_done(tmp_path, scenarios, monkeypatch):
+    if not search.compiled_searches_mappings:
+        pytest.skip("the compiled engine's bus-error guard is not built here")
+    path = str(tmp_path / "MEMORY.DMP")
+    write_dump(scenarios["irp"].data, path)
+    process = scenarios["irp"].expected["process"]
+    mappings = []
+    real_mmap = dumpfile_module.mmap.mmap
+    monkeypatch.setattr(dumpfile_module.mmap, "mmap", lambda *a, **k: mappings.append(real_mmap(*a, **k)) or mappings[-1])
+    target = open_dump(path)
+    try:
+        report = analyze(KernelSession(target))
+        assert report.suspects and len(mappings) == 1
+        unmapping = target._unmapping
+        assert target._mapping is None and unmapping is not None
+        unmapping.join()
+        assert mappings[0].closed
+        found = target.search_pointers([process])  # a later search maps the file again
+        assert found[process] and len(mappings) == 2 and not mappings[1].closed
+    finally:
+        target.close()
+    assert mappings[1].closed and target._unmapping is None

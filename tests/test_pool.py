@@ -154,3 +154,20 @@ def test_a_big_pool_table_that_is_not_in_memory_is_said_and_not_used():
     pool = PoolFinder(target, session.layouts, session.symbol, said.append)
     assert pool.block_of(big + 0x100) is None
     assert len(said) == 1 and "entries of the big pool table are not in memory" in said[0]
+
+
+@pytest.mark.parametrize("arch", ["x64", "x86"])
+def test_pages_decoded_together_place_every_address_as_pages_decoded_one_by_one(arch):
+    scene = PrivateScene(arch, 3)
+    blocks = [scene.tagged_block(0x40 + 0x10 * (n % 5), f"Bk{n:02d}") for n in range(40)]
+    vs = scene.vs_blocks([(0x50, "VsOn"), (0x30, "VsTw")])
+    lying, unit = page_of_headers(scene, {0: (8, "Real", 2, 0), 4: (3, "Fake", 2, 2)})
+    free, _ = page_of_headers(scene, {0: (4, "Free", 0, 0)})
+    target = finish(scene)
+    addresses = [address + offset for address in blocks + vs for offset in (0, 8, 0x38)] + \
+        [lying + 5 * unit, free + unit + 8, 0xFFFF_F000_0000_0000]  # the last: on no page of the dump
+    one_by_one = finder(target)
+    together = finder(target)
+    together.decode_pages_of(addresses)
+    assert [together.block_of(a) for a in addresses] == [one_by_one.block_of(a) for a in addresses]
+    assert {one_by_one.block_of(block).tag for block in blocks} == {f"Bk{n:02d}" for n in range(40)}

@@ -44,8 +44,11 @@ def analyze(source: Union[Target, KernelSession], options: Optional[Options] = N
     An interrupted hunt returns what it found so far, marked partial; a hunt stopped by corrupt data
     returns what it found so far with a warning (and ``complete_hunt`` false).
     """
-    with collector_paused():
-        return _analyze(source, options)
+    try:
+        with collector_paused():
+            return _analyze(source, options)
+    finally:
+        (source.target if isinstance(source, KernelSession) else source).searches_done()
 
 
 def _analyze(source: Union[Target, KernelSession], options: Optional[Options]) -> Report:

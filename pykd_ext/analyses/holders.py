@@ -331,7 +331,7 @@ def find_holders(context: Context, mdl_addresses: Iterable[int], holders: Option
                                                                 f"reference to MDL {mdl_address:#x}",
                                                                 ["the hit has no virtual address"]))
                         continue
-                    irp = _irp_at(context, hit.virtual - irp_mdl_offset, mdl_address)
+                    irp, not_irp = _irp_at(context, hit.virtual - irp_mdl_offset, mdl_address)
                     if irp is not None:
                         holders.irps.setdefault(irp.address, irp)
                         if irp.address not in direct.setdefault(mdl_address, []):
@@ -346,12 +346,12 @@ def find_holders(context: Context, mdl_addresses: Iterable[int], holders: Option
                             next_frontier.add(parent)
                         continue
                     if mdl_address in chained_to_private:
-                        _reject_irp_like(context, hit.virtual - irp_mdl_offset)
+                        _reject_irp_like(context, hit.virtual - irp_mdl_offset, not_irp)
                         unexplained.setdefault(mdl_address, []).append(hit)
                         continue
-                    not_irp = context.io.irp_header_problems(hit.virtual - irp_mdl_offset) or ["an invalid IRP"]
                     context.report.rejected.append(Rejected(hit.virtual, f"holder of MDL {mdl_address:#x}",
-                                                            [f"not an IRP's MdlAddress ({'; '.join(not_irp)})",
+                                                            [f"not an IRP's MdlAddress "
+                                                             f"({'; '.join(not_irp or ['an invalid IRP'])})",
                                                              "not an MDL's Next"]))
             frontier = sorted(next_frontier)
             depth += 1
@@ -391,6 +391,7 @@ def _classify_copies(context: Context, holders: Holders, places: Places, unheld:
     """Classify the unexplained copies of each MDL of ``unheld`` and of the MDLs chained before it (each
     copy once, at most MAX_HOLDERS_PER_VALUE per MDL), then settle the pool tags among them."""
     classified: Dict[int, List[Holder]] = {}
+    places.pool.decode_pages_of(hit.virtual for link in copies for hit in copies[link][:MAX_HOLDERS_PER_VALUE])
     for mdl in unheld:
         for link in _chain_back(holders, mdl):
             if link not in classified:
@@ -407,24 +408,27 @@ def _classify_copies(context: Context, holders: Holders, places: Places, unheld:
     places.settle_tags([holder for found in classified.values() for holder in found], follow=True)
 
 
-def _reject_irp_like(context: Context, address: int) -> None:
-    """Record an IRP candidate whose Type is IO_TYPE_IRP but whose header is not an IRP's, with why."""
-    problems = context.io.irp_header_problems(address)
+def _reject_irp_like(context: Context, address: int, problems: List[str]) -> None:
+    """Record an IRP candidate whose Type is IO_TYPE_IRP but whose header is not an IRP's, with why
+    (``problems``: what plausible_irp says of its header)."""
     if problems and problems != ["unreadable"] and not problems[0].startswith("Type "):
         context.report.rejected.append(Rejected(address, "IRP", problems))
 
 
-def _irp_at(context: Context, address: int, mdl_address: int) -> Optional[Irp]:
-    irp = context.io.plausible_irp(address)
+def _irp_at(context: Context, address: int, mdl_address: int) -> Tuple[Optional[Irp], List[str]]:
+    """(the IRP at ``address`` whose MDL chain reaches ``mdl_address``, or None; what is wrong with the
+    header at ``address``, [] when it is an IRP's): an IRP rejected for what its header does not show
+    is recorded as a rejected candidate."""
+    irp, problems = context.io.plausible_irp(address)
     if irp is None:
-        return None
+        return None, problems
     if irp.problems:
         context.report.rejected.append(Rejected(address, "IRP", irp.problems))
-        return None
+        return None, []
     if not _chain_reaches(context, irp.mdl_address, mdl_address):
         context.report.rejected.append(Rejected(address, "IRP", [f"its MDL chain does not reach {mdl_address:#x}"]))
-        return None
-    return irp
+        return None, []
+    return irp, []
 
 
 def _chain_parent_at(context: Context, address: int, mdl_address: int) -> Optional[int]:
@@ -491,9 +495,9 @@ def join_irps(context: Context, mdls: Dict[int, Mdl], headers: List[HeaderHit], 
         reached = _chain_from(context, first, wanted, mdls)
         if not reached:
             continue
-        irp = context.io.plausible_irp(header.virtual)
+        irp, problems = context.io.plausible_irp(header.virtual)
         if irp is None:
-            _reject_irp_like(context, header.virtual)
+            _reject_irp_like(context, header.virtual, problems)
             continue
         if irp.problems:
             context.report.rejected.append(Rejected(irp.address, "IRP", irp.problems))

@@ -196,14 +196,6 @@ class IoReader:
 
     # ---- IRP ---------------------------------------------------------------------------------
 
-    def irp_header_problems(self, address: int) -> List[str]:
-        """Cheap check of an IRP candidate's header; an empty list means it looks like an IRP."""
-        try:
-            view = self.layouts.view("_IRP", address)
-        except MemoryReadError:
-            return ["unreadable"]
-        return self._header_problems(view)
-
     def _header_problems(self, view) -> List[str]:
         irp_size = view.layout.size
         stack_size = self.layouts.get("_IO_STACK_LOCATION").size
@@ -234,15 +226,16 @@ class IoReader:
         view = self.layouts.view("_IRP", address)
         return self._irp_from_view(view, self._header_problems(view))
 
-    def plausible_irp(self, address: int) -> Optional[Irp]:
-        """The IRP at ``address`` read as read_irp does, or None when its header is not an IRP's or is
-        unreadable (one read of the header serves both the check and the IRP)."""
+    def plausible_irp(self, address: int) -> Tuple[Optional[Irp], List[str]]:
+        """(the IRP at ``address`` read as read_irp does, []), or (None, what is wrong with its header:
+        ["unreadable"], or the checks it fails) when it is not an IRP's: one read of the header serves
+        the check, the IRP and the reason it is not one."""
         try:
             view = self.layouts.view("_IRP", address)
         except MemoryReadError:
-            return None
+            return None, ["unreadable"]
         problems = self._header_problems(view)
-        return None if problems else self._irp_from_view(view, problems)
+        return (None, problems) if problems else (self._irp_from_view(view, problems), [])
 
     def _irp_from_view(self, view, header_problems: List[str]) -> Irp:
         address = view.address

@@ -21,7 +21,7 @@ from __future__ import annotations
 import bisect
 import struct
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -42,7 +42,7 @@ BIG_POOL_READ_ENTRIES = 4096
 # A free entry of the big pool table has bit 0 of its Va set (WRK pool.c, POOL_BIG_TABLE_ENTRY_FREE).
 BIG_POOL_ENTRY_FREE = 0x1
 # Pages whose headers were decoded, and the blocks found, kept for the next address asked about.
-DECODED_PAGES_KEPT = 256
+DECODED_PAGES_KEPT = 1024
 BLOCKS_KEPT = 4096
 
 
@@ -108,6 +108,27 @@ class PoolFinder:
                 return False
             self._header = header
         return self._bits is not None
+
+    def decode_pages_of(self, addresses: Iterable[int]) -> None:
+        """Read the pages of ``addresses`` and decode their headers at once, before their blocks are asked
+        for: a thousand copies to place cost one pass of numpy over their pages, not one per page."""
+        if not self.headers_known:
+            return
+        pages = sorted({address & ~(PAGE_SIZE - 1) for address in addresses} - set(self._pages))
+        pages = pages[:DECODED_PAGES_KEPT]
+        if len(self._pages) + len(pages) > DECODED_PAGES_KEPT:
+            self._pages.clear()
+        readable: Dict[int, bytes] = {}
+        for page in pages:
+            try:
+                data = self.target.read(page, PAGE_SIZE)
+            except MemoryReadError:
+                self._pages[page] = None
+                continue
+            if len(data) == PAGE_SIZE:
+                readable[page] = data
+        decoded = _DecodedPage.decode(list(readable.values()), self._header, self._bits["BlockSize"])
+        self._pages.update(zip(readable, decoded))
 
     def block_of(self, address: int) -> Optional[PoolBlock]:
         """The pool block holding ``address``, or None when no table or header places it."""
@@ -226,7 +247,8 @@ class PoolFinder:
                 data = None
             if len(self._pages) >= DECODED_PAGES_KEPT:
                 self._pages.clear()
-            self._pages[page] = None if data is None else _DecodedPage(data, self._header, self._bits["BlockSize"])
+            self._pages[page] = None if data is None else \
+                _DecodedPage.decode([data], self._header, self._bits["BlockSize"])[0]
         return self._pages[page]
 
     def _fields(self, decoded: "_DecodedPage", row: int) -> Tuple[int, int, int, str]:
@@ -243,20 +265,30 @@ class _DecodedPage:
     """One page's header-sized rows read as POOL_HEADERs: each row's BlockSize, where its block would end,
     and whether it is a plausible header (a BlockSize, a printable tag, a block that stays in the page)."""
 
-    def __init__(self, data: bytes, header: StructLayout, block_size_bits: Tuple[int, int]):
+    def __init__(self, data: bytes, block_sizes: np.ndarray, ends: np.ndarray, plausible: np.ndarray):
         self.data = data
+        self.block_sizes = block_sizes
+        self.ends = ends
+        self.plausible = plausible
+
+    @classmethod
+    def decode(cls, pages: List[bytes], header: StructLayout, block_size_bits: Tuple[int, int]) -> List["_DecodedPage"]:
+        """The pages (PAGE_SIZE bytes each) decoded, all in one pass."""
+        if not pages:
+            return []
         unit = header.size
-        rows = np.frombuffer(data, dtype=np.uint8).reshape(-1, unit)
-        ulong1 = rows[:, header.offset("Ulong1"):][:, :4].copy().view("<u4")[:, 0]
+        rows = np.frombuffer(b"".join(pages), dtype=np.uint8).reshape(len(pages), -1, unit)
+        ulong1 = rows[:, :, header.offset("Ulong1"):][:, :, :4].copy().view("<u4")[:, :, 0]
         first, bits = block_size_bits
-        self.block_sizes = ((ulong1 >> np.uint32(first)) & np.uint32((1 << bits) - 1)).astype(np.int64)
-        self.ends = (np.arange(len(rows)) + self.block_sizes) * unit
-        tag_bytes = rows[:, header.offset("PoolTag"):][:, :4].copy()
-        tag_bytes[:, 3] &= 0x7F
+        block_sizes = ((ulong1 >> np.uint32(first)) & np.uint32((1 << bits) - 1)).astype(np.int64)
+        ends = (np.arange(rows.shape[1]) + block_sizes) * unit
+        tag_bytes = rows[:, :, header.offset("PoolTag"):][:, :, :4].copy()
+        tag_bytes[:, :, 3] &= 0x7F
         alphanumeric = ((tag_bytes >= 0x30) & (tag_bytes <= 0x39)) | ((tag_bytes >= 0x41) & (tag_bytes <= 0x5A)) \
             | ((tag_bytes >= 0x61) & (tag_bytes <= 0x7A))
-        tags = np.all((tag_bytes >= 0x20) & (tag_bytes < 0x7F), axis=1) & np.any(alphanumeric, axis=1)
-        self.plausible = tags & (self.block_sizes > 0) & (self.ends <= PAGE_SIZE)
+        tags = np.all((tag_bytes >= 0x20) & (tag_bytes < 0x7F), axis=2) & np.any(alphanumeric, axis=2)
+        plausible = tags & (block_sizes > 0) & (ends <= PAGE_SIZE)
+        return [cls(data, block_sizes[index], ends[index], plausible[index]) for index, data in enumerate(pages)]
 
 
 def tag_before(target: Target, layouts: Layouts, address: int) -> Optional[str]:

@@ -383,6 +383,10 @@ class Target:
         """What the source recorded about the crash besides memory (a small dump's triage data), or None."""
         return None
 
+    def searches_done(self) -> None:
+        """The analysis will search no more: what the searches held may be let go (a later search takes
+        it again)."""
+
     def close(self) -> None:
         """Release files or sessions held by the target."""
 

@@ -867,5 +867,8 @@ class RecordingTarget(Target):
         self.data.hunt_unavailable = self.inner.hunt_unavailable
         return self.data
 
+    def searches_done(self) -> None:
+        self.inner.searches_done()
+
     def close(self) -> None:
         self.inner.close()
