@@ -17,6 +17,7 @@ Every kernel view and analysis reads through a session (``analyses.common.Contex
 """
 from __future__ import annotations
 
+import struct
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .arch import arch_of_machine
@@ -26,6 +27,7 @@ from .symbols.base import SymbolFile, SymbolFileError
 from .targets.base import (MemoryReadError, Module, RecordedImage, SymbolicAddress, SymbolNotFound, Target,
                            TargetError, image_reader)
 from .unwind import ImageView
+from .unwind.model import search_function_table
 from .typeinfo import TypeInfo
 
 USER_GIVEN = "given on the command line"
@@ -242,9 +244,16 @@ class KernelSession:
         if in_memory is None:
             def find_entry(entry_size: int, rva: int) -> Optional[int]:
                 try:
-                    return on_disk.function_index(entry_size, rva)
+                    entries = on_disk.function_table(entry_size)
                 except TargetError as error:  # a damaged file: the unwinder says so as of bytes it lacks
                     raise MemoryReadError(base + directory[0], directory[1], reason=str(error)) from None
+                found, looked_at = search_function_table(
+                    lambda index: struct.unpack_from("<I", entries, index * entry_size)[0], len(entries) // entry_size,
+                    rva)
+                for index in looked_at:  # what reading them one by one would have recorded
+                    start = index * entry_size
+                    recording.keep(directory[0] + start, entries[start:start + entry_size])
+                return found
             return ImageView(module.name, base, module.size, from_file, directory, find_entry=find_entry)
         from_memory = image_reader(in_memory.read, base)
 

@@ -305,3 +305,12 @@ def test_a_glance_takes_only_whole_symbol_entries_after_the_symbols_key(tmp_path
     path = tmp_path / "k.json.xz"
     path.write_bytes(lzma.compress(text.encode()))
     assert _glance(path, CHECKED)[0] == [{"PsLoadedModuleList": 0xC29A90}]
+
+
+def test_a_glance_takes_a_name_given_twice_as_the_parsed_file_has_it(tmp_path):
+    text = ('{"metadata": {}, "symbols": {"PsLoadedModuleList": {"address": 16}, "PsLoadedModuleList": '
+            '{"address": 32}}, "user_types": {}}')
+    path = tmp_path / "k.json"
+    path.write_text(text)
+    assert json.loads(text)["symbols"]["PsLoadedModuleList"] == {"address": 32}
+    assert _glance(path, ["PsLoadedModuleList", "KdDebuggerDataBlock"])[0] == [{"PsLoadedModuleList": 32}]

@@ -5,6 +5,7 @@ import gzip
 import importlib.util
 import json
 import lzma
+import os
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,23 @@ def test_a_candidate_of_another_build_is_given_up_once_for_the_process(tmp_path,
     opened = files.open_candidate_once(str(path), ["PsLoadedModuleList"], fits(wanted))
     assert isinstance(opened, IsfFile) and opened.rva("PsLoadedModuleList") == wanted["PsLoadedModuleList"]
     assert files.open_symbol_file_once(str(path)) is opened  # one parse, shared
+
+
+def test_files_of_a_file_system_without_inode_numbers_are_told_apart_by_path(tmp_path, monkeypatch):
+    from pykd_ext.symbols import files
+
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text('{"nt!A": 1}')
+    second.write_text('{"nt!B": 2}')
+    os.utime(first, ns=(1, 1))
+    os.utime(second, ns=(1, 1))  # the same size and time, as unpacked from an archive
+    real_stat = os.stat
+
+    def without_inodes(path, *args, **kwargs):
+        status = list(real_stat(path, *args, **kwargs))
+        status[1] = 0  # st_ino
+        return os.stat_result(status)
+
+    monkeypatch.setattr(files.os, "stat", without_inodes)
+    assert files.open_symbol_file_once(str(first)) == {"nt!A": 1}
+    assert files.open_symbol_file_once(str(second)) == {"nt!B": 2}

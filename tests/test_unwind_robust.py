@@ -10,9 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pykd_ext.symbols.pe import PeImage
-from pykd_ext.targets.base import MemoryReadError, Module, RecordedImage
+from pykd_ext.targets.base import MemoryReadError, RecordedImage
 from pykd_ext.unwind import Stop, Unwind, unwind
-from pykd_ext.unwind.model import UNWIND_DATA_UNAVAILABLE, ImageView, UnwindStop, pdata_entry
+from pykd_ext.session import open_session
+from pykd_ext.sources import open_source
+from pykd_ext.unwind.model import ImageView, pdata_entry
 
 IMAGE_BASE = 0xFFFFF80000000000
 STACK_BASE = 0xFFFF800000000000
@@ -68,39 +70,33 @@ def test_random_unwind_data_and_stacks_end_with_a_stop(image, rows, stack, pc, s
 
 # ---- the function table of an image file, read once, and what a recording keeps of it ----------
 
-WDF01000 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "symstore", "Wdf01000.sys", "a9a9d36ed1000",
-                        "Wdf01000.sys")
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
+SMALL_DUMP = os.path.join(SHARED, "samples", "triage_x64.dmp")
+SYMBOL_STORE = os.path.join(SHARED, "symstore")
 
 
-@pytest.mark.skipif(not os.path.isfile(WDF01000), reason="../shared (the real symbol store) is absent")
+@pytest.mark.skipif(not os.path.isdir(SYMBOL_STORE), reason="../shared (the real symbol store) is absent")
 def test_a_function_table_read_at_once_finds_what_the_entry_by_entry_search_finds_and_replays():
-    image = PeImage.from_file(WDF01000)
-    table, size = image.exception_directory
-    count = size // 12
-    begins = [struct.unpack_from("<I", image.read(table + 12 * index, 4))[0] for index in range(count)]
-    probes = sorted({begins[index] + delta for index in range(0, count, 37) for delta in (-1, 0, 5)}
-                    | {0, begins[-1] + 0x40})
-    module = Module("Wdf01000", "Wdf01000.sys", IMAGE_BASE, image.size_of_image)
-
-    def view(read, find_entry=None):
-        return ImageView(module.name, module.base, module.size, read, (table, size), find_entry=find_entry)
-
-    entry_by_entry = view(image.read)
-    expected = {rva: pdata_entry(entry_by_entry, 12, rva) for rva in probes}
-    assert expected[0] is None and expected[begins[37]][:4] == struct.pack("<I", begins[37])
-
-    recorded = RecordedImage(module.name, module.base, module.size, (table, size))
-    at_once = view(recorded.recorder(image.read), image.function_index)
-    assert {rva: pdata_entry(at_once, 12, rva) for rva in probes} == expected
-    assert {len(data) for data in recorded.reads.values()} == {12}  # the entries found and the next ones
-    assert len(recorded.reads) <= 2 * len(probes)
-    assert {rva: pdata_entry(recorded.view(module), 12, rva) for rva in probes} == expected
-
-    earlier = RecordedImage(module.name, module.base, module.size, (table, size))  # made entry by entry
-    for rva in probes:
-        pdata_entry(view(earlier.recorder(image.read)), 12, rva)
-    assert {rva: pdata_entry(earlier.view(module), 12, rva) for rva in probes} == expected
-
-    with pytest.raises(UnwindStop) as stopped:  # a function no lookup read is not guessed at
-        pdata_entry(recorded.view(module), 12, begins[18])
-    assert stopped.value.reason == UNWIND_DATA_UNAVAILABLE and "not read when this recording" in stopped.value.message
+    """The session searches an image file's .pdata read in one piece; the answers, and what a recording
+    keeps of them, are those of the search that reads the table entry by entry (Wdf01000.sys, the real
+    image of the real small dump's module, 3796 entries)."""
+    target = open_source(SMALL_DUMP)
+    try:
+        session = open_session(target, SYMBOL_STORE)
+        module = next(module for module in session.modules() if module.name == "Wdf01000")
+        fast = session.image_view(module)
+        table, size = fast.exception_directory
+        image = PeImage.from_file(os.path.join(SYMBOL_STORE, "Wdf01000.sys", "a9a9d36ed1000", "Wdf01000.sys"))
+        begins = [struct.unpack_from("<I", image.read(table + 12 * index, 4))[0] for index in range(size // 12)]
+        rvas = sorted({begins[index] + delta for index in range(0, len(begins), 37) for delta in (-1, 0, 5)}
+                      | {begins[0] - 1, begins[-1] + 0x40})
+        by_entry = RecordedImage(module.name, module.base, module.size, (table, size))
+        slow = ImageView(module.name, module.base, module.size, by_entry.recorder(image.read), (table, size))
+        expected = {rva: pdata_entry(slow, 12, rva) for rva in rvas}
+        assert fast.find_entry is not None and {rva: pdata_entry(fast, 12, rva) for rva in rvas} == expected
+        assert expected[begins[0] - 1] is None and expected[begins[37] - 1][:4] == struct.pack("<I", begins[36])
+        recorded = session.file_image_reads[(module.name, module.base)]
+        assert recorded.reads == by_entry.reads  # the same recording: a replay finds the same entries
+        assert {rva: pdata_entry(recorded.view(module), 12, rva) for rva in rvas} == expected
+    finally:
+        target.close()

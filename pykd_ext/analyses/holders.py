@@ -391,7 +391,8 @@ def _classify_copies(context: Context, holders: Holders, places: Places, unheld:
     """Classify the unexplained copies of each MDL of ``unheld`` and of the MDLs chained before it (each
     copy once, at most MAX_HOLDERS_PER_VALUE per MDL), then settle the pool tags among them."""
     classified: Dict[int, List[Holder]] = {}
-    places.pool.decode_pages_of(hit.virtual for link in copies for hit in copies[link][:MAX_HOLDERS_PER_VALUE])
+    links = {link for mdl in unheld for link in _chain_back(holders, mdl)}
+    places.pool.decode_pages_of(hit.virtual for link in links for hit in copies.get(link, [])[:MAX_HOLDERS_PER_VALUE])
     for mdl in unheld:
         for link in _chain_back(holders, mdl):
             if link not in classified:

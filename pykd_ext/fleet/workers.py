@@ -61,7 +61,10 @@ def freeze_what_is_kept() -> None:
     """Free this input's garbage, then take what is left out of the collector's scans: between inputs
     that is what the worker keeps for the next ones (the symbol files it parsed, tens of thousands of
     objects that every full collection would otherwise walk). Done after the 1st, 2nd, 4th, 8th...
-    input, so that files parsed later are frozen too at a cost that stays small."""
+    input, so that files parsed later are frozen too at a cost that stays small. What is frozen is
+    freed when nothing refers to it any more, unless it is part of a reference cycle: a parsed file
+    that the process caches let go stays (the caches keep a few dozen files; a worker that meets more
+    builds than that holds on to a little more each time)."""
     gc.collect()
     gc.freeze()
 

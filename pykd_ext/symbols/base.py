@@ -118,7 +118,8 @@ class SymbolFile:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Release the file."""
+        """Release the file (and the names it gave: a closed file names nothing)."""
+        self.__dict__.pop("_located", None)
 
 
 class ProcessCache:

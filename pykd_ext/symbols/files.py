@@ -89,14 +89,15 @@ def open_candidate_once(path: str, names: Sequence[str],
     return opened
 
 
-def _file_key(path: str) -> Optional[Tuple[int, int, int, int]]:
+def _file_key(path: str) -> Optional[Tuple[int, Union[int, str], int, int]]:
     """What identifies a file's contents for the process caches (the file itself, through any link, its
     size and modification time), or None when it cannot be read."""
     try:
         info = os.stat(path)
     except OSError:
         return None
-    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+    # A file system without inode numbers says 0 for every file: its files are told apart by path.
+    return info.st_dev, info.st_ino or os.path.realpath(path), info.st_size, info.st_mtime_ns
 
 
 def address_map(document: Any, path: str) -> Dict[str, int]:

@@ -180,16 +180,17 @@ class SymbolGlance:
     def look(self, text: bytearray, last: bool) -> None:
         """Look at the text read so far (``last``: all of it)."""
         if self._symbols_at < 0:
-            self._symbols_at = self._searched = text.find(b'"symbols"')
+            self._symbols_at = self._searched = text.find(b'"symbols"', max(0, self._searched))
             if self._symbols_at < 0:
+                self._searched = max(0, len(text) - len(b'"symbols"'))  # the next piece is looked at, not all again
                 self.done = last
                 return
         start = max(self._symbols_at, self._searched - _GLANCE_ENTRY)
         end = len(text) if last else max(self._searched, len(text) - _GLANCE_ENTRY)  # whole entries only
         for match in self._entry.finditer(text, start, end):
             address = _entry_address(bytes(text[match.end() - 1:match.end() - 1 + _GLANCE_ENTRY]))
-            if address is not None:
-                self.found.setdefault(match.group(1).decode(), address)
+            if address is not None:  # a name given twice: the last, as the parsed file has it
+                self.found[match.group(1).decode()] = address
         types_at = text.find(b'"user_types"', start, end)
         self._searched = end
         self.done = last or len(self.found) == len(self.names) or types_at >= 0

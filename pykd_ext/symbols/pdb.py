@@ -226,6 +226,7 @@ class PdbFile(SymbolFile):
         return None if index is None else self._guarded(index.data, rva)
 
     def close(self) -> None:
+        super().close()
         self._types = None
         self._symbols = None
         self._debug = None

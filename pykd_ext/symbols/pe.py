@@ -29,10 +29,9 @@ import ntpath
 import os
 import struct
 import uuid
-from bisect import bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from ..targets.base import TargetError
 from .base import PdbIdentity
@@ -149,7 +148,7 @@ class PeImage:
         self._read = read
         self.where = where
         self.path: Optional[str] = None  # the image file's, for an image read from disk
-        self._function_begins: Dict[int, List[int]] = {}
+        self._function_tables: Dict[int, Union[bytes, TargetError]] = {}
         dos = self._bytes(0, DOS_HEADER_SIZE, "IMAGE_DOS_HEADER")
         if dos[:2] != b"MZ":
             raise NotAPeImage(f"no PE image {where}: it does not start with MZ")
@@ -217,19 +216,21 @@ class PeImage:
         """(RVA, size) of the exception directory (the ``.pdata`` function table), or None."""
         return self.directory(IMAGE_DIRECTORY_ENTRY_EXCEPTION)
 
-    def function_index(self, entry_size: int, rva: int) -> Optional[int]:
-        """The index of the exception directory's entry (``entry_size`` bytes, each starting with its
-        function's begin RVA, sorted) with the last begin at or before ``rva``; None when every function
-        begins after it. The begins are read once, in one piece: an image file is kept for the process,
-        so each later lookup, for every dump of a fleet, is one bisection."""
-        begins = self._function_begins.get(entry_size)
-        if begins is None:
+    def function_table(self, entry_size: int) -> bytes:
+        """The exception directory's whole entries (``entry_size`` bytes each), read once in one piece
+        (an image file is kept for the process: every dump of a fleet searches the same bytes). Raises
+        what ``read`` raises, each time it is asked again."""
+        kept = self._function_tables.get(entry_size)
+        if kept is None:
             table, size = self.exception_directory or (0, 0)
-            data = self.read(table, size - size % entry_size) if size >= entry_size else b""
-            begins = [begin for (begin,) in struct.iter_unpack(f"<I{entry_size - 4}x", data)]
-            self._function_begins[entry_size] = begins
-        index = bisect_right(begins, rva) - 1
-        return index if index >= 0 else None
+            try:
+                kept = self.read(table, size - size % entry_size) if size >= entry_size else b""
+            except TargetError as error:
+                kept = error
+            self._function_tables[entry_size] = kept
+        if isinstance(kept, TargetError):
+            raise kept
+        return kept
 
     def debug_entries(self) -> List[DebugEntry]:
         """The debug directory's entries (at most MAX_DEBUG_ENTRIES)."""

@@ -142,10 +142,14 @@ class RecordedImage:
 
         def recording(rva: int, size: int) -> bytes:
             data = bytes(checked(rva, size))
-            if len(data) > len(self.reads.get(rva, b"")):
-                self.reads[rva] = data
+            self.keep(rva, data)
             return data
         return recording
+
+    def keep(self, rva: int, data: bytes) -> None:
+        """Keep ``data``, read at ``rva``, unless a longer read there is kept already."""
+        if len(data) > len(self.reads.get(rva, b"")):
+            self.reads[rva] = data
 
     def replay(self, rva: int, size: int) -> bytes:
         """The bytes at ``rva`` from what was recorded; MemoryReadError for bytes never read."""
@@ -154,34 +158,11 @@ class RecordedImage:
                 return data[rva - start:rva - start + size]
         raise MemoryReadError(self.base + rva, size, reason="not read when this recording was made")
 
-    def entry_index(self, entry_size: int, rva: int) -> Optional[int]:
-        """The index of the exception directory's entry with the last begin at or before ``rva`` (None:
-        every function begins after it), from the entries recorded: the one found and the one after it,
-        which the unwinder read (its own search of the table read both too). MemoryReadError when the
-        recorded entries cannot tell."""
-        table, size = self.exception_directory
-        count = size // entry_size
-        begins: Dict[int, int] = {}
-        for start, data in self.reads.items():
-            index = max(0, -(-(start - table) // entry_size))
-            while index < count and table + (index + 1) * entry_size <= start + len(data):
-                begins[index] = struct.unpack_from("<I", data, table + index * entry_size - start)[0]
-                index += 1
-        before = [index for index, begin in begins.items() if begin <= rva]
-        if before:
-            found = max(before)
-            if found + 1 == count or begins.get(found + 1, -1) > rva:
-                return found
-        elif count == 0 or begins.get(0, -1) > rva:
-            return None
-        raise MemoryReadError(self.base + table, size, reason="not read when this recording was made")
-
     def view(self, module: "Module"):
         """The recorded image as the unwinder reads it (an ``unwind.ImageView``)."""
         from ..unwind import ImageView
 
-        return ImageView(module.name, module.base, module.size, self.replay, self.exception_directory,
-                         find_entry=self.entry_index)
+        return ImageView(module.name, module.base, module.size, self.replay, self.exception_directory)
 
 
 @dataclass(frozen=True)

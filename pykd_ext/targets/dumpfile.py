@@ -185,10 +185,12 @@ class DumpFileTarget(Target):
             self._unmapping.start()
 
     def close(self) -> None:
-        self._wait_for_unmapping()
-        if self._mapping is not None:
-            self._mapping.close()
-        self._handle.close()
+        try:
+            self._wait_for_unmapping()
+            if self._mapping is not None:
+                self._mapping.close()
+        finally:
+            self._handle.close()
 
     def _wait_for_unmapping(self) -> None:
         if self._unmapping is not None:

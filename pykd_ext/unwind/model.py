@@ -69,9 +69,10 @@ class ImageView:
     ``unavailable`` then says why. ``exception_directory`` is the (RVA, size) of its exception directory
     (``.pdata``: data directory entry 3 of the PE optional header); (0, 0) when it has none.
     ``find_entry(entry_size, rva)``, where the source has a faster way than reading the table entry by
-    entry (an image file's table read once, a recording's entries), gives the index of the entry with
-    the last begin at or before ``rva`` (None: every function begins after it) and raises
-    MemoryReadError when it cannot tell.
+    entry (an image file's table, read once), gives what ``search_function_table`` gives of it (the index
+    of the entry with the last begin at or before ``rva``, None when every function begins after it) and
+    raises MemoryReadError when it cannot tell; a recording made meanwhile must keep the entries the
+    search looked at, as reading them one by one would have.
     """
 
     name: str
@@ -168,10 +169,29 @@ def image_bytes(image: ImageView, rva: int, size: int, what: str) -> bytes:
     return bytes(data)
 
 
+def search_function_table(begin_of: Callable[[int], int], count: int, rva: int) -> Tuple[Optional[int], List[int]]:
+    """The binary search of a ``.pdata`` table of ``count`` entries sorted by their function's begin RVA
+    (``begin_of(index)``): (the index of the entry with the last begin at or before ``rva``, None when
+    every function begins after it; the indexes looked at, in order). Whatever the table holds, the
+    same entries are looked at: a recording that keeps them replays the same answer."""
+    low, high = 0, count - 1
+    found: Optional[int] = None
+    looked_at: List[int] = []
+    while low <= high:
+        middle = (low + high) // 2
+        looked_at.append(middle)
+        if begin_of(middle) <= rva:
+            found, low = middle, middle + 1
+        else:
+            high = middle - 1
+    return found, looked_at
+
+
 def pdata_entry(image: ImageView, entry_size: int, rva: int) -> Optional[bytes]:
     """The ``.pdata`` entry (``entry_size`` bytes, each starting with its function's begin RVA, sorted)
-    with the last begin at or before ``rva``, by binary search of the exception directory; None when
-    every function begins after it. Whether the function covers ``rva`` is for the caller to check."""
+    with the last begin at or before ``rva``, by binary search of the exception directory (read entry
+    by entry, or through the image's ``find_entry``); None when every function begins after it.
+    Whether the function covers ``rva`` is for the caller to check."""
     table, table_size = image.exception_directory
     if image.find_entry is not None:
         try:
@@ -179,22 +199,16 @@ def pdata_entry(image: ImageView, entry_size: int, rva: int) -> Optional[bytes]:
         except MemoryReadError as error:
             raise UnwindStop(UNWIND_DATA_UNAVAILABLE, f"the exception directory of {image.name} is not available: "
                                                       f"{error.reason}") from None
-        if index is None:
-            return None
-        entry = image_bytes(image, table + index * entry_size, entry_size, "exception directory")
-        if index + 1 < table_size // entry_size:  # read too, so that a recording holds what finds the entry again
-            image_bytes(image, table + (index + 1) * entry_size, entry_size, "exception directory")
-        return entry
-    low, high = 0, table_size // entry_size - 1
-    found = None
-    while low <= high:
-        middle = (low + high) // 2
-        entry = image_bytes(image, table + middle * entry_size, entry_size, "exception directory")
-        if struct.unpack_from("<I", entry)[0] <= rva:
-            found, low = entry, middle + 1
-        else:
-            high = middle - 1
-    return found
+        return None if index is None else \
+            image_bytes(image, table + index * entry_size, entry_size, "exception directory")
+    entries: Dict[int, bytes] = {}
+
+    def begin_of(index: int) -> int:
+        entries[index] = image_bytes(image, table + index * entry_size, entry_size, "exception directory")
+        return struct.unpack_from("<I", entries[index])[0]
+
+    found, _ = search_function_table(begin_of, table_size // entry_size, rva)
+    return None if found is None else entries[found]
 
 
 def read_exact(read: StackReader, address: int, size: int) -> Optional[bytes]:
