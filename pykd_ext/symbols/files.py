@@ -60,8 +60,9 @@ def open_symbol_file_once(path: str) -> Union[SymbolFile, Dict[str, int]]:
     return opened
 
 
-# What glances at kernel symbol files found (file key -> RVAs by name), for the files given up.
-_GLANCED = ProcessCache(256)
+# What glances at kernel symbol files found (file key -> RVAs by name), for the files given up: a few
+# numbers each, for every kernel of a volatility3 symbol pack (about 1,500 Windows builds today).
+_GLANCED = ProcessCache(8192)
 
 
 def open_candidate_once(path: str, names: Sequence[str],
