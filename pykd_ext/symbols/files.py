@@ -61,7 +61,7 @@ def open_symbol_file_once(path: str) -> Union[SymbolFile, Dict[str, int]]:
 
 
 # What glances at kernel symbol files found (file key -> RVAs by name), for the files given up: a few
-# numbers each, for every kernel of a volatility3 symbol pack (about 1,500 Windows builds today).
+# numbers each, enough for every kernel of a large volatility3 symbol pack.
 _GLANCED = ProcessCache(8192)
 
 
