@@ -1,4 +1,5 @@
-"""Fuzz target: ISF symbol files through ``open_symbol_file``, then ``rva``, ``type_info`` and ``member``.
+"""Fuzz target: ISF symbol files through ``open_symbol_file`` (with and without a glance at their
+symbols), then ``rva``, ``type_info`` and ``member``.
 
     python fuzz/fuzz_isf.py --runs 2000             # the CI run
     python fuzz/fuzz_isf.py --runs 50000 --seed 7   # longer, on demand
@@ -14,6 +15,9 @@ bound. An input passes when:
 
 - ``open_symbol_file`` returns an IsfFile or an address map of names to ints, or raises
   SymbolFileError with one clear line;
+- a glance at the kernel's globals while the file is read finds names and addresses below 2**64 only,
+  and, where the file opens, the addresses the opened file gives (else it could give up the right
+  kernel's file);
 - ``rva`` of the kernel's globals and ``type_info`` and ``member`` of every structure leakhunt knows
   (with every field path it knows) answer None, an int, a TypeInfo or a Member of ints, or raise
   SymbolFileError with one clear line;
@@ -218,8 +222,24 @@ def _lookups(symbols) -> int:
     return refused
 
 
+def _glanced(path: str) -> Dict[str, int]:
+    """What a glance finds of SYMBOLS while the file is read (the glance then gives the file up)."""
+    glance = isf.SymbolGlance(SYMBOLS, lambda found: False)
+    isf._documents.clear()
+    try:
+        open_symbol_file(path, glance)
+    except isf.NotWanted:
+        pass
+    except SymbolFileError as error:
+        one_line(str(error))
+    if not all(name in SYMBOLS and _ints(address) and 0 <= address < 1 << 64 for name, address in glance.found.items()):
+        raise ContractBroken(f"a glance found {glance.found!r}")
+    return glance.found
+
+
 def check(path: str) -> str:
     before = _digest(path)
+    glanced = _glanced(path)
     isf._documents.clear()  # every input is read afresh
     try:
         opened = open_symbol_file(path)
@@ -232,6 +252,9 @@ def check(path: str) -> str:
                 raise ContractBroken(f"an address map of {opened!r}")
             outcome = "an address map"
         else:
+            wrong = {name: address for name, address in glanced.items() if opened.rva(name) != address}
+            if wrong:  # a glance that disagrees with the file could give up the right kernel's file
+                raise ContractBroken(f"a glance found {wrong!r}, the opened file says otherwise")
             outcome = "some lookups refused" if _lookups(opened) else "opened, every lookup answered"
             opened.close()
     if _digest(path) != before:
