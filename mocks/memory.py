@@ -71,6 +71,7 @@ def add_pages(data: SnapshotData, address: int, content: bytes) -> None:
     for offset in range(0, len(content), PAGE_SIZE):
         data.pages[address + offset] = bytes(content[offset:offset + PAGE_SIZE]).ljust(PAGE_SIZE, b"\0")
         data.physical[address + offset] = (next_frame + offset // PAGE_SIZE) * PAGE_SIZE
+        data.partial.pop(address + offset, None)  # held whole now, where a small dump held part of it
 
 
 class KernelMemory:

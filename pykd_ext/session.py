@@ -218,9 +218,6 @@ class KernelSession:
         return version.file_version if version is not None else None
 
     def _image_view(self, module: Module) -> ImageView:
-        recorded = self.target.recorded_image(module)
-        if recorded is not None:
-            return recorded.view(module)
         from .symbols.pe import PeImage
 
         base = module.base
@@ -230,30 +227,24 @@ class KernelSession:
             in_memory, why = None, "its image is not in memory"
         except TargetError as error:  # damaged there
             in_memory, why = None, f"its image in memory is damaged ({error})"
-        on_disk = self.module_symbols().image_file(module) if self._names_from_files() else None
-        if in_memory is None and on_disk is None:  # said the same way by a replay, which has no symbol path
-            return ImageView(module.name, base, module.size,
-                             unavailable=f"{why}, and no image file of {module.image} is at hand")
-        headers = in_memory or on_disk
-        directory = headers.exception_directory or (0, 0)
-        from_file = None
-        if on_disk is not None:  # what memory lacks comes from the file, and a recording keeps it
-            recording = self.file_image_reads.setdefault((module.name, base), RecordedImage(
-                module.name, base, module.size, directory))
-            from_file = recording.recorder(on_disk.read)
+        from_file: Optional[Callable[[int, int], bytes]] = None
+        find_entry: Optional[Callable[[int, int], Optional[int]]] = None
+        recorded = self.target.recorded_image(module)
+        if recorded is not None:  # a replay: what the image file gave, as the recording kept it
+            from_file, directory = recorded.replay, recorded.exception_directory
+        else:
+            on_disk = self.module_symbols().image_file(module) if self._names_from_files() else None
+            if in_memory is None and on_disk is None:  # said the same way by a replay, which has no symbol path
+                return ImageView(module.name, base, module.size,
+                                 unavailable=f"{why}, and no image file of {module.image} is at hand")
+            directory = (in_memory or on_disk).exception_directory or (0, 0)
+            if on_disk is not None:  # what memory lacks comes from the file, and a recording keeps it
+                recording = self.file_image_reads.setdefault((module.name, base), RecordedImage(
+                    module.name, base, module.size, directory))
+                from_file = recording.recorder(on_disk.read)
+                if in_memory is None:
+                    find_entry = _function_table_search(on_disk, recording, base, directory)
         if in_memory is None:
-            def find_entry(entry_size: int, rva: int) -> Optional[int]:
-                try:
-                    entries = on_disk.function_table(entry_size)
-                except TargetError as error:  # a damaged file: the unwinder says so as of bytes it lacks
-                    raise MemoryReadError(base + directory[0], directory[1], reason=str(error)) from None
-                found, looked_at = search_function_table(
-                    lambda index: struct.unpack_from("<I", entries, index * entry_size)[0], len(entries) // entry_size,
-                    rva)
-                for index in looked_at:  # what reading them one by one would have recorded
-                    start = index * entry_size
-                    recording.keep(directory[0] + start, entries[start:start + entry_size])
-                return found
             return ImageView(module.name, base, module.size, from_file, directory, find_entry=find_entry)
         from_memory = image_reader(in_memory.read, base)
 
@@ -333,6 +324,25 @@ def open_session(target: Target, symbol_path: Optional[str] = None, symbol_files
         files = [found] if found else []
     return KernelSession(target, files, addresses, finder.base, finder.notes, symbol_path, module_files,
                          kernel_looked_for=True)
+
+
+def _function_table_search(image, recording: RecordedImage, base: int,
+                           directory: Tuple[int, int]) -> Callable[[int, int], Optional[int]]:
+    """An ImageView's ``find_entry`` for an image file (a ``PeImage`` kept for the process): the binary
+    search of its ``.pdata`` table, read once in one piece, keeping in ``recording`` every entry the
+    search looks at, as reading them one by one would have. MemoryReadError where the table cannot be
+    read in one piece (the unwinder then searches it entry by entry)."""
+    def find_entry(entry_size: int, rva: int) -> Optional[int]:
+        entries = image.function_table(entry_size)
+        if entries is None:
+            raise MemoryReadError(base + directory[0], directory[1], reason="not readable in one piece")
+        found, looked_at = search_function_table(
+            lambda index: struct.unpack_from("<I", entries, index * entry_size)[0], len(entries) // entry_size, rva)
+        for index in looked_at:
+            start = index * entry_size
+            recording.keep(directory[0] + start, entries[start:start + entry_size])
+        return found
+    return find_entry
 
 
 def is_module_symbol_file(symbol_file: SymbolFile) -> bool:

@@ -239,3 +239,39 @@ def test_a_kernel_trap_handler_on_the_stack_shows_its_trap_frame(tmp_path):
     text = run("replay", snapshot)[1]
     assert f"(TrapFrame @ {trap_frame >> 32:08x}`{trap_frame & 0xFFFFFFFF:08x})" in text
     assert "(.trap: the registers the trap handler saved" in text
+
+
+# ---- an image partly in memory, the rest from its file -----------------------------------------------
+
+@needs_shared
+def test_an_image_read_partly_from_memory_and_partly_from_its_file_replays_the_same_stack(tmp_path):
+    """The real small dump's amdppm.sys, with its headers and the pages of its function table put in the
+    dump's memory (the rest only in the image file on the symbol path): the unwinder reads the table from
+    memory and the unwind codes from the file, and the recording replays the same stack, reading both
+    the same way."""
+    from pykd_ext.analyses import Options
+    from pykd_ext.render.jsonout import render_json
+    from pykd_ext.run import run_analysis
+    from pykd_ext.session import open_session
+    from pykd_ext.symbols.pe import PeImage
+    from pykd_ext.targets.snapshot import SnapshotTarget, load_snapshot
+
+    plain = str(tmp_path / "plain.snap")
+    assert run("analyze", SMALL_DUMP, "--symbol-path", SYMBOL_PATH, "--record", plain)[0] == 0
+    data = load_snapshot(plain)
+    data.images = {}  # read from the image files again
+    amdppm = next(module for module in data.modules if module.name == "amdppm")
+    image = PeImage.from_file(AMDPPM_SYS)
+    table, size = image.exception_directory
+    first, end = table & ~0xFFF, (table + size + 0xFFF) & ~0xFFF
+    add_pages(data, amdppm.base, image.read(0, image.size_of_headers))
+    add_pages(data, amdppm.base + first, image.read(first, end - first))
+    live_path = str(tmp_path / "live.snap")
+    live = json.loads(render_json(run_analysis(SnapshotTarget(data), Options(),
+                                               lambda target: open_session(target, SYMBOL_PATH), live_path)))
+    frames = live["call_stack"]["frames"]
+    assert frames[0]["symbol"] == "amdppm!WriteIoMemRawEx+0x70" and frames[5]["symbol"].startswith("amdppm!")
+    recorded = load_snapshot(live_path).images[("amdppm", amdppm.base)]
+    assert recorded.reads and not any(table <= rva < table + size for rva in recorded.reads)  # the table: memory
+    replayed = json.loads(run("replay", live_path, "--format", "json")[1])
+    assert replayed["call_stack"] == live["call_stack"]

@@ -112,10 +112,12 @@ class PoolFinder:
     def decode_pages_of(self, addresses: Iterable[int]) -> None:
         """Read the pages of ``addresses`` and decode their headers at once, before their blocks are asked
         for: a thousand copies to place cost one pass of numpy over their pages, not one per page. The
-        pages of addresses that the big pool table places are left alone: their headers are not read."""
+        pages of addresses that the big pool table places, when it has been read, are left alone: their
+        headers are not read."""
         if not self.headers_known:
             return
-        pages = sorted({address & ~(PAGE_SIZE - 1) for address in addresses if self._big_block(address) is None}
+        placed = self._big_block if self._big is not None else (lambda address: None)
+        pages = sorted({address & ~(PAGE_SIZE - 1) for address in addresses if placed(address) is None}
                        - set(self._pages))
         pages = pages[:DECODED_PAGES_KEPT]
         if len(self._pages) + len(pages) > DECODED_PAGES_KEPT:

@@ -31,7 +31,7 @@ import struct
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from ..targets.base import TargetError
 from .base import PdbIdentity
@@ -148,7 +148,7 @@ class PeImage:
         self._read = read
         self.where = where
         self.path: Optional[str] = None  # the image file's, for an image read from disk
-        self._function_tables: Dict[int, Union[bytes, TargetError]] = {}
+        self._function_tables: Dict[int, Optional[bytes]] = {}
         dos = self._bytes(0, DOS_HEADER_SIZE, "IMAGE_DOS_HEADER")
         if dos[:2] != b"MZ":
             raise NotAPeImage(f"no PE image {where}: it does not start with MZ")
@@ -216,21 +216,18 @@ class PeImage:
         """(RVA, size) of the exception directory (the ``.pdata`` function table), or None."""
         return self.directory(IMAGE_DIRECTORY_ENTRY_EXCEPTION)
 
-    def function_table(self, entry_size: int) -> bytes:
-        """The exception directory's whole entries (``entry_size`` bytes each), read once in one piece
-        (an image file is kept for the process: every dump of a fleet searches the same bytes). Raises
-        what ``read`` raises, each time it is asked again."""
-        kept = self._function_tables.get(entry_size)
-        if kept is None:
+    def function_table(self, entry_size: int) -> Optional[bytes]:
+        """The exception directory's whole entries (``entry_size`` bytes each), read once in one piece (an
+        image file is kept for the process: every dump of a fleet searches the same bytes); None, also
+        remembered, where they cannot be read in one piece."""
+        if entry_size not in self._function_tables:
             table, size = self.exception_directory or (0, 0)
             try:
-                kept = self.read(table, size - size % entry_size) if size >= entry_size else b""
-            except TargetError as error:
-                kept = error
-            self._function_tables[entry_size] = kept
-        if isinstance(kept, TargetError):
-            raise kept
-        return kept
+                self._function_tables[entry_size] = self.read(table, size - size % entry_size) \
+                    if size >= entry_size else b""
+            except TargetError:
+                self._function_tables[entry_size] = None
+        return self._function_tables[entry_size]
 
     def debug_entries(self) -> List[DebugEntry]:
         """The debug directory's entries (at most MAX_DEBUG_ENTRIES)."""

@@ -158,12 +158,6 @@ class RecordedImage:
                 return data[rva - start:rva - start + size]
         raise MemoryReadError(self.base + rva, size, reason="not read when this recording was made")
 
-    def view(self, module: "Module"):
-        """The recorded image as the unwinder reads it (an ``unwind.ImageView``)."""
-        from ..unwind import ImageView
-
-        return ImageView(module.name, module.base, module.size, self.replay, self.exception_directory)
-
 
 @dataclass(frozen=True)
 class UnloadedModule:

@@ -71,8 +71,8 @@ class ImageView:
     ``find_entry(entry_size, rva)``, where the source has a faster way than reading the table entry by
     entry (an image file's table, read once), gives what ``search_function_table`` gives of it (the index
     of the entry with the last begin at or before ``rva``, None when every function begins after it) and
-    raises MemoryReadError when it cannot tell; a recording made meanwhile must keep the entries the
-    search looked at, as reading them one by one would have.
+    raises MemoryReadError when it cannot tell (the table is then searched entry by entry); a recording
+    made meanwhile must keep the entries the search looked at, as reading them one by one would have.
     """
 
     name: str
@@ -196,11 +196,11 @@ def pdata_entry(image: ImageView, entry_size: int, rva: int) -> Optional[bytes]:
     if image.find_entry is not None:
         try:
             index = image.find_entry(entry_size, rva)
-        except MemoryReadError as error:
-            raise UnwindStop(UNWIND_DATA_UNAVAILABLE, f"the exception directory of {image.name} is not available: "
-                                                      f"{error.reason}") from None
-        return None if index is None else \
-            image_bytes(image, table + index * entry_size, entry_size, "exception directory")
+        except MemoryReadError:  # it cannot tell: the table is searched entry by entry below
+            pass
+        else:
+            return None if index is None else \
+                image_bytes(image, table + index * entry_size, entry_size, "exception directory")
     entries: Dict[int, bytes] = {}
 
     def begin_of(index: int) -> int:
