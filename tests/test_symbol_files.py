@@ -109,6 +109,6 @@ def test_files_of_a_file_system_without_inode_numbers_are_told_apart_by_path(tmp
         status[1] = 0  # st_ino
         return os.stat_result(status)
 
-    monkeypatch.setattr(files.os, "stat", without_inodes)
+    monkeypatch.setattr(os, "stat", without_inodes)
     assert files.open_symbol_file_once(str(first)) == {"nt!A": 1}
     assert files.open_symbol_file_once(str(second)) == {"nt!B": 2}

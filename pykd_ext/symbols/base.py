@@ -8,10 +8,11 @@ the file fits the dump, ``pykd_ext.symbols.modulesyms`` does the same for every 
 """
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Hashable, Optional, Sequence
+from typing import Any, Hashable, Optional, Sequence, Tuple, Union
 
 from ..targets.base import TargetError
 from ..typeinfo import TypeInfo
@@ -120,6 +121,19 @@ class SymbolFile:
     def close(self) -> None:
         """Release the file (and the names it gave: a closed file names nothing)."""
         self.__dict__.pop("_located", None)
+
+
+def file_stamp(status: os.stat_result) -> Tuple[int, int]:
+    """What says a file opened earlier has not changed since: its size and modification time."""
+    return status.st_size, status.st_mtime_ns
+
+
+def file_key(path: str) -> Tuple[int, Union[int, str], int, int]:
+    """What identifies a file's contents for the process caches: the file itself, through any link (by
+    path where the file system has no inode numbers: it says 0 for every file), and its stamp.
+    OSError passes through."""
+    info = os.stat(path)
+    return (info.st_dev, info.st_ino or os.path.realpath(path)) + file_stamp(info)
 
 
 class ProcessCache:

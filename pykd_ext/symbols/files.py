@@ -8,10 +8,9 @@ Anything else, and a missing or unreadable file, is one SymbolFileError line (ex
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
-from .base import ProcessCache, SymbolFile, SymbolFileError
+from .base import ProcessCache, SymbolFile, SymbolFileError, file_key
 from .isf import IsfFile, NotWanted, SymbolGlance, compression_of, load_json_document
 
 MSF_7_MAGIC = b"Microsoft C/C++ MSF 7.00\r\n\x1aDS\x00\x00\x00"
@@ -91,14 +90,11 @@ def open_candidate_once(path: str, names: Sequence[str],
 
 
 def _file_key(path: str) -> Optional[Tuple[int, Union[int, str], int, int]]:
-    """What identifies a file's contents for the process caches (the file itself, through any link, its
-    size and modification time), or None when it cannot be read."""
+    """``file_key``, or None when the file cannot be read."""
     try:
-        info = os.stat(path)
+        return file_key(path)
     except OSError:
         return None
-    # A file system without inode numbers says 0 for every file: its files are told apart by path.
-    return info.st_dev, info.st_ino or os.path.realpath(path), info.st_size, info.st_mtime_ns
 
 
 def address_map(document: Any, path: str) -> Dict[str, int]:

@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import json
 import lzma
-import os
 import re
 import threading
 import zlib
 from bisect import bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..typeinfo import FieldInfo, TypeInfo
-from .base import NEAREST_SYMBOL, CodeLocation, PdbIdentity, SymbolFile, SymbolFileError
+from .base import NEAREST_SYMBOL, CodeLocation, PdbIdentity, SymbolFile, SymbolFileError, file_key
 from .names import undecorate
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
@@ -64,10 +63,9 @@ def load_json_document(path: str, glance: Optional["SymbolGlance"] = None) -> An
     that decompresses past MAX_JSON_BYTES, or text that is not JSON.
     """
     try:
-        status = os.stat(path)
+        key = file_key(path)
     except OSError as error:
         raise SymbolFileError(f"cannot read symbol file {path}: {error.strerror or error}") from None
-    key = (os.path.realpath(path), status.st_size, status.st_mtime_ns)
     with _cache_lock:
         if key in _documents:
             _documents.move_to_end(key)
@@ -91,7 +89,7 @@ def load_json_document(path: str, glance: Optional["SymbolGlance"] = None) -> An
     return document
 
 
-_documents: "OrderedDict[Tuple[str, int, int], Any]" = OrderedDict()
+_documents: "OrderedDict[Tuple[int, Union[int, str], int, int], Any]" = OrderedDict()
 _cache_lock = threading.Lock()
 
 

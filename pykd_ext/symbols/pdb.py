@@ -36,7 +36,7 @@ from bisect import bisect_left, bisect_right
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..typeinfo import FieldInfo, TypeInfo
-from .base import DATA, PROCEDURE, PUBLIC, CodeLocation, PdbIdentity, SymbolFile, SymbolFileError
+from .base import DATA, PROCEDURE, PUBLIC, CodeLocation, PdbIdentity, SymbolFile, SymbolFileError, file_stamp
 from .names import undecorate
 
 MSF_MAGIC = b"Microsoft C/C++ MSF 7.00\r\n\x1aDS\x00\x00\x00"
@@ -184,7 +184,7 @@ class PdbFile(SymbolFile):
         name = os.path.basename(path)
         try:
             with open(path, "rb") as handle:
-                stamp = _file_stamp(os.fstat(handle.fileno()))
+                stamp = file_stamp(os.fstat(handle.fileno()))
                 msf = _Msf(handle, name)
                 dbi = _read_dbi(msf)
                 identity, named_streams = _read_identity(msf, name, dbi.age)
@@ -251,9 +251,6 @@ class PdbFile(SymbolFile):
             raise SymbolFileError(f"{self.identity.name}: malformed PDB ({type(error).__name__}: {error})") \
                 from None
 
-
-def _file_stamp(status: os.stat_result) -> Tuple[int, int]:
-    return status.st_size, status.st_mtime_ns
 
 
 class _Msf:
@@ -591,7 +588,7 @@ class _DebugInfo:
 
     def stream(self, index: int) -> bytearray:
         with open(self.path, "rb") as handle:
-            if _file_stamp(os.fstat(handle.fileno())) != self.stamp:
+            if file_stamp(os.fstat(handle.fileno())) != self.stamp:
                 raise self.msf.error("the file changed after it was opened; it is not read again")
             self.msf.handle = handle
             try:

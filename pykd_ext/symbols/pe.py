@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from ..targets.base import TargetError
-from .base import PdbIdentity
+from .base import PdbIdentity, file_stamp
 
 Reader = Callable[[int, int], bytes]
 
@@ -366,7 +366,7 @@ class _FileLayout:
         self.path = path
         self.where = f"in {os.path.basename(path)}"
         with open(path, "rb") as handle:
-            self.stamp = _file_stamp(os.fstat(handle.fileno()))
+            self.stamp = file_stamp(os.fstat(handle.fileno()))
             self.head = handle.read(FILE_HEAD_BYTES)
         self.sections: Optional[List[Section]] = None
         self.size_of_headers = 0
@@ -421,7 +421,7 @@ class _FileLayout:
         chunk = self._chunks.get(number)
         if chunk is None:
             with open(self.path, "rb") as handle:
-                if _file_stamp(os.fstat(handle.fileno())) != self.stamp:
+                if file_stamp(os.fstat(handle.fileno())) != self.stamp:
                     raise NotAPeImage(f"the image file {self.path} changed after it was opened")
                 handle.seek(number * FILE_CHUNK_BYTES)
                 chunk = handle.read(FILE_CHUNK_BYTES)
@@ -432,9 +432,6 @@ class _FileLayout:
             self._chunks.move_to_end(number)
         return chunk
 
-
-def _file_stamp(status: os.stat_result) -> Tuple[int, int]:
-    return status.st_size, status.st_mtime_ns
 
 
 def _version_info(data: bytes, where: str) -> Optional[ImageVersion]:
